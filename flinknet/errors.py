@@ -1,0 +1,72 @@
+"""flinknet's exception hierarchy.
+
+Every error flinknet raises on purpose derives from :class:`FlinknetError`, and also from the
+builtin exception a Python user would expect, so ``except ValueError`` or ``except TimeoutError``
+keeps working. Misuse of exported memory raises the builtin :class:`BufferError` (as ``bytearray``
+and ``memoryview`` do).
+
+Map to Apache Flink:
+
+==============================================  ==============================================
+Flink                                           flinknet
+==============================================  ==============================================
+IllegalStateException                           :class:`IllegalStateError`
+IllegalStateException("segment has been freed") :class:`SegmentFreedError`
+IllegalReferenceCountException (Netty)          :class:`IllegalReferenceCountError`
+IOException("Insufficient number of network     :class:`InsufficientNetworkBuffersError`
+buffers ...")
+IOException("Timeout triggered when requesting  :class:`BufferRequestTimeoutError`
+exclusive buffers ...")
+CancelTaskException                             :class:`CancelTaskError`
+IllegalArgumentException                        :class:`ValueError`
+IndexOutOfBoundsException                       :class:`IndexError`
+==============================================  ==============================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FlinknetError",
+    "IllegalStateError",
+    "SegmentFreedError",
+    "IllegalReferenceCountError",
+    "InsufficientNetworkBuffersError",
+    "BufferRequestTimeoutError",
+    "CancelTaskError",
+]
+
+
+class FlinknetError(Exception):
+    """Base class of every error flinknet raises on purpose."""
+
+
+class IllegalStateError(FlinknetError, RuntimeError):
+    """An object was used in a state that does not allow the call (Flink's IllegalStateException)."""
+
+
+class SegmentFreedError(IllegalStateError):
+    """A memory segment was accessed after ``free()``."""
+
+
+class IllegalReferenceCountError(IllegalStateError):
+    """A buffer was retained or recycled after its reference count had reached zero."""
+
+
+class InsufficientNetworkBuffersError(FlinknetError, OSError):
+    """The global pool cannot guarantee the buffers a pool or channel requires.
+
+    The message is Flink's: "Insufficient number of network buffers: required X, but only Y
+    available. The total number of network buffers is currently set to ...".
+    """
+
+
+class BufferRequestTimeoutError(FlinknetError, TimeoutError):
+    """A blocking buffer request did not get its buffers before its deadline."""
+
+
+class CancelTaskError(FlinknetError):
+    """The pool or partition a task works with was destroyed under it (Flink's CancelTaskException).
+
+    Raised to requesters blocked on a buffer pool when the pool is destroyed, so that the task
+    stops instead of waiting forever.
+    """

@@ -1,0 +1,56 @@
+"""Build script for flinknet's compiled core.
+
+Environment switches (read at build time):
+
+* ``FLINKNET_DEBUG=1``: bounds checks and assertions in Cython, ``-O0 -g``, line tracing, and the
+  ``FLINKNET_DEBUG`` C macro that turns on segment accounting and internal consistency checks.
+* ``FLINKNET_ANNOTATE=1``: write Cython's HTML annotation next to each ``.pyx``.
+"""
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FLINKNET_DEBUG", "0") not in ("", "0")
+ANNOTATE = os.environ.get("FLINKNET_ANNOTATE", "0") not in ("", "0")
+
+CORE_MODULES = ["memory", "buffer", "builder", "pool", "_benchkit"]
+
+directives = {
+    "language_level": 3,
+    "embedsignature": True,
+    "boundscheck": DEBUG,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": DEBUG,
+    "linetrace": DEBUG,
+}
+
+if DEBUG:
+    extra_compile_args = ["-O0", "-g3", "-Wall", "-Wno-unused-function"]
+    define_macros = [("FLINKNET_DEBUG", "1"), ("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
+else:
+    extra_compile_args = ["-O3", "-Wall", "-Wno-unused-function"]
+    define_macros = [("FLINKNET_DEBUG", "0")]
+
+extensions = [
+    Extension(
+        f"flinknet._core.{name}",
+        [f"flinknet/_core/{name}.pyx"],
+        include_dirs=["flinknet/_core"],
+        define_macros=define_macros,
+        extra_compile_args=extra_compile_args,
+    )
+    for name in CORE_MODULES
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=directives,
+        annotate=ANNOTATE,
+        # A debug build must never reuse release C files (and vice versa).
+        force=True,
+    ),
+)

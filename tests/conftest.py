@@ -1,0 +1,66 @@
+"""Shared fixtures: every test ends with every pool whole and no buffer alive or leaked."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from flinknet._core import buffer as _buffer
+from flinknet._core.pool import NetworkBufferPool
+
+
+def _origins() -> str:
+    origins = _buffer.debug_live_buffer_origins()
+    if not origins:
+        return "(build with FLINKNET_DEBUG=1 to see where the live buffers were created)"
+    return "\n---\n".join(list(origins.values())[:5])
+
+
+@pytest.fixture(autouse=True)
+def no_buffer_leaks():
+    """Fail a test that leaves a NetworkBuffer with references, or drops one un-recycled."""
+    gc.collect()
+    live_before = _buffer.live_buffer_count()
+    leaked_before = _buffer.leaked_buffer_count()
+    yield
+    gc.collect()
+    live_after = _buffer.live_buffer_count()
+    leaked_after = _buffer.leaked_buffer_count()
+    assert leaked_after == leaked_before, (
+        f"{leaked_after - leaked_before} NetworkBuffer(s) were garbage-collected without recycle()")
+    assert live_after == live_before, (
+        f"{live_after - live_before} NetworkBuffer(s) still hold references after the test:\n"
+        + _origins())
+
+
+@pytest.fixture
+def make_pool():
+    """Factory of NetworkBufferPools that are checked whole at teardown.
+
+    ``make_pool(num_segments, segment_size=..., request_timeout=...)``. At teardown the fixture
+    destroys the local pools the test left registered (their free segments go back), then asserts
+    that every segment is back in the global pool and nothing is still counted as required.
+    Pools the test destroyed itself are only checked for leaks by ``no_buffer_leaks``.
+    """
+    pools: list[NetworkBufferPool] = []
+
+    def factory(num_segments: int = 16, segment_size: int = 128, **kwargs) -> NetworkBufferPool:
+        nbp = NetworkBufferPool(num_segments, segment_size, **kwargs)
+        pools.append(nbp)
+        return nbp
+
+    yield factory
+
+    problems = []
+    for nbp in pools:
+        if nbp.is_destroyed:
+            continue
+        for lbp in nbp.registered_buffer_pools():
+            lbp.lazy_destroy()
+        if not nbp.is_whole() or nbp.num_total_required_buffers != 0:
+            problems.append(
+                f"{nbp!r}: {nbp.total_segments - nbp.available_segments} segment(s) not returned, "
+                f"{nbp.num_total_required_buffers} still required")
+        nbp.destroy()
+    assert not problems, "pools not whole after the test:\n" + "\n".join(problems)

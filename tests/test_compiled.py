@@ -1,0 +1,38 @@
+"""Guard: the tests must run against the compiled core, never against an unbuilt source tree."""
+
+import importlib
+import importlib.machinery
+import pathlib
+
+import pytest
+
+CORE_MODULES = ["memory", "buffer", "builder", "pool", "_benchkit"]
+
+
+@pytest.mark.parametrize("name", CORE_MODULES)
+def test_core_module_is_compiled(name):
+    module = importlib.import_module(f"flinknet._core.{name}")
+    path = pathlib.Path(module.__file__)
+    assert any(str(path).endswith(suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES), (
+        f"flinknet._core.{name} was imported from {path}, not from a compiled extension")
+    assert type(module.__loader__).__name__ == "ExtensionFileLoader"
+
+
+def test_core_classes_are_extension_types():
+    from flinknet._core.buffer import NetworkBuffer
+    from flinknet._core.memory import MemorySegment
+    from flinknet._core.pool import LocalBufferPool
+
+    for cls in (MemorySegment, NetworkBuffer, LocalBufferPool):
+        assert cls.__flags__ & (1 << 9) == 0, f"{cls} is a heap (Python-defined) type"
+
+
+def test_debug_flag_matches_build(tmp_path):
+    import os
+
+    from flinknet._core import buffer
+
+    expect_debug = os.environ.get("FLINKNET_EXPECT_DEBUG")
+    if expect_debug is None:
+        pytest.skip("FLINKNET_EXPECT_DEBUG not set (only .ci/run sets it, to check which build ran)")
+    assert buffer.is_debug_build() == (expect_debug == "1")
