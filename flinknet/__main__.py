@@ -1,0 +1,5 @@
+import sys
+
+from flinknet.cli import main
+
+sys.exit(main())

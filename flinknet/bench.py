@@ -1,0 +1,261 @@
+"""``flinknet bench``: microbenchmarks of the core, each beside a baseline measured in the same run.
+
+Every row reports flinknet's cost and one or more baselines timed moments before on the same
+machine, and the ratio between them, so the numbers mean something on a shared, noisy host:
+
+* ``pool.*``: a buffer request plus its recycle, against the same hand-out written in plain Python
+  (a list of free segments and a small buffer object).
+* ``append.*``: ``BufferBuilder.append_and_commit`` of small chunks into 32 KiB builders, against
+  the pure-Python way (slice assignment into a ``bytearray`` through a ``memoryview``), against the
+  same kernel called from C (the cost of the work without the Python call) and against ``memcpy``.
+* ``copy.32KiB``: appending a whole 32 KiB chunk, against ``memcpy`` of 32 KiB (the bulk path).
+
+Each measurement is the best of several repeats (the least disturbed by other load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from flinknet._core import _benchkit
+from flinknet._core.buffer import is_debug_build
+from flinknet._core.pool import NetworkBufferPool
+
+SEGMENT_SIZE = 32 * 1024
+
+
+@dataclass
+class Row:
+    name: str
+    unit: str
+    value: float
+    baselines: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    def ratio(self, baseline: str) -> float:
+        return self.value / self.baselines[baseline]
+
+
+def _best_ns(fn: Callable[[], int], repeats: int) -> float:
+    """Best ns per operation over ``repeats`` runs; ``fn`` returns how many operations it did."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        ops = fn()
+        dt = time.perf_counter_ns() - t0
+        best = min(best, dt / ops)
+    return best
+
+
+# --- pure-Python baselines ---------------------------------------------------------------------
+
+class _PyBuffer:
+    __slots__ = ("segment", "pool", "ref_count")
+
+    def __init__(self, segment, pool):
+        self.segment = segment
+        self.pool = pool
+        self.ref_count = 1
+
+    def recycle(self):
+        self.ref_count -= 1
+        if self.ref_count == 0:
+            self.pool.recycle(self.segment)
+
+
+class _PyPool:
+    """The hand-out a Python user would write: a free list and a buffer wrapper."""
+
+    def __init__(self, n, size):
+        self.free = [bytearray(size) for _ in range(n)]
+
+    def request_buffer(self):
+        if self.free:
+            return _PyBuffer(self.free.pop(), self)
+        return None
+
+    def recycle(self, segment):
+        self.free.append(segment)
+
+
+# --- benchmarks --------------------------------------------------------------------------------
+
+def bench_pool(iterations: int, repeats: int) -> list[Row]:
+    nbp = NetworkBufferPool(64, SEGMENT_SIZE)
+    try:
+        lbp = nbp.create_buffer_pool(8, 8)
+
+        def flinknet_loop():
+            request = lbp.request_buffer
+            for _ in range(iterations):
+                request().recycle()
+            return iterations
+
+        def builder_loop():
+            request = lbp.request_buffer_builder
+            for _ in range(iterations):
+                request().close()
+            return iterations
+
+        def global_loop():
+            request = nbp.request_pooled_memory_segment
+            recycle = nbp.recycle_pooled_memory_segment
+            for _ in range(iterations):
+                recycle(request())
+            return iterations
+
+        py = _PyPool(8, SEGMENT_SIZE)
+
+        def python_loop():
+            request = py.request_buffer
+            for _ in range(iterations):
+                request().recycle()
+            return iterations
+
+        base = _best_ns(python_loop, repeats)
+        rows = [
+            Row("pool.request_buffer+recycle", "ns/op", _best_ns(flinknet_loop, repeats),
+                {"pure-Python pool": base}),
+            Row("pool.request_buffer_builder+close", "ns/op", _best_ns(builder_loop, repeats),
+                {"pure-Python pool": base}),
+            Row("pool.global_segment_request+recycle", "ns/op", _best_ns(global_loop, repeats),
+                {"pure-Python pool": base}),
+        ]
+        lbp.lazy_destroy()
+        return rows
+    finally:
+        nbp.destroy()
+
+
+def bench_append(chunk: int, iterations: int, repeats: int) -> Row:
+    nbp = NetworkBufferPool(8, SEGMENT_SIZE)
+    try:
+        lbp = nbp.create_buffer_pool(2, 2)
+        data = bytes(range(256)) * (chunk // 256) + bytes(chunk % 256)
+        per_builder = SEGMENT_SIZE // chunk
+
+        def flinknet_loop():
+            done = 0
+            request = lbp.request_buffer_builder
+            while done < iterations:
+                builder = request()
+                append = builder.append_and_commit
+                for _ in range(per_builder):
+                    append(data)
+                builder.close()
+                done += per_builder
+            return done
+
+        target = bytearray(SEGMENT_SIZE)
+        view = memoryview(target)
+
+        def python_loop():
+            done = 0
+            while done < iterations:
+                pos = 0
+                for _ in range(per_builder):
+                    end = pos + chunk
+                    view[pos:end] = data
+                    pos = end
+                done += per_builder
+            return done
+
+        value = _best_ns(flinknet_loop, repeats)
+        python = _best_ns(python_loop, repeats)
+        builder = lbp.request_buffer_builder()
+        c_loop = min(_benchkit.builder_append_ns_per_chunk(builder, data, iterations) for _ in range(repeats))
+        builder.close()
+        memcpy = min(_benchkit.memcpy_ns_per_chunk(chunk, SEGMENT_SIZE, iterations) for _ in range(repeats))
+        view.release()
+        lbp.lazy_destroy()
+        return Row(f"append.{chunk}B", "ns/op", value,
+                   {"pure-Python memoryview": python, "same kernel from C": c_loop, "memcpy": memcpy})
+    finally:
+        nbp.destroy()
+
+
+def bench_bulk_copy(iterations: int, repeats: int) -> Row:
+    nbp = NetworkBufferPool(8, SEGMENT_SIZE)
+    try:
+        lbp = nbp.create_buffer_pool(2, 2)
+        data = bytes(SEGMENT_SIZE)
+        builder = lbp.request_buffer_builder()
+        c_loop = min(_benchkit.builder_append_ns_per_chunk(builder, data, iterations) for _ in range(repeats))
+        builder.close()
+
+        def flinknet_loop():
+            request = lbp.request_buffer_builder
+            for _ in range(iterations):
+                b = request()
+                b.append_and_commit(data)
+                b.close()
+            return iterations
+
+        value = _best_ns(flinknet_loop, repeats)
+        memcpy = min(_benchkit.memcpy_ns_per_chunk(SEGMENT_SIZE, SEGMENT_SIZE, iterations) for _ in range(repeats))
+        lbp.lazy_destroy()
+        return Row("copy.32KiB(request+append+close)", "ns/op", value,
+                   {"memcpy": memcpy, "append from C": c_loop})
+    finally:
+        nbp.destroy()
+
+
+def run(quick: bool = False) -> list[Row]:
+    scale = 0.2 if quick else 1.0
+    repeats = 3 if quick else 7
+    n = int(200_000 * scale)
+    rows = bench_pool(n, repeats)
+    for chunk in (16, 100, 1000):
+        rows.append(bench_append(chunk, n, repeats))
+    rows.append(bench_bulk_copy(int(20_000 * scale), repeats))
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = [f"{'benchmark':<40} {'flinknet':>12}  {'baseline':<24} {'baseline':>10} {'ratio':>7}"]
+    lines.append("-" * len(lines[0]))
+    for row in rows:
+        first = True
+        for base_name, base_value in row.baselines.items():
+            name = row.name if first else ""
+            value = f"{row.value:.1f} {row.unit}" if first else ""
+            lines.append(f"{name:<40} {value:>12}  {base_name:<24} {base_value:>10.1f} "
+                         f"{row.value / base_value:>6.2f}x")
+            first = False
+    lines.append("")
+    lines.append("ratio = flinknet / baseline (time per operation; below 1.00x flinknet is faster).")
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "debug_build": is_debug_build(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flinknet bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a few seconds)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    args = parser.parse_args(argv)
+    env = environment()
+    if env["debug_build"]:
+        print("warning: this is a FLINKNET_DEBUG build; numbers are not representative", file=sys.stderr)
+    t0 = time.perf_counter()
+    rows = run(quick=args.quick)
+    print(f"flinknet bench  (Python {env['python']}, {env['platform']})")
+    print(format_table(rows))
+    print(f"({time.perf_counter() - t0:.1f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "results": [asdict(r) for r in rows]}, f, indent=2)
+    return 0
