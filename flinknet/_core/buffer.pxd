@@ -73,8 +73,13 @@ cdef class Buffer:
     cdef int _data_type
     cdef bint _compressed
     cdef bint _read_only
-    # The NetworkBuffer that owns the shared reference count: self, or a slice's parent.
-    cdef NetworkBuffer _root
+    # A slice's parent, which owns the shared reference count; None for a NetworkBuffer itself
+    # (storing self would be a reference cycle, never collected: these types are not GC-tracked).
+    cdef NetworkBuffer _parent
+
+    cdef inline NetworkBuffer root(self):
+        """The NetworkBuffer owning the shared reference count."""
+        return self._parent if self._parent is not None else <NetworkBuffer>self
 
     cdef inline char *data(self) noexcept:
         """Address of this buffer's byte 0 (valid while the segment is not freed)."""

@@ -28,6 +28,7 @@ Name map (Flink → flinknet):
 cimport cython
 from cpython.buffer cimport PyBuffer_FillInfo, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.number cimport PyNumber_Index
 
 from flinknet._core.defs cimport FLINKNET_DEBUG
 from flinknet._core.memory cimport MemorySegment
@@ -62,7 +63,8 @@ cdef int data_type_flags(int data_type) noexcept:
 
 
 cdef int check_data_type(object data_type) except -1:
-    cdef int ordinal = data_type
+    # operator.index: an ordinal is an integer, a float must not be truncated into another type.
+    cdef Py_ssize_t ordinal = PyNumber_Index(data_type)
     if not 0 <= ordinal < DT_COUNT:
         raise ValueError(f"unknown Buffer.DataType ordinal {ordinal} (valid: 0..{DT_COUNT - 1})")
     return ordinal
@@ -209,14 +211,14 @@ cdef class Buffer:
     # -- reference count (shared with the root NetworkBuffer) --------------------------------
 
     cdef int retain_ref(self) except -1:
-        cdef NetworkBuffer root = self._root
+        cdef NetworkBuffer root = self.root()
         if root._ref_count <= 0:
             raise IllegalReferenceCountError("refCnt: 0, increment: 1 (buffer already recycled)")
         root._ref_count += 1
         return 0
 
     cdef int release(self) except -1:
-        cdef NetworkBuffer root = self._root
+        cdef NetworkBuffer root = self.root()
         cdef BufferRecycler recycler
         if root._ref_count <= 0:
             raise IllegalReferenceCountError("refCnt: 0, decrement: 1 (buffer already recycled)")
@@ -249,17 +251,17 @@ cdef class Buffer:
     @property
     def is_recycled(self):
         """True once the shared reference count reached zero."""
-        return self._root._ref_count == 0
+        return self.root()._ref_count == 0
 
     @property
     def ref_count(self):
         """The shared reference count (Flink ``refCnt``)."""
-        return self._root._ref_count
+        return self.root()._ref_count
 
     @property
     def recycler(self):
         """The recycler that gets the segment back (None once recycled)."""
-        return self._root._recycler
+        return self.root()._recycler
 
     # -- indices ----------------------------------------------------------------------------
 
@@ -349,7 +351,7 @@ cdef class Buffer:
         s._data_type = self._data_type
         s._compressed = self._compressed
         s._read_only = True
-        s._root = self._root
+        s._parent = self.root()
         return s
 
     def read_only_slice(self, index=None, length=None):
@@ -361,12 +363,12 @@ cdef class Buffer:
         """
         cdef int i = self._reader_index if index is None else <int>index
         cdef int n = self._writer_index - i if length is None else <int>length
-        if self._root._ref_count <= 0:
+        if self.root()._ref_count <= 0:
             raise IllegalReferenceCountError("cannot slice a recycled buffer")
         return self.slice(i, n)
 
     def __getbuffer__(self, Py_buffer *view, int flags):
-        if self._root._ref_count <= 0:
+        if self.root()._ref_count <= 0:
             raise IllegalReferenceCountError("cannot export a recycled buffer")
         if self._read_only and (flags & PyBUF_WRITABLE):
             raise BufferError("read-only sliced buffer")
@@ -384,7 +386,7 @@ cdef class Buffer:
 
     def get_nio_buffer(self, int index, int length):
         """A memoryview of ``[index, index + length)`` of this buffer's capacity (no copy)."""
-        if self._root._ref_count <= 0:
+        if self.root()._ref_count <= 0:
             raise IllegalReferenceCountError("cannot export a recycled buffer")
         if index < 0 or length < 0 or index > self._max_capacity - length:
             raise IndexError(
@@ -394,7 +396,7 @@ cdef class Buffer:
 
     def to_bytes(self):
         """A copy of the readable bytes."""
-        if self._root._ref_count <= 0:
+        if self.root()._ref_count <= 0:
             raise IllegalReferenceCountError("cannot read a recycled buffer")
         self._segment.check(0, 0)
         return PyBytes_FromStringAndSize(self.data() + self._reader_index,
@@ -403,7 +405,7 @@ cdef class Buffer:
     def __repr__(self):
         return (f"<{type(self).__name__} {_DATA_TYPES[self._data_type].name} "
                 f"size={self._writer_index} reader={self._reader_index} "
-                f"cap={self._max_capacity} refCnt={self._root._ref_count}"
+                f"cap={self._max_capacity} refCnt={self.root()._ref_count}"
                 f"{' compressed' if self._compressed else ''}>")
 
 
@@ -419,7 +421,7 @@ cdef class NetworkBuffer(Buffer):
 
     def __init__(self, MemorySegment segment not None, BufferRecycler recycler not None,
                  data_type=DT_DATA_BUFFER, int size=0, bint is_compressed=False):
-        if self._root is not None:
+        if self._segment is not None:
             raise IllegalStateError("NetworkBuffer already initialized")
         segment.check(0, 0)
         if size < 0 or size > segment._size:
@@ -436,7 +438,7 @@ cdef class NetworkBuffer(Buffer):
         self._data_type = data_type
         self._compressed = False
         self._read_only = False
-        self._root = self
+        self._parent = None
         self._ref_count = 1
         self._recycler = recycler
         _on_created(self)

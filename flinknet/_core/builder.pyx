@@ -112,7 +112,12 @@ cdef class BufferBuilder:
         # Also catches a segment freed under the builder.
         self._segment.check(self._cached, n)
         if n >= GIL_RELEASE_THRESHOLD:
-            copy_memory(self._segment._address + self._cached, src, n)
+            # The GIL is released for this copy: pin the segment so free() cannot pull it away.
+            self._segment._exports += 1
+            try:
+                copy_memory(self._segment._address + self._cached, src, n)
+            finally:
+                self._segment._exports -= 1
         else:
             memcpy(self._segment._address + self._cached, src, <size_t>n)
         self._cached += <int>n
@@ -261,7 +266,7 @@ cdef class BufferConsumer:
             raise IllegalStateError("BufferConsumer already initialized")
         if size < 0 or size > buffer._max_capacity:
             raise ValueError(f"size {size} out of bounds [0, {buffer._max_capacity}]")
-        if buffer._root._ref_count <= 0:
+        if buffer.root()._ref_count <= 0:
             raise IllegalStateError("cannot consume a recycled buffer")
         self._buffer = buffer
         self._marker = None
@@ -281,7 +286,7 @@ cdef class BufferConsumer:
         return c
 
     def __dealloc__(self):
-        if not self._closed and self._buffer is not None and self._buffer._root._ref_count > 0:
+        if not self._closed and self._buffer is not None and self._buffer.root()._ref_count > 0:
             self._closed = True
             try:
                 self._buffer.release()
@@ -375,7 +380,7 @@ cdef class BufferConsumer:
     @property
     def is_recycled(self):
         """True once the underlying buffer's count reached zero."""
-        return self._buffer._root._ref_count == 0
+        return self._buffer.root()._ref_count == 0
 
     @property
     def is_closed(self):

@@ -31,6 +31,7 @@ cimport cython
 from cpython.buffer cimport PyBuffer_FillInfo, PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
+from cpython.number cimport PyNumber_Index
 from libc.stdint cimport int8_t, uint8_t, int16_t, uint16_t, int32_t, uint32_t, int64_t, uint64_t, uintptr_t
 from libc.stdlib cimport free as c_free
 from libc.string cimport memcpy, memmove, memcmp, memset
@@ -118,7 +119,7 @@ cdef list allocate_arena_segments(Py_ssize_t num, Py_ssize_t size, object owner)
 cdef inline int _check_range(Py_ssize_t offset, Py_ssize_t length, Py_ssize_t total, str what) except -1:
     if offset < 0 or length < 0 or offset > total - length:
         raise IndexError(
-            f"{what}: range [{offset}, {offset + length}) out of bounds for size {total}")
+            f"{what}: range [{offset}, {<object>offset + <object>length}) out of bounds for size {total}")
     return 0
 
 
@@ -264,20 +265,22 @@ cdef class MemorySegment:
         self.check(index, 1)
         return <int8_t>self._address[index]
 
-    def put_int8(self, Py_ssize_t index, int8_t value):
+    def put_int8(self, Py_ssize_t index, value):
         """Write a signed byte at ``index`` (Flink ``put(int, byte)``)."""
         self.check(index, 1)
-        self._address[index] = <char>value
+        cdef int8_t v = PyNumber_Index(value)
+        self._address[index] = <char>v
 
     def get_uint8(self, Py_ssize_t index):
         """Read an unsigned byte at ``index``."""
         self.check(index, 1)
         return <uint8_t>self._address[index]
 
-    def put_uint8(self, Py_ssize_t index, uint8_t value):
+    def put_uint8(self, Py_ssize_t index, value):
         """Write an unsigned byte at ``index``."""
         self.check(index, 1)
-        self._address[index] = <char>value
+        cdef uint8_t v = PyNumber_Index(value)
+        self._address[index] = <char>v
 
     def get_boolean(self, Py_ssize_t index):
         """Read a boolean (any non-zero byte is True)."""
@@ -296,120 +299,132 @@ cdef class MemorySegment:
         self.check(index, 2)
         return <int16_t>fn_load16(self._address + index)
 
-    def put_int16(self, Py_ssize_t index, int16_t value):
+    def put_int16(self, Py_ssize_t index, value):
         """Write a int16_t in native order at ``index``."""
         self.check(index, 2)
-        fn_store16(self._address + index, <uint16_t>value)
+        cdef int16_t v = PyNumber_Index(value)
+        fn_store16(self._address + index, <uint16_t>v)
 
     def get_int16_be(self, Py_ssize_t index):
         """Read a int16_t in big-endian order at ``index``."""
         self.check(index, 2)
         return <int16_t>_be16(fn_load16(self._address + index))
 
-    def put_int16_be(self, Py_ssize_t index, int16_t value):
+    def put_int16_be(self, Py_ssize_t index, value):
         """Write a int16_t in big-endian order at ``index``."""
         self.check(index, 2)
-        fn_store16(self._address + index, _be16(<uint16_t>value))
+        cdef int16_t v = PyNumber_Index(value)
+        fn_store16(self._address + index, _be16(<uint16_t>v))
 
     def get_int16_le(self, Py_ssize_t index):
         """Read a int16_t in little-endian order at ``index``."""
         self.check(index, 2)
         return <int16_t>_le16(fn_load16(self._address + index))
 
-    def put_int16_le(self, Py_ssize_t index, int16_t value):
+    def put_int16_le(self, Py_ssize_t index, value):
         """Write a int16_t in little-endian order at ``index``."""
         self.check(index, 2)
-        fn_store16(self._address + index, _le16(<uint16_t>value))
+        cdef int16_t v = PyNumber_Index(value)
+        fn_store16(self._address + index, _le16(<uint16_t>v))
 
     def get_uint16(self, Py_ssize_t index):
         """Read a uint16_t in native order at ``index``."""
         self.check(index, 2)
         return <uint16_t>fn_load16(self._address + index)
 
-    def put_uint16(self, Py_ssize_t index, uint16_t value):
+    def put_uint16(self, Py_ssize_t index, value):
         """Write a uint16_t in native order at ``index``."""
         self.check(index, 2)
-        fn_store16(self._address + index, <uint16_t>value)
+        cdef uint16_t v = PyNumber_Index(value)
+        fn_store16(self._address + index, <uint16_t>v)
 
     def get_uint16_be(self, Py_ssize_t index):
         """Read a uint16_t in big-endian order at ``index``."""
         self.check(index, 2)
         return <uint16_t>_be16(fn_load16(self._address + index))
 
-    def put_uint16_be(self, Py_ssize_t index, uint16_t value):
+    def put_uint16_be(self, Py_ssize_t index, value):
         """Write a uint16_t in big-endian order at ``index``."""
         self.check(index, 2)
-        fn_store16(self._address + index, _be16(<uint16_t>value))
+        cdef uint16_t v = PyNumber_Index(value)
+        fn_store16(self._address + index, _be16(<uint16_t>v))
 
     def get_uint16_le(self, Py_ssize_t index):
         """Read a uint16_t in little-endian order at ``index``."""
         self.check(index, 2)
         return <uint16_t>_le16(fn_load16(self._address + index))
 
-    def put_uint16_le(self, Py_ssize_t index, uint16_t value):
+    def put_uint16_le(self, Py_ssize_t index, value):
         """Write a uint16_t in little-endian order at ``index``."""
         self.check(index, 2)
-        fn_store16(self._address + index, _le16(<uint16_t>value))
+        cdef uint16_t v = PyNumber_Index(value)
+        fn_store16(self._address + index, _le16(<uint16_t>v))
 
     def get_int32(self, Py_ssize_t index):
         """Read a int32_t in native order at ``index``."""
         self.check(index, 4)
         return <int32_t>fn_load32(self._address + index)
 
-    def put_int32(self, Py_ssize_t index, int32_t value):
+    def put_int32(self, Py_ssize_t index, value):
         """Write a int32_t in native order at ``index``."""
         self.check(index, 4)
-        fn_store32(self._address + index, <uint32_t>value)
+        cdef int32_t v = PyNumber_Index(value)
+        fn_store32(self._address + index, <uint32_t>v)
 
     def get_int32_be(self, Py_ssize_t index):
         """Read a int32_t in big-endian order at ``index``."""
         self.check(index, 4)
         return <int32_t>_be32(fn_load32(self._address + index))
 
-    def put_int32_be(self, Py_ssize_t index, int32_t value):
+    def put_int32_be(self, Py_ssize_t index, value):
         """Write a int32_t in big-endian order at ``index``."""
         self.check(index, 4)
-        fn_store32(self._address + index, _be32(<uint32_t>value))
+        cdef int32_t v = PyNumber_Index(value)
+        fn_store32(self._address + index, _be32(<uint32_t>v))
 
     def get_int32_le(self, Py_ssize_t index):
         """Read a int32_t in little-endian order at ``index``."""
         self.check(index, 4)
         return <int32_t>_le32(fn_load32(self._address + index))
 
-    def put_int32_le(self, Py_ssize_t index, int32_t value):
+    def put_int32_le(self, Py_ssize_t index, value):
         """Write a int32_t in little-endian order at ``index``."""
         self.check(index, 4)
-        fn_store32(self._address + index, _le32(<uint32_t>value))
+        cdef int32_t v = PyNumber_Index(value)
+        fn_store32(self._address + index, _le32(<uint32_t>v))
 
     def get_int64(self, Py_ssize_t index):
         """Read a int64_t in native order at ``index``."""
         self.check(index, 8)
         return <int64_t>fn_load64(self._address + index)
 
-    def put_int64(self, Py_ssize_t index, int64_t value):
+    def put_int64(self, Py_ssize_t index, value):
         """Write a int64_t in native order at ``index``."""
         self.check(index, 8)
-        fn_store64(self._address + index, <uint64_t>value)
+        cdef int64_t v = PyNumber_Index(value)
+        fn_store64(self._address + index, <uint64_t>v)
 
     def get_int64_be(self, Py_ssize_t index):
         """Read a int64_t in big-endian order at ``index``."""
         self.check(index, 8)
         return <int64_t>_be64(fn_load64(self._address + index))
 
-    def put_int64_be(self, Py_ssize_t index, int64_t value):
+    def put_int64_be(self, Py_ssize_t index, value):
         """Write a int64_t in big-endian order at ``index``."""
         self.check(index, 8)
-        fn_store64(self._address + index, _be64(<uint64_t>value))
+        cdef int64_t v = PyNumber_Index(value)
+        fn_store64(self._address + index, _be64(<uint64_t>v))
 
     def get_int64_le(self, Py_ssize_t index):
         """Read a int64_t in little-endian order at ``index``."""
         self.check(index, 8)
         return <int64_t>_le64(fn_load64(self._address + index))
 
-    def put_int64_le(self, Py_ssize_t index, int64_t value):
+    def put_int64_le(self, Py_ssize_t index, value):
         """Write a int64_t in little-endian order at ``index``."""
         self.check(index, 8)
-        fn_store64(self._address + index, _le64(<uint64_t>value))
+        cdef int64_t v = PyNumber_Index(value)
+        fn_store64(self._address + index, _le64(<uint64_t>v))
 
     def get_float32(self, Py_ssize_t index):
         """Read a float in native order at ``index``."""
@@ -492,7 +507,13 @@ cdef class MemorySegment:
             n = view.len - target_offset if length is None else <Py_ssize_t>length
             _check_range(target_offset, n, view.len, "get_into target")
             _check_range(index, n, self._size, "get_into")
-            copy_memory(<char *>view.buf + target_offset, self._address + index, n)
+            # Counted as an export while copying: free() from another thread must not pull the
+            # memory away while the GIL is released for a large copy.
+            self._exports += 1
+            try:
+                copy_memory(<char *>view.buf + target_offset, self._address + index, n)
+            finally:
+                self._exports -= 1
         finally:
             PyBuffer_Release(&view)
         return n
@@ -510,7 +531,11 @@ cdef class MemorySegment:
             n = view.len - source_offset if length is None else <Py_ssize_t>length
             _check_range(source_offset, n, view.len, "put_bytes source")
             _check_range(index, n, self._size, "put_bytes")
-            copy_memory(self._address + index, <const char *>view.buf + source_offset, n)
+            self._exports += 1
+            try:
+                copy_memory(self._address + index, <const char *>view.buf + source_offset, n)
+            finally:
+                self._exports -= 1
         finally:
             PyBuffer_Release(&view)
         return n
@@ -522,7 +547,13 @@ cdef class MemorySegment:
         target.check(0, 0)
         _check_range(offset, num_bytes, self._size, "copy_to source")
         _check_range(target_offset, num_bytes, target._size, "copy_to target")
-        copy_memory(target._address + target_offset, self._address + offset, num_bytes)
+        self._exports += 1
+        target._exports += 1
+        try:
+            copy_memory(target._address + target_offset, self._address + offset, num_bytes)
+        finally:
+            self._exports -= 1
+            target._exports -= 1
 
     def compare(self, MemorySegment other not None, Py_ssize_t offset, Py_ssize_t other_offset,
                 Py_ssize_t length, other_length=None):

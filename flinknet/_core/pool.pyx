@@ -39,7 +39,7 @@ from flinknet._core.defs cimport FLINKNET_DEBUG
 from flinknet._core.memory cimport MemorySegment, allocate_arena_segments
 
 import collections
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from time import monotonic
 
 from flinknet.errors import (
@@ -95,7 +95,8 @@ cdef class AvailabilityHelper:
     cdef object get_future(self):
         if self._available:
             return _AVAILABLE
-        if self._future is None:
+        if self._future is None or self._future.cancelled():
+            # A caller may cancel the future it was given; later callers get a fresh one.
             self._future = Future()
         return self._future
 
@@ -228,7 +229,8 @@ cdef class NetworkBufferPool:
                 try:
                     self._availability.get_future().result(
                         _WAIT_ROUND if remaining > _WAIT_ROUND else remaining)
-                except TimeoutError:
+                except (TimeoutError, CancelledError):
+                    # Cancelled by another holder of the future: just look again.
                     pass
         except BaseException:
             # Nothing is lost on failure: give back what was already taken.
@@ -674,7 +676,10 @@ cdef class LocalBufferPool(BufferRecycler):
                 return seg
             fut = self._availability.get_future()
             if t < 0:
-                fut.result()
+                try:
+                    fut.result()
+                except CancelledError:
+                    pass
                 continue
             remaining = deadline - monotonic()
             if remaining <= 0:
@@ -684,7 +689,7 @@ cdef class LocalBufferPool(BufferRecycler):
                     f"{self._unavailable_subpartitions} subpartition(s) at their cap)")
             try:
                 fut.result(remaining)
-            except TimeoutError:
+            except (TimeoutError, CancelledError):
                 pass
 
     cdef BufferRecycler _recycler_for(self, int channel):
