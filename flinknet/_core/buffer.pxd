@@ -46,6 +46,12 @@ cdef enum:
     DTF_REQUIRES_ANNOUNCEMENT = 16
     DTF_PARTIAL_RECORD = 32
 
+# Public methods take Py_ssize_t (which refuses floats, unlike C int) and narrow with this.
+cdef inline int to_int(Py_ssize_t value, str what) except? -1:
+    if value < -2147483648 or value > 2147483647:
+        raise OverflowError(f"{what} {value} does not fit in a 32-bit int")
+    return <int>value
+
 cdef int data_type_flags(int data_type) noexcept
 cdef int check_data_type(object data_type) except -1
 

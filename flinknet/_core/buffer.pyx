@@ -271,7 +271,7 @@ cdef class Buffer:
         return self._reader_index
 
     @reader_index.setter
-    def reader_index(self, int value):
+    def reader_index(self, Py_ssize_t value):
         if value < 0 or value > self._writer_index:
             raise IndexError(f"reader index {value} out of bounds [0, {self._writer_index}]")
         self._reader_index = value
@@ -282,7 +282,7 @@ cdef class Buffer:
         return self._writer_index
 
     @size.setter
-    def size(self, int value):
+    def size(self, Py_ssize_t value):
         if value < self._reader_index or value > self._max_capacity:
             raise IndexError(
                 f"size {value} out of bounds [{self._reader_index}, {self._max_capacity}]")
@@ -361,8 +361,8 @@ cdef class Buffer:
         ``length`` defaults to ``size - index``. The slice does not add a reference: call
         ``retain()`` on it to keep the data beyond the owner's ``recycle()``.
         """
-        cdef int i = self._reader_index if index is None else <int>index
-        cdef int n = self._writer_index - i if length is None else <int>length
+        cdef int i = self._reader_index if index is None else to_int(index, "index")
+        cdef int n = self._writer_index - i if length is None else to_int(length, "length")
         if self.root()._ref_count <= 0:
             raise IllegalReferenceCountError("cannot slice a recycled buffer")
         return self.slice(i, n)
@@ -384,7 +384,7 @@ cdef class Buffer:
         """A memoryview of the readable bytes (same as ``memoryview(buffer)``)."""
         return memoryview(self)
 
-    def get_nio_buffer(self, int index, int length):
+    def get_nio_buffer(self, Py_ssize_t index, Py_ssize_t length):
         """A memoryview of ``[index, index + length)`` of this buffer's capacity (no copy)."""
         if self.root()._ref_count <= 0:
             raise IllegalReferenceCountError("cannot export a recycled buffer")
@@ -420,13 +420,13 @@ cdef class NetworkBuffer(Buffer):
     """
 
     def __init__(self, MemorySegment segment not None, BufferRecycler recycler not None,
-                 data_type=DT_DATA_BUFFER, int size=0, bint is_compressed=False):
+                 data_type=DT_DATA_BUFFER, Py_ssize_t size=0, bint is_compressed=False):
         if self._segment is not None:
             raise IllegalStateError("NetworkBuffer already initialized")
         segment.check(0, 0)
         if size < 0 or size > segment._size:
             raise ValueError(f"size {size} out of bounds [0, {segment._size}]")
-        self._init(segment, recycler, check_data_type(data_type), size)
+        self._init(segment, recycler, check_data_type(data_type), <int>size)
         self._compressed = is_compressed
 
     cdef void _init(self, MemorySegment segment, BufferRecycler recycler, int data_type, int size) noexcept:

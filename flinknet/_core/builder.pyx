@@ -30,7 +30,7 @@ from libc.string cimport memcpy
 
 from flinknet._core.buffer cimport (
     Buffer, NetworkBuffer, BufferRecycler, DT_DATA_BUFFER, DTF_BUFFER, data_type_flags,
-    check_data_type,
+    check_data_type, to_int,
 )
 from flinknet._core.memory cimport MemorySegment, copy_memory, GIL_RELEASE_THRESHOLD
 
@@ -168,10 +168,10 @@ cdef class BufferBuilder:
         """Mark the buffer complete (and commit); returns its size in bytes. Idempotent."""
         return self.finish_raw()
 
-    def trim(self, int new_size):
+    def trim(self, Py_ssize_t new_size):
         """Lower the capacity for later appends: ``min(max(new_size, written), segment size)``."""
-        cdef int cap = new_size if new_size > self._cached else self._cached
-        self._max_capacity = cap if cap < self._segment._size else <int>self._segment._size
+        cdef Py_ssize_t cap = new_size if new_size > self._cached else self._cached
+        self._max_capacity = <int>(cap if cap < self._segment._size else self._segment._size)
 
     # -- consumers --------------------------------------------------------------------------
 
@@ -261,7 +261,7 @@ cdef class BufferConsumer:
     ``BufferBuilder.create_buffer_consumer()``.
     """
 
-    def __init__(self, Buffer buffer not None, int size):
+    def __init__(self, Buffer buffer not None, Py_ssize_t size):
         if self._buffer is not None:
             raise IllegalStateError("BufferConsumer already initialized")
         if size < 0 or size > buffer._max_capacity:
@@ -270,7 +270,7 @@ cdef class BufferConsumer:
             raise IllegalStateError("cannot consume a recycled buffer")
         self._buffer = buffer
         self._marker = None
-        self._cached_position = -size if size > 0 else FINISHED_EMPTY
+        self._cached_position = -<int>size if size > 0 else FINISHED_EMPTY
         self._reader_position = 0
         self._closed = False
 
@@ -310,13 +310,13 @@ cdef class BufferConsumer:
         """
         return self.build_slice()
 
-    def skip(self, int bytes_to_skip):
+    def skip(self, Py_ssize_t bytes_to_skip):
         """Advance the reader by ``bytes_to_skip`` committed bytes without building them."""
         cdef int writer = self.refresh()
         if bytes_to_skip < 0 or bytes_to_skip > writer - self._reader_position:
             raise ValueError(
                 f"cannot skip {bytes_to_skip} bytes: {writer - self._reader_position} readable")
-        self._reader_position += bytes_to_skip
+        self._reader_position += <int>bytes_to_skip
 
     @property
     def is_finished(self):
@@ -337,13 +337,14 @@ cdef class BufferConsumer:
         """
         return self.copy_with_reader_position(self._reader_position)
 
-    def copy_with_reader_position(self, int reader_position):
+    def copy_with_reader_position(self, Py_ssize_t reader_position):
         """Like :meth:`copy`, reading from ``reader_position``."""
+        cdef int position = to_int(reader_position, "reader_position")
         if self._closed:
             raise IllegalStateError("BufferConsumer is closed")
         self._buffer.retain_ref()
         cdef int cached = self._marker.position if self._marker is not None else self._cached_position
-        return BufferConsumer.create(self._buffer, self._marker, cached, reader_position)
+        return BufferConsumer.create(self._buffer, self._marker, cached, position)
 
     def close(self):
         """Drop this consumer's reference (idempotent)."""

@@ -86,7 +86,7 @@ cdef class LocalBufferPool(BufferRecycler):
     cdef object check_and_update_availability(self)
     cdef object set_num_buffers_internal(self, int num_buffers)
     cdef object on_global_pool_available(self)
-    cdef int check_channel(self, int channel) except -1
+    cdef int check_channel(self, Py_ssize_t channel) except -1
     cdef bint _should_be_available(self) noexcept
     cdef bint _request_from_global(self) except -1
     cdef MemorySegment _request_segment_blocking(self, int channel, object timeout)

@@ -33,7 +33,7 @@ them awaitable); an available pool returns an already completed one.
 cimport cython
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 
-from flinknet._core.buffer cimport BufferRecycler, NetworkBuffer, DT_DATA_BUFFER
+from flinknet._core.buffer cimport BufferRecycler, NetworkBuffer, DT_DATA_BUFFER, to_int
 from flinknet._core.builder cimport BufferBuilder
 from flinknet._core.defs cimport FLINKNET_DEBUG
 from flinknet._core.memory cimport MemorySegment, allocate_arena_segments
@@ -93,12 +93,22 @@ cdef class AvailabilityHelper:
         self._available = False
 
     cdef object get_future(self):
-        if self._available:
-            return _AVAILABLE
-        if self._future is None or self._future.cancelled():
-            # A caller may cancel the future it was given; later callers get a fresh one.
-            self._future = Future()
-        return self._future
+        cdef object current, fresh
+        # Future() and cancelled() run Python code, during which another thread may run and make
+        # the pool available (completing and dropping the pending future). So: make the future
+        # first, then re-check and install it with no Python code in between.
+        while True:
+            if self._available:
+                return _AVAILABLE
+            current = self._future
+            if current is not None and not current.cancelled():
+                return current
+            fresh = Future()
+            if self._available:
+                return _AVAILABLE
+            if self._future is current:
+                self._future = fresh
+                return fresh
 
 
 cdef inline AvailabilityHelper _new_availability(bint available):
@@ -315,8 +325,9 @@ cdef class NetworkBufferPool:
 
     # -- local pools --------------------------------------------------------------------------
 
-    def create_buffer_pool(self, int min_buffers, int max_buffers, int num_subpartitions=0,
-                           int max_buffers_per_channel=10, int max_overdraft_buffers=5):
+    def create_buffer_pool(self, Py_ssize_t min_buffers, Py_ssize_t max_buffers,
+                           Py_ssize_t num_subpartitions=0, Py_ssize_t max_buffers_per_channel=10,
+                           Py_ssize_t max_overdraft_buffers=5):
         """Create and register a :class:`LocalBufferPool` guaranteed ``min_buffers`` segments.
 
         ``max_buffers`` bounds it (``UNBOUNDED`` for none); with ``num_subpartitions > 0`` a
@@ -338,6 +349,10 @@ cdef class NetworkBufferPool:
             raise ValueError(f"max_buffers_per_channel must be > 0, got {max_buffers_per_channel}")
         if max_overdraft_buffers < 0:
             raise ValueError(f"max_overdraft_buffers must be >= 0, got {max_overdraft_buffers}")
+        to_int(max_buffers, "max_buffers")
+        to_int(num_subpartitions, "num_subpartitions")
+        to_int(max_buffers_per_channel, "max_buffers_per_channel")
+        to_int(max_overdraft_buffers, "max_overdraft_buffers")
         if self._num_total_required + min_buffers > self._total:
             raise InsufficientNetworkBuffersError(
                 f"Insufficient number of network buffers: required {min_buffers}, but only "
@@ -637,7 +652,7 @@ cdef class LocalBufferPool(BufferRecycler):
 
     # -- requests -----------------------------------------------------------------------------
 
-    cdef int check_channel(self, int channel) except -1:
+    cdef int check_channel(self, Py_ssize_t channel) except -1:
         if channel != UNKNOWN_CHANNEL and not 0 <= channel < self._num_subpartitions:
             raise ValueError(
                 f"target channel {channel} out of range: this pool has {self._num_subpartitions} "
@@ -712,19 +727,19 @@ cdef class LocalBufferPool(BufferRecycler):
             return None
         return NetworkBuffer.create(seg, self, DT_DATA_BUFFER, 0)
 
-    def request_buffer_builder(self, int target_channel=UNKNOWN_CHANNEL):
+    def request_buffer_builder(self, Py_ssize_t target_channel=UNKNOWN_CHANNEL):
         """A :class:`~flinknet._core.builder.BufferBuilder` for ``target_channel``, or None.
 
         With a channel, the buffer counts against that subpartition's cap until recycled.
         """
         cdef MemorySegment seg
         self.check_channel(target_channel)
-        seg = self.request_segment(target_channel)
+        seg = self.request_segment(<int>target_channel)
         if seg is None:
             return None
-        return BufferBuilder.create(seg, self._recycler_for(target_channel))
+        return BufferBuilder.create(seg, self._recycler_for(<int>target_channel))
 
-    def request_buffer_builder_blocking(self, int target_channel=UNKNOWN_CHANNEL, timeout=None):
+    def request_buffer_builder_blocking(self, Py_ssize_t target_channel=UNKNOWN_CHANNEL, timeout=None):
         """Like :meth:`request_buffer_builder` but waits while the pool is exhausted.
 
         This wait is backpressure. ``timeout`` (seconds) bounds it with
@@ -733,8 +748,8 @@ cdef class LocalBufferPool(BufferRecycler):
         """
         cdef MemorySegment seg
         self.check_channel(target_channel)
-        seg = self._request_segment_blocking(target_channel, timeout)
-        return BufferBuilder.create(seg, self._recycler_for(target_channel))
+        seg = self._request_segment_blocking(<int>target_channel, timeout)
+        return BufferBuilder.create(seg, self._recycler_for(<int>target_channel))
 
     # -- recycling ----------------------------------------------------------------------------
 
@@ -816,12 +831,12 @@ cdef class LocalBufferPool(BufferRecycler):
             return None
         return self.check_and_update_availability()
 
-    def set_num_buffers(self, int num_buffers):
+    def set_num_buffers(self, Py_ssize_t num_buffers):
         """Set the pool size (capped at ``max_buffers``); surplus free segments go back now,
         surplus handed-out ones when they are recycled."""
-        _complete(self.set_num_buffers_internal(num_buffers))
+        _complete(self.set_num_buffers_internal(to_int(num_buffers, "num_buffers")))
 
-    def reserve_segments(self, int num_segments, timeout=None):
+    def reserve_segments(self, Py_ssize_t num_segments, timeout=None):
         """Make sure ``num_segments`` (≤ ``min_buffers``) segments are held, waiting for them."""
         cdef double t = _check_timeout(timeout, "timeout")
         cdef list segments
@@ -920,17 +935,17 @@ cdef class LocalBufferPool(BufferRecycler):
         return self._max_overdraft
 
     @max_overdraft_buffers_per_gate.setter
-    def max_overdraft_buffers_per_gate(self, int value):
+    def max_overdraft_buffers_per_gate(self, Py_ssize_t value):
         if value < 0:
             raise ValueError(f"max_overdraft_buffers_per_gate must be >= 0, got {value}")
-        self._max_overdraft = value
+        self._max_overdraft = to_int(value, "max_overdraft_buffers_per_gate")
 
     @property
     def num_listeners(self):
         """Registered buffer listeners waiting for a recycled buffer."""
         return len(self._listeners)
 
-    def subpartition_buffer_count(self, int channel):
+    def subpartition_buffer_count(self, Py_ssize_t channel):
         """Outstanding buffers of subpartition ``channel``."""
         if not 0 <= channel < self._num_subpartitions:
             raise ValueError(f"channel {channel} out of range [0, {self._num_subpartitions})")
