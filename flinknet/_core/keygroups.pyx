@@ -1,0 +1,232 @@
+"""Key groups exactly as Flink assigns them (``KeyGroupRangeAssignment``, ``MathUtils.murmurHash``).
+
+A key's group is ``murmurHash(key.hashCode()) % maxParallelism`` and the operator (subtask) of a
+group is ``keyGroup * parallelism // maxParallelism``. Java's ``hashCode`` is emulated for the
+key types Flink programs use most: ``int`` (java.lang.Integer), ``long`` (java.lang.Long) and
+``string`` (java.lang.String, over UTF-16 code units); other keys need a ``hash_code`` of their own.
+
+Name map (Flink → flinknet):
+
+=============================================================  =========================================
+``MathUtils.murmurHash(int)``                                   :func:`murmur_hash`
+``KeyGroupRangeAssignment.assignToKeyGroup(key, maxP)``         :func:`assign_to_key_group`
+``KeyGroupRangeAssignment.computeKeyGroupForKeyHash(h, maxP)``  :func:`compute_key_group_for_key_hash`
+``KeyGroupRangeAssignment.computeOperatorIndexForKeyGroup``     :func:`compute_operator_index_for_key_group`
+``KeyGroupRangeAssignment.assignKeyToParallelOperator``         :func:`assign_key_to_parallel_operator`
+``KeyGroupRangeAssignment.computeDefaultMaxParallelism(p)``     :func:`compute_default_max_parallelism`
+``Integer/Long/String.hashCode()``                              :func:`java_hash_code` (``key_type``)
+=============================================================  =========================================
+
+The ``*_array`` functions do the same over numpy int32/int64 arrays in one call, without the GIL.
+"""
+
+cimport cython
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+
+import numpy as np
+
+DEFAULT_LOWER_BOUND = DEFAULT_LOWER_BOUND_MAX_PARALLELISM
+UPPER_BOUND = UPPER_BOUND_MAX_PARALLELISM
+
+KEY_TYPES = ("int", "long", "string")
+
+
+cdef inline uint32_t _rotl(uint32_t x, int r) noexcept nogil:
+    return (x << r) | (x >> (32 - r))
+
+
+cdef int32_t murmur_hash_int(int32_t code) noexcept nogil:
+    # Java int arithmetic wraps: do it in uint32 and reinterpret.
+    cdef uint32_t h = <uint32_t>code
+    h *= 0xcc9e2d51u
+    h = _rotl(h, 15)
+    h *= 0x1b873593u
+    h = _rotl(h, 13)
+    h = h * 5u + 0xe6546b64u
+    h ^= 4u
+    # bitMix (the murmur3 finalizer)
+    h ^= h >> 16
+    h *= 0x85ebca6bu
+    h ^= h >> 13
+    h *= 0xc2b2ae35u
+    h ^= h >> 16
+    cdef int32_t s = <int32_t>h
+    if s >= 0:
+        return s
+    if s != -2147483648:
+        return -s
+    return 0
+
+
+cdef int32_t java_long_hash(int64_t value) noexcept nogil:
+    cdef uint64_t v = <uint64_t>value
+    return <int32_t><uint32_t>(v ^ (v >> 32))
+
+
+cdef int32_t java_string_hash(str value) except? -1:
+    # String.hashCode iterates UTF-16 code units: characters beyond the BMP count as two.
+    cdef uint32_t h = 0
+    cdef Py_UCS4 ch
+    cdef uint32_t cp
+    for ch in value:
+        cp = <uint32_t>ch
+        if cp >= 0x10000:
+            cp -= 0x10000
+            h = h * 31u + (0xD800u + (cp >> 10))
+            h = h * 31u + (0xDC00u + (cp & 0x3FFu))
+        else:
+            h = h * 31u + cp
+    return <int32_t>h
+
+
+cdef inline int _check_max_parallelism(int64_t max_parallelism) except -1:
+    if not 0 < max_parallelism <= UPPER_BOUND_MAX_PARALLELISM:
+        raise ValueError(
+            f"max_parallelism must be in (0, {UPPER_BOUND_MAX_PARALLELISM}], got {max_parallelism}")
+    return 0
+
+
+cdef inline int _check_parallelism(int64_t parallelism, int64_t max_parallelism) except -1:
+    if not 0 < parallelism <= max_parallelism:
+        raise ValueError(
+            f"parallelism must be in (0, max_parallelism={max_parallelism}], got {parallelism}")
+    return 0
+
+
+def murmur_hash(int32_t code):
+    """Flink's ``MathUtils.murmurHash(int)``: a non-negative int."""
+    return murmur_hash_int(code)
+
+
+def java_hash_code(key, key_type=None):
+    """Java's ``hashCode()`` of ``key`` as an Integer (``"int"``), Long (``"long"``) or String.
+
+    Without ``key_type``: ``str`` keys are Strings, ``int`` keys are Integers when they fit in 32
+    bits, else Longs. Objects with a ``hash_code()`` method use it.
+    """
+    if key_type is None:
+        if isinstance(key, str):
+            return java_string_hash(key)
+        if isinstance(key, int) and not isinstance(key, bool):
+            if -2147483648 <= key <= 2147483647:
+                return <int32_t>key
+            return java_long_hash(<int64_t>key)
+        hash_code = getattr(key, "hash_code", None)
+        if hash_code is not None:
+            return <int32_t>hash_code()
+        raise TypeError(
+            f"no Java hashCode for {type(key).__name__} keys: use str or int keys, pass key_type, "
+            f"or give the key a hash_code() method")
+    if key_type == "int":
+        return <int32_t>key
+    if key_type == "long":
+        return java_long_hash(<int64_t>key)
+    if key_type == "string":
+        if not isinstance(key, str):
+            raise TypeError(f"key_type 'string' needs a str key, got {type(key).__name__}")
+        return java_string_hash(key)
+    raise ValueError(f"unknown key_type {key_type!r} (use one of {KEY_TYPES})")
+
+
+def compute_key_group_for_key_hash(int32_t key_hash, int64_t max_parallelism):
+    """``murmurHash(key_hash) % max_parallelism``."""
+    _check_max_parallelism(max_parallelism)
+    return key_group_for_hash(key_hash, <int32_t>max_parallelism)
+
+
+def assign_to_key_group(key, int64_t max_parallelism, key_type=None):
+    """The key group of ``key`` (see :func:`java_hash_code` for ``key_type``)."""
+    _check_max_parallelism(max_parallelism)
+    return key_group_for_hash(java_hash_code(key, key_type), <int32_t>max_parallelism)
+
+
+def compute_operator_index_for_key_group(int64_t max_parallelism, int64_t parallelism, int64_t key_group):
+    """The subtask index owning ``key_group``: ``key_group * parallelism // max_parallelism``."""
+    _check_max_parallelism(max_parallelism)
+    _check_parallelism(parallelism, max_parallelism)
+    if not 0 <= key_group < max_parallelism:
+        raise ValueError(f"key_group must be in [0, {max_parallelism}), got {key_group}")
+    return operator_index_for_key_group(<int32_t>max_parallelism, <int32_t>parallelism, <int32_t>key_group)
+
+
+def assign_key_to_parallel_operator(key, int64_t max_parallelism, int64_t parallelism, key_type=None):
+    """The subtask index for ``key``."""
+    _check_max_parallelism(max_parallelism)
+    _check_parallelism(parallelism, max_parallelism)
+    return operator_index_for_key_group(
+        <int32_t>max_parallelism, <int32_t>parallelism,
+        key_group_for_hash(java_hash_code(key, key_type), <int32_t>max_parallelism))
+
+
+def compute_default_max_parallelism(int64_t parallelism):
+    """``min(max(roundUpToPowerOfTwo(p + p // 2), 128), 32768)``."""
+    cdef int64_t n, v
+    if parallelism <= 0:
+        raise ValueError(f"parallelism must be > 0, got {parallelism}")
+    n = parallelism + parallelism // 2
+    v = 1
+    while v < n:
+        v <<= 1
+    if v < DEFAULT_LOWER_BOUND_MAX_PARALLELISM:
+        v = DEFAULT_LOWER_BOUND_MAX_PARALLELISM
+    return v if v < UPPER_BOUND_MAX_PARALLELISM else UPPER_BOUND_MAX_PARALLELISM
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def key_groups_array(keys, int64_t max_parallelism, key_type=None):
+    """Key groups of a numpy array of int keys (int32 → Integer, int64 → Long, unless ``key_type``)."""
+    cdef const int32_t[::1] k32
+    cdef const int64_t[::1] k64
+    cdef int32_t[::1] out_view
+    cdef Py_ssize_t i, n
+    cdef int32_t maxp
+    cdef bint as_long
+    _check_max_parallelism(max_parallelism)
+    maxp = <int32_t>max_parallelism
+    arr = np.asarray(keys)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"keys must be an integer array, got dtype {arr.dtype}")
+    if key_type is None:
+        as_long = arr.dtype.itemsize > 4
+    elif key_type == "long":
+        as_long = True
+    elif key_type == "int":
+        as_long = False
+    else:
+        raise ValueError(f"key_type for arrays must be 'int' or 'long', got {key_type!r}")
+    n = arr.shape[0] if arr.ndim == 1 else -1
+    if n < 0:
+        raise ValueError("keys must be one-dimensional")
+    out = np.empty(n, dtype=np.int32)
+    out_view = out
+    if as_long:
+        k64 = np.ascontiguousarray(arr, dtype=np.int64)
+        with nogil:
+            for i in range(n):
+                out_view[i] = key_group_for_hash(java_long_hash(k64[i]), maxp)
+    else:
+        if arr.dtype.itemsize > 4 and ((arr < -2147483648) | (arr > 2147483647)).any():
+            raise OverflowError("key_type 'int' needs keys that fit in 32 bits")
+        k32 = np.ascontiguousarray(arr, dtype=np.int32)
+        with nogil:
+            for i in range(n):
+                out_view[i] = key_group_for_hash(k32[i], maxp)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def operator_indexes_array(keys, int64_t max_parallelism, int64_t parallelism, key_type=None):
+    """Subtask indexes of a numpy array of int keys (see :func:`key_groups_array`)."""
+    cdef int32_t[::1] groups
+    cdef Py_ssize_t i
+    cdef int32_t maxp = <int32_t>max_parallelism, p = <int32_t>parallelism
+    _check_max_parallelism(max_parallelism)
+    _check_parallelism(parallelism, max_parallelism)
+    out = key_groups_array(keys, max_parallelism, key_type)
+    groups = out
+    with nogil:
+        for i in range(groups.shape[0]):
+            groups[i] = operator_index_for_key_group(maxp, p, groups[i])
+    return out
