@@ -33,6 +33,7 @@ __all__ = [
     "InsufficientNetworkBuffersError",
     "BufferRequestTimeoutError",
     "CancelTaskError",
+    "CorruptRecordError",
 ]
 
 
@@ -70,3 +71,19 @@ class CancelTaskError(FlinknetError):
     Raised to requesters blocked on a buffer pool when the pool is destroyed, so that the task
     stops instead of waiting forever.
     """
+
+
+class CorruptRecordError(FlinknetError, ValueError):
+    """A record in a channel's byte stream cannot be valid: a negative length, a length beyond the
+    configured maximum, or a payload serializer that does not consume exactly the record's bytes.
+
+    ``channel`` names the input channel (whatever the deserializer was given) and ``offset`` is the
+    byte offset of the record's length prefix in that channel's stream. Nothing is allocated for an
+    impossible length. The stream cannot be resynchronised afterwards: ``clear()`` the
+    deserializer (its buffer goes back to its pool) and fail the channel.
+    """
+
+    def __init__(self, message: str, channel: object = None, offset: int | None = None):
+        super().__init__(message)
+        self.channel = channel
+        self.offset = offset
