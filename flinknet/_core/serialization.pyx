@@ -888,7 +888,7 @@ cdef class RecordDeserializer:
         self._settle()
         if self._buffer is not None:
             raise IllegalStateError("set_next_buffer before the previous buffer was consumed")
-        if buffer._root._ref_count <= 0:
+        if buffer.root()._ref_count <= 0:
             raise IllegalStateError("cannot deserialize a recycled buffer")
         buffer._segment.check(0, 0)
         self._buffer = buffer
