@@ -22,7 +22,9 @@ cdef enum:
     INITIAL_SPANNING_CAPACITY = 1024
 
 
-# One serialized payload: `header` bytes followed by `body_size` bytes at `body`. `body` points
+# One serialized payload: `header` bytes followed by `body_size` bytes at `body`. Serializers
+# append to `header` at `header_size` (so an outer serializer, e.g. for stream elements, can put
+# its own fields first) and set at most one body. `body` points
 # into an object kept alive by the caller (the value itself, or the object prepare() returned),
 # or into `view` when has_view is set (released by payload_release).
 cdef struct Payload:

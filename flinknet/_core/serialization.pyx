@@ -161,8 +161,8 @@ cdef class BytePrimitiveArraySerializer(PayloadSerializer):
         if p.body_size > 2147483647:
             payload_release(p)
             raise ValueError("a byte[] payload is limited to 2 GiB")
-        fn_store_be_i32(p.header, <int32_t>p.body_size)
-        p.header_size = 4
+        fn_store_be_i32(p.header + p.header_size, <int32_t>p.body_size)
+        p.header_size += 4
         return None
 
     cdef object read(self, const char *data, Py_ssize_t size):
@@ -205,8 +205,8 @@ cdef class Int32Serializer(PayloadSerializer):
         self.fixed_size = 4
 
     cdef object prepare(self, object value, Payload *p):
-        fn_store_be_i32(p.header, <int32_t>value)
-        p.header_size = 4
+        fn_store_be_i32(p.header + p.header_size, <int32_t>value)
+        p.header_size += 4
         return None
 
     cdef object read(self, const char *data, Py_ssize_t size):
@@ -223,8 +223,8 @@ cdef class Int64Serializer(PayloadSerializer):
         self.fixed_size = 8
 
     cdef object prepare(self, object value, Payload *p):
-        fn_store_be_i64(p.header, <int64_t>value)
-        p.header_size = 8
+        fn_store_be_i64(p.header + p.header_size, <int64_t>value)
+        p.header_size += 8
         return None
 
     cdef object read(self, const char *data, Py_ssize_t size):
@@ -241,8 +241,8 @@ cdef class Float64Serializer(PayloadSerializer):
         self.fixed_size = 8
 
     cdef object prepare(self, object value, Payload *p):
-        fn_store_be_i64(p.header, <int64_t>fn_f64_to_bits(<double>value))
-        p.header_size = 8
+        fn_store_be_i64(p.header + p.header_size, <int64_t>fn_f64_to_bits(<double>value))
+        p.header_size += 8
         return None
 
     cdef object read(self, const char *data, Py_ssize_t size):
