@@ -2,8 +2,10 @@
 
 A key's group is ``murmurHash(key.hashCode()) % maxParallelism`` and the operator (subtask) of a
 group is ``keyGroup * parallelism // maxParallelism``. Java's ``hashCode`` is emulated for the
-key types Flink programs use most: ``int`` (java.lang.Integer), ``long`` (java.lang.Long) and
-``string`` (java.lang.String, over UTF-16 code units); other keys need a ``hash_code`` of their own.
+key types Flink programs use most: ``int`` (java.lang.Integer), ``long`` (java.lang.Long),
+``string`` (java.lang.String, over UTF-16 code units), ``boolean`` (java.lang.Boolean: 1231/1237)
+and ``bytes`` (``java.util.Arrays.hashCode(byte[])``: a Java ``byte[]`` key itself would hash by
+identity, which no distributed job can use); other keys need a ``hash_code()`` of their own.
 
 Name map (Flink → flinknet):
 
@@ -14,7 +16,8 @@ Name map (Flink → flinknet):
 ``KeyGroupRangeAssignment.computeOperatorIndexForKeyGroup``     :func:`compute_operator_index_for_key_group`
 ``KeyGroupRangeAssignment.assignKeyToParallelOperator``         :func:`assign_key_to_parallel_operator`
 ``KeyGroupRangeAssignment.computeDefaultMaxParallelism(p)``     :func:`compute_default_max_parallelism`
-``Integer/Long/String.hashCode()``                              :func:`java_hash_code` (``key_type``)
+``Integer/Long/String/Boolean.hashCode()``, ``Arrays.hashCode(byte[])``  :func:`java_hash_code` (``key_type``)
+``KeyGroupRange`` / ``computeKeyGroupRangeForOperatorIndex``    :class:`KeyGroupRange` / :func:`compute_key_group_range_for_operator_index`
 =============================================================  =========================================
 
 The ``*_array`` functions do the same over numpy int32/int64 arrays in one call, without the GIL.
@@ -28,7 +31,7 @@ import numpy as np
 DEFAULT_LOWER_BOUND = DEFAULT_LOWER_BOUND_MAX_PARALLELISM
 UPPER_BOUND = UPPER_BOUND_MAX_PARALLELISM
 
-KEY_TYPES = ("int", "long", "string")
+KEY_TYPES = ("int", "long", "string", "boolean", "bytes")
 
 
 cdef inline uint32_t _rotl(uint32_t x, int r) noexcept nogil:
@@ -93,6 +96,16 @@ cdef inline int _check_parallelism(int64_t parallelism, int64_t max_parallelism)
     return 0
 
 
+cdef int32_t java_bytes_hash(object data) except? -1:
+    # java.util.Arrays.hashCode(byte[]): 31 * h + b over signed bytes, starting at 1.
+    cdef const unsigned char[::1] view = memoryview(data).cast("B")
+    cdef uint32_t h = 1
+    cdef Py_ssize_t i
+    for i in range(view.shape[0]):
+        h = h * 31u + <uint32_t><int32_t><signed char>view[i]
+    return <int32_t>h
+
+
 def murmur_hash(int32_t code):
     """Flink's ``MathUtils.murmurHash(int)``: a non-negative int."""
     return murmur_hash_int(code)
@@ -107,7 +120,11 @@ def java_hash_code(key, key_type=None):
     if key_type is None:
         if isinstance(key, str):
             return java_string_hash(key)
-        if isinstance(key, int) and not isinstance(key, bool):
+        if isinstance(key, bool):
+            return 1231 if key else 1237
+        if isinstance(key, (bytes, bytearray, memoryview)):
+            return java_bytes_hash(key)
+        if isinstance(key, int):
             if -2147483648 <= key <= 2147483647:
                 return <int32_t>key
             return java_long_hash(<int64_t>key)
@@ -125,6 +142,10 @@ def java_hash_code(key, key_type=None):
         if not isinstance(key, str):
             raise TypeError(f"key_type 'string' needs a str key, got {type(key).__name__}")
         return java_string_hash(key)
+    if key_type == "boolean":
+        return 1231 if key else 1237
+    if key_type == "bytes":
+        return java_bytes_hash(key)
     raise ValueError(f"unknown key_type {key_type!r} (use one of {KEY_TYPES})")
 
 
@@ -230,3 +251,56 @@ def operator_indexes_array(keys, int64_t max_parallelism, int64_t parallelism, k
         for i in range(groups.shape[0]):
             groups[i] = operator_index_for_key_group(maxp, p, groups[i])
     return out
+
+
+class KeyGroupRange:
+    """The key groups ``[start_key_group, end_key_group]`` (inclusive) one operator owns."""
+
+    __slots__ = ("start_key_group", "end_key_group")
+
+    def __init__(self, int start_key_group, int end_key_group):
+        if start_key_group < 0:
+            raise ValueError("start_key_group must be >= 0")
+        if end_key_group < start_key_group - 1:
+            raise ValueError("end_key_group must be >= start_key_group - 1 (empty range)")
+        self.start_key_group = start_key_group
+        self.end_key_group = end_key_group
+
+    @property
+    def number_of_key_groups(self):
+        """How many key groups the range holds."""
+        return self.end_key_group - self.start_key_group + 1
+
+    def contains(self, int key_group):
+        """Whether ``key_group`` is in the range."""
+        return self.start_key_group <= key_group <= self.end_key_group
+
+    __contains__ = contains
+
+    def __iter__(self):
+        return iter(range(self.start_key_group, self.end_key_group + 1))
+
+    def __len__(self):
+        return self.number_of_key_groups
+
+    def __eq__(self, other):
+        return (isinstance(other, KeyGroupRange) and other.start_key_group == self.start_key_group
+                and other.end_key_group == self.end_key_group)
+
+    def __hash__(self):
+        return hash((self.start_key_group, self.end_key_group))
+
+    def __repr__(self):
+        return f"KeyGroupRange{{startKeyGroup={self.start_key_group}, endKeyGroup={self.end_key_group}}}"
+
+
+def compute_key_group_range_for_operator_index(int64_t max_parallelism, int64_t parallelism,
+                                               int64_t operator_index):
+    """The :class:`KeyGroupRange` of subtask ``operator_index`` (Flink's formula)."""
+    _check_max_parallelism(max_parallelism)
+    _check_parallelism(parallelism, max_parallelism)
+    if not 0 <= operator_index < parallelism:
+        raise ValueError(f"operator_index must be in [0, {parallelism}), got {operator_index}")
+    start = (operator_index * max_parallelism + parallelism - 1) // parallelism
+    end = ((operator_index + 1) * max_parallelism - 1) // parallelism
+    return KeyGroupRange(start, end)
