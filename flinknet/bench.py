@@ -9,6 +9,10 @@ machine, and the ratio between them, so the numbers mean something on a shared, 
   the pure-Python way (slice assignment into a ``bytearray`` through a ``memoryview``), against the
   same kernel called from C (the cost of the work without the Python call) and against ``memcpy``.
 * ``copy.32KiB``: appending a whole 32 KiB chunk, against ``memcpy`` of 32 KiB (the bulk path).
+* ``serialize.*`` / ``deserialize.*``: records framed into 32 KiB buffers (per record, a list in one
+  call, a numpy array in one call) and read back (per record, per buffer, into a numpy array),
+  against a C loop that frames/deframes in one flat buffer (the floor) and the pure-Python way
+  (``struct.pack_into`` / ``struct.unpack_from`` framing of ``pickle`` payloads).
 
 Each measurement is the best of several repeats (the least disturbed by other load).
 """
@@ -26,6 +30,7 @@ from typing import Callable
 from flinknet._core import _benchkit
 from flinknet._core.buffer import is_debug_build
 from flinknet._core.pool import NetworkBufferPool
+from flinknet._core.serialization import RecordDeserializer, SpanningRecordSerializer
 
 SEGMENT_SIZE = 32 * 1024
 
@@ -206,6 +211,175 @@ def bench_bulk_copy(iterations: int, repeats: int) -> Row:
         nbp.destroy()
 
 
+class _RecyclingSink:
+    """Takes each buffer as the partition layer would and recycles it when finished."""
+
+    def __init__(self):
+        self.consumers = []
+
+    def add_buffer_consumer(self, subpartition, consumer, partial_record_length):
+        self.consumers.append(consumer)
+
+    def buffer_finished(self, subpartition, num_bytes):
+        consumer = self.consumers.pop(0)
+        consumer.build().recycle()
+        consumer.close()
+
+    def close(self):
+        for consumer in self.consumers:
+            consumer.close()
+        self.consumers.clear()
+
+
+class _KeepingSink(_RecyclingSink):
+    def buffer_finished(self, subpartition, num_bytes):
+        pass
+
+    def take_buffers(self):
+        buffers = []
+        for consumer in self.consumers:
+            buffers.append(consumer.build())
+            consumer.close()
+        self.consumers.clear()
+        return buffers
+
+
+def _python_framing(records, segment_size):
+    """Pure-Python framing: pickle each record, struct.pack_into length + payload, new bytearray
+    when full."""
+    import pickle
+    import struct
+
+    buf = bytearray(segment_size)
+    pos = 0
+    out = 0
+    for record in records:
+        payload = pickle.dumps(record)
+        n = len(payload)
+        if pos + 4 + n > segment_size:
+            out += 1
+            buf = bytearray(segment_size)
+            pos = 0
+        struct.pack_into(">i", buf, pos, n)
+        buf[pos + 4:pos + 4 + n] = payload
+        pos += 4 + n
+    return out
+
+
+def _python_deframing(buffers):
+    import pickle
+    import struct
+
+    count = 0
+    for buf in buffers:
+        pos, end = 0, len(buf)
+        while pos < end:
+            (n,) = struct.unpack_from(">i", buf, pos)
+            pickle.loads(buf[pos + 4:pos + 4 + n])
+            pos += 4 + n
+            count += 1
+    return count
+
+
+def bench_serialization(payload: int, records: int, repeats: int) -> list[Row]:
+    import numpy as np
+
+    nbp = NetworkBufferPool(max(64, records * (payload + 4) // SEGMENT_SIZE + 16), SEGMENT_SIZE)
+    rows = []
+    try:
+        pool = nbp.create_buffer_pool(4, 4, num_subpartitions=1)
+        record = bytes(range(256)) * (payload // 256) + bytes(payload % 256)
+        batch = [record] * records
+        array = np.frombuffer(record * records, dtype=f"V{payload}") if payload else None
+
+        def timed(action):
+            sink = _RecyclingSink()
+            ser = SpanningRecordSerializer(pool, 1, "bytes", sink)
+            try:
+                return action(ser)
+            finally:
+                ser.close()
+                sink.close()
+
+        def per_record(ser):
+            emit = ser.emit
+            for r in batch:
+                emit(r, 0)
+            return records
+
+        c_loop = min(_benchkit.c_framing_ns_per_record(payload, SEGMENT_SIZE, records) for _ in range(repeats))
+        py_pickled = [bytes(record)] * min(records, 100_000)
+        python = _best_ns(lambda: (_python_framing(py_pickled, SEGMENT_SIZE), len(py_pickled))[1], repeats)
+        base = {"C framing loop": c_loop, "struct.pack_into+pickle": python}
+        rows.append(Row(f"serialize.{payload}B.per_record", "ns/rec",
+                        _best_ns(lambda: timed(per_record), repeats), dict(base)))
+        rows.append(Row(f"serialize.{payload}B.batch_list", "ns/rec",
+                        _best_ns(lambda: timed(lambda s: s.emit_batch(batch, 0)), repeats), dict(base)))
+        if array is not None:
+            rows.append(Row(f"serialize.{payload}B.numpy_array", "ns/rec",
+                            _best_ns(lambda: timed(lambda s: s.emit_array(array, 0)), repeats), dict(base)))
+
+        # Read back: frame once, keep the buffers, then time the deserializer on copies of them.
+        big = nbp.create_buffer_pool(8, nbp.total_segments - 8, num_subpartitions=1)
+        sink = _KeepingSink()
+        ser = SpanningRecordSerializer(big, 1, "bytes", sink)
+        ser.emit_batch(batch, 0)
+        ser.finish_all()
+        ser.close()
+        buffers = sink.take_buffers()
+        raw = [b.to_bytes() for b in buffers]
+
+        def deserialize(mode):
+            deser = RecordDeserializer()
+            count = 0
+            for b in buffers:
+                b.retain()
+                if mode == "batch":
+                    count += len(deser.read_records(b))
+                elif mode == "array":
+                    count += len(deser.read_array(b, f"V{payload}"))
+                else:
+                    deser.set_next_buffer(b)
+                    get = deser.get_next_record
+                    while True:
+                        result, rec = get()
+                        if result is INTERMEDIATE:
+                            count += 1
+                            continue
+                        if result is LAST:
+                            count += 1
+                        break
+            deser.clear()
+            return count
+
+        from flinknet._core.serialization import DeserializationResult
+        INTERMEDIATE = DeserializationResult.INTERMEDIATE_RECORD_FROM_BUFFER
+        LAST = DeserializationResult.LAST_RECORD_FROM_BUFFER
+        c_de = min(_benchkit.c_deframing_ns_per_record(payload, SEGMENT_SIZE, records) for _ in range(repeats))
+        import pickle
+        import struct
+        py_raw = []
+        for chunk in raw[: max(1, len(raw) * min(records, 100_000) // records)]:
+            py_raw.append(b"".join(struct.pack(">i", len(p)) + p for p in (pickle.dumps(bytes(payload)),) * (len(chunk) // (payload + 4))))
+        py_count = sum(len(c) // (len(pickle.dumps(bytes(payload))) + 4) for c in py_raw)
+        py_de = _best_ns(lambda: _python_deframing(py_raw) or py_count, repeats)
+        base = {"C deframing loop": c_de, "struct.unpack_from+pickle": py_de}
+        rows.append(Row(f"deserialize.{payload}B.per_record", "ns/rec",
+                        _best_ns(lambda: deserialize("record"), repeats), dict(base)))
+        rows.append(Row(f"deserialize.{payload}B.per_buffer_list", "ns/rec",
+                        _best_ns(lambda: deserialize("batch"), repeats), dict(base)))
+        if payload:
+            rows.append(Row(f"deserialize.{payload}B.numpy_array", "ns/rec",
+                            _best_ns(lambda: deserialize("array"), repeats), dict(base)))
+        for b in buffers:
+            b.recycle()
+        big.lazy_destroy()
+        pool.lazy_destroy()
+        return rows
+    finally:
+        nbp.destroy()
+
+
 def run(quick: bool = False) -> list[Row]:
     scale = 0.2 if quick else 1.0
     repeats = 3 if quick else 7
@@ -214,6 +388,8 @@ def run(quick: bool = False) -> list[Row]:
     for chunk in (16, 100, 1000):
         rows.append(bench_append(chunk, n, repeats))
     rows.append(bench_bulk_copy(int(20_000 * scale), repeats))
+    for payload in (8, 100, 1000):
+        rows += bench_serialization(payload, int((300_000 if payload < 1000 else 100_000) * scale), repeats)
     return rows
 
 
@@ -230,6 +406,7 @@ def format_table(rows: list[Row]) -> str:
             first = False
     lines.append("")
     lines.append("ratio = flinknet / baseline (time per operation; below 1.00x flinknet is faster).")
+    lines.append("records/s = 1e9 / (ns/rec).")
     return "\n".join(lines)
 
 

@@ -481,6 +481,7 @@ cdef class SpanningRecordSerializer:
         cdef Py_ssize_t length = p.header_size + p.body_size
         cdef Py_ssize_t n
         cdef BufferBuilder b
+        cdef char *dst
         if length > 2147483647 - LENGTH_BYTES:
             raise ValueError(f"record of {length} bytes: the length would exceed 2 GiB")
         fn_store_be_i32(prefix, <int32_t>length)
@@ -493,6 +494,24 @@ cdef class SpanningRecordSerializer:
         r.piece = 0
         r.off = 0
         b = self._broadcast_builder if target == BROADCAST else <BufferBuilder>self._builders[target]
+        if (b is not None and b._max_capacity - b._cached >= length + LENGTH_BYTES
+                and not b._segment._freed):
+            # Fast path: the whole framed record fits in the open buffer.
+            dst = b._segment._address + b._cached
+            memcpy(dst, prefix, LENGTH_BYTES)
+            if p.header_size:
+                memcpy(dst + LENGTH_BYTES, p.header, <size_t>p.header_size)
+            copy_memory(dst + LENGTH_BYTES + p.header_size, p.body, p.body_size)
+            b._cached += <int>(length + LENGTH_BYTES)
+            b.commit_raw()
+            if b._cached == b._max_capacity:
+                self._finish_builder(target)
+            if target == BROADCAST:
+                self.total_written_bytes += (length + LENGTH_BYTES) * self._num_subpartitions
+            else:
+                self.total_written_bytes += length + LENGTH_BYTES
+            self.num_records_out += 1
+            return 0
         if b is None:
             # A new record starts a new buffer: enqueue its consumer first (partial length 0).
             b = self._new_builder(target, 0, length + LENGTH_BYTES, True)
@@ -514,14 +533,15 @@ cdef class SpanningRecordSerializer:
 
     # -- public emits -----------------------------------------------------------------------
 
-    def emit(self, record, int target):
+    def emit(self, record, Py_ssize_t target):
         """Serialize ``record`` into subpartition ``target`` (Flink ``emitRecord``)."""
         cdef Payload p
-        self._check_target(target)
+        if self._closed or not 0 <= target < self._num_subpartitions:
+            self._check_target(target)
         _payload_init(&p)
         hold = self._serializer.prepare(record, &p)
         try:
-            self._write_framed(&p, target)
+            self._write_framed(&p, <int>target)
         finally:
             payload_release(&p)
 
@@ -1100,40 +1120,58 @@ cdef class RecordDeserializer:
     def read_array(self, Buffer buffer, dtype):
         """Like :meth:`read_records` for fixed-width numpy records: one array of ``dtype``.
 
-        Every record must have exactly ``dtype.itemsize`` bytes (else CorruptRecordError).
+        Records wholly inside the buffer are copied straight into the array in C; one that spans
+        buffers goes through the spanning path. Every record must have exactly ``dtype.itemsize``
+        bytes (else CorruptRecordError).
         """
-        cdef object record
-        cdef int status
         cdef Py_ssize_t item, count = 0, cap
         cdef char *out_ptr
-        cdef Py_ssize_t rec_len
+        cdef const char *base
+        cdef int32_t length
+        cdef int status
         dt = np.dtype(dtype)
         item = dt.itemsize
         if item <= 0 or dt.hasobject:
             raise ValueError(f"{dt} is not a fixed-width dtype")
         self.set_next_buffer(buffer)
-        cap = (self._limit - self._pos) // (item + LENGTH_BYTES) + 1
+        # At most: one record completed by this buffer's head, plus every whole record in it.
+        cap = (self._limit - self._pos) // (item + LENGTH_BYTES) + 2
         out = np.empty(cap, dtype=dt)
         out_ptr = <char *><size_t>out.ctypes.data
         while True:
+            if self._record_length < 0 and self._length_bytes_read == 0:
+                base = self._buffer.data()
+                while self._limit - self._pos >= LENGTH_BYTES:
+                    length = fn_load_be_i32(base + self._pos)
+                    if length != item:
+                        self._check_length(length)
+                        if length <= self._limit - self._pos - LENGTH_BYTES or length < item:
+                            raise CorruptRecordError(
+                                f"a record of {length} bytes at offset {self._stream_offset} in a "
+                                f"stream of {dt} records of {item} bytes (channel {self._channel!r})",
+                                self._channel, self._stream_offset)
+                    if length > self._limit - self._pos - LENGTH_BYTES:
+                        break
+                    memcpy(out_ptr + count * item, base + self._pos + LENGTH_BYTES, <size_t>item)
+                    count += 1
+                    self._pos += LENGTH_BYTES + item
+                    self._stream_offset += LENGTH_BYTES + item
+                    self._num_records += 1
+                if self._pos == self._limit:
+                    self._recycle_current()
+                    break
             status = self._next(True)
-            record = self._out
+            view = self._out
             self._out = None
             if status != ST_PARTIAL:
-                view = <memoryview>record
-                rec_len = len(view)
-                if rec_len != item:
+                if len(view) != item:
                     self._settle()
                     raise CorruptRecordError(
-                        f"a record of {rec_len} bytes in a stream of {dt} records of {item} bytes "
+                        f"a record of {len(view)} bytes in a stream of {dt} records of {item} bytes "
                         f"(channel {self._channel!r})", self._channel, None)
-                if count == cap:
-                    out = np.resize(out, cap * 2)
-                    cap *= 2
-                    out_ptr = <char *><size_t>out.ctypes.data
                 out[count:count + 1].view(np.uint8)[:] = np.frombuffer(view, dtype=np.uint8)
                 count += 1
-                del view
+            del view
             if status != ST_INTERMEDIATE:
                 break
         self._settle()
