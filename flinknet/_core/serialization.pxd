@@ -73,7 +73,7 @@ cdef class SpanningRecordSerializer:
     cdef int _add_consumers(self, BufferBuilder builder, int target, Py_ssize_t partial,
                             Py_ssize_t min_size) except -1
     cdef int _write_framed(self, Payload *p, int target) except -1
-    cdef int _check_target(self, int target) except -1
+    cdef int _check_target(self, Py_ssize_t target) except -1
 
 
 cdef class RecordDeserializer:
@@ -101,15 +101,17 @@ cdef class RecordDeserializer:
     cdef int64_t _stream_offset
     # A buffer already consumed whose recycle waits for the next call (views may point into it).
     cdef Buffer _pending_recycle
-    # The memoryview handed out by the last view call (released on the next call).
+    # The memoryview handed out by the last view call (released on the next call) and the
+    # _RecordView under it (whose export count tells whether derived views are still alive).
     cdef object _last_view
+    cdef object _last_exporter
     cdef int64_t _num_records
 
     cdef int _settle(self) except -1
     cdef int _recycle_current(self) except -1
     cdef int _append_to_spanning(self, const char *data, Py_ssize_t n) except -1
     cdef int _reset_spanning(self) except -1
-    cdef int _check_length(self, int64_t length) except -1
+    cdef int _check_length(self, int64_t length, int64_t offset) except -1
     # The record produced by the last _next() (handed to the caller and cleared at once).
     cdef object _out
     cdef int _next(self, bint as_view) except -1

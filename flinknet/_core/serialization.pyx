@@ -53,6 +53,7 @@ from flinknet._core.memory cimport MemorySegment, copy_memory, GIL_RELEASE_THRES
 from flinknet._core.pool cimport LocalBufferPool, UNKNOWN_CHANNEL
 
 import enum
+import io
 import os
 import pickle
 import tempfile
@@ -241,7 +242,10 @@ cdef class Float64Serializer(PayloadSerializer):
         self.fixed_size = 8
 
     cdef object prepare(self, object value, Payload *p):
-        fn_store_be_i64(p.header + p.header_size, <int64_t>fn_f64_to_bits(<double>value))
+        cdef double d = value
+        # Java's writeDouble uses doubleToLongBits: every NaN becomes 0x7ff8000000000000.
+        cdef uint64_t bits = 0x7ff8000000000000ULL if d != d else fn_f64_to_bits(d)
+        fn_store_be_i64(p.header + p.header_size, <int64_t>bits)
         p.header_size += 8
         return None
 
@@ -304,10 +308,15 @@ cdef class PickleSerializer(PayloadSerializer):
         return data
 
     cdef object read(self, const char *data, Py_ssize_t size):
+        stream = io.BytesIO(PyBytes_FromStringAndSize(data, size))
         try:
-            return pickle.loads(PyBytes_FromStringAndSize(data, size))
+            value = pickle.Unpickler(stream).load()
         except Exception as e:
             raise CorruptRecordError(f"PickleSerializer: payload is not a pickle ({e})") from e
+        if stream.tell() != size:
+            raise CorruptRecordError(
+                f"PickleSerializer consumed {stream.tell()} of the record's {size} bytes")
+        return value
 
 
 SERIALIZERS = {
@@ -393,7 +402,7 @@ cdef class SpanningRecordSerializer:
         self._broadcast_builder = None
         self._closed = False
 
-    cdef int _check_target(self, int target) except -1:
+    cdef int _check_target(self, Py_ssize_t target) except -1:
         if self._closed:
             raise IllegalStateError("the record serializer is closed")
         if not 0 <= target < self._num_subpartitions:
@@ -549,7 +558,7 @@ cdef class SpanningRecordSerializer:
         """Serialize every record of the iterable ``records``; ``targets`` is one subpartition for
         all, or a sequence (list, numpy array) of one per record."""
         cdef Payload p
-        cdef int t
+        cdef Py_ssize_t t
         cdef bint single = isinstance(targets, int)
         cdef Py_ssize_t i = 0
         if single:
@@ -568,7 +577,7 @@ cdef class SpanningRecordSerializer:
             _payload_init(&p)
             hold = self._serializer.prepare(record, &p)
             try:
-                self._write_framed(&p, t)
+                self._write_framed(&p, <int>t)
             finally:
                 payload_release(&p)
             i += 1
@@ -583,7 +592,7 @@ cdef class SpanningRecordSerializer:
         cdef Py_ssize_t n, i = 0, k, j, room, item, framed
         cdef const char *src
         cdef char *dst
-        cdef int t
+        cdef Py_ssize_t t
         cdef BufferBuilder b
         cdef Payload p
         arr = np.ascontiguousarray(array)
@@ -603,7 +612,7 @@ cdef class SpanningRecordSerializer:
                 _payload_init(&p)
                 _payload_buffer(raw[i], &p)
                 try:
-                    self._write_framed(&p, t)
+                    self._write_framed(&p, <int>t)
                 finally:
                     payload_release(&p)
             return n
@@ -619,7 +628,7 @@ cdef class SpanningRecordSerializer:
                 _payload_init(&p)
                 p.body = src + i * item
                 p.body_size = item
-                self._write_framed(&p, t)
+                self._write_framed(&p, <int>t)
                 i += 1
                 continue
             if k > n - i:
@@ -641,7 +650,7 @@ cdef class SpanningRecordSerializer:
             self.num_records_out += k
             i += k
             if b._cached == b._max_capacity:
-                self._finish_builder(t)
+                self._finish_builder(<int>t)
         return n
 
     def broadcast_record(self, record):
@@ -669,15 +678,17 @@ cdef class SpanningRecordSerializer:
         try:
             for i in range(self._num_subpartitions):
                 self._write_framed(&p, i)
+            # One record emitted, whatever the number of copies (Flink's numRecordsOut).
+            self.num_records_out -= self._num_subpartitions - 1
         finally:
             payload_release(&p)
 
     # -- finishing --------------------------------------------------------------------------
 
-    def finish_unicast_builder(self, int target):
+    def finish_unicast_builder(self, Py_ssize_t target):
         """Finish the open buffer of ``target`` (before an event, on finish)."""
         self._check_target(target)
-        self._finish_builder(target)
+        self._finish_builder(<int>target)
 
     def finish_broadcast_builder(self):
         """Finish the open shared broadcast buffer."""
@@ -690,7 +701,7 @@ cdef class SpanningRecordSerializer:
         for i in range(self._num_subpartitions):
             self._finish_builder(i)
 
-    def has_open_builder(self, int target):
+    def has_open_builder(self, Py_ssize_t target):
         """Whether ``target`` has an unfinished buffer (-1: the broadcast buffer)."""
         if target == BROADCAST:
             return self._broadcast_builder is not None
@@ -764,15 +775,19 @@ cdef class _RecordView:
     cdef MemorySegment segment
     cdef const char *ptr
     cdef Py_ssize_t size
+    # Live exports of this object (the memoryview handed out, and anything derived from it).
+    cdef Py_ssize_t exports
 
     def __getbuffer__(self, Py_buffer *view, int flags):
         if flags & PyBUF_WRITABLE:
             raise BufferError("record views are read-only")
         PyBuffer_FillInfo(view, self, <void *>self.ptr, self.size, 1, flags)
+        self.exports += 1
         if self.segment is not None:
             self.segment._exports += 1
 
     def __releasebuffer__(self, Py_buffer *view):
+        self.exports -= 1
         if self.segment is not None:
             self.segment._exports -= 1
 
@@ -819,6 +834,7 @@ cdef class RecordDeserializer:
         self._stream_offset = 0
         self._pending_recycle = None
         self._last_view = None
+        self._last_exporter = None
         self._num_records = 0
 
     def __dealloc__(self):
@@ -829,17 +845,25 @@ cdef class RecordDeserializer:
     # -- housekeeping -----------------------------------------------------------------------
 
     cdef int _settle(self) except -1:
-        """Invalidate the last view and recycle a buffer whose recycle waited for it."""
-        cdef Buffer pending
+        """Invalidate the last view and recycle a buffer whose recycle waited for it.
+
+        Raises BufferError, changing nothing else, while a view derived from the last record view
+        (a slice, numpy.frombuffer, ...) is alive: the memory under it is about to be reused.
+        """
+        cdef _RecordView exporter
         if self._last_view is not None:
-            view = self._last_view
+            self._last_view.release()
             self._last_view = None
-            # Raises BufferError if the caller made views of the view and still holds them.
-            view.release()
+        if self._last_exporter is not None:
+            exporter = <_RecordView>self._last_exporter
+            if exporter.exports > 0:
+                raise BufferError(
+                    f"{exporter.exports} view(s) derived from the last record view are still "
+                    f"alive; release them before the next call on this deserializer")
+            self._last_exporter = None
         if self._pending_recycle is not None:
-            pending = self._pending_recycle
+            self._pending_recycle.release()
             self._pending_recycle = None
-            pending.release()
         if self._span_capacity > 16 * INITIAL_SPANNING_CAPACITY * 1024 and self._record_length < 0:
             # Give back the memory of a past huge record (Flink shrinks to 1 KiB after each one).
             PyMem_Free(self._span)
@@ -871,12 +895,12 @@ cdef class RecordDeserializer:
                     pass
         return 0
 
-    cdef int _check_length(self, int64_t length) except -1:
+    cdef int _check_length(self, int64_t length, int64_t offset) except -1:
         if length < 0 or length > self._max_record_length:
             raise CorruptRecordError(
-                f"corrupt record length {length} at offset {self._stream_offset} of channel "
+                f"corrupt record length {length} at offset {offset} of channel "
                 f"{self._channel!r} (allowed: 0..{self._max_record_length})",
-                self._channel, self._stream_offset)
+                self._channel, offset)
         return 0
 
     def _open_spill_file(self):
@@ -939,7 +963,7 @@ cdef class RecordDeserializer:
             if self._length_bytes_read < LENGTH_BYTES:
                 self._pos += consumed
                 return 0
-            self._check_length(fn_load_be_i32(self._length_bytes))
+            self._check_length(fn_load_be_i32(self._length_bytes), self._stream_offset - LENGTH_BYTES)
             self._record_length = fn_load_be_i32(self._length_bytes)
             self._accumulated = 0
         take = <Py_ssize_t>(self._record_length - self._accumulated)
@@ -994,7 +1018,11 @@ cdef class RecordDeserializer:
                     if as_view:
                         value = memoryview(data)
                     else:
-                        value = self._serializer.read(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+                        try:
+                            value = self._serializer.read(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+                        except CorruptRecordError as e:
+                            e.channel, e.offset = self._channel, record_offset
+                            raise
                 elif as_view:
                     v = _RecordView.__new__(_RecordView)
                     v.owner = self
@@ -1002,6 +1030,7 @@ cdef class RecordDeserializer:
                     v.ptr = self._span
                     v.size = <Py_ssize_t>self._record_length
                     value = memoryview(v)
+                    self._last_exporter = v
                 else:
                     try:
                         value = self._serializer.read(self._span, <Py_ssize_t>self._record_length)
@@ -1024,7 +1053,7 @@ cdef class RecordDeserializer:
         # 2. A whole length prefix in this buffer.
         if remaining >= LENGTH_BYTES:
             length = fn_load_be_i32(base + self._pos)
-            self._check_length(length)
+            self._check_length(length, self._stream_offset)
             if length <= remaining - LENGTH_BYTES:
                 record_offset = self._stream_offset
                 if as_view:
@@ -1035,6 +1064,7 @@ cdef class RecordDeserializer:
                     v.size = length
                     value = memoryview(v)
                     self._last_view = value
+                    self._last_exporter = v
                 else:
                     try:
                         value = self._serializer.read(base + self._pos + LENGTH_BYTES, length)
@@ -1144,7 +1174,7 @@ cdef class RecordDeserializer:
                 while self._limit - self._pos >= LENGTH_BYTES:
                     length = fn_load_be_i32(base + self._pos)
                     if length != item:
-                        self._check_length(length)
+                        self._check_length(length, self._stream_offset)
                         if length <= self._limit - self._pos - LENGTH_BYTES or length < item:
                             raise CorruptRecordError(
                                 f"a record of {length} bytes at offset {self._stream_offset} in a "
@@ -1165,10 +1195,13 @@ cdef class RecordDeserializer:
             self._out = None
             if status != ST_PARTIAL:
                 if len(view) != item:
+                    rec_len = len(view)
+                    offset = self._stream_offset - rec_len - LENGTH_BYTES
+                    del view
                     self._settle()
                     raise CorruptRecordError(
-                        f"a record of {len(view)} bytes in a stream of {dt} records of {item} bytes "
-                        f"(channel {self._channel!r})", self._channel, None)
+                        f"a record of {rec_len} bytes at offset {offset} in a stream of {dt} records "
+                        f"of {item} bytes (channel {self._channel!r})", self._channel, offset)
                 out[count:count + 1].view(np.uint8)[:] = np.frombuffer(view, dtype=np.uint8)
                 count += 1
             del view
@@ -1178,12 +1211,11 @@ cdef class RecordDeserializer:
         return out[:count]
 
     def clear(self):
-        """Recycle the current buffer and drop any partial record (end of partition, failure)."""
-        self._last_view = None
-        if self._pending_recycle is not None:
-            pending = self._pending_recycle
-            self._pending_recycle = None
-            pending.release()
+        """Recycle the current buffer and drop any partial record (end of partition, failure).
+
+        Raises BufferError (and keeps the buffer) while a view derived from a record view lives.
+        """
+        self._settle()
         self._recycle_current()
         self._reset_spanning()
 

@@ -1,4 +1,4 @@
-"""A tiny pure-Python model of Flink's record framing, used as the oracle of the serialization tests.
+"""A tiny pure-Python model of Flink's record framing: the oracle of the serialization tests.
 
 Write side (reference §5.1-§5.3, Flink's ``RecordWriter.serializeRecord`` +
 ``BufferWritingResultPartition.emitRecord`` / ``broadcastRecord``): a record is
@@ -31,7 +31,7 @@ RESULT_NAMES = {PARTIAL: "PARTIAL_RECORD", INTERMEDIATE: "INTERMEDIATE_RECORD_FR
                 LAST: "LAST_RECORD_FROM_BUFFER"}
 
 
-# --- framing ---------------------------------------------------------------------------------------
+# --- framing --------------------------------------------------------------------------------------
 
 def frame(payload: bytes) -> bytes:
     """``[len BE][payload]``."""
@@ -67,7 +67,7 @@ def chunk(data: bytes, cuts: Iterable[int]) -> list[bytes]:
     return out
 
 
-# --- write side ------------------------------------------------------------------------------------
+# --- write side -----------------------------------------------------------------------------------
 
 @dataclass
 class ModelBuffer:
@@ -188,7 +188,7 @@ class WriterModel:
         return [b.partial_record_length for b in self.buffers if b.target in (sp, BROADCAST)]
 
 
-# --- read side -------------------------------------------------------------------------------------
+# --- read side ------------------------------------------------------------------------------------
 
 class ReaderModel:
     """The results Flink's spanning deserializer returns for a stream fed in arbitrary chunks."""
