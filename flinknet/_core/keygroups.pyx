@@ -24,6 +24,7 @@ The ``*_array`` functions do the same over numpy int32/int64 arrays in one call,
 """
 
 cimport cython
+from cpython.number cimport PyNumber_Index
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
 import numpy as np
@@ -82,6 +83,12 @@ cdef int32_t java_string_hash(str value) except? -1:
     return <int32_t>h
 
 
+cdef object _as_integer(object key, str key_type):
+    if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)):
+        raise TypeError(f"key_type {key_type!r} needs an integer key, got {type(key).__name__}")
+    return PyNumber_Index(key)
+
+
 cdef inline int _check_max_parallelism(int64_t max_parallelism) except -1:
     if not 0 < max_parallelism <= UPPER_BOUND_MAX_PARALLELISM:
         raise ValueError(
@@ -119,12 +126,14 @@ def java_hash_code(key, key_type=None):
     """
     if key_type is None:
         if isinstance(key, str):
-            return java_string_hash(key)
-        if isinstance(key, bool):
+            # str.__str__ gives the exact str of a subclass (StrEnum members and the like).
+            return java_string_hash(str.__str__(key))
+        if isinstance(key, (bool, np.bool_)):
             return 1231 if key else 1237
         if isinstance(key, (bytes, bytearray, memoryview)):
             return java_bytes_hash(key)
-        if isinstance(key, int):
+        if isinstance(key, (int, np.integer)):
+            key = PyNumber_Index(key)
             if -2147483648 <= key <= 2147483647:
                 return <int32_t>key
             return java_long_hash(<int64_t>key)
@@ -135,33 +144,35 @@ def java_hash_code(key, key_type=None):
             f"no Java hashCode for {type(key).__name__} keys: use str or int keys, pass key_type, "
             f"or give the key a hash_code() method")
     if key_type == "int":
-        return <int32_t>key
+        return <int32_t>_as_integer(key, key_type)
     if key_type == "long":
-        return java_long_hash(<int64_t>key)
+        return java_long_hash(<int64_t>_as_integer(key, key_type))
     if key_type == "string":
         if not isinstance(key, str):
             raise TypeError(f"key_type 'string' needs a str key, got {type(key).__name__}")
-        return java_string_hash(key)
+        return java_string_hash(str.__str__(key))
     if key_type == "boolean":
+        if not isinstance(key, (bool, np.bool_)):
+            raise TypeError(f"key_type 'boolean' needs a bool key, got {type(key).__name__}")
         return 1231 if key else 1237
     if key_type == "bytes":
         return java_bytes_hash(key)
     raise ValueError(f"unknown key_type {key_type!r} (use one of {KEY_TYPES})")
 
 
-def compute_key_group_for_key_hash(int32_t key_hash, int64_t max_parallelism):
+def compute_key_group_for_key_hash(int32_t key_hash, Py_ssize_t max_parallelism):
     """``murmurHash(key_hash) % max_parallelism``."""
     _check_max_parallelism(max_parallelism)
     return key_group_for_hash(key_hash, <int32_t>max_parallelism)
 
 
-def assign_to_key_group(key, int64_t max_parallelism, key_type=None):
+def assign_to_key_group(key, Py_ssize_t max_parallelism, key_type=None):
     """The key group of ``key`` (see :func:`java_hash_code` for ``key_type``)."""
     _check_max_parallelism(max_parallelism)
     return key_group_for_hash(java_hash_code(key, key_type), <int32_t>max_parallelism)
 
 
-def compute_operator_index_for_key_group(int64_t max_parallelism, int64_t parallelism, int64_t key_group):
+def compute_operator_index_for_key_group(Py_ssize_t max_parallelism, Py_ssize_t parallelism, Py_ssize_t key_group):
     """The subtask index owning ``key_group``: ``key_group * parallelism // max_parallelism``."""
     _check_max_parallelism(max_parallelism)
     _check_parallelism(parallelism, max_parallelism)
@@ -170,7 +181,7 @@ def compute_operator_index_for_key_group(int64_t max_parallelism, int64_t parall
     return operator_index_for_key_group(<int32_t>max_parallelism, <int32_t>parallelism, <int32_t>key_group)
 
 
-def assign_key_to_parallel_operator(key, int64_t max_parallelism, int64_t parallelism, key_type=None):
+def assign_key_to_parallel_operator(key, Py_ssize_t max_parallelism, Py_ssize_t parallelism, key_type=None):
     """The subtask index for ``key``."""
     _check_max_parallelism(max_parallelism)
     _check_parallelism(parallelism, max_parallelism)
@@ -179,11 +190,12 @@ def assign_key_to_parallel_operator(key, int64_t max_parallelism, int64_t parall
         key_group_for_hash(java_hash_code(key, key_type), <int32_t>max_parallelism))
 
 
-def compute_default_max_parallelism(int64_t parallelism):
+def compute_default_max_parallelism(Py_ssize_t parallelism):
     """``min(max(roundUpToPowerOfTwo(p + p // 2), 128), 32768)``."""
     cdef int64_t n, v
-    if parallelism <= 0:
-        raise ValueError(f"parallelism must be > 0, got {parallelism}")
+    if not 0 < parallelism <= UPPER_BOUND_MAX_PARALLELISM:
+        raise ValueError(f"Operator parallelism not within bounds: {parallelism} "
+                         f"(must be in [1, {UPPER_BOUND_MAX_PARALLELISM}])")
     n = parallelism + parallelism // 2
     v = 1
     while v < n:
@@ -195,8 +207,9 @@ def compute_default_max_parallelism(int64_t parallelism):
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def key_groups_array(keys, int64_t max_parallelism, key_type=None):
-    """Key groups of a numpy array of int keys (int32 → Integer, int64 → Long, unless ``key_type``)."""
+def key_groups_array(keys, Py_ssize_t max_parallelism, key_type=None):
+    """Key groups of a numpy array of int keys: up to 32-bit signed dtypes hash as Integers, wider
+    or uint32 ones as Longs (identical for non-negative keys below 2**31), unless ``key_type``."""
     cdef const int32_t[::1] k32
     cdef const int64_t[::1] k64
     cdef int32_t[::1] out_view
@@ -209,7 +222,9 @@ def key_groups_array(keys, int64_t max_parallelism, key_type=None):
     if arr.dtype.kind not in "iu":
         raise TypeError(f"keys must be an integer array, got dtype {arr.dtype}")
     if key_type is None:
-        as_long = arr.dtype.itemsize > 4
+        # uint32 keys may exceed an Integer: hash them as Longs, which for non-negative values
+        # below 2**31 is the same hash as an Integer's (so the scalar rule still holds).
+        as_long = arr.dtype.itemsize > 4 or (arr.dtype.kind == "u" and arr.dtype.itemsize == 4)
     elif key_type == "long":
         as_long = True
     elif key_type == "int":
@@ -221,13 +236,16 @@ def key_groups_array(keys, int64_t max_parallelism, key_type=None):
         raise ValueError("keys must be one-dimensional")
     out = np.empty(n, dtype=np.int32)
     out_view = out
+    if arr.dtype.kind == "u" and arr.dtype.itemsize >= 8 and arr.size and (arr > 9223372036854775807).any():
+        raise OverflowError("keys beyond the range of a Java long")
     if as_long:
         k64 = np.ascontiguousarray(arr, dtype=np.int64)
         with nogil:
             for i in range(n):
                 out_view[i] = key_group_for_hash(java_long_hash(k64[i]), maxp)
     else:
-        if arr.dtype.itemsize > 4 and ((arr < -2147483648) | (arr > 2147483647)).any():
+        if (arr.dtype.itemsize > 4 or (arr.dtype.kind == "u" and arr.dtype.itemsize == 4)) and arr.size \
+                and ((arr < -2147483648) | (arr > 2147483647)).any():
             raise OverflowError("key_type 'int' needs keys that fit in 32 bits")
         k32 = np.ascontiguousarray(arr, dtype=np.int32)
         with nogil:
@@ -238,7 +256,7 @@ def key_groups_array(keys, int64_t max_parallelism, key_type=None):
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def operator_indexes_array(keys, int64_t max_parallelism, int64_t parallelism, key_type=None):
+def operator_indexes_array(keys, Py_ssize_t max_parallelism, Py_ssize_t parallelism, key_type=None):
     """Subtask indexes of a numpy array of int keys (see :func:`key_groups_array`)."""
     cdef int32_t[::1] groups
     cdef Py_ssize_t i
@@ -261,15 +279,15 @@ class KeyGroupRange:
     def __init__(self, int start_key_group, int end_key_group):
         if start_key_group < 0:
             raise ValueError("start_key_group must be >= 0")
-        if end_key_group < start_key_group - 1:
-            raise ValueError("end_key_group must be >= start_key_group - 1 (empty range)")
+        if end_key_group < start_key_group and end_key_group >= 0:
+            raise ValueError("end_key_group must be >= start_key_group, or negative for an empty range")
         self.start_key_group = start_key_group
         self.end_key_group = end_key_group
 
     @property
     def number_of_key_groups(self):
         """How many key groups the range holds."""
-        return self.end_key_group - self.start_key_group + 1
+        return max(0, self.end_key_group - self.start_key_group + 1)
 
     def contains(self, int key_group):
         """Whether ``key_group`` is in the range."""
@@ -278,7 +296,7 @@ class KeyGroupRange:
     __contains__ = contains
 
     def __iter__(self):
-        return iter(range(self.start_key_group, self.end_key_group + 1))
+        return iter(range(self.start_key_group, self.start_key_group + self.number_of_key_groups))
 
     def __len__(self):
         return self.number_of_key_groups
@@ -294,8 +312,8 @@ class KeyGroupRange:
         return f"KeyGroupRange{{startKeyGroup={self.start_key_group}, endKeyGroup={self.end_key_group}}}"
 
 
-def compute_key_group_range_for_operator_index(int64_t max_parallelism, int64_t parallelism,
-                                               int64_t operator_index):
+def compute_key_group_range_for_operator_index(Py_ssize_t max_parallelism, Py_ssize_t parallelism,
+                                               Py_ssize_t operator_index):
     """The :class:`KeyGroupRange` of subtask ``operator_index`` (Flink's formula)."""
     _check_max_parallelism(max_parallelism)
     _check_parallelism(parallelism, max_parallelism)
