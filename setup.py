@@ -24,6 +24,7 @@ directives = {
     "wraparound": False,
     "cdivision": True,
     "initializedcheck": DEBUG,
+    "nonecheck": DEBUG,
     "linetrace": DEBUG,
 }
 

@@ -74,6 +74,7 @@ cdef class SpanningRecordSerializer:
                             Py_ssize_t min_size) except -1
     cdef int _write_framed(self, Payload *p, int target) except -1
     cdef int _check_target(self, Py_ssize_t target) except -1
+    cdef int _flush_run(self, Payload *run, Py_ssize_t count, Py_ssize_t run_bytes, int target) except -1
 
 
 cdef class RecordDeserializer:

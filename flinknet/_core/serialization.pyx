@@ -347,6 +347,9 @@ def get_serializer(spec):
 cdef enum:
     BROADCAST = -1
     N_PIECES = 3
+    # Records gathered per run of emit_batch, and the run size from which the GIL is released.
+    RUN_MAX_RECORDS = 1024
+    RUN_NOGIL_BYTES = 4096
 
 
 cdef struct _Pieces:
@@ -355,6 +358,27 @@ cdef struct _Pieces:
     Py_ssize_t len[N_PIECES]
     int piece
     Py_ssize_t off
+
+
+cdef void _copy_run(char *dst, const Payload *run, Py_ssize_t count) noexcept nogil:
+    """Frame ``count`` prepared payloads back to back at ``dst`` (room checked by the caller)."""
+    cdef Py_ssize_t i, length
+    for i in range(count):
+        length = run[i].header_size + run[i].body_size
+        fn_store_be_i32(dst, <int32_t>length)
+        memcpy(dst + LENGTH_BYTES, run[i].header, <size_t>run[i].header_size)
+        memcpy(dst + LENGTH_BYTES + run[i].header_size, run[i].body, <size_t>run[i].body_size)
+        dst += LENGTH_BYTES + length
+
+
+cdef void _copy_fixed(char *dst, const char *src, Py_ssize_t item, Py_ssize_t count) noexcept nogil:
+    """Frame ``count`` fixed-size records of ``item`` bytes from ``src`` at ``dst``."""
+    cdef Py_ssize_t j
+    for j in range(count):
+        fn_store_be_i32(dst, <int32_t>item)
+        memcpy(dst + LENGTH_BYTES, src, <size_t>item)
+        dst += LENGTH_BYTES + item
+        src += item
 
 
 cdef Py_ssize_t _append_pieces(BufferBuilder b, _Pieces *r) except -1:
@@ -554,13 +578,52 @@ cdef class SpanningRecordSerializer:
         finally:
             payload_release(&p)
 
+    cdef int _flush_run(self, Payload *run, Py_ssize_t count, Py_ssize_t run_bytes, int target) except -1:
+        """Copy ``count`` prepared records, known to fit, into ``target``'s open builder; the GIL is
+        released for the copying when the run is large enough to be worth it."""
+        cdef BufferBuilder b
+        cdef MemorySegment seg
+        cdef char *dst
+        if count == 0:
+            return 0
+        b = <BufferBuilder>self._builders[target]
+        seg = b._segment
+        seg.check(b._cached, run_bytes)
+        dst = seg._address + b._cached
+        # Pinned as exported while the GIL is released: free() from elsewhere must not pull it away.
+        seg._exports += 1
+        try:
+            if run_bytes >= RUN_NOGIL_BYTES:
+                with nogil:
+                    _copy_run(dst, run, count)
+            else:
+                _copy_run(dst, run, count)
+        finally:
+            seg._exports -= 1
+        b._cached += <int>run_bytes
+        b.commit_raw()
+        self.total_written_bytes += run_bytes
+        self.num_records_out += count
+        if b._cached == b._max_capacity:
+            self._finish_builder(target)
+        return 0
+
     def emit_batch(self, records, targets):
         """Serialize every record of the iterable ``records``; ``targets`` is one subpartition for
-        all, or a sequence (list, numpy array) of one per record."""
+        all, or a sequence (list, numpy array) of one per record.
+
+        With one target, records that fit whole in the open buffer are gathered into runs and
+        copied in one go, without the GIL for runs of 4 KiB or more; the others take the spanning
+        path.
+        """
         cdef Payload p
         cdef Py_ssize_t t
         cdef bint single = isinstance(targets, int)
-        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t i = 0, count = 0, run_bytes = 0, framed, j
+        cdef Payload *run = NULL
+        cdef Payload *cur
+        cdef BufferBuilder b
+        cdef list holds
         if single:
             t = targets
             self._check_target(t)
@@ -568,21 +631,62 @@ cdef class SpanningRecordSerializer:
             targets = np.asarray(targets, dtype=np.int64)
             if targets.ndim != 1:
                 raise ValueError("targets must be an int or one-dimensional")
-        for record in records:
-            if not single:
+            for record in records:
                 if i >= targets.shape[0]:
                     raise ValueError(f"{targets.shape[0]} targets for more records")
                 t = targets[i]
                 self._check_target(t)
-            _payload_init(&p)
-            hold = self._serializer.prepare(record, &p)
-            try:
-                self._write_framed(&p, <int>t)
-            finally:
-                payload_release(&p)
-            i += 1
-        if not single and i != targets.shape[0]:
-            raise ValueError(f"{targets.shape[0]} targets for {i} records")
+                _payload_init(&p)
+                hold = self._serializer.prepare(record, &p)
+                try:
+                    self._write_framed(&p, <int>t)
+                finally:
+                    payload_release(&p)
+                i += 1
+            if i != targets.shape[0]:
+                raise ValueError(f"{targets.shape[0]} targets for {i} records")
+            return i
+        run = <Payload *>PyMem_Malloc(RUN_MAX_RECORDS * sizeof(Payload))
+        if run == NULL:
+            raise MemoryError()
+        holds = []
+        try:
+            for record in records:
+                cur = &run[count]
+                _payload_init(cur)
+                hold = self._serializer.prepare(record, cur)
+                framed = LENGTH_BYTES + cur.header_size + cur.body_size
+                b = <BufferBuilder>self._builders[t]
+                if (b is not None and count < RUN_MAX_RECORDS - 1
+                        and run_bytes + framed <= b._max_capacity - b._cached):
+                    # The payload may point into the record (or into what prepare() made): keep
+                    # both alive until the run is copied, even if `records` is a generator.
+                    holds.append(record)
+                    if hold is not None:
+                        holds.append(hold)
+                    count += 1
+                    run_bytes += framed
+                    i += 1
+                    continue
+                # This record does not fit whole: copy the run so far, then the spanning path.
+                try:
+                    self._flush_run(run, count, run_bytes, <int>t)
+                finally:
+                    for j in range(count):
+                        payload_release(&run[j])
+                    count = 0
+                    run_bytes = 0
+                    holds.clear()
+                try:
+                    self._write_framed(cur, <int>t)
+                finally:
+                    payload_release(cur)
+                i += 1
+            self._flush_run(run, count, run_bytes, <int>t)
+        finally:
+            for j in range(count):
+                payload_release(&run[j])
+            PyMem_Free(run)
         return i
 
     def emit_array(self, array, targets):
@@ -635,15 +739,16 @@ cdef class SpanningRecordSerializer:
                 k = n - i
             b._segment.check(b._cached, k * framed)
             dst = b._segment._address + b._cached
-            if k * framed >= GIL_RELEASE_THRESHOLD:
-                with nogil:
-                    for j in range(k):
-                        fn_store_be_i32(dst + j * framed, <int32_t>item)
-                        memcpy(dst + j * framed + LENGTH_BYTES, src + (i + j) * item, <size_t>item)
-            else:
-                for j in range(k):
-                    fn_store_be_i32(dst + j * framed, <int32_t>item)
-                    memcpy(dst + j * framed + LENGTH_BYTES, src + (i + j) * item, <size_t>item)
+            # Pinned as exported while the GIL may be released for the copying.
+            b._segment._exports += 1
+            try:
+                if k * framed >= RUN_NOGIL_BYTES:
+                    with nogil:
+                        _copy_fixed(dst, src + i * item, item, k)
+                else:
+                    _copy_fixed(dst, src + i * item, item, k)
+            finally:
+                b._segment._exports -= 1
             b._cached += <int>(k * framed)
             b.commit_raw()
             self.total_written_bytes += k * framed
