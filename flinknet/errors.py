@@ -18,6 +18,9 @@ buffers ...")
 IOException("Timeout triggered when requesting  :class:`BufferRequestTimeoutError`
 exclusive buffers ...")
 CancelTaskException                             :class:`CancelTaskError`
+IOException("Serializer consumed more bytes    :class:`CorruptRecordError` (also for negative
+than the record had")                           or oversized lengths, which Flink does not check)
+IOException("Corrupt byte stream for event")    :class:`flinknet.events.CorruptEventError`
 IllegalArgumentException                        :class:`ValueError`
 IndexOutOfBoundsException                       :class:`IndexError`
 ==============================================  ==============================================
