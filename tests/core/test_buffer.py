@@ -19,6 +19,8 @@ import pathlib
 import numpy as np
 import pytest
 
+from tests.helpers import RecordingRecycler
+
 from flinknet import (
     FREEING_BUFFER_RECYCLER,
     Buffer,
@@ -37,20 +39,6 @@ SEGMENT_SIZE = 64
 DATA_SIZE = 10
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-class RecordingRecycler(BufferRecycler):
-    """A real recycler that remembers every segment it was handed."""
-
-    def __init__(self):
-        self.segments = []
-
-    def recycle(self, segment):
-        self.segments.append(segment)
-
-    @property
-    def calls(self):
-        return len(self.segments)
 
 
 def filled_segment(size=SEGMENT_SIZE):

@@ -20,6 +20,8 @@ from concurrent.futures import Future
 
 import numpy as np
 import pytest
+
+from tests.helpers import RecordingRecycler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,20 +43,6 @@ BUFFER_SIZE = BUFFER_INT_SIZE * 4
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-class RecordingRecycler(BufferRecycler):
-    """A real recycler that remembers every segment it was handed."""
-
-    def __init__(self):
-        self.segments = []
-
-    def recycle(self, segment):
-        self.segments.append(segment)
-
-    @property
-    def calls(self):
-        return len(self.segments)
 
 
 def ints(*values):

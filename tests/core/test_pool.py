@@ -16,6 +16,8 @@ import threading
 import time
 
 import pytest
+
+from tests.helpers import Worker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -76,28 +78,6 @@ def reference_sizes(total: int, required: int, pools: list[tuple[int, int]]) -> 
         sizes[i] = pools[i][0] + share
     assert distributed == to_distribute
     return sizes
-
-
-class Worker(threading.Thread):
-    """Runs ``fn(*args)`` in a daemon thread and keeps its result or exception."""
-
-    def __init__(self, fn, *args):
-        super().__init__(daemon=True)
-        self._fn = fn
-        self._args = args
-        self.result = None
-        self.error: BaseException | None = None
-
-    def run(self):
-        try:
-            self.result = self._fn(*self._args)
-        except BaseException as e:  # noqa: BLE001 - reported by finish()
-            self.error = e
-
-    def finish(self, timeout: float = 10.0):
-        self.join(timeout)
-        assert not self.is_alive(), f"{self._fn.__name__} did not finish"
-        return self
 
 
 def start(fn, *args) -> Worker:

@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from tests.helpers import Worker
+
 from flinknet import (
     UNBOUNDED,
     BufferRequestTimeoutError,
@@ -29,23 +31,6 @@ def frequent_thread_switches():
     sys.setswitchinterval(5e-5)
     yield
     sys.setswitchinterval(old)
-
-
-class Worker(threading.Thread):
-    """Runs ``fn(*args)`` in a daemon thread and keeps its result or exception."""
-
-    def __init__(self, fn, *args):
-        super().__init__(daemon=True)
-        self._fn = fn
-        self._args = args
-        self.result = None
-        self.error: BaseException | None = None
-
-    def run(self):
-        try:
-            self.result = self._fn(*self._args)
-        except BaseException as e:  # noqa: BLE001 - checked by the test
-            self.error = e
 
 
 def start_all(fns_and_args) -> list[Worker]:
