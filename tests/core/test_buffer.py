@@ -878,24 +878,15 @@ FLINK_DATA_TYPES = [
 ]
 _FLAGS = ("is_buffer", "is_event", "has_priority", "is_blocking_upstream")
 
-_REPO = pathlib.Path(__file__).resolve().parents[2]
-_VECTOR_PATHS = [
-    _REPO.parent / "shared" / "vectors" / "record_framing.json",
-    pathlib.Path("/work/shared/vectors/record_framing.json"),
-]
+# Flink's own vectors, committed unmodified in tests/vectors.
+_VECTOR_PATH = pathlib.Path(__file__).resolve().parents[1] / "vectors" / "record_framing.json"
 
 
 def _data_type_sources():
-    """The literal table, plus Flink's own vectors when they are checked out next to the repo."""
+    """The literal table and Flink's own vectors."""
     literal = [dict(zip(("name", "ordinal") + _FLAGS, row)) for row in FLINK_DATA_TYPES]
-    sources = [pytest.param(literal, id="literal")]
-    seen = set()
-    for path in _VECTOR_PATHS:
-        if path.is_file() and path.resolve() not in seen:
-            seen.add(path.resolve())
-            entries = json.loads(path.read_text())["buffer_data_types"]
-            sources.append(pytest.param(entries, id=f"vectors:{path}"))
-    return sources
+    entries = json.loads(_VECTOR_PATH.read_text())["buffer_data_types"]
+    return [pytest.param(literal, id="literal"), pytest.param(entries, id="vectors")]
 
 
 @pytest.mark.parametrize("entries", _data_type_sources())
@@ -910,8 +901,8 @@ def test_data_type_matches_flink(entries):
             assert getattr(t, flag) is entry[flag], (t, flag)
 
 
-def test_literal_table_matches_vectors_when_available():
-    """The literal copy above must not drift from Flink's vectors (compared whenever present)."""
+def test_literal_table_matches_vectors():
+    """The literal copy above must not drift from Flink's vectors."""
     literal = [dict(zip(("name", "ordinal") + _FLAGS, row)) for row in FLINK_DATA_TYPES]
     for source in _data_type_sources():
         entries = source.values[0]
