@@ -266,6 +266,18 @@ def _python_framing(records, segment_size):
     return out
 
 
+def _python_framed_buffers(payload_size, records):
+    """Buffers of ``records`` framed pickles of ``payload_size``-byte payloads."""
+    import pickle
+    import struct
+
+    pickled = pickle.dumps(bytes(payload_size))
+    frame = struct.pack(">i", len(pickled)) + pickled
+    per_buffer = max(1, SEGMENT_SIZE // len(frame))
+    full, rest = divmod(records, per_buffer)
+    return [frame * per_buffer] * full + ([frame * rest] if rest else [])
+
+
 def _python_deframing(buffers):
     import pickle
     import struct
@@ -327,7 +339,6 @@ def bench_serialization(payload: int, records: int, repeats: int) -> list[Row]:
         ser.finish_all()
         ser.close()
         buffers = sink.take_buffers()
-        raw = [b.to_bytes() for b in buffers]
 
         def deserialize(mode):
             deser = RecordDeserializer()
@@ -356,13 +367,9 @@ def bench_serialization(payload: int, records: int, repeats: int) -> list[Row]:
         INTERMEDIATE = DeserializationResult.INTERMEDIATE_RECORD_FROM_BUFFER
         LAST = DeserializationResult.LAST_RECORD_FROM_BUFFER
         c_de = min(_benchkit.c_deframing_ns_per_record(payload, SEGMENT_SIZE, records) for _ in range(repeats))
-        import pickle
-        import struct
-        py_raw = []
-        for chunk in raw[: max(1, len(raw) * min(records, 100_000) // records)]:
-            py_raw.append(b"".join(struct.pack(">i", len(p)) + p for p in (pickle.dumps(bytes(payload)),) * (len(chunk) // (payload + 4))))
-        py_count = sum(len(c) // (len(pickle.dumps(bytes(payload))) + 4) for c in py_raw)
-        py_de = _best_ns(lambda: _python_deframing(py_raw) or py_count, repeats)
+        # The pure-Python side reads the same number of buffers, framed the same way, of pickles.
+        py_buffers = _python_framed_buffers(payload, min(records, 100_000))
+        py_de = _best_ns(lambda: _python_deframing(py_buffers), repeats)
         base = {"C deframing loop": c_de, "struct.unpack_from+pickle": py_de}
         rows.append(Row(f"deserialize.{payload}B.per_record", "ns/rec",
                         _best_ns(lambda: deserialize("record"), repeats), dict(base)))
