@@ -13,22 +13,10 @@ import pytest
 
 from flinknet._core.pool import NetworkBufferPool
 from flinknet._core.serialization import RecordDeserializer, SpanningRecordSerializer
+from flinknet.bench import _RecyclingSink as RecyclingSink
 
 SEGMENT = 32 * 1024
 RECORDS = 10_000
-
-
-class RecyclingSink:
-    def __init__(self):
-        self.consumers = []
-
-    def add_buffer_consumer(self, sp, consumer, partial):
-        self.consumers.append(consumer)
-
-    def buffer_finished(self, sp, n):
-        consumer = self.consumers.pop(0)
-        consumer.build().recycle()
-        consumer.close()
 
 
 @pytest.fixture
