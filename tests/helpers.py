@@ -1,8 +1,10 @@
 """Small real helpers shared by the test modules (no mocks)."""
 
+import random
 import threading
 
 from flinknet._core.buffer import BufferRecycler
+from flinknet._core.memory import MemorySegment
 
 
 class RecordingRecycler(BufferRecycler):
@@ -40,3 +42,17 @@ class Worker(threading.Thread):
         self.join(timeout)
         assert not self.is_alive(), f"{self._fn.__name__} did not finish"
         return self
+
+
+def pattern(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def segment_with(data: bytes) -> MemorySegment:
+    seg = MemorySegment(len(data))
+    seg.put_bytes(0, data)
+    return seg
+
+
+def contents(seg: MemorySegment) -> bytes:
+    return seg.get_bytes(0, seg.size)

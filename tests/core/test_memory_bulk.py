@@ -19,22 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flinknet._core.memory import MemorySegment
+from tests.helpers import contents, pattern, segment_with
 
 SIZE = 97
-
-
-def pattern(n: int, seed: int = 1) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-def segment_with(data: bytes) -> MemorySegment:
-    seg = MemorySegment(len(data))
-    seg.put_bytes(0, data)
-    return seg
-
-
-def contents(seg: MemorySegment) -> bytes:
-    return seg.get_bytes(0, seg.size)
 
 
 def mentions(message: str, number: int) -> bool:

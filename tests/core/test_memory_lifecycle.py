@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import random
 import re
 import subprocess
 import sys
@@ -22,26 +21,13 @@ import numpy as np
 import pytest
 
 from flinknet._core.memory import MemorySegment
+from tests.helpers import contents, pattern, segment_with
 from flinknet.errors import FlinknetError, IllegalStateError, SegmentFreedError
 
 SIZE = 53
 FREED_MESSAGE = "segment has been freed"
 GIL_RELEASE_THRESHOLD = 256 * 1024  # memory.pxd: copies at least this large release the GIL
 MiB = 1 << 20
-
-
-def pattern(n: int, seed: int = 1) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-def segment_with(data: bytes) -> MemorySegment:
-    seg = MemorySegment(len(data))
-    seg.put_bytes(0, data)
-    return seg
-
-
-def contents(seg: MemorySegment) -> bytes:
-    return seg.get_bytes(0, seg.size)
 
 
 @contextlib.contextmanager
