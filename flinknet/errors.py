@@ -21,6 +21,8 @@ CancelTaskException                             :class:`CancelTaskError`
 IOException("Serializer consumed more bytes    :class:`CorruptRecordError` (also for negative
 than the record had")                           or oversized lengths, which Flink does not check)
 IOException("Corrupt byte stream for event")    :class:`flinknet.events.CorruptEventError`
+PartitionNotFoundException                      :class:`PartitionNotFoundError`
+ProducerFailedException                         :class:`ProducerFailedError`
 IllegalArgumentException                        :class:`ValueError`
 IndexOutOfBoundsException                       :class:`IndexError`
 ==============================================  ==============================================
@@ -37,6 +39,8 @@ __all__ = [
     "BufferRequestTimeoutError",
     "CancelTaskError",
     "CorruptRecordError",
+    "PartitionNotFoundError",
+    "ProducerFailedError",
 ]
 
 
@@ -90,3 +94,26 @@ class CorruptRecordError(FlinknetError, ValueError):
         super().__init__(message)
         self.channel = channel
         self.offset = offset
+
+
+class PartitionNotFoundError(FlinknetError, OSError):
+    """A consumer asked for a result partition that is not registered (Flink's
+    PartitionNotFoundException), after its retries with backoff ran out.
+
+    ``partition_id`` is the :class:`~flinknet.ids.ResultPartitionID` asked for.
+    """
+
+    def __init__(self, partition_id: object):
+        super().__init__(f"Partition {partition_id} not found.")
+        self.partition_id = partition_id
+
+
+class ProducerFailedError(CancelTaskError):
+    """The producer of a partition failed; raised to its consumers (Flink's ProducerFailedException).
+
+    ``__cause__`` is the producer's exception.
+    """
+
+    def __init__(self, cause: BaseException | None):
+        super().__init__(f"The producer of the consumed partition failed: {cause!r}")
+        self.__cause__ = cause

@@ -920,6 +920,11 @@ cdef class LocalBufferPool(BufferRecycler):
         return self.used_buffers / self._pool_size
 
     @property
+    def segment_size(self):
+        """The size of every segment of this pool (its global pool's segment size)."""
+        return self._nbp._segment_size
+
+    @property
     def num_subpartitions(self):
         """Subpartitions whose outstanding buffers are capped (0: none)."""
         return self._num_subpartitions

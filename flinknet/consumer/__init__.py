@@ -1,0 +1,39 @@
+"""The consumer side of the exchange: input gates, input channels and record readers (§9).
+
+Name map (Flink → flinknet):
+
+==========================================  ===========================================
+``SingleInputGate`` / ``UnionInputGate``     :class:`SingleInputGate` / :class:`UnionInputGate`
+``InputChannel`` / ``LocalInputChannel``     :class:`InputChannel` / :class:`LocalInputChannel`
+``InputChannelInfo``                         :class:`InputChannelInfo`
+``BufferOrEvent``                            :class:`BufferOrEvent`
+``InputChannel.BufferAndAvailability``       :class:`BufferAndAvailability`
+``RecordReader``                             :class:`RecordReader`
+==========================================  ===========================================
+"""
+
+from flinknet.consumer.channels import (
+    DEFAULT_INITIAL_BACKOFF,
+    DEFAULT_MAX_BACKOFF,
+    BufferAndAvailability,
+    InputChannel,
+    InputChannelInfo,
+    LocalInputChannel,
+)
+from flinknet.consumer.gate import BufferOrEvent, InputGate, SingleInputGate, UnionInputGate
+from flinknet.consumer.reader import RecordOrEvent, RecordReader
+
+__all__ = [
+    "DEFAULT_INITIAL_BACKOFF",
+    "DEFAULT_MAX_BACKOFF",
+    "BufferAndAvailability",
+    "BufferOrEvent",
+    "InputChannel",
+    "InputChannelInfo",
+    "InputGate",
+    "LocalInputChannel",
+    "RecordOrEvent",
+    "RecordReader",
+    "SingleInputGate",
+    "UnionInputGate",
+]

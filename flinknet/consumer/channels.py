@@ -1,0 +1,286 @@
+"""Input channels: one per producer subpartition a gate reads (Flink §9.3).
+
+:class:`LocalInputChannel` reads a subpartition of a partition in the same process straight from
+its view: no copy, no credit; the producer's buffers go back to the producer's pool when the
+consumer recycles them. Remote channels (over TCP) are the transport's.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+from flinknet._core.buffer import DataType
+from flinknet.errors import CancelTaskError, FlinknetError, PartitionNotFoundError, ProducerFailedError
+from flinknet.ids import ResultPartitionID
+
+__all__ = [
+    "BufferAndAvailability",
+    "DEFAULT_INITIAL_BACKOFF",
+    "DEFAULT_MAX_BACKOFF",
+    "InputChannel",
+    "InputChannelInfo",
+    "LocalInputChannel",
+]
+
+#: Flink's ``taskmanager.network.request-backoff.initial`` / ``.max`` defaults (milliseconds).
+DEFAULT_INITIAL_BACKOFF = 100
+DEFAULT_MAX_BACKOFF = 10_000
+
+_NONE = DataType.NONE
+
+
+class InputChannelInfo(NamedTuple):
+    """Identifies a channel within a task: the gate's index and the channel's index in it."""
+
+    gate_idx: int
+    input_channel_idx: int
+
+
+class BufferAndAvailability(NamedTuple):
+    """A buffer from a channel and what is known about the next one (Flink's
+    ``InputChannel.BufferAndAvailability``)."""
+
+    buffer: object
+    next_data_type: DataType
+    buffers_in_backlog: int
+    sequence_number: int
+
+    @property
+    def more_available(self) -> bool:
+        return self.next_data_type != _NONE
+
+    @property
+    def more_priority_events(self) -> bool:
+        return self.next_data_type.has_priority
+
+    @property
+    def has_priority(self) -> bool:
+        return self.buffer.data_type.has_priority
+
+
+class InputChannel:
+    """Base of the channels a :class:`~flinknet.consumer.SingleInputGate` reads.
+
+    ``initial_backoff`` / ``max_backoff`` (milliseconds) drive partition-request retries: the
+    waits are initial, doubled each time up to max, and a request that fails after a wait equal
+    to max fails the channel (defaults 100 ms → 10 s: 100, 200, … 6400, 10000, then
+    :class:`~flinknet.errors.PartitionNotFoundError`). ``initial_backoff=0`` disables retries.
+    """
+
+    def __init__(self, input_gate, channel_index: int, partition_id: ResultPartitionID,
+                 subpartition_index: int = 0, initial_backoff: int = DEFAULT_INITIAL_BACKOFF,
+                 max_backoff: int = DEFAULT_MAX_BACKOFF):
+        if not isinstance(partition_id, ResultPartitionID):
+            raise TypeError("partition_id must be a ResultPartitionID")
+        if channel_index < 0:
+            raise ValueError(f"channel_index must be >= 0, got {channel_index}")
+        if subpartition_index < 0:
+            raise ValueError(f"subpartition_index must be >= 0, got {subpartition_index}")
+        if initial_backoff < 0 or max_backoff < 0 or max_backoff < initial_backoff:
+            raise ValueError("backoffs must satisfy 0 <= initial_backoff <= max_backoff")
+        self.input_gate = input_gate
+        self.channel_index = channel_index
+        self.channel_info = InputChannelInfo(input_gate.gate_index, channel_index)
+        self.partition_id = partition_id
+        self.consumed_subpartition_index = subpartition_index
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.current_backoff = 0
+        self._cause: BaseException | None = None
+        self._cause_lock = threading.Lock()
+        self.num_bytes_in = 0
+        self.num_buffers_in = 0
+
+    # -- backoff ---------------------------------------------------------------------------
+
+    def increase_backoff(self) -> bool:
+        """Advance the backoff; False when retries are disabled or exhausted (Flink's logic)."""
+        if self.initial_backoff == 0:
+            return False
+        if self.current_backoff == 0:
+            self.current_backoff = self.initial_backoff
+            return True
+        if self.current_backoff < self.max_backoff:
+            self.current_backoff = min(self.current_backoff * 2, self.max_backoff)
+            return True
+        return False
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def set_error(self, cause: BaseException) -> None:
+        """Fail the channel; the gate's reader sees ``cause`` on its next poll of it."""
+        with self._cause_lock:
+            if self._cause is not None:
+                return
+            self._cause = cause
+        self.notify_channel_non_empty()
+
+    def check_error(self) -> None:
+        cause = self._cause
+        if cause is not None:
+            if isinstance(cause, FlinknetError):
+                raise cause
+            raise FlinknetError(f"channel {self.channel_info} failed: {cause!r}") from cause
+
+    @property
+    def failure_cause(self) -> BaseException | None:
+        return self._cause
+
+    def notify_channel_non_empty(self) -> None:
+        self.input_gate.notify_channel_non_empty(self)
+
+    def notify_priority_event(self, sequence_number: int) -> None:
+        self.input_gate.notify_priority_event(self, sequence_number)
+
+    # -- subclass API ----------------------------------------------------------------------
+
+    def request_subpartitions(self) -> None:
+        raise NotImplementedError
+
+    def get_next_buffer(self) -> BufferAndAvailability | None:
+        raise NotImplementedError
+
+    def resume_consumption(self) -> None:
+        raise NotImplementedError
+
+    def acknowledge_all_records_processed(self) -> None:
+        raise NotImplementedError
+
+    def release_all_resources(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def is_released(self) -> bool:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__} #{self.channel_index} [{self.partition_id}, "
+                f"subpartition {self.consumed_subpartition_index}]")
+
+
+class LocalInputChannel(InputChannel):
+    """Reads a subpartition of a partition in the same process (Flink's ``LocalInputChannel``).
+
+    ``LocalInputChannel(gate, channel_index, partition_id, subpartition_index, partition_manager)``.
+    Requesting the subpartition before the producer registered the partition retries with
+    backoff on the gate's timer.
+    """
+
+    def __init__(self, input_gate, channel_index: int, partition_id: ResultPartitionID,
+                 subpartition_index: int, partition_manager, initial_backoff: int = DEFAULT_INITIAL_BACKOFF,
+                 max_backoff: int = DEFAULT_MAX_BACKOFF):
+        super().__init__(input_gate, channel_index, partition_id, subpartition_index,
+                         initial_backoff, max_backoff)
+        self.partition_manager = partition_manager
+        self._view = None
+        self._lock = threading.Lock()
+        self._released = False
+
+    # -- BufferAvailabilityListener --------------------------------------------------------
+
+    def notify_data_available(self, view) -> None:
+        self.notify_channel_non_empty()
+
+    # notify_priority_event(seq) is inherited: forwards to the gate.
+
+    # -- requests --------------------------------------------------------------------------
+
+    def request_subpartitions(self) -> None:
+        """Ask the partition manager for the view; retry with backoff while it is not there."""
+        retrigger = False
+        with self._lock:
+            if self._released or self._view is not None:
+                return
+            try:
+                self._view = self.partition_manager.create_subpartition_view(
+                    self.partition_id, self.consumed_subpartition_index, self)
+            except PartitionNotFoundError as err:
+                if self.increase_backoff():
+                    retrigger = True
+                else:
+                    self._fail(err)
+                    return
+            except BaseException as err:  # noqa: BLE001 (the channel fails, not the caller)
+                self._fail(err)
+                return
+        if retrigger:
+            self.input_gate.retrigger_partition_request(self, self.current_backoff)
+        elif self._released:
+            self._release_view()
+
+    def _fail(self, err: BaseException) -> None:
+        # Under self._lock; set_error notifies the gate, which takes only the gate's lock.
+        with self._cause_lock:
+            if self._cause is None:
+                self._cause = err
+        self.input_gate.notify_channel_non_empty(self)
+
+    def retrigger_subpartition_request(self) -> None:
+        self.request_subpartitions()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get_next_buffer(self) -> BufferAndAvailability | None:
+        self.check_error()
+        view = self._view
+        if view is None:
+            if self._released:
+                return None
+            return None  # not yet requested / retrying: the gate is notified when it arrives
+        next_ = view.get_next_buffer()
+        while next_ is not None and next_.buffer.readable_bytes == 0:
+            next_.buffer.recycle()
+            self.num_buffers_in += 1
+            next_ = view.get_next_buffer()
+        if next_ is None:
+            if view.is_released:
+                cause = view.get_failure_cause()
+                if cause is not None:
+                    raise ProducerFailedError(cause)
+                raise CancelTaskError(f"Consumed partition {view} has been released.")
+            return None
+        buffer = next_.buffer
+        self.num_bytes_in += buffer.size
+        self.num_buffers_in += 1
+        return BufferAndAvailability(buffer, next_.next_data_type, next_.buffers_in_backlog,
+                                     next_.sequence_number)
+
+    def resume_consumption(self) -> None:
+        """Unblock the subpartition after an upstream-blocking event (aligned barrier)."""
+        view = self._view
+        if view is None:
+            raise CancelTaskError(f"{self} has no subpartition view")
+        view.resume_consumption()
+        if view.get_availability_and_backlog(True).is_available:
+            self.notify_channel_non_empty()
+
+    def acknowledge_all_records_processed(self) -> None:
+        view = self._view
+        if view is None:
+            raise CancelTaskError(f"{self} has no subpartition view")
+        view.acknowledge_all_data_processed()
+
+    def release_all_resources(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._release_view()
+
+    def _release_view(self) -> None:
+        view, self._view = self._view, None
+        if view is not None:
+            view.release_all_resources()
+
+    @property
+    def is_released(self) -> bool:
+        return self._released
+
+    @property
+    def subpartition_view(self):
+        return self._view
+
+    def get_buffers_in_use_count(self) -> int:
+        view = self._view
+        return 0 if view is None else view.get_number_of_queued_buffers()

@@ -1,0 +1,664 @@
+"""Input gates: what a consuming task reads from (Flink §9.1, §9.2).
+
+A :class:`SingleInputGate` reads one intermediate result through one channel per producer. Ready
+channels wait in a queue (priority section first); each poll takes one buffer from the head
+channel and puts the channel back at the tail if it has more, so busy channels cannot starve
+others. Events are decoded here; EndOfPartition releases its channel, and the gate is finished
+when every channel delivered it. :class:`UnionInputGate` merges several gates the same way.
+
+``get_next(timeout=None)`` blocks (``TimeoutError`` after ``timeout`` seconds) and returns None
+once the gate is finished; ``poll_next()`` never blocks and returns None when nothing is ready.
+Frameworks with their own event loop wait on :meth:`~SingleInputGate.get_available_future` (a
+:class:`concurrent.futures.Future`; ``asyncio.wrap_future`` makes it awaitable) and then poll.
+
+Name map: ``getNext`` / ``pollNext`` → ``get_next`` / ``poll_next``; ``requestPartitions`` →
+``request_partitions``; ``resumeConsumption(channelInfo)`` → ``resume_consumption``;
+``acknowledgeAllRecordsProcessed`` → ``acknowledge_all_records_processed``; ``isFinished`` /
+``hasReceivedEndOfData`` → ``is_finished`` / ``has_received_end_of_data``; ``getAvailableFuture``
+→ ``get_available_future``; ``close`` → ``close``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+
+from flinknet import events as _events
+from flinknet._core.buffer import DataType
+from flinknet.consumer.channels import InputChannel, InputChannelInfo, LocalInputChannel
+from flinknet.errors import CancelTaskError, IllegalStateError
+
+__all__ = ["BufferOrEvent", "InputGate", "SingleInputGate", "UnionInputGate"]
+
+_INT_MIN = -(1 << 31)
+
+
+class BufferOrEvent:
+    """A data buffer or a decoded event from a gate, with the channel it came from.
+
+    A buffer must be recycled by whoever takes it (a :class:`~flinknet.consumer.RecordReader`
+    does); an event's buffer was already recycled.
+    """
+
+    __slots__ = ("buffer", "event", "channel_info", "more_available", "size",
+                 "more_priority_events", "has_priority")
+
+    def __init__(self, buffer=None, event=None, channel_info: InputChannelInfo | None = None,
+                 more_available: bool = False, size: int = 0, more_priority_events: bool = False,
+                 has_priority: bool = False):
+        self.buffer = buffer
+        self.event = event
+        self.channel_info = channel_info
+        self.more_available = more_available
+        self.size = size
+        self.more_priority_events = more_priority_events
+        self.has_priority = has_priority
+
+    @property
+    def is_buffer(self) -> bool:
+        return self.buffer is not None
+
+    @property
+    def is_event(self) -> bool:
+        return self.buffer is None
+
+    def __repr__(self) -> str:
+        what = f"buffer={self.buffer!r}" if self.buffer is not None else f"event={self.event!r}"
+        return (f"BufferOrEvent({what}, channel={tuple(self.channel_info)}, "
+                f"more_available={self.more_available}, priority={self.has_priority})")
+
+
+class _Availability:
+    """A future completed while data is available (Flink's AvailabilityHelper), under a lock."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self):
+        self._future = Future()
+
+    def mark_available(self) -> Future | None:
+        f = self._future
+        return None if f.done() else f
+
+    def reset_unavailable(self) -> None:
+        if self._future.done():
+            self._future = Future()
+
+    @property
+    def future(self) -> Future:
+        return self._future
+
+
+def _complete(future: Future | None) -> None:
+    if future is not None:
+        try:
+            future.set_result(None)
+        except Exception:  # noqa: BLE001 (cancelled by a waiter that gave up)
+            pass
+
+
+class InputGate:
+    """What :class:`SingleInputGate` and :class:`UnionInputGate` have in common."""
+
+    def get_next(self, timeout: float | None = None) -> BufferOrEvent | None:
+        raise NotImplementedError
+
+    def poll_next(self) -> BufferOrEvent | None:
+        raise NotImplementedError
+
+    def __iter__(self):
+        """Every BufferOrEvent until the gate is finished (blocking)."""
+        while True:
+            boe = self.get_next()
+            if boe is None:
+                return
+            yield boe
+
+
+class SingleInputGate(InputGate):
+    """Reads one intermediate result, one channel per producer subtask.
+
+    ``SingleInputGate(gate_index=0, owning_task_name="", buffer_pool=None)``; add channels with
+    :meth:`set_input_channels` (or build a local gate with :meth:`create_local`), then
+    :meth:`setup` and :meth:`request_partitions` (done on the first poll if not called).
+    ``buffer_pool`` is the gate's floating pool (remote channels use it; local ones need none).
+    """
+
+    def __init__(self, gate_index: int = 0, owning_task_name: str = "", buffer_pool=None):
+        if gate_index < 0:
+            raise ValueError("gate_index must be >= 0")
+        self.gate_index = gate_index
+        self.owning_task_name = owning_task_name
+        self.buffer_pool = buffer_pool
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self.input_channels: list[InputChannel] = []
+        self._queue: deque = deque()
+        self._num_priority = 0
+        self._enqueued: list[bool] = []
+        self._end_of_partition: list[bool] = []
+        self._end_of_data: list[bool] = []
+        self._last_priority_seq: list[int] = []
+        self._num_eop = 0
+        self._num_eod = 0
+        self._all_eop = False
+        self._finished_returned = False
+        self._should_drain_on_end_of_data = True
+        self._requested = False
+        self._closed = False
+        self._close_future: Future = Future()
+        self._availability = _Availability()
+        self._priority_availability = _Availability()
+        self._timers: set[threading.Timer] = set()
+        self._parent_listener = None  # a UnionInputGate's callback
+        self.num_bytes_in = 0
+        self.num_buffers_in = 0
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def create_local(cls, partition_manager, partitions, gate_index: int = 0, owning_task_name: str = "",
+                     initial_backoff: int = 100, max_backoff: int = 10_000) -> "SingleInputGate":
+        """A gate of local channels, one per ``(partition_id, subpartition_index)`` in ``partitions``."""
+        gate = cls(gate_index, owning_task_name)
+        channels = [LocalInputChannel(gate, i, pid, sp, partition_manager, initial_backoff, max_backoff)
+                    for i, (pid, sp) in enumerate(partitions)]
+        gate.set_input_channels(channels)
+        gate.setup()
+        return gate
+
+    def set_input_channels(self, channels) -> None:
+        channels = list(channels)
+        if self.input_channels:
+            raise IllegalStateError("the gate's channels are already set")
+        if not channels:
+            raise ValueError("a gate needs at least one channel")
+        for i, ch in enumerate(channels):
+            if not isinstance(ch, InputChannel):
+                raise TypeError(f"channel {i} is not an InputChannel")
+            if ch.channel_index != i or ch.input_gate is not self:
+                raise ValueError(f"channel {i} has index {ch.channel_index} or belongs to another gate")
+        n = len(channels)
+        self.input_channels = channels
+        self._enqueued = [False] * n
+        self._end_of_partition = [False] * n
+        self._end_of_data = [False] * n
+        self._last_priority_seq = [_INT_MIN] * n
+
+    def setup(self) -> None:
+        """Reserve the gate pool's first buffer (Flink's deadlock avoidance, FLINK-24035)."""
+        if self.buffer_pool is not None:
+            self.buffer_pool.reserve_segments(1)
+
+    def request_partitions(self) -> None:
+        """Every channel requests its subpartition (once); failures are stored on the channel."""
+        with self._lock:
+            if self._requested:
+                return
+            if self._closed:
+                raise CancelTaskError("Input gate is already closed.")
+            if not self.input_channels:
+                raise IllegalStateError("the gate has no channels")
+            self._requested = True
+        for ch in self.input_channels:
+            try:
+                ch.request_subpartitions()
+            except BaseException as err:  # noqa: BLE001 (stored on the channel)
+                ch.set_error(err)
+
+    def retrigger_partition_request(self, channel: InputChannel, delay_ms: float) -> None:
+        """Re-request ``channel``'s subpartition after ``delay_ms`` (local channels' backoff)."""
+        def fire():
+            with self._lock:
+                self._timers.discard(timer)
+                if self._closed:
+                    return
+            channel.retrigger_subpartition_request()
+
+        timer = threading.Timer(delay_ms / 1000.0, fire)
+        timer.daemon = True
+        with self._lock:
+            if self._closed:
+                return
+            self._timers.add(timer)
+        timer.start()
+
+    # -- notifications from channels (producer threads) ------------------------------------
+
+    def notify_channel_non_empty(self, channel: InputChannel) -> None:
+        self._queue_channel(channel, None)
+
+    def notify_priority_event(self, channel: InputChannel, sequence_number: int) -> None:
+        self._queue_channel(channel, sequence_number)
+
+    def _queue_channel(self, channel: InputChannel, priority_seq: int | None) -> None:
+        futures = []
+        with self._lock:
+            if not self._queue_channel_unsafe(channel, priority_seq is not None, priority_seq, futures):
+                return
+        for f in futures:
+            _complete(f)
+        listener = self._parent_listener
+        if listener is not None:
+            listener(self)
+
+    def _queue_channel_unsafe(self, channel, priority: bool, priority_seq, futures) -> bool:
+        """Enqueue under the lock; True if the queue went from empty to non-empty."""
+        idx = channel.channel_index
+        if self._end_of_partition[idx]:
+            return False
+        if priority_seq is not None:
+            last = self._last_priority_seq[idx]
+            if last != _INT_MIN and ((priority_seq - last) & 0xFFFFFFFF) >= 0x80000000 or priority_seq == last:
+                return False  # stale: that priority event was already polled
+        queue = self._queue
+        if self._enqueued[idx]:
+            if not priority:
+                return False
+            # Upgrade: move the channel into the priority section.
+            pos = queue.index(channel)
+            if pos < self._num_priority:
+                return False
+            del queue[pos]
+        else:
+            self._enqueued[idx] = True
+        was_empty = not queue
+        if priority:
+            queue.insert(self._num_priority, channel)
+            self._num_priority += 1
+            if self._num_priority == 1:
+                futures.append(self._priority_availability.mark_available())
+        else:
+            queue.append(channel)
+        if was_empty:
+            futures.append(self._availability.mark_available())
+            self._cond.notify()
+        return was_empty
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get_next(self, timeout: float | None = None) -> BufferOrEvent | None:
+        """The next buffer or event, waiting up to ``timeout`` seconds (``TimeoutError``);
+        None once every channel delivered EndOfPartition and the last one was returned."""
+        return self._get_next(True, timeout)
+
+    def poll_next(self) -> BufferOrEvent | None:
+        """The next buffer or event if one is ready now, else None (see :attr:`is_finished`)."""
+        return self._get_next(False, None)
+
+    def _get_next(self, blocking: bool, timeout: float | None) -> BufferOrEvent | None:
+        if not self._requested:
+            self.request_partitions()
+        if self._all_eop:
+            return None
+        if self._closed:
+            raise CancelTaskError("Input gate is already closed.")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        futures = []
+        while True:
+            with self._lock:
+                channel = self._get_channel(blocking, deadline)
+                if channel is None:
+                    return None
+                try:
+                    result = channel.get_next_buffer()
+                except BaseException:
+                    # Keep the failed channel readable so every poll reports its error.
+                    if not self._enqueued[channel.channel_index]:
+                        self._enqueued[channel.channel_index] = True
+                        self._queue.append(channel)
+                    raise
+                if result is None:
+                    self._check_unavailability()
+                    continue
+                if result.more_available:
+                    self._queue_channel_unsafe(channel, result.more_priority_events, None, futures)
+                more_priority = self._num_priority > 0
+                buffer = result.buffer
+                data_type = buffer.data_type
+                if data_type.has_priority:
+                    self._last_priority_seq[channel.channel_index] = result.sequence_number
+                    if not more_priority:
+                        self._priority_availability.reset_unavailable()
+                self._check_unavailability()
+                more_available = bool(self._queue)
+            for f in futures:
+                _complete(f)
+            self.num_buffers_in += 1
+            self.num_bytes_in += buffer.size
+            if data_type == DataType.DATA_BUFFER:
+                return BufferOrEvent(buffer, None, channel.channel_info, more_available, buffer.size,
+                                     more_priority, False)
+            return self._transform_event(buffer, channel, more_available, more_priority)
+
+    def _get_channel(self, blocking: bool, deadline: float | None):
+        """Pop the head channel (under the lock), waiting if asked; None if nothing is ready."""
+        queue = self._queue
+        while not queue:
+            if self._closed:
+                raise CancelTaskError("Input gate is already closed.")
+            if self._all_eop:
+                return None
+            if not blocking:
+                self._availability.reset_unavailable()
+                return None
+            if deadline is None:
+                self._cond.wait()
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._cond.wait(remaining):
+                    if not queue:
+                        raise TimeoutError("no buffer or event arrived before the timeout")
+        channel = queue.popleft()
+        if self._num_priority:
+            self._num_priority -= 1
+        self._enqueued[channel.channel_index] = False
+        return channel
+
+    def _check_unavailability(self) -> None:
+        if not self._queue and not self._all_eop:
+            self._availability.reset_unavailable()
+
+    def _transform_event(self, buffer, channel, more_available, more_priority) -> BufferOrEvent:
+        size = buffer.size
+        has_priority = buffer.data_type.has_priority
+        try:
+            event = _events.from_buffer(buffer)
+        finally:
+            buffer.recycle()
+        idx = channel.channel_index
+        futures = []
+        if type(event) is _events.EndOfPartitionEvent:
+            with self._lock:
+                if self._end_of_partition[idx]:
+                    raise IllegalStateError(f"channel {idx} delivered EndOfPartition twice")
+                self._end_of_partition[idx] = True
+                self._num_eop += 1
+                self._all_eop = self._num_eop == len(self.input_channels)
+                if self._enqueued[idx]:
+                    self._enqueued[idx] = False
+                    pos = self._queue.index(channel)
+                    if pos < self._num_priority:
+                        self._num_priority -= 1
+                    del self._queue[pos]
+                more_available = bool(self._queue)
+                if self._all_eop:
+                    futures.append(self._availability.mark_available())
+                    self._cond.notify_all()
+            channel.release_all_resources()
+            for f in futures:
+                _complete(f)
+            if self._all_eop and self._parent_listener is not None:
+                self._parent_listener(self)
+        elif type(event) is _events.EndOfData:
+            with self._lock:
+                if self._end_of_data[idx]:
+                    raise IllegalStateError(f"channel {idx} delivered EndOfData twice")
+                self._end_of_data[idx] = True
+                self._num_eod += 1
+                self._should_drain_on_end_of_data &= event.stop_mode == _events.StopMode.DRAIN
+        return BufferOrEvent(None, event, channel.channel_info, more_available, size, more_priority,
+                             has_priority)
+
+    # -- control ---------------------------------------------------------------------------
+
+    def resume_consumption(self, channel_info: InputChannelInfo) -> None:
+        """Resume a channel blocked by an upstream-blocking event (aligned barrier)."""
+        if self._closed:
+            raise CancelTaskError("Input gate is already closed.")
+        self.input_channels[channel_info.input_channel_idx].resume_consumption()
+
+    def acknowledge_all_records_processed(self, channel_info: InputChannelInfo) -> None:
+        self.input_channels[channel_info.input_channel_idx].acknowledge_all_records_processed()
+
+    def get_available_future(self) -> Future:
+        """Done while a buffer or event is ready (or the gate is finished)."""
+        with self._lock:
+            if self._queue or self._all_eop:
+                f = self._availability.mark_available()
+                if f is not None:
+                    f.set_result(None)
+            return self._availability.future
+
+    def get_priority_event_available_future(self) -> Future:
+        return self._priority_availability.future
+
+    def is_available(self) -> bool:
+        return bool(self._queue) or self._all_eop
+
+    @property
+    def is_finished(self) -> bool:
+        """Every channel delivered EndOfPartition."""
+        return self._all_eop
+
+    def has_received_end_of_data(self) -> bool:
+        return self._num_eod == len(self.input_channels) and self._num_eod > 0
+
+    def should_drain_on_end_of_data(self) -> bool:
+        return self._should_drain_on_end_of_data
+
+    @property
+    def number_of_input_channels(self) -> int:
+        return len(self.input_channels)
+
+    def get_channel(self, index: int) -> InputChannel:
+        return self.input_channels[index]
+
+    @property
+    def number_of_queued_channels(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        """Release every channel (their buffers go back), wake a blocked reader with
+        CancelTaskError, and lazily destroy the gate's pool. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            timers, self._timers = self._timers, set()
+            self._queue.clear()
+            self._num_priority = 0
+            self._cond.notify_all()
+            fut = self._availability.mark_available()
+        for t in timers:
+            t.cancel()
+        errors = []
+        for ch in self.input_channels:
+            try:
+                ch.release_all_resources()
+            except BaseException as err:  # noqa: BLE001
+                errors.append(err)
+        if self.buffer_pool is not None:
+            self.buffer_pool.lazy_destroy()
+        _complete(fut)
+        if self._parent_listener is not None:
+            self._parent_listener(self)
+        if not self._close_future.done():
+            self._close_future.set_result(None)
+        if errors:
+            raise errors[0]
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"SingleInputGate#{self.gate_index} [{self.owning_task_name}, "
+                f"{len(self.input_channels)} channels, finished={self._all_eop}]")
+
+
+class UnionInputGate(InputGate):
+    """Reads several gates as one (Flink's ``UnionInputGate``): ready gates take turns, one
+    buffer or event each; finished when every gate is finished. ``channel_index(boe)`` gives the
+    flat channel index (gate offset + channel index)."""
+
+    def __init__(self, *gates: SingleInputGate):
+        if len(gates) == 1 and isinstance(gates[0], (list, tuple)):
+            gates = tuple(gates[0])
+        if len(gates) < 2:
+            raise ValueError("a union input gate needs at least two gates")
+        if len({id(g) for g in gates}) != len(gates):
+            raise ValueError("the same gate appears twice")
+        self.gates = list(gates)
+        self._by_index = {}
+        self._offsets = {}
+        offset = 0
+        for g in gates:
+            if not isinstance(g, SingleInputGate):
+                raise TypeError("UnionInputGate takes SingleInputGates")
+            if g.gate_index in self._by_index:
+                raise ValueError(f"two gates have index {g.gate_index}")
+            self._by_index[g.gate_index] = g
+            self._offsets[g.gate_index] = offset
+            offset += g.number_of_input_channels
+        self._num_channels = offset
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: deque = deque()
+        self._enqueued: set[int] = set()
+        self._finished: set[int] = set()
+        self._availability = _Availability()
+        for g in gates:
+            g._parent_listener = self._on_gate_available
+        for g in gates:
+            if g.is_available():
+                self._on_gate_available(g)
+
+    def _on_gate_available(self, gate: SingleInputGate) -> None:
+        fut = None
+        with self._lock:
+            if gate.gate_index in self._enqueued:
+                return
+            self._enqueued.add(gate.gate_index)
+            was_empty = not self._queue
+            self._queue.append(gate)
+            if was_empty:
+                fut = self._availability.mark_available()
+                self._cond.notify()
+        _complete(fut)
+
+    def request_partitions(self) -> None:
+        for g in self.gates:
+            g.request_partitions()
+
+    def get_next(self, timeout: float | None = None) -> BufferOrEvent | None:
+        return self._get_next(True, timeout)
+
+    def poll_next(self) -> BufferOrEvent | None:
+        return self._get_next(False, None)
+
+    def _get_next(self, blocking: bool, timeout: float | None) -> BufferOrEvent | None:
+        for g in self.gates:
+            if not g._requested:
+                g.request_partitions()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                while not self._queue:
+                    if len(self._finished) == len(self.gates):
+                        return None
+                    if any(g.is_closed for g in self.gates):
+                        raise CancelTaskError("Input gate is already closed.")
+                    if not blocking:
+                        self._availability.reset_unavailable()
+                        return None
+                    if deadline is None:
+                        self._cond.wait()
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0 or not self._cond.wait(remaining):
+                            if not self._queue:
+                                raise TimeoutError("no buffer or event arrived before the timeout")
+                gate = self._queue.popleft()
+                self._enqueued.discard(gate.gate_index)
+            boe = gate.poll_next()
+            if boe is None:
+                if gate.is_finished:
+                    self._mark_finished(gate)
+                continue
+            if gate.is_finished:
+                self._mark_finished(gate)
+            elif boe.more_available or gate.is_available():
+                self._on_gate_available(gate)
+            with self._lock:
+                if not self._queue and len(self._finished) != len(self.gates):
+                    self._availability.reset_unavailable()
+                boe.more_available = bool(self._queue)
+            return boe
+
+    def _mark_finished(self, gate: SingleInputGate) -> None:
+        fut = None
+        with self._lock:
+            self._finished.add(gate.gate_index)
+            if len(self._finished) == len(self.gates):
+                fut = self._availability.mark_available()
+                self._cond.notify_all()
+        _complete(fut)
+
+    def channel_index(self, boe: BufferOrEvent) -> int:
+        """The flat channel index of ``boe`` in this union (gate offset + channel index)."""
+        return self._offsets[boe.channel_info.gate_idx] + boe.channel_info.input_channel_idx
+
+    def get_channel(self, flat_index: int) -> InputChannel:
+        for g in self.gates:
+            off = self._offsets[g.gate_index]
+            if off <= flat_index < off + g.number_of_input_channels:
+                return g.input_channels[flat_index - off]
+        raise IndexError(flat_index)
+
+    def resume_consumption(self, channel_info: InputChannelInfo) -> None:
+        self._by_index[channel_info.gate_idx].resume_consumption(channel_info)
+
+    def acknowledge_all_records_processed(self, channel_info: InputChannelInfo) -> None:
+        self._by_index[channel_info.gate_idx].acknowledge_all_records_processed(channel_info)
+
+    def get_available_future(self) -> Future:
+        with self._lock:
+            if self._queue or len(self._finished) == len(self.gates):
+                f = self._availability.mark_available()
+                if f is not None:
+                    f.set_result(None)
+            return self._availability.future
+
+    def is_available(self) -> bool:
+        return bool(self._queue) or self.is_finished
+
+    @property
+    def is_finished(self) -> bool:
+        return len(self._finished) == len(self.gates)
+
+    def has_received_end_of_data(self) -> bool:
+        return all(g.has_received_end_of_data() for g in self.gates)
+
+    def should_drain_on_end_of_data(self) -> bool:
+        return all(g.should_drain_on_end_of_data() for g in self.gates)
+
+    @property
+    def number_of_input_channels(self) -> int:
+        return self._num_channels
+
+    def close(self) -> None:
+        errors = []
+        for g in self.gates:
+            try:
+                g.close()
+            except BaseException as err:  # noqa: BLE001
+                errors.append(err)
+        with self._lock:
+            self._cond.notify_all()
+        if errors:
+            raise errors[0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,169 @@
+"""Reading records from a gate (Flink's ``RecordReader`` / ``AbstractRecordReader``).
+
+One :class:`~flinknet._core.serialization.RecordDeserializer` per channel reassembles records
+that span buffers; the per-record work is in Cython, this layer runs once per buffer.
+"""
+
+from __future__ import annotations
+
+from flinknet._core.serialization import DEFAULT_SPILLING_THRESHOLD, RecordDeserializer, get_serializer
+from flinknet.consumer.gate import InputGate, UnionInputGate
+from flinknet.errors import IllegalStateError
+
+__all__ = ["RecordReader", "RecordOrEvent"]
+
+
+class RecordOrEvent:
+    """What :meth:`RecordReader.read_batch` returns when asked for events too: an event with the
+    channel it came from (records come as plain values)."""
+
+    __slots__ = ("event", "channel_info")
+
+    def __init__(self, event, channel_info):
+        self.event = event
+        self.channel_info = channel_info
+
+    def __repr__(self) -> str:
+        return f"RecordOrEvent({self.event!r}, channel={tuple(self.channel_info)})"
+
+
+class RecordReader:
+    """Iterates the records of an input gate.
+
+    ``RecordReader(gate, serializer="bytes", emit_events=False)``: iterating yields records in
+    channel order (records of one channel keep their order; channels interleave per buffer);
+    with ``emit_events=True`` events are yielded too, as :class:`RecordOrEvent`. Batch forms:
+    :meth:`read_batch` (all records completed by the next buffer) and :meth:`read_array`
+    (fixed-width records straight into a numpy array). Closing the reader clears the
+    deserializers, giving back any buffer they hold.
+    """
+
+    def __init__(self, gate: InputGate, serializer="bytes", emit_events: bool = False,
+                 spilling_threshold: int = DEFAULT_SPILLING_THRESHOLD, tmp_dirs=None):
+        if not isinstance(gate, InputGate):
+            raise TypeError("gate must be a SingleInputGate or UnionInputGate")
+        self.gate = gate
+        self.emit_events = emit_events
+        self._serializer = get_serializer(serializer)
+        self._spilling_threshold = spilling_threshold
+        self._tmp_dirs = tmp_dirs
+        self._deserializers: dict = {}
+        self._pending: list = []
+        self._pending_pos = 0
+        self._closed = False
+        self.num_records_in = 0
+
+    def _deserializer(self, channel_info) -> RecordDeserializer:
+        d = self._deserializers.get(channel_info)
+        if d is None:
+            d = self._deserializers[channel_info] = RecordDeserializer(
+                self._serializer, self._spilling_threshold, tmp_dirs=self._tmp_dirs,
+                channel=channel_info)
+        return d
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IllegalStateError("the record reader is closed")
+
+    def read_batch(self, timeout: float | None = None, blocking: bool = True) -> list | None:
+        """The records completed by the next buffer (possibly none, if it only continued a
+        spanning record), or with ``emit_events`` a one-element list of an event. None when the
+        gate is finished (or, with ``blocking=False``, when nothing is ready)."""
+        self._check_open()
+        boe = self.gate.get_next(timeout) if blocking else self.gate.poll_next()
+        if boe is None:
+            return None
+        if boe.buffer is not None:
+            records = self._deserializer(boe.channel_info).read_records(boe.buffer)
+            self.num_records_in += len(records)
+            return records
+        self._on_event(boe)
+        if self.emit_events:
+            return [RecordOrEvent(boe.event, boe.channel_info)]
+        return []
+
+    def read_array(self, dtype, timeout: float | None = None):
+        """The fixed-width records of the next data buffer as one numpy array of ``dtype``
+        (events are skipped); None when the gate is finished."""
+        self._check_open()
+        while True:
+            boe = self.gate.get_next(timeout)
+            if boe is None:
+                return None
+            if boe.buffer is not None:
+                arr = self._deserializer(boe.channel_info).read_array(boe.buffer, dtype)
+                self.num_records_in += len(arr)
+                return arr
+            self._on_event(boe)
+
+    def _on_event(self, boe) -> None:
+        from flinknet.events import EndOfPartitionEvent
+
+        if type(boe.event) is EndOfPartitionEvent:
+            d = self._deserializers.pop(boe.channel_info, None)
+            if d is not None:
+                if d.has_unfinished_data:
+                    d.clear()
+                    raise IllegalStateError(
+                        f"channel {tuple(boe.channel_info)} ended inside a record "
+                        "(EndOfPartition after a partial record)")
+                d.clear()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        pending = self._pending
+        pos = self._pending_pos
+        while pos >= len(pending):
+            batch = self.read_batch()
+            if batch is None:
+                self._pending = []
+                self._pending_pos = 0
+                raise StopIteration
+            pending = self._pending = batch
+            pos = 0
+        self._pending_pos = pos + 1
+        return pending[pos]
+
+    def next_record(self, timeout: float | None = None):
+        """The next record (or event, with ``emit_events``); raises StopIteration at the end."""
+        pending = self._pending
+        pos = self._pending_pos
+        while pos >= len(pending):
+            batch = self.read_batch(timeout)
+            if batch is None:
+                self._pending = []
+                self._pending_pos = 0
+                raise StopIteration
+            pending = self._pending = batch
+            pos = 0
+        self._pending_pos = pos + 1
+        return pending[pos]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.gate.is_finished and self._pending_pos >= len(self._pending)
+
+    def channel_index(self, channel_info) -> int:
+        if isinstance(self.gate, UnionInputGate):
+            from flinknet.consumer.gate import BufferOrEvent
+
+            return self.gate.channel_index(BufferOrEvent(channel_info=channel_info))
+        return channel_info.input_channel_idx
+
+    def close(self) -> None:
+        """Give back every buffer the deserializers hold."""
+        if self._closed:
+            return
+        self._closed = True
+        for d in self._deserializers.values():
+            d.clear()
+        self._deserializers.clear()
+        self._pending = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,437 @@
+"""Result partitions: what a producing task writes into (Flink §5, §8).
+
+:class:`ResultPartition` is Flink's ``BufferWritingResultPartition``: it owns the partition's
+:class:`~flinknet._core.pool.LocalBufferPool` and a
+:class:`~flinknet._core.serialization.SpanningRecordSerializer` that frames records into one open
+:class:`~flinknet._core.builder.BufferBuilder` per subpartition, and it is the serializer's sink:
+every new buffer's consumer goes into the subpartition's queue. Records are serialized in Cython;
+this layer runs once per buffer.
+
+:class:`PipelinedResultPartition` (PIPELINED, PIPELINED_BOUNDED, HYBRID_*) holds
+:class:`~flinknet.partition.subpartition.PipelinedSubpartition` s;
+:class:`~flinknet.partition.blocking.BoundedBlockingResultPartition` (BLOCKING,
+BLOCKING_PERSISTENT) writes each subpartition to a file.
+
+Lifecycle (Flink's ``ResultPartition``): construct → :meth:`~ResultPartition.setup` (registers
+with the partition manager) → emit → :meth:`~ResultPartition.finish` (EndOfPartition in every
+subpartition) → :meth:`~ResultPartition.close` (the pool is destroyed once every buffer is back).
+:meth:`~ResultPartition.release` (once, with an optional cause that consumers then see as
+:class:`~flinknet.errors.ProducerFailedError`) drops all queued data; :meth:`~ResultPartition.fail`
+(any thread) also destroys the pool at once, so an emit blocked on backpressure wakes up with
+:class:`~flinknet.errors.CancelTaskError`.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+from flinknet import events as _events
+from flinknet._core.pool import LocalBufferPool, NetworkBufferPool
+from flinknet._core.serialization import SpanningRecordSerializer
+from flinknet.errors import CancelTaskError, IllegalStateError
+from flinknet.ids import ResultPartitionID
+from flinknet.partition.subpartition import PipelinedSubpartition
+from flinknet.types import ResultPartitionType
+
+__all__ = [
+    "ResultPartition",
+    "PipelinedResultPartition",
+    "get_min_max_network_buffers_per_result_partition",
+]
+
+#: Flink 2.x hard-codes these (§2.5).
+DEFAULT_BUFFERS_PER_CHANNEL = 2
+DEFAULT_FLOATING_BUFFERS_PER_GATE = 8
+DEFAULT_MAX_BUFFERS_PER_CHANNEL = 10
+DEFAULT_MAX_OVERDRAFT_BUFFERS_PER_GATE = 20
+INT_MAX = (1 << 31) - 1
+
+
+def get_min_max_network_buffers_per_result_partition(
+        partition_type: ResultPartitionType, num_subpartitions: int,
+        buffers_per_channel: int = DEFAULT_BUFFERS_PER_CHANNEL,
+        floating_buffers_per_gate: int = DEFAULT_FLOATING_BUFFERS_PER_GATE) -> tuple[int, int]:
+    """Flink's ``NettyShuffleUtils.getMinMaxNetworkBuffersPerResultPartition`` (§2.4) for the
+    partition kinds flinknet builds (blocking partitions are the bounded-blocking kind, whose pool
+    only ever holds one buffer per subpartition plus the broadcast one)."""
+    if num_subpartitions <= 0:
+        raise ValueError(f"num_subpartitions must be > 0, got {num_subpartitions}")
+    n = num_subpartitions
+    minimum = n + 1
+    if partition_type.is_bounded:
+        maximum = max(minimum, n * buffers_per_channel + floating_buffers_per_gate)
+    elif partition_type.is_blocking:
+        maximum = max(minimum, n * buffers_per_channel + floating_buffers_per_gate)
+    else:
+        maximum = INT_MAX
+    return minimum, maximum
+
+
+class ResultPartition:
+    """The partition a producer writes to; subclasses choose the subpartition kind.
+
+    ``ResultPartition(num_subpartitions, buffer_pool, ...)`` takes over ``buffer_pool`` (a
+    :class:`LocalBufferPool` created with ``num_subpartitions`` subpartitions); or use
+    :meth:`create` to size a pool from a :class:`NetworkBufferPool` as Flink does.
+    ``serializer`` turns records into payloads (see
+    :func:`~flinknet._core.serialization.get_serializer`).
+    """
+
+    _partition_type_default = ResultPartitionType.PIPELINED_BOUNDED
+
+    def __init__(self, num_subpartitions: int, buffer_pool: LocalBufferPool, *,
+                 partition_id: ResultPartitionID | None = None,
+                 partition_type: ResultPartitionType | None = None,
+                 serializer="bytes", partition_manager=None, owning_task_name: str = "",
+                 partition_index: int = 0):
+        if not isinstance(num_subpartitions, int) or num_subpartitions <= 0:
+            raise ValueError(f"num_subpartitions must be a positive int, got {num_subpartitions!r}")
+        if not isinstance(buffer_pool, LocalBufferPool):
+            raise TypeError(f"buffer_pool must be a LocalBufferPool, got {type(buffer_pool).__name__}")
+        if buffer_pool.is_destroyed:
+            raise IllegalStateError("the buffer pool is destroyed")
+        if partition_id is None:
+            partition_id = ResultPartitionID()
+        elif not isinstance(partition_id, ResultPartitionID):
+            raise TypeError("partition_id must be a ResultPartitionID")
+        partition_type = self._partition_type_default if partition_type is None else partition_type
+        if not isinstance(partition_type, ResultPartitionType):
+            raise TypeError("partition_type must be a ResultPartitionType")
+        self._check_partition_type(partition_type)
+        self.partition_id = partition_id
+        self.partition_type = partition_type
+        self.partition_index = partition_index
+        self.owning_task_name = owning_task_name
+        self.partition_manager = partition_manager
+        self._pool = buffer_pool
+        self._lock = threading.Lock()
+        self._num_subpartitions = num_subpartitions
+        self.subpartitions = self._create_subpartitions(num_subpartitions)
+        self._serializer = SpanningRecordSerializer(buffer_pool, num_subpartitions, serializer, self)
+        self._is_setup = False
+        self._is_finished = False
+        self._is_released = False
+        self._is_closed = False
+        self._cause: BaseException | None = None
+        self._end_of_data_sent = False
+        self._all_data_processed = Future()
+        self._all_data_processed_acks = set()
+        self.num_bytes_produced = [0] * num_subpartitions  # per-subpartition finished bytes
+
+    @classmethod
+    def create(cls, network_buffer_pool: NetworkBufferPool, num_subpartitions: int, *,
+               partition_type: ResultPartitionType | None = None,
+               max_buffers_per_channel: int = DEFAULT_MAX_BUFFERS_PER_CHANNEL,
+               max_overdraft_buffers: int | None = None, **kwargs) -> "ResultPartition":
+        """A partition whose pool is sized from ``network_buffer_pool`` as Flink sizes it (§2.4)."""
+        if not isinstance(network_buffer_pool, NetworkBufferPool):
+            raise TypeError("network_buffer_pool must be a NetworkBufferPool")
+        partition_type = cls._partition_type_default if partition_type is None else partition_type
+        minimum, maximum = get_min_max_network_buffers_per_result_partition(
+            partition_type, num_subpartitions)
+        if max_overdraft_buffers is None:
+            max_overdraft_buffers = (DEFAULT_MAX_OVERDRAFT_BUFFERS_PER_GATE
+                                     if partition_type.is_pipelined else 0)
+        pool = network_buffer_pool.create_buffer_pool(
+            minimum, maximum, num_subpartitions, max_buffers_per_channel, max_overdraft_buffers)
+        try:
+            return cls(num_subpartitions, pool, partition_type=partition_type, **kwargs)
+        except BaseException:
+            network_buffer_pool.destroy_buffer_pool(pool)
+            raise
+
+    # -- subclass hooks --------------------------------------------------------------------
+
+    def _check_partition_type(self, partition_type: ResultPartitionType) -> None:
+        pass
+
+    def _create_subpartitions(self, n: int) -> list:
+        raise NotImplementedError
+
+    # -- serializer sink (once per buffer) -------------------------------------------------
+
+    def add_buffer_consumer(self, subpartition: int, consumer, partial_record_length: int) -> int:
+        return self.subpartitions[subpartition].add(consumer, partial_record_length)
+
+    def buffer_finished(self, subpartition: int, num_bytes: int) -> None:
+        if subpartition >= 0:
+            self.num_bytes_produced[subpartition] += num_bytes
+        else:
+            produced = self.num_bytes_produced
+            for i in range(self._num_subpartitions):
+                produced[i] += num_bytes
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Register with the partition manager (if any); call once before emitting."""
+        if self._is_setup:
+            raise IllegalStateError("the partition is already set up")
+        self._is_setup = True
+        if self.partition_manager is not None:
+            self.partition_manager.register_result_partition(self)
+
+    def _check_producing(self) -> None:
+        if self._is_released:
+            err = CancelTaskError(f"{self} has been released")
+            err.__cause__ = self._cause
+            raise err
+        if self._is_finished:
+            raise IllegalStateError("Partition already finished.")
+
+    def finish(self) -> None:
+        """Finish every open builder and end every subpartition with EndOfPartition."""
+        self._check_producing()
+        self._serializer.finish_all()
+        for sp in self.subpartitions:
+            sp.finish()
+        self._is_finished = True
+
+    def close(self) -> None:
+        """Drop open builders and destroy the pool once all its buffers are back (idempotent)."""
+        if self._is_closed:
+            return
+        self._is_closed = True
+        self._serializer.close()
+        self._pool.lazy_destroy()
+        self._on_producer_closed()
+
+    def release(self, cause: BaseException | None = None) -> None:
+        """Release once: queued buffers go back to the pool; readers fail with ``cause``."""
+        with self._lock:
+            if self._is_released:
+                return
+            self._is_released = True
+            if cause is not None:
+                self._cause = cause
+        self._release_internal()
+        if not self._all_data_processed.done():
+            self._all_data_processed.set_exception(
+                CancelTaskError(f"{self} was released before all data was processed"))
+
+    def fail(self, cause: BaseException | None = None) -> None:
+        """Fail the partition from any thread: destroy the pool (waking a blocked emit) and
+        release it through the partition manager (or directly)."""
+        self._pool.lazy_destroy()
+        if self.partition_manager is not None and self.partition_manager.contains(self.partition_id):
+            self.partition_manager.release_partition(self.partition_id, cause)
+        self.release(cause)
+
+    def _release_internal(self) -> None:
+        for sp in self.subpartitions:
+            sp.release()
+
+    def _on_producer_closed(self) -> None:
+        pass
+
+    def _on_consumed_subpartition(self, index: int) -> None:
+        pass
+
+    def _on_subpartition_all_data_processed(self, index: int) -> None:
+        with self._lock:
+            self._all_data_processed_acks.add(index)
+            done = len(self._all_data_processed_acks) == self._num_subpartitions
+        if done and not self._all_data_processed.done():
+            self._all_data_processed.set_result(None)
+
+    # -- producing -------------------------------------------------------------------------
+
+    def emit_record(self, record, target_subpartition: int) -> None:
+        """Serialize ``record`` into subpartition ``target_subpartition``."""
+        if self._is_released or self._is_finished:
+            self._check_producing()
+        self._serializer.emit(record, target_subpartition)
+
+    def emit_records(self, records, targets) -> int:
+        """Serialize a batch; ``targets`` is one subpartition or one per record."""
+        if self._is_released or self._is_finished:
+            self._check_producing()
+        return self._serializer.emit_batch(records, targets)
+
+    def emit_array(self, array, targets) -> int:
+        """Serialize every row of a numpy array (each row one record, its raw bytes)."""
+        if self._is_released or self._is_finished:
+            self._check_producing()
+        return self._serializer.emit_array(array, targets)
+
+    def broadcast_record(self, record) -> None:
+        """One copy of the record in a shared buffer read by every subpartition."""
+        if self._is_released or self._is_finished:
+            self._check_producing()
+        self._serializer.broadcast_record(record)
+
+    def broadcast_emit(self, record) -> None:
+        """The record serialized once and copied into every subpartition's own buffer."""
+        if self._is_released or self._is_finished:
+            self._check_producing()
+        self._serializer.broadcast_emit(record)
+
+    def broadcast_event(self, event, is_priority: bool = False) -> None:
+        """Finish all builders and enqueue ``event`` (one standalone buffer) everywhere."""
+        self._check_producing()
+        self._serializer.finish_all()
+        consumer = _events.to_buffer_consumer(event, is_priority)
+        try:
+            for sp in self.subpartitions:
+                sp.add(consumer.copy(), 0)
+        finally:
+            consumer.close()
+
+    def emit_event(self, event, target_subpartition: int, is_priority: bool = False) -> None:
+        """Enqueue ``event`` into one subpartition (its open builder is finished first)."""
+        self._check_producing()
+        self._check_target(target_subpartition)
+        self._serializer.finish_unicast_builder(target_subpartition)
+        self._serializer.finish_broadcast_builder()
+        self.subpartitions[target_subpartition].add(
+            _events.to_buffer_consumer(event, is_priority), 0)
+
+    def notify_end_of_data(self, stop_mode=_events.StopMode.NO_DRAIN) -> None:
+        """Broadcast EndOfData once (Flink's ``notifyEndOfData``)."""
+        if not self._end_of_data_sent:
+            self._end_of_data_sent = True
+            self.broadcast_event(_events.EndOfData(_events.StopMode(stop_mode)))
+
+    def get_all_data_processed_future(self) -> Future:
+        """Completes when every consumer acknowledged all user records (AckAllUserRecordsProcessed)."""
+        return self._all_data_processed
+
+    def flush(self, target_subpartition: int) -> None:
+        self._check_target(target_subpartition)
+        self.subpartitions[target_subpartition].flush()
+
+    def flush_all(self) -> None:
+        for sp in self.subpartitions:
+            sp.flush()
+
+    def _check_target(self, target: int) -> None:
+        if not 0 <= target < self._num_subpartitions:
+            raise ValueError(f"subpartition {target} out of range [0, {self._num_subpartitions})")
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def create_subpartition_view(self, index: int, listener):
+        """The read view of subpartition ``index`` (Flink's ``createSubpartitionView``)."""
+        if self._is_released:
+            raise IllegalStateError(f"{self} has been released")
+        self._check_target(index)
+        return self.subpartitions[index].create_read_view(listener)
+
+    # -- inspection ------------------------------------------------------------------------
+
+    @property
+    def num_subpartitions(self) -> int:
+        return self._num_subpartitions
+
+    @property
+    def buffer_pool(self) -> LocalBufferPool:
+        return self._pool
+
+    @property
+    def serializer(self):
+        return self._serializer.serializer
+
+    @property
+    def is_finished(self) -> bool:
+        return self._is_finished
+
+    @property
+    def is_released(self) -> bool:
+        return self._is_released
+
+    @property
+    def is_closed(self) -> bool:
+        return self._is_closed
+
+    def get_failure_cause(self) -> BaseException | None:
+        return self._cause
+
+    def is_available(self) -> bool:
+        """Whether the pool has a buffer now (Flink's ``isAvailable`` for the record writer)."""
+        return self._pool.is_available()
+
+    def get_available_future(self) -> Future:
+        return self._pool.get_available_future()
+
+    @property
+    def num_bytes_out(self) -> int:
+        return self._serializer.num_bytes_out
+
+    @property
+    def num_buffers_out(self) -> int:
+        return self._serializer.num_buffers_out
+
+    @property
+    def total_written_bytes(self) -> int:
+        return self._serializer.total_written_bytes
+
+    @property
+    def num_records_out(self) -> int:
+        return self._serializer.num_records_out
+
+    @property
+    def back_pressured_ns(self) -> int:
+        """Nanoseconds spent blocked waiting for a buffer (hard backpressure)."""
+        return self._serializer.back_pressured_ns
+
+    def get_number_of_queued_buffers(self, target_subpartition: int | None = None) -> int:
+        if target_subpartition is None:
+            return sum(sp.get_number_of_queued_buffers() for sp in self.subpartitions)
+        self._check_target(target_subpartition)
+        return self.subpartitions[target_subpartition].get_number_of_queued_buffers()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__} {self.partition_id} [{self.partition_type.name}, "
+                f"{self._num_subpartitions} subpartitions]")
+
+
+class PipelinedResultPartition(ResultPartition):
+    """A partition consumed while it is produced (PIPELINED, PIPELINED_BOUNDED, HYBRID_*).
+
+    Released on consumption, as Flink does: once the producer closed it and every subpartition's
+    view was released, the partition manager releases it (or it releases itself when it has no
+    manager). A view released before its subpartition finished (a consumer that went away) drops
+    that subpartition's queued buffers at once, so the producer is never blocked by a consumer
+    that no longer exists; what it writes there afterwards is discarded.
+    """
+
+    def __init__(self, num_subpartitions: int, buffer_pool: LocalBufferPool, *,
+                 receiver_exclusive_buffers_per_channel: int = DEFAULT_BUFFERS_PER_CHANNEL, **kwargs):
+        self._receiver_exclusive = receiver_exclusive_buffers_per_channel
+        super().__init__(num_subpartitions, buffer_pool, **kwargs)
+        self._consumed = [False] * num_subpartitions
+        self._num_users = num_subpartitions + 1
+
+    def _check_partition_type(self, partition_type: ResultPartitionType) -> None:
+        if partition_type.is_blocking:
+            raise ValueError(f"{partition_type.name} is a blocking type; use BoundedBlockingResultPartition")
+
+    def _create_subpartitions(self, n: int) -> list:
+        return [PipelinedSubpartition(i, self, self._receiver_exclusive) for i in range(n)]
+
+    def _on_consumed_subpartition(self, index: int) -> None:
+        sp = self.subpartitions[index]
+        if not sp.is_finished:
+            sp.release()
+        with self._lock:
+            if self._consumed[index]:
+                return
+            self._consumed[index] = True
+            self._num_users -= 1
+            last = self._num_users == 0
+        if last:
+            self._on_all_consumed()
+
+    def _on_producer_closed(self) -> None:
+        with self._lock:
+            self._num_users -= 1
+            last = self._num_users == 0
+        if last:
+            self._on_all_consumed()
+
+    def _on_all_consumed(self) -> None:
+        if self.partition_manager is not None and self.partition_manager.contains(self.partition_id):
+            self.partition_manager.on_consumed_partition(self)
+        else:
+            self.release()

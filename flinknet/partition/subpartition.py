@@ -1,0 +1,407 @@
+"""Pipelined subpartitions and their read views (Flink's PipelinedSubpartition, §8.2).
+
+A subpartition holds the :class:`~flinknet._core.builder.BufferConsumer` s its writer enqueued, in
+order, with priority events at the head. Its one read view hands out read-only slices of them
+(zero copy: the slices are the producer's own buffers and go back to the producer's pool once the
+reader recycles them).
+
+Threads: one producer (the task thread, plus an output flusher that only calls :meth:`flush`) and
+one consumer (the reader of the view). All state changes happen under the subpartition's lock;
+the view's listener is called after the lock is released, as Flink does, and only when the
+subpartition goes from "nothing to read" to "something to read" (never per buffer).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import NamedTuple, Protocol
+
+from flinknet._core.buffer import DataType
+from flinknet.errors import IllegalStateError
+
+__all__ = [
+    "ADD_BUFFER_ERROR_CODE",
+    "AvailabilityWithBacklog",
+    "BufferAndBacklog",
+    "BufferAvailabilityListener",
+    "PipelinedSubpartition",
+    "PipelinedSubpartitionView",
+]
+
+#: What :meth:`PipelinedSubpartition.add` returns when the subpartition is finished or released.
+ADD_BUFFER_ERROR_CODE = -1
+
+_NONE = DataType.NONE
+_DATA_BUFFER = DataType.DATA_BUFFER
+
+
+class BufferAvailabilityListener(Protocol):
+    """What a read view reports to (Flink's BufferAvailabilityListener).
+
+    ``notify_data_available(view)`` runs when the view goes from empty to readable;
+    ``notify_priority_event(sequence_number)`` when a priority event is the first one queued.
+    Both run on the producer's thread: keep them short and never block in them.
+    """
+
+    def notify_data_available(self, view: "PipelinedSubpartitionView") -> None: ...
+
+    def notify_priority_event(self, sequence_number: int) -> None: ...
+
+
+class BufferAndBacklog(NamedTuple):
+    """One buffer from a view (Flink's ``ResultSubpartition.BufferAndBacklog``).
+
+    ``buffers_in_backlog`` counts the finished or flushed data buffers still queued,
+    ``next_data_type`` is the type of the next readable item (``DataType.NONE`` if nothing is
+    readable yet) and ``sequence_number`` numbers every item the view hands out, from 0.
+    """
+
+    buffer: object
+    buffers_in_backlog: int
+    next_data_type: DataType
+    sequence_number: int
+
+    @property
+    def is_data_available(self) -> bool:
+        return self.next_data_type != _NONE
+
+    @property
+    def is_event_available(self) -> bool:
+        return self.next_data_type.is_event
+
+
+class AvailabilityWithBacklog(NamedTuple):
+    """Whether a view can hand out its next item now, and its backlog."""
+
+    is_available: bool
+    backlog: int
+
+
+class PipelinedSubpartition:
+    """A queue of buffers for one consumer subtask (Flink's ``PipelinedSubpartition``).
+
+    Created by a :class:`~flinknet.partition.ResultPartition`; the writer side calls
+    :meth:`add`, :meth:`flush` and :meth:`finish`, the reader side gets one
+    :class:`PipelinedSubpartitionView` from :meth:`create_read_view`.
+    """
+
+    def __init__(self, index: int, parent, receiver_exclusive_buffers_per_channel: int = 2,
+                 starting_buffer_size: int = 0):
+        if index < 0:
+            raise ValueError(f"subpartition index must be >= 0, got {index}")
+        if receiver_exclusive_buffers_per_channel < 0:
+            raise ValueError("receiver_exclusive_buffers_per_channel must be >= 0")
+        self.index = index
+        self.parent = parent
+        self._lock = threading.Lock()
+        self._buffers: deque = deque()  # BufferConsumers; priority ones first
+        self._num_priority = 0
+        self._buffers_in_backlog = 0
+        self._is_finished = False
+        self._is_released = False
+        self._flush_requested = False
+        self._is_blocked = False
+        self._sequence_number = 0
+        self._buffer_size = starting_buffer_size  # desired size for the writer; 0 = segment size
+        self._view: PipelinedSubpartitionView | None = None
+        self._receiver_exclusive = receiver_exclusive_buffers_per_channel
+        self._all_records_processed = False
+        self.total_number_of_buffers = 0
+        self.total_number_of_bytes = 0
+
+    # -- producer side ---------------------------------------------------------------------
+
+    def add(self, consumer, partial_record_length: int = 0, finish: bool = False) -> int:
+        """Enqueue ``consumer`` (taking it over); returns the desired buffer size, or
+        :data:`ADD_BUFFER_ERROR_CODE` (and closes the consumer) if finished or released."""
+        notify = False
+        priority_seq = -1
+        with self._lock:
+            if self._is_finished or self._is_released:
+                consumer.close()
+                return ADD_BUFFER_ERROR_CODE
+            data_type = consumer.data_type
+            if data_type.has_priority:
+                # Priority events go behind the priority events already queued, ahead of data.
+                self._buffers.insert(self._num_priority, consumer)
+                self._num_priority += 1
+                if self._num_priority == 1 and not self._is_blocked and self._view is not None:
+                    priority_seq = self._sequence_number
+            else:
+                self._buffers.append(consumer)
+                if data_type == _DATA_BUFFER:
+                    self._buffers_in_backlog += 1
+            self.total_number_of_buffers += 1
+            if finish:
+                self._is_finished = True
+            notify = finish or self._should_notify_data_available()
+            view = self._view
+            size = self._buffer_size
+        if priority_seq != -1 and view is not None:
+            view.notify_priority_event(priority_seq)
+        if notify and view is not None:
+            view.notify_data_available()
+        return size
+
+    def finish(self) -> None:
+        """Append EndOfPartition; nothing can be added afterwards."""
+        from flinknet import events  # local: events imports the core only
+
+        self.add(events.to_buffer_consumer(events.EndOfPartitionEvent()), 0, finish=True)
+
+    def flush(self) -> None:
+        """Make the committed bytes of the unfinished tail readable (without finishing it)."""
+        with self._lock:
+            buffers = self._buffers
+            if not buffers or self._flush_requested:
+                return
+            data_in_tail = len(buffers) == 1 and buffers[0].is_data_available
+            notify = not self._is_blocked and data_in_tail
+            self._flush_requested = len(buffers) > 1 or data_in_tail
+            view = self._view
+        if notify and view is not None:
+            view.notify_data_available()
+
+    def release(self) -> None:
+        """Drop every queued buffer (they go back to their pools) and release the view."""
+        with self._lock:
+            if self._is_released:
+                return
+            for consumer in self._buffers:
+                consumer.close()
+            self._buffers.clear()
+            self._num_priority = 0
+            self._buffers_in_backlog = 0
+            self._is_released = True
+            view = self._view
+        if view is not None:
+            # Flink only releases the view; flinknet also wakes its reader so that a consumer
+            # blocked on this channel learns of the release at once instead of waiting.
+            view.notify_data_available()
+            view.release_all_resources()
+
+    def bufferSize(self, size: int) -> None:  # noqa: N802  (Flink's name kept for the map)
+        self.set_buffer_size(size)
+
+    def set_buffer_size(self, size: int) -> None:
+        """The desired size of new buffers (buffer debloating); 0 means the segment size."""
+        if size < 0:
+            raise ValueError(f"buffer size must be >= 0, got {size}")
+        with self._lock:
+            self._buffer_size = size
+
+    @property
+    def buffer_size(self) -> int:
+        return self._buffer_size
+
+    # -- consumer side ---------------------------------------------------------------------
+
+    def create_read_view(self, listener: BufferAvailabilityListener) -> "PipelinedSubpartitionView":
+        """The one read view of this subpartition (a second one raises IllegalStateError)."""
+        with self._lock:
+            if self._is_released:
+                raise IllegalStateError(f"subpartition {self.index} of {self.parent} is released")
+            if self._view is not None:
+                raise IllegalStateError(
+                    f"subpartition {self.index} of {self.parent} is being (or already has been) "
+                    "consumed, but pipelined subpartitions can only be consumed once")
+            view = self._view = PipelinedSubpartitionView(self, listener)
+            notify = self._is_data_available()
+        if notify:
+            view.notify_data_available()
+        return view
+
+    def poll_buffer(self) -> BufferAndBacklog | None:
+        """The next readable buffer (Flink's ``pollBuffer``), or None."""
+        with self._lock:
+            if self._is_blocked:
+                return None
+            buffers = self._buffers
+            buffer = None
+            if not buffers:
+                self._flush_requested = False
+            while buffers:
+                consumer = buffers[0]
+                buffer = consumer.build()
+                finished = consumer.is_finished
+                if not finished and len(buffers) != 1:
+                    buffer.recycle()
+                    raise IllegalStateError(
+                        "When there are multiple buffers, an unfinished bufferConsumer can not be "
+                        "at the head of the buffers queue.")
+                if len(buffers) == 1:
+                    self._flush_requested = False
+                if finished:
+                    buffers.popleft()
+                    if self._num_priority:
+                        self._num_priority -= 1
+                    consumer.close()
+                    if consumer.data_type == _DATA_BUFFER:
+                        self._buffers_in_backlog -= 1
+                # An empty finished buffer is still handed out to a receiver without exclusive
+                # buffers, so it can release the credit it reserved for it.
+                if self._receiver_exclusive == 0 and finished:
+                    break
+                if buffer.readable_bytes > 0:
+                    break
+                buffer.recycle()
+                buffer = None
+                if not finished:
+                    break
+            if buffer is None:
+                return None
+            data_type = buffer.data_type
+            if data_type.is_blocking_upstream:
+                self._is_blocked = True
+            self.total_number_of_bytes += buffer.size
+            seq = self._sequence_number
+            self._sequence_number = seq + 1
+            return BufferAndBacklog(
+                buffer, self._get_buffers_in_backlog(),
+                self._next_buffer_type() if self._is_data_available() else _NONE, seq)
+
+    def resume_consumption(self) -> None:
+        """Unblock after an upstream-blocking event (an aligned barrier) was consumed."""
+        with self._lock:
+            if not self._is_blocked:
+                raise IllegalStateError("Should be blocked by checkpoint.")
+            self._is_blocked = False
+
+    def acknowledge_all_data_processed(self) -> None:
+        """The consumer processed all user records (AckAllUserRecordsProcessed)."""
+        self._all_records_processed = True
+        self.parent._on_subpartition_all_data_processed(self.index)
+
+    def get_availability_and_backlog(self, is_credit_available: bool = True) -> AvailabilityWithBacklog:
+        with self._lock:
+            if is_credit_available:
+                available = self._is_data_available()
+            else:
+                available = not self._is_blocked and self._next_buffer_type().is_event
+            return AvailabilityWithBacklog(available, self._get_buffers_in_backlog())
+
+    def _on_view_released(self) -> None:
+        self.parent._on_consumed_subpartition(self.index)
+
+    # -- state (call under the lock) -------------------------------------------------------
+
+    def _finished_buffers(self) -> int:
+        n = len(self._buffers)
+        if n == 1 and self._buffers[-1].is_finished:
+            return 1
+        return n - 1 if n > 1 else 0
+
+    def _should_notify_data_available(self) -> bool:
+        return (self._view is not None and not self._flush_requested and not self._is_blocked
+                and self._finished_buffers() == 1)
+
+    def _is_data_available(self) -> bool:
+        return not self._is_blocked and (self._flush_requested or self._finished_buffers() > 0)
+
+    def _next_buffer_type(self) -> DataType:
+        return self._buffers[0].data_type if self._buffers else _NONE
+
+    def _get_buffers_in_backlog(self) -> int:
+        if self._is_blocked or not self._buffers:
+            return 0
+        if self._flush_requested or self._is_finished or self._buffers[-1].data_type != _DATA_BUFFER:
+            return self._buffers_in_backlog
+        return max(self._buffers_in_backlog - 1, 0)
+
+    # -- inspection ------------------------------------------------------------------------
+
+    @property
+    def buffers_in_backlog(self) -> int:
+        """The backlog as a reader would be told now (finished or flushed data buffers)."""
+        with self._lock:
+            return self._get_buffers_in_backlog()
+
+    @property
+    def is_released(self) -> bool:
+        return self._is_released
+
+    @property
+    def is_finished(self) -> bool:
+        return self._is_finished
+
+    @property
+    def is_blocked(self) -> bool:
+        return self._is_blocked
+
+    @property
+    def has_view(self) -> bool:
+        return self._view is not None
+
+    def get_number_of_queued_buffers(self) -> int:
+        """Queued consumers (finished or not), read without the lock (for metrics)."""
+        return len(self._buffers)
+
+    def is_data_available(self) -> bool:
+        with self._lock:
+            return self._is_data_available()
+
+    def __repr__(self) -> str:
+        return (f"PipelinedSubpartition#{self.index} [number of buffers: {self.total_number_of_buffers} "
+                f"({self.total_number_of_bytes} bytes), number of buffers in backlog: "
+                f"{self._buffers_in_backlog}, finished? {self._is_finished}, read view? "
+                f"{self._view is not None}]")
+
+
+class PipelinedSubpartitionView:
+    """The read view of one :class:`PipelinedSubpartition` (Flink's ``PipelinedSubpartitionView``)."""
+
+    __slots__ = ("_parent", "_listener", "_released", "__weakref__")
+
+    def __init__(self, parent: PipelinedSubpartition, listener: BufferAvailabilityListener):
+        self._parent = parent
+        self._listener = listener
+        self._released = False
+
+    def get_next_buffer(self) -> BufferAndBacklog | None:
+        """The next buffer with backlog, next data type and sequence number, or None."""
+        return self._parent.poll_buffer()
+
+    def notify_data_available(self) -> None:
+        self._listener.notify_data_available(self)
+
+    def notify_priority_event(self, sequence_number: int) -> None:
+        self._listener.notify_priority_event(sequence_number)
+
+    def release_all_resources(self) -> None:
+        """Release the view (once); the partition counts its subpartition as consumed."""
+        if not self._released:
+            self._released = True
+            self._parent._on_view_released()
+
+    @property
+    def is_released(self) -> bool:
+        return self._released or self._parent.is_released
+
+    def resume_consumption(self) -> None:
+        self._parent.resume_consumption()
+
+    def acknowledge_all_data_processed(self) -> None:
+        self._parent.acknowledge_all_data_processed()
+
+    def get_availability_and_backlog(self, is_credit_available: bool = True) -> AvailabilityWithBacklog:
+        return self._parent.get_availability_and_backlog(is_credit_available)
+
+    def get_failure_cause(self) -> BaseException | None:
+        return self._parent.parent.get_failure_cause()
+
+    def notify_new_buffer_size(self, size: int) -> None:
+        self._parent.set_buffer_size(size)
+
+    def unsynchronized_get_number_of_queued_buffers(self) -> int:
+        return self._parent.get_number_of_queued_buffers()
+
+    def get_number_of_queued_buffers(self) -> int:
+        return self._parent.get_number_of_queued_buffers()
+
+    @property
+    def subpartition(self) -> PipelinedSubpartition:
+        return self._parent
+
+    def __repr__(self) -> str:
+        return f"PipelinedSubpartitionView(index: {self._parent.index}) of {self._parent.parent}"

@@ -1,0 +1,322 @@
+"""Record writers: what a task calls to emit records and events (Flink §5.2–§5.6).
+
+A :class:`RecordWriter` routes records through a channel selector (see
+:mod:`flinknet.partitioners`) into a :class:`~flinknet.partition.ResultPartition`, whose Cython
+serializer frames them into the subpartitions' buffers. A :class:`BroadcastRecordWriter` writes
+each record once into a buffer shared by all subpartitions.
+
+The buffer timeout decides when partially filled buffers become readable:
+
+* ``-1`` (:data:`DISABLED_NETWORK_BUFFER_TIMEOUT`): only full buffers, events and ``finish``;
+* ``0`` (:data:`FLUSH_AFTER_EVERY_RECORD`): after every emit (lowest latency);
+* ``> 0`` milliseconds (default 100, Flink's ``execution.buffer-timeout.interval``): a daemon
+  ``OutputFlusher`` thread flushes every subpartition that often. Its errors are raised by the
+  next emit (:class:`OutputFlusherError`).
+
+Emitting blocks while the partition's pool has no buffer: that is backpressure.
+``partition.fail(cause)`` from another thread wakes a blocked emit with
+:class:`~flinknet.errors.CancelTaskError`.
+
+Name map: ``RecordWriter.emit(record[, target])``, ``broadcastEmit``, ``randomEmit``,
+``broadcastEvent(event, isPriority)``, ``flushAll``, ``close``, ``isAvailable`` /
+``getAvailableFuture``, ``RecordWriterBuilder.setChannelSelector / setTimeout / setTaskName /
+build`` map to the snake_case names below; ``ChannelSelectorRecordWriter`` is
+:class:`RecordWriter` with a selector; ``emit_batch`` / ``emit_array`` are flinknet's batch forms.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+
+import numpy as np
+
+from flinknet.errors import FlinknetError
+from flinknet.partition.result_partition import ResultPartition
+from flinknet.partitioners import ChannelSelector, RoundRobinChannelSelector
+
+__all__ = [
+    "DEFAULT_OUTPUT_FLUSH_THREAD_NAME",
+    "DEFAULT_BUFFER_TIMEOUT",
+    "DISABLED_NETWORK_BUFFER_TIMEOUT",
+    "FLUSH_AFTER_EVERY_RECORD",
+    "BroadcastRecordWriter",
+    "OutputFlusherError",
+    "RecordWriter",
+    "RecordWriterBuilder",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_FLUSH_THREAD_NAME = "OutputFlusher"
+#: Flink's ``ExecutionOptions.BUFFER_TIMEOUT`` default, in milliseconds.
+DEFAULT_BUFFER_TIMEOUT = 100
+DISABLED_NETWORK_BUFFER_TIMEOUT = -1
+FLUSH_AFTER_EVERY_RECORD = 0
+
+
+class OutputFlusherError(FlinknetError, OSError):
+    """The output flusher thread failed; raised by the next emit ("An exception happened while
+    flushing the outputs"), with the flusher's exception as ``__cause__``."""
+
+
+class _OutputFlusher(threading.Thread):
+    def __init__(self, writer: "RecordWriter", name: str, timeout_ms: float):
+        super().__init__(name=name, daemon=True)
+        self._writer = writer
+        self._interval = timeout_ms / 1000.0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        stop = self._stop_event
+        flush_all = self._writer._partition.flush_all
+        try:
+            while not stop.wait(self._interval):
+                flush_all()
+        except BaseException as err:  # noqa: BLE001 (stored, raised by the next emit)
+            if not stop.is_set():
+                log.debug("output flusher failed", exc_info=True)
+                self._writer._flusher_error = err
+
+    def terminate(self) -> None:
+        self._stop_event.set()
+        if self is not threading.current_thread():
+            self.join()
+
+
+class RecordWriter:
+    """Emits records into a partition through a channel selector (Flink's
+    ``ChannelSelectorRecordWriter``).
+
+    ``RecordWriter(partition, channel_selector=None, timeout=100, task_name="")``; without a
+    selector records go round-robin. ``timeout`` is the buffer timeout in milliseconds (see the
+    module documentation). Not thread-safe: one task thread emits (the flusher is internal).
+    Use as a context manager or call :meth:`close` to stop the flusher.
+    """
+
+    def __init__(self, partition: ResultPartition, channel_selector: ChannelSelector | None = None,
+                 timeout: float = DEFAULT_BUFFER_TIMEOUT, task_name: str = ""):
+        if not isinstance(partition, ResultPartition):
+            raise TypeError(f"partition must be a ResultPartition, got {type(partition).__name__}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError("timeout must be a number of milliseconds")
+        if timeout < DISABLED_NETWORK_BUFFER_TIMEOUT:
+            raise ValueError(f"Timeout {timeout} ms is invalid: it must be -1 (disabled), 0 "
+                             "(flush after every record) or positive")
+        if channel_selector is None:
+            channel_selector = RoundRobinChannelSelector()
+        elif not isinstance(channel_selector, ChannelSelector):
+            raise TypeError("channel_selector must be a flinknet.partitioners.ChannelSelector")
+        self._partition = partition
+        self._num_channels = partition.num_subpartitions
+        self.channel_selector = channel_selector
+        channel_selector.setup(self._num_channels)
+        self.task_name = task_name
+        self.timeout = timeout
+        self._flush_always = timeout == FLUSH_AFTER_EVERY_RECORD
+        self._flusher_error: BaseException | None = None
+        self._rng = random.Random()
+        self._serializer = partition._serializer
+        self._select = channel_selector.select_channel
+        self._closed = False
+        self._flusher = None
+        if timeout > 0 and not partition.partition_type.is_blocking:
+            # Blocking partitions are batch: Flink disables the buffer timeout there.
+            name = f"{DEFAULT_OUTPUT_FLUSH_THREAD_NAME} for {task_name}" if task_name else \
+                DEFAULT_OUTPUT_FLUSH_THREAD_NAME
+            self._flusher = _OutputFlusher(self, name, timeout)
+            self._flusher.start()
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def _check_errors(self) -> None:
+        err = self._flusher_error
+        if err is not None:
+            raise OutputFlusherError("An exception happened while flushing the outputs") from err
+        if self._closed:
+            raise FlinknetError("the record writer is closed")
+        p = self._partition
+        if p._is_released or p._is_finished:
+            p._check_producing()
+
+    # -- records ---------------------------------------------------------------------------
+
+    def emit(self, record, target_subpartition: int | None = None) -> None:
+        """Emit one record to the selected (or given) subpartition."""
+        if self._flusher_error is not None or self._closed or self._partition._is_released \
+                or self._partition._is_finished:
+            self._check_errors()
+        if target_subpartition is None:
+            target_subpartition = self._select(record)
+        self._serializer.emit(record, target_subpartition)
+        if self._flush_always:
+            self._partition.flush(target_subpartition)
+
+    def emit_batch(self, records, targets=None) -> int:
+        """Emit a sequence of records; ``targets`` (one subpartition, or one per record) defaults
+        to the selector's choice for each record. Returns the number of records emitted."""
+        self._check_errors()
+        if targets is None:
+            targets = self.channel_selector.select_channels(records)
+        n = self._serializer.emit_batch(records, targets)
+        if self._flush_always:
+            self._flush_targets(targets)
+        return n
+
+    def emit_array(self, array, targets=None) -> int:
+        """Emit every row of a numpy array as one record of its raw bytes."""
+        self._check_errors()
+        if targets is None:
+            targets = self.channel_selector.select_channels(array)
+        n = self._serializer.emit_array(array, targets)
+        if self._flush_always:
+            self._flush_targets(targets)
+        return n
+
+    def _flush_targets(self, targets) -> None:
+        if isinstance(targets, (int, np.integer)):
+            self._partition.flush(int(targets))
+        else:
+            self._partition.flush_all()
+
+    def broadcast_emit(self, record) -> None:
+        """Emit one record to every subpartition, serialized once (watermarks on keyed edges)."""
+        self._check_errors()
+        self._serializer.broadcast_emit(record)
+        if self._flush_always:
+            self._partition.flush_all()
+
+    def random_emit(self, record) -> None:
+        """Emit one record to a uniformly random subpartition (latency markers)."""
+        self._check_errors()
+        target = self._rng.randrange(self._num_channels)
+        self._serializer.emit(record, target)
+        if self._flush_always:
+            self._partition.flush(target)
+
+    # -- events and flushing ---------------------------------------------------------------
+
+    def broadcast_event(self, event, is_priority: bool = False) -> None:
+        """Send an event to every subpartition, each in its own buffer after all records so far
+        (priority events overtake the queued data)."""
+        self._check_errors()
+        self._partition.broadcast_event(event, is_priority)
+        if self._flush_always:
+            self._partition.flush_all()
+
+    def flush_all(self) -> None:
+        """Make everything emitted so far readable."""
+        self._partition.flush_all()
+
+    # -- availability ----------------------------------------------------------------------
+
+    def is_available(self) -> bool:
+        """Whether an emit would find a buffer now (a framework can await the future instead)."""
+        return self._partition.is_available()
+
+    def get_available_future(self):
+        return self._partition.get_available_future()
+
+    def set_max_overdraft_buffers_per_gate(self, n: int) -> None:
+        self._partition.buffer_pool.max_overdraft_buffers_per_gate = n
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the output flusher (the partition is finished/closed by its owner)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None:
+            self._flusher.terminate()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def partition(self) -> ResultPartition:
+        return self._partition
+
+    @property
+    def number_of_channels(self) -> int:
+        return self._num_channels
+
+    @property
+    def flusher_alive(self) -> bool:
+        return self._flusher is not None and self._flusher.is_alive()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self._partition}, {self.channel_selector}, "
+                f"timeout={self.timeout} ms)")
+
+
+class BroadcastRecordWriter(RecordWriter):
+    """Every record to every subpartition from one shared buffer (Flink's
+    ``BroadcastRecordWriter``): the bytes are written once, whatever the parallelism."""
+
+    def __init__(self, partition: ResultPartition, timeout: float = DEFAULT_BUFFER_TIMEOUT,
+                 task_name: str = "", channel_selector: ChannelSelector | None = None):
+        from flinknet.partitioners import BroadcastPartitioner
+
+        super().__init__(partition, channel_selector or BroadcastPartitioner(), timeout, task_name)
+
+    def emit(self, record, target_subpartition: int | None = None) -> None:
+        if target_subpartition is not None:
+            return RecordWriter.emit(self, record, target_subpartition)
+        self.broadcast_emit(record)
+
+    def broadcast_emit(self, record) -> None:
+        if self._flusher_error is not None or self._closed or self._partition._is_released \
+                or self._partition._is_finished:
+            self._check_errors()
+        self._serializer.broadcast_record(record)
+        if self._flush_always:
+            self._partition.flush_all()
+
+    def emit_batch(self, records, targets=None) -> int:
+        if targets is not None:
+            return RecordWriter.emit_batch(self, records, targets)
+        self._check_errors()
+        broadcast = self._serializer.broadcast_record
+        n = 0
+        for record in records:
+            broadcast(record)
+            n += 1
+        if self._flush_always:
+            self._partition.flush_all()
+        return n
+
+    def emit_array(self, array, targets=None) -> int:
+        if targets is not None:
+            return RecordWriter.emit_array(self, array, targets)
+        return self.emit_batch(array)
+
+
+class RecordWriterBuilder:
+    """Flink's ``RecordWriterBuilder``: a broadcast selector builds a :class:`BroadcastRecordWriter`."""
+
+    def __init__(self):
+        self._selector: ChannelSelector | None = None
+        self._timeout: float = DEFAULT_BUFFER_TIMEOUT
+        self._task_name = ""
+
+    def set_channel_selector(self, selector: ChannelSelector) -> "RecordWriterBuilder":
+        self._selector = selector
+        return self
+
+    def set_timeout(self, timeout: float) -> "RecordWriterBuilder":
+        self._timeout = timeout
+        return self
+
+    def set_task_name(self, task_name: str) -> "RecordWriterBuilder":
+        self._task_name = task_name
+        return self
+
+    def build(self, partition: ResultPartition) -> RecordWriter:
+        if self._selector is not None and self._selector.is_broadcast:
+            return BroadcastRecordWriter(partition, self._timeout, self._task_name, self._selector)
+        return RecordWriter(partition, self._selector, self._timeout, self._task_name)
