@@ -13,6 +13,10 @@ machine, and the ratio between them, so the numbers mean something on a shared, 
   call, a numpy array in one call) and read back (per record, per buffer, into a numpy array),
   against a C loop that frames/deframes in one flat buffer (the floor) and the pure-Python way
   (``struct.pack_into`` / ``struct.unpack_from`` framing of ``pickle`` payloads).
+* ``local.*``: records from a producer thread to a consumer thread through a pipelined partition
+  and a local input channel (per record, batch, numpy), against a bounded ``queue.Queue`` between
+  the same threads and beside Flink 2.3's recorded in-process figure (see
+  :mod:`flinknet.bench_exchange`).
 
 Each measurement is the best of several repeats (the least disturbed by other load).
 """
@@ -397,6 +401,9 @@ def run(quick: bool = False) -> list[Row]:
     rows.append(bench_bulk_copy(int(20_000 * scale), repeats))
     for payload in (8, 100, 1000):
         rows += bench_serialization(payload, int((300_000 if payload < 1000 else 100_000) * scale), repeats)
+    from flinknet.bench_exchange import bench_local_exchange
+
+    rows += bench_local_exchange(quick=quick)
     return rows
 
 
@@ -411,6 +418,8 @@ def format_table(rows: list[Row]) -> str:
             lines.append(f"{name:<40} {value:>12}  {base_name:<24} {base_value:>10.1f} "
                          f"{row.value / base_value:>6.2f}x")
             first = False
+        if row.note:
+            lines.append(f"{'':<40} {'':>12}  {row.note}")
     lines.append("")
     lines.append("ratio = flinknet / baseline (time per operation; below 1.00x flinknet is faster).")
     lines.append("records/s = 1e9 / (ns/rec).")

@@ -27,6 +27,7 @@ build`` map to the snake_case names below; ``ChannelSelectorRecordWriter`` is
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 
@@ -65,7 +66,8 @@ class _OutputFlusher(threading.Thread):
     def __init__(self, writer: "RecordWriter", name: str, timeout_ms: float):
         super().__init__(name=name, daemon=True)
         self._writer = writer
-        self._interval = timeout_ms / 1000.0
+        # Event.wait overflows beyond TIMEOUT_MAX: a longer interval is as good as never.
+        self._interval = min(timeout_ms / 1000.0, threading.TIMEOUT_MAX)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -101,7 +103,7 @@ class RecordWriter:
             raise TypeError(f"partition must be a ResultPartition, got {type(partition).__name__}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError("timeout must be a number of milliseconds")
-        if timeout < DISABLED_NETWORK_BUFFER_TIMEOUT:
+        if not math.isfinite(timeout) or (timeout < 0 and timeout != DISABLED_NETWORK_BUFFER_TIMEOUT):
             raise ValueError(f"Timeout {timeout} ms is invalid: it must be -1 (disabled), 0 "
                              "(flush after every record) or positive")
         if channel_selector is None:
@@ -293,7 +295,11 @@ class BroadcastRecordWriter(RecordWriter):
     def emit_array(self, array, targets=None) -> int:
         if targets is not None:
             return RecordWriter.emit_array(self, array, targets)
-        return self.emit_batch(array)
+        arr = np.ascontiguousarray(array)
+        if arr.ndim != 1 or arr.dtype.hasobject:
+            raise ValueError("emit_array needs a one-dimensional array without Python objects")
+        # One-row slices, not scalars: a scalar's bytes are in native order, a row's are raw.
+        return self.emit_batch([arr[i:i + 1] for i in range(arr.shape[0])])
 
 
 class RecordWriterBuilder:

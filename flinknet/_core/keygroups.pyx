@@ -205,6 +205,36 @@ def compute_default_max_parallelism(Py_ssize_t parallelism):
     return v if v < UPPER_BOUND_MAX_PARALLELISM else UPPER_BOUND_MAX_PARALLELISM
 
 
+# Releasing the GIL for a short loop costs the releasing thread up to a switch interval (5 ms)
+# when another Python thread is busy (the convoy effect): only long batches release it.
+cdef enum:
+    NOGIL_KEYS = 1 << 20
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _groups_long(const int64_t[::1] k, int32_t[::1] out, int32_t maxp) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(k.shape[0]):
+        out[i] = key_group_for_hash(java_long_hash(k[i]), maxp)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _groups_int(const int32_t[::1] k, int32_t[::1] out, int32_t maxp) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(k.shape[0]):
+        out[i] = key_group_for_hash(k[i], maxp)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _operator_indexes(int32_t[::1] groups, int32_t maxp, int32_t p) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(groups.shape[0]):
+        groups[i] = operator_index_for_key_group(maxp, p, groups[i])
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def key_groups_array(keys, Py_ssize_t max_parallelism, key_type=None):
@@ -240,17 +270,21 @@ def key_groups_array(keys, Py_ssize_t max_parallelism, key_type=None):
         raise OverflowError("keys beyond the range of a Java long")
     if as_long:
         k64 = np.ascontiguousarray(arr, dtype=np.int64)
-        with nogil:
-            for i in range(n):
-                out_view[i] = key_group_for_hash(java_long_hash(k64[i]), maxp)
+        if n >= NOGIL_KEYS:
+            with nogil:
+                _groups_long(k64, out_view, maxp)
+        else:
+            _groups_long(k64, out_view, maxp)
     else:
         if (arr.dtype.itemsize > 4 or (arr.dtype.kind == "u" and arr.dtype.itemsize == 4)) and arr.size \
                 and ((arr < -2147483648) | (arr > 2147483647)).any():
             raise OverflowError("key_type 'int' needs keys that fit in 32 bits")
         k32 = np.ascontiguousarray(arr, dtype=np.int32)
-        with nogil:
-            for i in range(n):
-                out_view[i] = key_group_for_hash(k32[i], maxp)
+        if n >= NOGIL_KEYS:
+            with nogil:
+                _groups_int(k32, out_view, maxp)
+        else:
+            _groups_int(k32, out_view, maxp)
     return out
 
 
@@ -265,9 +299,11 @@ def operator_indexes_array(keys, Py_ssize_t max_parallelism, Py_ssize_t parallel
     _check_parallelism(parallelism, max_parallelism)
     out = key_groups_array(keys, max_parallelism, key_type)
     groups = out
-    with nogil:
-        for i in range(groups.shape[0]):
-            groups[i] = operator_index_for_key_group(maxp, p, groups[i])
+    if groups.shape[0] >= NOGIL_KEYS:
+        with nogil:
+            _operator_indexes(groups, maxp, p)
+    else:
+        _operator_indexes(groups, maxp, p)
     return out
 
 

@@ -349,7 +349,9 @@ cdef enum:
     N_PIECES = 3
     # Records gathered per run of emit_batch, and the run size from which the GIL is released.
     RUN_MAX_RECORDS = 1024
-    RUN_NOGIL_BYTES = 4096
+    # Releasing the GIL costs the releasing thread up to a switch interval (5 ms) when another
+    # Python thread is busy (the convoy effect), so only copies far larger than a buffer do it.
+    RUN_NOGIL_BYTES = 1048576
 
 
 cdef struct _Pieces:

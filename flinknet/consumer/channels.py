@@ -28,6 +28,7 @@ DEFAULT_INITIAL_BACKOFF = 100
 DEFAULT_MAX_BACKOFF = 10_000
 
 _NONE = DataType.NONE
+_PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
 
 
 class InputChannelInfo(NamedTuple):
@@ -52,11 +53,11 @@ class BufferAndAvailability(NamedTuple):
 
     @property
     def more_priority_events(self) -> bool:
-        return self.next_data_type.has_priority
+        return self.next_data_type in _PRIORITY_TYPES
 
     @property
     def has_priority(self) -> bool:
-        return self.buffer.data_type.has_priority
+        return self.buffer.data_type in _PRIORITY_TYPES
 
 
 class InputChannel:

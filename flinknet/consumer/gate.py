@@ -33,6 +33,8 @@ from flinknet.errors import CancelTaskError, IllegalStateError
 __all__ = ["BufferOrEvent", "InputGate", "SingleInputGate", "UnionInputGate"]
 
 _INT_MIN = -(1 << 31)
+_DATA_BUFFER = DataType.DATA_BUFFER
+_PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
 
 
 class BufferOrEvent:
@@ -71,19 +73,26 @@ class BufferOrEvent:
 
 
 class _Availability:
-    """A future completed while data is available (Flink's AvailabilityHelper), under a lock."""
+    """A future completed while data is available (Flink's AvailabilityHelper), under a lock.
 
-    __slots__ = ("_future",)
+    ``mark_available`` hands the future to complete (outside the lock) once per transition.
+    """
+
+    __slots__ = ("_future", "_available")
 
     def __init__(self):
         self._future = Future()
+        self._available = False
 
     def mark_available(self) -> Future | None:
-        f = self._future
-        return None if f.done() else f
+        if self._available:
+            return None
+        self._available = True
+        return self._future
 
     def reset_unavailable(self) -> None:
-        if self._future.done():
+        if self._available:
+            self._available = False
             self._future = Future()
 
     @property
@@ -236,18 +245,22 @@ class SingleInputGate(InputGate):
     def _queue_channel(self, channel: InputChannel, priority_seq: int | None) -> None:
         futures = []
         with self._lock:
-            if not self._queue_channel_unsafe(channel, priority_seq is not None, priority_seq, futures):
-                return
+            was_empty = self._queue_channel_unsafe(channel, priority_seq is not None, priority_seq, futures)
+            has_priority = priority_seq is not None and self._num_priority > 0
+        # The priority future may have been collected even if the queue was not empty.
         for f in futures:
             _complete(f)
+        if not (was_empty or has_priority):
+            return
         listener = self._parent_listener
         if listener is not None:
-            listener(self)
+            listener(self, has_priority)
 
     def _queue_channel_unsafe(self, channel, priority: bool, priority_seq, futures) -> bool:
         """Enqueue under the lock; True if the queue went from empty to non-empty."""
         idx = channel.channel_index
-        if self._end_of_partition[idx]:
+        if self._end_of_partition[idx] or self._closed:
+            # Closed: releasing the channels notifies them once more; nothing is read any more.
             return False
         if priority_seq is not None:
             last = self._last_priority_seq[idx]
@@ -318,7 +331,7 @@ class SingleInputGate(InputGate):
                 more_priority = self._num_priority > 0
                 buffer = result.buffer
                 data_type = buffer.data_type
-                if data_type.has_priority:
+                if data_type in _PRIORITY_TYPES:
                     self._last_priority_seq[channel.channel_index] = result.sequence_number
                     if not more_priority:
                         self._priority_availability.reset_unavailable()
@@ -328,7 +341,7 @@ class SingleInputGate(InputGate):
                 _complete(f)
             self.num_buffers_in += 1
             self.num_bytes_in += buffer.size
-            if data_type == DataType.DATA_BUFFER:
+            if data_type == _DATA_BUFFER:
                 return BufferOrEvent(buffer, None, channel.channel_info, more_available, buffer.size,
                                      more_priority, False)
             return self._transform_event(buffer, channel, more_available, more_priority)
@@ -358,12 +371,13 @@ class SingleInputGate(InputGate):
         return channel
 
     def _check_unavailability(self) -> None:
-        if not self._queue and not self._all_eop:
+        # A closed gate stays available: whoever waits on it must wake up and see the close.
+        if not self._queue and not self._all_eop and not self._closed:
             self._availability.reset_unavailable()
 
     def _transform_event(self, buffer, channel, more_available, more_priority) -> BufferOrEvent:
         size = buffer.size
-        has_priority = buffer.data_type.has_priority
+        has_priority = buffer.data_type in _PRIORITY_TYPES
         try:
             event = _events.from_buffer(buffer)
         finally:
@@ -398,7 +412,7 @@ class SingleInputGate(InputGate):
                     raise IllegalStateError(f"channel {idx} delivered EndOfData twice")
                 self._end_of_data[idx] = True
                 self._num_eod += 1
-                self._should_drain_on_end_of_data &= event.stop_mode == _events.StopMode.DRAIN
+                self._should_drain_on_end_of_data &= event.mode == _events.StopMode.DRAIN
         return BufferOrEvent(None, event, channel.channel_info, more_available, size, more_priority,
                              has_priority)
 
@@ -415,12 +429,13 @@ class SingleInputGate(InputGate):
 
     def get_available_future(self) -> Future:
         """Done while a buffer or event is ready (or the gate is finished)."""
+        f = None
         with self._lock:
             if self._queue or self._all_eop:
                 f = self._availability.mark_available()
-                if f is not None:
-                    f.set_result(None)
-            return self._availability.future
+            future = self._availability.future
+        _complete(f)
+        return future
 
     def get_priority_event_available_future(self) -> Future:
         return self._priority_availability.future
@@ -524,22 +539,33 @@ class UnionInputGate(InputGate):
         self._cond = threading.Condition(self._lock)
         self._queue: deque = deque()
         self._enqueued: set[int] = set()
+        self._priority: set[int] = set()  # gates in the queue's priority section (at its head)
         self._finished: set[int] = set()
         self._availability = _Availability()
         for g in gates:
             g._parent_listener = self._on_gate_available
         for g in gates:
             if g.is_available():
-                self._on_gate_available(g)
+                self._on_gate_available(g, g.get_priority_event_available_future().done())
 
-    def _on_gate_available(self, gate: SingleInputGate) -> None:
+    def _on_gate_available(self, gate: SingleInputGate, priority: bool = False) -> None:
+        """Queue ``gate`` (at the tail, or in the priority section at the head if it has a
+        priority event, as Flink's UnionInputGate does)."""
         fut = None
+        idx = gate.gate_index
         with self._lock:
-            if gate.gate_index in self._enqueued:
-                return
-            self._enqueued.add(gate.gate_index)
+            if idx in self._enqueued:
+                if not priority or idx in self._priority:
+                    return
+                self._queue.remove(gate)  # upgrade into the priority section
+            else:
+                self._enqueued.add(idx)
             was_empty = not self._queue
-            self._queue.append(gate)
+            if priority:
+                self._queue.insert(len(self._priority), gate)
+                self._priority.add(idx)
+            else:
+                self._queue.append(gate)
             if was_empty:
                 fut = self._availability.mark_available()
                 self._cond.notify()
@@ -579,7 +605,14 @@ class UnionInputGate(InputGate):
                                 raise TimeoutError("no buffer or event arrived before the timeout")
                 gate = self._queue.popleft()
                 self._enqueued.discard(gate.gate_index)
-            boe = gate.poll_next()
+                self._priority.discard(gate.gate_index)
+            try:
+                boe = gate.poll_next()
+            except BaseException:
+                # Keep the failing gate queued so that every poll reports its error, as a
+                # SingleInputGate does for a failed channel.
+                self._on_gate_available(gate)
+                raise
             if boe is None:
                 if gate.is_finished:
                     self._mark_finished(gate)
@@ -587,7 +620,7 @@ class UnionInputGate(InputGate):
             if gate.is_finished:
                 self._mark_finished(gate)
             elif boe.more_available or gate.is_available():
-                self._on_gate_available(gate)
+                self._on_gate_available(gate, boe.more_priority_events)
             with self._lock:
                 if not self._queue and len(self._finished) != len(self.gates):
                     self._availability.reset_unavailable()
@@ -621,12 +654,13 @@ class UnionInputGate(InputGate):
         self._by_index[channel_info.gate_idx].acknowledge_all_records_processed(channel_info)
 
     def get_available_future(self) -> Future:
+        f = None
         with self._lock:
             if self._queue or len(self._finished) == len(self.gates):
                 f = self._availability.mark_available()
-                if f is not None:
-                    f.set_result(None)
-            return self._availability.future
+            future = self._availability.future
+        _complete(f)
+        return future
 
     def is_available(self) -> bool:
         return bool(self._queue) or self.is_finished

@@ -110,21 +110,16 @@ class RecordReader:
                 d.clear()
 
     def __iter__(self):
-        return self
-
-    def __next__(self):
-        pending = self._pending
-        pos = self._pending_pos
-        while pos >= len(pending):
-            batch = self.read_batch()
-            if batch is None:
-                self._pending = []
-                self._pending_pos = 0
-                raise StopIteration
-            pending = self._pending = batch
-            pos = 0
-        self._pending_pos = pos + 1
-        return pending[pos]
+        """Every record (and event, with ``emit_events``) until the gate is finished."""
+        # Records left by next_record() first, then one batch per buffer: the per-record cost
+        # is a generator step, the per-buffer work is in read_batch.
+        pending, pos = self._pending, self._pending_pos
+        self._pending, self._pending_pos = [], 0
+        if pos < len(pending):
+            yield from pending[pos:]
+        read = self.read_batch
+        while (batch := read()) is not None:
+            yield from batch
 
     def next_record(self, timeout: float | None = None):
         """The next record (or event, with ``emit_events``); raises StopIteration at the end."""

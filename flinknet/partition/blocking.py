@@ -91,8 +91,12 @@ class BoundedBlockingSubpartition:
         self._write_current()
 
     def _write_current(self) -> None:
+        # Called once the writer finished the current buffer's builder (buffer_finished, flush,
+        # the next add, finish), as Flink's flushCurrentBuffer. Its consumer only notices that it
+        # is finished when built (is_finished is the state last seen), so it is not asked here:
+        # asking it dropped every data buffer the serializer enqueued before filling it.
         consumer = self._current
-        if consumer is not None and consumer.is_finished:
+        if consumer is not None:
             self._current = None
             self._write_and_close(consumer)
 
@@ -144,7 +148,11 @@ class BoundedBlockingSubpartition:
             reader = BoundedBlockingSubpartitionReader(
                 self, listener, read_buffer_size or self.parent.buffer_pool.segment_size)
             self._readers.add(reader)
-        reader._start()
+        try:
+            reader._start()
+        except BaseException:  # e.g. a corrupt first header: close the file, free the memory
+            reader.release_all_resources()
+            raise
         return reader
 
     def _on_reader_released(self, reader) -> None:
@@ -265,12 +273,18 @@ class BoundedBlockingSubpartitionReader(BufferRecycler):
             self._next = None
             if current.is_buffer:
                 self._data_backlog -= 1
-            self._prefetch()
-            nxt = self._next
-            seq = self._sequence_number
-            self._sequence_number = seq + 1
-            return BufferAndBacklog(current, self._data_backlog,
-                                    nxt.data_type if nxt is not None else _NONE, seq)
+            try:
+                self._prefetch()
+            except BaseException as err:  # a corrupt file: give back the buffer in hand first
+                error = err
+            else:
+                nxt = self._next
+                seq = self._sequence_number
+                self._sequence_number = seq + 1
+                return BufferAndBacklog(current, self._data_backlog,
+                                        nxt.data_type if nxt is not None else _NONE, seq)
+        current.recycle()  # outside the lock: recycling comes back to this reader
+        raise error
 
     def recycle(self, segment) -> None:
         notify = False

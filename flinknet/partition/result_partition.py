@@ -138,7 +138,9 @@ class ResultPartition:
         try:
             return cls(num_subpartitions, pool, partition_type=partition_type, **kwargs)
         except BaseException:
-            network_buffer_pool.destroy_buffer_pool(pool)
+            # lazy_destroy gives the pool's segments back and unregisters it (destroy_buffer_pool
+            # alone only unregisters it, leaking the segments it already requested).
+            pool.lazy_destroy()
             raise
 
     # -- subclass hooks --------------------------------------------------------------------

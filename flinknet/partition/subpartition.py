@@ -34,6 +34,8 @@ ADD_BUFFER_ERROR_CODE = -1
 
 _NONE = DataType.NONE
 _DATA_BUFFER = DataType.DATA_BUFFER
+_PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
+_BLOCKING_TYPES = frozenset(t for t in DataType if t.is_blocking_upstream)
 
 
 class BufferAvailabilityListener(Protocol):
@@ -122,7 +124,7 @@ class PipelinedSubpartition:
                 consumer.close()
                 return ADD_BUFFER_ERROR_CODE
             data_type = consumer.data_type
-            if data_type.has_priority:
+            if data_type in _PRIORITY_TYPES:
                 # Priority events go behind the priority events already queued, ahead of data.
                 self._buffers.insert(self._num_priority, consumer)
                 self._num_priority += 1
@@ -252,7 +254,7 @@ class PipelinedSubpartition:
             if buffer is None:
                 return None
             data_type = buffer.data_type
-            if data_type.is_blocking_upstream:
+            if data_type in _BLOCKING_TYPES:
                 self._is_blocked = True
             self.total_number_of_bytes += buffer.size
             seq = self._sequence_number

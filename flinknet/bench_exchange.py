@@ -1,0 +1,174 @@
+"""In-process exchange benchmark: one producer thread → one consumer thread through a local channel.
+
+The producer emits records through a :class:`~flinknet.writer.RecordWriter` into a pipelined
+partition (32 KiB buffers, Flink's default pool sizes, buffer timeout 100 ms); the consumer reads
+them with a :class:`~flinknet.consumer.RecordReader` over a :class:`~flinknet.consumer.SingleInputGate`
+with one :class:`~flinknet.consumer.LocalInputChannel`. Timed from the first emit to the last
+record read, so it includes the hand-off, backpressure and GIL contention between the threads.
+
+Three APIs: ``per-record`` (a Python loop calling ``emit`` / iterating the reader), ``batch``
+(lists of 1000 records in one ``emit_batch`` call / ``read_batch`` per buffer) and ``numpy``
+(fixed-width records as arrays: ``emit_array`` / ``read_array``).
+
+Baselines, measured in the same run: the hand-off a Python user would write, a bounded
+``queue.Queue`` between the same two threads (per record, or per list of 1000 records for the
+batch rows). Apache Flink 2.3's own in-process figure on this class of machine (one TaskManager,
+local channels, 100 B records: 9.18 M and 11.97 M records/s in two runs, see
+``bench/flink_reference.md``) is printed beside the 100 B rows as a recorded reference.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import numpy as np
+
+from flinknet._core.pool import NetworkBufferPool
+from flinknet.consumer import RecordReader, SingleInputGate
+from flinknet.partition import PipelinedResultPartition, ResultPartitionManager
+from flinknet.writer import RecordWriter
+
+SEGMENT_SIZE = 32 * 1024
+NETWORK_MEMORY = 64 * 1024 * 1024
+BATCH = 1000
+
+#: Flink 2.3, 1 TaskManager x 2 slots, local channels, 100 B records, buffer timeout 100 ms:
+#: records/s in two runs on a 2-vCPU machine (bench/flink_reference.md).
+FLINK_LOCAL_100B_RECORDS_PER_S = (9.18e6, 11.97e6)
+
+
+def _run_flinknet(nbp, size: int, n: int, api: str) -> float:
+    """Seconds for ``n`` records of ``size`` bytes from a producer thread to this thread."""
+    manager = ResultPartitionManager()
+    partition = PipelinedResultPartition.create(nbp, 1, partition_manager=manager)
+    partition.setup()
+    gate = SingleInputGate.create_local(manager, [(partition.partition_id, 0)])
+    reader = RecordReader(gate)
+    record = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    errors = []
+    start = threading.Event()
+
+    def produce():
+        try:
+            writer = RecordWriter(partition, timeout=100)
+            start.wait()
+            if api == "per-record":
+                emit = writer.emit
+                for _ in range(n):
+                    emit(record, 0)
+            elif api == "batch":
+                chunk = [record] * BATCH
+                left = n
+                while left > 0:
+                    k = min(BATCH, left)
+                    writer.emit_batch(chunk if k == BATCH else chunk[:k], 0)
+                    left -= k
+            else:
+                arr = np.frombuffer(record * BATCH, dtype=np.dtype((np.void, size)))
+                left = n
+                while left > 0:
+                    k = min(BATCH, left)
+                    writer.emit_array(arr[:k], 0)
+                    left -= k
+            partition.finish()
+            writer.close()
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+            partition.fail(err)
+        finally:
+            partition.close()
+
+    t = threading.Thread(target=produce, name="bench-producer")
+    t.start()
+    count = 0
+    t0 = time.perf_counter()
+    start.set()
+    try:
+        if api == "per-record":
+            for _ in reader:
+                count += 1
+        elif api == "batch":
+            read = reader.read_batch
+            while (batch := read()) is not None:
+                count += len(batch)
+        else:
+            dtype = np.dtype((np.void, size))
+            while (arr := reader.read_array(dtype)) is not None:
+                count += len(arr)
+        elapsed = time.perf_counter() - t0
+    finally:
+        t.join()
+        reader.close()
+        gate.close()
+    if errors:
+        raise errors[0]
+    if count != n:
+        raise AssertionError(f"read {count} records, expected {n}")
+    return elapsed
+
+
+def _run_queue(size: int, n: int, batched: bool) -> float:
+    """ns per record through a bounded queue.Queue between two threads (the same memory in flight)."""
+    record = bytes(size)
+    per_item = BATCH if batched else 1
+    q: queue.Queue = queue.Queue(maxsize=max(2, NETWORK_MEMORY // 16 // max(1, size * per_item)))
+    items = n // per_item
+
+    def produce():
+        put = q.put
+        if batched:
+            for _ in range(items):
+                put([record] * BATCH)
+        else:
+            for _ in range(items):
+                put(record)
+        put(None)
+
+    t = threading.Thread(target=produce)
+    t0 = time.perf_counter()
+    t.start()
+    get = q.get
+    count = 0
+    if batched:
+        while (item := get()) is not None:
+            count += len(item)
+    else:
+        while get() is not None:
+            count += 1
+    elapsed = time.perf_counter() - t0
+    t.join()
+    return elapsed / count * 1e9
+
+
+def bench_local_exchange(quick: bool = False, repeats: int | None = None):
+    """Rows for :mod:`flinknet.bench`: ns per record, with baselines."""
+    from flinknet.bench import Row
+
+    repeats = repeats or (2 if quick else 3)
+    scale = 0.25 if quick else 1.0
+    rows = []
+    nbp = NetworkBufferPool(NETWORK_MEMORY // SEGMENT_SIZE, SEGMENT_SIZE)
+    try:
+        for size in (8, 100, 1000, 32768):
+            base_n = {8: 2_000_000, 100: 1_500_000, 1000: 400_000, 32768: 20_000}[size]
+            base_n = int(base_n * scale)
+            apis = ["per-record", "batch"] + (["numpy"] if size <= 1000 else [])
+            q_single = min(_run_queue(size, max(1000, base_n // 10), False) for _ in range(repeats))
+            q_batch = min(_run_queue(size, base_n - base_n % BATCH, True) for _ in range(repeats))
+            for api in apis:
+                n = base_n if api == "per-record" else base_n * 2
+                best = min(_run_flinknet(nbp, size, n, api) for _ in range(repeats))
+                ns = best / n * 1e9
+                baselines = {"py queue.Queue": q_single if api == "per-record" else q_batch}
+                if size == 100:
+                    baselines["flink-2.3 local (rec.)"] = 1e9 / (sum(FLINK_LOCAL_100B_RECORDS_PER_S) / 2)
+                rps = 1e9 / ns
+                rows.append(Row(f"local.{size}B.{api}", "ns/rec", ns, baselines,
+                                note=f"{rps / 1e6:.2f} M records/s, {rps * size / 1e6:.0f} MB/s payload"))
+        if not nbp.is_whole():
+            raise AssertionError("the benchmark leaked network buffers")
+    finally:
+        nbp.destroy()
+    return rows
