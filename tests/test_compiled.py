@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "_benchkit"]
+CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "protocol", "_benchkit"]
 
 
 @pytest.mark.parametrize("name", CORE_MODULES)

@@ -1,0 +1,126 @@
+"""Type stubs for flinknet._core.protocol (compiled)."""
+
+import enum
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from typing_extensions import Buffer as _BufferLike
+
+from flinknet._core.buffer import Buffer, DataType
+from flinknet.errors import FlinknetError
+
+MAGIC_NUMBER: int
+FRAME_HEADER_LENGTH: int
+BUFFER_RESPONSE_HEADER_LENGTH: int
+DEFAULT_MAX_FRAME_LENGTH: int
+
+class MessageId(enum.IntEnum):
+    BUFFER_RESPONSE = 0
+    ERROR_RESPONSE = 1
+    PARTITION_REQUEST = 2
+    TASK_EVENT_REQUEST = 3
+    CANCEL_PARTITION_REQUEST = 4
+    CLOSE_REQUEST = 5
+    ADD_CREDIT = 6
+    RESUME_CONSUMPTION = 7
+    ACK_ALL_USER_RECORDS_PROCESSED = 8
+    BACKLOG_ANNOUNCEMENT = 9
+    NEW_BUFFER_SIZE = 10
+    SEGMENT_ID = 11
+
+class CorruptFrameError(FlinknetError, ValueError): ...
+
+class BufferResponse(NamedTuple):
+    receiver_id: bytes
+    subpartition_id: int
+    sequence_number: int
+    backlog: int
+    data_type: DataType
+    is_compressed: bool
+    size: int
+    buffer: Buffer | None
+    partial_buffer_sizes: tuple[int, ...]
+
+class ErrorResponse(NamedTuple):
+    error_type: str
+    message: str
+    receiver_id: bytes | None
+    @property
+    def is_fatal_error(self) -> bool: ...
+
+class PartitionRequest(NamedTuple):
+    partition_id: bytes
+    start_index: int
+    end_index: int
+    receiver_id: bytes
+    credit: int
+
+class TaskEventRequest(NamedTuple):
+    event: bytes
+    partition_id: bytes
+    receiver_id: bytes
+
+class CancelPartitionRequest(NamedTuple):
+    receiver_id: bytes
+
+class CloseRequest(NamedTuple): ...
+
+class AddCredit(NamedTuple):
+    credit: int
+    receiver_id: bytes
+
+class ResumeConsumption(NamedTuple):
+    receiver_id: bytes
+
+class AckAllUserRecordsProcessed(NamedTuple):
+    receiver_id: bytes
+
+class BacklogAnnouncement(NamedTuple):
+    backlog: int
+    receiver_id: bytes
+
+class NewBufferSize(NamedTuple):
+    buffer_size: int
+    receiver_id: bytes
+
+class SegmentId(NamedTuple):
+    subpartition_id: int
+    segment_id: int
+    receiver_id: bytes
+
+def encode_buffer_response_header(receiver_id: bytes, subpartition_id: int, sequence_number: int,
+                                  backlog: int, data_type: DataType | int, is_compressed: bool,
+                                  size: int) -> bytes: ...
+def encode_buffer_response(receiver_id: bytes, subpartition_id: int, sequence_number: int, backlog: int,
+                           data_type: DataType | int, is_compressed: bool, payload: _BufferLike,
+                           partial_buffer_sizes: Iterable[int] = ()) -> bytes: ...
+def encode_error_response(error_type: str, message: str, receiver_id: bytes | None = None) -> bytes: ...
+def encode_partition_request(partition_id: bytes, start_index: int, end_index: int, receiver_id: bytes,
+                             credit: int) -> bytes: ...
+def encode_task_event_request(event: bytes, partition_id: bytes, receiver_id: bytes) -> bytes: ...
+def encode_cancel_partition_request(receiver_id: bytes) -> bytes: ...
+def encode_close_request() -> bytes: ...
+def encode_add_credit(credit: int, receiver_id: bytes) -> bytes: ...
+def encode_resume_consumption(receiver_id: bytes) -> bytes: ...
+def encode_ack_all_user_records_processed(receiver_id: bytes) -> bytes: ...
+def encode_backlog_announcement(backlog: int, receiver_id: bytes) -> bytes: ...
+def encode_new_buffer_size(buffer_size: int, receiver_id: bytes) -> bytes: ...
+def encode_segment_id(subpartition_id: int, segment_id: int, receiver_id: bytes) -> bytes: ...
+def encode_message(msg: NamedTuple) -> bytes: ...
+
+class FrameDecoder:
+    """Streaming, validating decoder of frames."""
+
+    max_frame_length: int
+    max_buffer_size: int
+    frames_decoded: int
+    bytes_decoded: int
+    def __init__(self, max_frame_length: int = ..., max_buffer_size: int | None = None,
+                 allocator: Callable[[bytes, int, int, int], Buffer | None] | None = None,
+                 side: str = "client") -> None: ...
+    def feed(self, data: _BufferLike) -> list[NamedTuple]: ...
+    def close(self) -> None: ...
+    @property
+    def is_failed(self) -> bool: ...
+    @property
+    def in_frame(self) -> bool: ...
