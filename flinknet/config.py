@@ -1,0 +1,278 @@
+"""Network configuration with Flink's option keys, units and defaults (§2.5).
+
+``NetworkConfig({"taskmanager.memory.network.max": "128mb", ...})`` or
+``NetworkConfig(**{...})``; values may be given as Flink writes them (``"64mb"``, ``"32 kb"``,
+``"100 ms"``, ``"10 s"``) or as numbers (bytes, milliseconds). Unknown keys are errors, so a typo
+never silently falls back to a default. Read values with ``config["key"]`` or the typed
+properties (sizes in bytes, durations in seconds).
+
+flinknet has no "total process memory" to take a fraction of, so the network memory is
+``taskmanager.memory.network.max`` (default 64 MiB, Flink's minimum) and ``.min`` only bounds it
+from below. Keys prefixed ``flinknet.`` are flinknet's own (flow-control mode, frame limit, the
+shared-secret handshake).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+__all__ = ["NetworkConfig", "parse_duration", "parse_memory_size"]
+
+_SIZE_UNITS = {
+    "": 1, "b": 1, "bytes": 1,
+    "k": 1 << 10, "kb": 1 << 10, "kibibytes": 1 << 10,
+    "m": 1 << 20, "mb": 1 << 20, "mebibytes": 1 << 20,
+    "g": 1 << 30, "gb": 1 << 30, "gibibytes": 1 << 30,
+    "t": 1 << 40, "tb": 1 << 40, "tebibytes": 1 << 40,
+}
+_DURATION_UNITS = {
+    "ns": 1e-9, "nano": 1e-9, "nanos": 1e-9, "nanosecond": 1e-9, "nanoseconds": 1e-9,
+    "us": 1e-6, "µs": 1e-6, "micro": 1e-6, "micros": 1e-6, "microsecond": 1e-6, "microseconds": 1e-6,
+    "ms": 1e-3, "milli": 1e-3, "millis": 1e-3, "millisecond": 1e-3, "milliseconds": 1e-3,
+    "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
+    "min": 60.0, "m": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hour": 3600.0, "hours": 3600.0,
+    "d": 86400.0, "day": 86400.0, "days": 86400.0,
+}
+_NUM_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zµ]*)\s*$", re.IGNORECASE)
+
+
+def parse_memory_size(value, key: str = "size") -> int:
+    """Bytes of a Flink MemorySize (``"64mb"``, ``"32 kb"``, ``1024``)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{key}: expected a memory size, got {value!r}")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _NUM_UNIT.match(str(value))
+        if not m or m.group(2).lower() not in _SIZE_UNITS or "." in m.group(1):
+            raise ValueError(f"{key}: cannot parse memory size {value!r} (e.g. '64mb', '32kb', 1024)")
+        n = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if n < 0:
+        raise ValueError(f"{key}: memory size must be >= 0, got {value!r}")
+    return n
+
+
+def parse_duration(value, key: str = "duration", default_unit: float = 1e-3) -> float:
+    """Seconds of a Flink Duration (``"100 ms"``, ``"10 s"``; a bare number is milliseconds)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{key}: expected a duration, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value) * default_unit
+    else:
+        m = _NUM_UNIT.match(str(value))
+        unit = m.group(2).lower() if m else None
+        if not m or (unit and unit not in _DURATION_UNITS):
+            raise ValueError(f"{key}: cannot parse duration {value!r} (e.g. '100 ms', '10 s')")
+        seconds = float(m.group(1)) * (_DURATION_UNITS[unit] if unit else default_unit)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{key}: duration must be finite and >= 0, got {value!r}")
+    return seconds
+
+
+def _int(minimum: int):
+    def parse(value, key):
+        if isinstance(value, bool) or not isinstance(value, int):
+            try:
+                value = int(str(value).strip())
+            except ValueError:
+                raise ValueError(f"{key}: expected an integer, got {value!r}") from None
+        if value < minimum:
+            raise ValueError(f"{key}: must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _bool(value, key):
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{key}: expected true or false, got {value!r}")
+
+
+def _str(value, key):
+    if not isinstance(value, str):
+        raise TypeError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _choice(*options):
+    def parse(value, key):
+        text = str(value).strip().lower()
+        if text not in options:
+            raise ValueError(f"{key}: expected one of {', '.join(options)}, got {value!r}")
+        return text
+    return parse
+
+
+def _size(value, key):
+    return parse_memory_size(value, key)
+
+
+def _duration(value, key):
+    return parse_duration(value, key)
+
+
+def _duration_s(value, key):
+    return parse_duration(value, key, default_unit=1.0)
+
+
+#: key → (parser, default). Defaults are Flink 2.x's (§2.5) unless noted.
+OPTIONS: dict[str, tuple] = {
+    "taskmanager.memory.segment-size": (_size, "32kb"),
+    "taskmanager.memory.network.min": (_size, "64mb"),
+    "taskmanager.memory.network.max": (_size, "64mb"),  # Flink: unbounded fraction; flinknet: the size
+    "taskmanager.network.memory.buffers-per-channel": (_int(0), 2),
+    "taskmanager.network.memory.floating-buffers-per-gate": (_int(0), 8),
+    "taskmanager.network.memory.max-buffers-per-channel": (_int(1), 10),
+    "taskmanager.network.memory.max-overdraft-buffers-per-gate": (_int(0), 20),
+    "taskmanager.network.memory.buffers-request-timeout": (_duration, "30 s"),
+    "taskmanager.network.request-backoff.initial": (_duration, "100 ms"),
+    "taskmanager.network.request-backoff.max": (_duration, "10000 ms"),
+    "taskmanager.network.partition-request-timeout": (_duration, "10 s"),
+    "taskmanager.network.retries": (_int(0), 0),
+    "taskmanager.network.netty.client.connectTimeoutSec": (_duration_s, 120),
+    "taskmanager.network.bind-host": (_str, "127.0.0.1"),  # Flink: 0.0.0.0; flinknet: loopback
+    "taskmanager.data.port": (_int(0), 0),
+    "taskmanager.network.tcp-connection.enable-reuse-across-jobs": (_bool, True),
+    "execution.buffer-timeout.enabled": (_bool, True),
+    "execution.buffer-timeout.interval": (_duration, "100 ms"),
+    "security.ssl.internal.enabled": (_bool, False),
+    "security.ssl.internal.keystore": (_str, ""),     # PEM certificate chain + key (Python's ssl)
+    "security.ssl.internal.truststore": (_str, ""),   # PEM CA file
+    "flinknet.network.flow-control": (_choice("credit", "tcp"), "credit"),
+    "flinknet.network.max-frame-length": (_size, "16mb"),
+    "flinknet.network.shared-secret": (_str, ""),
+}
+
+
+class NetworkConfig(Mapping):
+    """Validated network options (see the module documentation)."""
+
+    def __init__(self, options: Mapping | None = None, /, **kwargs):
+        given = dict(options or {})
+        given.update(kwargs)
+        unknown = sorted(k for k in given if k not in OPTIONS)
+        if unknown:
+            raise KeyError(f"unknown configuration key(s): {', '.join(unknown)}")
+        values = {}
+        for key, (parse, default) in OPTIONS.items():
+            values[key] = parse(given.get(key, default), key)
+        self._values = values
+        self._given = frozenset(given)
+        seg = values["taskmanager.memory.segment-size"]
+        if seg < 64 or seg > (1 << 30) or seg & (seg - 1):
+            # Flink requires a power of two for the segment size in several places.
+            raise ValueError(f"taskmanager.memory.segment-size must be a power of two in [64 b, 1 gb], got {seg}")
+        lo, hi = values["taskmanager.memory.network.min"], values["taskmanager.memory.network.max"]
+        if "taskmanager.memory.network.min" not in given:
+            lo = values["taskmanager.memory.network.min"] = min(lo, hi)
+        if hi < lo:
+            raise ValueError("taskmanager.memory.network.max is smaller than .min")
+        if hi // seg < 2:
+            raise ValueError("the network memory must hold at least two segments")
+        if values["taskmanager.network.request-backoff.max"] < values["taskmanager.network.request-backoff.initial"]:
+            raise ValueError("request-backoff.max is smaller than request-backoff.initial")
+        port = values["taskmanager.data.port"]
+        if port > 65535:
+            raise ValueError(f"taskmanager.data.port must be <= 65535, got {port}")
+
+    def __getitem__(self, key):
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+    def is_set(self, key: str) -> bool:
+        """Whether ``key`` was given (rather than defaulted)."""
+        return key in self._given
+
+    # -- typed views -----------------------------------------------------------------------
+
+    @property
+    def segment_size(self) -> int:
+        return self._values["taskmanager.memory.segment-size"]
+
+    @property
+    def network_memory(self) -> int:
+        return self._values["taskmanager.memory.network.max"]
+
+    @property
+    def num_network_buffers(self) -> int:
+        return self.network_memory // self.segment_size
+
+    @property
+    def buffers_per_channel(self) -> int:
+        return self._values["taskmanager.network.memory.buffers-per-channel"]
+
+    @property
+    def floating_buffers_per_gate(self) -> int:
+        return self._values["taskmanager.network.memory.floating-buffers-per-gate"]
+
+    @property
+    def max_buffers_per_channel(self) -> int:
+        return self._values["taskmanager.network.memory.max-buffers-per-channel"]
+
+    @property
+    def max_overdraft_buffers_per_gate(self) -> int:
+        return self._values["taskmanager.network.memory.max-overdraft-buffers-per-gate"]
+
+    @property
+    def request_timeout(self) -> float:
+        return self._values["taskmanager.network.memory.buffers-request-timeout"]
+
+    @property
+    def partition_request_initial_backoff_ms(self) -> int:
+        return round(self._values["taskmanager.network.request-backoff.initial"] * 1000)
+
+    @property
+    def partition_request_max_backoff_ms(self) -> int:
+        return round(self._values["taskmanager.network.request-backoff.max"] * 1000)
+
+    @property
+    def partition_request_timeout(self) -> float:
+        return self._values["taskmanager.network.partition-request-timeout"]
+
+    @property
+    def connect_timeout(self) -> float:
+        return self._values["taskmanager.network.netty.client.connectTimeoutSec"]
+
+    @property
+    def connect_retries(self) -> int:
+        return self._values["taskmanager.network.retries"]
+
+    @property
+    def bind_host(self) -> str:
+        return self._values["taskmanager.network.bind-host"]
+
+    @property
+    def data_port(self) -> int:
+        return self._values["taskmanager.data.port"]
+
+    @property
+    def buffer_timeout_ms(self) -> float:
+        """The record writers' buffer timeout: -1 when disabled, else milliseconds."""
+        if not self._values["execution.buffer-timeout.enabled"]:
+            return -1
+        return self._values["execution.buffer-timeout.interval"] * 1000
+
+    @property
+    def credit_based(self) -> bool:
+        return self._values["flinknet.network.flow-control"] == "credit"
+
+    @property
+    def max_frame_length(self) -> int:
+        return self._values["flinknet.network.max-frame-length"]
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self._values.items() if k in self._given}
+        return f"NetworkConfig({changed!r})"
