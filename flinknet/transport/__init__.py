@@ -1,0 +1,22 @@
+"""The credit-based TCP transport between network environments (Flink §10, §11)."""
+
+from flinknet.transport.client import (
+    ClientConnection,
+    ConnectionManager,
+    LocalTransportError,
+    RemoteTransportError,
+    TransportError,
+)
+from flinknet.transport.eventloop import IOThread
+from flinknet.transport.server import ServerConnection, TransportServer
+
+__all__ = [
+    "ClientConnection",
+    "ConnectionManager",
+    "IOThread",
+    "LocalTransportError",
+    "RemoteTransportError",
+    "ServerConnection",
+    "TransportError",
+    "TransportServer",
+]

@@ -1,0 +1,367 @@
+"""The receiving side: one shared TCP connection per remote environment (Flink §11.2).
+
+:class:`ConnectionManager` (Flink's ``PartitionRequestClientFactory``) keeps one
+:class:`ClientConnection` per remote address; concurrent callers wait for the same connect, a
+failed connect is not cached, and connections are reference-counted by their channels. A
+connection demultiplexes frames by receiver id to its :class:`~flinknet.consumer.remote.RemoteInputChannel` s:
+the decoder copies each BufferResponse payload once, from the socket straight into a credit
+buffer of the receiving channel. Outbound control messages (AddCredit, ResumeConsumption, ...) are
+written by the I/O thread; an AddCredit takes the channel's unannounced credit when it is written,
+so credits coalesce and each is announced exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+
+from flinknet._core import protocol as P
+from flinknet._core.buffer import DataType, FREEING_BUFFER_RECYCLER, NetworkBuffer
+from flinknet._core.memory import MemorySegment
+from flinknet.errors import FlinknetError, PartitionNotFoundError
+
+__all__ = ["ClientConnection", "ConnectionManager", "RemoteTransportError", "LocalTransportError"]
+
+log = logging.getLogger(__name__)
+
+_DATA_BUFFER = DataType.DATA_BUFFER
+_RECV_SIZE = 256 * 1024
+
+
+class TransportError(FlinknetError, OSError):
+    """A connection-level failure; ``address`` is the remote address."""
+
+    def __init__(self, message: str, address=None):
+        super().__init__(message)
+        self.address = address
+
+
+class RemoteTransportError(TransportError):
+    """The remote side failed, closed or reset the connection, or reported an error."""
+
+
+class LocalTransportError(TransportError):
+    """This side could not use the connection (connect failed, bad frame received)."""
+
+
+def _fmt(address) -> str:
+    return f"{address[0]}:{address[1]}" if address else "?"
+
+
+class ClientConnection:
+    """The client end of one TCP connection, shared by every channel reading from that peer."""
+
+    def __init__(self, manager: "ConnectionManager", address):
+        self.manager = manager
+        self.loop = manager.loop
+        self.address = address
+        self.sock: socket.socket | None = None
+        self.channels: dict[bytes, object] = {}
+        self.error: BaseException | None = None
+        self.closed = False
+        self.ref_count = 0
+        self._out: deque = deque()
+        self._credit_pending: deque = deque()
+        self._decoder = P.FrameDecoder(max_frame_length=manager.max_frame_length,
+                                       max_buffer_size=manager.segment_size,
+                                       allocator=self._allocate, side="client")
+        self._recv_buf = bytearray(_RECV_SIZE)
+        self._recv_view = memoryview(self._recv_buf)
+        self._lock = threading.Lock()
+        self._unknown_receivers: set[bytes] = set()
+
+    # -- connect (loop thread) -------------------------------------------------------------
+
+    def _connect(self, timeout: float, retries: int) -> None:
+        """Connect on the calling thread (never the I/O thread), then hand the socket over."""
+        family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
+        last = None
+        for _attempt in range(retries + 1):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(self.address)
+            except OSError as err:
+                sock.close()
+                last = err
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            self.sock = sock
+            self.loop.run_sync(self.loop.register, sock, selectors.EVENT_READ, self._on_event)
+            return
+        raise RemoteTransportError(
+            f"Connecting to remote task manager '{_fmt(self.address)}' has failed. This might "
+            f"indicate that the remote task manager has been lost. ({last})", self.address)
+
+    # -- channels (any thread) -------------------------------------------------------------
+
+    def request_subpartition(self, channel, initial_credit: int) -> None:
+        """Register ``channel`` and send its PartitionRequest."""
+        frame = P.encode_partition_request(
+            channel.partition_id.to_bytes(), channel.consumed_subpartition_index,
+            channel.consumed_subpartition_index, channel.input_channel_id.to_bytes(), initial_credit)
+
+        def send():
+            if self.error is not None:
+                channel.on_error(self.error)
+                return
+            self.channels[channel.input_channel_id.to_bytes()] = channel
+            self._send(frame)
+        self.loop.call_soon_threadsafe(send)
+
+    def notify_credit_available(self, channel) -> None:
+        """The channel's unannounced credit went from 0 to > 0: write one AddCredit."""
+        self.loop.call_soon_threadsafe(self._write_credit, channel)
+
+    def _write_credit(self, channel) -> None:
+        if channel.is_released or self.closed:
+            return
+        credit = channel.take_unannounced_credit()
+        if credit > 0:
+            self._send(P.encode_add_credit(credit, channel.input_channel_id.to_bytes()))
+
+    def send_control(self, channel, frame_fn) -> None:
+        """Write ``frame_fn()`` for a live channel (ResumeConsumption, Ack, NewBufferSize)."""
+        def send():
+            if not channel.is_released and not self.closed:
+                self._send(frame_fn())
+        self.loop.call_soon_threadsafe(send)
+
+    def release_channel(self, channel) -> None:
+        """Unregister; CancelPartitionRequest; close the connection with its last channel."""
+        def release():
+            rid = channel.input_channel_id.to_bytes()
+            if self.channels.pop(rid, None) is not None and not self.closed:
+                self._send(P.encode_cancel_partition_request(rid))
+            self.manager._release(self)
+        self.loop.call_soon_threadsafe(release)
+
+    # -- I/O (loop thread) -----------------------------------------------------------------
+
+    def _send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self._out.append(frame)
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        while out:
+            try:
+                n = self.sock.send(out[0])
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as err:
+                self._fail(RemoteTransportError(
+                    f"Lost connection to task manager '{_fmt(self.address)}': {err}", self.address))
+                return
+            if n == len(out[0]):
+                out.popleft()
+                continue
+            if n:
+                out[0] = out[0][n:]
+            self.loop.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_event)
+            return
+        self.loop.modify(self.sock, selectors.EVENT_READ, self._on_event)
+
+    def _on_event(self, mask: int) -> None:
+        if mask & selectors.EVENT_READ and not self.closed:
+            self._on_readable()
+        if mask & selectors.EVENT_WRITE and not self.closed:
+            self._flush()
+
+    def _on_readable(self) -> None:
+        try:
+            n = self.sock.recv_into(self._recv_buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            self._fail(RemoteTransportError(
+                f"Lost connection to task manager '{_fmt(self.address)}': {err}", self.address))
+            return
+        if n == 0:
+            self._fail(RemoteTransportError(
+                f"Connection unexpectedly closed by remote task manager '{_fmt(self.address)}'. "
+                "This might indicate that the remote task manager was lost.", self.address))
+            return
+        try:
+            messages = self._decoder.feed(self._recv_view[:n])
+        except P.CorruptFrameError as err:
+            self._fail(LocalTransportError(
+                f"{err} (connection to '{_fmt(self.address)}')", self.address))
+            return
+        for msg in messages:
+            self._dispatch(msg)
+        if self._unknown_receivers:
+            for rid in self._unknown_receivers:
+                self._send(P.encode_cancel_partition_request(rid))
+            self._unknown_receivers.clear()
+
+    def _allocate(self, receiver_id: bytes, size: int, data_type: int, subpartition: int):
+        channel = self.channels.get(receiver_id)
+        if channel is None or channel.is_released:
+            return None
+        if data_type == _DATA_BUFFER:
+            return channel.request_buffer()
+        if size == 0:
+            return None
+        return NetworkBuffer(MemorySegment(size), FREEING_BUFFER_RECYCLER)
+
+    def _dispatch(self, msg) -> None:
+        t = type(msg)
+        if t is P.BufferResponse:
+            channel = self.channels.get(msg.receiver_id)
+            if channel is None or channel.is_released:
+                if msg.buffer is not None:
+                    msg.buffer.recycle()
+                self._unknown_receivers.add(msg.receiver_id)
+                return
+            if msg.buffer is None:
+                if msg.size == 0 or msg.data_type != _DATA_BUFFER:
+                    channel.on_empty_buffer(msg.sequence_number, msg.backlog)
+                else:
+                    channel.on_error(FlinknetError(
+                        "The read buffer is null in credit-based input channel."))
+                return
+            if msg.size == 0:
+                msg.buffer.recycle()
+                channel.on_empty_buffer(msg.sequence_number, msg.backlog)
+                return
+            channel.on_buffer(msg.buffer, msg.sequence_number, msg.backlog, msg.subpartition_id)
+        elif t is P.BacklogAnnouncement:
+            channel = self.channels.get(msg.receiver_id)
+            if channel is not None and not channel.is_released:
+                channel.on_sender_backlog(msg.backlog)
+        elif t is P.ErrorResponse:
+            if msg.receiver_id is None:
+                self._fail(RemoteTransportError(
+                    f"Fatal error at remote task manager '{_fmt(self.address)}': "
+                    f"{msg.error_type}: {msg.message}", self.address))
+                return
+            channel = self.channels.pop(msg.receiver_id, None)
+            if channel is None:
+                return
+            if msg.error_type == "PartitionNotFoundError":
+                channel.on_partition_not_found()
+            else:
+                channel.on_error(RemoteTransportError(
+                    f"Error at remote task manager '{_fmt(self.address)}': {msg.error_type}: "
+                    f"{msg.message}", self.address))
+
+    def _fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        channels = list(self.channels.values())
+        self.channels.clear()
+        self._close_socket()
+        for ch in channels:
+            ch.on_error(self.error)
+        self.manager._forget(self)
+
+    def _close_socket(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.sock is not None:
+            self.loop.unregister(self.sock)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self._out.clear()
+        self._decoder.close()
+
+    def close(self) -> None:
+        """Send CloseRequest (best effort) and close (loop thread)."""
+        if not self.closed and self.sock is not None:
+            try:
+                self.sock.send(P.encode_close_request())
+            except OSError:
+                pass
+        self._close_socket()
+
+
+class ConnectionManager:
+    """One shared connection per remote address (Flink's PartitionRequestClientFactory)."""
+
+    def __init__(self, loop, segment_size: int, max_frame_length: int = P.DEFAULT_MAX_FRAME_LENGTH,
+                 connect_timeout: float = 120.0, retries: int = 0):
+        self.loop = loop
+        self.segment_size = segment_size
+        self.max_frame_length = max_frame_length
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self._lock = threading.Lock()
+        self._clients: dict[tuple, Future] = {}
+        self._closed = False
+
+    def create_client(self, address, timeout: float | None = None) -> ClientConnection:
+        """The connection to ``address`` (connecting if needed); its reference count goes up.
+
+        The first caller connects (on its own thread); concurrent callers wait for the same
+        connect; a failed connect is not cached."""
+        address = (str(address[0]), int(address[1]))
+        connect = None
+        with self._lock:
+            if self._closed:
+                raise LocalTransportError("the connection manager is closed", address)
+            fut = self._clients.get(address)
+            if fut is None or (fut.done() and (fut.exception() is not None or fut.result().closed)):
+                fut = self._clients[address] = Future()
+                connect = ClientConnection(self, address)
+        if connect is not None:
+            try:
+                connect._connect(self.connect_timeout, self.retries)
+            except BaseException as err:
+                with self._lock:
+                    if self._clients.get(address) is fut:
+                        del self._clients[address]   # failures are not cached
+                fut.set_exception(err)
+                raise
+            fut.set_result(connect)
+        wait = timeout if timeout is not None else self.connect_timeout * (self.retries + 1) + 5
+        conn = fut.result(wait)
+        with self._lock:
+            conn.ref_count += 1
+        return conn
+
+    def _release(self, conn: ClientConnection) -> None:
+        with self._lock:
+            conn.ref_count -= 1
+            last = conn.ref_count <= 0
+            if last and self._clients.get(conn.address) is not None:
+                fut = self._clients[conn.address]
+                if fut.done() and fut.exception() is None and fut.result() is conn:
+                    del self._clients[conn.address]
+        if last:
+            conn.close()
+
+    def _forget(self, conn: ClientConnection) -> None:
+        with self._lock:
+            fut = self._clients.get(conn.address)
+            if fut is not None and fut.done() and fut.exception() is None and fut.result() is conn:
+                del self._clients[conn.address]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            futures = list(self._clients.values())
+            self._clients.clear()
+
+        def close_all():
+            for fut in futures:
+                if fut.done() and fut.exception() is None:
+                    fut.result()._fail(LocalTransportError("the network environment was closed"))
+        self.loop.run_sync(close_all)
+
+    @property
+    def num_connections(self) -> int:
+        with self._lock:
+            return len(self._clients)

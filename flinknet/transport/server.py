@@ -1,0 +1,440 @@
+"""The sending side: a TCP server whose connections serve subpartition views (Flink §11.1).
+
+One :class:`ServerConnection` per client connection (Flink's ``PartitionRequestQueue`` plus
+``PartitionRequestServerHandler``): a reader per receiver id with its credit; readers with credit
+and data (or an event at the head) take turns, one BufferResponse each; a data buffer costs one
+credit; every BufferResponse carries the subpartition's backlog; a reader with backlog but no credit
+and no exclusive buffers gets a BacklogAnnouncement. BufferResponses go out as a gather write of
+their 47-byte header and the buffer's own memory (several frames per system call); a buffer goes
+back to its pool once the kernel took all of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+from collections import deque
+
+from flinknet._core import protocol as P
+from flinknet._core.buffer import DataType
+from flinknet.errors import PartitionNotFoundError
+from flinknet.ids import ResultPartitionID, ResultSubpartitionIndexSet
+
+__all__ = ["TransportServer", "ServerConnection"]
+
+log = logging.getLogger(__name__)
+
+_DATA_BUFFER = DataType.DATA_BUFFER
+_EVENT_TYPES = frozenset(t for t in DataType if t.is_event)
+_RECV_SIZE = 256 * 1024
+_MAX_QUEUED_FRAMES = 64          # frames handed to sendmsg at once / held before the kernel takes them
+_IOV_MAX = 1024
+
+
+class _Reader:
+    """One receiver's view of one subpartition (CreditBasedSequenceNumberingViewReader)."""
+
+    __slots__ = ("conn", "receiver_id", "credit", "initial_credit", "view", "queued", "released",
+                 "pending_listener")
+
+    def __init__(self, conn, receiver_id: bytes, initial_credit: int):
+        self.conn = conn
+        self.receiver_id = receiver_id
+        self.credit = initial_credit
+        self.initial_credit = initial_credit
+        self.view = None
+        self.queued = False
+        self.released = False
+        self.pending_listener = None
+
+    # BufferAvailabilityListener: called on producer threads, handed to the I/O thread.
+    def notify_data_available(self, view) -> None:
+        self.conn.loop.call_soon_threadsafe(self.conn._enqueue, self)
+
+    def notify_priority_event(self, sequence_number: int) -> None:
+        self.conn.loop.call_soon_threadsafe(self.conn._enqueue, self)
+
+    def is_available(self) -> bool:
+        view = self.view
+        if view is None:
+            return False
+        return view.get_availability_and_backlog(self.credit > 0).is_available
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            view, self.view = self.view, None
+            if view is not None:
+                view.release_all_resources()
+
+
+class ServerConnection:
+    """The server end of one TCP connection (runs on the I/O thread)."""
+
+    def __init__(self, server: "TransportServer", sock: socket.socket, address):
+        self.server = server
+        self.loop = server.loop
+        self.sock = sock
+        self.address = address
+        self.decoder = P.FrameDecoder(max_frame_length=server.max_frame_length, side="server")
+        self.readers: dict[bytes, _Reader] = {}
+        self.available: deque = deque()
+        self.out: deque = deque()          # [bytes-like, offset, buffer-or-None] parts not yet sent
+        self.out_frames = 0
+        self.closed = False
+        self.credit_based = server.credit_based
+        self._recv_buf = bytearray(_RECV_SIZE)
+        self._recv_view = memoryview(self._recv_buf)
+        self._writing = False
+        self.loop.register(sock, selectors.EVENT_READ, self._on_event)
+
+    # -- socket events ---------------------------------------------------------------------
+
+    def _on_event(self, mask: int) -> None:
+        if mask & selectors.EVENT_READ and not self.closed:
+            self._on_readable()
+        if mask & selectors.EVENT_WRITE and not self.closed:
+            self._flush()
+            self._write_loop()
+
+    def _on_readable(self) -> None:
+        try:
+            n = self.sock.recv_into(self._recv_buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            self.close(f"connection error: {err}")
+            return
+        if n == 0:
+            self.close("the client closed the connection")
+            return
+        try:
+            messages = self.decoder.feed(self._recv_view[:n])
+        except P.CorruptFrameError as err:
+            log.warning("closing connection from %s: %s", self.address, err)
+            self._send_fatal(err)
+            return
+        for msg in messages:
+            if self.closed:
+                return
+            self._handle(msg)
+        self._write_loop()
+
+    # -- messages --------------------------------------------------------------------------
+
+    def _handle(self, msg) -> None:
+        t = type(msg)
+        if t is P.AddCredit:
+            reader = self._reader(msg.receiver_id)
+            if reader is not None:
+                reader.credit += msg.credit
+                self._enqueue(reader)
+        elif t is P.PartitionRequest:
+            self._on_partition_request(msg)
+        elif t is P.CancelPartitionRequest:
+            reader = self.readers.pop(msg.receiver_id, None)
+            if reader is not None:
+                self._release_reader(reader)
+        elif t is P.CloseRequest:
+            self.close("the client sent CloseRequest")
+        elif t is P.ResumeConsumption:
+            reader = self._reader(msg.receiver_id)
+            if reader is not None and reader.view is not None:
+                if reader.initial_credit == 0:
+                    reader.credit = 0
+                reader.view.resume_consumption()
+                self._enqueue(reader)
+        elif t is P.AckAllUserRecordsProcessed:
+            reader = self._reader(msg.receiver_id)
+            if reader is not None and reader.view is not None:
+                reader.view.acknowledge_all_data_processed()
+        elif t is P.NewBufferSize:
+            reader = self.readers.get(msg.receiver_id)
+            if reader is not None and reader.view is not None:
+                reader.view.notify_new_buffer_size(msg.buffer_size)
+        elif t is P.TaskEventRequest:
+            self._queue_frame(P.encode_error_response(
+                "IllegalArgumentError", "Task event receiver not found.", msg.receiver_id))
+        elif t is P.SegmentId:
+            pass  # tiered storage only: no segments to select here
+        else:  # pragma: no cover (the decoder's side check rejects the rest)
+            self._send_fatal(P.CorruptFrameError(f"unexpected message {t.__name__}"))
+
+    def _reader(self, receiver_id: bytes):
+        reader = self.readers.get(receiver_id)
+        if reader is None:
+            self._send_fatal(P.CorruptFrameError(
+                f"No reader for receiverId = {receiver_id.hex()} exists."))
+        return reader
+
+    def _on_partition_request(self, msg) -> None:
+        if msg.receiver_id in self.readers:
+            self._send_fatal(P.CorruptFrameError(f"duplicate receiver id {msg.receiver_id.hex()}"))
+            return
+        try:
+            partition_id = ResultPartitionID.from_bytes(msg.partition_id)
+            index = ResultSubpartitionIndexSet(msg.start_index, msg.end_index)
+        except ValueError as err:
+            self._queue_frame(P.encode_error_response(type(err).__name__, str(err), msg.receiver_id))
+            return
+        reader = _Reader(self, msg.receiver_id, msg.credit)
+        self.readers[msg.receiver_id] = reader
+
+        def on_view(view, error):  # any thread
+            self.loop.call_soon_threadsafe(self._on_view, reader, view, error)
+
+        reader.pending_listener = (partition_id, on_view)
+        try:
+            view = self.server.partition_manager.create_subpartition_view_or_register_listener(
+                partition_id, index, reader, on_view)
+        except Exception as err:  # noqa: BLE001 (answered to the requester)
+            self._on_view(reader, None, err)
+            return
+        if view is not None:
+            self._on_view(reader, view, None)
+
+    def _on_view(self, reader: _Reader, view, error) -> None:
+        reader.pending_listener = None
+        if reader.released or self.closed:
+            if view is not None:
+                view.release_all_resources()
+            return
+        if error is not None:
+            self.readers.pop(reader.receiver_id, None)
+            reader.released = True
+            self._queue_frame(P.encode_error_response(type(error).__name__, str(error), reader.receiver_id))
+            self._write_loop()
+            return
+        reader.view = view
+        self._enqueue(reader)
+
+    # -- the write loop --------------------------------------------------------------------
+
+    def _enqueue(self, reader: _Reader) -> None:
+        if self.closed or reader.released or reader.queued:
+            return
+        view = reader.view
+        if view is None:
+            return
+        if self.credit_based:
+            avail = view.get_availability_and_backlog(reader.credit > 0)
+            if not avail.is_available:
+                if avail.backlog > 0 and reader.initial_credit == 0 and reader.credit == 0:
+                    self._queue_frame(P.encode_backlog_announcement(avail.backlog, reader.receiver_id))
+                    self._write_loop()
+                return
+        elif not view.get_availability_and_backlog(True).is_available:
+            return
+        reader.queued = True
+        self.available.append(reader)
+        self._write_loop()
+
+    def _write_loop(self) -> None:
+        if self._writing or self.closed:
+            return
+        self._writing = True
+        try:
+            while True:
+                while self.available and self.out_frames < _MAX_QUEUED_FRAMES:
+                    reader = self.available.popleft()
+                    reader.queued = False
+                    if reader.released:
+                        continue
+                    self._poll_reader(reader)
+                if not self.out:
+                    return
+                if not self._flush():
+                    return  # the kernel is full: EVENT_WRITE resumes us
+                if not self.available:
+                    return
+        finally:
+            self._writing = False
+
+    def _poll_reader(self, reader: _Reader) -> None:
+        view = reader.view
+        try:
+            nxt = view.get_next_buffer()
+        except Exception as err:  # noqa: BLE001 (the producer's failure goes to that receiver)
+            self._reader_failed(reader, err)
+            return
+        if nxt is None:
+            if view.is_released:
+                cause = view.get_failure_cause()
+                self._reader_failed(reader, cause if cause is not None else
+                                    PartitionNotFoundError("the consumed partition was released"))
+            return
+        buffer = nxt.buffer
+        data_type = buffer.data_type
+        if data_type == _DATA_BUFFER and self.credit_based:
+            reader.credit -= 1
+            if reader.credit < 0:
+                buffer.recycle()
+                raise RuntimeError("no credit available")
+        next_type = nxt.next_data_type
+        more = next_type != DataType.NONE and (
+            not self.credit_based or reader.credit > 0 or next_type in _EVENT_TYPES)
+        size = buffer.readable_bytes
+        header = P.encode_buffer_response_header(
+            reader.receiver_id, view.subpartition.index if hasattr(view, "subpartition") else 0,
+            nxt.sequence_number, nxt.buffers_in_backlog, data_type, buffer.is_compressed, size)
+        self.out.append([header, 0, None])
+        if size:
+            self.out.append([memoryview(buffer), 0, buffer])
+        else:
+            buffer.recycle()
+        self.out_frames += 1
+        if more:
+            reader.queued = True
+            self.available.append(reader)
+
+    def _reader_failed(self, reader: _Reader, cause: BaseException) -> None:
+        self.readers.pop(reader.receiver_id, None)
+        self._queue_frame(P.encode_error_response(type(cause).__name__, str(cause), reader.receiver_id))
+        self._release_reader(reader)
+
+    def _queue_frame(self, frame: bytes) -> None:
+        self.out.append([frame, 0, None])
+        self.out_frames += 1
+
+    def _flush(self) -> bool:
+        """Send queued parts; True when everything went, False when the kernel is full."""
+        out = self.out
+        while out:
+            parts = []
+            for i, entry in enumerate(out):
+                if i >= _IOV_MAX:
+                    break
+                data, offset, _ = entry
+                parts.append(data[offset:] if offset else data)
+            try:
+                sent = self.sock.sendmsg(parts)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as err:
+                self.close(f"send failed: {err}")
+                return False
+            while sent and out:
+                entry = out[0]
+                data, offset, buffer = entry
+                left = len(data) - offset
+                if sent >= left:
+                    sent -= left
+                    out.popleft()
+                    if buffer is not None:
+                        data.release()
+                        buffer.recycle()
+                    else:
+                        self.out_frames -= 1
+                else:
+                    entry[1] = offset + sent
+                    sent = 0
+            if out:
+                self.loop.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_event)
+                return False
+        self.loop.modify(self.sock, selectors.EVENT_READ, self._on_event)
+        return True
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def _send_fatal(self, err: BaseException) -> None:
+        """A fatal ErrorResponse (no receiver), then close (best effort, non-blocking)."""
+        try:
+            self.sock.send(P.encode_error_response(type(err).__name__, str(err), None))
+        except OSError:
+            pass
+        self.close(f"fatal: {err}")
+
+    def _release_reader(self, reader: _Reader) -> None:
+        if reader.pending_listener is not None:
+            pid, on_view = reader.pending_listener
+            self.server.partition_manager.cancel_pending_request(pid, on_view)
+            reader.pending_listener = None
+        reader.release()
+
+    def close(self, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        log.debug("server connection from %s closed: %s", self.address, reason)
+        self.loop.unregister(self.sock)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        for reader in list(self.readers.values()):
+            self._release_reader(reader)
+        self.readers.clear()
+        self.available.clear()
+        while self.out:
+            data, _, buffer = self.out.popleft()
+            if buffer is not None:
+                data.release()
+                buffer.recycle()
+        self.out_frames = 0
+        self.decoder.close()
+        self.server._connection_closed(self)
+
+
+class TransportServer:
+    """Listens on ``host:port`` and serves the partitions of ``partition_manager``."""
+
+    def __init__(self, loop, partition_manager, host: str = "127.0.0.1", port: int = 0,
+                 max_frame_length: int = P.DEFAULT_MAX_FRAME_LENGTH, credit_based: bool = True):
+        self.loop = loop
+        self.partition_manager = partition_manager
+        self.max_frame_length = max_frame_length
+        self.credit_based = credit_based
+        self.connections: set[ServerConnection] = set()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((host, port))
+            self.sock.listen(128)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()[:2]
+        self._closed = False
+        loop.run_sync(loop.register, self.sock, selectors.EVENT_READ, self._on_accept)
+        self._timer = loop.call_later(1.0, self._check_timeouts)
+
+    def _on_accept(self, mask: int) -> None:
+        while True:
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("cannot accept a connection: %s", err)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            self.connections.add(ServerConnection(self, sock, addr))
+
+    def _check_timeouts(self) -> None:
+        if self._closed:
+            return
+        self.partition_manager.check_request_timeouts()
+        self._timer = self.loop.call_later(1.0, self._check_timeouts)
+
+    def _connection_closed(self, conn: ServerConnection) -> None:
+        self.connections.discard(conn)
+
+    def close(self) -> None:
+        """Close the listening socket and every connection (on the I/O thread)."""
+        def _close():
+            if self._closed:
+                return
+            self._closed = True
+            self.loop.cancel(self._timer)
+            self.loop.unregister(self.sock)
+            self.sock.close()
+            for conn in list(self.connections):
+                conn.close("server shut down")
+        self.loop.run_sync(_close)
