@@ -218,7 +218,9 @@ class ServerConnection:
         view = reader.view
         if view is None:
             return
-        if self.credit_based:
+        if view.is_released:
+            pass  # released (producer failed or partition gone): the poll sends the error
+        elif self.credit_based:
             avail = view.get_availability_and_backlog(reader.credit > 0)
             if not avail.is_available:
                 if avail.backlog > 0 and reader.initial_credit == 0 and reader.credit == 0:
