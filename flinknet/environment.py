@@ -50,7 +50,7 @@ class NetworkEnvironment:
             raise
         self.connection_manager = ConnectionManager(
             self.loop, config.segment_size, config.max_frame_length, config.connect_timeout,
-            config.connect_retries)
+            config.connect_retries, config.credit_based)
         self._gates: list[SingleInputGate] = []
         self._partitions: list = []
         self._closed = False

@@ -340,6 +340,19 @@ cdef enum _State:
     ST_BR_HEADER = 2     # collecting the BufferResponse header (+ partial sizes)
     ST_BR_PAYLOAD = 3    # copying a BufferResponse payload into its buffer
     ST_FAILED = 4
+    ST_BR_WAIT = 5       # the allocator said WAIT: the rest of the input is kept until resume()
+
+
+class _Wait:
+    """The allocator's answer "no buffer yet": the decoder pauses (TCP-backpressure mode)."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "FrameDecoder.WAIT"
+
+
+WAIT = _Wait()
 
 
 @cython.final
@@ -373,6 +386,7 @@ cdef class FrameDecoder:
     cdef Buffer _br_buffer
     cdef Py_ssize_t _br_written
     cdef object _error
+    cdef bytes _pending
     cdef readonly int64_t frames_decoded
     cdef readonly int64_t bytes_decoded
 
@@ -392,6 +406,7 @@ cdef class FrameDecoder:
         self._have = 0
         self._staging = bytearray()
         self._error = None
+        self._pending = b""
 
     cdef int _fail(self, str message) except -1:
         self._state = ST_FAILED
@@ -411,6 +426,7 @@ cdef class FrameDecoder:
     def close(self):
         """Give back a buffer held for a half-received BufferResponse; the decoder is unusable after."""
         self._release_partial()
+        self._pending = b""
         if self._state != ST_FAILED:
             self._state = ST_FAILED
             self._error = CorruptFrameError("decoder closed")
@@ -424,15 +440,60 @@ cdef class FrameDecoder:
         """True while a frame is partly received (a cut connection then lost data mid-frame)."""
         return self._state != ST_HEADER or self._have != 0
 
+    @property
+    def is_paused(self):
+        """True after the allocator answered WAIT, until :meth:`resume` finds a buffer."""
+        return self._state == ST_BR_WAIT
+
+    @property
+    def pending_bytes(self):
+        """Bytes received but held back while paused (at most one ``feed``'s worth)."""
+        return len(self._pending)
+
+    def resume(self):
+        """Ask the allocator again for the paused BufferResponse; returns the messages decoded
+        from the held-back input, or None while the allocator still answers WAIT."""
+        cdef list out = []
+        cdef bytes rest
+        cdef Py_buffer view
+        if self._state == ST_FAILED:
+            raise self._error
+        if self._state != ST_BR_WAIT:
+            return out
+        try:
+            if self._allocate() == 1:
+                return None
+            if self._br_size == 0:
+                self._finish_buffer_response(out)
+            rest, self._pending = self._pending, b""
+            if rest:
+                PyObject_GetBuffer(rest, &view, PyBUF_SIMPLE)
+                try:
+                    self._feed_from(<const char *>view.buf, view.len, out)
+                finally:
+                    PyBuffer_Release(&view)
+        except BaseException:
+            for m in out:
+                if type(m) is BufferResponse and m.buffer is not None:
+                    m.buffer.recycle()
+            raise
+        return out
+
     def feed(self, data):
-        """Decode ``data`` (any contiguous bytes); returns the list of complete messages."""
+        """Decode ``data`` (any contiguous bytes); returns the list of complete messages.
+
+        While paused (the allocator answered WAIT) the decoder takes no input: call
+        :meth:`resume` first."""
         cdef Py_buffer view
         cdef list out = []
         if self._state == ST_FAILED:
             raise self._error
+        if self._state == ST_BR_WAIT:
+            raise RuntimeError("the decoder is paused waiting for a buffer: resume() first")
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            self._feed(<const char *>view.buf, view.len, out)
+            self.bytes_decoded += view.len
+            self._feed_from(<const char *>view.buf, view.len, out)
         except BaseException:
             # The connection is lost: the buffers of frames decoded before the bad one go back.
             for m in out:
@@ -443,10 +504,12 @@ cdef class FrameDecoder:
             PyBuffer_Release(&view)
         return out
 
-    cdef int _feed(self, const char *p, Py_ssize_t n, list out) except -1:
+    cdef int _feed_from(self, const char *p, Py_ssize_t n, list out) except -1:
         cdef Py_ssize_t take
-        self.bytes_decoded += n
         while n > 0:
+            if self._state == ST_BR_WAIT:
+                self._pending = PyBytes_FromStringAndSize(p, n)
+                return 0
             if self._state == ST_HEADER:
                 take = min(n, _HDR - self._have)
                 memcpy(self._hdr + self._have, p, take)
@@ -657,11 +720,23 @@ cdef class FrameDecoder:
         self._br_partial = partial
         self._br_written = 0
         self._br_buffer = None
+        if self._allocate() == 1:
+            return 0
+        if size == 0:
+            self._finish_buffer_response(out)
+        return 0
+
+    cdef int _allocate(self) except -1:
+        """Get the payload's buffer: 0 and ST_BR_PAYLOAD, or 1 and ST_BR_WAIT (allocator said WAIT)."""
+        cdef Py_ssize_t size = self._br_size
         if self._allocator is not None:
-            b = self._allocator(self._br_receiver, size, dt, sp)
+            b = self._allocator(self._br_receiver, size, self._br_type, self._br_sp)
+            if b is WAIT:
+                self._state = ST_BR_WAIT
+                return 1
             if b is not None:
                 if not isinstance(b, Buffer):
-                    raise TypeError("the allocator must return a Buffer or None")
+                    raise TypeError("the allocator must return a Buffer, None or WAIT")
                 if (<Buffer>b)._max_capacity < size or (<Buffer>b)._read_only:
                     try:
                         (<Buffer>b).recycle()
@@ -669,8 +744,6 @@ cdef class FrameDecoder:
                         self._fail(f"the receiving buffer cannot hold {size} bytes")
                 self._br_buffer = <Buffer>b
         self._state = ST_BR_PAYLOAD
-        if size == 0:
-            self._finish_buffer_response(out)
         return 0
 
     cdef int _finish_buffer_response(self, list out) except -1:

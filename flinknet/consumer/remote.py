@@ -118,10 +118,14 @@ class RemoteInputChannel(InputChannel):
 
     # -- credit accounting (BufferManager) -------------------------------------------------
 
-    def request_buffer(self):
-        """A free buffer for an arriving data buffer (I/O thread), or None."""
+    def request_buffer(self, arrival: bool = True):
+        """A free buffer for an arriving data buffer (I/O thread), or None.
+
+        ``arrival=False`` retries for the same buffer (TCP-backpressure mode) without counting
+        another arrival."""
         with self._lock:
-            self._num_required -= 1
+            if arrival:
+                self._num_required -= 1
             if self._floating:
                 return self._floating.pop()
             if self._exclusive_segments:

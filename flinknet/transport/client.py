@@ -74,6 +74,9 @@ class ClientConnection:
         self._recv_view = memoryview(self._recv_buf)
         self._lock = threading.Lock()
         self._unknown_receivers: set[bytes] = set()
+        self.credit_based = manager.credit_based
+        self._paused_on = None      # TCP mode: the channel whose free buffer the decoder waits for
+        self._events = 0            # selector interest now registered
 
     # -- connect (loop thread) -------------------------------------------------------------
 
@@ -94,7 +97,7 @@ class ClientConnection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             self.sock = sock
-            self.loop.run_sync(self.loop.register, sock, selectors.EVENT_READ, self._on_event)
+            self.loop.run_sync(self._update_interest)
             return
         raise RemoteTransportError(
             f"Connecting to remote task manager '{_fmt(self.address)}' has failed. This might "
@@ -121,7 +124,15 @@ class ClientConnection:
         self.loop.call_soon_threadsafe(self._write_credit, channel)
 
     def _write_credit(self, channel) -> None:
-        if channel.is_released or self.closed:
+        if self.closed:
+            return
+        if not self.credit_based:
+            # TCP-backpressure mode: no credits on the wire; a freed buffer may unblock the socket.
+            channel.take_unannounced_credit()
+            if self._paused_on is channel:
+                self._resume()
+            return
+        if channel.is_released:
             return
         credit = channel.take_unannounced_credit()
         if credit > 0:
@@ -140,6 +151,8 @@ class ClientConnection:
             rid = channel.input_channel_id.to_bytes()
             if self.channels.pop(rid, None) is not None and not self.closed:
                 self._send(P.encode_cancel_partition_request(rid))
+            if self._paused_on is channel and not self.closed:
+                self._resume()   # the payload the decoder held for it is now dropped
             self.manager._release(self)
         self.loop.call_soon_threadsafe(release)
 
@@ -167,9 +180,24 @@ class ClientConnection:
                 continue
             if n:
                 out[0] = out[0][n:]
-            self.loop.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_event)
+            break
+        self._update_interest()
+
+    def _update_interest(self) -> None:
+        """Read unless the decoder is paused (TCP mode); write while frames wait."""
+        if self.closed:
             return
-        self.loop.modify(self.sock, selectors.EVENT_READ, self._on_event)
+        events = (0 if self._paused_on is not None else selectors.EVENT_READ) | (
+            selectors.EVENT_WRITE if self._out else 0)
+        if events == self._events:
+            return
+        if not events:
+            self.loop.unregister(self.sock)
+        elif not self._events:
+            self.loop.register(self.sock, events, self._on_event)
+        else:
+            self.loop.modify(self.sock, events, self._on_event)
+        self._events = events
 
     def _on_event(self, mask: int) -> None:
         if mask & selectors.EVENT_READ and not self.closed:
@@ -197,19 +225,46 @@ class ClientConnection:
             self._fail(LocalTransportError(
                 f"{err} (connection to '{_fmt(self.address)}')", self.address))
             return
+        self._deliver(messages)
+
+    def _resume(self) -> None:
+        """TCP mode: retry the buffer the decoder waits for; read the socket again if it came."""
+        try:
+            messages = self._decoder.resume()
+        except P.CorruptFrameError as err:
+            self._fail(LocalTransportError(
+                f"{err} (connection to '{_fmt(self.address)}')", self.address))
+            return
+        if messages is None:
+            return
+        self._deliver(messages)
+        self._update_interest()
+
+    def _deliver(self, messages) -> None:
         for msg in messages:
-            self._dispatch(msg)
+            self._dispatch(msg)   # after a failure, buffers for now-unknown receivers go back
+        if self._decoder.is_paused and self._paused_on is not None:
+            self._update_interest()   # stop reading: TCP's window closes, the sender blocks
         if self._unknown_receivers:
             for rid in self._unknown_receivers:
                 self._send(P.encode_cancel_partition_request(rid))
             self._unknown_receivers.clear()
 
     def _allocate(self, receiver_id: bytes, size: int, data_type: int, subpartition: int):
+        # One frame is allocated at a time: a paused decoder only retries the frame it paused on.
+        retry = self._paused_on is not None
+        self._paused_on = None
         channel = self.channels.get(receiver_id)
         if channel is None or channel.is_released:
             return None
         if data_type == _DATA_BUFFER:
-            return channel.request_buffer()
+            if self.credit_based:
+                return channel.request_buffer()
+            buf = channel.request_buffer(arrival=not retry)
+            if buf is None:
+                self._paused_on = channel
+                return P.WAIT
+            return buf
         if size == 0:
             return None
         return NetworkBuffer(MemorySegment(size), FREEING_BUFFER_RECYCLER)
@@ -292,8 +347,9 @@ class ConnectionManager:
     """One shared connection per remote address (Flink's PartitionRequestClientFactory)."""
 
     def __init__(self, loop, segment_size: int, max_frame_length: int = P.DEFAULT_MAX_FRAME_LENGTH,
-                 connect_timeout: float = 120.0, retries: int = 0):
+                 connect_timeout: float = 120.0, retries: int = 0, credit_based: bool = True):
         self.loop = loop
+        self.credit_based = credit_based
         self.segment_size = segment_size
         self.max_frame_length = max_frame_length
         self.connect_timeout = connect_timeout

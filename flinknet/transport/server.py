@@ -315,8 +315,11 @@ class ServerConnection:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as err:
+                del parts
                 self.close(f"send failed: {err}")
                 return False
+            # The slices export the buffers' memory: drop them before any buffer is recycled.
+            del parts
             while sent and out:
                 entry = out[0]
                 data, offset, buffer = entry

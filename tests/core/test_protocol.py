@@ -280,3 +280,95 @@ def test_many_frames_in_one_feed():
     assert [m.sequence_number for m in msgs] == list(range(200))
     for m in msgs:
         m.buffer.recycle()
+
+
+# -- pausing (TCP-backpressure mode: the allocator answers WAIT) -------------------------------
+
+class WaitingAllocator(Allocator):
+    """Answers WAIT while ``waits`` has entries popping True, a fresh buffer otherwise."""
+
+    def __init__(self, waits, size=64):
+        super().__init__(size)
+        self.waits = list(waits)
+        self.calls = 0
+
+    def __call__(self, receiver_id, size, data_type, subpartition):
+        self.calls += 1
+        if self.waits and self.waits.pop(0):
+            return P.WAIT
+        return super().__call__(receiver_id, size, data_type, subpartition)
+
+
+def _buffer_stream():
+    names = [n for n in ENCODED if n.startswith("BufferResponse") or n.startswith("Backlog")]
+    return b"".join(FRAMES[n] for n in names)
+
+
+def _summary(msgs):
+    return [(type(m).__name__, m.buffer.to_bytes() if getattr(m, "buffer", None) is not None else None)
+            for m in msgs]
+
+
+def _reference(stream):
+    msgs = P.FrameDecoder(max_buffer_size=64, allocator=Allocator()).feed(stream)
+    out = _summary(msgs)
+    for m in msgs:
+        if getattr(m, "buffer", None) is not None:
+            m.buffer.recycle()
+    return out
+
+
+def test_decoder_pauses_on_wait_and_resumes_where_it_stopped():
+    stream = _buffer_stream()
+    reference = _reference(stream)
+    alloc = WaitingAllocator([False, True, True])   # the second BufferResponse waits twice
+    dec = P.FrameDecoder(max_buffer_size=64, allocator=alloc)
+    first = dec.feed(stream)
+    assert len(first) == 1 and dec.is_paused and dec.pending_bytes > 0
+    with pytest.raises(RuntimeError, match="paused"):
+        dec.feed(b"\x00")
+    assert dec.resume() is None and dec.is_paused     # still no buffer
+    rest = dec.resume()
+    assert not dec.is_paused and dec.pending_bytes == 0
+    assert _summary(first + rest) == reference
+    assert dec.resume() == []                          # not paused: nothing to do
+    for m in first + rest:
+        if getattr(m, "buffer", None) is not None:
+            m.buffer.recycle()
+    assert len(alloc.recycler.segments) == len(alloc.given)
+
+
+def test_close_while_paused_drops_held_input():
+    alloc = WaitingAllocator([True])
+    dec = P.FrameDecoder(max_buffer_size=64, allocator=alloc)
+    assert dec.feed(_buffer_stream()) == [] and dec.is_paused
+    dec.close()
+    assert dec.pending_bytes == 0 and dec.is_failed
+    with pytest.raises(P.CorruptFrameError):
+        dec.resume()
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.integers(1, 200), min_size=1, max_size=40),
+       waits=st.lists(st.booleans(), max_size=30))
+def test_pausing_at_any_point_gives_the_same_messages(chunks, waits):
+    stream = _buffer_stream() * 2
+    reference = _reference(stream)
+    alloc = WaitingAllocator(waits)
+    dec = P.FrameDecoder(max_buffer_size=64, allocator=alloc)
+    got, pos, i = [], 0, 0
+    while pos < len(stream) or dec.is_paused:
+        if dec.is_paused:
+            out = dec.resume()
+            if out is not None:
+                got += out
+            continue
+        step = chunks[i % len(chunks)]
+        i += 1
+        got += dec.feed(stream[pos:pos + step])
+        pos += step
+    assert _summary(got) == reference
+    for m in got:
+        if getattr(m, "buffer", None) is not None:
+            m.buffer.recycle()
+    assert len(alloc.recycler.segments) == len(alloc.given)

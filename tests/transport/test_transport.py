@@ -73,24 +73,36 @@ def test_two_environments_in_one_process():
         assert sum(map(len, outs)) == n
         # one shared connection carried both channels
         deadline = time.monotonic() + 5
-        while (not prod.network_buffer_pool.is_whole() or not cons.network_buffer_pool.is_whole()) \
-                and time.monotonic() < deadline:
+        while (not prod.network_buffer_pool.is_whole() or not cons.network_buffer_pool.is_whole()
+               or prod.partition_manager.get_unreleased_partitions()) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert prod.network_buffer_pool.is_whole() and cons.network_buffer_pool.is_whole()
         assert not prod.partition_manager.get_unreleased_partitions()
 
 
-def _start_producer(index, nsub, n, options=SMALL, mode="finish", delay=0.0):
+def _start_producer(index, nsub, n, options=SMALL, mode="finish", delay=0.0, edge="rebalance"):
     q_out, q_in = CTX.Queue(), CTX.Queue()
-    proc = CTX.Process(target=procs.producer, args=(q_out, q_in, index, nsub, n, options, mode, delay))
+    proc = CTX.Process(target=procs.producer,
+                       args=(q_out, q_in, index, nsub, n, options, mode, delay, edge))
     proc.start()
     pid, addr = q_out.get(timeout=60)
     return proc, q_out, q_in, ResultPartitionID.from_bytes(pid), addr
 
 
-def test_processes_all_to_all_exactly_once_in_order():
-    n = 4000
-    producers = [_start_producer(i, 2, n) for i in range(2)]
+def _expected_seqs(edge, sp, n):
+    if edge == "rebalance":
+        return list(range(sp, n, 2))
+    if edge == "broadcast":
+        return list(range(n))
+    from flinknet._core.keygroups import assign_key_to_parallel_operator, compute_default_max_parallelism
+    mp_ = compute_default_max_parallelism(2)
+    return [i for i in range(n) if assign_key_to_parallel_operator(i % 1000, mp_, 2) == sp]
+
+
+@pytest.mark.parametrize("edge", ["rebalance", "keyed", "broadcast"])
+def test_processes_all_to_all_exactly_once_in_order(edge):
+    n = 4000 if edge != "broadcast" else 2000
+    producers = [_start_producer(i, 2, n, edge=edge) for i in range(2)]
     try:
         with NetworkEnvironment(SMALL) as env:
             seg = env.config.segment_size
@@ -111,7 +123,7 @@ def test_processes_all_to_all_exactly_once_in_order():
             for sp, out in enumerate(outs):
                 by = _records_by_producer(out)
                 for prod in range(2):
-                    _check_in_order(by[prod], prod, list(range(sp, n, 2)), seg)
+                    _check_in_order(by[prod], prod, _expected_seqs(edge, sp, n), seg)
             for g in gates:
                 g.close()
             assert env.connection_manager.num_connections <= 2
