@@ -149,6 +149,7 @@ OPTIONS: dict[str, tuple] = {
     "flinknet.network.flow-control": (_choice("credit", "tcp"), "credit"),
     "flinknet.network.max-frame-length": (_size, "16mb"),
     "flinknet.network.shared-secret": (_str, ""),
+    "flinknet.network.handshake-timeout": (_duration, "10 s"),
 }
 
 

@@ -22,6 +22,7 @@ from flinknet.ids import ResultPartitionID
 from flinknet.partition import ResultPartitionManager, create_result_partition
 from flinknet.transport.client import ConnectionManager
 from flinknet.transport.eventloop import IOThread
+from flinknet.transport.handshake import HandshakeConfig
 from flinknet.transport.server import TransportServer
 from flinknet.types import ResultPartitionType
 
@@ -37,20 +38,22 @@ class NetworkEnvironment:
         elif options:
             raise TypeError("give either a NetworkConfig or option keywords, not both")
         self.config = config
+        handshake = HandshakeConfig.from_config(config)   # bad SSL settings fail before allocating
         self.network_buffer_pool = NetworkBufferPool(
             config.num_network_buffers, config.segment_size, config.request_timeout)
         self.partition_manager = ResultPartitionManager(config.partition_request_timeout)
         self.loop = IOThread()
         try:
             self.server = TransportServer(self.loop, self.partition_manager, config.bind_host,
-                                          config.data_port, config.max_frame_length, config.credit_based)
+                                          config.data_port, config.max_frame_length,
+                                          config.credit_based, handshake)
         except BaseException:
             self.loop.stop()
             self.network_buffer_pool.destroy()
             raise
         self.connection_manager = ConnectionManager(
             self.loop, config.segment_size, config.max_frame_length, config.connect_timeout,
-            config.connect_retries, config.credit_based)
+            config.connect_retries, config.credit_based, handshake)
         self._gates: list[SingleInputGate] = []
         self._partitions: list = []
         self._closed = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from flinknet._core import protocol as P
 from flinknet._core.buffer import DataType, FREEING_BUFFER_RECYCLER, NetworkBuffer
 from flinknet._core.memory import MemorySegment
 from flinknet.errors import FlinknetError, PartitionNotFoundError
+from flinknet.transport.handshake import HandshakeConfig, HandshakeError, client_handshake
 
 __all__ = ["ClientConnection", "ConnectionManager", "RemoteTransportError", "LocalTransportError"]
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _DATA_BUFFER = DataType.DATA_BUFFER
 _RECV_SIZE = 256 * 1024
+_TLS_READS = 64
 
 
 class TransportError(FlinknetError, OSError):
@@ -77,6 +80,7 @@ class ClientConnection:
         self.credit_based = manager.credit_based
         self._paused_on = None      # TCP mode: the channel whose free buffer the decoder waits for
         self._events = 0            # selector interest now registered
+        self.tls = False
 
     # -- connect (loop thread) -------------------------------------------------------------
 
@@ -93,9 +97,17 @@ class ClientConnection:
                 sock.close()
                 last = err
                 continue
-            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            try:
+                sock = client_handshake(sock, self.manager.handshake, self.address)
+            except HandshakeError as err:
+                sock.close()
+                raise RemoteTransportError(
+                    f"Connecting to remote task manager '{_fmt(self.address)}' has failed: {err}",
+                    self.address) from err
+            sock.setblocking(False)
+            self.tls = isinstance(sock, ssl.SSLSocket)
             self.sock = sock
             self.loop.run_sync(self._update_interest)
             return
@@ -168,8 +180,8 @@ class ClientConnection:
         out = self._out
         while out:
             try:
-                n = self.sock.send(out[0])
-            except (BlockingIOError, InterruptedError):
+                n = self.sock.send(out[0])   # TLS: a write it could not finish is retried as is
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 n = 0
             except OSError as err:
                 self._fail(RemoteTransportError(
@@ -206,19 +218,34 @@ class ClientConnection:
             self._flush()
 
     def _on_readable(self) -> None:
+        if self.tls:
+            # TLS hands out one record per read and keeps what it decrypted out of the selector's
+            # sight: read on while it has more (bounded), unless the decoder paused.
+            for _ in range(_TLS_READS):
+                if (not self._read_once() or self.closed or self._paused_on is not None
+                        or not self.sock.pending()):
+                    break
+        else:
+            self._read_once()
+
+    def _read_once(self) -> bool:
         try:
             n = self.sock.recv_into(self._recv_buf)
-        except (BlockingIOError, InterruptedError):
-            return
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
         except OSError as err:
             self._fail(RemoteTransportError(
                 f"Lost connection to task manager '{_fmt(self.address)}': {err}", self.address))
-            return
+            return False
         if n == 0:
             self._fail(RemoteTransportError(
                 f"Connection unexpectedly closed by remote task manager '{_fmt(self.address)}'. "
                 "This might indicate that the remote task manager was lost.", self.address))
-            return
+            return False
+        self._on_bytes(n)
+        return True
+
+    def _on_bytes(self, n: int) -> None:
         try:
             messages = self._decoder.feed(self._recv_view[:n])
         except P.CorruptFrameError as err:
@@ -239,6 +266,8 @@ class ClientConnection:
             return
         self._deliver(messages)
         self._update_interest()
+        if self.tls and self._paused_on is None and not self.closed and self.sock.pending():
+            self._on_readable()   # records TLS decrypted while we were paused
 
     def _deliver(self, messages) -> None:
         for msg in messages:
@@ -347,9 +376,11 @@ class ConnectionManager:
     """One shared connection per remote address (Flink's PartitionRequestClientFactory)."""
 
     def __init__(self, loop, segment_size: int, max_frame_length: int = P.DEFAULT_MAX_FRAME_LENGTH,
-                 connect_timeout: float = 120.0, retries: int = 0, credit_based: bool = True):
+                 connect_timeout: float = 120.0, retries: int = 0, credit_based: bool = True,
+                 handshake: HandshakeConfig | None = None):
         self.loop = loop
         self.credit_based = credit_based
+        self.handshake = handshake if handshake is not None else HandshakeConfig()
         self.segment_size = segment_size
         self.max_frame_length = max_frame_length
         self.connect_timeout = connect_timeout

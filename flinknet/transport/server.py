@@ -15,12 +15,15 @@ import errno
 import logging
 import selectors
 import socket
+import ssl
+import threading
 from collections import deque
 
 from flinknet._core import protocol as P
 from flinknet._core.buffer import DataType
 from flinknet.errors import PartitionNotFoundError
 from flinknet.ids import ResultPartitionID, ResultSubpartitionIndexSet
+from flinknet.transport.handshake import HandshakeConfig, HandshakeError, server_handshake
 
 __all__ = ["TransportServer", "ServerConnection"]
 
@@ -31,6 +34,9 @@ _EVENT_TYPES = frozenset(t for t in DataType if t.is_event)
 _RECV_SIZE = 256 * 1024
 _MAX_QUEUED_FRAMES = 64          # frames handed to sendmsg at once / held before the kernel takes them
 _IOV_MAX = 1024
+_TLS_CHUNK = 256 * 1024          # bytes per TLS write (TLS cannot gather: the parts are joined)
+_TLS_READS = 64                  # TLS records decrypted per readiness event at most
+_MAX_HANDSHAKES = 32             # connections handshaking at once; more are refused
 
 
 class _Reader:
@@ -85,6 +91,8 @@ class ServerConnection:
         self.out_frames = 0
         self.closed = False
         self.credit_based = server.credit_based
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self._tls_chunk = None   # a TLS write to retry with the same bytes
         self._recv_buf = bytearray(_RECV_SIZE)
         self._recv_view = memoryview(self._recv_buf)
         self._writing = False
@@ -100,16 +108,30 @@ class ServerConnection:
             self._write_loop()
 
     def _on_readable(self) -> None:
+        if self.tls:
+            # A TLS socket hands out one record per read; what it decrypted stays invisible to
+            # the selector, so read until it has nothing more (bounded per event).
+            for _ in range(_TLS_READS):
+                if not self._read_once() or self.closed or not self.sock.pending():
+                    break
+        else:
+            self._read_once()
+
+    def _read_once(self) -> bool:
         try:
             n = self.sock.recv_into(self._recv_buf)
-        except (BlockingIOError, InterruptedError):
-            return
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
         except OSError as err:
             self.close(f"connection error: {err}")
-            return
+            return False
         if n == 0:
             self.close("the client closed the connection")
-            return
+            return False
+        self._on_bytes(n)
+        return True
+
+    def _on_bytes(self, n: int) -> None:
         try:
             messages = self.decoder.feed(self._recv_view[:n])
         except P.CorruptFrameError as err:
@@ -302,6 +324,8 @@ class ServerConnection:
 
     def _flush(self) -> bool:
         """Send queued parts; True when everything went, False when the kernel is full."""
+        if self.tls:
+            return self._flush_tls()
         out = self.out
         while out:
             parts = []
@@ -320,24 +344,64 @@ class ServerConnection:
                 return False
             # The slices export the buffers' memory: drop them before any buffer is recycled.
             del parts
-            while sent and out:
-                entry = out[0]
-                data, offset, buffer = entry
-                left = len(data) - offset
-                if sent >= left:
-                    sent -= left
-                    out.popleft()
-                    if buffer is not None:
-                        data.release()
-                        buffer.recycle()
-                    else:
-                        self.out_frames -= 1
-                else:
-                    entry[1] = offset + sent
-                    sent = 0
+            self._consume(sent)
             if out:
                 self.loop.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_event)
                 return False
+        self.loop.modify(self.sock, selectors.EVENT_READ, self._on_event)
+        return True
+
+    def _consume(self, sent: int) -> None:
+        """``sent`` bytes of the queued parts went: pop them, recycling finished buffers."""
+        out = self.out
+        while sent and out:
+            entry = out[0]
+            data, offset, buffer = entry
+            left = len(data) - offset
+            if sent >= left:
+                sent -= left
+                out.popleft()
+                if buffer is not None:
+                    data.release()
+                    buffer.recycle()
+                else:
+                    self.out_frames -= 1
+            else:
+                entry[1] = offset + sent
+                sent = 0
+
+    def _flush_tls(self) -> bool:
+        """TLS cannot gather: join up to 256 KiB of parts and write them (a write TLS could not
+        finish is retried with the very same bytes, as OpenSSL requires)."""
+        out = self.out
+        while out or self._tls_chunk is not None:
+            chunk = self._tls_chunk
+            if chunk is None:
+                pieces, size = [], 0
+                for data, offset, _ in out:
+                    piece = memoryview(data)[offset:offset + _TLS_CHUNK - size]
+                    pieces.append(piece)
+                    size += len(piece)
+                    if size >= _TLS_CHUNK:
+                        break
+                chunk = b"".join(pieces)
+                for piece in pieces:
+                    piece.release()
+                del pieces
+            try:
+                sent = self.sock.send(chunk)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                self._tls_chunk = chunk
+                self.loop.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_event)
+                return False
+            except OSError as err:
+                self._tls_chunk = None
+                self.close(f"send failed: {err}")
+                return False
+            self._tls_chunk = None
+            self._consume(sent)
+            if sent < len(chunk):   # not expected without partial writes; keep the rest
+                self._tls_chunk = chunk[sent:]
         self.loop.modify(self.sock, selectors.EVENT_READ, self._on_event)
         return True
 
@@ -386,12 +450,17 @@ class TransportServer:
     """Listens on ``host:port`` and serves the partitions of ``partition_manager``."""
 
     def __init__(self, loop, partition_manager, host: str = "127.0.0.1", port: int = 0,
-                 max_frame_length: int = P.DEFAULT_MAX_FRAME_LENGTH, credit_based: bool = True):
+                 max_frame_length: int = P.DEFAULT_MAX_FRAME_LENGTH, credit_based: bool = True,
+                 handshake: HandshakeConfig | None = None):
         self.loop = loop
         self.partition_manager = partition_manager
         self.max_frame_length = max_frame_length
         self.credit_based = credit_based
+        self.handshake = handshake if handshake is not None else HandshakeConfig()
         self.connections: set[ServerConnection] = set()
+        self._handshaking: set[socket.socket] = set()
+        self._hs_lock = threading.Lock()
+        self.handshakes_failed = 0
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -417,10 +486,49 @@ class TransportServer:
                 if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.warning("cannot accept a connection: %s", err)
                 return
-            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            self.connections.add(ServerConnection(self, sock, addr))
+            with self._hs_lock:
+                if len(self._handshaking) >= _MAX_HANDSHAKES:
+                    log.warning("refusing %s: %d handshakes in progress", addr, len(self._handshaking))
+                    sock.close()
+                    continue
+                self._handshaking.add(sock)
+            # The handshake (and TLS) runs on its own short-lived thread: the I/O thread never
+            # waits for a peer.
+            threading.Thread(target=self._handshake, args=(sock, addr), daemon=True,
+                             name=f"flinknet-handshake-{addr[1]}").start()
+
+    def _handshake(self, sock: socket.socket, addr) -> None:
+        try:
+            conn_sock = server_handshake(sock, self.handshake, addr)
+            conn_sock.setblocking(False)
+        except HandshakeError as err:
+            log.warning("dropping connection from %s: %s", addr, err)
+            with self._hs_lock:
+                self._handshaking.discard(sock)
+                self.handshakes_failed += 1
+            sock.close()
+            return
+        except BaseException as err:  # noqa: BLE001 (a thread must not die silently)
+            log.error("handshake with %s failed unexpectedly: %r", addr, err)
+            with self._hs_lock:
+                self._handshaking.discard(sock)
+                self.handshakes_failed += 1
+            sock.close()
+            return
+
+        def adopt():
+            with self._hs_lock:
+                self._handshaking.discard(sock)
+            if self._closed:
+                conn_sock.close()
+                return
+            self.connections.add(ServerConnection(self, conn_sock, addr))
+        try:
+            self.loop.call_soon_threadsafe(adopt)
+        except RuntimeError:  # the loop is stopping
+            conn_sock.close()
 
     def _check_timeouts(self) -> None:
         if self._closed:
@@ -440,6 +548,13 @@ class TransportServer:
             self.loop.cancel(self._timer)
             self.loop.unregister(self.sock)
             self.sock.close()
+            with self._hs_lock:
+                pending = list(self._handshaking)
+            for sock in pending:   # their threads fail at once and close them
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             for conn in list(self.connections):
                 conn.close("server shut down")
         self.loop.run_sync(_close)

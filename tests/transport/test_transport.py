@@ -15,6 +15,7 @@ from flinknet.environment import NetworkEnvironment
 from flinknet.errors import PartitionNotFoundError
 from flinknet.ids import ResultPartitionID
 from flinknet.transport import RemoteTransportError
+from flinknet.transport.handshake import HandshakeConfig, client_handshake
 from flinknet.writer import RecordWriter
 from tests.transport import procs
 
@@ -236,6 +237,7 @@ def test_bad_input_closes_only_that_connection(garbage):
         p = prod.create_result_partition(1)
         gate = cons.create_input_gate([(p.partition_id, 0, prod.address)])
         with socket.create_connection(prod.address, timeout=10) as s:
+            s = client_handshake(s, HandshakeConfig(), prod.address)   # past the handshake
             s.sendall(garbage)
             s.settimeout(10)
             data = b""

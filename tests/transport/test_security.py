@@ -1,0 +1,273 @@
+"""The handshake (protocol version, shared-secret challenge-response) and mutual TLS.
+
+A peer that fails either is dropped before a single frame is read; the server keeps serving
+everyone else; nothing leaks.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+import ssl
+import struct
+import threading
+import time
+
+import pytest
+
+from flinknet.consumer import RecordReader
+from flinknet.environment import NetworkEnvironment
+from flinknet.transport import RemoteTransportError
+from flinknet.transport.handshake import (
+    PROTOCOL_VERSION,
+    HandshakeConfig,
+    HandshakeError,
+    client_handshake,
+)
+from flinknet.writer import RecordWriter
+
+CERTS = pathlib.Path(__file__).parent / "certs"
+SMALL = {"taskmanager.memory.segment-size": "4kb", "taskmanager.memory.network.max": "1mb"}
+TLS = {"security.ssl.internal.enabled": True,
+       "security.ssl.internal.keystore": str(CERTS / "node.pem"),
+       "security.ssl.internal.truststore": str(CERTS / "ca.pem")}
+ROGUE = {"security.ssl.internal.enabled": True,
+         "security.ssl.internal.keystore": str(CERTS / "rogue-node.pem"),
+         "security.ssl.internal.truststore": str(CERTS / "ca.pem")}
+
+
+def _exchange(prod, cons, n=2000, size=300):
+    """Write ``n`` records of ``size`` bytes at ``prod``; read them at ``cons``; check them."""
+    p = prod.create_result_partition(1)
+    gate = cons.create_input_gate([(p.partition_id, 0, prod.address)])
+    records = [i.to_bytes(4, "big") * (size // 4) for i in range(n)]
+
+    def write():
+        with RecordWriter(p, timeout=1) as w:
+            for r in records:
+                w.emit(r, 0)
+        p.finish()
+        p.close()
+
+    t = threading.Thread(target=write)
+    t.start()
+    try:
+        with RecordReader(gate) as reader:
+            got = list(reader)
+    finally:
+        t.join(30)
+        gate.close()
+    assert got == records
+
+
+def _wait_whole(*envs):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not all(e.network_buffer_pool.is_whole() for e in envs):
+        time.sleep(0.01)
+    for e in envs:
+        assert e.network_buffer_pool.is_whole()
+
+
+def _wait_failed(server, count):
+    deadline = time.monotonic() + 5
+    while server.handshakes_failed < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.handshakes_failed >= count
+
+
+def test_default_handshake_then_frames():
+    with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
+        _exchange(prod, cons)
+        _wait_whole(prod, cons)
+        assert prod.server.handshakes_failed == 0
+
+
+def test_shared_secret_both_sides():
+    opts = dict(SMALL, **{"flinknet.network.shared-secret": "s3cret"})
+    with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
+        _exchange(prod, cons)
+        _wait_whole(prod, cons)
+
+
+@pytest.mark.parametrize("client_secret, message", [
+    ("wrong", "authentication failed"),
+    ("", "configuration mismatch"),
+])
+def test_wrong_or_missing_secret_is_refused_and_server_keeps_serving(client_secret, message):
+    good = dict(SMALL, **{"flinknet.network.shared-secret": "s3cret"})
+    bad = dict(SMALL, **{"flinknet.network.shared-secret": client_secret})
+    with NetworkEnvironment(good) as prod, NetworkEnvironment(bad) as intruder, \
+            NetworkEnvironment(good) as friend:
+        p = prod.create_result_partition(1)
+        gate = intruder.create_input_gate([(p.partition_id, 0, prod.address)])
+        with pytest.raises(RemoteTransportError, match=message) as info:
+            gate.get_next(timeout=10)
+        assert f"{prod.address[1]}" in str(info.value)
+        gate.close()
+        _wait_failed(prod.server, 1)
+        assert not prod.server.connections        # dropped before any frame
+        p.fail(RuntimeError("unused"))
+        _exchange(prod, friend)                   # everyone else is still served
+        _wait_whole(prod, intruder, friend)
+
+
+def test_server_without_secret_refuses_client_with_one():
+    with NetworkEnvironment(SMALL) as prod, \
+            NetworkEnvironment(dict(SMALL, **{"flinknet.network.shared-secret": "x"})) as cons:
+        p = prod.create_result_partition(1)
+        gate = cons.create_input_gate([(p.partition_id, 0, prod.address)])
+        with pytest.raises(RemoteTransportError, match="configuration mismatch"):
+            gate.get_next(timeout=10)
+        gate.close()
+        p.fail(RuntimeError("unused"))
+        _wait_whole(prod, cons)
+
+
+def test_client_rejects_server_that_does_not_know_the_secret():
+    """Mutual: a fake server that accepts any proof cannot produce its own."""
+    lst = socket.create_server(("127.0.0.1", 0))
+    addr = lst.getsockname()
+
+    def fake_server():
+        conn, _ = lst.accept()
+        with conn:
+            conn.recv(43)
+            conn.sendall(struct.pack(">8sBHB32s", b"flinknet", 0, PROTOCOL_VERSION, 1, b"\x07" * 32))
+            conn.recv(32)
+            conn.sendall(b"\x00" + b"\x00" * 32)   # "ok", with a made-up proof
+            conn.recv(1)
+
+    t = threading.Thread(target=fake_server)
+    t.start()
+    try:
+        with socket.create_connection(addr, timeout=5) as s:
+            with pytest.raises(HandshakeError, match="does not know the shared secret"):
+                client_handshake(s, HandshakeConfig("s3cret"), addr)
+    finally:
+        t.join(10)
+        lst.close()
+
+
+@pytest.mark.parametrize("hello, status", [
+    (struct.pack(">8sHB32s", b"flinknet", 99, 0, b"\x00" * 32), 1),   # unknown version
+    (struct.pack(">8sHB32s", b"flinknet", PROTOCOL_VERSION, 1, b"\x00" * 32), 2),  # flags
+])
+def test_bad_hello_gets_a_reason_then_close(hello, status):
+    with NetworkEnvironment(SMALL) as prod:
+        with socket.create_connection(prod.address, timeout=10) as s:
+            s.sendall(hello)
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        magic, got_status, version, _flags, _nonce = struct.unpack_from(">8sBHB32s", data)
+        assert (magic, got_status, version) == (b"flinknet", status, PROTOCOL_VERSION)
+        (n,) = struct.unpack_from(">H", data, 44)
+        assert len(data) == 46 + n and n > 0
+        _wait_failed(prod.server, 1)
+        assert not prod.server.connections
+
+
+@pytest.mark.parametrize("garbage", [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\x00" * 20,           # another protocol
+    b"\x00\x00\x00\x1d\xba\xdc\x0f\xfe\x06" + b"\x01" * 40,          # frames without a handshake
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,  # a TLS ClientHello
+])
+def test_garbage_before_the_handshake_is_dropped_without_reading_frames(garbage):
+    with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
+        with socket.create_connection(prod.address, timeout=10) as s:
+            s.sendall(garbage)
+            try:
+                while s.recv(4096):
+                    pass
+            except ConnectionResetError:   # closed with our bytes unread: a reset
+                pass
+        _wait_failed(prod.server, 1)
+        assert not prod.server.connections
+        _exchange(prod, cons)
+
+
+def test_silent_peer_is_dropped_after_the_handshake_timeout():
+    opts = dict(SMALL, **{"flinknet.network.handshake-timeout": "300 ms"})
+    with NetworkEnvironment(opts) as prod:
+        t0 = time.monotonic()
+        with socket.create_connection(prod.address, timeout=10) as s:
+            assert s.recv(1) == b""                  # the server gives up on us
+        assert time.monotonic() - t0 < 5
+        _wait_failed(prod.server, 1)
+
+
+def test_handshake_flood_is_bounded():
+    """More silent peers than the handshake limit: the extra ones are refused at once and the
+    server still serves a real client after the silent ones time out."""
+    opts = dict(SMALL, **{"flinknet.network.handshake-timeout": "500 ms"})
+    with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
+        socks = [socket.create_connection(prod.address, timeout=10) for _ in range(48)]
+        try:
+            time.sleep(0.2)
+            assert len(prod.server._handshaking) <= 32
+            threads = threading.active_count()
+            assert threads < 32 + 16
+        finally:
+            for s in socks:
+                s.close()
+        time.sleep(0.6)
+        _exchange(prod, cons)
+        _wait_whole(prod, cons)
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+def test_mutual_tls_exchange():
+    opts = dict(SMALL, **TLS)
+    with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
+        _exchange(prod, cons, n=3000, size=5000)        # records spanning buffers, TLS records
+        conn = next(iter(prod.server.connections))
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        assert conn.sock.getpeercert()["subject"] == ((("commonName", "flinknet test node"),),)
+        _wait_whole(prod, cons)
+
+
+def test_mutual_tls_with_secret_and_tcp_backpressure():
+    opts = dict(SMALL, **TLS, **{"flinknet.network.shared-secret": "s3cret",
+                                 "flinknet.network.flow-control": "tcp"})
+    with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
+        _exchange(prod, cons, n=3000, size=2000)
+        _wait_whole(prod, cons)
+
+
+@pytest.mark.parametrize("prod_opts, cons_opts", [
+    (TLS, ROGUE),            # the client presents a certificate the server does not trust
+    (ROGUE, TLS),            # the server presents a certificate the client does not trust
+])
+def test_untrusted_certificate_is_refused(prod_opts, cons_opts):
+    with NetworkEnvironment(dict(SMALL, **prod_opts)) as prod, \
+            NetworkEnvironment(dict(SMALL, **cons_opts)) as cons, \
+            NetworkEnvironment(dict(SMALL, **TLS)) as friend:
+        p = prod.create_result_partition(1)
+        gate = cons.create_input_gate([(p.partition_id, 0, prod.address)])
+        with pytest.raises(RemoteTransportError, match="TLS|closed|reset|certificate"):
+            gate.get_next(timeout=10)
+        gate.close()
+        _wait_failed(prod.server, 1)
+        assert not prod.server.connections
+        p.fail(RuntimeError("unused"))
+        if prod_opts is TLS:
+            _exchange(prod, friend)
+        _wait_whole(prod, cons, friend)
+
+
+def test_tls_on_one_side_only_is_a_mismatch():
+    with NetworkEnvironment(dict(SMALL, **TLS)) as prod, NetworkEnvironment(SMALL) as cons:
+        p = prod.create_result_partition(1)
+        gate = cons.create_input_gate([(p.partition_id, 0, prod.address)])
+        with pytest.raises(RemoteTransportError, match="configuration mismatch"):
+            gate.get_next(timeout=10)
+        gate.close()
+        p.fail(RuntimeError("unused"))
+
+
+def test_tls_misconfiguration_fails_before_allocating():
+    with pytest.raises(ValueError, match="keystore"):
+        NetworkEnvironment(dict(SMALL, **{"security.ssl.internal.enabled": True}))
+    with pytest.raises(FileNotFoundError):
+        NetworkEnvironment(dict(SMALL, **dict(TLS, **{"security.ssl.internal.truststore": "/nonexistent.pem"})))
