@@ -17,6 +17,9 @@ machine, and the ratio between them, so the numbers mean something on a shared, 
   and a local input channel (per record, batch, numpy), against a bounded ``queue.Queue`` between
   the same threads and beside Flink 2.3's recorded in-process figure (see
   :mod:`flinknet.bench_exchange`).
+* ``remote.*`` / ``latency.*``: a producer process → a consumer process over loopback TCP (credit-based
+  transport), against a raw Python socket and the socket ceiling measured in the same run and
+  beside Flink 2.3's recorded two-TaskManager figures (see :mod:`flinknet.bench_transport`).
 
 Each measurement is the best of several repeats (the least disturbed by other load).
 """
@@ -391,19 +394,30 @@ def bench_serialization(payload: int, records: int, repeats: int) -> list[Row]:
         nbp.destroy()
 
 
-def run(quick: bool = False) -> list[Row]:
+GROUPS = ("kernels", "local", "remote")
+
+
+def run(quick: bool = False, groups=GROUPS) -> list[Row]:
     scale = 0.2 if quick else 1.0
     repeats = 3 if quick else 7
     n = int(200_000 * scale)
-    rows = bench_pool(n, repeats)
-    for chunk in (16, 100, 1000):
-        rows.append(bench_append(chunk, n, repeats))
-    rows.append(bench_bulk_copy(int(20_000 * scale), repeats))
-    for payload in (8, 100, 1000):
-        rows += bench_serialization(payload, int((300_000 if payload < 1000 else 100_000) * scale), repeats)
-    from flinknet.bench_exchange import bench_local_exchange
+    rows = []
+    if "kernels" in groups:
+        rows += bench_pool(n, repeats)
+        for chunk in (16, 100, 1000):
+            rows.append(bench_append(chunk, n, repeats))
+        rows.append(bench_bulk_copy(int(20_000 * scale), repeats))
+        for payload in (8, 100, 1000):
+            rows += bench_serialization(payload, int((300_000 if payload < 1000 else 100_000) * scale),
+                                        repeats)
+    if "local" in groups:
+        from flinknet.bench_exchange import bench_local_exchange
 
-    rows += bench_local_exchange(quick=quick)
+        rows += bench_local_exchange(quick=quick)
+    if "remote" in groups:
+        from flinknet.bench_transport import bench_remote_exchange
+
+        rows += bench_remote_exchange(quick=quick)
     return rows
 
 
@@ -421,7 +435,7 @@ def format_table(rows: list[Row]) -> str:
         if row.note:
             lines.append(f"{'':<40} {'':>12}  {row.note}")
     lines.append("")
-    lines.append("ratio = flinknet / baseline (time per operation; below 1.00x flinknet is faster).")
+    lines.append("ratio = flinknet / baseline (time per operation or byte; below 1.00x flinknet is faster).")
     lines.append("records/s = 1e9 / (ns/rec).")
     return "\n".join(lines)
 
@@ -439,12 +453,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flinknet bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a few seconds)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument("--only", metavar="GROUP", action="append", choices=GROUPS,
+                        help=f"run only these groups (repeatable; default all: {', '.join(GROUPS)})")
     args = parser.parse_args(argv)
     env = environment()
     if env["debug_build"]:
         print("warning: this is a FLINKNET_DEBUG build; numbers are not representative", file=sys.stderr)
     t0 = time.perf_counter()
-    rows = run(quick=args.quick)
+    rows = run(quick=args.quick, groups=tuple(args.only or GROUPS))
     print(f"flinknet bench  (Python {env['python']}, {env['platform']})")
     print(format_table(rows))
     print(f"({time.perf_counter() - t0:.1f} s)")
