@@ -8,13 +8,17 @@ from flinknet.transport.client import (
     TransportError,
 )
 from flinknet.transport.eventloop import IOThread
+from flinknet.transport.handshake import PROTOCOL_VERSION, HandshakeConfig, HandshakeError
 from flinknet.transport.server import ServerConnection, TransportServer
 
 __all__ = [
     "ClientConnection",
     "ConnectionManager",
+    "HandshakeConfig",
+    "HandshakeError",
     "IOThread",
     "LocalTransportError",
+    "PROTOCOL_VERSION",
     "RemoteTransportError",
     "ServerConnection",
     "TransportError",
