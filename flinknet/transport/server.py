@@ -93,6 +93,8 @@ class ServerConnection:
         self.credit_based = server.credit_based
         self.tls = isinstance(sock, ssl.SSLSocket)
         self._tls_chunk = None   # a TLS write to retry with the same bytes
+        self._closing = False    # a fatal error is queued: send what is queued, then close
+        self._close_timer = None
         self._recv_buf = bytearray(_RECV_SIZE)
         self._recv_view = memoryview(self._recv_buf)
         self._writing = False
@@ -104,7 +106,9 @@ class ServerConnection:
         if mask & selectors.EVENT_READ and not self.closed:
             self._on_readable()
         if mask & selectors.EVENT_WRITE and not self.closed:
-            self._flush()
+            if self._flush() and self._closing:
+                self.close("fatal error sent")
+                return
             self._write_loop()
 
     def _on_readable(self) -> None:
@@ -132,16 +136,25 @@ class ServerConnection:
         return True
 
     def _on_bytes(self, n: int) -> None:
+        if self._closing:
+            return   # a fatal error is on its way: the rest of the input is not looked at
         try:
             messages = self.decoder.feed(self._recv_view[:n])
         except P.CorruptFrameError as err:
-            log.warning("closing connection from %s: %s", self.address, err)
+            # str(err): a logged exception object would keep this connection alive in handlers
+            log.warning("closing connection from %s: %s", self.address, str(err))
             self._send_fatal(err)
             return
         for msg in messages:
-            if self.closed:
+            if self.closed or self._closing:
                 return
-            self._handle(msg)
+            try:
+                self._handle(msg)
+            except Exception as err:  # noqa: BLE001 (Flink's respondWithError: fatal for the connection)
+                log.warning("closing connection from %s: %s: %s", self.address,
+                            type(err).__name__, str(err))
+                self._send_fatal(err)
+                return
         self._write_loop()
 
     # -- messages --------------------------------------------------------------------------
@@ -256,7 +269,7 @@ class ServerConnection:
         self._write_loop()
 
     def _write_loop(self) -> None:
-        if self._writing or self.closed:
+        if self._writing or self.closed or self._closing:
             return
         self._writing = True
         try:
@@ -408,12 +421,18 @@ class ServerConnection:
     # -- closing ---------------------------------------------------------------------------
 
     def _send_fatal(self, err: BaseException) -> None:
-        """A fatal ErrorResponse (no receiver), then close (best effort, non-blocking)."""
-        try:
-            self.sock.send(P.encode_error_response(type(err).__name__, str(err), None))
-        except OSError:
-            pass
-        self.close(f"fatal: {err}")
+        """A fatal ErrorResponse (no receiver) behind everything already queued (a half-sent frame
+        must complete, earlier answers must not be lost), then close: at once if the kernel takes
+        it all, else when it is drained or after 2 s. Nothing more is read or served meanwhile."""
+        if self.closed or self._closing:
+            return
+        self._closing = True
+        self.available.clear()
+        self._queue_frame(P.encode_error_response(type(err).__name__, str(err), None))
+        if self._flush():
+            self.close(f"fatal: {err}")
+        elif not self.closed:
+            self._close_timer = self.loop.call_later(2.0, self.close, f"fatal: {err} (not drained)")
 
     def _release_reader(self, reader: _Reader) -> None:
         if reader.pending_listener is not None:
@@ -426,6 +445,9 @@ class ServerConnection:
         if self.closed:
             return
         self.closed = True
+        if self._close_timer is not None:
+            self.loop.cancel(self._close_timer)
+            self._close_timer = None
         log.debug("server connection from %s closed: %s", self.address, reason)
         self.loop.unregister(self.sock)
         try:
@@ -460,6 +482,7 @@ class TransportServer:
         self.connections: set[ServerConnection] = set()
         self._handshaking: set[socket.socket] = set()
         self._hs_lock = threading.Lock()
+        self._accept_paused = False
         self.handshakes_failed = 0
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -489,38 +512,59 @@ class TransportServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             with self._hs_lock:
-                if len(self._handshaking) >= _MAX_HANDSHAKES:
-                    log.warning("refusing %s: %d handshakes in progress", addr, len(self._handshaking))
-                    sock.close()
-                    continue
                 self._handshaking.add(sock)
+                full = len(self._handshaking) >= _MAX_HANDSHAKES
+                if full:
+                    # Stop accepting (never refuse): further peers wait in the kernel's backlog
+                    # until a handshake ends (done, failed or timed out).
+                    self._accept_paused = True
             # The handshake (and TLS) runs on its own short-lived thread: the I/O thread never
             # waits for a peer.
             threading.Thread(target=self._handshake, args=(sock, addr), daemon=True,
                              name=f"flinknet-handshake-{addr[1]}").start()
+            if full:
+                log.warning("%d handshakes in progress: accepting again when one ends",
+                            _MAX_HANDSHAKES)
+                self.loop.unregister(self.sock)
+                return
+
+    def _handshake_ended(self, sock) -> None:
+        """Any thread: ``sock`` no longer handshakes; resume accepting if that was the limit."""
+        with self._hs_lock:
+            self._handshaking.discard(sock)
+            resume = self._accept_paused and len(self._handshaking) < _MAX_HANDSHAKES
+            if resume:
+                self._accept_paused = False
+        if resume:
+            self.loop.call_soon_threadsafe(self._resume_accept)
+
+    def _resume_accept(self) -> None:
+        if self._closed:
+            return
+        self.loop.register(self.sock, selectors.EVENT_READ, self._on_accept)
+        self._on_accept(selectors.EVENT_READ)
 
     def _handshake(self, sock: socket.socket, addr) -> None:
         try:
             conn_sock = server_handshake(sock, self.handshake, addr)
             conn_sock.setblocking(False)
         except HandshakeError as err:
-            log.warning("dropping connection from %s: %s", addr, err)
+            log.warning("dropping connection from %s: %s", addr, str(err))
             with self._hs_lock:
-                self._handshaking.discard(sock)
                 self.handshakes_failed += 1
             sock.close()
+            self._handshake_ended(sock)
             return
         except BaseException as err:  # noqa: BLE001 (a thread must not die silently)
-            log.error("handshake with %s failed unexpectedly: %r", addr, err)
+            log.error("handshake with %s failed unexpectedly: %s", addr, repr(err))
             with self._hs_lock:
-                self._handshaking.discard(sock)
                 self.handshakes_failed += 1
             sock.close()
+            self._handshake_ended(sock)
             return
 
         def adopt():
-            with self._hs_lock:
-                self._handshaking.discard(sock)
+            self._handshake_ended(sock)
             if self._closed:
                 conn_sock.close()
                 return
