@@ -897,7 +897,7 @@ def test_failing_message_handler_answers_and_closes_the_connection():
     not blocked: IllegalStateError "Should be blocked by checkpoint.") must be answered with an
     ErrorResponse and/or close the connection, as Flink's server handler does (respondWithError).
 
-    BUG: ServerConnection._on_readable lets the exception escape to the I/O loop's guard: the
+    Regression (found by this suite, fixed): ServerConnection._on_readable lets the exception escape to the I/O loop's guard: the
     connection stays open, nothing is answered, and the rest of the decoded messages are dropped
     (the AddCredit for an unknown receiver after it, itself fatal, is never seen)."""
     with NetworkEnvironment(SMALL) as prod:
@@ -918,7 +918,7 @@ def test_fatal_error_is_not_written_inside_a_partially_sent_frame():
     """When a bad frame arrives while a BufferResponse is half-written (the kernel's send buffer
     was full), the fatal ErrorResponse must go after that frame or not at all.
 
-    BUG: ServerConnection._send_fatal writes the ErrorResponse straight to the socket, ahead of
+    Regression (found by this suite, fixed): ServerConnection._send_fatal writes the ErrorResponse straight to the socket, ahead of
     the rest of the queued frame in ``self.out``: its bytes land inside the payload of the
     half-sent frame, the client's decoder reads them as payload (or as a corrupt header) and never
     sees the error."""
@@ -1014,7 +1014,7 @@ def test_idle_connections_do_not_lock_out_consumers():
     not keep consumers out: they are dropped after the handshake timeout, and a consumer
     connecting meanwhile is served (at the latest once they are gone).
 
-    BUG: TransportServer._on_accept (flinknet/transport/server.py) accepts at most
+    Regression (found by this suite, fixed): TransportServer._on_accept (flinknet/transport/server.py) accepts at most
     _MAX_HANDSHAKES (32) handshaking connections and *closes* every connection beyond that: 32
     silent sockets make every consumer fail at once with RemoteTransportError (connection reset
     during the handshake), for as long as they are renewed. The same cap refuses legitimate
