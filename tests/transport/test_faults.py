@@ -946,6 +946,8 @@ def test_fatal_error_is_not_written_inside_a_partially_sent_frame():
                 s.sendall(P.encode_partition_request(p.partition_id.to_bytes(), 0, 0, rid, 1 << 30))
 
                 def half_sent():   # the head of the send queue is the rest of a frame
+                    if len(prod.server.connections) != 1:
+                        return False   # not adopted yet: the handshake thread hands it over
                     (conn,) = prod.server.connections
                     return bool(conn.out) and (conn.out[0][1] > 0 or conn.out[0][2] is not None)
                 assert _wait_for(lambda: prod.loop.run_sync(half_sent), 10), "the server never blocked"
