@@ -39,6 +39,27 @@ BATCH = 1000
 FLINK_LOCAL_100B_RECORDS_PER_S = (9.18e6, 11.97e6)
 
 
+def emit_records(writer, record: bytes, n: int, api: str) -> None:
+    """Emit ``record`` ``n`` times to subpartition 0 through ``api``: "per-record" (a Python loop
+    calling ``emit``), "batch" (lists of :data:`BATCH` records) or "numpy" (arrays of them)."""
+    if api == "per-record":
+        emit = writer.emit
+        for _ in range(n):
+            emit(record, 0)
+        return
+    if api == "batch":
+        block, send = [record] * BATCH, writer.emit_batch
+    elif api == "numpy":
+        block, send = np.frombuffer(record * BATCH, dtype=np.dtype((np.void, len(record)))), writer.emit_array
+    else:
+        raise ValueError(f"unknown api {api!r}")
+    left = n
+    while left > 0:
+        k = min(BATCH, left)
+        send(block if k == BATCH else block[:k], 0)
+        left -= k
+
+
 def _run_flinknet(nbp, size: int, n: int, api: str) -> float:
     """Seconds for ``n`` records of ``size`` bytes from a producer thread to this thread."""
     manager = ResultPartitionManager()
@@ -54,24 +75,7 @@ def _run_flinknet(nbp, size: int, n: int, api: str) -> float:
         try:
             writer = RecordWriter(partition, timeout=100)
             start.wait()
-            if api == "per-record":
-                emit = writer.emit
-                for _ in range(n):
-                    emit(record, 0)
-            elif api == "batch":
-                chunk = [record] * BATCH
-                left = n
-                while left > 0:
-                    k = min(BATCH, left)
-                    writer.emit_batch(chunk if k == BATCH else chunk[:k], 0)
-                    left -= k
-            else:
-                arr = np.frombuffer(record * BATCH, dtype=np.dtype((np.void, size)))
-                left = n
-                while left > 0:
-                    k = min(BATCH, left)
-                    writer.emit_array(arr[:k], 0)
-                    left -= k
+            emit_records(writer, record, n, api)
             partition.finish()
             writer.close()
         except BaseException as err:  # noqa: BLE001

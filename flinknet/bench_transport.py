@@ -33,7 +33,8 @@ import time
 
 import numpy as np
 
-BATCH = 1000
+from flinknet.bench_exchange import BATCH, emit_records
+
 CHUNK = 32 * 1024
 BIG = 4 * 1024 * 1024
 
@@ -64,25 +65,9 @@ def _producer(q_out, q_in, size: int, n: int, api: str, timeout_ms: float, rate:
             record = bytes(range(256)) * (size // 256) + bytes(size % 256)
             with RecordWriter(p, timeout=timeout_ms) as writer:
                 q_in.get(timeout=120)   # go
-                if api == "per-record":
-                    emit = writer.emit
-                    for _ in range(n):
-                        emit(record, 0)
-                elif api == "batch":
-                    chunk = [record] * BATCH
-                    left = n
-                    while left > 0:
-                        k = min(BATCH, left)
-                        writer.emit_batch(chunk if k == BATCH else chunk[:k], 0)
-                        left -= k
-                elif api == "numpy":
-                    arr = np.frombuffer(record * BATCH, dtype=np.dtype((np.void, size)))
-                    left = n
-                    while left > 0:
-                        k = min(BATCH, left)
-                        writer.emit_array(arr[:k], 0)
-                        left -= k
-                else:  # "latency": paced, each record carries its send time
+                if api != "latency":
+                    emit_records(writer, record, n, api)
+                else:  # paced, each record carries its send time
                     pad = bytes(size - _TS.size)
                     interval = 1.0 / rate
                     now = time.perf_counter
