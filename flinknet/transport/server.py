@@ -42,12 +42,13 @@ _MAX_HANDSHAKES = 32             # connections handshaking at once; more are ref
 class _Reader:
     """One receiver's view of one subpartition (CreditBasedSequenceNumberingViewReader)."""
 
-    __slots__ = ("conn", "receiver_id", "credit", "initial_credit", "view", "queued", "released",
-                 "pending_listener")
+    __slots__ = ("conn", "receiver_id", "subpartition", "credit", "initial_credit", "view", "queued",
+                 "released", "pending_listener")
 
-    def __init__(self, conn, receiver_id: bytes, initial_credit: int):
+    def __init__(self, conn, receiver_id: bytes, initial_credit: int, subpartition: int = 0):
         self.conn = conn
         self.receiver_id = receiver_id
+        self.subpartition = subpartition   # the requested subpartition, sent in every BufferResponse
         self.credit = initial_credit
         self.initial_credit = initial_credit
         self.view = None
@@ -214,7 +215,7 @@ class ServerConnection:
         except ValueError as err:
             self._queue_frame(P.encode_error_response(type(err).__name__, str(err), msg.receiver_id))
             return
-        reader = _Reader(self, msg.receiver_id, msg.credit)
+        reader = _Reader(self, msg.receiver_id, msg.credit, msg.start_index)
         self.readers[msg.receiver_id] = reader
 
         def on_view(view, error):  # any thread
@@ -314,7 +315,7 @@ class ServerConnection:
             not self.credit_based or reader.credit > 0 or next_type in _EVENT_TYPES)
         size = buffer.readable_bytes
         header = P.encode_buffer_response_header(
-            reader.receiver_id, view.subpartition.index if hasattr(view, "subpartition") else 0,
+            reader.receiver_id, reader.subpartition,
             nxt.sequence_number, nxt.buffers_in_backlog, data_type, buffer.is_compressed, size)
         self.out.append([header, 0, None])
         if size:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from flinknet._core import protocol as P
+from flinknet._core.buffer import DataType
 from flinknet.consumer import RecordReader
 from flinknet.environment import NetworkEnvironment
 from flinknet.errors import PartitionNotFoundError
@@ -257,3 +258,24 @@ def test_bad_input_closes_only_that_connection(garbage):
         with RecordReader(gate) as r:
             assert list(r) == [b"%d" % i for i in range(100)]
         gate.close()
+
+
+def test_buffer_responses_carry_the_requested_subpartition():
+    with NetworkEnvironment(SMALL) as prod:
+        p = prod.create_result_partition(3)
+        with RecordWriter(p, timeout=0) as w:
+            w.emit(b"for two", 2)
+        p.finish()
+        rid = b"\x05" * 16
+        with socket.create_connection(prod.address, timeout=10) as s:
+            s = client_handshake(s, HandshakeConfig(), prod.address)
+            s.sendall(P.encode_partition_request(p.partition_id.to_bytes(), 2, 2, rid, 2))
+            decoder = P.FrameDecoder(side="client")
+            msgs = []
+            while len(msgs) < 2:     # the record's buffer, then EndOfPartition
+                msgs += decoder.feed(s.recv(65536))
+            decoder.close()
+        assert [(m.receiver_id, m.subpartition_id, m.sequence_number) for m in msgs[:2]] == \
+            [(rid, 2, 0), (rid, 2, 1)]
+        assert msgs[0].data_type == DataType.DATA_BUFFER and msgs[0].size == 11
+        p.close()
