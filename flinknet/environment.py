@@ -92,7 +92,10 @@ class NetworkEnvironment:
         pool = None
         if n_remote:
             # Flink's gate pool (§2.4): floating buffers, at least one.
-            pool = self.network_buffer_pool.create_buffer_pool(1, max(1, cfg.floating_buffers_per_gate))
+            # No overdraft on the input side (Flink gives overdraft buffers to output pools only):
+            # a gate never holds more than its floating buffers.
+            pool = self.network_buffer_pool.create_buffer_pool(
+                1, max(1, cfg.floating_buffers_per_gate), max_overdraft_buffers=0)
         gate = SingleInputGate(gate_index, owning_task_name, pool)
         channels = []
         try:
