@@ -178,8 +178,19 @@ class LocalInputChannel(InputChannel):
         self._lock = threading.Lock()
         self._released = False
 
-    # -- BufferAvailabilityListener --------------------------------------------------------
+    # -- metrics ---------------------------------------------------------------------------
 
+    def get_number_of_queued_buffers(self) -> int:
+        """Buffers queued in the producer's subpartition (Flink: local channels report the
+        producer side's queue for ``inputQueueLength``)."""
+        view = self._view
+        return view.get_number_of_queued_buffers() if view is not None else 0
+
+    def get_size_of_queued_buffers(self) -> int:
+        """Local channels report 0 bytes, as Flink."""
+        return 0
+
+    # -- BufferAvailabilityListener --------------------------------------------------------
     def notify_data_available(self, view) -> None:
         self.notify_channel_non_empty()
 

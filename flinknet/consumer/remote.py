@@ -199,6 +199,24 @@ class RemoteInputChannel(InputChannel):
         if before == 0 and client is not None:
             client.notify_credit_available(self)
 
+    # -- metrics (Flink's unsynchronizedGet...: approximate reads, no lock) -------------------
+
+    def get_number_of_queued_buffers(self) -> int:
+        """Received buffers waiting for the task (``inputQueueLength``)."""
+        return len(self._received)
+
+    def get_size_of_queued_buffers(self) -> int:
+        """Bytes of the received buffers waiting for the task (``inputQueueSize``)."""
+        return sum(b.readable_bytes for b in list(self._received))
+
+    def get_exclusive_buffers_used(self) -> int:
+        """Exclusive buffers not free: ``max(0, initial credit - free exclusive)``."""
+        return max(0, self.initial_credit - len(self._exclusive_segments))
+
+    def get_floating_buffers_available(self) -> int:
+        """Floating buffers this channel holds free (they count as idle for the gate's usage)."""
+        return len(self._floating)
+
     def take_unannounced_credit(self) -> int:
         with self._lock:
             credit, self._unannounced_credit = self._unannounced_credit, 0

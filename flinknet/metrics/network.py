@@ -1,0 +1,158 @@
+"""Flink's network metrics (``io.network.metrics``), with Flink's names and definitions.
+
+=========================================  ====================================================
+Flink                                      flinknet
+=========================================  ====================================================
+``NettyShuffleMetricFactory``              :func:`register_network_buffer_pool_metrics`,
+                                           :func:`register_output_metrics`,
+                                           :func:`register_input_metrics`
+``OutputBufferPoolUsageGauge``             :func:`out_pool_usage`
+``OutputBuffersGauge``                     :func:`output_queue_length`
+``FloatingBuffersUsageGauge``              :func:`input_floating_buffers_usage`
+``ExclusiveBuffersUsageGauge``             :func:`input_exclusive_buffers_usage`
+``CreditBasedInputBuffersUsageGauge``      :func:`in_pool_usage`
+``InputBuffersGauge`` / ``…SizeGauge``     :func:`input_queue_length` / :func:`input_queue_size`
+=========================================  ====================================================
+
+Groups, as Flink registers them: ``<scope>.Shuffle.Netty.{TotalMemorySegments, …}`` for the
+process's :class:`~flinknet.NetworkBufferPool`, ``<task>.Shuffle.Netty.Output.Buffers.*`` and
+``<task>.Shuffle.Netty.Input.Buffers.*`` for a task's partitions and gates. Every gauge is
+computed when read (best effort, without locks, as Flink's ``unsynchronizedGet…``).
+"""
+
+from __future__ import annotations
+
+from flinknet.metrics.registry import MetricGroup
+
+__all__ = [
+    "in_pool_usage", "input_exclusive_buffers_usage", "input_floating_buffers_usage",
+    "input_queue_length", "input_queue_size", "out_pool_usage", "output_queue_length",
+    "register_input_metrics", "register_network_buffer_pool_metrics", "register_output_metrics",
+]
+
+
+def _pool(partition):
+    try:
+        return partition.buffer_pool
+    except Exception:  # noqa: BLE001 (not set up yet, or released)
+        return None
+
+
+# -- output --------------------------------------------------------------------------------
+
+def out_pool_usage(partitions) -> float:
+    """Σ used buffers ÷ Σ current pool sizes over the partitions (0 without pools); above 1.0
+    while overdraft buffers are held."""
+    used = total = 0
+    for p in partitions:
+        pool = _pool(p)
+        if pool is None or pool.is_destroyed:
+            continue
+        used += pool.used_buffers
+        total += pool.num_buffers
+    return used / total if total else 0.0
+
+
+def output_queue_length(partitions) -> int:
+    """Σ over subpartitions of the buffers queued for consumers (the unfinished tail included)."""
+    return sum(p.get_number_of_queued_buffers() for p in partitions)
+
+
+def register_output_metrics(task_group: MetricGroup, partitions) -> MetricGroup:
+    """``<task>.Shuffle.Netty.Output.Buffers.{outPoolUsage, outputQueueLength}``."""
+    partitions = list(partitions)
+    g = task_group.add_group("Shuffle").add_group("Netty").add_group("Output").add_group("Buffers")
+    g.gauge("outPoolUsage", lambda: out_pool_usage(partitions))
+    g.gauge("outputQueueLength", lambda: output_queue_length(partitions))
+    return g
+
+
+# -- input ---------------------------------------------------------------------------------
+
+def _remote_channels(gates):
+    from flinknet.consumer.remote import RemoteInputChannel
+
+    for gate in gates:
+        for ch in gate.input_channels:
+            if isinstance(ch, RemoteInputChannel):
+                yield ch
+
+
+def _floating_used_total(gates) -> tuple[int, int]:
+    used = total = 0
+    for gate in gates:
+        pool = gate.buffer_pool
+        if pool is None or pool.is_destroyed:
+            continue
+        idle_in_channels = sum(ch.get_floating_buffers_available() for ch in _remote_channels([gate]))
+        used += max(0, pool.used_buffers - idle_in_channels)
+        total += pool.num_buffers
+    return used, total
+
+
+def _exclusive_used_total(gates) -> tuple[int, int]:
+    used = total = 0
+    for ch in _remote_channels(gates):
+        used += ch.get_exclusive_buffers_used()
+        total += ch.initial_credit
+    return used, total
+
+
+def input_floating_buffers_usage(gates) -> float:
+    """Per gate: used = max(0, gate pool used − floating buffers idle in its channels), total =
+    the gate pool's size; summed over gates, used ÷ total (0 without floating buffers)."""
+    used, total = _floating_used_total(gates)
+    return used / total if total else 0.0
+
+
+def input_exclusive_buffers_usage(gates) -> float:
+    """Σ max(0, initial credit − free exclusive) ÷ Σ initial credit over remote channels."""
+    used, total = _exclusive_used_total(gates)
+    return used / total if total else 0.0
+
+
+def in_pool_usage(gates) -> float:
+    """(floating used + exclusive used) ÷ (floating total + exclusive total)."""
+    fu, ft = _floating_used_total(gates)
+    eu, et = _exclusive_used_total(gates)
+    return (fu + eu) / (ft + et) if ft + et else 0.0
+
+
+def input_queue_length(gates) -> int:
+    """Σ over channels of queued buffers (local channels: the producer subpartition's queue)."""
+    return sum(ch.get_number_of_queued_buffers() for g in gates for ch in g.input_channels
+               if hasattr(ch, "get_number_of_queued_buffers"))
+
+
+def input_queue_size(gates) -> int:
+    """Σ bytes queued in remote channels (local channels report 0)."""
+    return sum(ch.get_size_of_queued_buffers() for ch in _remote_channels(gates))
+
+
+def register_input_metrics(task_group: MetricGroup, gates) -> MetricGroup:
+    """``<task>.Shuffle.Netty.Input.Buffers.{inPoolUsage, inputFloatingBuffersUsage,
+    inputExclusiveBuffersUsage, inputQueueLength, inputQueueSize}``."""
+    gates = list(gates)
+    g = task_group.add_group("Shuffle").add_group("Netty").add_group("Input").add_group("Buffers")
+    g.gauge("inPoolUsage", lambda: in_pool_usage(gates))
+    g.gauge("inputFloatingBuffersUsage", lambda: input_floating_buffers_usage(gates))
+    g.gauge("inputExclusiveBuffersUsage", lambda: input_exclusive_buffers_usage(gates))
+    g.gauge("inputQueueLength", lambda: input_queue_length(gates))
+    g.gauge("inputQueueSize", lambda: input_queue_size(gates))
+    return g
+
+
+# -- the process's buffer pool -------------------------------------------------------------
+
+def register_network_buffer_pool_metrics(group: MetricGroup, nbp) -> MetricGroup:
+    """``<scope>.Shuffle.Netty.{Total,Available,Used}MemorySegments``, ``…Memory`` (bytes) and
+    ``RequestedMemoryUsage`` (percent of segments requested by pools, Flink's estimate)."""
+    g = group.add_group("Shuffle").add_group("Netty")
+    g.gauge("TotalMemorySegments", lambda: nbp.total_segments)
+    g.gauge("AvailableMemorySegments", lambda: nbp.available_segments)
+    g.gauge("UsedMemorySegments", lambda: nbp.used_segments)
+    g.gauge("TotalMemory", lambda: nbp.total_memory)
+    g.gauge("AvailableMemory", lambda: nbp.available_memory)
+    g.gauge("UsedMemory", lambda: nbp.used_memory)
+    g.gauge("RequestedMemoryUsage", lambda: nbp.estimated_requested_segments_usage)
+    return g

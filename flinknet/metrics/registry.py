@@ -1,0 +1,248 @@
+"""Metric groups with Flink's scopes, a registry that refreshes views, snapshots and reporters.
+
+A :class:`MetricGroup` is a scope (``taskmanager.<host>.<task>.<subtask>`` …) holding metrics
+by name; ``add_group("Shuffle").add_group("Netty")`` builds Flink's nested groups, and a metric's
+identifier is its scope and name joined by dots, as Flink's default delimiter
+(``taskmanager.tm-1.Source.0.Shuffle.Netty.Output.Buffers.outPoolUsage``).
+
+:class:`MetricRegistry` owns the root groups, refreshes every view (meters, timer gauges) each
+:data:`~flinknet.metrics.core.UPDATE_INTERVAL_SECONDS` on one daemon thread (Flink's
+``ViewUpdater``), gives frameworks a :meth:`~MetricRegistry.snapshot` (a dict) and calls
+subscribed reporters with each new snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from flinknet.metrics.core import UPDATE_INTERVAL_SECONDS, Counter, Gauge, MeterView, View
+
+__all__ = ["MetricGroup", "MetricRegistry", "Reporter", "backpressure_level",
+           "BACKPRESSURE_LOW_THRESHOLD", "BACKPRESSURE_HIGH_THRESHOLD"]
+
+log = logging.getLogger(__name__)
+
+#: Flink 1.13+ (JobVertexBackPressureHandler): OK <= 0.10 < LOW <= 0.5 < HIGH.
+BACKPRESSURE_LOW_THRESHOLD = 0.10
+BACKPRESSURE_HIGH_THRESHOLD = 0.5
+
+
+def backpressure_level(ratio: float) -> str:
+    """``"OK"``, ``"LOW"`` or ``"HIGH"`` for a back-pressured time ratio in [0, 1] (a task's
+    ``backPressuredTimeMsPerSecond / 1000``; a vertex uses the maximum over its subtasks)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or math.isnan(ratio):
+        raise ValueError(f"the back-pressure ratio must be a number, got {ratio!r}")
+    if ratio <= BACKPRESSURE_LOW_THRESHOLD:
+        return "OK"
+    if ratio <= BACKPRESSURE_HIGH_THRESHOLD:
+        return "LOW"
+    return "HIGH"
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"a metric or group name must be a non-empty string without '.', got {name!r}")
+    return name
+
+
+class MetricGroup:
+    """A scope of metrics and subgroups (Flink's ``MetricGroup``)."""
+
+    def __init__(self, registry: "MetricRegistry", scope: tuple[str, ...]):
+        self.registry = registry
+        self.scope = scope
+        self._metrics: dict[str, Any] = {}
+        self._groups: dict[str, MetricGroup] = {}
+        self._lock = threading.Lock()
+
+    # -- registration ----------------------------------------------------------------------
+
+    def _add(self, name: str, metric):
+        _check_name(name)
+        with self._lock:
+            if name in self._metrics or name in self._groups:
+                raise ValueError(f"'{self.metric_identifier(name)}' is already registered")
+            self._metrics[name] = metric
+        if isinstance(metric, View):
+            self.registry._add_view(metric)
+        return metric
+
+    def counter(self, name: str, counter: Counter | None = None) -> Counter:
+        return self._add(name, counter if counter is not None else Counter())
+
+    def gauge(self, name: str, gauge: Gauge | Callable[[], Any]) -> Gauge:
+        """Register ``gauge`` (a :class:`Gauge`, a view such as a TimerGauge, or a callable)."""
+        if not isinstance(gauge, (Gauge, View)):
+            gauge = Gauge(gauge)
+        return self._add(name, gauge)
+
+    def meter(self, name: str, meter: MeterView) -> MeterView:
+        return self._add(name, meter)
+
+    def add_group(self, name: str) -> "MetricGroup":
+        """The subgroup ``name`` (created once, then shared)."""
+        _check_name(name)
+        with self._lock:
+            group = self._groups.get(name)
+            if group is None:
+                if name in self._metrics:
+                    raise ValueError(f"'{self.metric_identifier(name)}' is a metric, not a group")
+                group = self._groups[name] = MetricGroup(self.registry, self.scope + (name,))
+            return group
+
+    def remove(self) -> None:
+        """Unregister this group's metrics and subgroups (a task ended)."""
+        with self._lock:
+            metrics, groups = list(self._metrics.values()), list(self._groups.values())
+            self._metrics.clear()
+            self._groups.clear()
+        for m in metrics:
+            if isinstance(m, View):
+                self.registry._remove_view(m)
+        for g in groups:
+            g.remove()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def metric_identifier(self, name: str) -> str:
+        return ".".join(self.scope + (name,))
+
+    def get(self, name: str):
+        return self._metrics[name]
+
+    def items(self):
+        """``(identifier, metric)`` for this group and its subgroups, recursively."""
+        with self._lock:
+            metrics, groups = list(self._metrics.items()), list(self._groups.values())
+        for name, m in metrics:
+            yield self.metric_identifier(name), m
+        for g in groups:
+            yield from g.items()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {ident: value_of(m) for ident, m in self.items()}
+
+    def __repr__(self) -> str:
+        return f"MetricGroup({'.'.join(self.scope)})"
+
+
+def value_of(metric) -> Any:
+    """A metric's current value: counters their count, meters their rate, gauges their value."""
+    if isinstance(metric, Counter):
+        return metric.get_count()
+    if isinstance(metric, MeterView):
+        return metric.get_rate()
+    return metric.get_value()
+
+
+class Reporter:
+    """Receives each new snapshot (``report``) and is closed with the registry."""
+
+    def report(self, snapshot: dict[str, Any]) -> None:  # pragma: no cover (interface)
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class MetricRegistry:
+    """Root of all metric groups; refreshes views and feeds reporters.
+
+    ``MetricRegistry(update_interval=5.0, start=True)``: with ``start`` a daemon thread calls
+    :meth:`update` every ``update_interval`` seconds (Flink's cadence); tests drive
+    :meth:`update` by hand with ``start=False``.
+    """
+
+    def __init__(self, update_interval: float = float(UPDATE_INTERVAL_SECONDS), start: bool = True):
+        if not update_interval > 0:
+            raise ValueError(f"update_interval must be > 0, got {update_interval}")
+        self.update_interval = float(update_interval)
+        self._views: set[View] = set()
+        self._roots: dict[tuple, MetricGroup] = {}
+        self._reporters: list[Reporter | Callable[[dict], None]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="flinknet-metrics", daemon=True)
+            self._thread.start()
+
+    def group(self, *scope: str) -> MetricGroup:
+        """The root group for ``scope`` (e.g. ``("taskmanager", "tm-1", "Source", "0")``)."""
+        for part in scope:
+            _check_name(part)
+        if not scope:
+            raise ValueError("a scope needs at least one component")
+        with self._lock:
+            g = self._roots.get(scope)
+            if g is None:
+                g = self._roots[scope] = MetricGroup(self, tuple(scope))
+            return g
+
+    def _add_view(self, view: View) -> None:
+        with self._lock:
+            self._views.add(view)
+
+    def _remove_view(self, view: View) -> None:
+        with self._lock:
+            self._views.discard(view)
+
+    def subscribe(self, reporter: Reporter | Callable[[dict], None]) -> None:
+        """Call ``reporter`` (a :class:`Reporter` or a callable) with every new snapshot."""
+        if not isinstance(reporter, Reporter) and not callable(reporter):
+            raise TypeError("a reporter is a flinknet.metrics.Reporter or a callable")
+        with self._lock:
+            self._reporters.append(reporter)
+
+    def unsubscribe(self, reporter) -> None:
+        with self._lock:
+            self._reporters.remove(reporter)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every metric's identifier and current value."""
+        with self._lock:
+            roots = list(self._roots.values())
+        out: dict[str, Any] = {}
+        for g in roots:
+            out.update(g.snapshot())
+        return out
+
+    def update(self) -> dict[str, Any]:
+        """Refresh every view, then hand the snapshot to the reporters; returns it."""
+        with self._lock:
+            views = list(self._views)
+            reporters = list(self._reporters)
+        for v in views:
+            v.update()
+        snap = self.snapshot()
+        for r in reporters:
+            try:
+                (r.report if isinstance(r, Reporter) else r)(snap)
+            except Exception as err:  # noqa: BLE001 (a reporter never breaks the registry)
+                log.warning("metric reporter %r failed: %s", r, str(err))
+        return snap
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.update_interval):
+            self.update()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        with self._lock:
+            reporters = list(self._reporters)
+            self._reporters.clear()
+        for r in reporters:
+            if isinstance(r, Reporter):
+                r.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
