@@ -7,6 +7,7 @@ Flink                                  flinknet
 ``Gauge``                              :class:`Gauge`
 ``MeterView`` (``getRate``)            :class:`MeterView` (``get_rate``)
 ``TimerGauge``                         :class:`TimerGauge`
+``DescriptiveStatisticsHistogram``     :class:`Histogram`
 ``View.UPDATE_INTERVAL_SECONDS``       :data:`UPDATE_INTERVAL_SECONDS`
 ``MetricGroup`` / ``MetricRegistry``   :class:`MetricGroup` / :class:`MetricRegistry`
 =====================================  ==========================================
@@ -24,7 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["UPDATE_INTERVAL_SECONDS", "Counter", "Gauge", "MeterView", "TimerGauge", "View"]
+__all__ = ["UPDATE_INTERVAL_SECONDS", "Counter", "Gauge", "Histogram", "HistogramStatistics", "MeterView",
+           "TimerGauge", "View"]
 
 #: Flink's ``View.UPDATE_INTERVAL_SECONDS``: how often views are refreshed.
 UPDATE_INTERVAL_SECONDS = 5
@@ -76,21 +78,32 @@ class View:
         raise NotImplementedError
 
 
-def _span(time_span_seconds: int) -> int:
-    if not isinstance(time_span_seconds, int) or time_span_seconds <= 0:
+def _interval(update_interval) -> int:
+    if isinstance(update_interval, bool) or not isinstance(update_interval, int) or update_interval <= 0:
+        raise ValueError(f"update_interval must be a positive int (seconds), got {update_interval!r}")
+    return update_interval
+
+
+def _span(time_span_seconds: int, update_interval: int = UPDATE_INTERVAL_SECONDS) -> int:
+    if isinstance(time_span_seconds, bool) or not isinstance(time_span_seconds, int) or time_span_seconds <= 0:
         raise ValueError(f"time_span_seconds must be a positive int, got {time_span_seconds!r}")
     # Flink rounds down to a multiple of the update interval, at least one interval
-    return max(time_span_seconds - time_span_seconds % UPDATE_INTERVAL_SECONDS, UPDATE_INTERVAL_SECONDS)
+    return max(time_span_seconds - time_span_seconds % update_interval, update_interval)
 
 
 class MeterView(View):
     """Events per second over the last ``time_span_seconds`` (default 60), from a counter
-    sampled at every update (Flink's ``MeterView``)."""
+    sampled at every update (Flink's ``MeterView``).
 
-    def __init__(self, counter: Counter | None = None, time_span_seconds: int = 60) -> None:
+    ``update_interval`` (seconds, default Flink's 5) must match how often the registry calls
+    :meth:`update`; :meth:`MetricGroup.meter` takes it from the registry."""
+
+    def __init__(self, counter: Counter | None = None, time_span_seconds: int = 60,
+                 update_interval: int = UPDATE_INTERVAL_SECONDS) -> None:
         self.counter = counter if counter is not None else Counter()
-        self.time_span_seconds = _span(time_span_seconds)
-        self._values = [0] * (self.time_span_seconds // UPDATE_INTERVAL_SECONDS + 1)
+        self.update_interval = _interval(update_interval)
+        self.time_span_seconds = _span(time_span_seconds, self.update_interval)
+        self._values = [0] * (self.time_span_seconds // self.update_interval + 1)
         self._time = 0
         self._rate = 0.0
 
@@ -118,13 +131,16 @@ class TimerGauge(View):
     ``get_value()``: ms/s, clamped to [0, 1000]; ``get_max_single_measurement()``: the longest
     single period seen in the last update interval (a period spanning updates counts whole);
     ``get_accumulated_count()``: total ms since creation. ``clock`` returns milliseconds.
-    Thread-safe: the task marks, the updater updates.
+    Thread-safe: the task marks, the updater updates. ``update_interval`` as for
+    :class:`MeterView`.
     """
 
-    def __init__(self, clock: Callable[[], int] = _millis, time_span_seconds: int = UPDATE_INTERVAL_SECONDS) -> None:
+    def __init__(self, clock: Callable[[], int] = _millis, time_span_seconds: int = UPDATE_INTERVAL_SECONDS,
+                 update_interval: int = UPDATE_INTERVAL_SECONDS) -> None:
         self._clock = clock
-        self.time_span_seconds = _span(time_span_seconds)
-        self._values = [0] * (self.time_span_seconds // UPDATE_INTERVAL_SECONDS)
+        self.update_interval = _interval(update_interval)
+        self.time_span_seconds = _span(time_span_seconds, self.update_interval)
+        self._values = [0] * (self.time_span_seconds // self.update_interval)
         self._idx = 0
         self._full = False
         self._lock = threading.Lock()
@@ -168,7 +184,7 @@ class TimerGauge(View):
             self._idx = (self._idx + 1) % len(values)
             filled = len(values) if self._full else self._idx
             total = sum(values[:filled])
-            self._current_value = max(min(total // (UPDATE_INTERVAL_SECONDS * filled), 1000), 0)
+            self._current_value = max(min(total // (self.update_interval * filled), 1000), 0)
             self._previous_max = self._current_max
             self._current_count = 0
             self._current_max = 0
@@ -188,3 +204,101 @@ class TimerGauge(View):
 
     def is_measuring(self) -> bool:
         return self._start != 0
+
+
+class HistogramStatistics:
+    """A snapshot of a :class:`Histogram` (Flink's ``HistogramStatistics``)."""
+
+    __slots__ = ("_values", "count")
+
+    def __init__(self, values: list, count: int) -> None:
+        self._values = sorted(values)
+        self.count = count
+
+    def get_quantile(self, quantile: float) -> float:
+        """The ``quantile`` (0..1) of the window, interpolated as Flink's
+        ``DescriptiveStatisticsHistogram`` (Apache Commons Math's default percentile:
+        position ``q × (n + 1)``); NaN for an empty window."""
+        if not 0.0 <= quantile <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+        v = self._values
+        n = len(v)
+        if n == 0:
+            return float("nan")
+        pos = quantile * (n + 1)
+        if pos < 1:
+            return float(v[0])
+        if pos >= n:
+            return float(v[-1])
+        lo = int(pos)
+        frac = pos - lo
+        return float(v[lo - 1] + frac * (v[lo] - v[lo - 1]))
+
+    def get_values(self) -> list:
+        return list(self._values)
+
+    def size(self) -> int:
+        return len(self._values)
+
+    def get_min(self):
+        return self._values[0] if self._values else 0
+
+    def get_max(self):
+        return self._values[-1] if self._values else 0
+
+    def get_mean(self) -> float:
+        v = self._values
+        return sum(v) / len(v) if v else 0.0
+
+    def get_std_dev(self) -> float:
+        v = self._values
+        n = len(v)
+        if n < 2:
+            return 0.0
+        m = sum(v) / n
+        return (sum((x - m) ** 2 for x in v) / (n - 1)) ** 0.5
+
+    def as_dict(self) -> dict:
+        """``count``, ``min``, ``max``, ``mean``, ``stddev``, ``p50``, ``p75``, ``p95``,
+        ``p98``, ``p99``, ``p999`` (the quantiles Flink's reporters export)."""
+        q = self.get_quantile
+        return {"count": self.count, "min": self.get_min(), "max": self.get_max(),
+                "mean": self.get_mean(), "stddev": self.get_std_dev(), "p50": q(0.5),
+                "p75": q(0.75), "p95": q(0.95), "p98": q(0.98), "p99": q(0.99), "p999": q(0.999)}
+
+
+class Histogram:
+    """The last ``window_size`` values and the total count (Flink's
+    ``DescriptiveStatisticsHistogram``; latency histograms use a window of 128).
+
+    ``update(value)`` is O(1) (a ring); :meth:`get_statistics` sorts a copy of the window.
+    Thread-safe: the task updates, reporters read.
+    """
+
+    def __init__(self, window_size: int = 128) -> None:
+        if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size <= 0:
+            raise ValueError(f"window_size must be a positive int, got {window_size!r}")
+        self.window_size = window_size
+        self._ring: list = []
+        self._pos = 0
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def update(self, value) -> None:
+        with self._lock:
+            if len(self._ring) < self.window_size:
+                self._ring.append(value)
+            else:
+                self._ring[self._pos] = value
+                self._pos = (self._pos + 1) % self.window_size
+            self._count += 1
+
+    def get_count(self) -> int:
+        return self._count
+
+    def get_statistics(self) -> HistogramStatistics:
+        with self._lock:
+            return HistogramStatistics(list(self._ring), self._count)
+
+    def __repr__(self) -> str:
+        return f"Histogram(count={self._count}, window={self.window_size})"

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from flinknet.metrics.core import UPDATE_INTERVAL_SECONDS, Counter, Gauge, MeterView, View
+from flinknet.metrics.core import UPDATE_INTERVAL_SECONDS, Counter, Gauge, Histogram, MeterView, TimerGauge, View
 
 __all__ = ["MetricGroup", "MetricRegistry", "Reporter", "backpressure_level",
            "BACKPRESSURE_LOW_THRESHOLD", "BACKPRESSURE_HIGH_THRESHOLD"]
@@ -43,6 +43,14 @@ def backpressure_level(ratio: float) -> str:
     return "HIGH"
 
 
+def _component(value: str) -> str:
+    """A variable's value as one scope component (dots would split it)."""
+    value = str(value)
+    if not value:
+        raise ValueError("a scope variable needs a non-empty value")
+    return value.replace(".", "_")
+
+
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not name or "." in name:
         raise ValueError(f"a metric or group name must be a non-empty string without '.', got {name!r}")
@@ -52,9 +60,16 @@ def _check_name(name: str) -> str:
 class MetricGroup:
     """A scope of metrics and subgroups (Flink's ``MetricGroup``)."""
 
-    def __init__(self, registry: "MetricRegistry", scope: tuple[str, ...]):
+    def __init__(self, registry: "MetricRegistry", scope: tuple[str, ...],
+                 logical_scope: tuple[str, ...] | None = None, variables: dict[str, str] | None = None):
         self.registry = registry
         self.scope = scope
+        #: the scope with every variable's value left out (Flink's ``getLogicalScope``):
+        #: ``("taskmanager", "job", "task", "Shuffle", …)``; reporters name metrics by it.
+        self.logical_scope = scope if logical_scope is None else logical_scope
+        #: ``{"host": "…", "task_name": "…", …}`` (Flink's ``getAllVariables`` without the angle
+        #: brackets); reporters turn them into labels.
+        self.variables: dict[str, str] = dict(variables or {})
         self._metrics: dict[str, Any] = {}
         self._groups: dict[str, MetricGroup] = {}
         self._lock = threading.Lock()
@@ -80,18 +95,53 @@ class MetricGroup:
             gauge = Gauge(gauge)
         return self._add(name, gauge)
 
-    def meter(self, name: str, meter: MeterView) -> MeterView:
+    def meter(self, name: str, meter: MeterView | Counter, time_span_seconds: int = 60) -> MeterView:
+        """Register ``meter``; given a :class:`Counter` instead, a :class:`MeterView` over it
+        refreshed at the registry's interval (``time_span_seconds`` rounded down to it)."""
+        if isinstance(meter, Counter):
+            meter = MeterView(meter, max(time_span_seconds, self.registry.view_interval),
+                              update_interval=self.registry.view_interval)
+        elif not isinstance(meter, MeterView):
+            raise TypeError("a meter is a MeterView or the Counter it rates")
         return self._add(name, meter)
 
-    def add_group(self, name: str) -> "MetricGroup":
-        """The subgroup ``name`` (created once, then shared)."""
+    def timer_gauge(self, name: str, time_span_seconds: int | None = None) -> TimerGauge:
+        """A new :class:`TimerGauge` refreshed at the registry's interval (window: one interval
+        unless ``time_span_seconds`` says more)."""
+        iv = self.registry.view_interval
+        return self._add(name, TimerGauge(time_span_seconds=max(time_span_seconds or iv, iv),
+                                          update_interval=iv))
+
+    def histogram(self, name: str, histogram: "Histogram | None" = None) -> "Histogram":
+        return self._add(name, histogram if histogram is not None else Histogram())
+
+    def add_group(self, name: str, value: Any = None) -> "MetricGroup":
+        """The subgroup ``name`` (created once, then shared). With ``value``, Flink's key-value
+        group (``addGroup(key, value)``): the identifier gets ``name.value``, the logical scope
+        only ``name``, and the variable ``name`` is ``value``."""
         _check_name(name)
+        if value is not None:
+            key_group = self.add_group(name)
+            return key_group._value_group(name, str(value))
         with self._lock:
             group = self._groups.get(name)
             if group is None:
                 if name in self._metrics:
                     raise ValueError(f"'{self.metric_identifier(name)}' is a metric, not a group")
-                group = self._groups[name] = MetricGroup(self.registry, self.scope + (name,))
+                group = self._groups[name] = MetricGroup(
+                    self.registry, self.scope + (name,), self.logical_scope + (name,), self.variables)
+            return group
+
+    def _value_group(self, key: str, value: str) -> "MetricGroup":
+        component = _component(value)
+        with self._lock:
+            group = self._groups.get(component)
+            if group is None:
+                if component in self._metrics:
+                    raise ValueError(f"'{self.metric_identifier(component)}' is a metric, not a group")
+                group = self._groups[component] = MetricGroup(
+                    self.registry, self.scope + (component,), self.logical_scope,
+                    {**self.variables, key: value})
             return group
 
     def remove(self) -> None:
@@ -123,11 +173,40 @@ class MetricGroup:
         for g in groups:
             yield from g.items()
 
+    def collect(self):
+        """``(group, name, metric)`` for this group and its subgroups, recursively (reporters
+        read ``group.logical_scope`` and ``group.variables``)."""
+        with self._lock:
+            metrics, groups = list(self._metrics.items()), list(self._groups.values())
+        for name, m in metrics:
+            yield self, name, m
+        for g in groups:
+            yield from g.collect()
+
     def snapshot(self) -> dict[str, Any]:
-        return {ident: value_of(m) for ident, m in self.items()}
+        """``{identifier: value}``; a metric whose read raises is left out (and logged), so one
+        broken gauge never hides the others from reporters."""
+        out: dict[str, Any] = {}
+        for ident, m in self.items():
+            try:
+                out[ident] = value_of(m)
+            except Exception as err:  # noqa: BLE001 (a gauge is user code)
+                _log_failed_read(ident, err)
+        return out
 
     def __repr__(self) -> str:
         return f"MetricGroup({'.'.join(self.scope)})"
+
+
+_failed_reads: set[str] = set()
+
+
+def _log_failed_read(ident: str, err: BaseException) -> None:
+    # WARNING once per metric, DEBUG after that (a gauge failing every second must not flood logs).
+    level = logging.DEBUG if ident in _failed_reads else logging.WARNING
+    if len(_failed_reads) < 10_000:
+        _failed_reads.add(ident)
+    log.log(level, "reading metric %s failed: %s: %s", ident, type(err).__name__, err)
 
 
 def value_of(metric) -> Any:
@@ -136,6 +215,8 @@ def value_of(metric) -> Any:
         return metric.get_count()
     if isinstance(metric, MeterView):
         return metric.get_rate()
+    if isinstance(metric, Histogram):
+        return metric.get_statistics().as_dict()
     return metric.get_value()
 
 
@@ -158,9 +239,13 @@ class MetricRegistry:
     """
 
     def __init__(self, update_interval: float = float(UPDATE_INTERVAL_SECONDS), start: bool = True):
-        if not update_interval > 0:
-            raise ValueError(f"update_interval must be > 0, got {update_interval}")
+        if isinstance(update_interval, bool) or not isinstance(update_interval, (int, float)) \
+                or not update_interval > 0 or update_interval == float("inf"):
+            raise ValueError(f"update_interval must be a number of seconds > 0, got {update_interval!r}")
         self.update_interval = float(update_interval)
+        #: the interval (whole seconds, at least 1) that views built by the groups assume; a
+        #: registry updating every 1 s gives rates over 1-second buckets.
+        self.view_interval = max(1, round(update_interval))
         self._views: set[View] = set()
         self._roots: dict[tuple, MetricGroup] = {}
         self._reporters: list[Reporter | Callable[[dict], None]] = []
@@ -182,6 +267,45 @@ class MetricRegistry:
             if g is None:
                 g = self._roots[scope] = MetricGroup(self, tuple(scope))
             return g
+
+    def _root(self, scope: tuple, logical: tuple, variables: dict) -> MetricGroup:
+        with self._lock:
+            g = self._roots.get(scope)
+            if g is None:
+                g = self._roots[scope] = MetricGroup(self, scope, logical, variables)
+            return g
+
+    def task_manager_group(self, host: str = "localhost", tm_id: str = "tm-0") -> MetricGroup:
+        """Flink's TaskManager scope ``<host>.taskmanager.<tm_id>`` (logical ``taskmanager``;
+        variables ``host``, ``tm_id``): where the process's ``Shuffle.Netty`` pool metrics go."""
+        scope = (_component(host), "taskmanager", _component(tm_id))
+        return self._root(scope, ("taskmanager",), {"host": str(host), "tm_id": str(tm_id)})
+
+    def job_group(self, job_name: str = "job", host: str = "localhost", tm_id: str = "tm-0") -> MetricGroup:
+        """Flink's job scope on a TaskManager ``<host>.taskmanager.<tm_id>.<job_name>`` (logical
+        ``taskmanager.job``): where latency histograms go."""
+        scope = (_component(host), "taskmanager", _component(tm_id), _component(job_name))
+        return self._root(scope, ("taskmanager", "job"),
+                          {"host": str(host), "tm_id": str(tm_id), "job_name": str(job_name)})
+
+    def task_group(self, task_name: str, subtask_index: int, job_name: str = "job",
+                   host: str = "localhost", tm_id: str = "tm-0") -> MetricGroup:
+        """Flink's task scope ``<host>.taskmanager.<tm_id>.<job_name>.<task_name>.<subtask_index>``
+        (logical ``taskmanager.job.task``), with those five variables."""
+        if isinstance(subtask_index, bool) or not isinstance(subtask_index, int) or subtask_index < 0:
+            raise ValueError(f"subtask_index must be an int >= 0, got {subtask_index!r}")
+        scope = (_component(host), "taskmanager", _component(tm_id), _component(job_name),
+                 _component(task_name), str(subtask_index))
+        variables = {"host": str(host), "tm_id": str(tm_id), "job_name": str(job_name),
+                     "task_name": str(task_name), "subtask_index": str(subtask_index)}
+        return self._root(scope, ("taskmanager", "job", "task"), variables)
+
+    def collect(self):
+        """``(group, name, metric)`` for every registered metric (for reporters)."""
+        with self._lock:
+            roots = list(self._roots.values())
+        for g in roots:
+            yield from g.collect()
 
     def _add_view(self, view: View) -> None:
         with self._lock:

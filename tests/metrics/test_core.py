@@ -234,3 +234,16 @@ def test_registry_updater_thread_refreshes_views():
         while m.get_rate() == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert m.get_rate() == 2.0            # 10 events over a 5-second window
+
+
+def test_a_failing_gauge_is_left_out_of_snapshots_and_reporters_still_run(caplog):
+    reg = MetricRegistry(start=False)
+    g = reg.group("job")
+    g.gauge("broken", lambda: 1 / 0)
+    g.gauge("fine", lambda: 7)
+    seen = []
+    reg.subscribe(seen.append)
+    assert reg.update() == {"job.fine": 7}
+    assert seen == [{"job.fine": 7}]
+    assert "job.broken" in caplog.text and "ZeroDivisionError" in caplog.text
+    reg.close()
