@@ -30,6 +30,7 @@ __all__ = [
     "IntermediateDataSetID",
     "JobVertexID",
     "ExecutionGraphID",
+    "OperatorID",
     "IntermediateResultPartitionID",
     "ExecutionVertexID",
     "ExecutionAttemptID",
@@ -117,6 +118,10 @@ class JobVertexID(AbstractID):
 
 class ExecutionGraphID(AbstractID):
     """Identifies an execution graph."""
+
+
+class OperatorID(AbstractID):
+    """Identifies an operator (latency markers name their source operator by it)."""
 
 
 @dataclass(frozen=True, slots=True)

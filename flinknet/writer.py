@@ -26,10 +26,12 @@ build`` map to the snake_case names below; ``ChannelSelectorRecordWriter`` is
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import random
 import threading
+import time
 
 import numpy as np
 
@@ -55,6 +57,8 @@ DEFAULT_OUTPUT_FLUSH_THREAD_NAME = "OutputFlusher"
 DEFAULT_BUFFER_TIMEOUT = 100
 DISABLED_NETWORK_BUFFER_TIMEOUT = -1
 FLUSH_AFTER_EVERY_RECORD = 0
+# wait_available re-checks the partition (released, failed) at least this often.
+_AVAILABILITY_POLL_S = 0.1
 
 
 class OutputFlusherError(FlinknetError, OSError):
@@ -122,6 +126,8 @@ class RecordWriter:
         self._serializer = partition._serializer
         self._select = channel_selector.select_channel
         self._closed = False
+        #: a TimerGauge (softBackPressuredTimeMsPerSecond) marked by :meth:`wait_available`.
+        self.soft_back_pressure_timer = None
         self._flusher = None
         if timeout > 0 and not partition.partition_type.is_blocking:
             # Blocking partitions are batch: Flink disables the buffer timeout there.
@@ -218,7 +224,44 @@ class RecordWriter:
         return self._partition.is_available()
 
     def get_available_future(self):
+        """A future completed when the partition turns available (completed already if it is)."""
         return self._partition.get_available_future()
+
+    def wait_available(self, timeout: float | None = None) -> bool:
+        """Wait until the partition is available (Flink's task mailbox suspending on an
+        unavailable output): True once it is, False after ``timeout`` seconds.
+
+        The wait is *soft* back-pressure: it is timed by :attr:`soft_back_pressure_timer`
+        (``softBackPressuredTimeMsPerSecond`` when metrics are on), while a wait inside an emit
+        for a buffer is hard back-pressure. Raises if the writer or partition fails meanwhile.
+        """
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout >= 0):
+            raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+        self._check_errors()
+        partition = self._partition
+        if partition.is_available():
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        timer = self.soft_back_pressure_timer
+        if timer is not None:
+            timer.mark_start()
+        try:
+            while not partition.is_available():
+                wait = _AVAILABILITY_POLL_S
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        return False
+                try:
+                    partition.get_available_future().result(wait)
+                except concurrent.futures.TimeoutError:
+                    pass
+                self._check_errors()   # a released partition or failed flusher ends the wait
+            return True
+        finally:
+            if timer is not None:
+                timer.mark_end()
 
     def set_max_overdraft_buffers_per_gate(self, n: int) -> None:
         self._partition.buffer_pool.max_overdraft_buffers_per_gate = n

@@ -65,6 +65,8 @@ cdef class SpanningRecordSerializer:
     cdef readonly int64_t num_records_out
     # Nanoseconds spent blocked waiting for a buffer (hard backpressure).
     cdef readonly int64_t back_pressured_ns
+    # Optional TimerGauge marked around every blocking buffer request (hardBackPressuredTime).
+    cdef public object back_pressure_timer
     cdef bint _closed
 
     cdef BufferBuilder _new_builder(self, int target, Py_ssize_t partial, Py_ssize_t min_size,

@@ -65,6 +65,7 @@ class SpanningRecordSerializer:
     num_buffers_out: int
     num_records_out: int
     back_pressured_ns: int
+    back_pressure_timer: Any
     def __init__(self, pool: LocalBufferPool, num_subpartitions: int,
                  serializer: PayloadSerializer | str | np.dtype[Any], sink: BufferSink) -> None: ...
     def emit(self, record: Any, target: int) -> None: ...

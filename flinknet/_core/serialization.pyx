@@ -426,6 +426,7 @@ cdef class SpanningRecordSerializer:
         self._num_subpartitions = num_subpartitions
         self._builders = [None] * num_subpartitions
         self._broadcast_builder = None
+        self.back_pressure_timer = None
         self._closed = False
 
     cdef int _check_target(self, Py_ssize_t target) except -1:
@@ -452,11 +453,18 @@ cdef class SpanningRecordSerializer:
             self._finish_builder(BROADCAST)
         seg = self._pool.request_segment(channel)
         if seg is None:
+            # Hard back-pressure: the only place emitting waits. The timer (a TimerGauge, when
+            # metrics are on) is touched only here, never on the per-record path.
+            timer = self.back_pressure_timer
+            if timer is not None:
+                timer.mark_start()
             t0 = time.perf_counter_ns()
             try:
                 seg = self._pool._request_segment_blocking(channel, None)
             finally:
                 self.back_pressured_ns += time.perf_counter_ns() - t0
+                if timer is not None:
+                    timer.mark_end()
         b = BufferBuilder.create(seg, self._pool._recycler_for(channel))
         if target == BROADCAST:
             self._broadcast_builder = b

@@ -69,6 +69,9 @@ class InputChannel:
     :class:`~flinknet.errors.PartitionNotFoundError`). ``initial_backoff=0`` disables retries.
     """
 
+    #: whether buffers arrive over the network (numBytesInRemote) or from this process (…Local).
+    is_remote = False
+
     def __init__(self, input_gate, channel_index: int, partition_id: ResultPartitionID,
                  subpartition_index: int = 0, initial_backoff: int = DEFAULT_INITIAL_BACKOFF,
                  max_backoff: int = DEFAULT_MAX_BACKOFF):

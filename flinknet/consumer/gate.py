@@ -164,6 +164,13 @@ class SingleInputGate(InputGate):
         self._parent_listener = None  # a UnionInputGate's callback
         self.num_bytes_in = 0
         self.num_buffers_in = 0
+        # numBytesIn/numBuffersIn split by channel kind (Flink's ...Local / ...Remote).
+        self.num_bytes_in_local = 0
+        self.num_bytes_in_remote = 0
+        self.num_buffers_in_local = 0
+        self.num_buffers_in_remote = 0
+        #: a TimerGauge (idleTimeMsPerSecond) marked while get_next waits for input, or None.
+        self.idle_timer = None
 
     # -- construction ----------------------------------------------------------------------
 
@@ -339,15 +346,22 @@ class SingleInputGate(InputGate):
                 more_available = bool(self._queue)
             for f in futures:
                 _complete(f)
+            size = buffer.size
             self.num_buffers_in += 1
-            self.num_bytes_in += buffer.size
+            self.num_bytes_in += size
+            if channel.is_remote:
+                self.num_buffers_in_remote += 1
+                self.num_bytes_in_remote += size
+            else:
+                self.num_buffers_in_local += 1
+                self.num_bytes_in_local += size
             if data_type == _DATA_BUFFER:
                 return BufferOrEvent(buffer, None, channel.channel_info, more_available, buffer.size,
                                      more_priority, False)
             return self._transform_event(buffer, channel, more_available, more_priority)
 
-    def _get_channel(self, blocking: bool, deadline: float | None):
-        """Pop the head channel (under the lock), waiting if asked; None if nothing is ready."""
+    def _wait_for_channel(self, blocking: bool, deadline: float | None):
+        """Wait (under the lock) until a channel is queued: True, or None if nothing is ready."""
         queue = self._queue
         while not queue:
             if self._closed:
@@ -364,6 +378,23 @@ class SingleInputGate(InputGate):
                 if remaining <= 0 or not self._cond.wait(remaining):
                     if not queue:
                         raise TimeoutError("no buffer or event arrived before the timeout")
+        return True
+
+    def _get_channel(self, blocking: bool, deadline: float | None):
+        """Pop the head channel (under the lock), waiting if asked; None if nothing is ready."""
+        queue = self._queue
+        if not queue:
+            idle = self.idle_timer
+            if idle is not None and blocking:
+                idle.mark_start()
+                try:
+                    channel = self._wait_for_channel(blocking, deadline)
+                finally:
+                    idle.mark_end()
+            else:
+                channel = self._wait_for_channel(blocking, deadline)
+            if channel is None:
+                return None
         channel = queue.popleft()
         if self._num_priority:
             self._num_priority -= 1
@@ -541,6 +572,8 @@ class UnionInputGate(InputGate):
         self._enqueued: set[int] = set()
         self._priority: set[int] = set()  # gates in the queue's priority section (at its head)
         self._finished: set[int] = set()
+        #: a TimerGauge (idleTimeMsPerSecond) marked while get_next waits for input, or None.
+        self.idle_timer = None
         self._availability = _Availability()
         for g in gates:
             g._parent_listener = self._on_gate_available
@@ -588,24 +621,16 @@ class UnionInputGate(InputGate):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                while not self._queue:
-                    if len(self._finished) == len(self.gates):
-                        return None
-                    if any(g.is_closed for g in self.gates):
-                        raise CancelTaskError("Input gate is already closed.")
-                    if not blocking:
-                        self._availability.reset_unavailable()
-                        return None
-                    if deadline is None:
-                        self._cond.wait()
-                    else:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0 or not self._cond.wait(remaining):
-                            if not self._queue:
-                                raise TimeoutError("no buffer or event arrived before the timeout")
-                gate = self._queue.popleft()
-                self._enqueued.discard(gate.gate_index)
-                self._priority.discard(gate.gate_index)
+                idle = self.idle_timer if blocking and not self._queue else None
+                if idle is not None:
+                    idle.mark_start()
+                try:
+                    gate = self._wait_for_gate(blocking, deadline)
+                finally:
+                    if idle is not None:
+                        idle.mark_end()
+                if gate is None:
+                    return None
             try:
                 boe = gate.poll_next()
             except BaseException:
@@ -626,6 +651,28 @@ class UnionInputGate(InputGate):
                     self._availability.reset_unavailable()
                 boe.more_available = bool(self._queue)
             return boe
+
+    def _wait_for_gate(self, blocking: bool, deadline: float | None):
+        """Wait (under the lock) for a queued gate and pop it; None if nothing is ready."""
+        while not self._queue:
+            if len(self._finished) == len(self.gates):
+                return None
+            if any(g.is_closed for g in self.gates):
+                raise CancelTaskError("Input gate is already closed.")
+            if not blocking:
+                self._availability.reset_unavailable()
+                return None
+            if deadline is None:
+                self._cond.wait()
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._cond.wait(remaining):
+                    if not self._queue:
+                        raise TimeoutError("no buffer or event arrived before the timeout")
+        gate = self._queue.popleft()
+        self._enqueued.discard(gate.gate_index)
+        self._priority.discard(gate.gate_index)
+        return gate
 
     def _mark_finished(self, gate: SingleInputGate) -> None:
         fut = None

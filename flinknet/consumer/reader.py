@@ -52,6 +52,8 @@ class RecordReader:
         self._pending_pos = 0
         self._closed = False
         self.num_records_in = 0
+        #: the channel (InputChannelInfo) of the buffer or event the last batch came from.
+        self.last_channel_info = None
 
     def _deserializer(self, channel_info) -> RecordDeserializer:
         d = self._deserializers.get(channel_info)
@@ -73,6 +75,7 @@ class RecordReader:
         boe = self.gate.get_next(timeout) if blocking else self.gate.poll_next()
         if boe is None:
             return None
+        self.last_channel_info = boe.channel_info
         if boe.buffer is not None:
             records = self._deserializer(boe.channel_info).read_records(boe.buffer)
             self.num_records_in += len(records)
@@ -90,6 +93,7 @@ class RecordReader:
             boe = self.gate.get_next(timeout)
             if boe is None:
                 return None
+            self.last_channel_info = boe.channel_info
             if boe.buffer is not None:
                 arr = self._deserializer(boe.channel_info).read_array(boe.buffer, dtype)
                 self.num_records_in += len(arr)

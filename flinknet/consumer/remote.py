@@ -49,6 +49,8 @@ class RemoteInputChannel(InputChannel):
     """Reads subpartition ``subpartition_index`` of ``partition_id`` from the environment at
     ``address`` through the shared connection of ``connection_manager``."""
 
+    is_remote = True
+
     def __init__(self, input_gate, channel_index: int, partition_id, subpartition_index: int,
                  address, connection_manager, network_buffer_pool, initial_credit: int = 2,
                  initial_backoff: int = DEFAULT_INITIAL_BACKOFF, max_backoff: int = DEFAULT_MAX_BACKOFF):
@@ -72,6 +74,7 @@ class RemoteInputChannel(InputChannel):
         self._num_required = 0
         self._waiting_for_floating = False
         self._unannounced_credit = 0
+        self._sender_backlog = 0
         self._exclusive_recycler = _ExclusiveRecycler(self)
         self.num_bytes_in = 0
         self.num_buffers_in = 0
@@ -144,6 +147,7 @@ class RemoteInputChannel(InputChannel):
             if self._released:
                 return
             self._num_required = backlog + self.initial_credit
+            self._sender_backlog = backlog
             while self._available() < self._num_required and not self._waiting_for_floating:
                 if pool is None:
                     break
@@ -216,6 +220,20 @@ class RemoteInputChannel(InputChannel):
     def get_floating_buffers_available(self) -> int:
         """Floating buffers this channel holds free (they count as idle for the gate's usage)."""
         return len(self._floating)
+
+    def get_credit(self) -> int:
+        """Free buffers this channel holds for arriving data (exclusive and floating): the
+        credit the sender has been or is about to be given."""
+        return len(self._floating) + len(self._exclusive_segments)
+
+    def get_unannounced_credit(self) -> int:
+        """Credit gained since the last AddCredit (Flink's ``getUnannouncedCredit``)."""
+        return self._unannounced_credit
+
+    def get_sender_backlog(self) -> int:
+        """The backlog the sender reported with its last buffer (Flink's
+        ``getSenderBacklog``)."""
+        return self._sender_backlog
 
     def take_unannounced_credit(self) -> int:
         with self._lock:

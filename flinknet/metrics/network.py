@@ -8,6 +8,7 @@ Flink                                      flinknet
                                            :func:`register_input_metrics`
 ``OutputBufferPoolUsageGauge``             :func:`out_pool_usage`
 ``OutputBuffersGauge``                     :func:`output_queue_length`
+``OutputBuffersSizeGauge``                 :func:`output_queue_size`
 ``FloatingBuffersUsageGauge``              :func:`input_floating_buffers_usage`
 ``ExclusiveBuffersUsageGauge``             :func:`input_exclusive_buffers_usage`
 ``CreditBasedInputBuffersUsageGauge``      :func:`in_pool_usage`
@@ -26,7 +27,7 @@ from flinknet.metrics.registry import MetricGroup
 
 __all__ = [
     "in_pool_usage", "input_exclusive_buffers_usage", "input_floating_buffers_usage",
-    "input_queue_length", "input_queue_size", "out_pool_usage", "output_queue_length",
+    "input_queue_length", "input_queue_size", "out_pool_usage", "output_queue_length", "output_queue_size",
     "register_input_metrics", "register_network_buffer_pool_metrics", "register_output_metrics",
 ]
 
@@ -58,12 +59,18 @@ def output_queue_length(partitions) -> int:
     return sum(p.get_number_of_queued_buffers() for p in partitions)
 
 
+def output_queue_size(partitions) -> int:
+    """Σ over partitions of bytes written (records and events) minus bytes polled by consumers."""
+    return sum(p.get_size_of_queued_buffers() for p in partitions)
+
+
 def register_output_metrics(task_group: MetricGroup, partitions) -> MetricGroup:
-    """``<task>.Shuffle.Netty.Output.Buffers.{outPoolUsage, outputQueueLength}``."""
+    """``<task>.Shuffle.Netty.Output.Buffers.{outPoolUsage, outputQueueLength, outputQueueSize}``."""
     partitions = list(partitions)
     g = task_group.add_group("Shuffle").add_group("Netty").add_group("Output").add_group("Buffers")
     g.gauge("outPoolUsage", lambda: out_pool_usage(partitions))
     g.gauge("outputQueueLength", lambda: output_queue_length(partitions))
+    g.gauge("outputQueueSize", lambda: output_queue_size(partitions))
     return g
 
 

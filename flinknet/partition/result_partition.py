@@ -118,6 +118,7 @@ class ResultPartition:
         self._all_data_processed = Future()
         self._all_data_processed_acks = set()
         self.num_bytes_produced = [0] * num_subpartitions  # per-subpartition finished bytes
+        self._event_bytes_written = 0  # events enqueued (× subpartitions), for outputQueueSize
 
     @classmethod
     def create(cls, network_buffer_pool: NetworkBufferPool, num_subpartitions: int, *,
@@ -277,6 +278,8 @@ class ResultPartition:
         try:
             for sp in self.subpartitions:
                 sp.add(consumer.copy(), 0)
+            # Flink counts events in totalWrittenBytes (× subpartitions) for outputQueueSize.
+            self._event_bytes_written += consumer.written_bytes * self._num_subpartitions
         finally:
             consumer.close()
 
@@ -286,8 +289,10 @@ class ResultPartition:
         self._check_target(target_subpartition)
         self._serializer.finish_unicast_builder(target_subpartition)
         self._serializer.finish_broadcast_builder()
-        self.subpartitions[target_subpartition].add(
-            _events.to_buffer_consumer(event, is_priority), 0)
+        consumer = _events.to_buffer_consumer(event, is_priority)
+        size = consumer.written_bytes
+        self.subpartitions[target_subpartition].add(consumer, 0)
+        self._event_bytes_written += size
 
     def notify_end_of_data(self, stop_mode=_events.StopMode.NO_DRAIN) -> None:
         """Broadcast EndOfData once (Flink's ``notifyEndOfData``)."""
@@ -335,6 +340,12 @@ class ResultPartition:
         return self._serializer.serializer
 
     @property
+    def record_serializer(self):
+        """The :class:`~flinknet._core.serialization.SpanningRecordSerializer` framing this
+        partition's records (its counters feed numRecordsOut / numBytesOut / numBuffersOut)."""
+        return self._serializer
+
+    @property
     def is_finished(self) -> bool:
         return self._is_finished
 
@@ -376,6 +387,14 @@ class ResultPartition:
     def back_pressured_ns(self) -> int:
         """Nanoseconds spent blocked waiting for a buffer (hard backpressure)."""
         return self._serializer.back_pressured_ns
+
+    def get_size_of_queued_buffers(self) -> int:
+        """Bytes written (records and events) minus bytes consumers have polled (Flink's
+        ``getSizeOfQueuedBuffersUnsafe``, the ``outputQueueSize`` metric); approximate, no lock."""
+        polled = 0
+        for sp in self.subpartitions:
+            polled += max(0, getattr(sp, "total_number_of_bytes", 0))
+        return self._serializer.total_written_bytes + self._event_bytes_written - polled
 
     def get_number_of_queued_buffers(self, target_subpartition: int | None = None) -> int:
         if target_subpartition is None:

@@ -1,0 +1,306 @@
+"""A task's I/O metrics (Flink's ``TaskIOMetricGroup``), with Flink's names and definitions.
+
+=====================================================  =================================================
+Flink                                                  flinknet
+=====================================================  =================================================
+``TaskIOMetricGroup``                                  :class:`TaskIOMetrics`
+``numRecordsIn/Out``, ``numBytesIn/Out``, …            counters read from the Cython serializer, the
+                                                       readers and the gates (no per-record cost)
+``…PerSecond`` (``MeterView``)                         meters over those counters
+``idleTimeMsPerSecond``                                a :class:`~flinknet.metrics.TimerGauge` marked
+                                                       while a reader's gate waits for input
+``softBackPressuredTimeMsPerSecond``                   marked by
+                                                       :meth:`~flinknet.RecordWriter.wait_available`
+``hardBackPressuredTimeMsPerSecond``                   marked while an emit blocks for a buffer
+``backPressuredTimeMsPerSecond`` / ``busyTime…``       soft + hard / ``1000 − min(idle + bp, 1000)``
+``maxSoft/HardBackPressureTimeMs``                     the longest single wait in the last interval
+``accumulate{Idle,BackPressured,Busy}TimeMs``          totals since the task started
+``InputGateMetrics`` / ``ResultPartitionMetrics``      ``detailed=True``: per gate / partition queue
+                                                       lengths (Flink's ``detailed-metrics``)
+``Task.isBackPressured`` + the REST handler's level    :meth:`TaskIOMetrics.back_pressure_level`
+=====================================================  =================================================
+
+Counting is free on the data path: the record serializer (Cython) already counts records,
+bytes and buffers out; readers count records per batch and gates count buffers and bytes per
+buffer. Counters here are views summing those numbers when read; timers are marked only when a
+task actually waits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from flinknet.metrics.core import Counter, TimerGauge
+from flinknet.metrics.network import (
+    in_pool_usage,
+    input_exclusive_buffers_usage,
+    input_floating_buffers_usage,
+    input_queue_length,
+    input_queue_size,
+    out_pool_usage,
+    output_queue_length,
+    output_queue_size,
+)
+from flinknet.metrics.registry import MetricGroup, backpressure_level
+
+__all__ = ["TaskIOMetrics", "SumCounter"]
+
+
+class SumCounter(Counter):
+    """A counter whose count is computed when read (a sum over live sources); ``inc`` adds an
+    offset (counts kept after a source went away)."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[], int]) -> None:
+        super().__init__(0)
+        self._fn = fn
+
+    def get_count(self) -> int:
+        return self.count + self._fn()
+
+
+def _gates_of(gate) -> list:
+    """The SingleInputGates behind a gate (a UnionInputGate's members)."""
+    members = getattr(gate, "gates", None)
+    return list(members) if members is not None else [gate]
+
+
+class TaskIOMetrics:
+    """The I/O metrics of one task (one subtask), registered under ``group`` (normally
+    ``registry.task_group(task_name, subtask_index, …)``).
+
+    ``TaskIOMetrics(group, time_span_seconds=60, detailed=False)``; then
+    :meth:`register_writer` for each of the task's record writers and :meth:`register_reader`
+    for each record reader (or :meth:`register_partition` / :meth:`register_gate` for code that
+    uses partitions and gates directly). Meters and timer gauges average over
+    ``time_span_seconds`` (rounded down to the registry's update interval). :meth:`close`
+    unhooks the timers and unregisters everything.
+    """
+
+    def __init__(self, group: MetricGroup, time_span_seconds: int = 60, detailed: bool = False) -> None:
+        if not isinstance(group, MetricGroup):
+            raise TypeError("group must be a flinknet.metrics.MetricGroup")
+        if isinstance(time_span_seconds, bool) or not isinstance(time_span_seconds, int) \
+                or time_span_seconds <= 0:
+            raise ValueError(f"time_span_seconds must be a positive int, got {time_span_seconds!r}")
+        self.group = group
+        self.detailed = bool(detailed)
+        self._writers: list = []
+        self._readers: list = []
+        self._partitions: list = []
+        self._gates: list = []          # SingleInputGates (union members flattened)
+        self._waiting_gates: list = []  # the gates whose waits are timed (a union, or single gates)
+        self._closed = False
+        self._start_ms = time.monotonic_ns() // 1_000_000
+        g = group
+        ws, rs, ps, gs = self._writers, self._readers, self._partitions, self._gates
+
+        def total(attr: str, items: list) -> Callable[[], int]:
+            return lambda: sum(getattr(x, attr) for x in list(items))
+
+        counters = {
+            "numRecordsIn": SumCounter(total("num_records_in", rs)),
+            "numRecordsOut": SumCounter(total("num_records_out", ps)),
+            "numBytesIn": SumCounter(total("num_bytes_in", gs)),
+            "numBytesOut": SumCounter(total("num_bytes_out", ps)),
+            "numBuffersOut": SumCounter(total("num_buffers_out", ps)),
+            "numBytesInLocal": SumCounter(total("num_bytes_in_local", gs)),
+            "numBytesInRemote": SumCounter(total("num_bytes_in_remote", gs)),
+            "numBuffersInLocal": SumCounter(total("num_buffers_in_local", gs)),
+            "numBuffersInRemote": SumCounter(total("num_buffers_in_remote", gs)),
+        }
+        self.counters = counters
+        for name, c in counters.items():
+            g.counter(name, c)
+            g.meter(name + "PerSecond", c, time_span_seconds)
+
+        self.idle_time = g.timer_gauge("idleTimeMsPerSecond", time_span_seconds)
+        self.soft_back_pressured_time = g.timer_gauge("softBackPressuredTimeMsPerSecond", time_span_seconds)
+        self.hard_back_pressured_time = g.timer_gauge("hardBackPressuredTimeMsPerSecond", time_span_seconds)
+        g.gauge("backPressuredTimeMsPerSecond", self.get_back_pressured_time_ms_per_second)
+        g.gauge("busyTimeMsPerSecond", self.get_busy_time_ms_per_second)
+        g.gauge("maxSoftBackPressureTimeMs", self.soft_back_pressured_time.get_max_single_measurement)
+        g.gauge("maxHardBackPressureTimeMs", self.hard_back_pressured_time.get_max_single_measurement)
+        g.gauge("accumulateIdleTimeMs", self.idle_time.get_accumulated_count)
+        g.gauge("accumulateBackPressuredTimeMs", self.get_accumulated_back_pressured_time_ms)
+        g.gauge("accumulateBusyTimeMs", self.get_accumulated_busy_time_ms)
+
+        netty = g.add_group("Shuffle").add_group("Netty")
+        self._output_group = out = netty.add_group("Output")
+        self._input_group = inp = netty.add_group("Input")
+        ob = out.add_group("Buffers")
+        ob.gauge("outPoolUsage", lambda: out_pool_usage(list(ps)))
+        ob.gauge("outputQueueLength", lambda: output_queue_length(list(ps)))
+        ob.gauge("outputQueueSize", lambda: output_queue_size(list(ps)))
+        ib = inp.add_group("Buffers")
+        ib.gauge("inPoolUsage", lambda: in_pool_usage(list(gs)))
+        ib.gauge("inputFloatingBuffersUsage", lambda: input_floating_buffers_usage(list(gs)))
+        ib.gauge("inputExclusiveBuffersUsage", lambda: input_exclusive_buffers_usage(list(gs)))
+        ib.gauge("inputQueueLength", lambda: input_queue_length(list(gs)))
+        ib.gauge("inputQueueSize", lambda: input_queue_size(list(gs)))
+        # Flink also registers the local/remote input counters under the Shuffle.Netty input group.
+        for name in ("numBytesInLocal", "numBytesInRemote", "numBuffersInLocal", "numBuffersInRemote"):
+            inp.counter(name, counters[name])
+
+    # -- registration ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            from flinknet.errors import IllegalStateError
+
+            raise IllegalStateError("these task metrics are closed")
+
+    def register_writer(self, writer) -> None:
+        """Count ``writer``'s output, time its waits (soft: :meth:`wait_available`; hard: an
+        emit blocked on a buffer) and add its partition to the output buffer gauges."""
+        from flinknet.writer import RecordWriter
+
+        if not isinstance(writer, RecordWriter):
+            raise TypeError(f"expected a RecordWriter, got {type(writer).__name__}")
+        self._check_open()
+        if any(w is writer for w in self._writers):
+            raise ValueError("this writer is already registered")
+        self._writers.append(writer)
+        writer.soft_back_pressure_timer = self.soft_back_pressured_time
+        self.register_partition(writer.partition)
+
+    def register_partition(self, partition) -> None:
+        """Count ``partition``'s output and time its hard back-pressure (for code that emits
+        into partitions without a RecordWriter)."""
+        from flinknet.partition.result_partition import ResultPartition
+
+        if not isinstance(partition, ResultPartition):
+            raise TypeError(f"expected a ResultPartition, got {type(partition).__name__}")
+        self._check_open()
+        if any(p is partition for p in self._partitions):
+            return
+        partition.record_serializer.back_pressure_timer = self.hard_back_pressured_time
+        self._partitions.append(partition)
+        if self.detailed:
+            self._register_partition_detail(partition)
+
+    def register_reader(self, reader) -> None:
+        """Count ``reader``'s records and its gate's buffers and bytes, and time its waits for
+        input (``idleTimeMsPerSecond``)."""
+        from flinknet.consumer.reader import RecordReader
+
+        if not isinstance(reader, RecordReader):
+            raise TypeError(f"expected a RecordReader, got {type(reader).__name__}")
+        self._check_open()
+        if any(r is reader for r in self._readers):
+            raise ValueError("this reader is already registered")
+        self._readers.append(reader)
+        self.register_gate(reader.gate)
+
+    def register_gate(self, gate) -> None:
+        """Count ``gate``'s buffers and bytes (local and remote), add it to the input buffer
+        gauges and time its blocking waits as idle time."""
+        from flinknet.consumer.gate import InputGate
+
+        if not isinstance(gate, InputGate):
+            raise TypeError(f"expected a SingleInputGate or UnionInputGate, got {type(gate).__name__}")
+        self._check_open()
+        if any(g is gate for g in self._waiting_gates):
+            return
+        gate.idle_timer = self.idle_time
+        self._waiting_gates.append(gate)
+        for member in _gates_of(gate):
+            if not any(g is member for g in self._gates):
+                self._gates.append(member)
+                if self.detailed:
+                    self._register_gate_detail(member)
+
+    # -- detailed metrics (Flink's taskmanager.network.detailed-metrics) -------------------
+
+    def _register_gate_detail(self, gate) -> None:
+        from flinknet.consumer.remote import RemoteInputChannel
+
+        def lengths() -> list[int]:
+            return [ch.get_number_of_queued_buffers() for ch in list(gate.input_channels)
+                    if isinstance(ch, RemoteInputChannel)]
+
+        d = self._input_group.add_group(str(len(self._gates) - 1))
+        d.gauge("totalQueueLen", lambda: sum(lengths()))
+        d.gauge("minQueueLen", lambda: min(lengths(), default=0))
+        d.gauge("maxQueueLen", lambda: max(lengths(), default=0))
+        d.gauge("avgQueueLen", lambda: (sum(ls) / len(ls)) if (ls := lengths()) else 0.0)
+
+    def _register_partition_detail(self, partition) -> None:
+        def lengths() -> list[int]:
+            return [sp.get_number_of_queued_buffers() for sp in partition.subpartitions]
+
+        d = self._output_group.add_group(str(len(self._partitions) - 1))
+        d.gauge("totalQueueLen", lambda: sum(lengths()))
+        d.gauge("minQueueLen", lambda: min(lengths(), default=0))
+        d.gauge("maxQueueLen", lambda: max(lengths(), default=0))
+        d.gauge("avgQueueLen", lambda: (sum(ls) / len(ls)) if (ls := lengths()) else 0.0)
+
+    # -- derived values --------------------------------------------------------------------
+
+    def get_back_pressured_time_ms_per_second(self) -> int:
+        """Soft plus hard back-pressured time, ms per second (Flink's
+        ``getBackPressuredTimeMsPerSecond``)."""
+        return self.soft_back_pressured_time.get_value() + self.hard_back_pressured_time.get_value()
+
+    def get_busy_time_ms_per_second(self) -> float:
+        """``1000 − min(idle + back-pressured, 1000)`` (Flink's ``getBusyTimePerSecond``)."""
+        return 1000.0 - min(self.idle_time.get_value() + self.get_back_pressured_time_ms_per_second(), 1000.0)
+
+    def get_accumulated_back_pressured_time_ms(self) -> int:
+        return (self.soft_back_pressured_time.get_accumulated_count()
+                + self.hard_back_pressured_time.get_accumulated_count())
+
+    def get_accumulated_busy_time_ms(self) -> int:
+        """Time since the task started that was neither idle nor back-pressured (≥ 0)."""
+        elapsed = time.monotonic_ns() // 1_000_000 - self._start_ms
+        return max(0, elapsed - self.idle_time.get_accumulated_count()
+                   - self.get_accumulated_back_pressured_time_ms())
+
+    def back_pressured_ratio(self) -> float:
+        """``backPressuredTimeMsPerSecond / 1000`` (the ratio Flink's back-pressure status uses)."""
+        return min(self.get_back_pressured_time_ms_per_second(), 1000) / 1000.0
+
+    def back_pressure_level(self) -> str:
+        """``"OK"``, ``"LOW"`` or ``"HIGH"`` (OK ≤ 0.10 < LOW ≤ 0.5 < HIGH, Flink 1.13+)."""
+        return backpressure_level(self.back_pressured_ratio())
+
+    def is_back_pressured(self) -> bool:
+        """Whether any registered partition is unavailable now (Flink's
+        ``Task.isBackPressured``, the 1.10–1.12 sampler's probe)."""
+        return any(not p.is_available() for p in list(self._partitions)
+                   if not (p.is_released or p.is_finished))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unhook the timers from the writers, partitions and gates and unregister the metrics
+        (idempotent). Counts are kept in the counters until then."""
+        if self._closed:
+            return
+        self._closed = True
+        for w in self._writers:
+            if w.soft_back_pressure_timer is self.soft_back_pressured_time:
+                w.soft_back_pressure_timer = None
+        for p in self._partitions:
+            s = p.record_serializer
+            if s.back_pressure_timer is self.hard_back_pressured_time:
+                s.back_pressure_timer = None
+        for g in self._waiting_gates:
+            if g.idle_timer is self.idle_time:
+                g.idle_timer = None
+        self.idle_time.mark_end()
+        self.soft_back_pressured_time.mark_end()
+        self.hard_back_pressured_time.mark_end()
+        self.group.remove()
+
+    def __enter__(self) -> "TaskIOMetrics":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"TaskIOMetrics({'.'.join(self.group.scope)}, writers={len(self._writers)}, "
+                f"readers={len(self._readers)})")
