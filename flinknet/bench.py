@@ -394,7 +394,7 @@ def bench_serialization(payload: int, records: int, repeats: int) -> list[Row]:
         nbp.destroy()
 
 
-GROUPS = ("kernels", "local", "remote")
+GROUPS = ("kernels", "local", "remote", "metrics")
 
 
 def run(quick: bool = False, groups=GROUPS) -> list[Row]:
@@ -418,6 +418,10 @@ def run(quick: bool = False, groups=GROUPS) -> list[Row]:
         from flinknet.bench_transport import bench_remote_exchange
 
         rows += bench_remote_exchange(quick=quick)
+    if "metrics" in groups:
+        from flinknet.bench_exchange import bench_metrics_overhead
+
+        rows += bench_metrics_overhead(quick=quick)
     return rows
 
 

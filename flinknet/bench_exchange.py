@@ -60,13 +60,24 @@ def emit_records(writer, record: bytes, n: int, api: str) -> None:
         left -= k
 
 
-def _run_flinknet(nbp, size: int, n: int, api: str) -> float:
-    """Seconds for ``n`` records of ``size`` bytes from a producer thread to this thread."""
+def _run_flinknet(nbp, size: int, n: int, api: str, metrics: bool = False) -> float:
+    """Seconds for ``n`` records of ``size`` bytes from a producer thread to this thread; with
+    ``metrics``, both tasks have their TaskIOMetrics and a registry refreshes them every second
+    and takes a snapshot (as a reporter would)."""
     manager = ResultPartitionManager()
     partition = PipelinedResultPartition.create(nbp, 1, partition_manager=manager)
     partition.setup()
     gate = SingleInputGate.create_local(manager, [(partition.partition_id, 0)])
     reader = RecordReader(gate)
+    registry = task_metrics = None
+    if metrics:
+        from flinknet.metrics import MetricRegistry, TaskIOMetrics
+
+        registry = MetricRegistry(update_interval=1)
+        registry.subscribe(lambda snapshot: None)
+        task_metrics = [TaskIOMetrics(registry.task_group("Source", 0)),
+                        TaskIOMetrics(registry.task_group("Sink", 0))]
+        task_metrics[1].register_reader(reader)
     record = bytes(range(256)) * (size // 256) + bytes(size % 256)
     errors = []
     start = threading.Event()
@@ -74,6 +85,8 @@ def _run_flinknet(nbp, size: int, n: int, api: str) -> float:
     def produce():
         try:
             writer = RecordWriter(partition, timeout=100)
+            if task_metrics:
+                task_metrics[0].register_writer(writer)
             start.wait()
             emit_records(writer, record, n, api)
             partition.finish()
@@ -106,6 +119,10 @@ def _run_flinknet(nbp, size: int, n: int, api: str) -> float:
         t.join()
         reader.close()
         gate.close()
+        if registry is not None:
+            for m in task_metrics:
+                m.close()
+            registry.close()
     if errors:
         raise errors[0]
     if count != n:
@@ -171,6 +188,34 @@ def bench_local_exchange(quick: bool = False, repeats: int | None = None):
                 rps = 1e9 / ns
                 rows.append(Row(f"local.{size}B.{api}", "ns/rec", ns, baselines,
                                 note=f"{rps / 1e6:.2f} M records/s, {rps * size / 1e6:.0f} MB/s payload"))
+        if not nbp.is_whole():
+            raise AssertionError("the benchmark leaked network buffers")
+    finally:
+        nbp.destroy()
+    return rows
+
+
+def bench_metrics_overhead(quick: bool = False, repeats: int | None = None):
+    """Rows for :mod:`flinknet.bench`: the local exchange with task metrics on, against the same
+    exchange with metrics off measured alternately in the same run (issue 6 aims at < 5%)."""
+    from flinknet.bench import Row
+
+    repeats = repeats or (3 if quick else 5)
+    scale = 0.25 if quick else 1.0
+    rows = []
+    nbp = NetworkBufferPool(NETWORK_MEMORY // SEGMENT_SIZE, SEGMENT_SIZE)
+    try:
+        for size, api, n in ((8, "per-record", 1_000_000), (100, "per-record", 1_000_000),
+                             (100, "batch", 3_000_000), (1000, "batch", 1_000_000)):
+            n = int(n * scale)
+            on, off = float("inf"), float("inf")
+            for _ in range(repeats):      # alternate, so drift on a shared machine hits both
+                off = min(off, _run_flinknet(nbp, size, n, api, metrics=False))
+                on = min(on, _run_flinknet(nbp, size, n, api, metrics=True))
+            rows.append(Row(f"metrics.{size}B.{api}", "ns/rec", on / n * 1e9,
+                            {"metrics off (same run)": off / n * 1e9},
+                            note=f"overhead {100 * (on / off - 1):+.1f}% (TaskIOMetrics on both tasks, "
+                                 "registry updating every 1 s)"))
         if not nbp.is_whole():
             raise AssertionError("the benchmark leaked network buffers")
     finally:
