@@ -307,6 +307,41 @@ class MetricRegistry:
         for g in roots:
             yield from g.collect()
 
+    def back_pressure_status(self) -> dict[str, dict]:
+        """Back-pressure per vertex and subtask, as Flink's ``JobVertexBackPressureHandler``
+        (1.13+) computes it from the task metrics: ``{task_name: {"backpressure_level": …,
+        "max_back_pressure_ratio": …, "subtasks": [{"subtask": i, "backpressure_level": …,
+        "back_pressure_ratio": …, "idle_ratio": …, "busy_ratio": …}, …]}}``. The ratios are
+        ``backPressuredTimeMsPerSecond`` (and idle/busy) ÷ 1000; a vertex's level is its worst
+        subtask's. Only task groups (:meth:`task_group`) with :class:`TaskIOMetrics` count."""
+        per_task: dict[tuple, dict] = {}
+        wanted = {"backPressuredTimeMsPerSecond": "back_pressure_ratio",
+                  "idleTimeMsPerSecond": "idle_ratio", "busyTimeMsPerSecond": "busy_ratio"}
+        for group, name, metric in self.collect():
+            key = wanted.get(name)
+            if key is None or group.logical_scope != ("taskmanager", "job", "task"):
+                continue
+            v = group.variables
+            try:
+                value = value_of(metric)
+            except Exception as err:  # noqa: BLE001
+                _log_failed_read(group.metric_identifier(name), err)
+                continue
+            entry = per_task.setdefault((v["task_name"], int(v["subtask_index"])), {})
+            entry[key] = min(max(float(value), 0.0), 1000.0) / 1000.0
+        vertices: dict[str, dict] = {}
+        for (task, subtask), e in sorted(per_task.items()):
+            if "back_pressure_ratio" not in e:
+                continue
+            e["subtask"] = subtask
+            e["backpressure_level"] = backpressure_level(e["back_pressure_ratio"])
+            vx = vertices.setdefault(task, {"subtasks": [], "max_back_pressure_ratio": 0.0})
+            vx["subtasks"].append(e)
+            vx["max_back_pressure_ratio"] = max(vx["max_back_pressure_ratio"], e["back_pressure_ratio"])
+        for vx in vertices.values():
+            vx["backpressure_level"] = backpressure_level(vx["max_back_pressure_ratio"])
+        return vertices
+
     def _add_view(self, view: View) -> None:
         with self._lock:
             self._views.add(view)

@@ -357,3 +357,33 @@ def test_validation_and_close():
                 m.register_writer(w)
             p.release()
     reg.close()
+
+
+def test_back_pressure_status_per_subtask_and_vertex():
+    reg = MetricRegistry(update_interval=1, start=False)
+    ms = {(name, i): _task(reg, name, i) for name, n in (("Source", 3), ("Sink", 1)) for i in range(n)}
+    # drive the timers by hand with explicit clock values: Source.1 hard back-pressured 600 of
+    # 1000 ms, Source.2 soft 50 ms, the sink idle 700 ms
+    def hold(timer, ms_):
+        timer.mark_start(now=1)
+        timer.mark_end(now=1 + ms_)
+
+    hold(ms[("Source", 1)].hard_back_pressured_time, 600)
+    hold(ms[("Source", 2)].soft_back_pressured_time, 50)
+    hold(ms[("Sink", 0)].idle_time, 700)
+    reg.update()
+    status = reg.back_pressure_status()
+    src = status["Source"]
+    assert src["backpressure_level"] == "HIGH"
+    assert src["max_back_pressure_ratio"] == pytest.approx(0.6)
+    levels = [(s["subtask"], s["backpressure_level"], s["back_pressure_ratio"]) for s in src["subtasks"]]
+    assert levels == [(0, "OK", 0.0), (1, "HIGH", 0.6), (2, "OK", 0.05)]
+    assert src["subtasks"][1]["busy_ratio"] == pytest.approx(0.4)
+    sink = status["Sink"]
+    assert sink["backpressure_level"] == "OK"
+    assert sink["subtasks"][0]["idle_ratio"] == pytest.approx(0.7)
+    assert sink["subtasks"][0]["busy_ratio"] == pytest.approx(0.3)
+    for m in ms.values():
+        m.close()
+    assert reg.back_pressure_status() == {}
+    reg.close()
