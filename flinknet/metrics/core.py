@@ -32,8 +32,11 @@ __all__ = ["UPDATE_INTERVAL_SECONDS", "Counter", "Gauge", "Histogram", "Histogra
 UPDATE_INTERVAL_SECONDS = 5
 
 
-def _millis() -> int:
-    return time.monotonic_ns() // 1_000_000
+def _millis() -> float:
+    # Fractional milliseconds: Flink's TimerGauge reads a whole-millisecond clock, which counts a
+    # 0.1 ms wait that crosses a millisecond boundary as 1 ms (a task waiting briefly every few
+    # milliseconds then reads as idle all the time). Values are still reported in whole ms.
+    return time.monotonic_ns() / 1_000_000
 
 
 class Counter:
@@ -184,7 +187,7 @@ class TimerGauge(View):
             self._idx = (self._idx + 1) % len(values)
             filled = len(values) if self._full else self._idx
             total = sum(values[:filled])
-            self._current_value = max(min(total // (self.update_interval * filled), 1000), 0)
+            self._current_value = int(max(min(total // (self.update_interval * filled), 1000), 0))
             self._previous_max = self._current_max
             self._current_count = 0
             self._current_max = 0
@@ -193,14 +196,14 @@ class TimerGauge(View):
         return self._current_value
 
     def get_max_single_measurement(self) -> int:
-        return self._previous_max
+        return int(self._previous_max)
 
     def get_accumulated_count(self) -> int:
         with self._lock:
-            return self._accumulated
+            return int(self._accumulated)
 
     def get_count(self) -> int:
-        return self._current_count
+        return int(self._current_count)
 
     def is_measuring(self) -> bool:
         return self._start != 0
