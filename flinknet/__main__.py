@@ -1,5 +1,8 @@
+"""``python -m flinknet <command>``: the same as the ``flinknet`` command."""
+
 import sys
 
 from flinknet.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1580 @@
+"""``flinknet demo``: a keyed streaming job across real processes, with backpressure you can watch.
+
+The job is Flink's classic keyed aggregation, each task in its own OS process (``multiprocessing``
+spawn) with its own :class:`~flinknet.environment.NetworkEnvironment`, connected by flinknet's TCP
+transport with credit-based flow control::
+
+    Source[0..S-1] --keyBy (KeyGroupStreamPartitioner, max parallelism 128)--> Aggregator[0..A-1]
+        --> Sink[0]
+
+* **Sources** generate ``(key, value)`` events (``--keys`` keys, values 1..999, ``--record-size``
+  bytes each, as Flink ``StreamRecord``\\ s with a timestamp) at ``--rate`` records/s, wait
+  (soft back-pressure) while their output is unavailable, and emit a ``LatencyMarker`` every
+  ``--latency-interval`` ms (in-band, so markers queue behind records exactly as records do).
+* **Aggregators** keep count and sum per key, forward latency markers to a random output channel
+  (as Flink does) and send their changed running totals to the sink every 200 ms; at the end of
+  their input (EndOfPartition from every source) they send their final totals.
+* The **sink** keeps the latest totals per key and measures latency from the markers.
+
+The coordinator (the ``flinknet demo`` process) starts every task, hands each consumer its
+producers' ``(partition id, address)``, drives the scripted phases and collects each task's
+status through a bounded channel (one status message in flight per task: a newer status replaces
+an unsent one, nothing queues up):
+
+1. **steady** (first 30 % of ``--duration``): everything keeps up, back-pressure OK;
+2. **slow** (next 35 %): ``Aggregator[--slow-aggregator]`` processes only ``--slow-factor`` (10 %)
+   of its steady rate. Its input buffers fill (inPoolUsage → 1.0), its channels run out of
+   credit, the sources block on its subpartitions (back-pressure HIGH) and the whole job slows
+   down, while every process's memory stays flat;
+3. **recovery** (the rest): the aggregator is fast again, the backlog drains, back-pressure clears;
+4. **finish**: the sources stop and send EndOfPartition; the aggregators emit their final results
+   and the sink finishes.
+
+At the end every key's count and sum at the sink is checked against what the sources produced
+(nothing lost, nothing duplicated) and a summary is printed. The exit status is 0 when the check
+passes and every task succeeded, 1 otherwise, 2 for bad arguments and 128 + the signal number
+when interrupted (130 for Ctrl-C, 143 for SIGTERM).
+
+Metrics are flinknet's (Flink's names): each task registers :class:`~flinknet.metrics.task.TaskIOMetrics`
+for its writer and reader; the sink reports latency markers to
+:class:`~flinknet.metrics.latency.LatencyStats`. The coordinator mirrors every task's metrics into
+its own :class:`~flinknet.metrics.MetricRegistry` under the same scopes, which ``--prometheus
+PORT`` serves on 127.0.0.1 while the job runs.
+
+Every process the demo starts is stopped by the coordinator (also on Ctrl-C and on errors: asked
+to exit, then terminated and killed by PID if it does not), and a task whose coordinator
+disappears shuts itself down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import multiprocessing as mp
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait as wait_connections
+from typing import Any
+
+import numpy as np
+
+from flinknet._core.elements import LatencyMarker, StreamElementSerializer, StreamRecord
+from flinknet._core.keygroups import operator_indexes_array
+from flinknet.config import parse_memory_size
+from flinknet.consumer import RecordReader
+from flinknet.consumer.remote import RemoteInputChannel
+from flinknet.environment import NetworkEnvironment
+from flinknet.errors import CancelTaskError
+from flinknet.ids import OperatorID, ResultPartitionID
+from flinknet.metrics import (
+    Counter,
+    Gauge,
+    Histogram,
+    MeterView,
+    MetricRegistry,
+    register_network_buffer_pool_metrics,
+)
+from flinknet.metrics.latency import LatencyMarkerEmitter, LatencyStats, forward_latency_marker
+from flinknet.metrics.registry import value_of
+from flinknet.metrics.task import TaskIOMetrics
+from flinknet.partitioners import KeyGroupStreamPartitioner
+from flinknet.writer import RecordWriter
+
+__all__ = ["DemoConfig", "DemoCoordinator", "build_parser", "main", "parse_config"]
+
+#: Flink's max parallelism for the keyed edge (the number of key groups).
+MAX_PARALLELISM = 128
+#: The host in every metric scope (the tasks run on loopback).
+HOST = "127.0.0.1"
+JOB_NAME = "demo"
+PHASES = ("steady", "slow", "recovery")
+#: Fractions of ``--duration`` at which the scripted phases start.
+PHASE_STARTS = {"steady": 0.0, "slow": 0.30, "recovery": 0.65}
+#: Seconds between two status messages of a task.
+STATUS_INTERVAL = 0.5
+#: Milliseconds between two batches of running totals from an aggregator to the sink.
+EMIT_INTERVAL_MS = 200
+#: Seconds for every task to start (spawn, import, set up its environment).
+STARTUP_TIMEOUT = 90.0
+#: Seconds for the job to drain after the sources stop.
+FINISH_TIMEOUT = 120.0
+#: Seconds a task gets to exit on its own before it is terminated, then killed.
+EXIT_GRACE = 10.0
+MIN_RECORD_SIZE = 12          # key (int32) + value (int64)
+UPDATE = np.dtype([("k", ">i4"), ("c", ">i8"), ("s", ">i8"), ("f", "u1")])   # aggregator → sink
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: Signals that stop the demo cleanly (exit status 128 + the signal number).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+ROLE_SOURCE, ROLE_AGGREGATOR, ROLE_SINK = "Source", "Aggregator", "Sink"
+#: Operator ids (Flink's 128-bit OperatorID as two longs) of the three operators.
+OPERATOR_IDS = {ROLE_SOURCE: (0x5EED, 0x50C0), ROLE_AGGREGATOR: (0xA66, 0xA66), ROLE_SINK: (0x5111, 0x5111)}
+
+
+# ==============================================================================================
+# Configuration
+# ==============================================================================================
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """Everything a run of the demo depends on (validated by :func:`parse_config`)."""
+
+    duration: float = 28.0
+    sources: int = 2
+    aggregators: int = 2
+    keys: int = 1000
+    record_size: int = 100
+    buffer_timeout: int = 100
+    rate: int = 100_000
+    latency_interval: int = 200
+    slow_aggregator: int = 0
+    slow_factor: float = 0.1
+    network_memory: str = "16mb"
+    interval: float = 1.0
+    live: bool | None = None
+    prometheus: int | None = None
+    seed: int = 0
+    inject_loss: int = 0
+    inject_failure: str | None = None
+
+    def phase_schedule(self) -> list[tuple[str, float]]:
+        """``(phase, start second)`` of the scripted phases, in order."""
+        return [(p, PHASE_STARTS[p] * self.duration) for p in PHASES]
+
+    def net_options(self) -> dict:
+        """The NetworkEnvironment options of every task process."""
+        return {"taskmanager.memory.network.max": self.network_memory,
+                "taskmanager.memory.network.min": self.network_memory}
+
+
+def _int_in(name: str, lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {value}")
+        return value
+    return parse
+
+
+def _float_in(name: str, lo: float, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < lo or (lo_open and value == lo) or (hi is not None and value > hi):
+            low = f"> {lo}" if lo_open else f">= {lo}"
+            bound = low if hi is None else f"{low} and <= {hi}"
+            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text}")
+        return value
+    return parse
+
+
+def _buffer_timeout(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"buffer timeout must be an integer number of ms, got {text!r}") from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(
+            f"buffer timeout must be -1 (only full buffers), 0 (flush every record) or > 0 ms, got {value}")
+    return value
+
+
+def _memory_size(text: str) -> str:
+    try:
+        size = parse_memory_size(text, "--network-memory")
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if size < (1 << 20):
+        raise argparse.ArgumentTypeError(f"network memory must be at least 1mb, got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``flinknet demo`` argument parser."""
+    d = DemoConfig()
+    p = argparse.ArgumentParser(
+        prog="flinknet demo",
+        description="A keyed streaming job across real processes (sources -> keyBy -> aggregators "
+                    "-> sink) over flinknet's TCP transport, with scripted phases (steady, slow "
+                    "aggregator, recovery, finish), live backpressure/credit/latency metrics and an "
+                    "exactly-once check at the end.",
+        epilog="Exit status: 0 the check passed and every task succeeded, 1 records were lost or "
+               "a task failed, 2 bad arguments, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).")
+    p.add_argument("--duration", type=_float_in("duration", 4.0, 3600.0), default=d.duration, metavar="S",
+                   help=f"seconds from start to the sources stopping (default {d.duration:g}); "
+                        "phases: steady 30%%, slow 35%%, recovery 35%%, then finish")
+    p.add_argument("--sources", type=_int_in("sources", 1, 16), default=d.sources, metavar="N",
+                   help=f"source parallelism, one process each (default {d.sources})")
+    p.add_argument("--aggregators", type=_int_in("aggregators", 1, 16), default=d.aggregators, metavar="N",
+                   help=f"aggregator parallelism, one process each (default {d.aggregators})")
+    p.add_argument("--keys", type=_int_in("keys", 1, 100_000), default=d.keys, metavar="N",
+                   help=f"number of distinct keys (default {d.keys})")
+    p.add_argument("--record-size", type=_int_in("record size", MIN_RECORD_SIZE, 1 << 20), default=d.record_size,
+                   metavar="BYTES", help=f"payload bytes per event (default {d.record_size}, minimum {MIN_RECORD_SIZE})")
+    p.add_argument("--buffer-timeout", type=_buffer_timeout, default=d.buffer_timeout, metavar="MS",
+                   help=f"Flink's buffer timeout: -1 only full buffers, 0 flush every record, > 0 flush "
+                        f"every MS ms (default {d.buffer_timeout})")
+    p.add_argument("--rate", type=_int_in("rate", 0), default=d.rate, metavar="R",
+                   help=f"records/s per source, 0 = as fast as possible (default {d.rate})")
+    p.add_argument("--latency-interval", type=_int_in("latency interval", 0), default=d.latency_interval,
+                   metavar="MS", help=f"ms between latency markers of each source, 0 = off "
+                                      f"(default {d.latency_interval})")
+    p.add_argument("--slow-aggregator", type=_int_in("slow aggregator", 0), default=d.slow_aggregator,
+                   metavar="I", help="index of the aggregator slowed in the slow phase (default 0)")
+    p.add_argument("--slow-factor", type=_float_in("slow factor", 0.0, 1.0, lo_open=True), default=d.slow_factor,
+                   metavar="F", help="fraction of its steady rate the slow aggregator keeps (default 0.1)")
+    p.add_argument("--network-memory", type=_memory_size, default=d.network_memory, metavar="SIZE",
+                   help=f"network memory of each task process (default {d.network_memory})")
+    p.add_argument("--interval", type=_float_in("interval", 0.1, 60.0), default=d.interval, metavar="S",
+                   help="seconds between two status lines per task with --no-live (default 1)")
+    live = p.add_mutually_exclusive_group()
+    live.add_argument("--live", dest="live", action="store_true", default=None,
+                      help="live terminal view (the default when stdout is a terminal)")
+    live.add_argument("--no-live", dest="live", action="store_false",
+                      help="plain periodic lines, one per task per interval (for logs and CI)")
+    p.add_argument("--prometheus", type=_int_in("port", 0, 65535), default=None, metavar="PORT",
+                   help="serve the tasks' metrics for Prometheus on 127.0.0.1:PORT while the job runs "
+                        "(0 = any free port; needs prometheus_client: pip install 'flinknet[prometheus]')")
+    p.add_argument("--seed", type=_int_in("seed", 0), default=d.seed, help=argparse.SUPPRESS)
+    # Testing: make source 0 count records it never emits (the check must fail) or a task fail.
+    p.add_argument("--inject-loss", type=_int_in("inject-loss", 0), default=0, help=argparse.SUPPRESS)
+    p.add_argument("--inject-failure", choices=[ROLE_AGGREGATOR.lower()], default=None, help=argparse.SUPPRESS)
+    return p
+
+
+class UsageError(Exception):
+    """Bad arguments (exit status 2)."""
+
+
+def parse_config(argv: Sequence[str] | None) -> DemoConfig:
+    """A validated :class:`DemoConfig` from command-line arguments (argparse exits with status 2
+    on bad ones; checks across arguments raise :class:`UsageError`)."""
+    args = build_parser().parse_args(argv)
+    if args.slow_aggregator >= args.aggregators:
+        raise UsageError(f"--slow-aggregator {args.slow_aggregator} does not exist: there are "
+                         f"{args.aggregators} aggregator(s) (0..{args.aggregators - 1})")
+    return DemoConfig(
+        duration=args.duration, sources=args.sources, aggregators=args.aggregators, keys=args.keys,
+        record_size=args.record_size, buffer_timeout=args.buffer_timeout, rate=args.rate,
+        latency_interval=args.latency_interval, slow_aggregator=args.slow_aggregator,
+        slow_factor=args.slow_factor, network_memory=args.network_memory, interval=args.interval,
+        live=args.live, prometheus=args.prometheus, seed=args.seed, inject_loss=args.inject_loss,
+        inject_failure=args.inject_failure)
+
+
+# ==============================================================================================
+# Helpers shared by the processes
+# ==============================================================================================
+
+def operator_id(role: str):
+    """The fixed :class:`~flinknet.ids.OperatorID` of the demo's operator ``role``."""
+    return OperatorID.from_parts(*OPERATOR_IDS[role])
+
+
+def task_name(role: str, index: int) -> str:
+    """How the demo names a subtask: ``Source[0]``."""
+    return f"{role}[{index}]"
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (psutil if importable, else ``/proc/self/statm``)."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        return psutil.Process().memory_info().rss
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def record_dtype(record_size: int) -> np.dtype:
+    """A source event as numpy sees it: key (int32 BE), value (int64 BE), padding."""
+    fields = [("k", ">i4"), ("v", ">i8")]
+    if record_size > MIN_RECORD_SIZE:
+        fields.append(("p", f"V{record_size - MIN_RECORD_SIZE}"))
+    return np.dtype(fields)
+
+
+_KEY = struct.Struct(">i").unpack_from
+
+
+def record_key(record) -> int:
+    """The key of a source event (a ``StreamRecord`` whose value starts with the key)."""
+    return _KEY(record.value)[0]
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to kill this process when the coordinator dies (best effort)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:      # the coordinator died before prctl
+        os._exit(EXIT_FAILED)
+
+
+class _Aborted(Exception):
+    """The coordinator asked this task to stop (or went away)."""
+
+
+# ==============================================================================================
+# Task processes
+# ==============================================================================================
+
+class _Link:
+    """A task's end of its connection to the coordinator.
+
+    Commands come in on a control thread. Status goes out with one credit: a status is sent
+    only when the coordinator acknowledged the previous one, otherwise it replaces the unsent
+    one (so a slow coordinator sees fresh status and nothing queues up). Results and errors
+    are sent reliably.
+    """
+
+    def __init__(self, conn: Connection):
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._credit = 1
+        self._pending = None
+
+    def send(self, message) -> None:
+        with self._lock:
+            self._conn.send(message)
+
+    def offer_status(self, status: dict) -> None:
+        with self._lock:
+            if self._credit:
+                self._credit = 0
+                self._conn.send(("status", status))
+            else:
+                self._pending = status
+
+    def on_ack(self) -> None:
+        with self._lock:
+            if self._pending is not None:
+                status, self._pending = self._pending, None
+                self._conn.send(("status", status))
+            else:
+                self._credit = 1
+
+    def recv(self):
+        return self._conn.recv()
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except OSError:
+            pass
+
+
+class _TaskMetrics:
+    """A task process's metrics: its registry (1-second views), its task group with
+    :class:`~flinknet.metrics.task.TaskIOMetrics` and the process's network pool gauges."""
+
+    def __init__(self, role: str, index: int, env):
+        tm_id = f"tm-{os.getpid()}"
+        self.registry = MetricRegistry(update_interval=1)
+        self.group = self.registry.task_group(role, index, job_name=JOB_NAME, host=HOST, tm_id=tm_id)
+        self.tm_group = self.registry.task_manager_group(HOST, tm_id)
+        register_network_buffer_pool_metrics(self.tm_group, env.network_buffer_pool)
+        # Meters and timers over one second: the live view reacts within a second.
+        self.io = TaskIOMetrics(self.group, time_span_seconds=1)
+
+    def describe(self) -> tuple[list, dict]:
+        """Every metric as ``(root, steps, name, kind, value)`` (for the coordinator's mirror)
+        and the task group's values by relative name (``Shuffle.Netty.Input.Buffers.inPoolUsage``)."""
+        out, values = [], {}
+        roots = (("task", self.group), ("tm", self.tm_group))
+        for group, name, metric in self.registry.collect():
+            for root_name, root in roots:
+                if group.scope[:len(root.scope)] == root.scope:
+                    break
+            else:
+                continue
+            if isinstance(metric, Histogram):
+                kind = "histogram"
+            elif isinstance(metric, MeterView):
+                kind = "meter"
+            elif isinstance(metric, Counter):
+                kind = "counter"
+            else:
+                kind = "gauge"
+            try:
+                value = value_of(metric)
+            except Exception:  # noqa: BLE001 (a gauge over released resources)
+                continue
+            out.append((root_name, _steps(root, group), name, kind, value))
+            if root_name == "task":
+                values[".".join(group.scope[len(root.scope):] + (name,))] = value
+        return out, values
+
+    def close(self) -> None:
+        try:
+            self.io.close()
+        finally:
+            self.registry.close()
+
+
+def _steps(root, group) -> tuple:
+    """The ``add_group`` calls leading from ``root`` to ``group``: ``(name,)`` or, for Flink's
+    key-value groups, ``(key, value)``."""
+    rel_scope = group.scope[len(root.scope):]
+    rel_logical = group.logical_scope[len(root.logical_scope):]
+    key_values = len(rel_scope) - len(rel_logical)
+    steps, i, j = [], 0, 0
+    while i < len(rel_scope):
+        name = rel_scope[i]
+        value = group.variables.get(name)
+        if (key_values > 0 and i + 1 < len(rel_scope) and j < len(rel_logical) and rel_logical[j] == name
+                and value is not None and name not in root.variables
+                and str(value).replace(".", "_") == rel_scope[i + 1]):     # the value as a scope component
+            steps.append((name, value))
+            i += 2
+            key_values -= 1
+        else:
+            steps.append((name,))
+            i += 1
+        j += 1
+    return tuple(steps)
+
+
+class _Task:
+    """What every task process does: set up, report, run, finish, wait to be told to exit.
+
+    Three threads: the task thread (:meth:`run`), the control thread (commands from the
+    coordinator, :meth:`control_loop`) and the status thread (:meth:`status_loop`)."""
+
+    role = ""
+    #: whether the task reads from other tasks (it waits for their addresses)
+    needs_peers = False
+
+    def __init__(self, link: _Link, index: int, cfg: DemoConfig):
+        self.link = link
+        self.index = index
+        self.cfg = cfg
+        self.name = task_name(self.role, index)
+        self.phase = "startup"
+        self.phase_params: dict = {}
+        self.state = "starting"
+        self.peers: list | None = None
+        self.metrics: _TaskMetrics | None = None
+        self.gate = None
+        self.partition = None
+        self.peers_ready = threading.Event()
+        self.started = threading.Event()
+        self.stop = threading.Event()
+        self.exit = threading.Event()
+        self.aborted = threading.Event()
+        self.finished = False
+        self.phase_since = time.monotonic()
+        #: the phase the metrics' last one-second window lay in entirely (None: it spanned a change)
+        self.window_phase: str | None = None
+        self._last_update: float | None = None
+        self._updates = 0
+
+    # -- commands (control thread) ---------------------------------------------------------
+
+    def control_loop(self) -> None:
+        while True:
+            try:
+                message = self.link.recv()
+            except (EOFError, OSError):
+                self.abort()
+                return
+            kind = message[0]
+            if kind == "ack":
+                try:
+                    self.link.on_ack()
+                except OSError:
+                    self.abort()
+                    return
+            elif kind == "peers":
+                self.peers = message[1]
+                self.peers_ready.set()
+            elif kind in ("start", "phase"):
+                self.set_phase(message[1], message[2])
+                if kind == "start":
+                    self.started.set()
+            elif kind == "stop":
+                self.stop.set()
+            elif kind == "exit":
+                if not self.finished:
+                    self.abort()
+                self.exit.set()
+                return
+
+    def set_phase(self, phase: str, params: dict) -> None:
+        self.phase_params = params
+        self.phase = phase
+        self.phase_since = time.monotonic()
+
+    def on_metrics_update(self, snapshot: dict) -> None:
+        """After each registry update (views refreshed): note whether the one-second window the
+        rates and timers now describe lay entirely in one phase (registry thread)."""
+        now = time.monotonic()
+        start, self._last_update = self._last_update, now
+        self.window_phase = self.phase if start is not None and self.phase_since <= start else None
+        self._updates += 1
+
+    def abort(self) -> None:
+        """Stop now: wake the task thread wherever it waits (from another thread)."""
+        if self.aborted.is_set():
+            return
+        self.aborted.set()
+        for event in (self.stop, self.peers_ready, self.started, self.exit):
+            event.set()
+        if self.partition is not None:
+            try:
+                self.partition.fail(CancelTaskError(f"{self.name} was cancelled by the demo"))
+            except Exception:  # noqa: BLE001 (already released)
+                pass
+        if self.gate is not None:
+            try:
+                self.gate.close()
+            except Exception:  # noqa: BLE001
+                pass
+        # A task thread stuck somewhere unexpected must not keep the process alive.
+        watchdog = threading.Timer(EXIT_GRACE / 2, os._exit, args=(EXIT_FAILED,))
+        watchdog.daemon = True
+        watchdog.start()
+
+    def wait_for(self, event: threading.Event) -> None:
+        event.wait()
+        if self.aborted.is_set():
+            raise _Aborted
+
+    # -- status (status thread) ------------------------------------------------------------
+
+    def status_loop(self) -> None:
+        while True:
+            try:
+                self.link.offer_status(self.status())
+            except (OSError, EOFError, ValueError):
+                return
+            except Exception:  # noqa: BLE001 (a status must never kill the task)
+                pass
+            if self.exit.wait(STATUS_INTERVAL):
+                return
+
+    def status(self) -> dict:
+        updates, window_phase = self._updates, self.window_phase
+        metrics, values = self.metrics.describe() if self.metrics is not None else ([], {})
+        if updates != self._updates:        # the views moved on while being read
+            window_phase = None
+        return {"t": time.monotonic(), "phase": self.phase, "window_phase": window_phase,
+                "views_updated": updates > 0, "state": self.state, "rss": rss_bytes(),
+                "metrics": metrics, "values": values, "channels": self.channel_status(), **self.extra_status()}
+
+    def extra_status(self) -> dict:
+        return {}
+
+    def channel_status(self) -> list:
+        """Credit and backlog of every remote input channel."""
+        gate, peers = self.gate, self.peers or []
+        if gate is None:
+            return []
+        out = []
+        for i, ch in enumerate(list(gate.input_channels)):
+            if not isinstance(ch, RemoteInputChannel):
+                continue
+            out.append({"from": peers[i]["name"] if i < len(peers) else str(i), "credit": ch.get_credit(),
+                        "backlog": ch.get_sender_backlog(), "queued": ch.get_number_of_queued_buffers(),
+                        "exclusive_used": ch.get_exclusive_buffers_used(), "exclusive": ch.initial_credit,
+                        "floating": ch.get_floating_buffers_available()})
+        return out
+
+    # -- lifecycle (task thread) -----------------------------------------------------------
+
+    def run(self) -> None:
+        with NetworkEnvironment(self.cfg.net_options()) as env:
+            try:
+                self.setup(env)
+                self.link.send(("hello", {"pid": os.getpid(), "address": tuple(env.address),
+                                          "partition": self.partition.partition_id.to_bytes()
+                                          if self.partition is not None else None}))
+                if self.needs_peers:
+                    self.wait_for(self.peers_ready)
+                self.connect(env)
+                self.metrics = _TaskMetrics(self.role, self.index, env)
+                self.register_metrics(self.metrics)
+                self.metrics.registry.subscribe(self.on_metrics_update)
+                self.link.send(("ready",))
+                self.wait_for(self.started)
+                self.state = "running"
+                threading.Thread(target=self.status_loop, name="demo-status", daemon=True).start()
+                result = self.process()
+                counters = self.metrics.io.counters
+                result["numRecordsIn"] = counters["numRecordsIn"].get_count()
+                result["numRecordsOut"] = counters["numRecordsOut"].get_count()
+                self.state = "finished"
+                self.finished = True
+                self.link.send(("done", result))
+                self.wait_for(self.exit)
+            finally:
+                self.close()
+
+    def setup(self, env) -> None:
+        """Create the output partition (before the coordinator learns the address)."""
+
+    def connect(self, env) -> None:
+        """Create gates and writers once the peers are known."""
+
+    def register_metrics(self, metrics: _TaskMetrics) -> None:
+        """Register writers and readers."""
+
+    def process(self) -> dict:
+        """Run the task; return its result for the coordinator."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+
+    @staticmethod
+    def rate_before(samples: deque, when: float, window: float = 5.0) -> float:
+        """Records/s over the ``window`` seconds before ``when``, from ``(time, count)`` samples."""
+        before = [(t, n) for t, n in list(samples) if t <= when]
+        if len(before) < 2:
+            return 0.0
+        t1, n1 = before[-1]
+        t0, n0 = next(((t, n) for t, n in before if t >= t1 - window), before[0])
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+class _Pacer:
+    """Keeps a source at ``rate`` records/s; time spent waiting is the task's idle time.
+    After a stall (back-pressure) it does not burst to catch up by more than 50 ms of records.
+
+    Timer gauges count whole milliseconds (as Flink's): if the batches came every whole number
+    of milliseconds, every wait would start and end at the same sub-millisecond offset and the
+    rounding would not average out, so the source picks a batch size that avoids that cadence.
+    """
+
+    MAX_LAG = 0.05
+
+    def __init__(self, rate: int, idle_timer=None):
+        self.rate = rate
+        self.idle_timer = idle_timer
+        self.due = time.monotonic()
+
+    def pace(self, n: int) -> None:
+        self.due += n / self.rate
+        now = time.monotonic()
+        if self.due > now:
+            timer = self.idle_timer
+            if timer is not None:
+                timer.mark_start()
+            try:
+                time.sleep(self.due - now)
+            finally:
+                if timer is not None:
+                    timer.mark_end()
+        elif now - self.due > self.MAX_LAG:
+            self.due = now - self.MAX_LAG
+
+
+class SourceTask(_Task):
+    """Generates keyed events into a partition with one subpartition per aggregator."""
+
+    role = ROLE_SOURCE
+
+    def setup(self, env) -> None:
+        self.partition = env.create_result_partition(
+            self.cfg.aggregators, serializer=StreamElementSerializer("bytes"))
+
+    def connect(self, env) -> None:
+        self.writer = RecordWriter(self.partition, KeyGroupStreamPartitioner(record_key, MAX_PARALLELISM),
+                                   timeout=self.cfg.buffer_timeout, task_name=self.name)
+        self.emitter = None
+        if self.cfg.latency_interval > 0:
+            self.emitter = LatencyMarkerEmitter(self.writer, self.cfg.latency_interval,
+                                                operator_id(ROLE_SOURCE), self.index)
+
+    def register_metrics(self, metrics: _TaskMetrics) -> None:
+        metrics.io.register_writer(self.writer)
+
+    def batch_size(self) -> int:
+        """Records per batch: about 200 batches per second, at most 512 records or 256 KiB."""
+        rate = self.cfg.rate
+        per_batch = 512 if rate == 0 else rate // 200
+        max_records = max(1, (256 << 10) // self.cfg.record_size)
+        n = max(1, min(per_batch, 512, max_records))
+        if rate and (n * 1000) % rate == 0 and n < min(512, max_records):
+            n += 1      # keep the pacing cadence off whole milliseconds (see _Pacer)
+        return n
+
+    def process(self) -> dict:
+        cfg = self.cfg
+        size, num_keys = cfg.record_size, cfg.keys
+        rng = np.random.default_rng([cfg.seed, self.index])
+        n = self.batch_size()
+        batch = np.zeros(n, dtype=record_dtype(size))
+        counts = np.zeros(num_keys, np.int64)
+        sums = np.zeros(num_keys, np.int64)
+        writer, emitter, stop = self.writer, self.emitter, self.stop
+        pacer = _Pacer(cfg.rate, self.metrics.io.idle_time) if cfg.rate else None
+        to_lose = cfg.inject_loss if self.index == 0 else 0
+        self.generated = self.emitted = 0
+        clock = time.time_ns
+        SR = StreamRecord
+        while not stop.is_set():
+            if not writer.is_available():
+                writer.wait_available(timeout=0.1)      # soft back-pressure (timed)
+                continue
+            if emitter is not None:
+                emitter.maybe_emit()
+            keys = rng.integers(0, num_keys, n)
+            values = rng.integers(1, 1000, n)
+            batch["k"] = keys
+            batch["v"] = values
+            raw = batch.tobytes()
+            ts = clock() // 1_000_000
+            records = [SR(raw[o:o + size], ts) for o in range(0, len(raw), size)]
+            np.add.at(counts, keys, 1)
+            np.add.at(sums, keys, values)
+            self.generated += n
+            if to_lose:
+                lost = min(to_lose, n)
+                to_lose -= lost
+                records = records[:n - lost]
+            writer.emit_batch(records)                  # blocks while no buffer: hard back-pressure
+            self.emitted += len(records)
+            if pacer is not None:
+                pacer.pace(n)
+        self.state = "finishing"
+        writer.flush_all()
+        self.partition.finish()                          # EndOfPartition to every aggregator
+        return {"generated": self.generated, "emitted": self.emitted, "counts": counts, "sums": sums}
+
+    def close(self) -> None:
+        try:
+            if getattr(self, "writer", None) is not None:
+                self.writer.close()
+            if self.partition is not None:
+                self.partition.close()
+        finally:
+            super().close()
+
+
+class AggregatorTask(_Task):
+    """Counts and sums per key; forwards latency markers; sends running and final totals."""
+
+    role = ROLE_AGGREGATOR
+    needs_peers = True
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.records_in = 0
+        self.misrouted = 0
+        self.slow_rate: float | None = None      # records/s while slowed
+        self.steady_rate: float | None = None
+        self.slow_due = 0.0
+        self._samples: deque = deque(maxlen=64)   # (time, records in), one per status
+
+    def setup(self, env) -> None:
+        self.partition = env.create_result_partition(1, serializer=StreamElementSerializer("bytes"))
+
+    def connect(self, env) -> None:
+        specs = [(ResultPartitionID.from_bytes(p["partition"]), self.index, tuple(p["address"])) for p in self.peers]
+        self.gate = env.create_input_gate(specs, owning_task_name=self.name)
+        self.reader = RecordReader(self.gate, serializer=StreamElementSerializer("bytes"))
+        self.writer = RecordWriter(self.partition, None, timeout=self.cfg.buffer_timeout, task_name=self.name)
+
+    def register_metrics(self, metrics: _TaskMetrics) -> None:
+        metrics.io.register_writer(self.writer)
+        metrics.io.register_reader(self.reader)
+
+    def set_phase(self, phase: str, params: dict) -> None:
+        if phase == "slow" and params.get("slow") == self.index and self.phase != "slow":
+            now = time.monotonic()
+            steady = self.rate_before(self._samples, now)
+            # 10% of what it did in the steady phase (at least a trickle, never a stop).
+            self.slow_rate = max(50.0, params["factor"] * steady)
+            self.steady_rate = steady
+            self.slow_due = now
+        super().set_phase(phase, params)
+
+    def status(self) -> dict:
+        self._samples.append((time.monotonic(), self.records_in))
+        return super().status()
+
+    def extra_status(self) -> dict:
+        slow = self.phase == "slow" and self.phase_params.get("slow") == self.index
+        return {"slowed_to": self.slow_rate if slow else None}
+
+    def process(self) -> dict:
+        cfg = self.cfg
+        num_keys, n_agg, me = cfg.keys, cfg.aggregators, self.index
+        dtype = record_dtype(cfg.record_size)
+        counts = np.zeros(num_keys, np.int64)
+        sums = np.zeros(num_keys, np.int64)
+        dirty = np.zeros(num_keys, bool)
+        reader, writer = self.reader, self.writer
+        SR, LM = StreamRecord, LatencyMarker
+        emit_every = EMIT_INTERVAL_MS / 1000
+        next_emit = time.monotonic() + emit_every
+        fail_in = cfg.inject_failure == "aggregator" and me == cfg.slow_aggregator
+        self.gate.request_partitions()
+        while True:
+            try:
+                batch = reader.read_batch(timeout=emit_every)
+            except TimeoutError:
+                batch = []
+            if batch is None:                           # EndOfPartition from every source
+                break
+            values = []
+            append = values.append
+            for element in batch:
+                t = type(element)
+                if t is SR:
+                    append(element.value)
+                elif t is LM:
+                    forward_latency_marker(writer, element)            # Flink: to a random output channel
+            if values:
+                records = np.frombuffer(b"".join(values), dtype=dtype)
+                keys = records["k"].astype(np.intp)
+                np.add.at(counts, keys, 1)
+                np.add.at(sums, keys, records["v"].astype(np.int64))
+                dirty[keys] = True
+                owner = operator_indexes_array(records["k"].astype(np.int32), MAX_PARALLELISM, n_agg)
+                self.misrouted += int(np.count_nonzero(owner != me))
+                self.records_in += len(values)
+                if self.slow_rate is not None and self.phase == "slow":
+                    self._throttle(len(values))
+            if fail_in and self.phase == "recovery":
+                raise RuntimeError("injected failure (--inject-failure aggregator)")
+            now = time.monotonic()
+            if now >= next_emit:
+                next_emit = now + emit_every
+                self._emit(dirty, counts, sums, final=False)
+        self.state = "finishing"
+        dirty[:] = counts > 0
+        self._emit(dirty, counts, sums, final=True)
+        writer.flush_all()
+        self.partition.finish()
+        return {"records_in": self.records_in, "misrouted": self.misrouted,
+                "steady_rate": self.steady_rate, "slow_rate": self.slow_rate}
+
+    def _throttle(self, n: int) -> None:
+        """Processing ``n`` records takes ``n / slow_rate`` seconds in the slow phase."""
+        self.slow_due = max(self.slow_due, time.monotonic() - 0.05) + n / self.slow_rate
+        delay = self.slow_due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def _emit(self, dirty, counts, sums, final: bool) -> None:
+        keys = np.flatnonzero(dirty)
+        if not len(keys):
+            return
+        dirty[keys] = False
+        out = np.empty(len(keys), UPDATE)
+        out["k"] = keys
+        out["c"] = counts[keys]
+        out["s"] = sums[keys]
+        out["f"] = 1 if final else 0
+        raw, size = out.tobytes(), UPDATE.itemsize
+        self.writer.emit_batch([raw[o:o + size] for o in range(0, len(raw), size)], 0)
+
+    def close(self) -> None:
+        try:
+            for obj in (getattr(self, "reader", None), getattr(self, "writer", None), self.partition):
+                if obj is not None:
+                    obj.close()
+        finally:
+            super().close()
+
+
+class SinkTask(_Task):
+    """Keeps the latest totals per key and measures latency from the markers."""
+
+    role = ROLE_SINK
+    needs_peers = True
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.updates_in = 0
+        self.latency_by_phase: dict[str, deque] = {}
+
+    def connect(self, env) -> None:
+        specs = [(ResultPartitionID.from_bytes(p["partition"]), 0, tuple(p["address"])) for p in self.peers]
+        self.gate = env.create_input_gate(specs, owning_task_name=self.name)
+        self.reader = RecordReader(self.gate, serializer=StreamElementSerializer("bytes"))
+
+    def register_metrics(self, metrics: _TaskMetrics) -> None:
+        metrics.io.register_reader(self.reader)
+        self.latency = LatencyStats(metrics.group, granularity="operator", operator_id=operator_id(ROLE_SINK))
+
+    def process(self) -> dict:
+        num_keys = self.cfg.keys
+        counts = np.zeros(num_keys, np.int64)
+        sums = np.zeros(num_keys, np.int64)
+        final = np.zeros(num_keys, bool)
+        reader, report = self.reader, self.latency.report_latency
+        SR, LM = StreamRecord, LatencyMarker
+        self.gate.request_partitions()
+        while (batch := reader.read_batch()) is not None:
+            values = []
+            for element in batch:
+                t = type(element)
+                if t is SR:
+                    values.append(element.value)
+                elif t is LM:
+                    latency = report(element)
+                    samples = self.latency_by_phase.get(self.phase)
+                    if samples is None:
+                        samples = self.latency_by_phase[self.phase] = deque(maxlen=20_000)
+                    samples.append(latency)
+            if values:
+                updates = np.frombuffer(b"".join(values), dtype=UPDATE)[::-1]   # newest first
+                keys, newest = np.unique(updates["k"], return_index=True)
+                counts[keys] = updates["c"][newest]
+                sums[keys] = updates["s"][newest]
+                final[updates["k"][updates["f"] == 1]] = True
+                self.updates_in += len(values)
+        self.state = "finishing"
+        return {"counts": counts, "sums": sums, "final": final, "updates_in": self.updates_in,
+                "latency_by_phase": {p: list(v) for p, v in self.latency_by_phase.items()}}
+
+    def close(self) -> None:
+        try:
+            if getattr(self, "reader", None) is not None:
+                self.reader.close()
+        finally:
+            super().close()
+
+
+_TASKS = {ROLE_SOURCE: SourceTask, ROLE_AGGREGATOR: AggregatorTask, ROLE_SINK: SinkTask}
+
+
+def _task_process(conn: Connection, role: str, index: int, cfg: DemoConfig, parent_pid: int) -> None:
+    """Entry point of every task process (module level: spawn imports it)."""
+    # Ctrl-C and a closing terminal reach the whole process group: the coordinator handles them
+    # and stops the tasks in order (SIGTERM, its fallback, still ends a task at once).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
+    link = _Link(conn)
+    task = _TASKS[role](link, index, cfg)
+    threading.Thread(target=task.control_loop, name="demo-control", daemon=True).start()
+    code = EXIT_OK
+    try:
+        task.run()
+    except BaseException:  # noqa: BLE001 (reported to the coordinator)
+        code = EXIT_FAILED
+        if not task.aborted.is_set():
+            try:
+                link.send(("failed", traceback.format_exc()))
+            except OSError:
+                pass
+    finally:
+        link.close()
+    if task.aborted.is_set() and code == EXIT_OK:
+        code = EXIT_FAILED
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)   # daemon threads (I/O, flusher, metrics) end with the process
+
+
+# ==============================================================================================
+# Coordinator
+# ==============================================================================================
+
+class DemoFailure(Exception):
+    """The job failed (a task failed or died, or it did not finish in time)."""
+
+
+class _Interrupted(BaseException):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) arrived."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclasses.dataclass
+class TaskHandle:
+    """The coordinator's view of one task process."""
+
+    role: str
+    index: int
+    process: Any
+    conn: Connection
+    pid: int | None = None
+    address: tuple | None = None
+    partition: bytes | None = None
+    ready: bool = False
+    result: dict | None = None
+    failure: str | None = None
+    status: dict | None = None
+    peak_rss: int = 0
+    rss_at_phase: dict = dataclasses.field(default_factory=dict)
+    max_bp: dict = dataclasses.field(default_factory=dict)
+    max_in_pool: dict = dataclasses.field(default_factory=dict)
+    conn_open: bool = True
+
+    @property
+    def name(self) -> str:
+        return task_name(self.role, self.index)
+
+    def value(self, name: str, default=0.0):
+        """A value of the task group from the latest status (``numRecordsInPerSecond``)."""
+        if self.status is None:
+            return default
+        v = self.status["values"].get(name, default)
+        return default if v is None else v
+
+
+class _MetricMirror:
+    """The tasks' metrics in the coordinator's registry, under the same scopes: gauges, counters,
+    meters and histograms that read the latest values received from each task."""
+
+    def __init__(self, registry):
+        self.registry = registry
+        self.values: dict = {}
+
+    def update(self, handle: TaskHandle, metrics: list) -> None:
+        for root, steps, name, kind, value in metrics:
+            key = (handle.role, handle.index, root, steps, name)
+            known = key in self.values
+            self.values[key] = value
+            if not known:
+                try:
+                    self._register(handle, key, root, steps, name, kind)
+                except (ValueError, TypeError):
+                    pass     # a name clash: the metric is left out of the mirror
+
+    def _register(self, handle, key, root, steps, name, kind) -> None:
+        tm_id = f"tm-{handle.pid}"
+        if root == "task":
+            group = self.registry.task_group(handle.role, handle.index, job_name=JOB_NAME, host=HOST, tm_id=tm_id)
+        else:
+            group = self.registry.task_manager_group(HOST, tm_id)
+        for step in steps:
+            group = group.add_group(*step)
+        read = functools.partial(self.values.get, key)
+        if kind == "counter":
+            group.counter(name, _MirroredCounter(read))
+        elif kind == "meter":
+            group.meter(name, _MirroredMeter(read, self.registry.view_interval))
+        elif kind == "histogram":
+            group.histogram(name, _MirroredHistogram(read))
+        else:
+            group.gauge(name, Gauge(read))
+
+
+class _MirroredCounter(Counter):
+    """A counter whose count is the latest one received from a task."""
+
+    __slots__ = ("_read",)
+
+    def __init__(self, read):
+        super().__init__(0)
+        self._read = read
+
+    def get_count(self) -> int:
+        return int(self._read() or 0)
+
+
+class _MirroredMeter(MeterView):
+    """A meter whose rate is the latest one received from a task (the task's views update it)."""
+
+    def __init__(self, read, update_interval: int):
+        super().__init__(None, update_interval, update_interval=update_interval)
+        self._read = read
+
+    def update(self) -> None:
+        pass
+
+    def get_rate(self) -> float:
+        return float(self._read() or 0.0)
+
+
+class _Statistics:
+    """Histogram statistics rebuilt from the task's snapshot (count, min, max, quantiles)."""
+
+    _QUANTILES = {0.5: "p50", 0.75: "p75", 0.95: "p95", 0.98: "p98", 0.99: "p99", 0.999: "p999"}
+
+    def __init__(self, values: dict):
+        self._v = values or {}
+        self.count = int(self._v.get("count", 0))
+
+    def as_dict(self) -> dict:
+        return dict(self._v)
+
+    def get_quantile(self, quantile: float) -> float:
+        key = self._QUANTILES.get(quantile)
+        return float(self._v.get(key, float("nan"))) if key else float("nan")
+
+    def size(self) -> int:
+        return min(self.count, 128)    # Flink's latency history size
+
+    def get_min(self):
+        return self._v.get("min", 0)
+
+    def get_max(self):
+        return self._v.get("max", 0)
+
+    def get_mean(self) -> float:
+        return float(self._v.get("mean", 0.0))
+
+    def get_std_dev(self) -> float:
+        return float(self._v.get("stddev", 0.0))
+
+    def get_values(self) -> list:
+        return []
+
+
+class _MirroredHistogram(Histogram):
+    """A histogram whose statistics are the latest ones received from a task."""
+
+    def __init__(self, read):
+        super().__init__()
+        self._read = read
+
+    def update(self, value) -> None:
+        raise TypeError("a mirrored histogram is read-only")
+
+    def get_count(self) -> int:
+        return int((self._read() or {}).get("count", 0))
+
+    def get_statistics(self):
+        return _Statistics(self._read())
+
+
+class DemoCoordinator:
+    """Starts the task processes, drives the phases, renders the view and checks the result.
+
+    ``DemoCoordinator(cfg, view).run()`` returns the exit status; every process it started is
+    gone when it returns (or raises).
+    """
+
+    def __init__(self, cfg: DemoConfig, view, out=None):
+        self.cfg = cfg
+        self.view = view
+        self.out = out if out is not None else sys.stdout
+        self.ctx = mp.get_context("spawn")
+        self.tasks: list[TaskHandle] = []
+        self.phase = "startup"
+        self.phase_started = time.monotonic()
+        self.t_start: float | None = None
+        self.t_stop: float | None = None
+        self.t_done: float | None = None
+        self.registry = None
+        self.reporter = None
+        self.mirror: _MetricMirror | None = None
+        self.failures: list[str] = []
+        self.check = None
+        self.coordinator_peak_rss = 0
+        self.interrupted = False
+        self._shut_down = False
+
+    # -- public ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run the whole demo; returns the exit status."""
+        previous = self._install_signal_handlers()
+        interrupted = None
+        try:
+            try:
+                self._start_metrics()
+                self._spawn()
+                self._handshake()
+                self._run_phases()
+                self._finish()
+            except _Interrupted as err:
+                interrupted = err.signum
+                self.view.event(f"interrupted ({err}): stopping every task", self)
+            except UsageError as err:
+                self._shutdown()
+                self.view.close()
+                print(f"flinknet demo: error: {err}", file=sys.stderr)
+                return EXIT_USAGE
+            except DemoFailure as err:
+                self.failures.append(str(err))
+                self.view.event(f"FAILED: {err}", self)
+            finally:
+                self._shutdown()
+                self.view.close()
+            if interrupted is not None:
+                self.interrupted = True
+                self.view.summary(self)
+                return 128 + interrupted
+            if not self.failures:
+                self.check = self._check()
+            self.view.summary(self)
+            ok = not self.failures and self.check is not None and self.check.ok
+            return EXIT_OK if ok else EXIT_FAILED
+        finally:
+            self._restore_signal_handlers(previous)
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            raise _Interrupted(signum)
+
+        return {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for s, h in (previous or {}).items():
+            signal.signal(s, h)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def _start_metrics(self) -> None:
+        self.registry = MetricRegistry(update_interval=1)
+        self.mirror = _MetricMirror(self.registry)
+        if self.cfg.prometheus is not None:
+            from flinknet.metrics.prometheus import PrometheusReporter
+
+            self.reporter = PrometheusReporter(self.registry, port=self.cfg.prometheus, host=HOST)
+            try:
+                self.reporter.start()
+            except ImportError as err:          # prometheus_client too old
+                self.reporter = None
+                raise UsageError(f"--prometheus: {err}") from None
+            except OSError as err:
+                self.reporter = None
+                raise DemoFailure(f"cannot serve metrics on {HOST}:{self.cfg.prometheus}: {err}") from None
+            self.view.event(f"metrics for Prometheus at http://{HOST}:{self.reporter.port}/metrics", self)
+
+    # -- processes -------------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        cfg = self.cfg
+        roles = [(ROLE_SOURCE, i) for i in range(cfg.sources)] + \
+                [(ROLE_AGGREGATOR, i) for i in range(cfg.aggregators)] + [(ROLE_SINK, 0)]
+        for role, index in roles:
+            ours, theirs = self.ctx.Pipe(duplex=True)
+            process = self.ctx.Process(target=_task_process, name=f"flinknet-demo-{task_name(role, index)}",
+                                       args=(theirs, role, index, cfg, os.getpid()), daemon=True)
+            self.tasks.append(TaskHandle(role, index, process, ours))
+            process.start()
+            theirs.close()
+
+    def _by_role(self, role: str) -> list[TaskHandle]:
+        return [t for t in self.tasks if t.role == role]
+
+    def _send(self, task: TaskHandle, message) -> None:
+        if not task.conn_open:
+            return
+        try:
+            task.conn.send(message)
+        except OSError:
+            task.conn_open = False
+
+    def _broadcast(self, message) -> None:
+        for t in self.tasks:
+            self._send(t, message)
+
+    def _pump(self, timeout: float) -> None:
+        """Receive and handle whatever the tasks sent within ``timeout`` seconds; fail if a task
+        failed or died."""
+        conns = {t.conn: t for t in self.tasks if t.conn_open}
+        sentinels = {t.process.sentinel: t for t in self.tasks if t.process.exitcode is None}
+        ready = wait_connections(list(conns) + list(sentinels), timeout) if conns or sentinels else []
+        for obj in ready:
+            task = conns.get(obj)
+            if task is None:
+                continue
+            try:
+                while task.conn_open and task.conn.poll():
+                    self._handle(task, task.conn.recv())
+            except (EOFError, OSError):
+                task.conn_open = False
+        for obj in ready:
+            task = sentinels.get(obj)
+            if task is not None and task.result is None and task.failure is None:
+                task.process.join(0.5)
+                # the last messages may still be in the pipe
+                try:
+                    while task.conn_open and task.conn.poll():
+                        self._handle(task, task.conn.recv())
+                except (EOFError, OSError):
+                    task.conn_open = False
+                if task.failure is None:
+                    task.failure = f"exited unexpectedly with status {task.process.exitcode}"
+        failed = [t for t in self.tasks if t.failure is not None]
+        if failed:
+            t = failed[0]
+            raise DemoFailure(f"{t.name} (pid {t.pid or t.process.pid}) failed: {t.failure.strip()}")
+
+    def _handle(self, task: TaskHandle, message) -> None:
+        kind = message[0]
+        if kind == "status":
+            self._on_status(task, message[1])
+            self._send(task, ("ack",))
+        elif kind == "hello":
+            info = message[1]
+            task.pid, task.address, task.partition = info["pid"], info["address"], info["partition"]
+            self.view.event(f"task={task.name} pid={task.pid} listening={task.address[0]}:{task.address[1]}", self)
+        elif kind == "ready":
+            task.ready = True
+        elif kind == "done":
+            task.result = message[1]
+        elif kind == "failed":
+            task.failure = message[1]
+
+    def _on_status(self, task: TaskHandle, status: dict) -> None:
+        task.status = status
+        rss = status.get("rss", 0)
+        task.peak_rss = max(task.peak_rss, rss)
+        task.rss_at_phase.setdefault(status["phase"], rss)
+        task.rss_at_phase[status["phase"] + ".last"] = rss
+        if self.mirror is not None:
+            self.mirror.update(task, status["metrics"])
+        # per-phase maxima only from one-second windows that lay entirely in the phase
+        phase = status.get("window_phase")
+        if phase in PHASES:
+            bp = min(float(task.value("backPressuredTimeMsPerSecond")), 1000.0) / 1000.0
+            task.max_bp[phase] = max(task.max_bp.get(phase, 0.0), bp)
+            in_pool = float(task.value("Shuffle.Netty.Input.Buffers.inPoolUsage"))
+            task.max_in_pool[phase] = max(task.max_in_pool.get(phase, 0.0), in_pool)
+        self.coordinator_peak_rss = max(self.coordinator_peak_rss, rss_bytes())
+
+    def _wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DemoFailure(f"timed out after {timeout:.0f} s waiting for {what}")
+            self._pump(min(left, 0.25))
+            self.view.update(self)
+
+    def _handshake(self) -> None:
+        self.view.event(f"starting {len(self.tasks)} task processes "
+                        f"({self.cfg.sources} sources, {self.cfg.aggregators} aggregators, 1 sink)", self)
+        self._wait_until(lambda: all(t.pid is not None for t in self.tasks), STARTUP_TIMEOUT,
+                         "every task to start")
+        sources = [{"name": t.name, "partition": t.partition, "address": t.address}
+                   for t in self._by_role(ROLE_SOURCE)]
+        aggregators = [{"name": t.name, "partition": t.partition, "address": t.address}
+                       for t in self._by_role(ROLE_AGGREGATOR)]
+        for t in self._by_role(ROLE_AGGREGATOR):
+            self._send(t, ("peers", sources))
+        for t in self._by_role(ROLE_SINK):
+            self._send(t, ("peers", aggregators))
+        self._wait_until(lambda: all(t.ready for t in self.tasks), STARTUP_TIMEOUT,
+                         "every task to connect")
+
+    def _phase_params(self) -> dict:
+        return {"slow": self.cfg.slow_aggregator, "factor": self.cfg.slow_factor}
+
+    def _enter_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.phase_started = time.monotonic()
+        self.view.phase(self, phase)
+
+    def _run_phases(self) -> None:
+        cfg = self.cfg
+        schedule = cfg.phase_schedule()
+        self.t_start = time.monotonic()
+        self._enter_phase(schedule[0][0])
+        self._broadcast(("start", schedule[0][0], self._phase_params()))
+        for phase, start in schedule[1:] + [("finish", cfg.duration)]:
+            while (left := self.t_start + start - time.monotonic()) > 0:
+                self._pump(min(left, 0.25))
+                self.view.update(self)
+            if phase == "finish":
+                break
+            self._enter_phase(phase)
+            self._broadcast(("phase", phase, self._phase_params()))
+        self.t_stop = time.monotonic()
+        self._enter_phase("finish")
+        self._broadcast(("phase", "finish", self._phase_params()))
+        for t in self._by_role(ROLE_SOURCE):
+            self._send(t, ("stop",))
+
+    def _finish(self) -> None:
+        self._wait_until(lambda: all(t.result is not None for t in self.tasks), FINISH_TIMEOUT,
+                         "the job to finish (EndOfPartition through every task)")
+        self.t_done = time.monotonic()
+        self.phase = "done"
+        self.view.phase(self, "done")
+        self._broadcast(("exit",))
+        deadline = time.monotonic() + EXIT_GRACE
+        for t in self.tasks:
+            t.process.join(max(0.0, deadline - time.monotonic()))
+        for t in self.tasks:
+            if t.process.exitcode not in (None, EXIT_OK):
+                self.failures.append(f"{t.name} exited with status {t.process.exitcode}")
+
+    def _shutdown(self) -> None:
+        """Stop every task process (ask, terminate, kill: by PID), then the metrics server.
+        Signals are ignored meanwhile so that a second Ctrl-C cannot leave orphans."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS} if in_main else {}
+        try:
+            alive = [t for t in self.tasks if t.process.exitcode is None and t.process.pid is not None]
+            for t in alive:
+                self._send(t, ("exit",))
+            deadline = time.monotonic() + EXIT_GRACE
+            for t in alive:
+                t.process.join(max(0.0, deadline - time.monotonic()))
+            for t in alive:
+                if t.process.exitcode is None:
+                    t.process.terminate()                 # SIGTERM to its PID
+            for t in alive:
+                t.process.join(3.0)
+            for t in alive:
+                if t.process.exitcode is None:
+                    t.process.kill()                      # SIGKILL to its PID
+                    t.process.join(5.0)
+            for t in self.tasks:
+                try:
+                    t.conn.close()
+                except OSError:
+                    pass
+                t.conn_open = False
+                if t.process.exitcode is not None:
+                    t.process.close()
+            if self.reporter is not None:
+                self.reporter.close()
+                self.reporter = None
+            if self.registry is not None:
+                self.registry.close()
+                self.registry = None
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    # -- the check -------------------------------------------------------------------------
+
+    def _check(self) -> "CheckResult":
+        keys = self.cfg.keys
+        produced_counts = np.zeros(keys, np.int64)
+        produced_sums = np.zeros(keys, np.int64)
+        emitted = 0
+        for t in self._by_role(ROLE_SOURCE):
+            produced_counts += t.result["counts"]
+            produced_sums += t.result["sums"]
+            emitted += t.result["emitted"]
+        sink = self._by_role(ROLE_SINK)[0].result
+        aggregated_in = sum(t.result["records_in"] for t in self._by_role(ROLE_AGGREGATOR))
+        misrouted = sum(t.result["misrouted"] for t in self._by_role(ROLE_AGGREGATOR))
+        bad = np.flatnonzero((sink["counts"] != produced_counts) | (sink["sums"] != produced_sums))
+        not_final = np.flatnonzero((produced_counts > 0) & ~sink["final"])
+        produced = int(produced_counts.sum())
+        at_sink = int(sink["counts"].sum())
+        examples = [(int(k), int(produced_counts[k]), int(sink["counts"][k]), int(produced_sums[k]),
+                     int(sink["sums"][k])) for k in bad[:5]]
+        return CheckResult(keys=keys, produced=produced, emitted=emitted, aggregated=aggregated_in,
+                           at_sink=at_sink, lost=max(0, produced - at_sink), duplicated=max(0, at_sink - produced),
+                           mismatched_keys=len(bad), not_final_keys=len(not_final), misrouted=misrouted,
+                           examples=examples)
+
+    # -- numbers for the views -------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return 0.0 if self.t_start is None else time.monotonic() - self.t_start
+
+    def throughput(self) -> float:
+        """Records/s the sources emitted between start and stop."""
+        if self.t_start is None:
+            return 0.0
+        end = self.t_stop or time.monotonic()
+        emitted = sum((t.result or {}).get("emitted", 0) or t.value("numRecordsOut", 0)
+                      for t in self._by_role(ROLE_SOURCE))
+        return emitted / max(end - self.t_start, 1e-9)
+
+
+@dataclasses.dataclass
+class CheckResult:
+    """The end-of-job check: every key's count and sum at the sink equals what the sources made."""
+
+    keys: int
+    produced: int
+    emitted: int
+    aggregated: int
+    at_sink: int
+    lost: int
+    duplicated: int
+    mismatched_keys: int
+    not_final_keys: int
+    misrouted: int
+    examples: list
+
+    @property
+    def ok(self) -> bool:
+        return (self.mismatched_keys == 0 and self.not_final_keys == 0 and self.misrouted == 0
+                and self.lost == 0 and self.duplicated == 0 and self.aggregated == self.produced)
+
+
+def latency_of(status: dict) -> dict | None:
+    """The sink's latency histogram (p50/p95/p99/max, ms) from a status, if any."""
+    found = None
+    for name, value in status.get("values", {}).items():
+        if isinstance(value, dict) and name.rsplit(".", 1)[-1] == "latency" and value.get("count"):
+            if found is None or value.get("count", 0) > found.get("count", 0):
+                found = value
+    return found
+
+
+# ==============================================================================================
+# Entry point
+# ==============================================================================================
+
+def _check_prometheus_available() -> None:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise UsageError("--prometheus needs the optional package prometheus_client "
+                         "(pip install 'flinknet[prometheus]')") from None
+    try:
+        from flinknet.metrics.prometheus import PrometheusReporter  # noqa: F401
+    except ImportError as err:
+        raise UsageError(f"--prometheus is not available in this build of flinknet: {err}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``flinknet demo [options]``; returns the exit status."""
+    from flinknet import demo_view
+
+    try:
+        cfg = parse_config(argv)
+        if cfg.prometheus is not None:
+            _check_prometheus_available()
+    except UsageError as err:
+        print(f"flinknet demo: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exit_:     # argparse: --help (0) or a bad argument (2)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    live = cfg.live if cfg.live is not None else sys.stdout.isatty()
+    view = demo_view.LiveView(cfg) if live else demo_view.PlainView(cfg)
+    try:
+        return DemoCoordinator(cfg, view).run()
+    except _Interrupted as err:     # a second signal while the summary was printed
+        return 128 + err.signum
+
+
+if __name__ == "__main__":
+    sys.exit(main())
