@@ -40,4 +40,8 @@ cdef class RecordAttributes:
 cdef class StreamElementSerializer(PayloadSerializer):
     # Serializes the value of every StreamRecord.
     cdef readonly PayloadSerializer value_serializer
+    # LatencyMarkers framed / read through this instance: not records, so the task metrics
+    # take them out of numRecordsOut / numRecordsIn (Flink counts records only).
+    cdef readonly int64_t latency_markers_written
+    cdef readonly int64_t latency_markers_read
     cdef int _expect(self, Py_ssize_t size, Py_ssize_t expected, str what) except -1

@@ -54,4 +54,6 @@ ACTIVE: WatermarkStatus
 @final
 class StreamElementSerializer(PayloadSerializer):
     value_serializer: PayloadSerializer
+    latency_markers_written: int
+    latency_markers_read: int
     def __init__(self, value_serializer: PayloadSerializer | str = "byte_array") -> None: ...

@@ -213,6 +213,7 @@ cdef class StreamElementSerializer(PayloadSerializer):
             p.header_size += 9
         elif t is LatencyMarker:
             m = <LatencyMarker>value
+            self.latency_markers_written += 1
             h[0] = TAG_LATENCY_MARKER
             fn_store_be_i64(h + 1, m.marked_time)
             fn_store_be_i64(h + 9, m.operator_id_lower)
@@ -266,6 +267,7 @@ cdef class StreamElementSerializer(PayloadSerializer):
             return Watermark(fn_load_be_i64(data + 1))
         if tag == TAG_LATENCY_MARKER:
             self._expect(size, 29, "LatencyMarker")
+            self.latency_markers_read += 1
             return LatencyMarker(fn_load_be_i64(data + 1), fn_load_be_i64(data + 9),
                                  fn_load_be_i64(data + 17), fn_load_be_i32(data + 25))
         if tag == TAG_STREAM_STATUS:

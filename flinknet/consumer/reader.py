@@ -63,6 +63,11 @@ class RecordReader:
                 channel=channel_info)
         return d
 
+    @property
+    def serializer(self):
+        """The payload serializer records are read with (shared by the channels' deserializers)."""
+        return self._serializer
+
     def _check_open(self) -> None:
         if self._closed:
             raise IllegalStateError("the record reader is closed")

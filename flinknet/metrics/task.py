@@ -100,9 +100,18 @@ class TaskIOMetrics:
         def total(attr: str, items: list) -> Callable[[], int]:
             return lambda: sum(getattr(x, attr) for x in list(items))
 
+        def records_in() -> int:
+            # Latency markers are stream elements, not records: Flink does not count them.
+            return sum(r.num_records_in - getattr(r.serializer, "latency_markers_read", 0)
+                       for r in list(rs))
+
+        def records_out() -> int:
+            return sum(p.num_records_out - getattr(p.serializer, "latency_markers_written", 0)
+                       for p in list(ps))
+
         counters = {
-            "numRecordsIn": SumCounter(total("num_records_in", rs)),
-            "numRecordsOut": SumCounter(total("num_records_out", ps)),
+            "numRecordsIn": SumCounter(records_in),
+            "numRecordsOut": SumCounter(records_out),
             "numBytesIn": SumCounter(total("num_bytes_in", gs)),
             "numBytesOut": SumCounter(total("num_bytes_out", ps)),
             "numBuffersOut": SumCounter(total("num_buffers_out", ps)),

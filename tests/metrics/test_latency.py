@@ -223,3 +223,34 @@ def test_validation():
     with pytest.raises(TypeError):
         LatencyStats(g).report_latency(StreamRecord(b"x"))
     reg.close()
+
+
+def test_latency_markers_are_not_counted_as_records():
+    from flinknet.metrics import TaskIOMetrics
+
+    reg = MetricRegistry(start=False)
+    with NetworkEnvironment(OPTS) as env:
+        p = _stream(env, 2)
+        gate = env.create_input_gate([(p.partition_id, 0), (p.partition_id, 1)])
+        src = TaskIOMetrics(reg.task_group("Source", 0))
+        sink = TaskIOMetrics(reg.task_group("Sink", 0))
+        with RecordWriter(p, timeout=-1) as w:
+            src.register_writer(w)
+            em = LatencyMarkerEmitter(w, 1000)
+            for i in range(100):
+                w.emit(StreamRecord(b"r"), i % 2)
+                if i % 10 == 0:
+                    em.emit_now()
+            p.finish()
+        with RecordReader(gate, serializer=StreamElementSerializer("bytes")) as r:
+            sink.register_reader(r)
+            elements = list(r)
+        assert len(elements) == 110
+        assert r.serializer.latency_markers_read == 10
+        snap = reg.update()
+        assert snap["localhost.taskmanager.tm-0.job.Source.0.numRecordsOut"] == 100
+        assert snap["localhost.taskmanager.tm-0.job.Sink.0.numRecordsIn"] == 100
+        src.close()
+        sink.close()
+        gate.close()
+    reg.close()
