@@ -70,6 +70,11 @@ class NetworkEnvironment:
                                 partition_id: ResultPartitionID | None = None, serializer="bytes", **kwargs):
         """A partition of this environment, set up and registered (consumers can find it)."""
         self._check_open()
+        if not partition_type.is_blocking:
+            # The subpartitions know how many exclusive buffers their receivers hold (Flink's
+            # ResultPartitionFactory passes the configured buffers-per-channel): with 0, a
+            # receiver reads with floating buffers only and the sender announces its backlog.
+            kwargs.setdefault("receiver_exclusive_buffers_per_channel", self.config.buffers_per_channel)
         partition = create_result_partition(
             self.network_buffer_pool, num_subpartitions, partition_type,
             partition_id=partition_id, serializer=serializer, partition_manager=self.partition_manager,

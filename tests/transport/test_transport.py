@@ -279,3 +279,44 @@ def test_buffer_responses_carry_the_requested_subpartition():
             [(rid, 2, 0), (rid, 2, 1)]
         assert msgs[0].data_type == DataType.DATA_BUFFER and msgs[0].size == 11
         p.close()
+
+
+def test_subpartitions_know_the_receivers_configured_exclusive_buffers():
+    from flinknet.environment import NetworkEnvironment
+
+    for exclusive in (0, 2, 5):
+        opts = {"taskmanager.memory.network.max": "8mb",
+                "taskmanager.network.memory.buffers-per-channel": exclusive}
+        with NetworkEnvironment(opts) as env:
+            p = env.create_result_partition(2)
+            assert [sp._receiver_exclusive for sp in p.subpartitions] == [exclusive, exclusive]
+
+
+def test_a_receiver_without_exclusive_buffers_reads_on_floating_credit():
+    import threading
+
+    from flinknet.consumer import RecordReader
+    from flinknet.environment import NetworkEnvironment
+    from flinknet.writer import RecordWriter
+
+    opts = {"taskmanager.memory.network.max": "8mb", "taskmanager.memory.segment-size": "4kb",
+            "taskmanager.network.memory.buffers-per-channel": 0,
+            "taskmanager.network.memory.floating-buffers-per-gate": 4}
+    with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
+        p = prod.create_result_partition(2)
+        gate = cons.create_input_gate([(p.partition_id, i, prod.address) for i in range(2)])
+
+        def produce():
+            with RecordWriter(p, timeout=1) as w:
+                for i in range(2000):
+                    w.emit(b"%05d" % i + bytes(2000), i % 2)
+            p.finish()
+
+        t = threading.Thread(target=produce)
+        t.start()
+        with RecordReader(gate) as r:
+            got = [rec[:5] for rec in r]
+        t.join(30)
+        assert sorted(got) == [b"%05d" % i for i in range(2000)]
+        gate.close()
+        assert cons.network_buffer_pool.is_whole()
