@@ -33,6 +33,31 @@ def test_request_recycle_flinknet(benchmark, pool):
 
 
 @pytest.mark.benchmark(group="request+recycle")
+def test_request_builder_close_flinknet(benchmark, pool):
+    request = pool.request_buffer_builder
+
+    def run():
+        for _ in range(1000):
+            request().close()
+
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="request+recycle")
+def test_global_segment_request_recycle_flinknet(benchmark):
+    nbp = NetworkBufferPool(16, SEGMENT)
+    request, recycle = nbp.request_pooled_memory_segment, nbp.recycle_pooled_memory_segment
+
+    def run():
+        for _ in range(1000):
+            recycle(request())
+
+    benchmark(run)
+    assert nbp.is_whole()
+    nbp.destroy()
+
+
+@pytest.mark.benchmark(group="request+recycle")
 def test_request_recycle_python(benchmark):
     free = [bytearray(SEGMENT) for _ in range(4)]
 

@@ -35,11 +35,15 @@ def serializer():
 
 
 @pytest.mark.parametrize("size", [8, 100, 1000])
-@pytest.mark.parametrize("mode", ["per_record", "batch", "numpy"])
+@pytest.mark.parametrize("mode", ["per_record", "batch", "numpy", "batch_targets", "numpy_targets"])
 def test_serialize_flinknet(benchmark, serializer, size, mode):
+    """``emit`` per record, ``emit_batch`` of a list, ``emit_array`` of a numpy array, to one
+    subpartition; ``*_targets``: the same calls given one target per record (what a channel
+    selector hands a RecordWriter)."""
     benchmark.group = f"serialize {size} B x {RECORDS}"
     records = [bytes(size)] * RECORDS
     array = np.zeros(RECORDS, dtype=f"V{size}")
+    targets = np.zeros(RECORDS, dtype=np.int32)
     if mode == "per_record":
         def run():
             emit = serializer.emit
@@ -48,9 +52,15 @@ def test_serialize_flinknet(benchmark, serializer, size, mode):
     elif mode == "batch":
         def run():
             serializer.emit_batch(records, 0)
-    else:
+    elif mode == "batch_targets":
+        def run():
+            serializer.emit_batch(records, targets)
+    elif mode == "numpy":
         def run():
             serializer.emit_array(array, 0)
+    else:
+        def run():
+            serializer.emit_array(array, targets)
     benchmark(run)
 
 
@@ -99,24 +109,36 @@ def _framed_buffers(size):
 
 
 @pytest.mark.parametrize("size", [8, 100, 1000])
-@pytest.mark.parametrize("mode", ["per_buffer", "numpy"])
+@pytest.mark.parametrize("mode", ["per_record", "per_buffer", "numpy"])
 def test_deserialize_flinknet(benchmark, size, mode):
+    """``get_next_record`` per record, ``read_records`` per buffer (a list), ``read_array`` per
+    buffer (a numpy array), over the buffers of RECORDS framed records."""
+    from flinknet._core.serialization import DeserializationResult
+
     benchmark.group = f"deserialize {size} B x {RECORDS}"
     nbp, pool, buffers = _framed_buffers(size)
     deser = RecordDeserializer()
+    intermediate = DeserializationResult.INTERMEDIATE_RECORD_FROM_BUFFER
 
     def run():
         for b in buffers:
             b.retain()
             if mode == "per_buffer":
                 deser.read_records(b)
-            else:
+            elif mode == "numpy":
                 deser.read_array(b, f"V{size}")
+            else:
+                deser.set_next_buffer(b)
+                get = deser.get_next_record
+                while get()[0] is intermediate:
+                    pass
 
     benchmark(run)
+    deser.clear()
     for b in buffers:
         b.recycle()
     pool.lazy_destroy()
+    assert nbp.is_whole()
     nbp.destroy()
 
 
