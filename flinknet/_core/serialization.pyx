@@ -634,17 +634,19 @@ cdef class SpanningRecordSerializer:
         cdef Payload *cur
         cdef BufferBuilder b
         cdef list holds
+        cdef const int64_t[::1] tv
         if single:
             t = targets
             self._check_target(t)
         else:
-            targets = np.asarray(targets, dtype=np.int64)
-            if targets.ndim != 1:
+            tarr = np.ascontiguousarray(targets, dtype=np.int64)
+            if tarr.ndim != 1:
                 raise ValueError("targets must be an int or one-dimensional")
+            tv = tarr           # typed view: reading a target is a C load, not a numpy scalar
             for record in records:
-                if i >= targets.shape[0]:
-                    raise ValueError(f"{targets.shape[0]} targets for more records")
-                t = targets[i]
+                if i >= tv.shape[0]:
+                    raise ValueError(f"{tv.shape[0]} targets for more records")
+                t = tv[i]
                 self._check_target(t)
                 _payload_init(&p)
                 hold = self._serializer.prepare(record, &p)
@@ -653,8 +655,8 @@ cdef class SpanningRecordSerializer:
                 finally:
                     payload_release(&p)
                 i += 1
-            if i != targets.shape[0]:
-                raise ValueError(f"{targets.shape[0]} targets for {i} records")
+            if i != tv.shape[0]:
+                raise ValueError(f"{tv.shape[0]} targets for {i} records")
             return i
         run = <Payload *>PyMem_Malloc(RUN_MAX_RECORDS * sizeof(Payload))
         if run == NULL:
@@ -709,6 +711,7 @@ cdef class SpanningRecordSerializer:
         cdef Py_ssize_t t
         cdef BufferBuilder b
         cdef Payload p
+        cdef const int64_t[::1] tv
         arr = np.ascontiguousarray(array)
         if arr.ndim != 1 or arr.dtype.hasobject:
             raise ValueError("emit_array needs a one-dimensional array without Python objects")
@@ -716,19 +719,21 @@ cdef class SpanningRecordSerializer:
         item = arr.dtype.itemsize
         framed = item + LENGTH_BYTES
         if not isinstance(targets, int):
-            tarr = np.asarray(targets, dtype=np.int64)
+            tarr = np.ascontiguousarray(targets, dtype=np.int64)
             if tarr.shape != (n,):
                 raise ValueError(f"targets must have shape ({n},), got {tarr.shape}")
-            raw = arr.view(np.uint8).reshape(n, item) if n else arr
+            if n == 0:
+                return 0
+            tv = tarr
             for i in range(n):
-                t = tarr[i]
-                self._check_target(t)
+                self._check_target(tv[i])
+            # `arr` (contiguous, kept alive here) holds the records: payloads point into it.
+            src = <const char *><size_t>arr.ctypes.data
+            for i in range(n):
                 _payload_init(&p)
-                _payload_buffer(raw[i], &p)
-                try:
-                    self._write_framed(&p, <int>t)
-                finally:
-                    payload_release(&p)
+                p.body = src + i * item
+                p.body_size = item
+                self._write_framed(&p, <int>tv[i])
             return n
         t = targets
         self._check_target(t)
