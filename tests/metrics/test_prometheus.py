@@ -17,12 +17,10 @@ import time
 import numpy as np
 import psutil
 import pytest
-
-pytest.importorskip("prometheus_client")
-
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from prometheus_client.registry import CollectorRegistry  # noqa: E402
-from prometheus_client.exposition import generate_latest  # noqa: E402
+# prometheus_client is in the test extra: without it these tests fail rather than skip.
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 
 from flinknet.metrics import Histogram, MetricRegistry, TimerGauge  # noqa: E402
 from flinknet.metrics.prometheus import (  # noqa: E402
@@ -537,12 +535,12 @@ def test_subscribed_reporter_closes_with_the_registry():
 
 def test_ipv6_loopback_url(registry):
     if not socket.has_ipv6:
-        pytest.skip("no IPv6")
+        pytest.skip("this Python was built without IPv6 support")
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
             s.bind(("::1", 0))
     except OSError:
-        pytest.skip("no IPv6 loopback")
+        pytest.skip("this machine has no IPv6 loopback address (::1) to bind")
     registry.group("x").counter("n").inc(3)
     with PrometheusReporter(registry, host="::1") as reporter:
         assert reporter.url == f"http://[::1]:{reporter.port}/metrics"
