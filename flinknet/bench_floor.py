@@ -34,173 +34,64 @@ def _ctx():
     return mp.get_context("spawn")
 
 
-def _io_sender(sock: socket.socket, wake_r: socket.socket, out: collections.deque, done: threading.Event) -> None:
-    sel = selectors.DefaultSelector()
-    sel.register(wake_r, selectors.EVENT_READ)
-    try:
-        while not done.is_set() or out:
-            for _key, _mask in sel.select(0.1):
-                wake_r.recv(4096)
-            while out:
-                sock.sendall(out.popleft())
-    finally:
-        sel.close()
-
-
-def _producer(q_out, q_in, n: int, rate: float) -> None:
-    lst = socket.create_server(("127.0.0.1", 0))
-    q_out.put(lst.getsockname())
-    conn, _ = lst.accept()
+def _accept_one(q_out) -> socket.socket:
+    """Listen on loopback, tell the parent where, and return the one connection (TCP_NODELAY)."""
+    with socket.create_server(("127.0.0.1", 0)) as lst:
+        q_out.put(lst.getsockname())
+        conn, _ = lst.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    wake_r, wake_w = socket.socketpair()
-    out: collections.deque = collections.deque()
-    done = threading.Event()
-    io = threading.Thread(target=_io_sender, args=(conn, wake_r, out, done))
-    io.start()
-    pad = bytes(_SIZE - _TS.size)
-    q_in.get(timeout=60)
-    interval = 1.0 / rate
-    due = time.perf_counter()
-    for _ in range(n):
-        due += interval
-        left = due - time.perf_counter()
-        if left > 0:
-            time.sleep(left)
-        out.append(_TS.pack(time.monotonic_ns()) + pad)
-        wake_w.send(b"\0")            # call_soon_threadsafe: wake the I/O thread
-    done.set()
-    wake_w.send(b"\0")
-    io.join()
-    conn.shutdown(socket.SHUT_WR)
-    conn.recv(1)
-    for s in (conn, lst, wake_r, wake_w):
-        s.close()
+    return conn
 
 
-def _paced_sender(q_out, q_in, n: int, rate: float) -> None:
-    lst = socket.create_server(("127.0.0.1", 0))
-    q_out.put(lst.getsockname())
-    conn, _ = lst.accept()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    pad = bytes(_SIZE - _TS.size)
-    q_in.get(timeout=60)
-    interval = 1.0 / rate
-    due = time.perf_counter()
-    for _ in range(n):
-        due += interval
-        left = due - time.perf_counter()
-        if left > 0:
-            time.sleep(left)
-        conn.sendall(_TS.pack(time.monotonic_ns()) + pad)
+def _finish(conn: socket.socket) -> None:
+    """End the stream and wait until the reader closed its side."""
     conn.shutdown(socket.SHUT_WR)
     conn.recv(1)
     conn.close()
-    lst.close()
 
 
-def paced_raw_one_way_us(n: int = 20_000, rate: float = 10_000) -> list[float]:
-    """One-way delays (µs) of 100-byte messages at ``rate``/s over a raw socket, one thread per
-    side blocked in ``recv``: the ping-pong's hardware and kernel path, plus waking an idle
-    process for every message (the ping-pong never idles)."""
-    ctx = _ctx()
-    q_out, q_in = ctx.Queue(), ctx.Queue()
-    proc = ctx.Process(target=_paced_sender, args=(q_out, q_in, n, rate), daemon=True)
-    proc.start()
-    try:
-        addr = q_out.get(timeout=60)
-        with socket.create_connection(addr) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            q_in.put("go")
-            delays = []
-            clock = time.monotonic_ns
-            unpack = _TS.unpack_from
-            pending = b""
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                now = clock()
-                pending += data
-                k = len(pending) // _SIZE * _SIZE
-                for i in range(0, k, _SIZE):
-                    delays.append((now - unpack(pending, i)[0]) / 1e3)
-                pending = pending[k:]
-            sock.shutdown(socket.SHUT_WR)
-        return delays
-    finally:
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+def _paced_messages(n: int, rate: float):
+    """``n`` messages of 100 bytes at ``rate`` per second, each stamped as it is handed out.
+    The pacing sleeps, never spins: a spinning thread keeps the GIL from the I/O thread."""
+    pad = bytes(_SIZE - _TS.size)
+    interval = 1.0 / rate
+    due = time.perf_counter()
+    for _ in range(n):
+        due += interval
+        left = due - time.perf_counter()
+        if left > 0:
+            time.sleep(left)
+        yield _TS.pack(time.monotonic_ns()) + pad
 
 
-def relay_one_way_us(n: int = 20_000, rate: float = 10_000) -> list[float]:
-    """One-way delays (µs) through user thread → I/O thread → TCP → I/O thread → user thread."""
-    ctx = _ctx()
-    q_out, q_in = ctx.Queue(), ctx.Queue()
-    proc = ctx.Process(target=_producer, args=(q_out, q_in, n, rate), daemon=True)
-    proc.start()
-    try:
-        addr = q_out.get(timeout=60)
-        sock = socket.create_connection(addr)
+class _Peer:
+    """A sender process started with spawn (``target(q_out, q_in, *args)``), stopped by PID."""
+
+    def __init__(self, target, *args):
+        ctx = _ctx()
+        self.q_out, self.q_in = ctx.Queue(), ctx.Queue()
+        self.proc = ctx.Process(target=target, args=(self.q_out, self.q_in) + args, daemon=True)
+
+    def __enter__(self) -> socket.socket:
+        self.proc.start()
+        sock = socket.create_connection(self.q_out.get(timeout=60))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cond = threading.Condition()
-        inbox: collections.deque = collections.deque()
-        finished = []
+        return sock
 
-        def io_receiver():
-            sel = selectors.DefaultSelector()
-            sel.register(sock, selectors.EVENT_READ)
-            pending = b""
-            try:
-                while True:
-                    sel.select()
-                    data = sock.recv(65536)
-                    if not data:
-                        break
-                    pending += data
-                    k = len(pending) // _SIZE * _SIZE
-                    if k:
-                        msgs = [pending[i:i + _SIZE] for i in range(0, k, _SIZE)]
-                        pending = pending[k:]
-                        with cond:
-                            inbox.extend(msgs)
-                            cond.notify()
-            finally:
-                sel.close()
-                with cond:
-                    finished.append(True)
-                    cond.notify()
+    def go(self) -> None:
+        self.q_in.put("go")
 
-        io = threading.Thread(target=io_receiver)
-        io.start()
-        q_in.put("go")
-        delays = []
-        clock = time.monotonic_ns
-        unpack = _TS.unpack_from
-        while len(delays) < n:
-            with cond:
-                while not inbox and not finished:
-                    cond.wait()
-                msgs = list(inbox)
-                inbox.clear()
-                if not msgs and finished:
-                    break
-            now = clock()
-            delays.extend((now - unpack(m)[0]) / 1e3 for m in msgs)
-        sock.shutdown(socket.SHUT_WR)
-        io.join(30)
-        sock.close()
-        return delays
-    finally:
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+    def __exit__(self, *exc) -> None:
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
 
 
-def _bulk_io_sender(sock, wake_r, out: collections.deque, space: threading.Semaphore,
-                    done: threading.Event) -> None:
+def _io_sender(sock, wake_r, out: collections.deque, done: threading.Event,
+               space: threading.Semaphore | None = None) -> None:
+    """The sending process's I/O thread: sleeps in select until woken, then sends what is queued
+    (releasing ``space`` per item when the queue is bounded)."""
     sel = selectors.DefaultSelector()
     sel.register(wake_r, selectors.EVENT_READ)
     try:
@@ -210,38 +101,136 @@ def _bulk_io_sender(sock, wake_r, out: collections.deque, space: threading.Semap
                     wake_r.recv(4096)
             while out:
                 sock.sendall(out.popleft())
-                space.release()
+                if space is not None:
+                    space.release()
     finally:
         sel.close()
 
 
-def _bulk_producer(q_out, q_in, total: int, chunk: int, window: int) -> None:
-    lst = socket.create_server(("127.0.0.1", 0))
-    q_out.put(lst.getsockname())
-    conn, _ = lst.accept()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    wake_r, wake_w = socket.socketpair()
-    out: collections.deque = collections.deque()
-    space = threading.Semaphore(window)      # bounded: at most `window` chunks queued
-    done = threading.Event()
-    io = threading.Thread(target=_bulk_io_sender, args=(conn, wake_r, out, space, done))
-    io.start()
+class _Relay:
+    """A task thread's side of the sending process: a deque and a self-pipe wake-up (asyncio's
+    ``call_soon_threadsafe``) in front of an :func:`_io_sender` thread."""
+
+    def __init__(self, conn: socket.socket, window: int | None = None):
+        self.conn = conn
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.out: collections.deque = collections.deque()
+        self.space = threading.Semaphore(window) if window else None
+        self.done = threading.Event()
+        self.io = threading.Thread(target=_io_sender,
+                                   args=(conn, self.wake_r, self.out, self.done, self.space))
+        self.io.start()
+
+    def send(self, item) -> None:
+        if self.space is not None:
+            self.space.acquire()
+        was_empty = not self.out
+        self.out.append(item)
+        if was_empty:
+            self.wake_w.send(b"\0")
+
+    def close(self) -> None:
+        self.done.set()
+        self.wake_w.send(b"\0")
+        self.io.join()
+        _finish(self.conn)
+        self.wake_r.close()
+        self.wake_w.close()
+
+
+def _relay_sender(q_out, q_in, n: int, rate: float) -> None:
+    relay = _Relay(_accept_one(q_out))
+    q_in.get(timeout=60)
+    for msg in _paced_messages(n, rate):
+        relay.send(msg)
+    relay.close()
+
+
+def _paced_sender(q_out, q_in, n: int, rate: float) -> None:
+    conn = _accept_one(q_out)
+    q_in.get(timeout=60)
+    for msg in _paced_messages(n, rate):
+        conn.sendall(msg)
+    _finish(conn)
+
+
+def _bulk_sender(q_out, q_in, total: int, chunk: int, window: int) -> None:
+    relay = _Relay(_accept_one(q_out), window)    # bounded: at most `window` chunks queued
     record = bytes(chunk)
     q_in.get(timeout=60)
     for _ in range(total // chunk):
-        space.acquire()
-        buf = bytearray(record)               # the producer's copy into its buffer
-        was_empty = not out
-        out.append(buf)
-        if was_empty:
-            wake_w.send(b"\0")
-    done.set()
-    wake_w.send(b"\0")
-    io.join()
-    conn.shutdown(socket.SHUT_WR)
-    conn.recv(1)
-    for s_ in (conn, lst, wake_r, wake_w):
-        s_.close()
+        relay.send(bytearray(record))              # the producer's copy into its buffer
+    relay.close()
+
+
+def _stamped_delays(data: bytes, now: int, out: list) -> bytes:
+    """Append the delay (µs) of every whole message in ``data``; return the partial rest."""
+    k = len(data) // _SIZE * _SIZE
+    for i in range(0, k, _SIZE):
+        out.append((now - _TS.unpack_from(data, i)[0]) / 1e3)
+    return data[k:]
+
+
+def paced_raw_one_way_us(n: int = 20_000, rate: float = 10_000) -> list[float]:
+    """One-way delays (µs) of 100-byte messages at ``rate``/s over a raw socket, one thread per
+    side blocked in ``recv``: the ping-pong's hardware and kernel path, plus waking an idle
+    process for every message (the ping-pong never idles)."""
+    peer = _Peer(_paced_sender, n, rate)
+    with peer as sock:
+        peer.go()
+        delays: list[float] = []
+        pending = b""
+        while data := sock.recv(65536):
+            pending = _stamped_delays(pending + data, time.monotonic_ns(), delays)
+        sock.shutdown(socket.SHUT_WR)
+        sock.close()
+    return delays
+
+
+def relay_one_way_us(n: int = 20_000, rate: float = 10_000) -> list[float]:
+    """One-way delays (µs) through user thread → I/O thread → TCP → I/O thread → user thread."""
+    peer = _Peer(_relay_sender, n, rate)
+    with peer as sock:
+        cond = threading.Condition()
+        inbox: list[bytes] = []
+        finished = []
+
+        def io_receiver():
+            sel = selectors.DefaultSelector()
+            sel.register(sock, selectors.EVENT_READ)
+            try:
+                while True:
+                    sel.select()
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    with cond:
+                        inbox.append(data)
+                        cond.notify()
+            finally:
+                sel.close()
+                with cond:
+                    finished.append(True)
+                    cond.notify()
+
+        io = threading.Thread(target=io_receiver)
+        io.start()
+        peer.go()
+        delays: list[float] = []
+        pending = b""
+        while len(delays) < n:
+            with cond:
+                while not inbox and not finished:
+                    cond.wait()
+                chunks = inbox[:]
+                inbox.clear()
+                if not chunks and finished:
+                    break
+            pending = _stamped_delays(pending + b"".join(chunks), time.monotonic_ns(), delays)
+        sock.shutdown(socket.SHUT_WR)
+        io.join(30)
+        sock.close()
+    return delays
 
 
 def relay_bandwidth_gbps(total: int = 1 << 30, chunk: int = 32 * 1024, window: int = 10) -> float:
@@ -249,14 +238,8 @@ def relay_bandwidth_gbps(total: int = 1 << 30, chunk: int = 32 * 1024, window: i
     consumer thread, each side copying once in user space (into a buffer; out of it) and at
     most ``window`` chunks queued per side, with no framing and no credits: an upper bound for
     any design with I/O threads in CPython."""
-    ctx = _ctx()
-    q_out, q_in = ctx.Queue(), ctx.Queue()
-    proc = ctx.Process(target=_bulk_producer, args=(q_out, q_in, total, chunk, window), daemon=True)
-    proc.start()
-    try:
-        addr = q_out.get(timeout=60)
-        sock = socket.create_connection(addr)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    peer = _Peer(_bulk_sender, total, chunk, window)
+    with peer as sock:
         cond = threading.Condition()
         inbox: collections.deque = collections.deque()
         state = {"eof": False}
@@ -287,7 +270,7 @@ def relay_bandwidth_gbps(total: int = 1 << 30, chunk: int = 32 * 1024, window: i
         io = threading.Thread(target=io_receiver)
         t0 = time.perf_counter()
         io.start()
-        q_in.put("go")
+        peer.go()
         received = 0
         while True:
             with cond:
@@ -303,12 +286,9 @@ def relay_bandwidth_gbps(total: int = 1 << 30, chunk: int = 32 * 1024, window: i
         sock.shutdown(socket.SHUT_WR)
         io.join(30)
         sock.close()
-        return received / elapsed / 1e9
-    finally:
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+    if received != total // chunk * chunk:
+        raise AssertionError(f"the relay delivered {received} of {total // chunk * chunk} bytes")
+    return received / elapsed / 1e9
 
 
 def thread_handoff_us(n: int = 20_000) -> list[float]:
