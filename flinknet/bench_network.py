@@ -529,32 +529,31 @@ class _Receiver:
             self.env.close()
             raise
 
+    def _read(self, worker: Worker):
+        """The next array of longs; a timeout reports the producer's error if it has one."""
+        try:
+            arr = self.reader.read_array(np.int64, timeout=_WAIT)
+        except TimeoutError:
+            worker.check_errors()
+            raise
+        if arr is None:
+            raise RuntimeError("the input ended in the middle of an invocation")
+        return arr
+
     def read_until(self, worker: Worker, markers: int) -> int:
         """Read records until ``markers`` nonzero ones arrived; returns the records read."""
-        read, count, seen, count_nonzero = self.reader.read_array, 0, 0, np.count_nonzero
+        count, seen, count_nonzero = 0, 0, np.count_nonzero
         while seen < markers:
-            try:
-                arr = read(np.int64, timeout=_WAIT)
-            except TimeoutError:
-                worker.check_errors()
-                raise
-            if arr is None:
-                raise RuntimeError("the input ended in the middle of an invocation")
+            arr = self._read(worker)
             count += len(arr)
             seen += count_nonzero(arr)
         return count
 
     def read_latency(self, worker: Worker, n: int) -> int:
         """Read ``n`` records; ns from the first one's send time to the last one's arrival."""
-        read, count, t0 = self.reader.read_array, 0, None
+        count, t0 = 0, None
         while count < n:
-            try:
-                arr = read(np.int64, timeout=_WAIT)
-            except TimeoutError:
-                worker.check_errors()
-                raise
-            if arr is None:
-                raise RuntimeError("the input ended in the middle of an invocation")
+            arr = self._read(worker)
             if len(arr):
                 if t0 is None:
                     t0 = int(arr[0])

@@ -202,6 +202,18 @@ class _Child:
             q.cancel_join_thread()
 
 
+def _go(prod: "_Child", cons: "_Child", consumer_timeout: float, producer_timeout: float):
+    """Start both children at the same moment, then collect the consumer's result, tell the
+    producer it is done and collect its result: ``(consumer result, producer result)``."""
+    t_go = time.monotonic() + 0.05
+    prod.put(("go", t_go))
+    cons.put(("go", t_go))
+    cres = cons.get(consumer_timeout)[1]
+    prod.put(("done",))
+    pres = prod.get(producer_timeout)[1]
+    return cres, pres
+
+
 def _stop_all(children) -> None:
     """Stop ``children`` (last started first): joined normally; when called from a ``finally``
     while an exception (a failure, Ctrl-C, SIGTERM) is on its way, killed after 2 s instead."""
@@ -374,12 +386,7 @@ def run_channels(n: int, n_records: int, size: int = RECORD, producer_options: d
         if msg[0] == "result":
             raise ChildError(f"consumer could not start: {msg[1]}")
         cinfo = msg[1]
-        t_go = time.monotonic() + 0.05
-        prod.put(("go", t_go))
-        cons.put(("go", t_go))
-        cres = cons.get(600)[1]
-        prod.put(("done",))
-        pres = prod.get(120)[1]
+        cres, pres = _go(prod, cons, 600, 120)
     finally:
         _stop_all(children)
     if cres["count"] != n_records:
@@ -702,12 +709,7 @@ def run_skew(n: int = 64, hot_fraction: float | None = 0.5, hot_rate: float = 4e
                       hot_stall_s).start()
         children.append(cons)
         cons.get(120)
-        t_go = time.monotonic() + 0.05
-        prod.put(("go", t_go))
-        cons.put(("go", t_go))
-        cres = cons.get(600)[1]
-        prod.put(("done",))
-        pres = prod.get(120)[1]
+        cres, pres = _go(prod, cons, 600, 120)
     finally:
         _stop_all(children)
     hot, cold = cres["hot"], cres["cold"]
@@ -1195,12 +1197,7 @@ def run_host_transfer(topo: NetnsTopology, exclusive: int, floating: int = 0, du
                       pid_bytes, addr, netns=topo.ns_consumer).start()
         children.append(cons)
         cons.get(60)
-        t_go = time.monotonic() + 0.05
-        prod.put(("go", t_go))
-        cons.put(("go", t_go))
-        cres = cons.get(duration + 120)[1]
-        prod.put(("done",))
-        pres = prod.get(60)[1]
+        cres, pres = _go(prod, cons, duration + 120, 60)
     finally:
         _stop_all(children)
     if cres["count"] != pres["emitted"]:
