@@ -59,6 +59,17 @@ def _check_stream_elements(writer) -> None:
                          "serializer=StreamElementSerializer(...)")
 
 
+def _operator(operator_id: OperatorID | None, subtask_index: int) -> OperatorID:
+    """Check an operator subtask's identity; a new random OperatorID when none is given."""
+    if isinstance(subtask_index, bool) or not isinstance(subtask_index, int) or subtask_index < 0:
+        raise ValueError(f"subtask_index must be an int >= 0, got {subtask_index!r}")
+    if operator_id is None:
+        return OperatorID.generate()
+    if not isinstance(operator_id, OperatorID):
+        raise TypeError("operator_id must be a flinknet.ids.OperatorID")
+    return operator_id
+
+
 def forward_latency_marker(writer, marker: LatencyMarker) -> None:
     """Pass ``marker`` on to one random channel of ``writer`` (Flink's operators forward markers
     with ``randomEmit`` after reporting them)."""
@@ -82,12 +93,7 @@ class LatencyMarkerEmitter:
         _check_stream_elements(writer)
         if isinstance(interval_ms, bool) or not isinstance(interval_ms, (int, float)) or not interval_ms > 0:
             raise ValueError(f"interval_ms must be > 0 (markers are off unless asked for), got {interval_ms!r}")
-        if operator_id is None:
-            operator_id = OperatorID.generate()
-        elif not isinstance(operator_id, OperatorID):
-            raise TypeError("operator_id must be a flinknet.ids.OperatorID")
-        if isinstance(subtask_index, bool) or not isinstance(subtask_index, int) or subtask_index < 0:
-            raise ValueError(f"subtask_index must be an int >= 0, got {subtask_index!r}")
+        operator_id = _operator(operator_id, subtask_index)
         self.writer = writer
         self.interval_ms = float(interval_ms)
         self.operator_id = operator_id
@@ -143,12 +149,7 @@ class LatencyStats:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size <= 0:
             raise ValueError(f"history_size must be a positive int, got {history_size!r}")
-        if operator_id is None:
-            operator_id = OperatorID.generate()
-        elif not isinstance(operator_id, OperatorID):
-            raise TypeError("operator_id must be a flinknet.ids.OperatorID")
-        if isinstance(subtask_index, bool) or not isinstance(subtask_index, int) or subtask_index < 0:
-            raise ValueError(f"subtask_index must be an int >= 0, got {subtask_index!r}")
+        operator_id = _operator(operator_id, subtask_index)
         self.group = group.add_group("latency")
         self.granularity = granularity
         self.history_size = history_size

@@ -64,13 +64,20 @@ def output_queue_size(partitions) -> int:
     return sum(p.get_size_of_queued_buffers() for p in partitions)
 
 
+def _live(items) -> list:
+    # A list is kept as it is, so that appending to it later adds to the gauges (each read takes
+    # a snapshot of it); any other iterable is read once.
+    return items if isinstance(items, list) else list(items)
+
+
 def register_output_metrics(task_group: MetricGroup, partitions) -> MetricGroup:
-    """``<task>.Shuffle.Netty.Output.Buffers.{outPoolUsage, outputQueueLength, outputQueueSize}``."""
-    partitions = list(partitions)
+    """``<task>.Shuffle.Netty.Output.Buffers.{outPoolUsage, outputQueueLength, outputQueueSize}``
+    over ``partitions`` (a list is read live)."""
+    partitions = _live(partitions)
     g = task_group.add_group("Shuffle").add_group("Netty").add_group("Output").add_group("Buffers")
-    g.gauge("outPoolUsage", lambda: out_pool_usage(partitions))
-    g.gauge("outputQueueLength", lambda: output_queue_length(partitions))
-    g.gauge("outputQueueSize", lambda: output_queue_size(partitions))
+    g.gauge("outPoolUsage", lambda: out_pool_usage(list(partitions)))
+    g.gauge("outputQueueLength", lambda: output_queue_length(list(partitions)))
+    g.gauge("outputQueueSize", lambda: output_queue_size(list(partitions)))
     return g
 
 
@@ -138,14 +145,15 @@ def input_queue_size(gates) -> int:
 
 def register_input_metrics(task_group: MetricGroup, gates) -> MetricGroup:
     """``<task>.Shuffle.Netty.Input.Buffers.{inPoolUsage, inputFloatingBuffersUsage,
-    inputExclusiveBuffersUsage, inputQueueLength, inputQueueSize}``."""
-    gates = list(gates)
+    inputExclusiveBuffersUsage, inputQueueLength, inputQueueSize}`` over ``gates`` (a list is
+    read live)."""
+    gates = _live(gates)
     g = task_group.add_group("Shuffle").add_group("Netty").add_group("Input").add_group("Buffers")
-    g.gauge("inPoolUsage", lambda: in_pool_usage(gates))
-    g.gauge("inputFloatingBuffersUsage", lambda: input_floating_buffers_usage(gates))
-    g.gauge("inputExclusiveBuffersUsage", lambda: input_exclusive_buffers_usage(gates))
-    g.gauge("inputQueueLength", lambda: input_queue_length(gates))
-    g.gauge("inputQueueSize", lambda: input_queue_size(gates))
+    g.gauge("inPoolUsage", lambda: in_pool_usage(list(gates)))
+    g.gauge("inputFloatingBuffersUsage", lambda: input_floating_buffers_usage(list(gates)))
+    g.gauge("inputExclusiveBuffersUsage", lambda: input_exclusive_buffers_usage(list(gates)))
+    g.gauge("inputQueueLength", lambda: input_queue_length(list(gates)))
+    g.gauge("inputQueueSize", lambda: input_queue_size(list(gates)))
     return g
 
 

@@ -120,28 +120,21 @@ class MetricGroup:
         group (``addGroup(key, value)``): the identifier gets ``name.value``, the logical scope
         only ``name``, and the variable ``name`` is ``value``."""
         _check_name(name)
-        if value is not None:
-            key_group = self.add_group(name)
-            return key_group._value_group(name, str(value))
-        with self._lock:
-            group = self._groups.get(name)
-            if group is None:
-                if name in self._metrics:
-                    raise ValueError(f"'{self.metric_identifier(name)}' is a metric, not a group")
-                group = self._groups[name] = MetricGroup(
-                    self.registry, self.scope + (name,), self.logical_scope + (name,), self.variables)
+        group = self._child(name, self.logical_scope + (name,), self.variables)
+        if value is None:
             return group
+        value = str(value)
+        return group._child(_component(value), group.logical_scope, {**group.variables, name: value})
 
-    def _value_group(self, key: str, value: str) -> "MetricGroup":
-        component = _component(value)
+    def _child(self, component: str, logical_scope: tuple, variables: dict) -> "MetricGroup":
+        """The subgroup ``component`` (created once with this logical scope and variables)."""
         with self._lock:
             group = self._groups.get(component)
             if group is None:
                 if component in self._metrics:
                     raise ValueError(f"'{self.metric_identifier(component)}' is a metric, not a group")
                 group = self._groups[component] = MetricGroup(
-                    self.registry, self.scope + (component,), self.logical_scope,
-                    {**self.variables, key: value})
+                    self.registry, self.scope + (component,), logical_scope, variables)
             return group
 
     def remove(self) -> None:

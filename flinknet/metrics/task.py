@@ -32,16 +32,7 @@ import time
 from collections.abc import Callable
 
 from flinknet.metrics.core import Counter, TimerGauge
-from flinknet.metrics.network import (
-    in_pool_usage,
-    input_exclusive_buffers_usage,
-    input_floating_buffers_usage,
-    input_queue_length,
-    input_queue_size,
-    out_pool_usage,
-    output_queue_length,
-    output_queue_size,
-)
+from flinknet.metrics.network import register_input_metrics, register_output_metrics
 from flinknet.metrics.registry import MetricGroup, backpressure_level
 
 __all__ = ["TaskIOMetrics", "SumCounter"]
@@ -59,6 +50,14 @@ class SumCounter(Counter):
 
     def get_count(self) -> int:
         return self.count + self._fn()
+
+
+def _queue_len_gauges(group: MetricGroup, lengths: Callable[[], list[int]]) -> None:
+    """Flink's detailed queue metrics over the queue lengths ``lengths()`` returns."""
+    group.gauge("totalQueueLen", lambda: sum(lengths()))
+    group.gauge("minQueueLen", lambda: min(lengths(), default=0))
+    group.gauge("maxQueueLen", lambda: max(lengths(), default=0))
+    group.gauge("avgQueueLen", lambda: (sum(ls) / len(ls)) if (ls := lengths()) else 0.0)
 
 
 def _gates_of(gate) -> list:
@@ -136,19 +135,12 @@ class TaskIOMetrics:
         g.gauge("accumulateBackPressuredTimeMs", self.get_accumulated_back_pressured_time_ms)
         g.gauge("accumulateBusyTimeMs", self.get_accumulated_busy_time_ms)
 
+        # The Shuffle.Netty buffer gauges over the live lists of this task's partitions and gates.
+        register_output_metrics(g, ps)
+        register_input_metrics(g, gs)
         netty = g.add_group("Shuffle").add_group("Netty")
-        self._output_group = out = netty.add_group("Output")
+        self._output_group = netty.add_group("Output")
         self._input_group = inp = netty.add_group("Input")
-        ob = out.add_group("Buffers")
-        ob.gauge("outPoolUsage", lambda: out_pool_usage(list(ps)))
-        ob.gauge("outputQueueLength", lambda: output_queue_length(list(ps)))
-        ob.gauge("outputQueueSize", lambda: output_queue_size(list(ps)))
-        ib = inp.add_group("Buffers")
-        ib.gauge("inPoolUsage", lambda: in_pool_usage(list(gs)))
-        ib.gauge("inputFloatingBuffersUsage", lambda: input_floating_buffers_usage(list(gs)))
-        ib.gauge("inputExclusiveBuffersUsage", lambda: input_exclusive_buffers_usage(list(gs)))
-        ib.gauge("inputQueueLength", lambda: input_queue_length(list(gs)))
-        ib.gauge("inputQueueSize", lambda: input_queue_size(list(gs)))
         # Flink also registers the local/remote input counters under the Shuffle.Netty input group.
         for name in ("numBytesInLocal", "numBytesInRemote", "numBuffersInLocal", "numBuffersInRemote"):
             inp.counter(name, counters[name])
@@ -226,25 +218,13 @@ class TaskIOMetrics:
     def _register_gate_detail(self, gate) -> None:
         from flinknet.consumer.remote import RemoteInputChannel
 
-        def lengths() -> list[int]:
-            return [ch.get_number_of_queued_buffers() for ch in list(gate.input_channels)
-                    if isinstance(ch, RemoteInputChannel)]
-
-        d = self._input_group.add_group(str(len(self._gates) - 1))
-        d.gauge("totalQueueLen", lambda: sum(lengths()))
-        d.gauge("minQueueLen", lambda: min(lengths(), default=0))
-        d.gauge("maxQueueLen", lambda: max(lengths(), default=0))
-        d.gauge("avgQueueLen", lambda: (sum(ls) / len(ls)) if (ls := lengths()) else 0.0)
+        _queue_len_gauges(self._input_group.add_group(str(len(self._gates) - 1)), lambda: [
+            ch.get_number_of_queued_buffers() for ch in list(gate.input_channels)
+            if isinstance(ch, RemoteInputChannel)])
 
     def _register_partition_detail(self, partition) -> None:
-        def lengths() -> list[int]:
-            return [sp.get_number_of_queued_buffers() for sp in partition.subpartitions]
-
-        d = self._output_group.add_group(str(len(self._partitions) - 1))
-        d.gauge("totalQueueLen", lambda: sum(lengths()))
-        d.gauge("minQueueLen", lambda: min(lengths(), default=0))
-        d.gauge("maxQueueLen", lambda: max(lengths(), default=0))
-        d.gauge("avgQueueLen", lambda: (sum(ls) / len(ls)) if (ls := lengths()) else 0.0)
+        _queue_len_gauges(self._output_group.add_group(str(len(self._partitions) - 1)), lambda: [
+            sp.get_number_of_queued_buffers() for sp in partition.subpartitions])
 
     # -- derived values --------------------------------------------------------------------
 
