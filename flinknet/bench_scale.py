@@ -204,14 +204,15 @@ class _Child:
 
 def _go(prod: "_Child", cons: "_Child", consumer_timeout: float, producer_timeout: float):
     """Start both children at the same moment, then collect the consumer's result, tell the
-    producer it is done and collect its result: ``(consumer result, producer result)``."""
+    producer it is done and collect its result: ``(consumer result, producer result, start
+    time)``."""
     t_go = time.monotonic() + 0.05
     prod.put(("go", t_go))
     cons.put(("go", t_go))
     cres = cons.get(consumer_timeout)[1]
     prod.put(("done",))
     pres = prod.get(producer_timeout)[1]
-    return cres, pres
+    return cres, pres, t_go
 
 
 def _stop_all(children) -> None:
@@ -386,7 +387,7 @@ def run_channels(n: int, n_records: int, size: int = RECORD, producer_options: d
         if msg[0] == "result":
             raise ChildError(f"consumer could not start: {msg[1]}")
         cinfo = msg[1]
-        cres, pres = _go(prod, cons, 600, 120)
+        cres, pres, t_go = _go(prod, cons, 600, 120)
     finally:
         _stop_all(children)
     if cres["count"] != n_records:
@@ -709,7 +710,7 @@ def run_skew(n: int = 64, hot_fraction: float | None = 0.5, hot_rate: float = 4e
                       hot_stall_s).start()
         children.append(cons)
         cons.get(120)
-        cres, pres = _go(prod, cons, 600, 120)
+        cres, pres, t_go = _go(prod, cons, 600, 120)
     finally:
         _stop_all(children)
     hot, cold = cres["hot"], cres["cold"]
@@ -1197,7 +1198,7 @@ def run_host_transfer(topo: NetnsTopology, exclusive: int, floating: int = 0, du
                       pid_bytes, addr, netns=topo.ns_consumer).start()
         children.append(cons)
         cons.get(60)
-        cres, pres = _go(prod, cons, duration + 120, 60)
+        cres, pres, t_go = _go(prod, cons, duration + 120, 60)
     finally:
         _stop_all(children)
     if cres["count"] != pres["emitted"]:

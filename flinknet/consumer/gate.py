@@ -360,17 +360,18 @@ class SingleInputGate(InputGate):
                                      more_priority, False)
             return self._transform_event(buffer, channel, more_available, more_priority)
 
-    def _wait_for_channel(self, blocking: bool, deadline: float | None):
-        """Wait (under the lock) until a channel is queued: True, or None if nothing is ready."""
+    def _wait_for_channel(self, blocking: bool, deadline: float | None) -> bool:
+        """Wait (under the lock) until a channel is queued: True, or False if none will be
+        (all channels ended, or not blocking)."""
         queue = self._queue
         while not queue:
             if self._closed:
                 raise CancelTaskError("Input gate is already closed.")
             if self._all_eop:
-                return None
+                return False
             if not blocking:
                 self._availability.reset_unavailable()
-                return None
+                return False
             if deadline is None:
                 self._cond.wait()
             else:
@@ -384,17 +385,15 @@ class SingleInputGate(InputGate):
         """Pop the head channel (under the lock), waiting if asked; None if nothing is ready."""
         queue = self._queue
         if not queue:
-            idle = self.idle_timer
-            if idle is not None and blocking:
-                idle.mark_start()
-                try:
-                    channel = self._wait_for_channel(blocking, deadline)
-                finally:
+            idle = self.idle_timer if blocking else None
+            if idle is not None:
+                idle.mark_start()       # idleTimeMsPerSecond: the task waits for input
+            try:
+                if not self._wait_for_channel(blocking, deadline):
+                    return None
+            finally:
+                if idle is not None:
                     idle.mark_end()
-            else:
-                channel = self._wait_for_channel(blocking, deadline)
-            if channel is None:
-                return None
         channel = queue.popleft()
         if self._num_priority:
             self._num_priority -= 1
