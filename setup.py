@@ -15,7 +15,7 @@ from setuptools import Extension, setup
 DEBUG = os.environ.get("FLINKNET_DEBUG", "0") not in ("", "0")
 ANNOTATE = os.environ.get("FLINKNET_ANNOTATE", "0") not in ("", "0")
 
-CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "protocol", "_benchkit"]
+CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "protocol"]
 
 directives = {
     "language_level": 3,
@@ -45,6 +45,17 @@ extensions = [
     )
     for name in CORE_MODULES
 ]
+# Not part of the core: the C baselines of ``flinknet bench`` (flinknet/tools). It cimports the
+# core's BufferBuilder, hence the core's headers on its include path.
+extensions.append(
+    Extension(
+        "flinknet.tools.bench._benchkit",
+        ["flinknet/tools/bench/_benchkit.pyx"],
+        include_dirs=["flinknet/_core"],
+        define_macros=define_macros,
+        extra_compile_args=extra_compile_args,
+    )
+)
 
 setup(
     ext_modules=cythonize(

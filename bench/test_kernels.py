@@ -17,7 +17,7 @@ def pool():
     lbp = nbp.create_buffer_pool(4, 4)
     yield lbp
     lbp.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole
     nbp.destroy()
 
 
@@ -53,7 +53,7 @@ def test_global_segment_request_recycle_flinknet(benchmark):
             recycle(request())
 
     benchmark(run)
-    assert nbp.is_whole()
+    assert nbp.is_whole
     nbp.destroy()
 
 

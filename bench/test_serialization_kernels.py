@@ -13,7 +13,7 @@ import pytest
 
 from flinknet._core.pool import NetworkBufferPool
 from flinknet._core.serialization import RecordDeserializer, SpanningRecordSerializer
-from flinknet.bench import _RecyclingSink as RecyclingSink
+from flinknet.tools.bench.kernels import RecyclingSink
 
 SEGMENT = 32 * 1024
 RECORDS = 10_000
@@ -30,7 +30,7 @@ def serializer():
     for c in sink.consumers:
         c.close()
     pool.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole
     nbp.destroy()
 
 
@@ -138,7 +138,7 @@ def test_deserialize_flinknet(benchmark, size, mode):
     for b in buffers:
         b.recycle()
     pool.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole
     nbp.destroy()
 
 

@@ -237,19 +237,13 @@ def format_comparison(cmp: Comparison, attempts: int = 1) -> str:
 def print_bench_table(doc: dict) -> None:
     """The benchmark's own table, rebuilt from a JSON result (for --json runs)."""
     try:
-        from flinknet.bench import Row, format_table
+        from flinknet.tools.bench.report import format_table, rows_from_json
     except ImportError:
         for row in doc.get("results", []):
             print(f"{row['name']:<46} {row['value']} {row['unit']}  ratios: "
                   + ", ".join(f"{k} {v}" for k, v in row.get("ratios", {}).items()))
         return
-    def num(x):
-        return float("nan") if x is None else x
-
-    rows = [Row(r["name"], r["unit"], num(r["value"]), {k: num(v) for k, v in r.get("baselines", {}).items()},
-                r.get("note", ""), {k: num(v) for k, v in r.get("references", {}).items()}, r.get("group", ""))
-            for r in doc.get("results", [])]
-    print(format_table(rows))
+    print(format_table(rows_from_json(doc)))
 
 
 # -- running --------------------------------------------------------------------------------------

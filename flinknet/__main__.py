@@ -1,8 +1,8 @@
-"""``python -m flinknet <command>``: the same as the ``flinknet`` command."""
+"""``python -m flinknet <command>``: the same as the ``flinknet`` command (:mod:`flinknet.tools.cli`)."""
 
 import sys
 
-from flinknet.cli import main
+from flinknet.tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,16 +6,26 @@ import pathlib
 
 import pytest
 
-CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "protocol", "_benchkit"]
+CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "protocol"]
+#: compiled modules outside the core (setup.py builds them as separate extensions)
+TOOL_EXTENSIONS = ["flinknet.tools.bench._benchkit"]
 
 
-@pytest.mark.parametrize("name", CORE_MODULES)
-def test_core_module_is_compiled(name):
-    module = importlib.import_module(f"flinknet._core.{name}")
+@pytest.mark.parametrize("module_name", [f"flinknet._core.{name}" for name in CORE_MODULES] + TOOL_EXTENSIONS)
+def test_core_module_is_compiled(module_name):
+    module = importlib.import_module(module_name)
     path = pathlib.Path(module.__file__)
     assert any(str(path).endswith(suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES), (
-        f"flinknet._core.{name} was imported from {path}, not from a compiled extension")
+        f"{module_name} was imported from {path}, not from a compiled extension")
     assert type(module.__loader__).__name__ == "ExtensionFileLoader"
+
+
+def test_setup_builds_the_same_extensions():
+    """setup.py's CORE_MODULES and its separate extensions are the ones checked above."""
+    text = (pathlib.Path(__file__).resolve().parent.parent / "setup.py").read_text()
+    assert f"CORE_MODULES = {CORE_MODULES!r}".replace("'", '"') in text
+    for name in TOOL_EXTENSIONS:
+        assert f'"{name}"' in text, name
 
 
 def test_core_classes_are_extension_types():

@@ -33,7 +33,8 @@ import time
 
 import numpy as np
 
-from flinknet.bench_exchange import BATCH, emit_records
+from flinknet.tools.bench.exchange import BATCH, emit_records
+from flinknet.tools.bench.report import Row
 
 CHUNK = 32 * 1024
 BIG = 4 * 1024 * 1024
@@ -86,7 +87,7 @@ def _producer(q_out, q_in, size: int, n: int, api: str, timeout_ms: float, rate:
             p.close()
             q_in.get(timeout=300)   # the consumer is done
         # the producer's side of the check the consumer makes: every buffer back in the pool
-        q_out.put(("closed", env.network_buffer_pool.is_whole()))
+        q_out.put(("closed", env.network_buffer_pool.is_whole))
     except BaseException as err:  # noqa: BLE001 (reported to the parent)
         q_out.put(("error", repr(err)))
 
@@ -221,7 +222,7 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
                     count = len(delays)
                 elapsed = time.perf_counter() - t0
             gate.close()
-            if not env.network_buffer_pool.is_whole():
+            if not env.network_buffer_pool.is_whole:
                 raise AssertionError("the benchmark leaked network buffers")
         q_in.put("done")
         last = q_out.get(timeout=120)
@@ -244,9 +245,7 @@ def _pct(values, p):
 
 
 def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
-    """Rows for :mod:`flinknet.bench` (ns per record, µs for latency), with baselines."""
-    from flinknet.bench import Row
-
+    """Rows of the ``remote`` group (ns per record, µs for latency), with baselines."""
     repeats = repeats or 2
     scale = 0.5 if quick else 2.0
     rows = []

@@ -1,10 +1,10 @@
-"""flinknet.bench_floor measures what it says: every message arrives, once, with a real delay."""
+"""flinknet.tools.bench.floor measures what it says: every message arrives, once, with a real delay."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 
-from flinknet import bench_floor as F
+from flinknet.tools.bench import floor as F
 
 
 def test_relay_and_paced_socket_deliver_every_message_with_its_delay():

@@ -1,4 +1,5 @@
-"""``flinknet bench``: microbenchmarks of the core, each beside a baseline measured in the same run.
+"""The ``kernels`` group of ``flinknet bench``: the core's kernels, each beside baselines measured
+in the same run.
 
 Every row reports flinknet's cost and one or more baselines timed moments before on the same
 machine, and the ratio between them, so the numbers mean something on a shared, noisy host:
@@ -13,92 +14,28 @@ machine, and the ratio between them, so the numbers mean something on a shared, 
   call, a numpy array in one call) and read back (per record, per buffer, into a numpy array),
   against a C loop that frames/deframes in one flat buffer (the floor) and the pure-Python way
   (``struct.pack_into`` / ``struct.unpack_from`` framing of ``pickle`` payloads).
-* ``local.*``: records from a producer thread to a consumer thread through a pipelined partition
-  and a local input channel (per record, batch, numpy), against a bounded ``queue.Queue`` between
-  the same threads and beside Flink 2.3's recorded in-process figure (see
-  :mod:`flinknet.bench_exchange`).
-* ``remote.*`` / ``latency.*``: a producer process → a consumer process over loopback TCP (credit-based
-  transport), against a raw Python socket and the socket ceiling measured in the same run and
-  beside Flink 2.3's recorded two-TaskManager figures (see :mod:`flinknet.bench_transport`).
-* ``metrics.*``: the local exchange with task metrics on, against metrics off in the same run.
-* ``network.*``: flink-benchmarks' network suite (throughput for writers x channels x buffer
-  timeout, data skew, broadcast, latency; credit-based and TCP flow control, with and without
-  TLS) between a producer process and this one, against a raw socket and ZeroMQ PUSH/PULL (when
-  pyzmq is installed) measured around each row (see :mod:`flinknet.bench_network`).
-* ``scale``: only with ``--only scale`` (see :func:`_scale_rows`).
 
 ``serialize.*.per_record_targets`` rows time the serializer given one target per record (a
 channel selector's choice), the path a ``RecordWriter`` routing records one by one takes.
 
-Groups: ``kernels``, ``local``, ``remote``, ``metrics`` and ``network`` run by default; ``--only``
-picks some; ``--quick`` runs a reduced set (all default groups in under two minutes);
-``--json FILE`` writes every row (value, unit, baselines, ratios, recorded references, note) and
-the environment, which ``ci/bench_gate.py`` compares with its committed reference ratios.
-Recorded figures (Flink's) are kept apart from baselines (``Row.references``): they are printed,
-never gated. Every group checks its buffer pools are whole at the end and stops the processes
-and threads it started.
-
-Each measurement is the best of several repeats (the least disturbed by other load).
+The C baselines come from the compiled :mod:`flinknet.tools.bench._benchkit`. Each measurement is
+the best of several repeats (the least disturbed by other load), every benchmark checks its
+buffer pools are whole at the end.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import platform
-import sys
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
-from flinknet._core import _benchkit
-from flinknet._core.buffer import is_debug_build
-from flinknet._core.pool import NetworkBufferPool
-from flinknet._core.serialization import RecordDeserializer, SpanningRecordSerializer
+from flinknet.core import DeserializationResult, NetworkBufferPool, RecordDeserializer, SpanningRecordSerializer
+from flinknet.tools.bench import _benchkit
+from flinknet.tools.bench.report import Row
+
+__all__ = ["RecyclingSink", "SEGMENT_SIZE", "bench_append", "bench_bulk_copy", "bench_kernels", "bench_pool",
+           "bench_serialization"]
 
 SEGMENT_SIZE = 32 * 1024
-
-
-@dataclass
-class Row:
-    """One benchmark: flinknet's ``value`` (time per operation, in ``unit``), the baselines measured
-    in the same run (``baselines``: name -> time in the same unit) and recorded figures printed
-    beside them (``references``, e.g. Flink 2.3's, never re-measured: not gated)."""
-
-    name: str
-    unit: str
-    value: float
-    baselines: dict[str, float] = field(default_factory=dict)
-    note: str = ""
-    references: dict[str, float] = field(default_factory=dict)
-    group: str = ""
-
-    def ratio(self, baseline: str) -> float:
-        """flinknet / baseline, time per operation: above 1 flinknet is slower."""
-        return self.value / self.baselines[baseline]
-
-    def ratios(self) -> dict[str, float | None]:
-        """flinknet / baseline for every baseline (None where it is undefined: a zero or
-        non-finite time on either side)."""
-        return {name: _ratio(self.value, base) for name, base in self.baselines.items()}
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "group": self.group, "unit": self.unit, "value": _finite(self.value),
-                "baselines": {k: _finite(v) for k, v in self.baselines.items()}, "ratios": self.ratios(),
-                "references": {k: _finite(v) for k, v in self.references.items()},
-                "reference_ratios": {k: _ratio(self.value, v) for k, v in self.references.items()},
-                "note": self.note}
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _ratio(value: float, base: float) -> float | None:
-    if not (math.isfinite(value) and math.isfinite(base)) or base == 0:
-        return None
-    return value / base
 
 
 def _once_ns(fn: Callable[[], int]) -> float:
@@ -123,7 +60,7 @@ def _interleaved(measures: dict[str, Callable[[], float]], repeats: int) -> dict
 
 def _check_whole(nbp: NetworkBufferPool) -> None:
     """Every benchmark ends with its global pool whole: no buffer leaked."""
-    if not nbp.is_whole():
+    if not nbp.is_whole:
         raise AssertionError("the benchmark leaked network buffers")
 
 
@@ -293,7 +230,7 @@ def bench_bulk_copy(iterations: int, repeats: int) -> Row:
         nbp.destroy()
 
 
-class _RecyclingSink:
+class RecyclingSink:
     """Takes each buffer as the partition layer would and recycles it when finished."""
 
     def __init__(self):
@@ -313,7 +250,7 @@ class _RecyclingSink:
         self.consumers.clear()
 
 
-class _KeepingSink(_RecyclingSink):
+class _KeepingSink(RecyclingSink):
     def buffer_finished(self, subpartition, num_bytes):
         pass
 
@@ -387,7 +324,7 @@ def bench_serialization(payload: int, records: int, repeats: int) -> list[Row]:
         array = np.frombuffer(record * records, dtype=f"V{payload}") if payload else None
 
         def timed(action):
-            sink = _RecyclingSink()
+            sink = RecyclingSink()
             ser = SpanningRecordSerializer(pool, 1, "bytes", sink)
             try:
                 return action(ser)
@@ -455,7 +392,6 @@ def bench_serialization(payload: int, records: int, repeats: int) -> list[Row]:
             deser.clear()
             return count
 
-        from flinknet._core.serialization import DeserializationResult
         INTERMEDIATE = DeserializationResult.INTERMEDIATE_RECORD_FROM_BUFFER
         LAST = DeserializationResult.LAST_RECORD_FROM_BUFFER
         # The pure-Python side reads the same number of buffers, framed the same way, of pickles.
@@ -482,13 +418,8 @@ def bench_serialization(payload: int, records: int, repeats: int) -> list[Row]:
         nbp.destroy()
 
 
-#: the groups a plain ``flinknet bench`` (and ``--quick``) runs, in order
-GROUPS = ("kernels", "local", "remote", "metrics", "network")
-#: groups that run only when named with ``--only``
-EXTRA_GROUPS = ("scale",)
-
-
-def _kernel_rows(quick: bool) -> list[Row]:
+def bench_kernels(quick: bool = False) -> list[Row]:
+    """The rows of the ``kernels`` group (``quick``: fewer iterations and repeats)."""
     scale = 0.3 if quick else 1.0
     repeats = 5 if quick else 7
     n = int(200_000 * scale)
@@ -499,153 +430,3 @@ def _kernel_rows(quick: bool) -> list[Row]:
     for payload in (8, 100, 1000):
         rows += bench_serialization(payload, int((300_000 if payload < 1000 else 100_000) * scale), repeats)
     return rows
-
-
-def _scale_rows(quick: bool) -> list[Row]:
-    """The ``scale`` group: :func:`flinknet.bench_scale.bench_scale` (channels 1 -> 1000 with
-    their set-up cost and memory, a hot key against the per-channel cap, hosts behind a delayed
-    link in network namespaces), rows like every group's. Minutes long and partly root-only, so
-    neither a plain run nor ``--quick`` includes it: ``flinknet bench --only scale``."""
-    try:
-        from flinknet import bench_scale
-    except ImportError:
-        print("scale: flinknet/bench_scale.py is not there yet; nothing to run", file=sys.stderr)
-        return []
-    return list(bench_scale.bench_scale(quick=quick))
-
-
-def _group_rows(group: str, quick: bool) -> list[Row]:
-    if group == "kernels":
-        return _kernel_rows(quick)
-    if group == "local":
-        from flinknet.bench_exchange import bench_local_exchange
-
-        return bench_local_exchange(quick=quick)
-    if group == "remote":
-        from flinknet.bench_transport import bench_remote_exchange
-
-        return bench_remote_exchange(quick=quick)
-    if group == "metrics":
-        from flinknet.bench_exchange import bench_metrics_overhead
-
-        return bench_metrics_overhead(quick=quick)
-    if group == "network":
-        from flinknet.bench_network import bench_network
-
-        return bench_network(quick=quick)
-    if group == "scale":
-        return _scale_rows(quick)
-    raise ValueError(f"unknown benchmark group {group!r} (groups: {', '.join(GROUPS + EXTRA_GROUPS)})")
-
-
-def run(quick: bool = False, groups=GROUPS) -> list[Row]:
-    """The rows of ``groups``, in the order of :data:`GROUPS` then :data:`EXTRA_GROUPS`."""
-    rows = []
-    for group in GROUPS + EXTRA_GROUPS:
-        if group in groups:
-            for row in _group_rows(group, quick):
-                row.group = group
-                rows.append(row)
-    unknown = set(groups) - set(GROUPS + EXTRA_GROUPS)
-    if unknown:
-        raise ValueError(f"unknown benchmark group(s): {', '.join(sorted(unknown))}")
-    return rows
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
-
-
-def format_table(rows: list[Row]) -> str:
-    """The table: one line per baseline (measured in this run) and per recorded reference."""
-    name_w = max([40] + [len(r.name) for r in rows])
-    base_w = max([24] + [len(b) for r in rows for b in (*r.baselines, *r.references)])
-    head = f"{'benchmark':<{name_w}} {'flinknet':>14}  {'baseline':<{base_w}} {'baseline':>10} {'ratio':>8}"
-    lines = [head, "-" * len(head)]
-    for row in rows:
-        first = True
-        for base_name, base_value in [*row.baselines.items(), *row.references.items()]:
-            name = row.name if first else ""
-            value = f"{_fmt(row.value)} {row.unit}" if first else ""
-            r = _ratio(row.value, base_value)
-            lines.append(f"{name:<{name_w}} {value:>14}  {base_name:<{base_w}} {_fmt(base_value):>10} "
-                         + (f"{r:>7.2f}x" if r is not None else f"{'-':>8}"))
-            first = False
-        if first:
-            lines.append(f"{row.name:<{name_w}} {_fmt(row.value) + ' ' + row.unit:>14}")
-        if row.note:
-            lines.append(f"{'':<{name_w}} {'':>14}  {row.note}")
-    lines.append("")
-    lines.append("ratio = flinknet / baseline (time per operation, record or byte; below 1.00x flinknet is faster).")
-    lines.append("Baselines are measured in this run; '(rec.)' marks a recorded figure (bench/flink_reference.md), "
-                 "printed for comparison only.")
-    lines.append("records/s = 1e9 / (ns/rec).")
-    return "\n".join(lines)
-
-
-def environment() -> dict:
-    import os
-
-    import numpy
-
-    from flinknet import __version__
-
-    try:
-        import zmq
-
-        pyzmq = zmq.__version__
-    except ImportError:
-        pyzmq = None
-    return {
-        "flinknet": __version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "numpy": numpy.__version__,
-        "pyzmq": pyzmq,
-        "debug_build": is_debug_build(),
-    }
-
-
-#: version of the ``--json`` layout (``ci/bench_gate.py`` checks it)
-JSON_SCHEMA = 1
-
-
-def to_json(rows: list[Row], env: dict, quick: bool, groups, wall_s: float) -> dict:
-    """The ``--json`` document: every row with its value, unit, baselines, ratios and the run's
-    environment. ``ratios`` are flinknet / baseline for the baselines measured in this run."""
-    return {"schema": JSON_SCHEMA, "environment": env, "quick": quick, "groups": list(groups),
-            "wall_s": round(wall_s, 1), "results": [r.to_json() for r in rows]}
-
-
-def main(argv: list[str] | None = None) -> int:
-    all_groups = GROUPS + EXTRA_GROUPS
-    parser = argparse.ArgumentParser(prog="flinknet bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a reduced set with fewer iterations (all default groups in under two minutes)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
-    parser.add_argument("--only", metavar="GROUP", action="append", choices=all_groups,
-                        help=f"run only these groups (repeatable; default: {', '.join(GROUPS)}; "
-                             f"only when named: {', '.join(EXTRA_GROUPS)})")
-    args = parser.parse_args(argv)
-    env = environment()
-    if env["debug_build"]:
-        print("warning: this is a FLINKNET_DEBUG build; numbers are not representative", file=sys.stderr)
-    groups = tuple(g for g in all_groups if g in (args.only or GROUPS))
-    t0 = time.perf_counter()
-    rows = []
-    for group in groups:
-        t1 = time.perf_counter()
-        print(f"[flinknet bench] {group} ...", file=sys.stderr, flush=True)
-        rows += run(quick=args.quick, groups=(group,))
-        print(f"[flinknet bench] {group}: {time.perf_counter() - t1:.1f} s", file=sys.stderr, flush=True)
-    wall = time.perf_counter() - t0
-    print(f"flinknet bench{' --quick' if args.quick else ''}  (Python {env['python']}, {env['platform']})")
-    print(format_table(rows))
-    print(f"({wall:.1f} s)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(to_json(rows, env, args.quick, groups, wall), f, indent=2)
-            f.write("\n")
-    return 0

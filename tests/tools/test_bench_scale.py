@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from flinknet import bench_scale as S
+from flinknet.tools.bench import scale as S
 
 
 def _netns_names() -> list[str]:

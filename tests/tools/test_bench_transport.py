@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flinknet import bench_transport as B
+from flinknet.tools.bench import transport as B
 
 
 @pytest.mark.parametrize("size, api", [(8, "numpy"), (100, "batch"), (1000, "per-record"), (32768, "batch")])

@@ -25,9 +25,10 @@ import time
 
 import numpy as np
 
-from flinknet._core.pool import NetworkBufferPool
+from flinknet.core import NetworkBufferPool
 from flinknet.consumer import RecordReader, SingleInputGate
 from flinknet.partition import PipelinedResultPartition, ResultPartitionManager
+from flinknet.tools.bench.report import Row
 from flinknet.writer import RecordWriter
 
 SEGMENT_SIZE = 32 * 1024
@@ -164,9 +165,7 @@ def _run_queue(size: int, n: int, batched: bool) -> float:
 
 
 def bench_local_exchange(quick: bool = False, repeats: int | None = None):
-    """Rows for :mod:`flinknet.bench`: ns per record, with baselines."""
-    from flinknet.bench import Row
-
+    """Rows of the ``local`` group: ns per record, with baselines."""
     repeats = repeats or 3
     scale = 0.25 if quick else 1.0
     rows = []
@@ -195,7 +194,7 @@ def bench_local_exchange(quick: bool = False, repeats: int | None = None):
                 rows.append(Row(f"local.{size}B.{api}", "ns/rec", ns, baselines,
                                 note=f"{rps / 1e6:.2f} M records/s, {rps * size / 1e6:.0f} MB/s payload",
                                 references=references))
-        if not nbp.is_whole():
+        if not nbp.is_whole:
             raise AssertionError("the benchmark leaked network buffers")
     finally:
         nbp.destroy()
@@ -203,10 +202,8 @@ def bench_local_exchange(quick: bool = False, repeats: int | None = None):
 
 
 def bench_metrics_overhead(quick: bool = False, repeats: int | None = None):
-    """Rows for :mod:`flinknet.bench`: the local exchange with task metrics on, against the same
+    """Rows of the ``metrics`` group: the local exchange with task metrics on, against the same
     exchange with metrics off measured alternately in the same run (issue 6 aims at < 5%)."""
-    from flinknet.bench import Row
-
     repeats = repeats or (3 if quick else 5)
     scale = 0.25 if quick else 1.0
     rows = []
@@ -223,7 +220,7 @@ def bench_metrics_overhead(quick: bool = False, repeats: int | None = None):
                             {"metrics off (same run)": off / n * 1e9},
                             note=f"overhead {100 * (on / off - 1):+.1f}% (TaskIOMetrics on both tasks, "
                                  "registry updating every 1 s)"))
-        if not nbp.is_whole():
+        if not nbp.is_whole:
             raise AssertionError("the benchmark leaked network buffers")
     finally:
         nbp.destroy()

@@ -1,7 +1,9 @@
 """What ``flinknet demo`` shows: a live ``rich`` view, plain periodic lines, and the summary.
 
-Both views read the coordinator (:class:`flinknet.demo.DemoCoordinator`): its tasks' latest
-status (Flink's metric names, as each task process registered them), the phase and the clock.
+Both views read the coordinator they are given (a
+:class:`~flinknet.tools.demo.coordinator.DemoCoordinator`; this module does not import it): its
+tasks' latest status (Flink's metric names, as each task process registered them), the phase and
+the clock.
 :class:`LiveView` redraws a terminal view four times a second; :class:`PlainView` prints one
 greppable ``key=value`` line per task per interval (``--no-live``, logs, CI). Both end with the
 same summary tables; the plain view adds ``RESULT`` lines.
@@ -22,10 +24,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from flinknet.demo import ROLE_SINK, latency_of
 from flinknet.metrics import backpressure_level
+from flinknet.tools.demo.job import ROLE_SINK, ROLE_SOURCE, latency_of
 
-__all__ = ["LiveView", "PlainView", "phase_description", "render_summary", "result_lines"]
+__all__ = ["LiveView", "PlainView", "for_config", "phase_description", "render_summary", "result_lines"]
 
 LEVEL_STYLES = {"OK": "bold green", "LOW": "bold yellow", "HIGH": "bold red"}
 PHASE_STYLES = {"startup": "dim", "steady": "green", "slow": "red", "recovery": "yellow",
@@ -292,6 +294,14 @@ class LiveView(_View):
         render_summary(self.console, coordinator)
 
 
+def for_config(cfg, out=None) -> PlainView | LiveView:
+    """The view ``cfg`` asks for: live with ``--live``, plain lines with ``--no-live``, and without
+    either live when ``out`` (stdout by default) is a terminal."""
+    out = out if out is not None else sys.stdout
+    live = cfg.live if cfg.live is not None else out.isatty()
+    return LiveView(cfg, out) if live else PlainView(cfg, out)
+
+
 def _table(title: str, expand: bool = True) -> Table:
     """A table with a bold title (if any) and one space between columns."""
     return Table(box=box.SIMPLE_HEAD, expand=expand, title=title or None, title_justify="left",
@@ -313,7 +323,7 @@ def _task_totals(coordinator, task) -> tuple[int, int, float]:
     start = coordinator.t_start
     if start is None:
         return records_in, records_out, 0.0
-    if task.role == "Source":
+    if task.role == ROLE_SOURCE:
         span = (coordinator.t_stop or time.monotonic()) - start
         return records_in, records_out, records_out / max(span, 1e-9)
     span = (coordinator.t_done or time.monotonic()) - start

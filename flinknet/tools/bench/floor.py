@@ -11,18 +11,22 @@ carrying their send time (``CLOCK_MONOTONIC``, shared by processes on one host),
 
 Its one-way p50 is the least any implementation with a dedicated I/O thread per process can do
 in CPython on this machine; the raw socket ping-pong (one thread per side, no hand-offs) is the
-least any implementation at all can do. ``python -m flinknet.bench_floor`` prints both.
+least any implementation at all can do. ``python -m flinknet.tools.bench.floor`` prints both.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import multiprocessing as mp
 import selectors
 import socket
 import struct
+import sys
 import threading
 import time
+
+from flinknet.tools.bench.transport import raw_round_trip_us
 
 __all__ = ["relay_one_way_us", "paced_raw_one_way_us", "thread_handoff_us", "relay_bandwidth_gbps"]
 
@@ -320,11 +324,12 @@ def thread_handoff_us(n: int = 20_000) -> list[float]:
     return out
 
 
-def main() -> None:  # pragma: no cover (a measurement script)
+def main(argv: list[str] | None = None) -> int:  # pragma: no cover (a measurement script)
+    """``python -m flinknet.tools.bench.floor``: print the floor beside the raw socket (1 min)."""
     import numpy as np
 
-    from flinknet.bench_transport import raw_round_trip_us
-
+    argparse.ArgumentParser(prog="python -m flinknet.tools.bench.floor",
+                            description=__doc__.split("\n\n")[0]).parse_args(argv)
     relay = relay_one_way_us()[2000:]
     paced = paced_raw_one_way_us()[2000:]
     rtt = raw_round_trip_us(10_000)
@@ -338,7 +343,8 @@ def main() -> None:  # pragma: no cover (a measurement script)
           f"{max(relay_bandwidth_gbps() for _ in range(2)):.2f} GB/s")
     print(f"plain-Python relay with I/O threads: one-way p50 {p(relay, 50):.1f} us, "
           f"p99 {p(relay, 99):.1f} us (10 000 msg/s, 100 B)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,7 +21,8 @@ import urllib.request
 
 import pytest
 
-from flinknet import demo
+from flinknet.tools import demo
+from flinknet.tools.demo import coordinator, job
 
 DEMO = [sys.executable, "-m", "flinknet", "demo"]
 TIMEOUT = 150          # seconds for one run (a 10-second job; generous for a loaded 2-core machine)
@@ -267,7 +268,7 @@ def test_bad_arguments_exit_with_status_2(args, message, capsys):
 
 
 def test_help_lists_the_options(capsys):
-    from flinknet.cli import main
+    from flinknet.tools.cli import main
 
     assert main(["demo", "--help"]) == 0
     out = capsys.readouterr().out
@@ -281,9 +282,9 @@ def test_help_lists_the_options(capsys):
 
 
 def test_config_phases_and_defaults():
-    cfg = demo.parse_config([])
+    cfg = coordinator.parse_config([])
     assert cfg.duration <= 30 and cfg.sources >= 1 and cfg.aggregators >= 1
     assert [p for p, _ in cfg.phase_schedule()] == ["steady", "slow", "recovery"]
     starts = [t for _, t in cfg.phase_schedule()]
     assert starts == sorted(starts) and starts[0] == 0 and starts[-1] < cfg.duration
-    assert demo.record_dtype(100).itemsize == 100 and demo.record_dtype(12).itemsize == 12
+    assert job.record_dtype(100).itemsize == 100 and job.record_dtype(12).itemsize == 12

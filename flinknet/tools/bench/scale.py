@@ -1,7 +1,8 @@
 """Behaviour at scale: many channels, a hot key, and hosts with real round-trip times (issue 7).
 
-``python -m flinknet.bench_scale [--quick] [--only channels|skew|hosts] [--json FILE]`` prints
-Markdown tables; :func:`bench_scale` returns :class:`~flinknet.bench.Row` s for ``flinknet bench``.
+``python -m flinknet.tools.bench.scale [--quick] [--only channels|skew|hosts] [--json FILE]``
+prints Markdown tables; :func:`bench_scale` returns :class:`~flinknet.tools.bench.report.Row` s
+for ``flinknet bench --only scale``.
 Every experiment runs a producer process and a consumer process (``multiprocessing`` spawn), each
 with its own :class:`~flinknet.environment.NetworkEnvironment`; the parent only orchestrates
 (addresses and a shared ``CLOCK_MONOTONIC`` "go" time go through queues). At the end every child
@@ -73,6 +74,8 @@ import sys
 import threading
 import time
 import traceback
+
+from flinknet.tools.bench.report import Row, format_table
 
 __all__ = [
     "NetnsTopology",
@@ -237,9 +240,9 @@ def _sleep_until(t: float) -> None:
 
 def _wait_whole(nbp, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
-    while not nbp.is_whole() and time.monotonic() < deadline:
+    while not nbp.is_whole and time.monotonic() < deadline:
         time.sleep(0.01)
-    return nbp.is_whole()
+    return nbp.is_whole
 
 
 class _RssSampler(threading.Thread):
@@ -542,7 +545,7 @@ def _skew_producer(out, inbox, n: int, options: dict, hot_fraction, duration: fl
                 now = time.monotonic()
                 if now >= t_end:
                     break
-                if not p.is_available():
+                if not p.is_available:
                     # Flink's task loop: no new input while the output is unavailable (soft
                     # back-pressure): a subpartition at its cap, or no free buffer in the pool.
                     if pool.available_segments > 0:
@@ -562,7 +565,7 @@ def _skew_producer(out, inbox, n: int, options: dict, hot_fraction, duration: fl
                 c = pool.subpartition_buffer_count(0)
                 if c > hot_max:
                     hot_max = c
-                q = hot_sp.get_number_of_queued_buffers()
+                q = hot_sp.number_of_queued_buffers
                 if q > queued_hot_max:
                     queued_hot_max = q
                 used = pool.used_buffers
@@ -1410,9 +1413,7 @@ def format_markdown(raw: dict) -> str:
 # rows for flinknet bench
 # ---------------------------------------------------------------------------------------------
 
-def _rows(raw: dict) -> list:
-    from flinknet.bench import Row
-
+def _rows(raw: dict) -> list[Row]:
     rows = []
     ch = raw.get("channels")
     if ch:
@@ -1482,8 +1483,8 @@ def run_scale(quick: bool = False, only=None) -> dict:
     return raw
 
 
-def bench_scale(quick: bool = False, only=None) -> list:
-    """Rows (:class:`flinknet.bench.Row`) of the scale experiments for ``flinknet bench``."""
+def bench_scale(quick: bool = False, only=None) -> list[Row]:
+    """Rows of the scale experiments for ``flinknet bench --only scale``."""
     return _rows(run_scale(quick=quick, only=only))
 
 
@@ -1492,7 +1493,7 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flinknet.bench_scale",
+    parser = argparse.ArgumentParser(prog="python -m flinknet.tools.bench.scale",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (under a minute)")
     parser.add_argument("--only", action="append", choices=EXPERIMENTS,
@@ -1508,8 +1509,6 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, old)
     print(format_markdown(raw))
     print()
-    from flinknet.bench import format_table
-
     print(format_table(rows))
     print(f"({time.monotonic() - t0:.1f} s)")
     if args.json:

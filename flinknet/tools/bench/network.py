@@ -100,6 +100,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from flinknet.partitioners import ChannelSelector
+from flinknet.tools.bench.report import Row
+from flinknet.transport.handshake import ssl_context
 
 SEGMENT_SIZE = 32 * 1024
 CHUNK = 32 * 1024
@@ -194,22 +196,27 @@ class DataSkewChannelSelector(ChannelSelector):
 
     def __init__(self) -> None:
         super().__init__()
-        self._index = 0
+        self.spread = 0           # records sent so far to channels 0, 1, ... (one each)
+
+    def _channels(self) -> int:
+        if self.number_of_channels <= 0:
+            raise RuntimeError(f"{type(self).__name__}.setup() was not called")
+        return self.number_of_channels
 
     def select_channel(self, record) -> int:
-        n = self._check_setup()
-        if self._index >= n:
+        n = self._channels()
+        if self.spread >= n:
             return 0
-        self._index += 1
-        return self._index - 1
+        self.spread += 1
+        return self.spread - 1
 
     def select_channels(self, records) -> np.ndarray:
-        n = self._check_setup()
+        n = self._channels()
         out = np.zeros(len(records), dtype=np.int32)
-        k = min(len(records), n - self._index)
+        k = min(len(records), n - self.spread)
         if k > 0:
-            out[:k] = np.arange(self._index, self._index + k, dtype=np.int32)
-            self._index += k
+            out[:k] = np.arange(self.spread, self.spread + k, dtype=np.int32)
+            self.spread += k
         return out
 
     def copy(self) -> "DataSkewChannelSelector":
@@ -341,7 +348,7 @@ class _Producer:
 
     def close(self) -> bool:
         self.env.close()
-        return self.env.network_buffer_pool.is_whole()
+        return self.env.network_buffer_pool.is_whole
 
 
 def _worker_main(q_cmd, q_out) -> None:
@@ -441,9 +448,8 @@ def _worker_main(q_cmd, q_out) -> None:
 
 
 def _ssl_context(purpose, tls_files) -> ssl.SSLContext:
-    from flinknet.transport.handshake import _context
-
-    return _context(purpose, *tls_files)
+    """The transport's TLS context (its ``security.ssl.internal.*`` settings) for the raw baseline."""
+    return ssl_context(purpose, *tls_files)
 
 
 class Worker:
@@ -569,7 +575,7 @@ class _Receiver:
         self.env.close()
         if extra:
             raise AssertionError(f"{extra} records arrived after the last invocation")
-        return self.env.network_buffer_pool.is_whole()
+        return self.env.network_buffer_pool.is_whole
 
 
 def _run_case(worker: Worker, case: Case, records: int, repeats: int, tls_files):
@@ -786,9 +792,7 @@ def _records(case: Case) -> int:
 
 
 def bench_network(quick: bool = False, cases: list[Case] | None = None, repeats: int | None = None):
-    """Rows for :mod:`flinknet.bench` (ns per record; µs per record for latency)."""
-    from flinknet.bench import Row
-
+    """Rows of the ``network`` group (ns per record; µs per record for latency)."""
     cases = list(cases if cases is not None else (quick_cases() if quick else full_cases()))
     repeats = repeats or (3 if quick else 4)
     use_zmq = zmq_available()

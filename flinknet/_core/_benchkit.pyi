@@ -1,6 +1,0 @@
-"""Type stubs for flinknet._core._benchkit (compiled): C-level baselines for ``flinknet bench``."""
-
-from flinknet._core.builder import BufferBuilder
-
-def memcpy_ns_per_chunk(chunk: int, region: int = 32768, iterations: int = 1000000) -> float: ...
-def builder_append_ns_per_chunk(builder: BufferBuilder, chunk: bytes, iterations: int) -> float: ...

@@ -1,0 +1,728 @@
+"""The coordinator of ``flinknet demo``: it starts the job's processes and drives the phases.
+
+The coordinator (the ``flinknet demo`` process) starts every task of
+:mod:`flinknet.tools.demo.job` in its own process, hands each consumer its producers' ``(partition
+id, address)``, drives the scripted phases and collects each task's status through a bounded
+channel (one status message in flight per task: a newer status replaces an unsent one, nothing
+queues up), which the view (:mod:`flinknet.tools.demo.view`) shows:
+
+1. **steady** (first 30 % of ``--duration``): everything keeps up, back-pressure OK;
+2. **slow** (next 35 %): ``Aggregator[--slow-aggregator]`` processes only ``--slow-factor`` (10 %)
+   of its steady rate. Its input buffers fill (inPoolUsage → 1.0), its channels run out of
+   credit, the sources block on its subpartitions (back-pressure HIGH) and the whole job slows
+   down, while every process's memory stays flat;
+3. **recovery** (the rest): the aggregator is fast again, the backlog drains, back-pressure clears;
+4. **finish**: the sources stop and send EndOfPartition; the aggregators emit their final results
+   and the sink finishes.
+
+At the end every key's count and sum at the sink is checked against what the sources produced
+(:func:`~flinknet.tools.demo.job.check_exactly_once`: nothing lost, nothing duplicated) and a
+summary is printed. The exit status is 0 when the check passes and every task succeeded, 1
+otherwise, 2 for bad arguments and 128 + the signal number when interrupted (130 for Ctrl-C, 143
+for SIGTERM).
+
+The coordinator mirrors every task's metrics into its own
+:class:`~flinknet.metrics.MetricRegistry` under the same scopes, which ``--prometheus PORT``
+serves on 127.0.0.1 while the job runs.
+
+Every process the demo starts is stopped by the coordinator (also on Ctrl-C and on errors: asked
+to exit, then terminated and killed by PID if it does not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait as wait_connections
+from typing import Any
+
+from flinknet.config import parse_memory_size
+from flinknet.metrics import Counter, Gauge, Histogram, MeterView, MetricRegistry
+from flinknet.tools.demo import view as views
+from flinknet.tools.demo.job import (
+    EXIT_FAILED,
+    EXIT_GRACE,
+    EXIT_OK,
+    EXIT_USAGE,
+    HOST,
+    JOB_NAME,
+    MIN_RECORD_SIZE,
+    PHASES,
+    ROLE_AGGREGATOR,
+    ROLE_SINK,
+    ROLE_SOURCE,
+    CheckResult,
+    DemoConfig,
+    check_exactly_once,
+    rss_bytes,
+    task_name,
+    task_process,
+)
+
+__all__ = ["DemoCoordinator", "UsageError", "build_parser", "main", "parse_config"]
+
+#: Seconds for every task to start (spawn, import, set up its environment).
+STARTUP_TIMEOUT = 90.0
+#: Seconds for the job to drain after the sources stop.
+FINISH_TIMEOUT = 120.0
+#: Signals that stop the demo cleanly (exit status 128 + the signal number).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+# ==============================================================================================
+# Arguments
+# ==============================================================================================
+
+def _int_in(name: str, lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {value}")
+        return value
+    return parse
+
+
+def _float_in(name: str, lo: float, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < lo or (lo_open and value == lo) or (hi is not None and value > hi):
+            low = f"> {lo}" if lo_open else f">= {lo}"
+            bound = low if hi is None else f"{low} and <= {hi}"
+            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text}")
+        return value
+    return parse
+
+
+def _buffer_timeout(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"buffer timeout must be an integer number of ms, got {text!r}") from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(
+            f"buffer timeout must be -1 (only full buffers), 0 (flush every record) or > 0 ms, got {value}")
+    return value
+
+
+def _memory_size(text: str) -> str:
+    try:
+        size = parse_memory_size(text, "--network-memory")
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if size < (1 << 20):
+        raise argparse.ArgumentTypeError(f"network memory must be at least 1mb, got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``flinknet demo`` argument parser."""
+    d = DemoConfig()
+    p = argparse.ArgumentParser(
+        prog="flinknet demo",
+        description="A keyed streaming job across real processes (sources -> keyBy -> aggregators "
+                    "-> sink) over flinknet's TCP transport, with scripted phases (steady, slow "
+                    "aggregator, recovery, finish), live backpressure/credit/latency metrics and an "
+                    "exactly-once check at the end.",
+        epilog="Exit status: 0 the check passed and every task succeeded, 1 records were lost or "
+               "a task failed, 2 bad arguments, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).")
+    p.add_argument("--duration", type=_float_in("duration", 4.0, 3600.0), default=d.duration, metavar="S",
+                   help=f"seconds from start to the sources stopping (default {d.duration:g}); "
+                        "phases: steady 30%%, slow 35%%, recovery 35%%, then finish")
+    p.add_argument("--sources", type=_int_in("sources", 1, 16), default=d.sources, metavar="N",
+                   help=f"source parallelism, one process each (default {d.sources})")
+    p.add_argument("--aggregators", type=_int_in("aggregators", 1, 16), default=d.aggregators, metavar="N",
+                   help=f"aggregator parallelism, one process each (default {d.aggregators})")
+    p.add_argument("--keys", type=_int_in("keys", 1, 100_000), default=d.keys, metavar="N",
+                   help=f"number of distinct keys (default {d.keys})")
+    p.add_argument("--record-size", type=_int_in("record size", MIN_RECORD_SIZE, 1 << 20), default=d.record_size,
+                   metavar="BYTES", help=f"payload bytes per event (default {d.record_size}, minimum {MIN_RECORD_SIZE})")
+    p.add_argument("--buffer-timeout", type=_buffer_timeout, default=d.buffer_timeout, metavar="MS",
+                   help=f"Flink's buffer timeout: -1 only full buffers, 0 flush every record, > 0 flush "
+                        f"every MS ms (default {d.buffer_timeout})")
+    p.add_argument("--rate", type=_int_in("rate", 0), default=d.rate, metavar="R",
+                   help=f"records/s per source, 0 = as fast as possible (default {d.rate})")
+    p.add_argument("--latency-interval", type=_int_in("latency interval", 0), default=d.latency_interval,
+                   metavar="MS", help=f"ms between latency markers of each source, 0 = off "
+                                      f"(default {d.latency_interval})")
+    p.add_argument("--slow-aggregator", type=_int_in("slow aggregator", 0), default=d.slow_aggregator,
+                   metavar="I", help="index of the aggregator slowed in the slow phase (default 0)")
+    p.add_argument("--slow-factor", type=_float_in("slow factor", 0.0, 1.0, lo_open=True), default=d.slow_factor,
+                   metavar="F", help="fraction of its steady rate the slow aggregator keeps (default 0.1)")
+    p.add_argument("--network-memory", type=_memory_size, default=d.network_memory, metavar="SIZE",
+                   help=f"network memory of each task process (default {d.network_memory})")
+    p.add_argument("--interval", type=_float_in("interval", 0.1, 60.0), default=d.interval, metavar="S",
+                   help="seconds between two status lines per task with --no-live (default 1)")
+    live = p.add_mutually_exclusive_group()
+    live.add_argument("--live", dest="live", action="store_true", default=None,
+                      help="live terminal view (the default when stdout is a terminal)")
+    live.add_argument("--no-live", dest="live", action="store_false",
+                      help="plain periodic lines, one per task per interval (for logs and CI)")
+    p.add_argument("--prometheus", type=_int_in("port", 0, 65535), default=None, metavar="PORT",
+                   help="serve the tasks' metrics for Prometheus on 127.0.0.1:PORT while the job runs "
+                        "(0 = any free port; needs prometheus_client: pip install 'flinknet[prometheus]')")
+    p.add_argument("--seed", type=_int_in("seed", 0), default=d.seed, help=argparse.SUPPRESS)
+    # Testing: make source 0 count records it never emits (the check must fail) or a task fail.
+    p.add_argument("--inject-loss", type=_int_in("inject-loss", 0), default=0, help=argparse.SUPPRESS)
+    p.add_argument("--inject-failure", choices=[ROLE_AGGREGATOR.lower()], default=None, help=argparse.SUPPRESS)
+    return p
+
+
+class UsageError(Exception):
+    """Bad arguments (exit status 2)."""
+
+
+def parse_config(argv: Sequence[str] | None) -> DemoConfig:
+    """A validated :class:`DemoConfig` from command-line arguments (argparse exits with status 2
+    on bad ones; checks across arguments raise :class:`UsageError`)."""
+    args = build_parser().parse_args(argv)
+    if args.slow_aggregator >= args.aggregators:
+        raise UsageError(f"--slow-aggregator {args.slow_aggregator} does not exist: there are "
+                         f"{args.aggregators} aggregator(s) (0..{args.aggregators - 1})")
+    return DemoConfig(
+        duration=args.duration, sources=args.sources, aggregators=args.aggregators, keys=args.keys,
+        record_size=args.record_size, buffer_timeout=args.buffer_timeout, rate=args.rate,
+        latency_interval=args.latency_interval, slow_aggregator=args.slow_aggregator,
+        slow_factor=args.slow_factor, network_memory=args.network_memory, interval=args.interval,
+        live=args.live, prometheus=args.prometheus, seed=args.seed, inject_loss=args.inject_loss,
+        inject_failure=args.inject_failure)
+
+
+# ==============================================================================================
+# Coordinator
+# ==============================================================================================
+
+class DemoFailure(Exception):
+    """The job failed (a task failed or died, or it did not finish in time)."""
+
+
+class _Interrupted(BaseException):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) arrived."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclasses.dataclass
+class TaskHandle:
+    """The coordinator's view of one task process."""
+
+    role: str
+    index: int
+    process: Any
+    conn: Connection
+    pid: int | None = None
+    address: tuple | None = None
+    partition: bytes | None = None
+    ready: bool = False
+    result: dict | None = None
+    failure: str | None = None
+    status: dict | None = None
+    peak_rss: int = 0
+    rss_at_phase: dict = dataclasses.field(default_factory=dict)
+    max_bp: dict = dataclasses.field(default_factory=dict)
+    max_in_pool: dict = dataclasses.field(default_factory=dict)
+    conn_open: bool = True
+
+    @property
+    def name(self) -> str:
+        return task_name(self.role, self.index)
+
+    def value(self, name: str, default=0.0):
+        """A value of the task group from the latest status (``numRecordsInPerSecond``)."""
+        if self.status is None:
+            return default
+        v = self.status["values"].get(name, default)
+        return default if v is None else v
+
+
+class _MetricMirror:
+    """The tasks' metrics in the coordinator's registry, under the same scopes: gauges, counters,
+    meters and histograms that read the latest values received from each task."""
+
+    def __init__(self, registry):
+        self.registry = registry
+        self.values: dict = {}
+
+    def update(self, handle: TaskHandle, metrics: list) -> None:
+        for root, steps, name, kind, value in metrics:
+            key = (handle.role, handle.index, root, steps, name)
+            known = key in self.values
+            self.values[key] = value
+            if not known:
+                try:
+                    self._register(handle, key, root, steps, name, kind)
+                except (ValueError, TypeError):
+                    pass     # a name clash: the metric is left out of the mirror
+
+    def _register(self, handle, key, root, steps, name, kind) -> None:
+        tm_id = f"tm-{handle.pid}"
+        if root == "task":
+            group = self.registry.task_group(handle.role, handle.index, job_name=JOB_NAME, host=HOST, tm_id=tm_id)
+        else:
+            group = self.registry.task_manager_group(HOST, tm_id)
+        for step in steps:
+            group = group.add_group(*step)
+        read = functools.partial(self.values.get, key)
+        if kind == "counter":
+            group.counter(name, _MirroredCounter(read))
+        elif kind == "meter":
+            group.meter(name, _MirroredMeter(read, self.registry.view_interval))
+        elif kind == "histogram":
+            group.histogram(name, _MirroredHistogram(read))
+        else:
+            group.gauge(name, Gauge(read))
+
+
+class _MirroredCounter(Counter):
+    """A counter whose count is the latest one received from a task."""
+
+    __slots__ = ("_read",)
+
+    def __init__(self, read):
+        super().__init__(0)
+        self._read = read
+
+    def get_count(self) -> int:
+        return int(self._read() or 0)
+
+
+class _MirroredMeter(MeterView):
+    """A meter whose rate is the latest one received from a task (the task's views update it)."""
+
+    def __init__(self, read, update_interval: int):
+        super().__init__(None, update_interval, update_interval=update_interval)
+        self._read = read
+
+    def update(self) -> None:
+        pass
+
+    def get_rate(self) -> float:
+        return float(self._read() or 0.0)
+
+
+class _Statistics:
+    """Histogram statistics rebuilt from the task's snapshot (count, min, max, quantiles)."""
+
+    _QUANTILES = {0.5: "p50", 0.75: "p75", 0.95: "p95", 0.98: "p98", 0.99: "p99", 0.999: "p999"}
+
+    def __init__(self, values: dict):
+        self._v = values or {}
+        self.count = int(self._v.get("count", 0))
+
+    def as_dict(self) -> dict:
+        return dict(self._v)
+
+    def get_quantile(self, quantile: float) -> float:
+        key = self._QUANTILES.get(quantile)
+        return float(self._v.get(key, float("nan"))) if key else float("nan")
+
+    def size(self) -> int:
+        return min(self.count, 128)    # Flink's latency history size
+
+    def get_min(self):
+        return self._v.get("min", 0)
+
+    def get_max(self):
+        return self._v.get("max", 0)
+
+    def get_mean(self) -> float:
+        return float(self._v.get("mean", 0.0))
+
+    def get_std_dev(self) -> float:
+        return float(self._v.get("stddev", 0.0))
+
+    def get_values(self) -> list:
+        return []
+
+
+class _MirroredHistogram(Histogram):
+    """A histogram whose statistics are the latest ones received from a task."""
+
+    def __init__(self, read):
+        super().__init__()
+        self._read = read
+
+    def update(self, value) -> None:
+        raise TypeError("a mirrored histogram is read-only")
+
+    def get_count(self) -> int:
+        return int((self._read() or {}).get("count", 0))
+
+    def get_statistics(self):
+        return _Statistics(self._read())
+
+
+class DemoCoordinator:
+    """Starts the task processes, drives the phases, renders the view and checks the result.
+
+    ``DemoCoordinator(cfg, view).run()`` returns the exit status; every process it started is
+    gone when it returns (or raises).
+    """
+
+    def __init__(self, cfg: DemoConfig, view, out=None):
+        self.cfg = cfg
+        self.view = view
+        self.out = out if out is not None else sys.stdout
+        self.ctx = mp.get_context("spawn")
+        self.tasks: list[TaskHandle] = []
+        self.phase = "startup"
+        self.phase_started = time.monotonic()
+        self.t_start: float | None = None
+        self.t_stop: float | None = None
+        self.t_done: float | None = None
+        self.registry = None
+        self.reporter = None
+        self.mirror: _MetricMirror | None = None
+        self.failures: list[str] = []
+        self.check = None
+        self.coordinator_peak_rss = 0
+        self.interrupted = False
+        self._shut_down = False
+
+    # -- public ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run the whole demo; returns the exit status."""
+        previous = self._install_signal_handlers()
+        interrupted = None
+        try:
+            try:
+                self._start_metrics()
+                self._spawn()
+                self._handshake()
+                self._run_phases()
+                self._finish()
+            except _Interrupted as err:
+                interrupted = err.signum
+                self.view.event(f"interrupted ({err}): stopping every task", self)
+            except UsageError as err:
+                self._shutdown()
+                self.view.close()
+                print(f"flinknet demo: error: {err}", file=sys.stderr)
+                return EXIT_USAGE
+            except DemoFailure as err:
+                self.failures.append(str(err))
+                self.view.event(f"FAILED: {err}", self)
+            finally:
+                self._shutdown()
+                self.view.close()
+            if interrupted is not None:
+                self.interrupted = True
+                self.view.summary(self)
+                return 128 + interrupted
+            if not self.failures:
+                self.check = self._check()
+            self.view.summary(self)
+            ok = not self.failures and self.check is not None and self.check.ok
+            return EXIT_OK if ok else EXIT_FAILED
+        finally:
+            self._restore_signal_handlers(previous)
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            raise _Interrupted(signum)
+
+        return {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for s, h in (previous or {}).items():
+            signal.signal(s, h)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def _start_metrics(self) -> None:
+        self.registry = MetricRegistry(update_interval=1)
+        self.mirror = _MetricMirror(self.registry)
+        if self.cfg.prometheus is not None:
+            from flinknet.metrics.prometheus import PrometheusReporter
+
+            self.reporter = PrometheusReporter(self.registry, port=self.cfg.prometheus, host=HOST)
+            try:
+                self.reporter.start()
+            except ImportError as err:          # prometheus_client too old
+                self.reporter = None
+                raise UsageError(f"--prometheus: {err}") from None
+            except OSError as err:
+                self.reporter = None
+                raise DemoFailure(f"cannot serve metrics on {HOST}:{self.cfg.prometheus}: {err}") from None
+            self.view.event(f"metrics for Prometheus at http://{HOST}:{self.reporter.port}/metrics", self)
+
+    # -- processes -------------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        cfg = self.cfg
+        roles = [(ROLE_SOURCE, i) for i in range(cfg.sources)] + \
+                [(ROLE_AGGREGATOR, i) for i in range(cfg.aggregators)] + [(ROLE_SINK, 0)]
+        for role, index in roles:
+            ours, theirs = self.ctx.Pipe(duplex=True)
+            process = self.ctx.Process(target=task_process, name=f"flinknet-demo-{task_name(role, index)}",
+                                       args=(theirs, role, index, cfg, os.getpid()), daemon=True)
+            self.tasks.append(TaskHandle(role, index, process, ours))
+            process.start()
+            theirs.close()
+
+    def _by_role(self, role: str) -> list[TaskHandle]:
+        return [t for t in self.tasks if t.role == role]
+
+    def _send(self, task: TaskHandle, message) -> None:
+        if not task.conn_open:
+            return
+        try:
+            task.conn.send(message)
+        except OSError:
+            task.conn_open = False
+
+    def _broadcast(self, message) -> None:
+        for t in self.tasks:
+            self._send(t, message)
+
+    def _pump(self, timeout: float) -> None:
+        """Receive and handle whatever the tasks sent within ``timeout`` seconds; fail if a task
+        failed or died."""
+        conns = {t.conn: t for t in self.tasks if t.conn_open}
+        sentinels = {t.process.sentinel: t for t in self.tasks if t.process.exitcode is None}
+        ready = wait_connections(list(conns) + list(sentinels), timeout) if conns or sentinels else []
+        for obj in ready:
+            task = conns.get(obj)
+            if task is None:
+                continue
+            try:
+                while task.conn_open and task.conn.poll():
+                    self._handle(task, task.conn.recv())
+            except (EOFError, OSError):
+                task.conn_open = False
+        for obj in ready:
+            task = sentinels.get(obj)
+            if task is not None and task.result is None and task.failure is None:
+                task.process.join(0.5)
+                # the last messages may still be in the pipe
+                try:
+                    while task.conn_open and task.conn.poll():
+                        self._handle(task, task.conn.recv())
+                except (EOFError, OSError):
+                    task.conn_open = False
+                if task.failure is None:
+                    task.failure = f"exited unexpectedly with status {task.process.exitcode}"
+        failed = [t for t in self.tasks if t.failure is not None]
+        if failed:
+            t = failed[0]
+            raise DemoFailure(f"{t.name} (pid {t.pid or t.process.pid}) failed: {t.failure.strip()}")
+
+    def _handle(self, task: TaskHandle, message) -> None:
+        kind = message[0]
+        if kind == "status":
+            self._on_status(task, message[1])
+            self._send(task, ("ack",))
+        elif kind == "hello":
+            info = message[1]
+            task.pid, task.address, task.partition = info["pid"], info["address"], info["partition"]
+            self.view.event(f"task={task.name} pid={task.pid} listening={task.address[0]}:{task.address[1]}", self)
+        elif kind == "ready":
+            task.ready = True
+        elif kind == "done":
+            task.result = message[1]
+        elif kind == "failed":
+            task.failure = message[1]
+
+    def _on_status(self, task: TaskHandle, status: dict) -> None:
+        task.status = status
+        rss = status.get("rss", 0)
+        task.peak_rss = max(task.peak_rss, rss)
+        task.rss_at_phase.setdefault(status["phase"], rss)
+        task.rss_at_phase[status["phase"] + ".last"] = rss
+        if self.mirror is not None:
+            self.mirror.update(task, status["metrics"])
+        # per-phase maxima only from one-second windows that lay entirely in the phase
+        phase = status.get("window_phase")
+        if phase in PHASES:
+            bp = min(float(task.value("backPressuredTimeMsPerSecond")), 1000.0) / 1000.0
+            task.max_bp[phase] = max(task.max_bp.get(phase, 0.0), bp)
+            in_pool = float(task.value("Shuffle.Netty.Input.Buffers.inPoolUsage"))
+            task.max_in_pool[phase] = max(task.max_in_pool.get(phase, 0.0), in_pool)
+        self.coordinator_peak_rss = max(self.coordinator_peak_rss, rss_bytes())
+
+    def _wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DemoFailure(f"timed out after {timeout:.0f} s waiting for {what}")
+            self._pump(min(left, 0.25))
+            self.view.update(self)
+
+    def _handshake(self) -> None:
+        self.view.event(f"starting {len(self.tasks)} task processes "
+                        f"({self.cfg.sources} sources, {self.cfg.aggregators} aggregators, 1 sink)", self)
+        self._wait_until(lambda: all(t.pid is not None for t in self.tasks), STARTUP_TIMEOUT,
+                         "every task to start")
+        sources = [{"name": t.name, "partition": t.partition, "address": t.address}
+                   for t in self._by_role(ROLE_SOURCE)]
+        aggregators = [{"name": t.name, "partition": t.partition, "address": t.address}
+                       for t in self._by_role(ROLE_AGGREGATOR)]
+        for t in self._by_role(ROLE_AGGREGATOR):
+            self._send(t, ("peers", sources))
+        for t in self._by_role(ROLE_SINK):
+            self._send(t, ("peers", aggregators))
+        self._wait_until(lambda: all(t.ready for t in self.tasks), STARTUP_TIMEOUT,
+                         "every task to connect")
+
+    def _phase_params(self) -> dict:
+        return {"slow": self.cfg.slow_aggregator, "factor": self.cfg.slow_factor}
+
+    def _enter_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.phase_started = time.monotonic()
+        self.view.phase(self, phase)
+
+    def _run_phases(self) -> None:
+        cfg = self.cfg
+        schedule = cfg.phase_schedule()
+        self.t_start = time.monotonic()
+        self._enter_phase(schedule[0][0])
+        self._broadcast(("start", schedule[0][0], self._phase_params()))
+        for phase, start in schedule[1:] + [("finish", cfg.duration)]:
+            while (left := self.t_start + start - time.monotonic()) > 0:
+                self._pump(min(left, 0.25))
+                self.view.update(self)
+            if phase == "finish":
+                break
+            self._enter_phase(phase)
+            self._broadcast(("phase", phase, self._phase_params()))
+        self.t_stop = time.monotonic()
+        self._enter_phase("finish")
+        self._broadcast(("phase", "finish", self._phase_params()))
+        for t in self._by_role(ROLE_SOURCE):
+            self._send(t, ("stop",))
+
+    def _finish(self) -> None:
+        self._wait_until(lambda: all(t.result is not None for t in self.tasks), FINISH_TIMEOUT,
+                         "the job to finish (EndOfPartition through every task)")
+        self.t_done = time.monotonic()
+        self.phase = "done"
+        self.view.phase(self, "done")
+        self._broadcast(("exit",))
+        deadline = time.monotonic() + EXIT_GRACE
+        for t in self.tasks:
+            t.process.join(max(0.0, deadline - time.monotonic()))
+        for t in self.tasks:
+            if t.process.exitcode not in (None, EXIT_OK):
+                self.failures.append(f"{t.name} exited with status {t.process.exitcode}")
+
+    def _shutdown(self) -> None:
+        """Stop every task process (ask, terminate, kill: by PID), then the metrics server.
+        Signals are ignored meanwhile so that a second Ctrl-C cannot leave orphans."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS} if in_main else {}
+        try:
+            alive = [t for t in self.tasks if t.process.exitcode is None and t.process.pid is not None]
+            for t in alive:
+                self._send(t, ("exit",))
+            deadline = time.monotonic() + EXIT_GRACE
+            for t in alive:
+                t.process.join(max(0.0, deadline - time.monotonic()))
+            for t in alive:
+                if t.process.exitcode is None:
+                    t.process.terminate()                 # SIGTERM to its PID
+            for t in alive:
+                t.process.join(3.0)
+            for t in alive:
+                if t.process.exitcode is None:
+                    t.process.kill()                      # SIGKILL to its PID
+                    t.process.join(5.0)
+            for t in self.tasks:
+                try:
+                    t.conn.close()
+                except OSError:
+                    pass
+                t.conn_open = False
+                if t.process.exitcode is not None:
+                    t.process.close()
+            if self.reporter is not None:
+                self.reporter.close()
+                self.reporter = None
+            if self.registry is not None:
+                self.registry.close()
+                self.registry = None
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    # -- the check -------------------------------------------------------------------------
+
+    def _check(self) -> CheckResult:
+        return check_exactly_once(self.cfg.keys, [t.result for t in self._by_role(ROLE_SOURCE)],
+                                  [t.result for t in self._by_role(ROLE_AGGREGATOR)],
+                                  self._by_role(ROLE_SINK)[0].result)
+
+    # -- numbers for the views -------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return 0.0 if self.t_start is None else time.monotonic() - self.t_start
+
+    def throughput(self) -> float:
+        """Records/s the sources emitted between start and stop."""
+        if self.t_start is None:
+            return 0.0
+        end = self.t_stop or time.monotonic()
+        emitted = sum((t.result or {}).get("emitted", 0) or t.value("numRecordsOut", 0)
+                      for t in self._by_role(ROLE_SOURCE))
+        return emitted / max(end - self.t_start, 1e-9)
+
+
+# ==============================================================================================
+# Entry point
+# ==============================================================================================
+
+def _check_prometheus_available() -> None:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise UsageError("--prometheus needs the optional package prometheus_client "
+                         "(pip install 'flinknet[prometheus]')") from None
+    try:
+        from flinknet.metrics.prometheus import PrometheusReporter  # noqa: F401
+    except ImportError as err:
+        raise UsageError(f"--prometheus is not available in this build of flinknet: {err}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``flinknet demo [options]``; returns the exit status."""
+    try:
+        cfg = parse_config(argv)
+        if cfg.prometheus is not None:
+            _check_prometheus_available()
+    except UsageError as err:
+        print(f"flinknet demo: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exit_:     # argparse: --help (0) or a bad argument (2)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    try:
+        return DemoCoordinator(cfg, views.for_config(cfg)).run()
+    except _Interrupted as err:     # a second signal while the summary was printed
+        return 128 + err.signum
