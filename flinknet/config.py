@@ -3,7 +3,10 @@
 ``NetworkConfig({"taskmanager.memory.network.max": "128mb", ...})`` or
 ``NetworkConfig(**{...})``; values may be given as Flink writes them (``"64mb"``, ``"32 kb"``,
 ``"100 ms"``, ``"10 s"``) or as numbers (bytes, milliseconds). Unknown keys are errors, so a typo
-never silently falls back to a default. Read values with ``config["key"]`` or the typed
+never silently falls back to a default: :class:`~flinknet.errors.UnknownConfigurationKeyError`
+(also a ``KeyError``) names the closest known key. A bad value, or options that contradict each
+other, raise :class:`~flinknet.errors.ConfigurationError` (also a ``ValueError``, Flink's
+IllegalConfigurationException) naming the key. Read values with ``config["key"]`` or the typed
 properties (sizes in bytes, durations in seconds).
 
 flinknet has no "total process memory" to take a fraction of, so the network memory is
@@ -17,6 +20,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+
+from flinknet.errors import ConfigurationError, UnknownConfigurationKeyError
 
 __all__ = ["NetworkConfig", "parse_duration", "parse_memory_size"]
 
@@ -42,33 +47,34 @@ _NUM_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zµ]*)\s*$", re.IGNORECASE)
 def parse_memory_size(value, key: str = "size") -> int:
     """Bytes of a Flink MemorySize (``"64mb"``, ``"32 kb"``, ``1024``)."""
     if isinstance(value, bool):
-        raise TypeError(f"{key}: expected a memory size, got {value!r}")
+        raise ConfigurationError(f"{key}: expected a memory size, got {value!r}", key)
     if isinstance(value, int):
         n = value
     else:
         m = _NUM_UNIT.match(str(value))
         if not m or m.group(2).lower() not in _SIZE_UNITS or "." in m.group(1):
-            raise ValueError(f"{key}: cannot parse memory size {value!r} (e.g. '64mb', '32kb', 1024)")
+            raise ConfigurationError(
+                f"{key}: cannot parse memory size {value!r} (e.g. '64mb', '32kb', 1024)", key)
         n = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
     if n < 0:
-        raise ValueError(f"{key}: memory size must be >= 0, got {value!r}")
+        raise ConfigurationError(f"{key}: memory size must be >= 0, got {value!r}", key)
     return n
 
 
 def parse_duration(value, key: str = "duration", default_unit: float = 1e-3) -> float:
     """Seconds of a Flink Duration (``"100 ms"``, ``"10 s"``; a bare number is milliseconds)."""
     if isinstance(value, bool):
-        raise TypeError(f"{key}: expected a duration, got {value!r}")
+        raise ConfigurationError(f"{key}: expected a duration, got {value!r}", key)
     if isinstance(value, (int, float)):
         seconds = float(value) * default_unit
     else:
         m = _NUM_UNIT.match(str(value))
         unit = m.group(2).lower() if m else None
         if not m or (unit and unit not in _DURATION_UNITS):
-            raise ValueError(f"{key}: cannot parse duration {value!r} (e.g. '100 ms', '10 s')")
+            raise ConfigurationError(f"{key}: cannot parse duration {value!r} (e.g. '100 ms', '10 s')", key)
         seconds = float(m.group(1)) * (_DURATION_UNITS[unit] if unit else default_unit)
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{key}: duration must be finite and >= 0, got {value!r}")
+        raise ConfigurationError(f"{key}: duration must be finite and >= 0, got {value!r}", key)
     return seconds
 
 
@@ -78,9 +84,9 @@ def _int(minimum: int):
             try:
                 value = int(str(value).strip())
             except ValueError:
-                raise ValueError(f"{key}: expected an integer, got {value!r}") from None
+                raise ConfigurationError(f"{key}: expected an integer, got {value!r}", key) from None
         if value < minimum:
-            raise ValueError(f"{key}: must be >= {minimum}, got {value}")
+            raise ConfigurationError(f"{key}: must be >= {minimum}, got {value}", key)
         return value
     return parse
 
@@ -93,12 +99,12 @@ def _bool(value, key):
         return True
     if text in ("false", "0", "no"):
         return False
-    raise ValueError(f"{key}: expected true or false, got {value!r}")
+    raise ConfigurationError(f"{key}: expected true or false, got {value!r}", key)
 
 
 def _str(value, key):
     if not isinstance(value, str):
-        raise TypeError(f"{key}: expected a string, got {value!r}")
+        raise ConfigurationError(f"{key}: expected a string, got {value!r}", key)
     return value
 
 
@@ -106,7 +112,7 @@ def _choice(*options):
     def parse(value, key):
         text = str(value).strip().lower()
         if text not in options:
-            raise ValueError(f"{key}: expected one of {', '.join(options)}, got {value!r}")
+            raise ConfigurationError(f"{key}: expected one of {', '.join(options)}, got {value!r}", key)
         return text
     return parse
 
@@ -159,9 +165,9 @@ class NetworkConfig(Mapping):
     def __init__(self, options: Mapping | None = None, /, **kwargs):
         given = dict(options or {})
         given.update(kwargs)
-        unknown = sorted(k for k in given if k not in OPTIONS)
+        unknown = sorted((k for k in given if k not in OPTIONS), key=str)
         if unknown:
-            raise KeyError(f"unknown configuration key(s): {', '.join(unknown)}")
+            raise UnknownConfigurationKeyError.for_keys(unknown, OPTIONS)
         values = {}
         for key, (parse, default) in OPTIONS.items():
             values[key] = parse(given.get(key, default), key)
@@ -170,22 +176,39 @@ class NetworkConfig(Mapping):
         seg = values["taskmanager.memory.segment-size"]
         if seg < 64 or seg > (1 << 30) or seg & (seg - 1):
             # Flink requires a power of two for the segment size in several places.
-            raise ValueError(f"taskmanager.memory.segment-size must be a power of two in [64 b, 1 gb], got {seg}")
+            raise ConfigurationError("taskmanager.memory.segment-size must be a power of two in "
+                                     f"[64 b, 1 gb], got {seg}", "taskmanager.memory.segment-size")
         lo, hi = values["taskmanager.memory.network.min"], values["taskmanager.memory.network.max"]
         if "taskmanager.memory.network.min" not in given:
             lo = values["taskmanager.memory.network.min"] = min(lo, hi)
         if hi < lo:
-            raise ValueError("taskmanager.memory.network.max is smaller than .min")
+            raise ConfigurationError(f"taskmanager.memory.network.max ({hi} bytes) is smaller than "
+                                     f"taskmanager.memory.network.min ({lo} bytes)",
+                                     "taskmanager.memory.network.max")
         if hi // seg < 2:
-            raise ValueError("the network memory must hold at least two segments")
+            raise ConfigurationError(
+                f"taskmanager.memory.network.max ({hi} bytes) must hold at least two segments of "
+                f"taskmanager.memory.segment-size ({seg} bytes)", "taskmanager.memory.network.max")
         if values["taskmanager.network.request-backoff.max"] < values["taskmanager.network.request-backoff.initial"]:
-            raise ValueError("request-backoff.max is smaller than request-backoff.initial")
+            raise ConfigurationError("taskmanager.network.request-backoff.max is smaller than "
+                                     "taskmanager.network.request-backoff.initial",
+                                     "taskmanager.network.request-backoff.max")
         port = values["taskmanager.data.port"]
         if port > 65535:
-            raise ValueError(f"taskmanager.data.port must be <= 65535, got {port}")
+            raise ConfigurationError(f"taskmanager.data.port must be <= 65535, got {port}",
+                                     "taskmanager.data.port")
 
     def __getitem__(self, key):
-        return self._values[key]
+        try:
+            return self._values[key]
+        except KeyError:
+            raise UnknownConfigurationKeyError.for_keys([key], OPTIONS) from None
+
+    def __contains__(self, key) -> bool:
+        return key in self._values
+
+    def get(self, key, default=None):
+        return self._values.get(key, default)
 
     def __iter__(self):
         return iter(self._values)

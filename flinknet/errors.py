@@ -1,9 +1,40 @@
-"""flinknet's exception hierarchy.
+"""flinknet's exception hierarchy: every exception class flinknet defines lives in this module.
 
 Every error flinknet raises on purpose derives from :class:`FlinknetError`, and also from the
-builtin exception a Python user would expect, so ``except ValueError`` or ``except TimeoutError``
-keeps working. Misuse of exported memory raises the builtin :class:`BufferError` (as ``bytearray``
-and ``memoryview`` do).
+builtin exception a Python user would expect, so ``except ValueError``, ``except OSError`` or
+``except TimeoutError`` keeps working. Misuse of exported memory raises the builtin
+:class:`BufferError` (as ``bytearray`` and ``memoryview`` do); a bad argument raises the builtin
+:class:`ValueError` / :class:`TypeError` and an index out of range :class:`IndexError`.
+
+The tree (builtin bases in parentheses, Flink's counterpart after the dash)::
+
+    FlinknetError (Exception)
+    ├── IllegalStateError (RuntimeError) - IllegalStateException
+    │   ├── SegmentFreedError - IllegalStateException("segment has been freed")
+    │   ├── IllegalReferenceCountError - Netty's IllegalReferenceCountException
+    │   └── CorruptPartitionFileError - IOException of BufferReaderWriterUtil (truncated file)
+    ├── InsufficientNetworkBuffersError (OSError) - IOException("Insufficient number of network
+    │                                               buffers ...")
+    ├── BufferRequestTimeoutError (TimeoutError) - IOException("Timeout triggered when requesting
+    │                                              exclusive buffers ...")
+    ├── CancelTaskError - CancelTaskException
+    │   └── ProducerFailedError - ProducerFailedException
+    ├── PartitionNotFoundError (OSError) - PartitionNotFoundException
+    ├── CorruptRecordError (ValueError) - IOException("Serializer consumed more bytes than the
+    │                                     record had")
+    ├── CorruptEventError (ValueError) - IOException("Corrupt byte stream for event")
+    ├── CorruptFrameError (ValueError) - the Netty decoders' IllegalStateException("Network stream
+    │                                    corrupted ...") / ProtocolException
+    ├── BufferReorderingError (OSError) - RemoteInputChannel's BufferReorderingException
+    ├── OutputFlusherError (OSError) - IOException("An exception happened while flushing the
+    │                                  outputs")
+    ├── TransportError (OSError) - TransportException
+    │   ├── RemoteTransportError - RemoteTransportException
+    │   └── LocalTransportError - LocalTransportException
+    ├── HandshakeError (ConnectionError) - none: flinknet's own handshake (with TLS, Flink's
+    │                                      Netty pipeline fails with SSLHandshakeException)
+    └── ConfigurationError (ValueError) - IllegalConfigurationException
+        └── UnknownConfigurationKeyError (KeyError) - none: Flink ignores unknown keys
 
 Map to Apache Flink:
 
@@ -20,12 +51,28 @@ exclusive buffers ...")
 CancelTaskException                             :class:`CancelTaskError`
 IOException("Serializer consumed more bytes    :class:`CorruptRecordError` (also for negative
 than the record had")                           or oversized lengths, which Flink does not check)
-IOException("Corrupt byte stream for event")    :class:`flinknet.events.CorruptEventError`
+IOException("Corrupt byte stream for event")    :class:`CorruptEventError`
+IllegalStateException("Network stream           :class:`CorruptFrameError` (also for bad
+corrupted ..."), ProtocolException              lengths, fields and sizes)
+IOException of BufferReaderWriterUtil           :class:`CorruptPartitionFileError`
 PartitionNotFoundException                      :class:`PartitionNotFoundError`
 ProducerFailedException                         :class:`ProducerFailedError`
+BufferReorderingException                       :class:`BufferReorderingError`
+IOException("An exception happened while        :class:`OutputFlusherError`
+flushing the outputs")
+TransportException                              :class:`TransportError`
+RemoteTransportException                        :class:`RemoteTransportError`
+LocalTransportException                         :class:`LocalTransportError`
+SSLHandshakeException (TLS only)                :class:`HandshakeError`
+IllegalConfigurationException                   :class:`ConfigurationError`
+(unknown keys are ignored)                      :class:`UnknownConfigurationKeyError`
 IllegalArgumentException                        :class:`ValueError`
 IndexOutOfBoundsException                       :class:`IndexError`
 ==============================================  ==============================================
+
+The modules that raise these errors re-export them under their old names
+(``flinknet.events.CorruptEventError``, ``flinknet.transport.RemoteTransportError``,
+``flinknet._core.protocol.CorruptFrameError``, ...): those are the same class objects.
 """
 
 from __future__ import annotations
@@ -41,6 +88,17 @@ __all__ = [
     "CorruptRecordError",
     "PartitionNotFoundError",
     "ProducerFailedError",
+    "CorruptEventError",
+    "CorruptFrameError",
+    "CorruptPartitionFileError",
+    "BufferReorderingError",
+    "OutputFlusherError",
+    "TransportError",
+    "RemoteTransportError",
+    "LocalTransportError",
+    "HandshakeError",
+    "ConfigurationError",
+    "UnknownConfigurationKeyError",
 ]
 
 
@@ -117,3 +175,117 @@ class ProducerFailedError(CancelTaskError):
     def __init__(self, cause: BaseException | None):
         super().__init__(f"The producer of the consumed partition failed: {cause!r}")
         self.__cause__ = cause
+
+
+class CorruptEventError(FlinknetError, ValueError):
+    """Bytes that are not a serialized event: an unknown tag, a truncated or oversized body, a bad
+    field (Flink's IOException "Corrupt byte stream for event"). Raised by :mod:`flinknet.events`.
+    """
+
+
+class CorruptFrameError(FlinknetError, ValueError):
+    """A frame from the network is malformed (bad length, magic, id, field or size).
+
+    Raised by :class:`flinknet._core.protocol.FrameDecoder`, which is poisoned afterwards: the
+    connection must close. Flink's decoders fail with IllegalStateException ("Network stream
+    corrupted: received incorrect magic number.") or ProtocolException (unknown message id).
+    """
+
+
+class CorruptPartitionFileError(IllegalStateError):
+    """A blocking partition's file does not hold what its writer wrote (truncated or bad header).
+
+    Flink's ``BufferReaderWriterUtil`` raises an IOException there.
+    """
+
+
+class BufferReorderingError(FlinknetError, OSError):
+    """A buffer arrived out of sequence on a remote input channel (Flink's
+    ``RemoteInputChannel.BufferReorderingException``)."""
+
+
+class OutputFlusherError(FlinknetError, OSError):
+    """The output flusher thread failed; raised by the next emit ("An exception happened while
+    flushing the outputs", Flink's IOException from ``RecordWriter.checkErroneous``), with the
+    flusher's exception as ``__cause__``."""
+
+
+class TransportError(FlinknetError, OSError):
+    """A connection-level failure (Flink's TransportException); ``address`` is the remote address."""
+
+    def __init__(self, message: str, address=None):
+        super().__init__(message)
+        self.address = address
+
+
+class RemoteTransportError(TransportError):
+    """The remote side failed, closed or reset the connection, or reported an error (Flink's
+    RemoteTransportException)."""
+
+
+class LocalTransportError(TransportError):
+    """This side could not use the connection: connect failed, bad frame received (Flink's
+    LocalTransportException)."""
+
+
+class HandshakeError(FlinknetError, ConnectionError):
+    """The peer failed flinknet's handshake or TLS (wrong version, secret or certificate).
+
+    Flink has no handshake of its own; with TLS its Netty pipeline fails with
+    SSLHandshakeException.
+    """
+
+
+class ConfigurationError(FlinknetError, ValueError):
+    """A configuration value is invalid, or options contradict each other (Flink's
+    IllegalConfigurationException).
+
+    ``key`` is the option at fault (None if the error is not about one key); the message names it.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+class UnknownConfigurationKeyError(ConfigurationError, KeyError):
+    """Configuration keys that flinknet does not know (usually a typo). Flink ignores unknown keys;
+    flinknet rejects them, so that a typo never falls back to a default silently.
+
+    ``keys`` are the unknown keys, ``key`` the first of them, and ``suggestions`` maps each unknown
+    key to the closest known key, or None if none is close. The message names the suggestions:
+    "unknown configuration key 'taskmanager.network.memory.buffers-per-chanel'; did you mean
+    'taskmanager.network.memory.buffers-per-channel'?". Also a :class:`KeyError` (for
+    ``except KeyError``) whose ``str()`` is the plain message, not its repr.
+    """
+
+    def __init__(self, keys, suggestions=None):
+        keys = (keys,) if isinstance(keys, str) else tuple(keys)
+        suggestions = dict(suggestions or {})
+        self.keys = keys
+        self.suggestions = {k: suggestions.get(k) for k in keys}
+        if len(keys) == 1:
+            hint = self.suggestions[keys[0]]
+            message = f"unknown configuration key {keys[0]!r}" + (f"; did you mean {hint!r}?" if hint else "")
+        else:
+            message = "unknown configuration keys: " + ", ".join(
+                f"{k!r}" + (f" (did you mean {self.suggestions[k]!r}?)" if self.suggestions[k] else "")
+                for k in keys)
+        super().__init__(message, keys[0] if keys else None)
+
+    @classmethod
+    def for_keys(cls, keys, known_keys) -> "UnknownConfigurationKeyError":
+        """The error for ``keys``, each with the closest of ``known_keys`` as its suggestion."""
+        import difflib
+
+        keys = (keys,) if isinstance(keys, str) else tuple(keys)
+        known = list(known_keys)
+        return cls(keys, {k: next(iter(difflib.get_close_matches(k, known, n=1)), None)
+                          if isinstance(k, str) else None for k in keys})
+
+    def __str__(self) -> str:
+        # KeyError's __str__ would show repr(message), quotes and escapes included.
+        return BaseException.__str__(self)
+
+    def __reduce__(self):
+        return type(self), (self.keys, self.suggestions), self.__dict__

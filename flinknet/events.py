@@ -29,7 +29,7 @@ from typing import ClassVar
 from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, DataType, NetworkBuffer
 from flinknet._core.builder import BufferConsumer
 from flinknet._core.memory import MemorySegment
-from flinknet.errors import FlinknetError
+from flinknet.errors import CorruptEventError
 
 __all__ = [
     "AlignmentType", "BoolWatermark", "CancelCheckpointMarker", "CheckpointBarrier",
@@ -59,10 +59,6 @@ END_OF_SEGMENT = 9
 RECOVERY_METADATA = 10
 WATERMARK_EVENT = 11
 END_OF_INPUT_CHANNEL_STATE_EVENT = 12
-
-
-class CorruptEventError(FlinknetError, ValueError):
-    """Bytes that are not a serialized event (Flink: IOException "Corrupt byte stream for event")."""
 
 
 # --- events --------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import enum
 from collections import namedtuple
 
 from flinknet._core.buffer import DataType
-from flinknet.errors import FlinknetError
+from flinknet.errors import CorruptFrameError
 
 MAGIC_NUMBER = 0xBADC0FFE
 FRAME_HEADER_LENGTH = 9
@@ -68,10 +68,6 @@ class MessageId(enum.IntEnum):
     BACKLOG_ANNOUNCEMENT = 9
     NEW_BUFFER_SIZE = 10
     SEGMENT_ID = 11
-
-
-class CorruptFrameError(FlinknetError, ValueError):
-    """A frame from the network is malformed (bad length, magic, id, field or size)."""
 
 
 # -- messages ------------------------------------------------------------------------------------

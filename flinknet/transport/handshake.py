@@ -32,10 +32,10 @@ import socket
 import ssl
 import struct
 
-from flinknet.errors import FlinknetError
+from flinknet.errors import HandshakeError
 
 __all__ = ["HandshakeError", "PROTOCOL_VERSION", "HandshakeConfig", "client_handshake",
-           "server_handshake"]
+           "server_handshake", "ssl_context"]
 
 PROTOCOL_VERSION = 1
 MAGIC = b"flinknet"
@@ -48,10 +48,6 @@ _FLAG_TLS = 2
 OK, BAD_VERSION, MISMATCH, AUTH_FAILED, MALFORMED = range(5)
 _REASONS = {BAD_VERSION: "protocol version not supported", MISMATCH: "configuration mismatch",
             AUTH_FAILED: "authentication failed", MALFORMED: "malformed handshake"}
-
-
-class HandshakeError(FlinknetError, ConnectionError):
-    """The peer failed flinknet's handshake or TLS (wrong version, secret or certificate)."""
 
 
 class HandshakeConfig:
@@ -77,8 +73,8 @@ class HandshakeConfig:
             for path in (keystore, truststore):
                 if not os.path.isfile(path):
                     raise FileNotFoundError(f"SSL file not found: {path}")
-            self.server_context = _context(ssl.PROTOCOL_TLS_SERVER, keystore, truststore)
-            self.client_context = _context(ssl.PROTOCOL_TLS_CLIENT, keystore, truststore)
+            self.server_context = ssl_context(ssl.PROTOCOL_TLS_SERVER, keystore, truststore)
+            self.client_context = ssl_context(ssl.PROTOCOL_TLS_CLIENT, keystore, truststore)
 
     @classmethod
     def from_config(cls, config) -> "HandshakeConfig":
@@ -91,7 +87,15 @@ class HandshakeConfig:
         return (_FLAG_SECRET if self.secret else 0) | (_FLAG_TLS if self.ssl_enabled else 0)
 
 
-def _context(purpose, keystore: str, truststore: str) -> ssl.SSLContext:
+def ssl_context(purpose, keystore: str, truststore: str) -> ssl.SSLContext:
+    """The TLS context of one side of the transport, as ``security.ssl.internal.*`` configures it.
+
+    ``purpose`` is ``ssl.PROTOCOL_TLS_SERVER`` or ``ssl.PROTOCOL_TLS_CLIENT``; ``keystore`` is a PEM
+    file with this node's certificate chain and private key, ``truststore`` a PEM file with the
+    certificates it trusts. TLS 1.2 or later, and mutual: each side requires and verifies the
+    other's certificate (against the truststore; host names are not checked, as in Flink's
+    internal SSL).
+    """
     ctx = ssl.SSLContext(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(keystore)
