@@ -1,7 +1,9 @@
 """Type stubs for flinknet._core.buffer (compiled)."""
 
 import enum
-from typing import final
+from typing import Final, Never, final
+
+from typing_extensions import disjoint_base
 
 from flinknet._core.memory import MemorySegment
 
@@ -35,6 +37,9 @@ class DataType(enum.IntEnum):
     @property
     def is_partial_record_allowed(self) -> bool: ...
 
+# A Cython extension type with C fields (PEP 800: a subclass cannot also derive from another
+# such type), subclassable in Python and Cython.
+@disjoint_base
 class BufferRecycler:
     """Receives a buffer's segment when its last reference is recycled."""
 
@@ -44,11 +49,15 @@ class BufferRecycler:
 class FreeingBufferRecycler(BufferRecycler):
     """Frees the segment."""
 
-FREEING_BUFFER_RECYCLER: FreeingBufferRecycler
+FREEING_BUFFER_RECYCLER: Final[FreeingBufferRecycler]
 
+@disjoint_base
 class Buffer:
     """A window on a memory segment with reader/writer indices and a shared reference count."""
 
+    # Not constructible: Buffer.__init__ raises TypeError whatever it is given (the Never
+    # parameters make any argument a type error); NetworkBuffer has its own __init__.
+    def __init__(self, *args: Never, **kwargs: Never) -> None: ...
     def retain(self) -> Buffer: ...
     def recycle(self) -> None: ...
     @property
@@ -84,6 +93,8 @@ class Buffer:
     @is_compressed.setter
     def is_compressed(self, value: bool) -> None: ...
     def read_only_slice(self, index: int | None = None, length: int | None = None) -> ReadOnlySlicedNetworkBuffer: ...
+    # The buffer protocol (PEP 688): ``memoryview(buffer)``. The method exists at run time from
+    # Python 3.12 on; 3.11 has only the C slot (see ci/stubtest-allowlist-py311.txt).
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def get_nio_buffer_readable(self) -> memoryview: ...
     def get_nio_buffer(self, index: int, length: int) -> memoryview: ...
@@ -94,7 +105,7 @@ class NetworkBuffer(Buffer):
     """A buffer over a whole segment, owning the reference count."""
 
     def __init__(self, segment: MemorySegment, recycler: BufferRecycler,
-                 data_type: DataType | int = ..., size: int = 0, is_compressed: bool = False) -> None: ...
+                 data_type: DataType | int = 1, size: int = 0, is_compressed: bool = False) -> None: ...
     def retain(self) -> NetworkBuffer: ...
 
 @final

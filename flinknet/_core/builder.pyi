@@ -1,15 +1,23 @@
 """Type stubs for flinknet._core.builder (compiled)."""
 
+from typing import Never, Self, final
+
 from typing_extensions import Buffer as _BufferLike
-from typing import final
 
-from typing_extensions import Self
-
-from flinknet._core.buffer import Buffer, BufferRecycler, DataType, ReadOnlySlicedNetworkBuffer
+from flinknet._core.buffer import (
+    Buffer,
+    BufferRecycler,
+    DataType,
+    ReadOnlySlicedNetworkBuffer,
+)
 from flinknet._core.memory import MemorySegment
 
 @final
-class PositionMarker: ...
+class PositionMarker:
+    """Shared writer position (internal)."""
+
+    # Internal: PositionMarker() raises TypeError (builders make their own).
+    def __init__(self, *args: Never, **kwargs: Never) -> None: ...
 
 @final
 class BufferBuilder:

@@ -2,17 +2,19 @@
 
 import enum
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Final, Literal, NamedTuple, TypeAlias, final
 
 from typing_extensions import Buffer as _BufferLike
 
 from flinknet._core.buffer import Buffer, DataType
-from flinknet.errors import FlinknetError
 
-MAGIC_NUMBER: int
-FRAME_HEADER_LENGTH: int
-BUFFER_RESPONSE_HEADER_LENGTH: int
-DEFAULT_MAX_FRAME_LENGTH: int
+# Re-exported: flinknet.errors defines it; this module raises it and keeps the old name.
+from flinknet.errors import CorruptFrameError as CorruptFrameError
+
+MAGIC_NUMBER: Final = 0xBADC0FFE
+FRAME_HEADER_LENGTH: Final = 9
+BUFFER_RESPONSE_HEADER_LENGTH: Final = 38
+DEFAULT_MAX_FRAME_LENGTH: Final = 16777216
 
 class MessageId(enum.IntEnum):
     BUFFER_RESPONSE = 0
@@ -27,8 +29,6 @@ class MessageId(enum.IntEnum):
     BACKLOG_ANNOUNCEMENT = 9
     NEW_BUFFER_SIZE = 10
     SEGMENT_ID = 11
-
-class CorruptFrameError(FlinknetError, ValueError): ...
 
 class BufferResponse(NamedTuple):
     receiver_id: bytes
@@ -106,25 +106,38 @@ def encode_ack_all_user_records_processed(receiver_id: bytes) -> bytes: ...
 def encode_backlog_announcement(backlog: int, receiver_id: bytes) -> bytes: ...
 def encode_new_buffer_size(buffer_size: int, receiver_id: bytes) -> bytes: ...
 def encode_segment_id(subpartition_id: int, segment_id: int, receiver_id: bytes) -> bytes: ...
-def encode_message(msg: NamedTuple) -> bytes: ...
+# Every message a FrameDecoder returns and encode_message takes (stub-only, hence private).
+_Message: TypeAlias = (BufferResponse | ErrorResponse | PartitionRequest | TaskEventRequest
+                       | CancelPartitionRequest | CloseRequest | AddCredit | ResumeConsumption
+                       | AckAllUserRecordsProcessed | BacklogAnnouncement | NewBufferSize | SegmentId)
+
+def encode_message(msg: _Message) -> bytes: ...
 
 class _Wait: ...
 
-WAIT: _Wait
+WAIT: Final[_Wait]
 """An allocator's answer "no buffer yet": the decoder pauses until resume()."""
 
+@final
 class FrameDecoder:
     """Streaming, validating decoder of frames."""
 
-    max_frame_length: int
-    max_buffer_size: int
-    frames_decoded: int
-    bytes_decoded: int
-    def __init__(self, max_frame_length: int = ..., max_buffer_size: int | None = None,
+    # Read-only (Cython ``cdef readonly``).
+    @property
+    def max_frame_length(self) -> int: ...
+    @property
+    def max_buffer_size(self) -> int: ...
+    @property
+    def frames_decoded(self) -> int: ...
+    @property
+    def bytes_decoded(self) -> int: ...
+    # allocator(receiver_id, size, data_type, subpartition_id) -> the Buffer the payload goes to,
+    # None (drop the payload) or WAIT (pause until resume()).
+    def __init__(self, max_frame_length: int = 16777216, max_buffer_size: int | None = None,
                  allocator: Callable[[bytes, int, int, int], Buffer | _Wait | None] | None = None,
-                 side: str = "client") -> None: ...
-    def feed(self, data: _BufferLike) -> list[NamedTuple]: ...
-    def resume(self) -> list[NamedTuple] | None: ...
+                 side: Literal["client", "server", "any"] = "client") -> None: ...
+    def feed(self, data: _BufferLike) -> list[_Message]: ...
+    def resume(self) -> list[_Message] | None: ...
     def close(self) -> None: ...
     @property
     def is_paused(self) -> bool: ...

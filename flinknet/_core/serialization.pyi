@@ -1,27 +1,39 @@
 """Type stubs for flinknet._core.serialization (compiled)."""
 
 import enum
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, Protocol, final
 
 import numpy as np
 import numpy.typing as npt
 from typing_extensions import Buffer as _BufferLike
+from typing_extensions import disjoint_base
 
 from flinknet._core.buffer import Buffer
-from flinknet._core.builder import BufferConsumer
 from flinknet._core.pool import LocalBufferPool
 
-DEFAULT_SPILLING_THRESHOLD: int
-MAX_RECORD_LENGTH: int
+# What SpanningRecordSerializer reports buffers to: a Protocol, so it lives in a Python module (it
+# has to exist at run time, and this compiled module does not define it). Not re-exported from here.
+from flinknet._core.typedefs import BufferSink
+
+DEFAULT_SPILLING_THRESHOLD: Final = 5242880
+MAX_RECORD_LENGTH: Final = 1073741824
 SERIALIZERS: dict[str, type[PayloadSerializer]]
 
+# What back_pressure_timer is called with (flinknet.interfaces.WaitTimer has the same shape; the
+# core does not depend on the layers above it). Stub-only, hence private.
+class _WaitTimer(Protocol):
+    def mark_start(self) -> None: ...
+    def mark_end(self) -> None: ...
+
+# A Cython extension type with C fields (PEP 800), subclassable in Cython.
+@disjoint_base
 class PayloadSerializer:
     """Turns values into record payloads and back, in C."""
 
     @property
     def fixed_size(self) -> int: ...
-    def serialize(self, value: Any) -> bytes: ...
+    def serialize(self, value: object) -> bytes: ...
     def deserialize(self, data: _BufferLike) -> Any: ...
 
 @final
@@ -45,34 +57,38 @@ class NumpyRecordSerializer(PayloadSerializer):
 
 @final
 class PickleSerializer(PayloadSerializer):
-    def __init__(self, protocol: int = ...) -> None: ...
+    def __init__(self, protocol: int = ...) -> None: ...  # default: pickle.HIGHEST_PROTOCOL
 
 def get_serializer(spec: PayloadSerializer | str | np.dtype[Any]) -> PayloadSerializer: ...
-
-class BufferSink(Protocol):
-    """What SpanningRecordSerializer reports buffers to (the partition layer)."""
-
-    def add_buffer_consumer(self, subpartition: int, consumer: BufferConsumer,
-                            partial_record_length: int) -> int | None: ...
-    def buffer_finished(self, subpartition: int, num_bytes: int) -> None: ...
 
 @final
 class SpanningRecordSerializer:
     """Frames records into the BufferBuilders of a partition's subpartitions."""
 
-    total_written_bytes: int
-    num_bytes_out: int
-    num_buffers_out: int
-    num_records_out: int
-    back_pressured_ns: int
-    back_pressure_timer: Any
+    # Read-only counters (Cython ``cdef readonly``).
+    @property
+    def total_written_bytes(self) -> int: ...
+    @property
+    def num_bytes_out(self) -> int: ...
+    @property
+    def num_buffers_out(self) -> int: ...
+    @property
+    def num_records_out(self) -> int: ...
+    @property
+    def back_pressured_ns(self) -> int: ...
+    # Marked around every blocking buffer request (a TimerGauge when metrics are on); writable.
+    back_pressure_timer: _WaitTimer | None
     def __init__(self, pool: LocalBufferPool, num_subpartitions: int,
                  serializer: PayloadSerializer | str | np.dtype[Any], sink: BufferSink) -> None: ...
-    def emit(self, record: Any, target: int) -> None: ...
-    def emit_batch(self, records: Iterable[Any], targets: int | Sequence[int] | npt.NDArray[np.integer[Any]]) -> int: ...
-    def emit_array(self, array: npt.NDArray[Any], targets: int | Sequence[int] | npt.NDArray[np.integer[Any]]) -> int: ...
-    def broadcast_record(self, record: Any) -> None: ...
-    def broadcast_emit(self, record: Any) -> None: ...
+    def reject_records(self, error_factory: Callable[[], BaseException] | None) -> None:
+        """From now on every emit raises ``error_factory()`` (None: accept records again)."""
+    def emit(self, record: object, target: int) -> None: ...
+    def emit_batch(self, records: Iterable[object],
+                   targets: int | Sequence[int] | npt.NDArray[np.integer[Any]]) -> int: ...
+    def emit_array(self, array: npt.NDArray[Any],
+                   targets: int | Sequence[int] | npt.NDArray[np.integer[Any]]) -> int: ...
+    def broadcast_record(self, record: object) -> None: ...
+    def broadcast_emit(self, record: object) -> None: ...
     def finish_unicast_builder(self, target: int) -> None: ...
     def finish_broadcast_builder(self) -> None: ...
     def finish_all(self) -> None: ...
@@ -97,7 +113,7 @@ class RecordDeserializer:
     """Reassembles records from a channel's buffers (SpillingAdaptiveSpanningRecordDeserializer)."""
 
     def __init__(self, serializer: PayloadSerializer | str | np.dtype[Any] = "bytes",
-                 spilling_threshold: int = ..., max_record_length: int = ...,
+                 spilling_threshold: int = 5242880, max_record_length: int = 1073741824,
                  tmp_dirs: Iterable[str] | None = None, channel: object = None) -> None: ...
     def set_next_buffer(self, buffer: Buffer) -> None: ...
     def get_next_record(self) -> tuple[DeserializationResult, Any]: ...
