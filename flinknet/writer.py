@@ -35,7 +35,8 @@ import time
 
 import numpy as np
 
-from flinknet.errors import FlinknetError
+from flinknet.errors import FlinknetError, OutputFlusherError
+from flinknet.interfaces import WaitTimer
 from flinknet.partition.result_partition import ResultPartition
 from flinknet.partitioners import ChannelSelector, RoundRobinChannelSelector
 
@@ -59,11 +60,6 @@ DISABLED_NETWORK_BUFFER_TIMEOUT = -1
 FLUSH_AFTER_EVERY_RECORD = 0
 # wait_available re-checks the partition (released, failed) at least this often.
 _AVAILABILITY_POLL_S = 0.1
-
-
-class OutputFlusherError(FlinknetError, OSError):
-    """The output flusher thread failed; raised by the next emit ("An exception happened while
-    flushing the outputs"), with the flusher's exception as ``__cause__``."""
 
 
 class _OutputFlusher(threading.Thread):
@@ -123,11 +119,10 @@ class RecordWriter:
         self._flush_always = timeout == FLUSH_AFTER_EVERY_RECORD
         self._flusher_error: BaseException | None = None
         self._rng = random.Random()
-        self._serializer = partition._serializer
+        self._serializer = partition.record_serializer
         self._select = channel_selector.select_channel
         self._closed = False
-        #: a TimerGauge (softBackPressuredTimeMsPerSecond) marked by :meth:`wait_available`.
-        self.soft_back_pressure_timer = None
+        self._soft_back_pressure_timer: WaitTimer | None = None
         self._flusher = None
         if timeout > 0 and not partition.partition_type.is_blocking:
             # Blocking partitions are batch: Flink disables the buffer timeout there.
@@ -144,16 +139,15 @@ class RecordWriter:
             raise OutputFlusherError("An exception happened while flushing the outputs") from err
         if self._closed:
             raise FlinknetError("the record writer is closed")
-        p = self._partition
-        if p._is_released or p._is_finished:
-            p._check_producing()
+        self._partition.check_producing()
 
     # -- records ---------------------------------------------------------------------------
 
     def emit(self, record, target_subpartition: int | None = None) -> None:
         """Emit one record to the selected (or given) subpartition."""
-        if self._flusher_error is not None or self._closed or self._partition._is_released \
-                or self._partition._is_finished:
+        # The partition's state is checked by its serializer (finish/release make it reject
+        # records), so the per-record path checks only the writer's own state.
+        if self._flusher_error is not None or self._closed:
             self._check_errors()
         if target_subpartition is None:
             target_subpartition = self._select(record)
@@ -219,9 +213,10 @@ class RecordWriter:
 
     # -- availability ----------------------------------------------------------------------
 
+    @property
     def is_available(self) -> bool:
         """Whether an emit would find a buffer now (a framework can await the future instead)."""
-        return self._partition.is_available()
+        return self._partition.is_available
 
     def get_available_future(self):
         """A future completed when the partition turns available (completed already if it is)."""
@@ -231,7 +226,7 @@ class RecordWriter:
         """Wait until the partition is available (Flink's task mailbox suspending on an
         unavailable output): True once it is, False after ``timeout`` seconds.
 
-        The wait is *soft* back-pressure: it is timed by :attr:`soft_back_pressure_timer`
+        The wait is *soft* back-pressure: it is timed by the timer the metrics attach
         (``softBackPressuredTimeMsPerSecond`` when metrics are on), while a wait inside an emit
         for a buffer is hard back-pressure. Raises if the writer or partition fails meanwhile.
         """
@@ -240,14 +235,14 @@ class RecordWriter:
             raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
         self._check_errors()
         partition = self._partition
-        if partition.is_available():
+        if partition.is_available:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
-        timer = self.soft_back_pressure_timer
+        timer = self._soft_back_pressure_timer
         if timer is not None:
             timer.mark_start()
         try:
-            while not partition.is_available():
+            while not partition.is_available:
                 wait = _AVAILABILITY_POLL_S
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
@@ -262,6 +257,17 @@ class RecordWriter:
         finally:
             if timer is not None:
                 timer.mark_end()
+
+    def set_soft_back_pressure_timer(self, timer: WaitTimer | None) -> None:
+        """The metrics hook: ``timer`` (a :class:`~flinknet.interfaces.WaitTimer`, e.g. the task's
+        ``softBackPressuredTimeMsPerSecond`` TimerGauge) is marked around every
+        :meth:`wait_available` wait; None detaches it."""
+        self._soft_back_pressure_timer = timer
+
+    @property
+    def soft_back_pressure_timer(self) -> WaitTimer | None:
+        """The timer attached by :meth:`set_soft_back_pressure_timer`, or None."""
+        return self._soft_back_pressure_timer
 
     def set_max_overdraft_buffers_per_gate(self, n: int) -> None:
         self._partition.buffer_pool.max_overdraft_buffers_per_gate = n
@@ -315,8 +321,7 @@ class BroadcastRecordWriter(RecordWriter):
         self.broadcast_emit(record)
 
     def broadcast_emit(self, record) -> None:
-        if self._flusher_error is not None or self._closed or self._partition._is_released \
-                or self._partition._is_finished:
+        if self._flusher_error is not None or self._closed:
             self._check_errors()
         self._serializer.broadcast_record(record)
         if self._flush_always:

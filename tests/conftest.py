@@ -68,7 +68,7 @@ def make_pool():
             continue
         for lbp in nbp.registered_buffer_pools():
             lbp.lazy_destroy()
-        if not nbp.is_whole() or nbp.num_total_required_buffers != 0:
+        if not nbp.is_whole or nbp.num_total_required_buffers != 0:
             problems.append(
                 f"{nbp!r}: {nbp.total_segments - nbp.available_segments} segment(s) not returned, "
                 f"{nbp.num_total_required_buffers} still required")

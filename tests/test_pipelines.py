@@ -332,7 +332,7 @@ def test_slow_consumer_back_pressures_producers_within_the_pools(pipeline):
         # Unavailable because the slow consumer's subpartition holds its cap of buffers: until
         # the slow consumer reads, no blocked request can be served, and the producer, which
         # has far more data for it than its pool holds, is bound to block.
-        return all(not p.is_available() and p.buffer_pool.subpartition_buffer_count(0)
+        return all(not p.is_available and p.buffer_pool.subpartition_buffer_count(0)
                    >= p.buffer_pool.max_buffers_per_channel for p in parts)
 
     def wait_until_all_capped():
@@ -478,7 +478,7 @@ def test_producer_failing_its_partition_mid_stream(pipeline):
             expected = expected_keyed(records[p], c, m)
             assert prefix == expected[:len(prefix)]
         assert all(s < 100 for s in seqs(got.get((0, 0), [])))
-    assert parts[0].is_released and parts[0].get_failure_cause() is crash
+    assert parts[0].is_released and parts[0].failure_cause is crash
     assert parts[1].is_released
     assert pipeline.manager.get_unreleased_partitions() == []
 
@@ -500,9 +500,9 @@ def test_blocked_producer_failed_from_another_thread(pipeline):
         t.start()
     try:
         deadline = time.monotonic() + WAIT
-        while parts[0].is_available() and time.monotonic() < deadline:
+        while parts[0].is_available and time.monotonic() < deadline:
             time.sleep(0.001)
-        assert not parts[0].is_available(), "producer 0 never ran out of buffers"
+        assert not parts[0].is_available, "producer 0 never ran out of buffers"
         producers[0].join(0.1)
         assert producers[0].is_alive()  # blocked: far more data than its pool holds
         cancel = RuntimeError("task cancelled")
@@ -537,7 +537,7 @@ def test_blocking_edge_read_after_the_producers_finished(pipeline, kind):
     for p in parts:
         assert p.is_finished and not p.is_released  # blocking results outlive their producer
         assert p.buffer_pool.is_destroyed  # its memory is back: the data is in files
-    assert pipeline.nbp.is_whole()
+    assert pipeline.nbp.is_whole
     results = []
     for attempt in range(2):  # blocking partitions can be consumed again
         gates = [pipeline.gate(parts, c) for c in range(m)]

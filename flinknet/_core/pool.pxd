@@ -18,13 +18,17 @@ cdef enum:
 
 
 cdef class AvailabilityHelper:
+    # Flink's AvailabilityHelper, shared by the pools (here) and the input gates (Python). No lock
+    # of its own: the pools rely on the GIL (no Python code runs between reading and writing its
+    # fields); Python users (the gates) call it under their own lock. The future it hands out to
+    # complete is completed by the caller after releasing its lock.
     cdef bint _available
     # Pending future of the current unavailable period; created only when somebody asks for it.
     cdef object _future
 
-    cdef object get_unavailable_to_reset_available(self)
-    cdef void reset_unavailable(self) noexcept
-    cdef object get_future(self)
+    cpdef object get_unavailable_to_reset_available(self)
+    cpdef void reset_unavailable(self) noexcept
+    cpdef object get_future(self)
 
 
 cdef class NetworkBufferPool:

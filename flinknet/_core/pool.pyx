@@ -68,6 +68,12 @@ cdef inline void _complete(object future):
             pass
 
 
+def complete_future(future):
+    """Complete ``future`` (from :meth:`AvailabilityHelper.get_unavailable_to_reset_available`)
+    if it is not None; a future its waiter cancelled is left alone."""
+    _complete(future)
+
+
 cdef inline void _complete_all(list futures):
     for f in futures:
         _complete(f)
@@ -75,31 +81,53 @@ cdef inline void _complete_all(list futures):
 
 @cython.final
 cdef class AvailabilityHelper:
-    """Flink's AvailabilityHelper (internal): an available flag plus a lazily made future."""
+    """Flink's AvailabilityHelper: an available flag plus a lazily made future.
 
-    def __init__(self):
-        raise TypeError("AvailabilityHelper is internal")
+    ``AvailabilityHelper(available=False)``. :meth:`get_future` returns a completed future while
+    available, else the pending future of the current unavailable period (made only when somebody
+    asks). :meth:`get_unavailable_to_reset_available` marks it available and hands back the
+    pending future (or None) for the caller to complete with :func:`complete_future` — outside
+    any lock it holds, since completing runs the future's callbacks. Not thread-safe by itself:
+    the pools call it under the GIL with no Python code in between, the input gates under their
+    lock.
+    """
 
-    cdef object get_unavailable_to_reset_available(self):
-        cdef object f
+    def __init__(self, bint available=False):
+        self._available = available
+        self._future = None
+
+    @property
+    def is_available(self):
+        """Whether it is marked available."""
+        return self._available
+
+    cpdef object get_unavailable_to_reset_available(self):
+        """Mark available; the pending future to complete (or None if nobody waited). It stays
+        the one :meth:`get_future` hands out until the next unavailable period."""
         if self._available:
             return None
         self._available = True
-        f = self._future
-        self._future = None
-        return f
+        return self._future
 
-    cdef void reset_unavailable(self) noexcept:
-        self._available = False
+    cpdef void reset_unavailable(self) noexcept:
+        """Mark unavailable (a later :meth:`get_future` makes a pending future); a no-op while
+        unavailable, so the pending future of this period stays."""
+        if self._available:
+            self._available = False
+            self._future = None
 
-    cdef object get_future(self):
+    cpdef object get_future(self):
+        """A done future while available, else the pending one of this unavailable period."""
         cdef object current, fresh
         # Future() and cancelled() run Python code, during which another thread may run and make
         # the pool available (completing and dropping the pending future). So: make the future
         # first, then re-check and install it with no Python code in between.
         while True:
             if self._available:
-                return _AVAILABLE
+                # The future completed on the transition (by its completer, maybe a moment
+                # later), so a waiter that asks twice gets the same one.
+                current = self._future
+                return _AVAILABLE if current is None or current.cancelled() else current
             current = self._future
             if current is not None and not current.cancelled():
                 return current
@@ -430,9 +458,9 @@ cdef class NetworkBufferPool:
             if seg._exports == 0:
                 seg.free_memory()
         self._free = []
-        self._availability.reset_unavailable()
         fut = self._availability._future
         self._availability._future = None
+        self._availability.reset_unavailable()
         waiting = self._waiting_pools
         self._waiting_pools = []
         # Wake blocked requesters: they see the destroyed flag and fail.
@@ -443,6 +471,7 @@ cdef class NetworkBufferPool:
         """True after :meth:`destroy`."""
         return self._destroyed
 
+    @property
     def is_available(self):
         """True while at least one segment is free."""
         return self._availability._available
@@ -520,6 +549,7 @@ cdef class NetworkBufferPool:
         """The local pools created and not yet destroyed, in creation order."""
         return list(self._pools)
 
+    @property
     def is_whole(self):
         """True when every segment is back and free (no pool or channel holds one)."""
         return not self._destroyed and len(self._free) == self._total
@@ -642,6 +672,7 @@ cdef class LocalBufferPool(BufferRecycler):
             return None
         return self.check_and_update_availability()
 
+    @property
     def is_available(self):
         """True when a free segment is held here and no subpartition is at its cap (Flink's rule)."""
         return self._availability._available

@@ -68,6 +68,9 @@ cdef class SpanningRecordSerializer:
     # Optional TimerGauge marked around every blocking buffer request (hardBackPressuredTime).
     cdef public object back_pressure_timer
     cdef bint _closed
+    # reject_records(): when not None, every emit raises _rejection() (the partition finished or
+    # was released). Written by any thread, read by the writer's thread under the GIL.
+    cdef object _rejection
 
     cdef BufferBuilder _new_builder(self, int target, Py_ssize_t partial, Py_ssize_t min_size,
                                     bint add_first)
@@ -76,6 +79,7 @@ cdef class SpanningRecordSerializer:
                             Py_ssize_t min_size) except -1
     cdef int _write_framed(self, Payload *p, int target) except -1
     cdef int _check_target(self, Py_ssize_t target) except -1
+    cdef int _check_accepting(self) except -1
     cdef int _flush_run(self, Payload *run, Py_ssize_t count, Py_ssize_t run_bytes, int target) except -1
 
 

@@ -428,6 +428,24 @@ cdef class SpanningRecordSerializer:
         self._broadcast_builder = None
         self.back_pressure_timer = None
         self._closed = False
+        self._rejection = None
+
+    def reject_records(self, error_factory):
+        """From now on every emit raises ``error_factory()`` (None: accept records again).
+
+        The hook a :class:`~flinknet.partition.ResultPartition` uses when it finishes or is
+        released, so that record writers need no per-record check of the partition's state:
+        the check costs one pointer comparison here. May be called from any thread."""
+        if error_factory is not None and not callable(error_factory):
+            raise TypeError("error_factory must be callable or None")
+        self._rejection = error_factory
+
+    cdef int _check_accepting(self) except -1:
+        if self._rejection is not None:
+            raise self._rejection()
+        if self._closed:
+            raise IllegalStateError("the record serializer is closed")
+        return 0
 
     cdef int _check_target(self, Py_ssize_t target) except -1:
         if self._closed:
@@ -579,7 +597,8 @@ cdef class SpanningRecordSerializer:
     def emit(self, record, Py_ssize_t target):
         """Serialize ``record`` into subpartition ``target`` (Flink ``emitRecord``)."""
         cdef Payload p
-        if self._closed or not 0 <= target < self._num_subpartitions:
+        if self._closed or self._rejection is not None or not 0 <= target < self._num_subpartitions:
+            self._check_accepting()
             self._check_target(target)
         _payload_init(&p)
         hold = self._serializer.prepare(record, &p)
@@ -635,6 +654,7 @@ cdef class SpanningRecordSerializer:
         cdef BufferBuilder b
         cdef list holds
         cdef const int64_t[::1] tv
+        self._check_accepting()
         if single:
             t = targets
             self._check_target(t)
@@ -712,6 +732,7 @@ cdef class SpanningRecordSerializer:
         cdef BufferBuilder b
         cdef Payload p
         cdef const int64_t[::1] tv
+        self._check_accepting()
         arr = np.ascontiguousarray(array)
         if arr.ndim != 1 or arr.dtype.hasobject:
             raise ValueError("emit_array needs a one-dimensional array without Python objects")
@@ -777,8 +798,8 @@ cdef class SpanningRecordSerializer:
         """Serialize ``record`` once into a buffer shared by all subpartitions (Flink's
         BroadcastRecordWriter: each subpartition gets a ``copy()`` of the buffer's consumer)."""
         cdef Payload p
-        if self._closed:
-            raise IllegalStateError("the record serializer is closed")
+        if self._closed or self._rejection is not None:
+            self._check_accepting()
         _payload_init(&p)
         hold = self._serializer.prepare(record, &p)
         try:
@@ -791,8 +812,8 @@ cdef class SpanningRecordSerializer:
         ChannelSelectorRecordWriter.broadcastEmit, e.g. watermarks on keyed edges)."""
         cdef Payload p
         cdef int i
-        if self._closed:
-            raise IllegalStateError("the record serializer is closed")
+        if self._closed or self._rejection is not None:
+            self._check_accepting()
         _payload_init(&p)
         hold = self._serializer.prepare(record, &p)
         try:

@@ -7,7 +7,7 @@ Name map (Flink → flinknet):
 ``InputChannel`` / ``LocalInputChannel``     :class:`InputChannel` / :class:`LocalInputChannel`
 ``InputChannelInfo``                         :class:`InputChannelInfo`
 ``BufferOrEvent``                            :class:`BufferOrEvent`
-``InputChannel.BufferAndAvailability``       :class:`BufferAndAvailability`
+``InputChannel.BufferAndAvailability``       :class:`~flinknet.interfaces.BufferAndBacklog`
 ``RecordReader``                             :class:`RecordReader`
 ==========================================  ===========================================
 """
@@ -15,7 +15,6 @@ Name map (Flink → flinknet):
 from flinknet.consumer.channels import (
     DEFAULT_INITIAL_BACKOFF,
     DEFAULT_MAX_BACKOFF,
-    BufferAndAvailability,
     InputChannel,
     InputChannelInfo,
     LocalInputChannel,
@@ -26,7 +25,6 @@ from flinknet.consumer.reader import RecordOrEvent, RecordReader
 __all__ = [
     "DEFAULT_INITIAL_BACKOFF",
     "DEFAULT_MAX_BACKOFF",
-    "BufferAndAvailability",
     "BufferOrEvent",
     "InputChannel",
     "InputChannelInfo",

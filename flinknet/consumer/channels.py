@@ -10,12 +10,11 @@ from __future__ import annotations
 import threading
 from typing import NamedTuple
 
-from flinknet._core.buffer import DataType
 from flinknet.errors import CancelTaskError, FlinknetError, PartitionNotFoundError, ProducerFailedError
 from flinknet.ids import ResultPartitionID
+from flinknet.interfaces import BufferAndBacklog, ResultSubpartitionView
 
 __all__ = [
-    "BufferAndAvailability",
     "DEFAULT_INITIAL_BACKOFF",
     "DEFAULT_MAX_BACKOFF",
     "InputChannel",
@@ -27,37 +26,12 @@ __all__ = [
 DEFAULT_INITIAL_BACKOFF = 100
 DEFAULT_MAX_BACKOFF = 10_000
 
-_NONE = DataType.NONE
-_PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
-
 
 class InputChannelInfo(NamedTuple):
     """Identifies a channel within a task: the gate's index and the channel's index in it."""
 
     gate_idx: int
     input_channel_idx: int
-
-
-class BufferAndAvailability(NamedTuple):
-    """A buffer from a channel and what is known about the next one (Flink's
-    ``InputChannel.BufferAndAvailability``)."""
-
-    buffer: object
-    next_data_type: DataType
-    buffers_in_backlog: int
-    sequence_number: int
-
-    @property
-    def more_available(self) -> bool:
-        return self.next_data_type != _NONE
-
-    @property
-    def more_priority_events(self) -> bool:
-        return self.next_data_type in _PRIORITY_TYPES
-
-    @property
-    def has_priority(self) -> bool:
-        return self.buffer.data_type in _PRIORITY_TYPES
 
 
 class InputChannel:
@@ -142,7 +116,8 @@ class InputChannel:
     def request_subpartitions(self) -> None:
         raise NotImplementedError
 
-    def get_next_buffer(self) -> BufferAndAvailability | None:
+    def get_next_buffer(self) -> BufferAndBacklog | None:
+        """The next buffer with its metadata (the caller owns one reference), or None."""
         raise NotImplementedError
 
     def resume_consumption(self) -> None:
@@ -177,19 +152,21 @@ class LocalInputChannel(InputChannel):
         super().__init__(input_gate, channel_index, partition_id, subpartition_index,
                          initial_backoff, max_backoff)
         self.partition_manager = partition_manager
-        self._view = None
+        self._view: ResultSubpartitionView | None = None
         self._lock = threading.Lock()
         self._released = False
 
     # -- metrics ---------------------------------------------------------------------------
 
-    def get_number_of_queued_buffers(self) -> int:
+    @property
+    def number_of_queued_buffers(self) -> int:
         """Buffers queued in the producer's subpartition (Flink: local channels report the
         producer side's queue for ``inputQueueLength``)."""
         view = self._view
-        return view.get_number_of_queued_buffers() if view is not None else 0
+        return view.number_of_queued_buffers if view is not None else 0
 
-    def get_size_of_queued_buffers(self) -> int:
+    @property
+    def size_of_queued_buffers(self) -> int:
         """Local channels report 0 bytes, as Flink."""
         return 0
 
@@ -236,7 +213,7 @@ class LocalInputChannel(InputChannel):
 
     # -- reading ---------------------------------------------------------------------------
 
-    def get_next_buffer(self) -> BufferAndAvailability | None:
+    def get_next_buffer(self) -> BufferAndBacklog | None:
         self.check_error()
         view = self._view
         if view is None:
@@ -250,16 +227,14 @@ class LocalInputChannel(InputChannel):
             next_ = view.get_next_buffer()
         if next_ is None:
             if view.is_released:
-                cause = view.get_failure_cause()
+                cause = view.failure_cause
                 if cause is not None:
                     raise ProducerFailedError(cause)
                 raise CancelTaskError(f"Consumed partition {view} has been released.")
             return None
-        buffer = next_.buffer
-        self.num_bytes_in += buffer.size
+        self.num_bytes_in += next_.buffer.size
         self.num_buffers_in += 1
-        return BufferAndAvailability(buffer, next_.next_data_type, next_.buffers_in_backlog,
-                                     next_.sequence_number)
+        return next_
 
     def resume_consumption(self) -> None:
         """Unblock the subpartition after an upstream-blocking event (aligned barrier)."""
@@ -293,9 +268,12 @@ class LocalInputChannel(InputChannel):
         return self._released
 
     @property
-    def subpartition_view(self):
+    def subpartition_view(self) -> ResultSubpartitionView | None:
+        """The view read, once requested."""
         return self._view
 
-    def get_buffers_in_use_count(self) -> int:
+    @property
+    def buffers_in_use_count(self) -> int:
+        """Buffers this channel holds or has queued (Flink's ``getBuffersInUseCount``)."""
         view = self._view
-        return 0 if view is None else view.get_number_of_queued_buffers()
+        return 0 if view is None else view.number_of_queued_buffers

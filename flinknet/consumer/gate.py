@@ -25,10 +25,15 @@ import time
 from collections import deque
 from concurrent.futures import Future
 
+from collections.abc import Callable
+
 from flinknet import events as _events
 from flinknet._core.buffer import DataType
+from flinknet._core.pool import AvailabilityHelper
+from flinknet._core.pool import complete_future as _complete
 from flinknet.consumer.channels import InputChannel, InputChannelInfo, LocalInputChannel
 from flinknet.errors import CancelTaskError, IllegalStateError
+from flinknet.interfaces import WaitTimer
 
 __all__ = ["BufferOrEvent", "InputGate", "SingleInputGate", "UnionInputGate"]
 
@@ -70,42 +75,6 @@ class BufferOrEvent:
         what = f"buffer={self.buffer!r}" if self.buffer is not None else f"event={self.event!r}"
         return (f"BufferOrEvent({what}, channel={tuple(self.channel_info)}, "
                 f"more_available={self.more_available}, priority={self.has_priority})")
-
-
-class _Availability:
-    """A future completed while data is available (Flink's AvailabilityHelper), under a lock.
-
-    ``mark_available`` hands the future to complete (outside the lock) once per transition.
-    """
-
-    __slots__ = ("_future", "_available")
-
-    def __init__(self):
-        self._future = Future()
-        self._available = False
-
-    def mark_available(self) -> Future | None:
-        if self._available:
-            return None
-        self._available = True
-        return self._future
-
-    def reset_unavailable(self) -> None:
-        if self._available:
-            self._available = False
-            self._future = Future()
-
-    @property
-    def future(self) -> Future:
-        return self._future
-
-
-def _complete(future: Future | None) -> None:
-    if future is not None:
-        try:
-            future.set_result(None)
-        except Exception:  # noqa: BLE001 (cancelled by a waiter that gave up)
-            pass
 
 
 class InputGate:
@@ -158,10 +127,11 @@ class SingleInputGate(InputGate):
         self._requested = False
         self._closed = False
         self._close_future: Future = Future()
-        self._availability = _Availability()
-        self._priority_availability = _Availability()
+        self._availability = AvailabilityHelper(False)
+        self._priority_availability = AvailabilityHelper(False)
         self._timers: set[threading.Timer] = set()
-        self._parent_listener = None  # a UnionInputGate's callback
+        # register_availability_listener: a UnionInputGate's callback (gate, has_priority).
+        self._availability_listener: Callable[..., None] | None = None
         self.num_bytes_in = 0
         self.num_buffers_in = 0
         # numBytesIn/numBuffersIn split by channel kind (Flink's ...Local / ...Remote).
@@ -169,8 +139,32 @@ class SingleInputGate(InputGate):
         self.num_bytes_in_remote = 0
         self.num_buffers_in_local = 0
         self.num_buffers_in_remote = 0
-        #: a TimerGauge (idleTimeMsPerSecond) marked while get_next waits for input, or None.
-        self.idle_timer = None
+        self._idle_timer: WaitTimer | None = None
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def set_idle_timer(self, timer: WaitTimer | None) -> None:
+        """The metrics hook: ``timer`` (a :class:`~flinknet.interfaces.WaitTimer`, e.g. the task's
+        ``idleTimeMsPerSecond`` TimerGauge) is marked around every wait of :meth:`get_next` for
+        input; None detaches it."""
+        self._idle_timer = timer
+
+    @property
+    def idle_timer(self) -> WaitTimer | None:
+        """The timer attached by :meth:`set_idle_timer`, or None."""
+        return self._idle_timer
+
+    def register_availability_listener(self, listener: Callable[..., None]) -> None:
+        """Call ``listener(gate, has_priority)`` when the gate turns available (a channel became
+        ready while none was, or a priority event arrived) and ``listener(gate)`` when it finishes
+        or closes. Runs on the thread that made it so (a producer or I/O thread): keep it short.
+        One listener per gate (the :class:`UnionInputGate` that owns it)."""
+        if not callable(listener):
+            raise TypeError("listener must be callable")
+        with self._lock:
+            if self._availability_listener is not None:
+                raise IllegalStateError(f"{self} already belongs to a union input gate")
+            self._availability_listener = listener
 
     # -- construction ----------------------------------------------------------------------
 
@@ -259,7 +253,7 @@ class SingleInputGate(InputGate):
             _complete(f)
         if not (was_empty or has_priority):
             return
-        listener = self._parent_listener
+        listener = self._availability_listener
         if listener is not None:
             listener(self, has_priority)
 
@@ -289,11 +283,11 @@ class SingleInputGate(InputGate):
             queue.insert(self._num_priority, channel)
             self._num_priority += 1
             if self._num_priority == 1:
-                futures.append(self._priority_availability.mark_available())
+                futures.append(self._priority_availability.get_unavailable_to_reset_available())
         else:
             queue.append(channel)
         if was_empty:
-            futures.append(self._availability.mark_available())
+            futures.append(self._availability.get_unavailable_to_reset_available())
             self._cond.notify()
         return was_empty
 
@@ -385,7 +379,7 @@ class SingleInputGate(InputGate):
         """Pop the head channel (under the lock), waiting if asked; None if nothing is ready."""
         queue = self._queue
         if not queue:
-            idle = self.idle_timer if blocking else None
+            idle = self._idle_timer if blocking else None
             if idle is not None:
                 idle.mark_start()       # idleTimeMsPerSecond: the task waits for input
             try:
@@ -429,13 +423,13 @@ class SingleInputGate(InputGate):
                     del self._queue[pos]
                 more_available = bool(self._queue)
                 if self._all_eop:
-                    futures.append(self._availability.mark_available())
+                    futures.append(self._availability.get_unavailable_to_reset_available())
                     self._cond.notify_all()
             channel.release_all_resources()
             for f in futures:
                 _complete(f)
-            if self._all_eop and self._parent_listener is not None:
-                self._parent_listener(self)
+            if self._all_eop and self._availability_listener is not None:
+                self._availability_listener(self)
         elif type(event) is _events.EndOfData:
             with self._lock:
                 if self._end_of_data[idx]:
@@ -462,15 +456,19 @@ class SingleInputGate(InputGate):
         f = None
         with self._lock:
             if self._queue or self._all_eop:
-                f = self._availability.mark_available()
-            future = self._availability.future
+                f = self._availability.get_unavailable_to_reset_available()
+            future = self._availability.get_future()
         _complete(f)
         return future
 
     def get_priority_event_available_future(self) -> Future:
-        return self._priority_availability.future
+        """Done while a priority event is queued."""
+        with self._lock:
+            return self._priority_availability.get_future()
 
+    @property
     def is_available(self) -> bool:
+        """Whether a buffer or event is ready now (or the gate is finished)."""
         return bool(self._queue) or self._all_eop
 
     @property
@@ -478,10 +476,14 @@ class SingleInputGate(InputGate):
         """Every channel delivered EndOfPartition."""
         return self._all_eop
 
+    @property
     def has_received_end_of_data(self) -> bool:
+        """Every channel delivered EndOfData."""
         return self._num_eod == len(self.input_channels) and self._num_eod > 0
 
+    @property
     def should_drain_on_end_of_data(self) -> bool:
+        """Every EndOfData asked to drain (``StopMode.DRAIN``)."""
         return self._should_drain_on_end_of_data
 
     @property
@@ -506,7 +508,7 @@ class SingleInputGate(InputGate):
             self._queue.clear()
             self._num_priority = 0
             self._cond.notify_all()
-            fut = self._availability.mark_available()
+            fut = self._availability.get_unavailable_to_reset_available()
         for t in timers:
             t.cancel()
         errors = []
@@ -518,8 +520,8 @@ class SingleInputGate(InputGate):
         if self.buffer_pool is not None:
             self.buffer_pool.lazy_destroy()
         _complete(fut)
-        if self._parent_listener is not None:
-            self._parent_listener(self)
+        if self._availability_listener is not None:
+            self._availability_listener(self)
         if not self._close_future.done():
             self._close_future.set_result(None)
         if errors:
@@ -571,14 +573,24 @@ class UnionInputGate(InputGate):
         self._enqueued: set[int] = set()
         self._priority: set[int] = set()  # gates in the queue's priority section (at its head)
         self._finished: set[int] = set()
-        #: a TimerGauge (idleTimeMsPerSecond) marked while get_next waits for input, or None.
-        self.idle_timer = None
-        self._availability = _Availability()
+        self._idle_timer: WaitTimer | None = None
+        self._requested = False
+        self._availability = AvailabilityHelper(False)
         for g in gates:
-            g._parent_listener = self._on_gate_available
+            g.register_availability_listener(self._on_gate_available)
         for g in gates:
-            if g.is_available():
+            if g.is_available:
                 self._on_gate_available(g, g.get_priority_event_available_future().done())
+
+    def set_idle_timer(self, timer: WaitTimer | None) -> None:
+        """The metrics hook (see :meth:`SingleInputGate.set_idle_timer`): marked around every
+        wait of :meth:`get_next` for input."""
+        self._idle_timer = timer
+
+    @property
+    def idle_timer(self) -> WaitTimer | None:
+        """The timer attached by :meth:`set_idle_timer`, or None."""
+        return self._idle_timer
 
     def _on_gate_available(self, gate: SingleInputGate, priority: bool = False) -> None:
         """Queue ``gate`` (at the tail, or in the priority section at the head if it has a
@@ -599,11 +611,13 @@ class UnionInputGate(InputGate):
             else:
                 self._queue.append(gate)
             if was_empty:
-                fut = self._availability.mark_available()
+                fut = self._availability.get_unavailable_to_reset_available()
                 self._cond.notify()
         _complete(fut)
 
     def request_partitions(self) -> None:
+        """Every member gate requests its partitions (once)."""
+        self._requested = True
         for g in self.gates:
             g.request_partitions()
 
@@ -614,13 +628,12 @@ class UnionInputGate(InputGate):
         return self._get_next(False, None)
 
     def _get_next(self, blocking: bool, timeout: float | None) -> BufferOrEvent | None:
-        for g in self.gates:
-            if not g._requested:
-                g.request_partitions()
+        if not self._requested:
+            self.request_partitions()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                idle = self.idle_timer if blocking and not self._queue else None
+                idle = self._idle_timer if blocking and not self._queue else None
                 if idle is not None:
                     idle.mark_start()
                 try:
@@ -643,7 +656,7 @@ class UnionInputGate(InputGate):
                 continue
             if gate.is_finished:
                 self._mark_finished(gate)
-            elif boe.more_available or gate.is_available():
+            elif boe.more_available or gate.is_available:
                 self._on_gate_available(gate, boe.more_priority_events)
             with self._lock:
                 if not self._queue and len(self._finished) != len(self.gates):
@@ -678,7 +691,7 @@ class UnionInputGate(InputGate):
         with self._lock:
             self._finished.add(gate.gate_index)
             if len(self._finished) == len(self.gates):
-                fut = self._availability.mark_available()
+                fut = self._availability.get_unavailable_to_reset_available()
                 self._cond.notify_all()
         _complete(fut)
 
@@ -703,23 +716,29 @@ class UnionInputGate(InputGate):
         f = None
         with self._lock:
             if self._queue or len(self._finished) == len(self.gates):
-                f = self._availability.mark_available()
-            future = self._availability.future
+                f = self._availability.get_unavailable_to_reset_available()
+            future = self._availability.get_future()
         _complete(f)
         return future
 
+    @property
     def is_available(self) -> bool:
+        """Whether a member gate has a buffer or event ready now (or all are finished)."""
         return bool(self._queue) or self.is_finished
 
     @property
     def is_finished(self) -> bool:
         return len(self._finished) == len(self.gates)
 
+    @property
     def has_received_end_of_data(self) -> bool:
-        return all(g.has_received_end_of_data() for g in self.gates)
+        """Every member gate received EndOfData on every channel."""
+        return all(g.has_received_end_of_data for g in self.gates)
 
+    @property
     def should_drain_on_end_of_data(self) -> bool:
-        return all(g.should_drain_on_end_of_data() for g in self.gates)
+        """Every member gate's EndOfData asked to drain."""
+        return all(g.should_drain_on_end_of_data for g in self.gates)
 
     @property
     def number_of_input_channels(self) -> int:

@@ -13,16 +13,15 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from flinknet._core import protocol as P
 from flinknet._core.buffer import BufferRecycler, DataType, NetworkBuffer
 from flinknet.consumer.channels import (
     DEFAULT_INITIAL_BACKOFF,
     DEFAULT_MAX_BACKOFF,
-    BufferAndAvailability,
     InputChannel,
 )
-from flinknet.errors import CancelTaskError, FlinknetError, PartitionNotFoundError
+from flinknet.errors import BufferReorderingError, CancelTaskError, PartitionNotFoundError
 from flinknet.ids import InputChannelID
+from flinknet.interfaces import BufferAndBacklog, PartitionRequestClient
 
 __all__ = ["BufferReorderingError", "RemoteInputChannel"]
 
@@ -30,10 +29,6 @@ _NONE = DataType.NONE
 _DATA_BUFFER = DataType.DATA_BUFFER
 _BLOCKING_TYPES = frozenset(t for t in DataType if t.is_blocking_upstream)
 _PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
-
-
-class BufferReorderingError(FlinknetError, OSError):
-    """A buffer arrived out of sequence (Flink's BufferReorderingException)."""
 
 
 class _ExclusiveRecycler(BufferRecycler):
@@ -67,7 +62,7 @@ class RemoteInputChannel(InputChannel):
         self._received: deque = deque()
         self._expected_seq = 0
         self._released = False
-        self._client = None
+        self._client: PartitionRequestClient | None = None
         self._exclusive_segments: list = []       # free exclusive segments
         self._num_exclusive_total = 0
         self._floating: list = []                 # free floating buffers (NetworkBuffers of the gate pool)
@@ -103,7 +98,7 @@ class RemoteInputChannel(InputChannel):
                 released = False
                 self._client = client
         if released:
-            self.connection_manager._release(client)
+            self.connection_manager.release_client(client)
             return
         client.request_subpartition(self, self.initial_credit)
 
@@ -205,37 +200,45 @@ class RemoteInputChannel(InputChannel):
 
     # -- metrics (Flink's unsynchronizedGet...: approximate reads, no lock) -------------------
 
-    def get_number_of_queued_buffers(self) -> int:
+    @property
+    def number_of_queued_buffers(self) -> int:
         """Received buffers waiting for the task (``inputQueueLength``)."""
         return len(self._received)
 
-    def get_size_of_queued_buffers(self) -> int:
+    @property
+    def size_of_queued_buffers(self) -> int:
         """Bytes of the received buffers waiting for the task (``inputQueueSize``)."""
         return sum(b.readable_bytes for b in list(self._received))
 
-    def get_exclusive_buffers_used(self) -> int:
+    @property
+    def exclusive_buffers_used(self) -> int:
         """Exclusive buffers not free: ``max(0, initial credit - free exclusive)``."""
         return max(0, self.initial_credit - len(self._exclusive_segments))
 
-    def get_floating_buffers_available(self) -> int:
+    @property
+    def floating_buffers_available(self) -> int:
         """Floating buffers this channel holds free (they count as idle for the gate's usage)."""
         return len(self._floating)
 
-    def get_credit(self) -> int:
+    @property
+    def credit(self) -> int:
         """Free buffers this channel holds for arriving data (exclusive and floating): the
         credit the sender has been or is about to be given."""
         return len(self._floating) + len(self._exclusive_segments)
 
-    def get_unannounced_credit(self) -> int:
+    @property
+    def unannounced_credit(self) -> int:
         """Credit gained since the last AddCredit (Flink's ``getUnannouncedCredit``)."""
         return self._unannounced_credit
 
-    def get_sender_backlog(self) -> int:
+    @property
+    def sender_backlog(self) -> int:
         """The backlog the sender reported with its last buffer (Flink's
         ``getSenderBacklog``)."""
         return self._sender_backlog
 
     def take_unannounced_credit(self) -> int:
+        """Credit gained since the last AddCredit, reset to 0 (I/O thread, as it writes one)."""
         with self._lock:
             credit, self._unannounced_credit = self._unannounced_credit, 0
             return credit
@@ -292,7 +295,7 @@ class RemoteInputChannel(InputChannel):
 
     # -- reading (task thread) -------------------------------------------------------------
 
-    def get_next_buffer(self) -> BufferAndAvailability | None:
+    def get_next_buffer(self) -> BufferAndBacklog | None:
         self.check_error()
         with self._lock:
             if not self._received:
@@ -304,7 +307,7 @@ class RemoteInputChannel(InputChannel):
             seq = self._expected_seq - len(self._received) - 1
         self.num_bytes_in += buffer.size
         self.num_buffers_in += 1
-        return BufferAndAvailability(buffer, next_type, 0, seq)
+        return BufferAndBacklog(buffer, 0, next_type, seq)
 
     def resume_consumption(self) -> None:
         if self.initial_credit == 0:
@@ -312,14 +315,20 @@ class RemoteInputChannel(InputChannel):
                 self._unannounced_credit = 0
         client = self._client
         if client is not None:
-            rid = self.input_channel_id.to_bytes()
-            client.send_control(self, lambda: P.encode_resume_consumption(rid))
+            client.resume_consumption(self)
 
     def acknowledge_all_records_processed(self) -> None:
         client = self._client
         if client is not None:
-            rid = self.input_channel_id.to_bytes()
-            client.send_control(self, lambda: P.encode_ack_all_user_records_processed(rid))
+            client.acknowledge_all_records_processed(self)
+
+    def notify_new_buffer_size(self, buffer_size: int) -> None:
+        """Tell the producer the desired buffer size (buffer debloating)."""
+        if buffer_size <= 0:
+            raise ValueError(f"buffer_size must be > 0, got {buffer_size}")
+        client = self._client
+        if client is not None:
+            client.notify_new_buffer_size(self, buffer_size)
 
     def release_all_resources(self) -> None:
         with self._lock:
@@ -342,15 +351,11 @@ class RemoteInputChannel(InputChannel):
 
     @property
     def is_released(self) -> bool:
+        """The channel was released (its buffers went back)."""
         return self._released
 
     @property
-    def unannounced_credit(self) -> int:
-        return self._unannounced_credit
-
-    @property
-    def num_queued_buffers(self) -> int:
-        return len(self._received)
-
-    def get_buffers_in_use_count(self) -> int:
+    def buffers_in_use_count(self) -> int:
+        """Received buffers plus the floating ones the backlog asks for (Flink's
+        ``getBuffersInUseCount``)."""
         return len(self._received) + max(0, self._num_required - self.initial_credit)

@@ -56,12 +56,12 @@ def out_pool_usage(partitions) -> float:
 
 def output_queue_length(partitions) -> int:
     """Σ over subpartitions of the buffers queued for consumers (the unfinished tail included)."""
-    return sum(p.get_number_of_queued_buffers() for p in partitions)
+    return sum(p.number_of_queued_buffers for p in partitions)
 
 
 def output_queue_size(partitions) -> int:
     """Σ over partitions of bytes written (records and events) minus bytes polled by consumers."""
-    return sum(p.get_size_of_queued_buffers() for p in partitions)
+    return sum(p.size_of_queued_buffers for p in partitions)
 
 
 def _live(items) -> list:
@@ -98,7 +98,7 @@ def _floating_used_total(gates) -> tuple[int, int]:
         pool = gate.buffer_pool
         if pool is None or pool.is_destroyed:
             continue
-        idle_in_channels = sum(ch.get_floating_buffers_available() for ch in _remote_channels([gate]))
+        idle_in_channels = sum(ch.floating_buffers_available for ch in _remote_channels([gate]))
         used += max(0, pool.used_buffers - idle_in_channels)
         total += pool.num_buffers
     return used, total
@@ -107,7 +107,7 @@ def _floating_used_total(gates) -> tuple[int, int]:
 def _exclusive_used_total(gates) -> tuple[int, int]:
     used = total = 0
     for ch in _remote_channels(gates):
-        used += ch.get_exclusive_buffers_used()
+        used += ch.exclusive_buffers_used
         total += ch.initial_credit
     return used, total
 
@@ -134,13 +134,12 @@ def in_pool_usage(gates) -> float:
 
 def input_queue_length(gates) -> int:
     """Σ over channels of queued buffers (local channels: the producer subpartition's queue)."""
-    return sum(ch.get_number_of_queued_buffers() for g in gates for ch in g.input_channels
-               if hasattr(ch, "get_number_of_queued_buffers"))
+    return sum(ch.number_of_queued_buffers for g in gates for ch in g.input_channels)
 
 
 def input_queue_size(gates) -> int:
     """Σ bytes queued in remote channels (local channels report 0)."""
-    return sum(ch.get_size_of_queued_buffers() for ch in _remote_channels(gates))
+    return sum(ch.size_of_queued_buffers for ch in _remote_channels(gates))
 
 
 def register_input_metrics(task_group: MetricGroup, gates) -> MetricGroup:

@@ -164,7 +164,7 @@ class TaskIOMetrics:
         if any(w is writer for w in self._writers):
             raise ValueError("this writer is already registered")
         self._writers.append(writer)
-        writer.soft_back_pressure_timer = self.soft_back_pressured_time
+        writer.set_soft_back_pressure_timer(self.soft_back_pressured_time)
         self.register_partition(writer.partition)
 
     def register_partition(self, partition) -> None:
@@ -205,7 +205,7 @@ class TaskIOMetrics:
         self._check_open()
         if any(g is gate for g in self._waiting_gates):
             return
-        gate.idle_timer = self.idle_time
+        gate.set_idle_timer(self.idle_time)
         self._waiting_gates.append(gate)
         for member in _gates_of(gate):
             if not any(g is member for g in self._gates):
@@ -219,12 +219,12 @@ class TaskIOMetrics:
         from flinknet.consumer.remote import RemoteInputChannel
 
         _queue_len_gauges(self._input_group.add_group(str(len(self._gates) - 1)), lambda: [
-            ch.get_number_of_queued_buffers() for ch in list(gate.input_channels)
+            ch.number_of_queued_buffers for ch in list(gate.input_channels)
             if isinstance(ch, RemoteInputChannel)])
 
     def _register_partition_detail(self, partition) -> None:
         _queue_len_gauges(self._output_group.add_group(str(len(self._partitions) - 1)), lambda: [
-            sp.get_number_of_queued_buffers() for sp in partition.subpartitions])
+            sp.number_of_queued_buffers for sp in partition.subpartitions])
 
     # -- derived values --------------------------------------------------------------------
 
@@ -258,7 +258,7 @@ class TaskIOMetrics:
     def is_back_pressured(self) -> bool:
         """Whether any registered partition is unavailable now (Flink's
         ``Task.isBackPressured``, the 1.10–1.12 sampler's probe)."""
-        return any(not p.is_available() for p in list(self._partitions)
+        return any(not p.is_available for p in list(self._partitions)
                    if not (p.is_released or p.is_finished))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -271,14 +271,14 @@ class TaskIOMetrics:
         self._closed = True
         for w in self._writers:
             if w.soft_back_pressure_timer is self.soft_back_pressured_time:
-                w.soft_back_pressure_timer = None
+                w.set_soft_back_pressure_timer(None)
         for p in self._partitions:
             s = p.record_serializer
             if s.back_pressure_timer is self.hard_back_pressured_time:
                 s.back_pressure_timer = None
         for g in self._waiting_gates:
             if g.idle_timer is self.idle_time:
-                g.idle_timer = None
+                g.set_idle_timer(None)
         self.idle_time.mark_end()
         self.soft_back_pressured_time.mark_end()
         self.hard_back_pressured_time.mark_end()

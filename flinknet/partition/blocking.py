@@ -26,9 +26,10 @@ import threading
 from flinknet import events as _events
 from flinknet._core.buffer import BufferRecycler, DataType, NetworkBuffer
 from flinknet._core.memory import MemorySegment
-from flinknet.errors import IllegalStateError, PartitionNotFoundError
+from flinknet.errors import CorruptPartitionFileError, IllegalStateError, PartitionNotFoundError
 from flinknet.partition.result_partition import ResultPartition
-from flinknet.partition.subpartition import ADD_BUFFER_ERROR_CODE, BufferAndBacklog
+from flinknet.interfaces import AvailabilityWithBacklog, BufferAndBacklog
+from flinknet.partition.subpartition import ADD_BUFFER_ERROR_CODE
 from flinknet.types import ResultPartitionType
 
 __all__ = [
@@ -45,10 +46,6 @@ HEADER_VALUE_IS_BUFFER = 0
 HEADER_VALUE_IS_EVENT = 1
 _HEADER = struct.Struct("=hhi")  # native order, standard sizes
 _NONE = DataType.NONE
-
-
-class CorruptPartitionFileError(IllegalStateError):
-    """A partition file does not hold what its writer wrote (truncated or bad header)."""
 
 
 class BoundedBlockingSubpartition:
@@ -159,10 +156,14 @@ class BoundedBlockingSubpartition:
         with self._lock:
             self._readers.discard(reader)
 
-    def flush_requested(self) -> bool:
-        return False
+    @property
+    def has_unflushed_data(self) -> bool:
+        """Whether a buffer is open (a flush writes it to the file)."""
+        return self._current is not None
 
-    def get_number_of_queued_buffers(self) -> int:
+    @property
+    def number_of_queued_buffers(self) -> int:
+        """The open buffer not yet written (0 or 1)."""
         return 0 if self._current is None else 1
 
     @property
@@ -323,9 +324,7 @@ class BoundedBlockingSubpartitionReader(BufferRecycler):
     def acknowledge_all_data_processed(self) -> None:
         pass
 
-    def get_availability_and_backlog(self, is_credit_available: bool = True):
-        from flinknet.partition.subpartition import AvailabilityWithBacklog
-
+    def get_availability_and_backlog(self, is_credit_available: bool = True) -> AvailabilityWithBacklog:
         with self._lock:
             nxt = self._next
             if is_credit_available:
@@ -334,16 +333,18 @@ class BoundedBlockingSubpartitionReader(BufferRecycler):
                 available = nxt is not None and not nxt.is_buffer
             return AvailabilityWithBacklog(available, self._data_backlog)
 
-    def get_failure_cause(self):
-        return self._parent.parent.get_failure_cause()
+    @property
+    def failure_cause(self) -> BaseException | None:
+        """Why the producer failed, if it did."""
+        return self._parent.parent.failure_cause
 
     def notify_new_buffer_size(self, size: int) -> None:
         pass
 
-    def get_number_of_queued_buffers(self) -> int:
+    @property
+    def number_of_queued_buffers(self) -> int:
+        """Data buffers left to read."""
         return self._data_backlog
-
-    unsynchronized_get_number_of_queued_buffers = get_number_of_queued_buffers
 
     def __repr__(self) -> str:
         return f"BoundedBlockingSubpartitionReader(index: {self._parent.index}) of {self._parent.parent}"

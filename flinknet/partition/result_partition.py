@@ -175,21 +175,29 @@ class ResultPartition:
         if self.partition_manager is not None:
             self.partition_manager.register_result_partition(self)
 
-    def _check_producing(self) -> None:
+    def check_producing(self) -> None:
+        """Raise what an emit would raise now: :class:`~flinknet.errors.CancelTaskError` (its
+        ``__cause__`` the release's cause) once released, :class:`IllegalStateError` once
+        finished."""
+        if self._is_released or self._is_finished:
+            raise self._rejected_emit_error()
+
+    def _rejected_emit_error(self) -> BaseException:
+        # The serializer's reject_records hook calls this for every emit after finish/release.
         if self._is_released:
             err = CancelTaskError(f"{self} has been released")
             err.__cause__ = self._cause
-            raise err
-        if self._is_finished:
-            raise IllegalStateError("Partition already finished.")
+            return err
+        return IllegalStateError("Partition already finished.")
 
     def finish(self) -> None:
         """Finish every open builder and end every subpartition with EndOfPartition."""
-        self._check_producing()
+        self.check_producing()
         self._serializer.finish_all()
         for sp in self.subpartitions:
             sp.finish()
         self._is_finished = True
+        self._serializer.reject_records(self._rejected_emit_error)
 
     def close(self) -> None:
         """Drop open builders and destroy the pool once all its buffers are back (idempotent)."""
@@ -208,6 +216,7 @@ class ResultPartition:
             self._is_released = True
             if cause is not None:
                 self._cause = cause
+        self._serializer.reject_records(self._rejected_emit_error)
         self._release_internal()
         if not self._all_data_processed.done():
             self._all_data_processed.set_exception(
@@ -228,10 +237,12 @@ class ResultPartition:
     def _on_producer_closed(self) -> None:
         pass
 
-    def _on_consumed_subpartition(self, index: int) -> None:
-        pass
+    def on_consumed_subpartition(self, index: int) -> None:
+        """The view of subpartition ``index`` was released (called by the subpartition)."""
 
-    def _on_subpartition_all_data_processed(self, index: int) -> None:
+    def on_subpartition_all_data_processed(self, index: int) -> None:
+        """Subpartition ``index``'s consumer acknowledged all user records (called by the
+        subpartition)."""
         with self._lock:
             self._all_data_processed_acks.add(index)
             done = len(self._all_data_processed_acks) == self._num_subpartitions
@@ -243,36 +254,36 @@ class ResultPartition:
     def emit_record(self, record, target_subpartition: int) -> None:
         """Serialize ``record`` into subpartition ``target_subpartition``."""
         if self._is_released or self._is_finished:
-            self._check_producing()
+            self.check_producing()
         self._serializer.emit(record, target_subpartition)
 
     def emit_records(self, records, targets) -> int:
         """Serialize a batch; ``targets`` is one subpartition or one per record."""
         if self._is_released or self._is_finished:
-            self._check_producing()
+            self.check_producing()
         return self._serializer.emit_batch(records, targets)
 
     def emit_array(self, array, targets) -> int:
         """Serialize every row of a numpy array (each row one record, its raw bytes)."""
         if self._is_released or self._is_finished:
-            self._check_producing()
+            self.check_producing()
         return self._serializer.emit_array(array, targets)
 
     def broadcast_record(self, record) -> None:
         """One copy of the record in a shared buffer read by every subpartition."""
         if self._is_released or self._is_finished:
-            self._check_producing()
+            self.check_producing()
         self._serializer.broadcast_record(record)
 
     def broadcast_emit(self, record) -> None:
         """The record serialized once and copied into every subpartition's own buffer."""
         if self._is_released or self._is_finished:
-            self._check_producing()
+            self.check_producing()
         self._serializer.broadcast_emit(record)
 
     def broadcast_event(self, event, is_priority: bool = False) -> None:
         """Finish all builders and enqueue ``event`` (one standalone buffer) everywhere."""
-        self._check_producing()
+        self.check_producing()
         self._serializer.finish_all()
         consumer = _events.to_buffer_consumer(event, is_priority)
         try:
@@ -285,7 +296,7 @@ class ResultPartition:
 
     def emit_event(self, event, target_subpartition: int, is_priority: bool = False) -> None:
         """Enqueue ``event`` into one subpartition (its open builder is finished first)."""
-        self._check_producing()
+        self.check_producing()
         self._check_target(target_subpartition)
         self._serializer.finish_unicast_builder(target_subpartition)
         self._serializer.finish_broadcast_builder()
@@ -357,12 +368,15 @@ class ResultPartition:
     def is_closed(self) -> bool:
         return self._is_closed
 
-    def get_failure_cause(self) -> BaseException | None:
+    @property
+    def failure_cause(self) -> BaseException | None:
+        """The cause the partition was released or failed with, if any."""
         return self._cause
 
+    @property
     def is_available(self) -> bool:
         """Whether the pool has a buffer now (Flink's ``isAvailable`` for the record writer)."""
-        return self._pool.is_available()
+        return self._pool.is_available
 
     def get_available_future(self) -> Future:
         return self._pool.get_available_future()
@@ -388,7 +402,8 @@ class ResultPartition:
         """Nanoseconds spent blocked waiting for a buffer (hard backpressure)."""
         return self._serializer.back_pressured_ns
 
-    def get_size_of_queued_buffers(self) -> int:
+    @property
+    def size_of_queued_buffers(self) -> int:
         """Bytes written (records and events) minus bytes consumers have polled (Flink's
         ``getSizeOfQueuedBuffersUnsafe``, the ``outputQueueSize`` metric); approximate, no lock."""
         polled = 0
@@ -396,11 +411,15 @@ class ResultPartition:
             polled += max(0, getattr(sp, "total_number_of_bytes", 0))
         return self._serializer.total_written_bytes + self._event_bytes_written - polled
 
-    def get_number_of_queued_buffers(self, target_subpartition: int | None = None) -> int:
-        if target_subpartition is None:
-            return sum(sp.get_number_of_queued_buffers() for sp in self.subpartitions)
+    @property
+    def number_of_queued_buffers(self) -> int:
+        """Buffers queued in all subpartitions, read without locks (for metrics)."""
+        return sum(sp.number_of_queued_buffers for sp in self.subpartitions)
+
+    def get_number_of_queued_buffers(self, target_subpartition: int) -> int:
+        """Buffers queued in one subpartition (Flink's ``getNumberOfQueuedBuffers(int)``)."""
         self._check_target(target_subpartition)
-        return self.subpartitions[target_subpartition].get_number_of_queued_buffers()
+        return self.subpartitions[target_subpartition].number_of_queued_buffers
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__} {self.partition_id} [{self.partition_type.name}, "
@@ -437,10 +456,10 @@ class PipelinedResultPartition(ResultPartition):
         more than the data it moves. An unlocked look is enough: a buffer added after it is
         flushed by the next call, as one added after Flink's flush is."""
         for sp in self.subpartitions:
-            if sp._buffers and not sp._flush_requested:
+            if sp.has_unflushed_data:
                 sp.flush()
 
-    def _on_consumed_subpartition(self, index: int) -> None:
+    def on_consumed_subpartition(self, index: int) -> None:
         sp = self.subpartitions[index]
         if not sp.is_finished:
             sp.release()

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import NamedTuple, Protocol
-
 from flinknet._core.buffer import DataType
 from flinknet.errors import IllegalStateError
+from flinknet.interfaces import AvailabilityWithBacklog, BufferAndBacklog, BufferAvailabilityListener
 
 __all__ = [
     "ADD_BUFFER_ERROR_CODE",
@@ -36,48 +35,6 @@ _NONE = DataType.NONE
 _DATA_BUFFER = DataType.DATA_BUFFER
 _PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
 _BLOCKING_TYPES = frozenset(t for t in DataType if t.is_blocking_upstream)
-
-
-class BufferAvailabilityListener(Protocol):
-    """What a read view reports to (Flink's BufferAvailabilityListener).
-
-    ``notify_data_available(view)`` runs when the view goes from empty to readable;
-    ``notify_priority_event(sequence_number)`` when a priority event is the first one queued.
-    Both run on the producer's thread: keep them short and never block in them.
-    """
-
-    def notify_data_available(self, view: "PipelinedSubpartitionView") -> None: ...
-
-    def notify_priority_event(self, sequence_number: int) -> None: ...
-
-
-class BufferAndBacklog(NamedTuple):
-    """One buffer from a view (Flink's ``ResultSubpartition.BufferAndBacklog``).
-
-    ``buffers_in_backlog`` counts the finished or flushed data buffers still queued,
-    ``next_data_type`` is the type of the next readable item (``DataType.NONE`` if nothing is
-    readable yet) and ``sequence_number`` numbers every item the view hands out, from 0.
-    """
-
-    buffer: object
-    buffers_in_backlog: int
-    next_data_type: DataType
-    sequence_number: int
-
-    @property
-    def is_data_available(self) -> bool:
-        return self.next_data_type != _NONE
-
-    @property
-    def is_event_available(self) -> bool:
-        return self.next_data_type.is_event
-
-
-class AvailabilityWithBacklog(NamedTuple):
-    """Whether a view can hand out its next item now, and its backlog."""
-
-    is_available: bool
-    backlog: int
 
 
 class PipelinedSubpartition:
@@ -183,9 +140,6 @@ class PipelinedSubpartition:
             view.notify_data_available()
             view.release_all_resources()
 
-    def bufferSize(self, size: int) -> None:  # noqa: N802  (Flink's name kept for the map)
-        self.set_buffer_size(size)
-
     def set_buffer_size(self, size: int) -> None:
         """The desired size of new buffers (buffer debloating); 0 means the segment size."""
         if size < 0:
@@ -273,7 +227,7 @@ class PipelinedSubpartition:
     def acknowledge_all_data_processed(self) -> None:
         """The consumer processed all user records (AckAllUserRecordsProcessed)."""
         self._all_records_processed = True
-        self.parent._on_subpartition_all_data_processed(self.index)
+        self.parent.on_subpartition_all_data_processed(self.index)
 
     def get_availability_and_backlog(self, is_credit_available: bool = True) -> AvailabilityWithBacklog:
         with self._lock:
@@ -284,7 +238,7 @@ class PipelinedSubpartition:
             return AvailabilityWithBacklog(available, self._get_buffers_in_backlog())
 
     def _on_view_released(self) -> None:
-        self.parent._on_consumed_subpartition(self.index)
+        self.parent.on_consumed_subpartition(self.index)
 
     # -- state (call under the lock) -------------------------------------------------------
 
@@ -335,13 +289,23 @@ class PipelinedSubpartition:
     def has_view(self) -> bool:
         return self._view is not None
 
-    def get_number_of_queued_buffers(self) -> int:
+    @property
+    def number_of_queued_buffers(self) -> int:
         """Queued consumers (finished or not), read without the lock (for metrics)."""
         return len(self._buffers)
 
+    @property
     def is_data_available(self) -> bool:
+        """Whether the view could hand out a buffer now."""
         with self._lock:
             return self._is_data_available()
+
+    @property
+    def has_unflushed_data(self) -> bool:
+        """Whether a flush could make something readable: buffers are queued and no flush is
+        pending. Read without the lock (the output flusher's cheap look, Flink's FLINK-14118);
+        a buffer added after the look is flushed by the next flush."""
+        return bool(self._buffers) and not self._flush_requested
 
     def __repr__(self) -> str:
         return (f"PipelinedSubpartition#{self.index} [number of buffers: {self.total_number_of_buffers} "
@@ -389,17 +353,19 @@ class PipelinedSubpartitionView:
     def get_availability_and_backlog(self, is_credit_available: bool = True) -> AvailabilityWithBacklog:
         return self._parent.get_availability_and_backlog(is_credit_available)
 
-    def get_failure_cause(self) -> BaseException | None:
-        return self._parent.parent.get_failure_cause()
+    @property
+    def failure_cause(self) -> BaseException | None:
+        """Why the producer failed, if it did."""
+        return self._parent.parent.failure_cause
 
     def notify_new_buffer_size(self, size: int) -> None:
         self._parent.set_buffer_size(size)
 
-    def unsynchronized_get_number_of_queued_buffers(self) -> int:
-        return self._parent.get_number_of_queued_buffers()
-
-    def get_number_of_queued_buffers(self) -> int:
-        return self._parent.get_number_of_queued_buffers()
+    @property
+    def number_of_queued_buffers(self) -> int:
+        """Buffers queued in the subpartition, read without the lock (Flink's
+        ``unsynchronizedGetNumberOfQueuedBuffers``, for metrics)."""
+        return self._parent.number_of_queued_buffers
 
     @property
     def subpartition(self) -> PipelinedSubpartition:

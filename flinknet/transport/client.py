@@ -24,7 +24,14 @@ from concurrent.futures import Future
 from flinknet._core import protocol as P
 from flinknet._core.buffer import DataType, FREEING_BUFFER_RECYCLER, NetworkBuffer
 from flinknet._core.memory import MemorySegment
-from flinknet.errors import FlinknetError, PartitionNotFoundError
+from flinknet.errors import (
+    FlinknetError,
+    LocalTransportError,
+    PartitionNotFoundError,
+    RemoteTransportError,
+    TransportError,
+)
+from flinknet.interfaces import CreditBasedInputChannel
 from flinknet.transport.handshake import HandshakeConfig, HandshakeError, client_handshake
 
 __all__ = ["ClientConnection", "ConnectionManager", "RemoteTransportError", "LocalTransportError"]
@@ -36,35 +43,26 @@ _RECV_SIZE = 256 * 1024
 _TLS_READS = 64
 
 
-class TransportError(FlinknetError, OSError):
-    """A connection-level failure; ``address`` is the remote address."""
-
-    def __init__(self, message: str, address=None):
-        super().__init__(message)
-        self.address = address
-
-
-class RemoteTransportError(TransportError):
-    """The remote side failed, closed or reset the connection, or reported an error."""
-
-
-class LocalTransportError(TransportError):
-    """This side could not use the connection (connect failed, bad frame received)."""
-
-
 def _fmt(address) -> str:
     return f"{address[0]}:{address[1]}" if address else "?"
 
 
 class ClientConnection:
-    """The client end of one TCP connection, shared by every channel reading from that peer."""
+    """The client end of one TCP connection, shared by every channel reading from that peer
+    (Flink's ``NettyPartitionRequestClient`` with its ``CreditBasedPartitionRequestClientHandler``).
+
+    It is the :class:`~flinknet.interfaces.PartitionRequestClient` of its channels (any thread;
+    the work goes to the I/O thread) and drives them as
+    :class:`~flinknet.interfaces.CreditBasedInputChannel` s from the I/O thread. Only this class
+    encodes the frames a receiver sends.
+    """
 
     def __init__(self, manager: "ConnectionManager", address):
         self.manager = manager
         self.loop = manager.loop
         self.address = address
         self.sock: socket.socket | None = None
-        self.channels: dict[bytes, object] = {}
+        self.channels: dict[bytes, CreditBasedInputChannel] = {}
         self.error: BaseException | None = None
         self.closed = False
         self.ref_count = 0
@@ -117,7 +115,7 @@ class ClientConnection:
 
     # -- channels (any thread) -------------------------------------------------------------
 
-    def request_subpartition(self, channel, initial_credit: int) -> None:
+    def request_subpartition(self, channel: CreditBasedInputChannel, initial_credit: int) -> None:
         """Register ``channel`` and send its PartitionRequest."""
         frame = P.encode_partition_request(
             channel.partition_id.to_bytes(), channel.consumed_subpartition_index,
@@ -131,7 +129,7 @@ class ClientConnection:
             self._send(frame)
         self.loop.call_soon_threadsafe(send)
 
-    def notify_credit_available(self, channel) -> None:
+    def notify_credit_available(self, channel: CreditBasedInputChannel) -> None:
         """The channel's unannounced credit went from 0 to > 0: write one AddCredit."""
         self.loop.call_soon_threadsafe(self._write_credit, channel)
 
@@ -150,14 +148,27 @@ class ClientConnection:
         if credit > 0:
             self._send(P.encode_add_credit(credit, channel.input_channel_id.to_bytes()))
 
-    def send_control(self, channel, frame_fn) -> None:
-        """Write ``frame_fn()`` for a live channel (ResumeConsumption, Ack, NewBufferSize)."""
+    def resume_consumption(self, channel: CreditBasedInputChannel) -> None:
+        """Send ResumeConsumption for ``channel`` (any thread)."""
+        self._send_control(channel, P.encode_resume_consumption, channel.input_channel_id.to_bytes())
+
+    def acknowledge_all_records_processed(self, channel: CreditBasedInputChannel) -> None:
+        """Send AckAllUserRecordsProcessed for ``channel`` (any thread)."""
+        self._send_control(channel, P.encode_ack_all_user_records_processed,
+                           channel.input_channel_id.to_bytes())
+
+    def notify_new_buffer_size(self, channel: CreditBasedInputChannel, buffer_size: int) -> None:
+        """Send NewBufferSize for ``channel`` (buffer debloating; any thread)."""
+        self._send_control(channel, P.encode_new_buffer_size, buffer_size,
+                           channel.input_channel_id.to_bytes())
+
+    def _send_control(self, channel: CreditBasedInputChannel, encode, *args) -> None:
         def send():
             if not channel.is_released and not self.closed:
-                self._send(frame_fn())
+                self._send(encode(*args))
         self.loop.call_soon_threadsafe(send)
 
-    def release_channel(self, channel) -> None:
+    def release_channel(self, channel: CreditBasedInputChannel) -> None:
         """Unregister; CancelPartitionRequest; close the connection with its last channel."""
         def release():
             rid = channel.input_channel_id.to_bytes()
@@ -165,7 +176,7 @@ class ClientConnection:
                 self._send(P.encode_cancel_partition_request(rid))
             if self._paused_on is channel and not self.closed:
                 self._resume()   # the payload the decoder held for it is now dropped
-            self.manager._release(self)
+            self.manager.release_client(self)
         self.loop.call_soon_threadsafe(release)
 
     # -- I/O (loop thread) -----------------------------------------------------------------
@@ -419,7 +430,8 @@ class ConnectionManager:
             conn.ref_count += 1
         return conn
 
-    def _release(self, conn: ClientConnection) -> None:
+    def release_client(self, conn: ClientConnection) -> None:
+        """Drop one reference of ``conn`` (from :meth:`create_client`); the last one closes it."""
         with self._lock:
             conn.ref_count -= 1
             last = conn.ref_count <= 0

@@ -63,12 +63,6 @@ class _Reader:
     def notify_priority_event(self, sequence_number: int) -> None:
         self.conn.loop.call_soon_threadsafe(self.conn._enqueue, self)
 
-    def is_available(self) -> bool:
-        view = self.view
-        if view is None:
-            return False
-        return view.get_availability_and_backlog(self.credit > 0).is_available
-
     def release(self) -> None:
         if not self.released:
             self.released = True
@@ -299,7 +293,7 @@ class ServerConnection:
             return
         if nxt is None:
             if view.is_released:
-                cause = view.get_failure_cause()
+                cause = view.failure_cause
                 self._reader_failed(reader, cause if cause is not None else
                                     PartitionNotFoundError("the consumed partition was released"))
             return

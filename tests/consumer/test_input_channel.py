@@ -19,7 +19,7 @@ from flinknet.consumer import (
     InputChannel,
     SingleInputGate,
 )
-from flinknet.consumer.channels import BufferAndAvailability
+from flinknet.interfaces import BufferAndBacklog
 from flinknet._core.buffer import DataType
 from flinknet.errors import CancelTaskError, PartitionNotFoundError, ProducerFailedError
 from flinknet.ids import ResultPartitionID
@@ -339,7 +339,7 @@ def test_released_view_raises_cancel_task_error(local):
     with pytest.raises(CancelTaskError) as info:
         gate.get_next(timeout=JOIN)
     assert not isinstance(info.value, ProducerFailedError)
-    assert ch.get_buffers_in_use_count() == 0
+    assert ch.buffers_in_use_count == 0
 
 
 def test_local_channel_reads_the_producers_buffers_without_copy(local):
@@ -348,7 +348,7 @@ def test_local_channel_reads_the_producers_buffers_without_copy(local):
     p.flush(0)
     assert p.buffer_pool.used_buffers == 1
     boe = gate.get_next(timeout=JOIN)
-    assert gate.get_channel(0).get_buffers_in_use_count() == 1  # the open builder
+    assert gate.get_channel(0).buffers_in_use_count == 1  # the open builder
     p.finish()
     # Reading EndOfPartition drops the subpartition's hold on the buffer; only the consumer's
     # slice keeps the producer's segment out of its pool now.
@@ -360,17 +360,17 @@ def test_local_channel_reads_the_producers_buffers_without_copy(local):
     assert p.buffer_pool.used_buffers == 0
 
 
-def test_buffer_and_availability():
+def test_buffer_and_backlog_as_a_channel_hands_it_out():
     from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, NetworkBuffer
     from flinknet._core.memory import MemorySegment
 
     buf = NetworkBuffer(MemorySegment(8), FREEING_BUFFER_RECYCLER, DataType.PRIORITIZED_EVENT_BUFFER, 8)
     try:
-        b = BufferAndAvailability(buf, DataType.NONE, 0, 3)
+        b = BufferAndBacklog(buf, 0, DataType.NONE, 3)
         assert not b.more_available and not b.more_priority_events and b.has_priority
-        b = BufferAndAvailability(buf, DataType.PRIORITIZED_EVENT_BUFFER, 0, 3)
+        b = BufferAndBacklog(buf, 0, DataType.PRIORITIZED_EVENT_BUFFER, 3)
         assert b.more_available and b.more_priority_events
-        b = BufferAndAvailability(buf, DataType.DATA_BUFFER, 2, 3)
+        b = BufferAndBacklog(buf, 2, DataType.DATA_BUFFER, 3)
         assert b.more_available and not b.more_priority_events
     finally:
         buf.recycle()
@@ -399,7 +399,7 @@ def test_acknowledge_all_records_processed_reaches_the_producer(local):
     while (boe := gate.poll_next()) is not None:
         assert boe.event == ev.EndOfData(ev.StopMode.DRAIN)
         infos.append(boe.channel_info)
-    assert gate.has_received_end_of_data()
+    assert gate.has_received_end_of_data
     gate.acknowledge_all_records_processed(infos[0])
     assert not done.done()  # one subpartition still unacknowledged
     gate.acknowledge_all_records_processed(infos[1])

@@ -21,8 +21,8 @@ from tests.helpers import Worker
 
 from flinknet import events as ev
 from flinknet._core.buffer import DataType
+from flinknet.interfaces import BufferAndBacklog
 from flinknet.consumer import (
-    BufferAndAvailability,
     InputChannel,
     RecordOrEvent,
     RecordReader,
@@ -128,7 +128,7 @@ def test_records_spanning_buffers_arrive_exactly_once_in_order(make_pool, manage
     assert reader.num_records_in == sum(map(len, expected))
     assert gate.is_finished
     assert reader.is_finished
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 # -- events ----------------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ class ScriptedChannel(InputChannel):
         buf = self._buffers.popleft()
         nxt = self._buffers[0].data_type if self._buffers else DataType.NONE
         self._seq += 1
-        return BufferAndAvailability(buf, nxt, 0, self._seq - 1)
+        return BufferAndBacklog(buf, 0, nxt, self._seq - 1)
 
     def resume_consumption(self):
         pass

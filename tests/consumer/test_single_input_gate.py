@@ -196,7 +196,7 @@ def test_end_of_partition_per_channel_then_finished(ex):
     assert gate.get_next() is None
     assert gate.get_next(timeout=0.01) is None
     assert gate.poll_next() is None
-    assert gate.is_available()
+    assert gate.is_available
     assert gate.get_available_future().done()
     # Released views consumed the pipelined partitions: the manager forgot them.
     assert ex.manager.get_unreleased_partitions() == []
@@ -229,15 +229,15 @@ def test_end_of_data_on_all_channels(ex, modes, drain_expected):
     gate = ex.gate([(p.partition_id, 0) for p in parts])
     gate.request_partitions()
     for k, (p, mode) in enumerate(zip(parts, modes)):
-        assert not gate.has_received_end_of_data()
+        assert not gate.has_received_end_of_data
         p.notify_end_of_data(mode)
         p.notify_end_of_data(mode)  # sent once only
         boe = gate.get_next(timeout=JOIN)
         assert boe.event == ev.EndOfData(mode)
         assert boe.channel_info.input_channel_idx == k
         assert gate.poll_next() is None
-    assert gate.has_received_end_of_data()
-    assert gate.should_drain_on_end_of_data() is drain_expected
+    assert gate.has_received_end_of_data
+    assert gate.should_drain_on_end_of_data is drain_expected
     assert not gate.is_finished  # EndOfData is not EndOfPartition
     for p in parts:
         p.finish()
@@ -423,14 +423,14 @@ def test_available_future_completes_on_data_from_producer_thread_and_resets(ex):
     gate.request_partitions()
     f1 = gate.get_available_future()
     assert not f1.done()
-    assert not gate.is_available()
+    assert not gate.is_available
 
     producer = Worker(lambda: (p.emit_record(b"data", 1), p.flush(1)))
     producer.start()
     f1.result(timeout=JOIN)  # completed by the producer's thread
     producer.finish()
     assert producer.error is None
-    assert gate.is_available()
+    assert gate.is_available
     assert gate.get_available_future() is f1  # still available: the same, completed future
 
     assert take(gate.poll_next()) == [b"data"]

@@ -134,7 +134,7 @@ def test_finished_only_when_all_gates_finished(un):
         assert gates[k].is_finished
         assert union.is_finished == (k == len(parts) - 1)
         if k < len(parts) - 1:
-            assert not union.is_available()
+            assert not union.is_available
             with pytest.raises(TimeoutError):
                 union.get_next(timeout=0.01)
         p.close()
@@ -263,11 +263,11 @@ def test_end_of_data_across_gates(un):
     p0.notify_end_of_data(ev.StopMode.DRAIN)
     p0.flush_all()
     drain(union)
-    assert not union.has_received_end_of_data()
+    assert not union.has_received_end_of_data
     p1.notify_end_of_data(ev.StopMode.NO_DRAIN)
     drain(union)
-    assert union.has_received_end_of_data()
-    assert not union.should_drain_on_end_of_data()
+    assert union.has_received_end_of_data
+    assert not union.should_drain_on_end_of_data
     for p in (p0, p1):
         p.finish()
         p.close()

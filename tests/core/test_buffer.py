@@ -21,19 +21,8 @@ import pytest
 
 from tests.helpers import RecordingRecycler
 
-from flinknet import (
-    FREEING_BUFFER_RECYCLER,
-    Buffer,
-    BufferRecycler,
-    DataType,
-    FreeingBufferRecycler,
-    IllegalReferenceCountError,
-    IllegalStateError,
-    MemorySegment,
-    NetworkBuffer,
-    ReadOnlySlicedNetworkBuffer,
-    SegmentFreedError,
-)
+from flinknet import IllegalReferenceCountError, IllegalStateError, SegmentFreedError
+from flinknet.core import FREEING_BUFFER_RECYCLER, Buffer, BufferRecycler, DataType, FreeingBufferRecycler, MemorySegment, NetworkBuffer, ReadOnlySlicedNetworkBuffer
 
 SEGMENT_SIZE = 64
 DATA_SIZE = 10

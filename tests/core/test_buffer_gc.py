@@ -18,7 +18,7 @@ import warnings
 
 import pytest
 
-from flinknet import BufferRecycler, MemorySegment, NetworkBuffer, NetworkBufferPool
+from flinknet.core import BufferRecycler, MemorySegment, NetworkBuffer, NetworkBufferPool
 from flinknet._core.buffer import leaked_buffer_count, live_buffer_count
 
 
@@ -71,7 +71,7 @@ def test_dropped_buffer_returns_segment_to_its_pool_and_warns(extra_refs):
         assert lbp.used_buffers == 0
         assert lbp.available_segments == lbp.requested_segments
         lbp.lazy_destroy()
-        assert nbp.is_whole()
+        assert nbp.is_whole
     finally:
         nbp.destroy()
 

@@ -25,18 +25,8 @@ from tests.helpers import RecordingRecycler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flinknet import (
-    FREEING_BUFFER_RECYCLER,
-    BufferBuilder,
-    BufferConsumer,
-    BufferRecycler,
-    DataType,
-    IllegalStateError,
-    MemorySegment,
-    NetworkBuffer,
-    ReadOnlySlicedNetworkBuffer,
-    SegmentFreedError,
-)
+from flinknet import IllegalStateError, SegmentFreedError
+from flinknet.core import FREEING_BUFFER_RECYCLER, BufferBuilder, BufferConsumer, BufferRecycler, DataType, MemorySegment, NetworkBuffer, ReadOnlySlicedNetworkBuffer
 
 BUFFER_INT_SIZE = 10
 BUFFER_SIZE = BUFFER_INT_SIZE * 4
@@ -213,7 +203,7 @@ def test_recycling_returns_segment_to_pool_exactly_once(make_pool, order):
     consumer.close()
     assert lbp.available_segments == held
     lbp.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 def test_builder_dropped_without_close_returns_its_reference(make_pool):
@@ -1054,7 +1044,7 @@ def test_writer_and_reader_threads(make_pool):
     assert lbp.used_buffers == 0
     assert lbp.available_segments == lbp.requested_segments
     lbp.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 def test_available_future_not_lost_when_recycle_races_its_creation(make_pool):
@@ -1070,7 +1060,7 @@ def test_available_future_not_lost_when_recycle_races_its_creation(make_pool):
     lbp = nbp.create_buffer_pool(1, 1, max_overdraft_buffers=0)
     held = lbp.request_buffer_builder()
     assert lbp.request_buffer_builder() is None
-    assert not lbp.is_available()
+    assert not lbp.is_available
     fired = []
 
     def recycle_during_future_creation(frame, event, arg):
@@ -1088,7 +1078,7 @@ def test_available_future_not_lost_when_recycle_races_its_creation(make_pool):
         # check the plain hand-off instead.
         assert not future.done()
         held.close()
-    assert lbp.is_available()
+    assert lbp.is_available
     assert future.done(), "pool is available but the future handed out will never complete"
 
 

@@ -21,18 +21,8 @@ from tests.helpers import Worker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flinknet import (
-    UNBOUNDED,
-    BufferBuilder,
-    BufferRequestTimeoutError,
-    CancelTaskError,
-    FlinknetError,
-    IllegalStateError,
-    InsufficientNetworkBuffersError,
-    LocalBufferPool,
-    MemorySegment,
-    NetworkBuffer,
-)
+from flinknet import BufferRequestTimeoutError, CancelTaskError, FlinknetError, IllegalStateError, InsufficientNetworkBuffersError
+from flinknet.core import UNBOUNDED, BufferBuilder, LocalBufferPool, MemorySegment, NetworkBuffer
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -110,7 +100,7 @@ def assert_availability_consistent(pool: LocalBufferPool) -> None:
     capped = any(pool.subpartition_buffer_count(ch) >= pool.max_buffers_per_channel
                  for ch in range(pool.num_subpartitions))
     expected = pool.available_segments > 0 and not capped
-    assert pool.is_available() == expected
+    assert pool.is_available == expected
     assert pool.get_available_future().done() == expected
 
 
@@ -191,8 +181,8 @@ def test_figures_of_a_fresh_pool(make_pool):
     assert nbp.number_of_registered_buffer_pools == 0
     assert nbp.num_total_required_buffers == 0
     assert nbp.registered_buffer_pools() == []
-    assert nbp.is_available()
-    assert nbp.is_whole()
+    assert nbp.is_available
+    assert nbp.is_whole
     assert not nbp.is_destroyed
 
 
@@ -208,7 +198,7 @@ def test_figures_after_pooled_requests(make_pool, taken):
     assert nbp.used_memory == taken * 128
     assert nbp.total_memory == nbp.available_memory + nbp.used_memory
     assert nbp.num_total_required_buffers == 0  # pooled segments are not "required"
-    assert not nbp.is_whole()
+    assert not nbp.is_whole
     for s in segments:
         nbp.recycle_pooled_memory_segment(s)
     assert nbp.available_segments == 10 and nbp.used_segments == 0
@@ -271,7 +261,7 @@ def test_pooled_request_until_empty_then_none(make_pool):
     assert nbp.request_pooled_memory_segment() is None
     for s in segments:
         nbp.recycle_pooled_memory_segment(s)
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 def test_pooled_segment_is_usable_memory(make_pool):
@@ -326,17 +316,17 @@ def test_recycling_an_exported_segment_raises_buffer_error_and_changes_nothing(m
                                                                               make_view):
     nbp = make_pool(1, 64)
     seg = nbp.request_pooled_memory_segment()
-    assert not nbp.is_available()
+    assert not nbp.is_available
     view = make_view(seg)
     with pytest.raises(BufferError):
         nbp.recycle_pooled_memory_segment(seg)
     assert nbp.available_segments == 0
     assert nbp.used_segments == 1
-    assert not nbp.is_available()
+    assert not nbp.is_available
     assert nbp.request_pooled_memory_segment() is None
     view.release()
     nbp.recycle_pooled_memory_segment(seg)
-    assert nbp.is_whole() and nbp.is_available()
+    assert nbp.is_whole and nbp.is_available
 
 
 # --- unpooled (exclusive) segments ---------------------------------------------------------------
@@ -545,7 +535,7 @@ def test_pooled_blocking_request_rejects_bad_count(make_pool, n):
     nbp = make_pool(8, 64)
     with pytest.raises(ValueError):
         nbp.request_pooled_memory_segments_blocking(n)
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 @pytest.mark.parametrize("explicit_timeout", [False, True])
@@ -558,7 +548,7 @@ def test_pooled_blocking_request_times_out_and_gives_back(make_pool, explicit_ti
         else:
             nbp.request_pooled_memory_segments_blocking(3)
     assert nbp.available_segments == 2
-    assert nbp.is_available()
+    assert nbp.is_available
     for s in held:
         nbp.recycle_pooled_memory_segment(s)
 
@@ -587,19 +577,19 @@ def test_pooled_blocking_request_waits_for_recycle(make_pool):
 def test_availability_after_single_segment_request_and_recycle(make_pool):
     """Flink's testIsAvailableOrNotAfterRequestAndRecycleSingleSegment."""
     nbp = make_pool(2, 128)
-    assert nbp.get_available_future().done() and nbp.is_available()
+    assert nbp.get_available_future().done() and nbp.is_available
     seg1 = nbp.request_pooled_memory_segment()
-    assert nbp.get_available_future().done() and nbp.is_available()
+    assert nbp.get_available_future().done() and nbp.is_available
     seg2 = nbp.request_pooled_memory_segment()
-    assert not nbp.is_available()
+    assert not nbp.is_available
     future = nbp.get_available_future()
     assert not future.done()
     assert nbp.get_available_future() is future  # one future per unavailable period
     nbp.recycle_pooled_memory_segment(seg1)
     assert future.done() and future.result() is None
-    assert nbp.is_available() and nbp.get_available_future().done()
+    assert nbp.is_available and nbp.get_available_future().done()
     nbp.recycle_pooled_memory_segment(seg2)
-    assert nbp.is_available() and nbp.get_available_future().done()
+    assert nbp.is_available and nbp.get_available_future().done()
 
 
 def test_availability_after_multi_segment_request_and_recycle(make_pool):
@@ -630,7 +620,7 @@ def test_availability_future_completes_when_recycled_from_another_thread(make_po
     assert future.result(timeout=10) is None
     worker.finish()
     assert worker.error is None
-    assert nbp.is_available()
+    assert nbp.is_available
 
 
 @pytest.mark.parametrize("which", ["global", "local"])
@@ -650,7 +640,7 @@ def test_cancelled_availability_future_does_not_break_later_waiters(make_pool, w
         pool = nbp.create_buffer_pool(1, 1, max_overdraft_buffers=0)
         buf = pool.request_buffer()
         give_back = buf.recycle
-    assert not pool.is_available()
+    assert not pool.is_available
 
     async def impatient_waiter():
         with pytest.raises(asyncio.TimeoutError):
@@ -662,7 +652,7 @@ def test_cancelled_availability_future_does_not_break_later_waiters(make_pool, w
         assert not later.cancelled(), "get_available_future() returned a cancelled future"
     finally:
         give_back()
-    assert pool.is_available()
+    assert pool.is_available
     assert later.done() and not later.cancelled()
 
 
@@ -680,8 +670,8 @@ def test_destroy_frees_free_segments_and_later_recycles(make_pool):
     assert nbp.available_segments == 0
     assert nbp.used_segments == 0
     assert nbp.available_memory == 0 and nbp.used_memory == 0
-    assert not nbp.is_available()
-    assert not nbp.is_whole()
+    assert not nbp.is_available
+    assert not nbp.is_whole
     nbp.recycle_pooled_memory_segment(segments[3])
     assert segments[3].is_freed
     with pytest.raises(IllegalStateError):
@@ -746,7 +736,7 @@ def test_destroy_with_local_pools_recycles_free_the_segments(make_pool):
     assert nbp.number_of_registered_buffer_pools == 0
     assert nbp.available_segments == 0  # not yet recycled
     recycle_all(buffers)
-    assert nbp.is_whole()
+    assert nbp.is_whole
     for p in pools:
         with pytest.raises(CancelTaskError, match=DESTROYED):
             p.request_buffer()
@@ -959,7 +949,7 @@ def test_all_buffers_distributed_randomly(make_pool):
             assert sum(p.num_buffers for p in pools) == max_total
         for p in pools:
             p.lazy_destroy()
-        assert nbp.is_whole()
+        assert nbp.is_whole
 
 
 _OPS = st.lists(st.one_of(
@@ -1043,7 +1033,7 @@ def test_redistribution_matches_model_random(make_pool, total, ops):
             nbp.recycle_unpooled_memory_segments(segments)
         for p, _, _ in live:
             p.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole
     assert nbp.num_total_required_buffers == 0
 
 
@@ -1065,7 +1055,7 @@ def test_create_buffer_pool_validates_arguments(make_pool, kwargs):
         nbp.create_buffer_pool(**kwargs)
     assert nbp.number_of_registered_buffer_pools == 0
     assert nbp.num_total_required_buffers == 0
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 def test_figures_of_a_new_local_pool(make_pool):
@@ -1166,10 +1156,10 @@ def test_recycling_a_buffer_with_a_live_view_changes_nothing(make_pool):
     with pytest.raises(BufferError):
         buf.recycle()
     assert buf.ref_count == 1
-    assert lbp.used_buffers == 1 and not lbp.is_available()
+    assert lbp.used_buffers == 1 and not lbp.is_available
     view.release()
     buf.recycle()
-    assert lbp.is_available()
+    assert lbp.is_available
 
 
 def test_buffers_from_the_pool_recycle_into_it(make_pool):
@@ -1190,7 +1180,7 @@ def test_new_pool_grabs_one_segment_when_the_global_pool_has_one(make_pool):
     lbp = nbp.create_buffer_pool(1, UNBOUNDED)
     assert lbp.requested_segments == 1 and lbp.available_segments == 1
     assert nbp.available_segments == 15
-    assert lbp.is_available() and lbp.get_available_future().done()
+    assert lbp.is_available and lbp.get_available_future().done()
 
 
 def test_new_pool_is_unavailable_until_the_global_pool_has_a_segment(make_pool):
@@ -1200,17 +1190,17 @@ def test_new_pool_is_unavailable_until_the_global_pool_has_a_segment(make_pool):
     second = nbp.create_buffer_pool(1, 2)
     for p in (first, second):
         assert p.requested_segments == 0
-        assert not p.is_available()
+        assert not p.is_available
     f1, f2 = first.get_available_future(), second.get_available_future()
     assert not f1.done() and not f2.done()
     assert first.request_buffer() is None  # nothing free here, pool not exhausted: no overdraft
     nbp.recycle_pooled_memory_segment(held.pop())
     # the first waiting pool grabs the segment; the second stays registered
-    assert f1.done() and first.is_available() and first.requested_segments == 1
+    assert f1.done() and first.is_available and first.requested_segments == 1
     assert not f2.done() and second.requested_segments == 0
     assert nbp.available_segments == 0
     nbp.recycle_pooled_memory_segment(held.pop())
-    assert f2.done() and second.is_available() and second.requested_segments == 1
+    assert f2.done() and second.is_available and second.requested_segments == 1
     nbp.recycle_pooled_memory_segment(held.pop())
     assert nbp.available_segments == 1  # nobody was waiting any more
 
@@ -1220,31 +1210,31 @@ def test_is_available_or_not_resizable(make_pool):
     nbp = make_pool(64, 128)
     lbp = nbp.create_buffer_pool(1, 64, max_overdraft_buffers=0)
     lbp.set_num_buffers(1)
-    assert lbp.is_available()
+    assert lbp.is_available
     builder = lbp.request_buffer_builder_blocking()
     future = lbp.get_available_future()
     assert not future.done()
     lbp.set_num_buffers(5)
-    assert future.done() and lbp.is_available()
+    assert future.done() and lbp.is_available
     buffers = []
     for _ in range(4):
-        assert lbp.is_available()
+        assert lbp.is_available
         buffers.append(lbp.request_buffer())
-    assert not lbp.is_available()
+    assert not lbp.is_available
     buffers.pop(0).recycle()
-    assert lbp.is_available()
+    assert lbp.is_available
     recycle_all(buffers)
-    assert lbp.is_available()
+    assert lbp.is_available
     lbp.set_num_buffers(2)  # first buffer still out, one segment still here
-    assert lbp.is_available()
+    assert lbp.is_available
     buffer2 = lbp.request_buffer()
-    assert not lbp.is_available()
+    assert not lbp.is_available
     buffer2.recycle()
-    assert lbp.is_available()
+    assert lbp.is_available
     lbp.set_num_buffers(1)
     assert not lbp.get_available_future().done()
     builder.close()
-    assert lbp.is_available() and lbp.get_available_future().done()
+    assert lbp.is_available and lbp.get_available_future().done()
 
 
 def test_consistent_availability_when_the_global_pool_was_empty(make_pool):
@@ -1255,14 +1245,14 @@ def test_consistent_availability_when_the_global_pool_was_empty(make_pool):
     assert lbp.num_buffers == 2
     segment = lbp.request_memory_segment_blocking(timeout=0)
     assert_availability_consistent(lbp)  # prefetch failed: unavailable, registered globally
-    assert not lbp.is_available()
+    assert not lbp.is_available
     lbp.set_num_buffers(2)
     lbp.recycle(segment)
     assert_availability_consistent(lbp)
     nbp.recycle_pooled_memory_segment(outside)
     assert_availability_consistent(lbp)
     lbp.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 # --- request up to the pool size -----------------------------------------------------------------
@@ -1297,7 +1287,7 @@ def test_reserve_segments(make_pool):
     pool2 = nbp.create_buffer_pool(1, 10)
     with pytest.raises(BufferRequestTimeoutError):
         pool2.reserve_segments(1)
-    assert not pool2.is_available()
+    assert not pool2.is_available
     assert pool2.requested_segments == 0
     recycle_all(buffers)
     pool1.lazy_destroy()
@@ -1421,7 +1411,7 @@ def test_decrease_pool_size(make_pool, large, small, overdraft, n_requests,
     assert max(lbp.requested_segments - lbp.num_buffers, 0) == exp_overdraft
     assert min(lbp.num_buffers, lbp.requested_segments) == exp_ordinary
     assert lbp.available_segments == exp_free
-    assert lbp.is_available() == (exp_free > 0)
+    assert lbp.is_available == (exp_free > 0)
     for s in segments:
         lbp.recycle(s)
     assert lbp.requested_segments == lbp.available_segments <= small
@@ -1441,16 +1431,16 @@ def test_increase_pool_size(make_pool, max_buffers, min_buffers, small, large,
     lbp = nbp.create_buffer_pool(min_buffers, max_buffers, max_overdraft_buffers=2)
     lbp.set_num_buffers(small)
     segments = [lbp.request_memory_segment_blocking(timeout=0) for _ in range(small)]
-    assert not lbp.is_available()
+    assert not lbp.is_available
     segments += [lbp.request_memory_segment_blocking(timeout=0) for _ in range(2)]
     assert lbp.request_memory_segment() is None
     assert lbp.requested_segments - lbp.num_buffers == 2
-    assert not lbp.is_available()
+    assert not lbp.is_available
     lbp.set_num_buffers(large)
     assert lbp.num_buffers == large
     assert lbp.available_segments == exp_free
     assert max(lbp.requested_segments - lbp.num_buffers, 0) == exp_overdraft
-    assert lbp.is_available() == exp_available
+    assert lbp.is_available == exp_available
     for s in segments:
         lbp.recycle(s)
 
@@ -1465,7 +1455,7 @@ def test_set_num_buffers_after_destroy_does_not_fetch_segments(make_pool):
     lbp.set_num_buffers(3)
     assert lbp.num_buffers == 3
     assert lbp.available_segments == 0 and lbp.requested_segments == 0
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 # --- max buffers per channel ---------------------------------------------------------------------
@@ -1484,7 +1474,7 @@ def test_max_buffers_per_channel_and_availability(make_pool):
     assert lbp.get_available_future().done()
     b02 = lbp.request_buffer_builder_blocking(0)  # channel 0 at its cap
     assert not lbp.get_available_future().done()
-    assert not lbp.is_available()
+    assert not lbp.is_available
     # the cap does not fail requests while segments are free
     b03 = lbp.request_buffer_builder(0)
     assert b03 is not None
@@ -1500,7 +1490,7 @@ def test_max_buffers_per_channel_and_availability(make_pool):
     assert not lbp.get_available_future().done()
     future = lbp.get_available_future()
     b01.close()  # the last capped channel drops below its cap
-    assert future.done() and lbp.is_available()
+    assert future.done() and lbp.is_available
     b03.close()
     assert lbp.get_available_future().done()
     b22.close()
@@ -1530,7 +1520,7 @@ def test_overdraft_buffers_and_availability(make_pool, pool_size, cap, channels,
         assert max(lbp.requested_segments - lbp.num_buffers, 0) == overdrafted
         assert lbp.used_buffers == used
         assert lbp.get_available_future().done() == available
-        assert lbp.is_available() == available
+        assert lbp.is_available == available
 
     for i in range(pool_size):
         ch = i % used_channels
@@ -1573,7 +1563,7 @@ def test_overdraft_comes_from_the_global_pool(make_pool):
     buffers += request_n(lbp, 2)  # overdraft
     assert nbp.available_segments == 0
     assert lbp.request_buffer() is None  # within the overdraft limit, but the global pool is empty
-    assert lbp.requested_segments == 4 and not lbp.is_available()
+    assert lbp.requested_segments == 4 and not lbp.is_available
     buffers.pop().recycle()  # an overdraft segment goes back globally at once
     assert nbp.available_segments == 1 and lbp.available_segments == 0
     recycle_all(buffers)
@@ -1644,10 +1634,10 @@ def test_listener_gets_the_recycled_buffer_and_keeps_it(make_pool):
     assert got.memory_segment is segment
     assert got.ref_count == 1 and got.recycler is lbp
     assert lbp.available_segments == 0 and lbp.used_buffers == 1
-    assert not lbp.is_available()
+    assert not lbp.is_available
     got.recycle()  # one-shot: the listener is not notified again
     assert len(listener.buffers) == 1
-    assert lbp.available_segments == 1 and lbp.is_available()
+    assert lbp.available_segments == 1 and lbp.is_available
 
 
 def test_listeners_recycling_inside_the_notification(make_pool):
@@ -1699,7 +1689,7 @@ def test_declined_segment_goes_back_to_the_pool(make_pool):
     assert all(len(d.buffers) == 1 for d in decliners)
     assert lbp.num_listeners == 0
     assert lbp.available_segments == 1
-    assert future.done() and lbp.is_available()
+    assert future.done() and lbp.is_available
 
 
 def test_raising_listener_does_not_lose_the_segment(make_pool):
@@ -1723,7 +1713,7 @@ def test_raising_listener_does_not_lose_the_segment(make_pool):
     assert lbp.add_buffer_listener(RecordingListener(error=ValueError("again")))
     with pytest.raises(ValueError, match="again"):
         buf.recycle()
-    assert lbp.available_segments == 1 and lbp.is_available()
+    assert lbp.available_segments == 1 and lbp.is_available
 
 
 def test_listener_may_call_back_into_the_pool(make_pool):
@@ -1752,7 +1742,7 @@ def test_listener_gets_segments_of_subpartition_buffers(make_pool):
     assert lbp.subpartition_buffer_count(1) == 0
     assert len(listener.buffers) == 1
     listener.buffers[0].recycle()
-    assert lbp.is_available()
+    assert lbp.is_available
 
 
 def test_excess_segment_goes_global_before_listeners(make_pool):
@@ -1785,7 +1775,7 @@ def test_listeners_told_on_destroy(make_pool):
     assert lbp.num_listeners == 0
     available.recycle()
     assert all(listener.buffers == [] for listener in listeners)
-    assert nbp.is_whole()
+    assert nbp.is_whole
     lbp.lazy_destroy()
     assert [listener.destroyed for listener in listeners] == [1, 1]
 
@@ -1830,7 +1820,7 @@ def test_requests_after_destroy_raise_cancel_task_error(make_pool, do_request):
     lbp.lazy_destroy()
     with pytest.raises(CancelTaskError, match=DESTROYED):
         do_request(lbp)
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 def test_recycle_after_destroy_goes_to_the_global_pool(make_pool):
@@ -1849,7 +1839,7 @@ def test_recycle_after_destroy_goes_to_the_global_pool(make_pool):
         b.close()
     assert lbp.requested_segments == 0
     assert [lbp.subpartition_buffer_count(ch) for ch in range(2)] == [0, 0]
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 def test_lazy_destroy_is_idempotent(make_pool):
@@ -1877,7 +1867,7 @@ def test_destroy_wakes_a_blocked_request_with_cancel_task_error(make_pool):
     assert isinstance(worker.error, CancelTaskError)
     assert future.done()
     buf.recycle()
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 @pytest.mark.parametrize("do_request", [
@@ -1954,7 +1944,7 @@ def test_local_pool_state_machine_random(make_pool, total, min_buffers, extra, s
         counts = [sum(1 for _, c in out if c == ch) for ch in range(subpartitions)]
         assert [lbp.subpartition_buffer_count(ch) for ch in range(subpartitions)] == counts
         expected_available = lbp.available_segments > 0 and all(c < cap for c in counts)
-        assert lbp.is_available() == expected_available
+        assert lbp.is_available == expected_available
         assert lbp.get_available_future().done() == expected_available
         assert lbp.used_buffers == len(out)
         assert lbp.requested_segments == lbp.available_segments + len(out)
@@ -2015,4 +2005,4 @@ def test_local_pool_state_machine_random(make_pool, total, min_buffers, extra, s
             nbp.recycle_pooled_memory_segment(seg)
     assert lbp.used_buffers == 0
     lbp.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole

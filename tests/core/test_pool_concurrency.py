@@ -18,11 +18,8 @@ import pytest
 
 from tests.helpers import Worker
 
-from flinknet import (
-    UNBOUNDED,
-    BufferRequestTimeoutError,
-    CancelTaskError,
-)
+from flinknet import BufferRequestTimeoutError, CancelTaskError
+from flinknet.core import UNBOUNDED
 
 
 @pytest.fixture(autouse=True)
@@ -103,9 +100,9 @@ def test_concurrent_request_recycle_one_pool(make_pool, loop):
     assert lbp.used_buffers == 0
     assert [lbp.subpartition_buffer_count(ch) for ch in range(threads)] == [0] * threads
     assert lbp.requested_segments == lbp.available_segments <= threads
-    assert lbp.is_available()
+    assert lbp.is_available
     lbp.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 def test_concurrent_blocking_requests_on_a_small_pool(make_pool):
@@ -128,9 +125,9 @@ def test_concurrent_blocking_requests_on_a_small_pool(make_pool):
     assert served == [3000] * threads
     assert lbp.used_buffers == 0
     assert [lbp.subpartition_buffer_count(ch) for ch in range(4)] == [0] * 4
-    assert lbp.is_available()
+    assert lbp.is_available
     lbp.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 def test_concurrent_request_recycle_several_pools_while_redistributing(make_pool):
@@ -180,7 +177,7 @@ def test_concurrent_request_recycle_several_pools_while_redistributing(make_pool
         assert p.num_buffers == 8
     for p in pools:
         p.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 # --- blocking requests across pools --------------------------------------------------------------
@@ -256,7 +253,7 @@ def test_request_buffers_on_recycle(make_pool, overdraft):
     for s in segments2:
         pool2.recycle(s)
     pool2.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 # --- producers and consumers ---------------------------------------------------------------------
@@ -292,7 +289,7 @@ def test_blocked_producer_wakes_when_a_consumer_recycles(make_pool):
     assert received == list(range(records))
     assert lbp.used_buffers == 0 and lbp.subpartition_buffer_count(0) == 0
     lbp.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 def test_local_availability_future_from_another_thread(make_pool):
@@ -313,14 +310,14 @@ def test_local_availability_future_from_another_thread(make_pool):
     recycler = Worker(buf.recycle)
     recycler.start()
     finish_all([recycler, waiter])
-    assert lbp.is_available()
+    assert lbp.is_available
 
 
 def test_global_availability_future_wakes_waiting_local_pools_in_threads(make_pool):
     nbp = make_pool(2, 64)
     outside = [nbp.request_pooled_memory_segment() for _ in range(2)]
     pools = [nbp.create_buffer_pool(1, 1, max_overdraft_buffers=0) for _ in range(2)]
-    assert not any(p.is_available() for p in pools)
+    assert not any(p.is_available for p in pools)
 
     def take_one(pool):
         builder = pool.request_buffer_builder_blocking(timeout=10)
@@ -329,7 +326,7 @@ def test_global_availability_future_wakes_waiting_local_pools_in_threads(make_po
     workers = start_all((take_one, p) for p in pools)
     returners = start_all((nbp.recycle_pooled_memory_segment, s) for s in outside)
     finish_all(returners + workers)
-    assert all(p.requested_segments == 1 and p.is_available() for p in pools)
+    assert all(p.requested_segments == 1 and p.is_available for p in pools)
 
 
 def test_destroy_wakes_every_blocked_requester(make_pool):
@@ -347,7 +344,7 @@ def test_destroy_wakes_every_blocked_requester(make_pool):
     assert not any(w.is_alive() for w in blocked)
     assert all(isinstance(w.error, CancelTaskError) for w in blocked)
     buf.recycle()
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 def test_reserve_segments_and_cancel(make_pool):
@@ -374,7 +371,7 @@ def test_reserve_segments_and_cancel(make_pool):
     reserver.join(10)
     assert not reserver.is_alive()
     assert isinstance(reserver.error, CancelTaskError)
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 def test_blocked_producer_survives_a_cancelled_availability_future(make_pool):
@@ -430,4 +427,4 @@ def test_timeouts_under_contention_leave_nothing_behind(make_pool):
     assert lbp.used_buffers == 0
     assert lbp.requested_segments == 2
     lbp.lazy_destroy()
-    assert nbp.is_whole()
+    assert nbp.is_whole

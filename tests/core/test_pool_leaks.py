@@ -15,7 +15,7 @@ import tracemalloc
 import psutil
 import pytest
 
-from flinknet import UNBOUNDED, LocalBufferPool, NetworkBufferPool
+from flinknet.core import UNBOUNDED, LocalBufferPool, NetworkBufferPool
 
 ITERATIONS = 10**5
 WARMUP = 2 * 10**4
@@ -258,7 +258,7 @@ def test_destroyed_global_pools_release_their_memory(use):
                 lbp.request_buffer().recycle()
                 lbp.request_buffer_builder(1).close()
                 lbp.lazy_destroy()
-            assert nbp.is_whole() and nbp.num_total_required_buffers == 0
+            assert nbp.is_whole and nbp.num_total_required_buffers == 0
             nbp.destroy()
             del nbp
             gc.collect()

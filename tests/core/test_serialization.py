@@ -1022,7 +1022,7 @@ def test_blocked_emit_wakes_with_cancel_when_the_pool_is_destroyed(make_pool):
     ser.close()
     while not sink.queue.empty():
         sink.queue.get().close()
-    assert nbp.is_whole()
+    assert nbp.is_whole
 
 
 # --- payload serializers -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from flinknet import NetworkBufferPool
+from flinknet.core import NetworkBufferPool
 from flinknet.consumer import RecordReader
 from flinknet.environment import NetworkEnvironment
 from flinknet.metrics import (
@@ -116,7 +116,7 @@ def test_input_metrics_of_a_stalled_remote_channel():
                 w.emit(FULL, 0)
             # the consumer reads nothing: every credit fills
             ch = gate.input_channels[0]
-            assert _wait(lambda: ch.get_number_of_queued_buffers() == 10)
+            assert _wait(lambda: ch.number_of_queued_buffers == 10)
             snap = reg.update()
             pre = "tm.Sink.0.Shuffle.Netty.Input.Buffers."
             assert snap[pre + "inputExclusiveBuffersUsage"] == 1.0          # 2 of 2
@@ -128,7 +128,7 @@ def test_input_metrics_of_a_stalled_remote_channel():
             with RecordReader(gate) as r:
                 for _ in range(3):
                     assert r.read_batch(timeout=10) == [FULL]
-                assert _wait(lambda: ch.get_number_of_queued_buffers() == 10)
+                assert _wait(lambda: ch.number_of_queued_buffers == 10)
                 assert in_pool_usage([gate]) == 1.0
                 p.fail(RuntimeError("done"))
         gate.close()
@@ -145,7 +145,7 @@ def test_floating_usage_discounts_idle_floating_buffers():
         ch = gate.input_channels[0]
         assert _wait(lambda: ch._client is not None)
         ch.on_sender_backlog(5)        # the sender announced a backlog: 5 floating buffers borrowed
-        assert ch.get_floating_buffers_available() == 5
+        assert ch.floating_buffers_available == 5
         # borrowed but idle in the channel: not "used" (Flink's FloatingBuffersUsageGauge)
         assert input_floating_buffers_usage([gate]) == 0.0
         assert gate.buffer_pool.used_buffers == 5

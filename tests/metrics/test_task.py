@@ -206,7 +206,7 @@ def test_soft_back_pressure_is_timed_by_wait_available():
         with RecordWriter(p, timeout=-1) as w:
             m.register_writer(w)
             assert w.wait_available(0) is True            # available: returns at once
-            while w.is_available():                       # fill the subpartition up to its cap
+            while w.is_available:                       # fill the subpartition up to its cap
                 w.emit(FULL, 0)
             reg.update()
             t0 = time.monotonic()
@@ -303,12 +303,12 @@ def test_detailed_metrics_per_gate_and_partition():
             # sp0 and sp1 may already be on their way to the consumer; sp2 holds its tail
             assert snap[out + "maxQueueLen"] >= 1 and snap[out + "minQueueLen"] >= 0
             assert snap[out + "totalQueueLen"] == sum(
-                sp.get_number_of_queued_buffers() for sp in p.subpartitions)
+                sp.number_of_queued_buffers for sp in p.subpartitions)
             w.flush_all()
             with RecordReader(gate) as r:
                 sink.register_reader(r)
                 ch = gate.input_channels
-                assert _wait(lambda: [c.get_number_of_queued_buffers() for c in ch] == [4, 1, 1])
+                assert _wait(lambda: [c.number_of_queued_buffers for c in ch] == [4, 1, 1])
                 snap = reg.update()
                 inp = "localhost.taskmanager.tm-0.job.Sink.0.Shuffle.Netty.Input.0."
                 assert snap[inp + "totalQueueLen"] == 6

@@ -17,7 +17,8 @@ import threading
 
 import pytest
 
-from flinknet import DataType, IllegalStateError, RecordDeserializer
+from flinknet import IllegalStateError
+from flinknet.core import DataType, RecordDeserializer
 from flinknet import events as ev
 from flinknet.errors import PartitionNotFoundError
 from flinknet.partition import (

@@ -123,9 +123,9 @@ def test_release_partition(nbp, manager):
     cause = RuntimeError("gone")
     manager.release_partition(partition.partition_id, cause)
     assert partition.is_released
-    assert partition.get_failure_cause() is cause
+    assert partition.failure_cause is cause
     assert view.is_released
-    assert view.get_failure_cause() is cause
+    assert view.failure_cause is cause
     assert not manager.contains(partition.partition_id)
     assert manager.get_unreleased_partitions() == []
     with pytest.raises(PartitionNotFoundError):

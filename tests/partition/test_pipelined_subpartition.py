@@ -22,14 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flinknet import (
-    FREEING_BUFFER_RECYCLER,
-    BufferConsumer,
-    DataType,
-    IllegalStateError,
-    MemorySegment,
-    NetworkBuffer,
-)
+from flinknet import IllegalStateError
+from flinknet.core import FREEING_BUFFER_RECYCLER, BufferConsumer, DataType, MemorySegment, NetworkBuffer
 from flinknet import events as ev
 from flinknet.partition import (
     ADD_BUFFER_ERROR_CODE,
@@ -740,7 +734,7 @@ def test_release_with_view_returns_buffers_and_wakes_reader(env):
     assert env.sp.is_released
     # Only the still-open builder holds a buffer now.
     assert env.pool.used_buffers == 1
-    assert env.sp.get_number_of_queued_buffers() == 0
+    assert env.sp.number_of_queued_buffers == 0
     assert env.listener.num_notifications == notified + 1
     assert env.view.is_released
     assert_no_next(env.view)
@@ -761,19 +755,19 @@ def test_release_without_view_returns_buffers(make_pool):
 
 
 def test_number_of_queued_buffers(env):
-    assert env.sp.get_number_of_queued_buffers() == 0
+    assert env.sp.number_of_queued_buffers == 0
     env.sp.add(env.finished(10))
     env.sp.add(ev.to_buffer_consumer(ev.EndOfSuperstepEvent()))
     env.sp.add(env.unfinished(10))
-    assert env.sp.get_number_of_queued_buffers() == 3
-    assert env.view.get_number_of_queued_buffers() == 3
-    assert env.view.unsynchronized_get_number_of_queued_buffers() == 3
+    assert env.sp.number_of_queued_buffers == 3
+    assert env.view.number_of_queued_buffers == 3
+    assert env.view.number_of_queued_buffers == 3
     assert_next(env.view, 10, True, 0, True)
-    assert env.sp.get_number_of_queued_buffers() == 2
+    assert env.sp.number_of_queued_buffers == 2
     assert_next(env.view, 4, False, 0, False, is_buffer=False)
     assert_next(env.view, 10, False, 0, False, False)
     # The open tail stays queued after being read: its builder may still append.
-    assert env.sp.get_number_of_queued_buffers() == 1
+    assert env.sp.number_of_queued_buffers == 1
 
 
 def test_new_buffer_size(env):
@@ -1041,7 +1035,7 @@ class ModelRun:
         assert available(env.view, False) == model.event_available()
         assert env.sp.buffers_in_backlog == model.backlog()
         assert env.view.get_availability_and_backlog(True).backlog == model.backlog()
-        assert env.sp.get_number_of_queued_buffers() == len(model.q)
+        assert env.sp.number_of_queued_buffers == len(model.q)
         assert env.sp.is_blocked == model.blocked
         assert env.sp.is_finished == model.finished
 
@@ -1067,8 +1061,8 @@ def test_random_operations_follow_the_model(make_pool, ops, receiver_exclusive):
             run.step(op, n)
         run.drain()
         # Whatever was written came out, in order.
-        if run.open is None and env.sp.get_number_of_queued_buffers() == 0:
+        if run.open is None and env.sp.number_of_queued_buffers == 0:
             assert env.pool.used_buffers == 0
     finally:
         env.close()
-    assert nbp.is_whole()
+    assert nbp.is_whole

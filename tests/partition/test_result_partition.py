@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from flinknet import CancelTaskError, DataType, IllegalStateError, RecordDeserializer
+from flinknet import CancelTaskError, IllegalStateError
+from flinknet.core import DataType, RecordDeserializer
 from flinknet import events as ev
 from flinknet.partition import (
     PipelinedResultPartition,
@@ -126,7 +127,7 @@ def test_producing_on_released_partition_fails(make_pool, call):
     with pytest.raises(CancelTaskError) as info:
         PRODUCING_CALLS[call](partition)
     assert info.value.__cause__ is cause
-    assert partition.get_failure_cause() is cause
+    assert partition.failure_cause is cause
     partition.close()
     assert partition.buffer_pool.is_destroyed
 
@@ -265,16 +266,16 @@ def test_counters_for_broadcast(setup):
 
 def test_number_of_queued_buffers(setup):
     p = setup.partition
-    assert p.get_number_of_queued_buffers() == 0
+    assert p.number_of_queued_buffers == 0
     p.emit_record(b"x" * (2 * SEGMENT_SIZE), 0)  # 3 buffers, the last open
     assert p.get_number_of_queued_buffers(0) == 3
     assert p.get_number_of_queued_buffers(1) == 0
     p.emit_record(b"y", 1)
-    assert p.get_number_of_queued_buffers() == 4
+    assert p.number_of_queued_buffers == 4
     p.broadcast_event(ev.EndOfSuperstepEvent())
-    assert p.get_number_of_queued_buffers() == 6
+    assert p.number_of_queued_buffers == 6
     poll_all(setup.views[0])
-    assert p.get_number_of_queued_buffers() == 2
+    assert p.number_of_queued_buffers == 2
     assert p.get_number_of_queued_buffers(1) == 2
     with pytest.raises(ValueError):
         p.get_number_of_queued_buffers(2)
@@ -314,21 +315,21 @@ def test_fail_wakes_producer_blocked_on_exhausted_pool(make_pool, with_manager):
     worker = Worker(partition.emit_record, pattern(10 * SEGMENT_SIZE), 0)
     worker.start()
     _wait_until_blocked(worker)
-    assert not partition.is_available()
+    assert not partition.is_available
 
     cause = RuntimeError("cancelled")
     partition.fail(cause)
     worker.finish()
     assert isinstance(worker.error, CancelTaskError)
     assert partition.is_released
-    assert partition.get_failure_cause() is cause
+    assert partition.failure_cause is cause
     assert view.is_released
     if manager is not None:
         assert not manager.contains(partition.partition_id)
     view.release_all_resources()
     partition.close()
     assert pool.is_destroyed
-    assert nbp.is_whole()
+    assert nbp.is_whole
     assert nbp.number_of_registered_buffer_pools == 0
 
 

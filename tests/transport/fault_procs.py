@@ -44,6 +44,6 @@ def consumer(q_out, pid_bytes: bytes, subpartition: int, num_subpartitions: int,
                         time.sleep(3600)
         gate.close()
         deadline = time.monotonic() + 10
-        while not env.network_buffer_pool.is_whole() and time.monotonic() < deadline:
+        while not env.network_buffer_pool.is_whole and time.monotonic() < deadline:
             time.sleep(0.01)
-        q_out.put(("done", count, problem, env.network_buffer_pool.is_whole()))
+        q_out.put(("done", count, problem, env.network_buffer_pool.is_whole))

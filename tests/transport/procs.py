@@ -76,9 +76,9 @@ def producer(q_out, q_in, producer_index: int, num_subpartitions: int, n: int, o
         p.close()
         q_in.get(timeout=60)  # the consumer is done
         deadline = time.monotonic() + 10
-        while not env.network_buffer_pool.is_whole() and time.monotonic() < deadline:
+        while not env.network_buffer_pool.is_whole and time.monotonic() < deadline:
             time.sleep(0.01)
-        q_out.put(("whole", env.network_buffer_pool.is_whole(),
+        q_out.put(("whole", env.network_buffer_pool.is_whole,
                    env.partition_manager.get_unreleased_partitions() == []))
 
 
@@ -115,9 +115,9 @@ def two_partition_producer(q_out, q_in, n: int, size: int, options: dict):
             t.join()
         q_in.get(timeout=120)
         deadline = time.monotonic() + 10
-        while not env.network_buffer_pool.is_whole() and time.monotonic() < deadline:
+        while not env.network_buffer_pool.is_whole and time.monotonic() < deadline:
             time.sleep(0.01)
-        q_out.put(("whole", env.network_buffer_pool.is_whole()))
+        q_out.put(("whole", env.network_buffer_pool.is_whole))
 
 
 def streaming_producer(q_out, q_in, size: int, options: dict):

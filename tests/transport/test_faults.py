@@ -62,9 +62,9 @@ def _wait_for(cond, timeout: float = 5.0, interval: float = 0.01) -> bool:
 
 
 def _assert_whole(*envs, timeout: float = 5.0) -> None:
-    assert _wait_for(lambda: all(e.network_buffer_pool.is_whole() for e in envs), timeout), [
+    assert _wait_for(lambda: all(e.network_buffer_pool.is_whole for e in envs), timeout), [
         (e, e.network_buffer_pool.total_segments - e.network_buffer_pool.available_segments)
-        for e in envs if not e.network_buffer_pool.is_whole()]
+        for e in envs if not e.network_buffer_pool.is_whole]
 
 
 def _num_server_connections(env) -> int:

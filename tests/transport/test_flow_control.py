@@ -81,7 +81,7 @@ def test_slow_consumer_keeps_producer_memory_flat():
             assert growth < network_memory + 8 * 1024 * 1024, (
                 f"producer RSS grew by {growth / 2**20:.1f} MiB under backpressure")
             gate.close()
-            assert env.network_buffer_pool.is_whole()
+            assert env.network_buffer_pool.is_whole
         q_in.put("bye")
         proc.join(30)
         assert proc.exitcode == 0
@@ -138,7 +138,7 @@ def _finish(proc, q_out, q_in, env, gates, readers, got, n, size):
         gates[k].close()
     assert env.connection_manager.num_connections <= 1
     env.close()
-    assert env.network_buffer_pool.is_whole()
+    assert env.network_buffer_pool.is_whole
     q_in.put("done")
     assert q_out.get(timeout=60) == ("whole", True)
     proc.join(30)

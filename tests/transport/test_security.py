@@ -62,10 +62,10 @@ def _exchange(prod, cons, n=2000, size=300):
 
 def _wait_whole(*envs):
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not all(e.network_buffer_pool.is_whole() for e in envs):
+    while time.monotonic() < deadline and not all(e.network_buffer_pool.is_whole for e in envs):
         time.sleep(0.01)
     for e in envs:
-        assert e.network_buffer_pool.is_whole()
+        assert e.network_buffer_pool.is_whole
 
 
 def _wait_failed(server, count):

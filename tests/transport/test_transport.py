@@ -75,10 +75,10 @@ def test_two_environments_in_one_process():
         assert sum(map(len, outs)) == n
         # one shared connection carried both channels
         deadline = time.monotonic() + 5
-        while (not prod.network_buffer_pool.is_whole() or not cons.network_buffer_pool.is_whole()
+        while (not prod.network_buffer_pool.is_whole or not cons.network_buffer_pool.is_whole
                or prod.partition_manager.get_unreleased_partitions()) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert prod.network_buffer_pool.is_whole() and cons.network_buffer_pool.is_whole()
+        assert prod.network_buffer_pool.is_whole and cons.network_buffer_pool.is_whole
         assert not prod.partition_manager.get_unreleased_partitions()
 
 
@@ -167,7 +167,7 @@ def test_partition_never_registered_fails_with_partition_not_found():
         with pytest.raises(PartitionNotFoundError):
             gate.get_next(timeout=20)
         gate.close()
-        assert cons.network_buffer_pool.is_whole()
+        assert cons.network_buffer_pool.is_whole
 
 
 def test_producer_failure_fails_only_its_channel():
@@ -213,9 +213,9 @@ def test_producer_process_killed_mid_stream():
             assert str(addr[1]) in str(info.value)
             gate.close()
             deadline = time.monotonic() + 5
-            while not env.network_buffer_pool.is_whole() and time.monotonic() < deadline:
+            while not env.network_buffer_pool.is_whole and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert env.network_buffer_pool.is_whole()
+            assert env.network_buffer_pool.is_whole
         proc.join(30)
         assert proc.exitcode == 3
     finally:
@@ -319,4 +319,4 @@ def test_a_receiver_without_exclusive_buffers_reads_on_floating_credit():
         t.join(30)
         assert sorted(got) == [b"%05d" % i for i in range(2000)]
         gate.close()
-        assert cons.network_buffer_pool.is_whole()
+        assert cons.network_buffer_pool.is_whole

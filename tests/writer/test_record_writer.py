@@ -468,13 +468,13 @@ def test_is_available_and_available_future_follow_the_pool(h):
     p = h.partition(1, num_segments=2, max_overdraft_buffers=0)  # a pool of exactly 2 buffers
     w = h.add(RecordWriter(p, timeout=-1))
     view = p.create_subpartition_view(0, Listener())
-    assert w.is_available()
+    assert w.is_available
     assert w.get_available_future().done()
     full = b"x" * (SEG - 4)
     w.emit(full)
-    assert w.is_available()
+    assert w.is_available
     w.emit(full)
-    assert not w.is_available()
+    assert not w.is_available
     future = w.get_available_future()
     assert not future.done()
     bb = view.get_next_buffer()
@@ -482,7 +482,7 @@ def test_is_available_and_available_future_follow_the_pool(h):
     assert not future.done()  # still held by the reader
     bb.buffer.recycle()
     assert future.done()
-    assert w.is_available()
+    assert w.is_available
     assert w.get_available_future().done()
     drain(view)
 
@@ -587,7 +587,7 @@ def fill_pool(p, w, kind):
     the pool has no buffer left; returns what was emitted."""
     full = []
     i = 0
-    while w.is_available():
+    while w.is_available:
         r = bytes([i]) * (SEG - 4)
         w.emit(r, 0) if kind == "selector" else w.emit(r)
         full.append(r)
@@ -657,9 +657,9 @@ def test_fail_from_another_thread_wakes_a_blocked_emit(h, kind):
     producer.finish(JOIN)
     assert isinstance(producer.error, CancelTaskError), repr(producer.error)
     assert p.is_released
-    assert p.get_failure_cause() is cause
+    assert p.failure_cause is cause
     assert view.is_released
-    assert view.get_failure_cause() is cause
+    assert view.failure_cause is cause
     assert view.get_next_buffer() is None  # the queued buffers were dropped
     with pytest.raises(CancelTaskError):
         w.emit(b"more", 0)
