@@ -16,6 +16,7 @@ from flinknet.metrics.core import (
     TimerGauge,
     View,
 )
+from flinknet.metrics.latency import LatencyMarkerEmitter, LatencyStats, forward_latency_marker
 from flinknet.metrics.network import (
     in_pool_usage,
     input_exclusive_buffers_usage,
@@ -30,9 +31,6 @@ from flinknet.metrics.network import (
     register_output_metrics,
 )
 from flinknet.metrics.prometheus import PrometheusCollector, PrometheusReporter, render_prometheus_text
-from flinknet.metrics.reporters import LogReporter
-from flinknet.metrics.latency import LatencyMarkerEmitter, LatencyStats, forward_latency_marker
-from flinknet.metrics.task import SumCounter, TaskIOMetrics
 from flinknet.metrics.registry import (
     BACKPRESSURE_HIGH_THRESHOLD,
     BACKPRESSURE_LOW_THRESHOLD,
@@ -41,6 +39,8 @@ from flinknet.metrics.registry import (
     Reporter,
     backpressure_level,
 )
+from flinknet.metrics.reporters import LogReporter
+from flinknet.metrics.task import SumCounter, TaskIOMetrics
 
 __all__ = [
     "BACKPRESSURE_HIGH_THRESHOLD", "BACKPRESSURE_LOW_THRESHOLD", "Counter", "Gauge", "Histogram",
@@ -48,8 +48,8 @@ __all__ = [
     "MetricGroup", "MetricRegistry", "Reporter", "TimerGauge", "UPDATE_INTERVAL_SECONDS", "View",
     "backpressure_level", "in_pool_usage", "input_exclusive_buffers_usage",
     "input_floating_buffers_usage", "input_queue_length", "input_queue_size", "out_pool_usage",
-    "output_queue_length", "output_queue_size", "register_input_metrics", "register_network_buffer_pool_metrics",
-    "register_output_metrics", "SumCounter", "TaskIOMetrics", "LatencyMarkerEmitter", "LatencyStats",
-    "forward_latency_marker", "LogReporter", "PrometheusCollector", "PrometheusReporter",
-    "render_prometheus_text",
+    "output_queue_length", "output_queue_size", "register_input_metrics",
+    "register_network_buffer_pool_metrics", "register_output_metrics", "SumCounter", "TaskIOMetrics",
+    "LatencyMarkerEmitter", "LatencyStats", "forward_latency_marker", "LogReporter", "PrometheusCollector",
+    "PrometheusReporter", "render_prometheus_text",
 ]

@@ -1,16 +1,29 @@
 """Metric types with Flink's definitions (``org.apache.flink.metrics`` and ``runtime.metrics``).
 
-=====================================  ==========================================
-Flink                                  flinknet
-=====================================  ==========================================
-``SimpleCounter``                      :class:`Counter`
-``Gauge``                              :class:`Gauge`
-``MeterView`` (``getRate``)            :class:`MeterView` (``get_rate``)
-``TimerGauge``                         :class:`TimerGauge`
-``DescriptiveStatisticsHistogram``     :class:`Histogram`
-``View.UPDATE_INTERVAL_SECONDS``       :data:`UPDATE_INTERVAL_SECONDS`
-``MetricGroup`` / ``MetricRegistry``   :class:`MetricGroup` / :class:`MetricRegistry`
-=====================================  ==========================================
+==========================================================  ==================================================
+Flink                                                       flinknet
+==========================================================  ==================================================
+``SimpleCounter`` (``inc``, ``dec``, ``getCount()``)        :class:`Counter` (``inc``, ``dec``, ``count``)
+``Gauge<T>.getValue()``                                     :class:`Gauge` ``.value``
+``MeterView`` (``markEvent``, ``getRate()``,                :class:`MeterView` (``mark_event``, ``rate``,
+``getCount()``)                                             ``count``)
+``TimerGauge`` (``markStart``, ``markEnd``,                 :class:`TimerGauge` (``mark_start``, ``mark_end``,
+``getValue()``, ``getMaxSingleMeasurement()``,              ``value``, ``max_single_measurement``,
+``getAccumulatedCount()``, ``getCount()``,                  ``accumulated_count``, ``count``,
+``isMeasuring()``)                                          ``is_measuring``)
+``DescriptiveStatisticsHistogram`` (``update``,             :class:`Histogram` (``update``, ``count``,
+``getCount()``, ``getStatistics()``)                        ``get_statistics()``)
+``HistogramStatistics`` (``getQuantile(q)``,                :class:`HistogramStatistics` (``get_quantile(q)``,
+``getValues()``, ``size()``, ``getMean()``,                 ``values``, ``size``, ``mean``, ``std_dev``,
+``getStdDev()``, ``getMin()``, ``getMax()``)                ``min``, ``max``)
+``View`` (``update``)                                       :class:`View` (``update``)
+``View.UPDATE_INTERVAL_SECONDS``                            :data:`UPDATE_INTERVAL_SECONDS`
+``MetricGroup`` / ``MetricRegistry``                        :class:`MetricGroup` / :class:`MetricRegistry`
+==========================================================  ==================================================
+
+Names follow the project's rule: state is a property (Flink's ``getX()`` → ``x``, ``isX()`` →
+``is_x``), actions are methods, a getter with arguments stays a method (``get_quantile(q)``) and
+so does one answering a new object each call (``get_statistics()``: a snapshot).
 
 Views (meters and timer gauges) are refreshed every :data:`UPDATE_INTERVAL_SECONDS` by the
 registry's updater (Flink's ``ViewUpdater``); their values are the rates over their window, so
@@ -22,14 +35,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 __all__ = ["UPDATE_INTERVAL_SECONDS", "Counter", "Gauge", "Histogram", "HistogramStatistics", "MeterView",
            "TimerGauge", "View"]
 
 #: Flink's ``View.UPDATE_INTERVAL_SECONDS``: how often views are refreshed.
 UPDATE_INTERVAL_SECONDS = 5
+
+T = TypeVar("T")
 
 
 def _millis() -> float:
@@ -42,35 +57,39 @@ def _millis() -> float:
 class Counter:
     """A count that only its writer changes (Flink's ``SimpleCounter``)."""
 
-    __slots__ = ("count",)
+    __slots__ = ("_count",)
 
     def __init__(self, count: int = 0) -> None:
-        self.count = int(count)
+        self._count = int(count)
 
     def inc(self, n: int = 1) -> None:
-        self.count += n
+        self._count += n
 
     def dec(self, n: int = 1) -> None:
-        self.count -= n
+        self._count -= n
 
-    def get_count(self) -> int:
-        return self.count
+    @property
+    def count(self) -> int:
+        """The current count (Flink's ``getCount()``)."""
+        return self._count
 
     def __repr__(self) -> str:
         return f"Counter({self.count})"
 
 
-class Gauge:
-    """A value computed when read: ``Gauge(fn)``; ``get_value()`` calls ``fn()``."""
+class Gauge(Generic[T]):
+    """A value computed when read: ``Gauge(fn)``; :attr:`value` calls ``fn()``."""
 
     __slots__ = ("_fn",)
 
-    def __init__(self, fn: Callable[[], Any]) -> None:
+    def __init__(self, fn: Callable[[], T]) -> None:
         if not callable(fn):
             raise TypeError("a Gauge needs a callable")
         self._fn = fn
 
-    def get_value(self) -> Any:
+    @property
+    def value(self) -> T:
+        """``fn()`` now (Flink's ``getValue()``)."""
         return self._fn()
 
 
@@ -81,14 +100,15 @@ class View:
         raise NotImplementedError
 
 
-def _interval(update_interval) -> int:
+def _interval(update_interval: object) -> int:
     if isinstance(update_interval, bool) or not isinstance(update_interval, int) or update_interval <= 0:
         raise ValueError(f"update_interval must be a positive int (seconds), got {update_interval!r}")
     return update_interval
 
 
-def _span(time_span_seconds: int, update_interval: int = UPDATE_INTERVAL_SECONDS) -> int:
-    if isinstance(time_span_seconds, bool) or not isinstance(time_span_seconds, int) or time_span_seconds <= 0:
+def _span(time_span_seconds: object, update_interval: int = UPDATE_INTERVAL_SECONDS) -> int:
+    if isinstance(time_span_seconds, bool) or not isinstance(time_span_seconds, int) \
+            or time_span_seconds <= 0:
         raise ValueError(f"time_span_seconds must be a positive int, got {time_span_seconds!r}")
     # Flink rounds down to a multiple of the update interval, at least one interval
     return max(time_span_seconds - time_span_seconds % update_interval, update_interval)
@@ -113,16 +133,20 @@ class MeterView(View):
     def mark_event(self, n: int = 1) -> None:
         self.counter.inc(n)
 
-    def get_count(self) -> int:
-        return self.counter.get_count()
+    @property
+    def count(self) -> int:
+        """The counter's count (Flink's ``getCount()``)."""
+        return self.counter.count
 
-    def get_rate(self) -> float:
+    @property
+    def rate(self) -> float:
+        """Events per second over the window, as of the last :meth:`update` (Flink's ``getRate()``)."""
         return self._rate
 
     def update(self) -> None:
         values = self._values
         self._time = (self._time + 1) % len(values)
-        values[self._time] = self.counter.get_count()
+        values[self._time] = self.counter.count
         self._rate = (values[self._time] - values[(self._time + 1) % len(values)]) / self.time_span_seconds
 
 
@@ -131,37 +155,37 @@ class TimerGauge(View):
     the last ``time_span_seconds`` (Flink's ``TimerGauge``; a measurement still running at an
     update counts up to that moment).
 
-    ``get_value()``: ms/s, clamped to [0, 1000]; ``get_max_single_measurement()``: the longest
+    :attr:`value`: ms/s, clamped to [0, 1000]; :attr:`max_single_measurement`: the longest
     single period seen in the last update interval (a period spanning updates counts whole);
-    ``get_accumulated_count()``: total ms since creation. ``clock`` returns milliseconds.
-    Thread-safe: the task marks, the updater updates. ``update_interval`` as for
-    :class:`MeterView`.
+    :attr:`accumulated_count`: total ms since creation; :attr:`is_measuring`: a period is
+    running. ``clock`` returns milliseconds. Thread-safe: the task marks, the updater updates.
+    ``update_interval`` as for :class:`MeterView`.
     """
 
-    def __init__(self, clock: Callable[[], int] = _millis, time_span_seconds: int = UPDATE_INTERVAL_SECONDS,
+    def __init__(self, clock: Callable[[], float] = _millis, time_span_seconds: int = UPDATE_INTERVAL_SECONDS,
                  update_interval: int = UPDATE_INTERVAL_SECONDS) -> None:
         self._clock = clock
         self.update_interval = _interval(update_interval)
         self.time_span_seconds = _span(time_span_seconds, self.update_interval)
-        self._values = [0] * (self.time_span_seconds // self.update_interval)
+        self._values: list[float] = [0] * (self.time_span_seconds // self.update_interval)
         self._idx = 0
         self._full = False
         self._lock = threading.Lock()
         self._current_value = 0
-        self._current_count = 0
-        self._start = 0          # start of the running measurement (0: none)
-        self._update_ts = 0      # last mark_start or update inside the running measurement
-        self._previous_max = 0
-        self._current_max = 0
-        self._accumulated = 0
+        self._current_count: float = 0
+        self._start: float = 0          # start of the running measurement (0: none)
+        self._update_ts: float = 0      # last mark_start or update inside the running measurement
+        self._previous_max: float = 0
+        self._current_max: float = 0
+        self._accumulated: float = 0
 
-    def mark_start(self, now: int | None = None) -> None:
+    def mark_start(self, now: float | None = None) -> None:
         with self._lock:
             if self._start == 0:
                 now = self._clock() if now is None else now
                 self._start = self._update_ts = now if now != 0 else 1
 
-    def mark_end(self, now: int | None = None) -> None:
+    def mark_end(self, now: float | None = None) -> None:
         with self._lock:
             if self._start != 0:
                 now = self._clock() if now is None else now
@@ -192,31 +216,49 @@ class TimerGauge(View):
             self._current_count = 0
             self._current_max = 0
 
-    def get_value(self) -> int:
+    @property
+    def value(self) -> int:
+        """Milliseconds per second in the state over the window, as of the last :meth:`update`
+        (Flink's ``getValue()``)."""
         return self._current_value
 
-    def get_max_single_measurement(self) -> int:
+    @property
+    def max_single_measurement(self) -> int:
+        """The longest single period in the last update interval, ms (Flink's
+        ``getMaxSingleMeasurement()``)."""
         return int(self._previous_max)
 
-    def get_accumulated_count(self) -> int:
+    @property
+    def accumulated_count(self) -> int:
+        """Milliseconds in the state since creation (Flink's ``getAccumulatedCount()``)."""
         with self._lock:
             return int(self._accumulated)
 
-    def get_count(self) -> int:
+    @property
+    def count(self) -> int:
+        """Milliseconds in the state since the last :meth:`update` (Flink's ``getCount()``)."""
         return int(self._current_count)
 
+    @property
     def is_measuring(self) -> bool:
+        """A period is running: marked started, not yet ended (Flink's ``isMeasuring()``)."""
         return self._start != 0
 
 
 class HistogramStatistics:
-    """A snapshot of a :class:`Histogram` (Flink's ``HistogramStatistics``)."""
+    """A snapshot of a :class:`Histogram` (Flink's ``HistogramStatistics``); immutable."""
 
-    __slots__ = ("_values", "count")
+    __slots__ = ("_values", "_count")
 
-    def __init__(self, values: list, count: int) -> None:
-        self._values = sorted(values)
-        self.count = count
+    def __init__(self, values: Iterable[float], count: int) -> None:
+        self._values: tuple[float, ...] = tuple(sorted(values))
+        self._count = count
+
+    @property
+    def count(self) -> int:
+        """How many values the histogram had seen when the snapshot was taken (all of them, not
+        only the window)."""
+        return self._count
 
     def get_quantile(self, quantile: float) -> float:
         """The ``quantile`` (0..1) of the window, interpolated as Flink's
@@ -237,36 +279,48 @@ class HistogramStatistics:
         frac = pos - lo
         return float(v[lo - 1] + frac * (v[lo] - v[lo - 1]))
 
-    def get_values(self) -> list:
-        return list(self._values)
+    @property
+    def values(self) -> tuple[float, ...]:
+        """The window's values, sorted (Flink's ``getValues()``)."""
+        return self._values
 
+    @property
     def size(self) -> int:
+        """How many values the window holds (Flink's ``size()``)."""
         return len(self._values)
 
-    def get_min(self):
+    @property
+    def min(self) -> float:
+        """The smallest value in the window, 0 when empty (Flink's ``getMin()``)."""
         return self._values[0] if self._values else 0
 
-    def get_max(self):
+    @property
+    def max(self) -> float:
+        """The largest value in the window, 0 when empty (Flink's ``getMax()``)."""
         return self._values[-1] if self._values else 0
 
-    def get_mean(self) -> float:
+    @property
+    def mean(self) -> float:
+        """The window's mean, 0.0 when empty (Flink's ``getMean()``)."""
         v = self._values
         return sum(v) / len(v) if v else 0.0
 
-    def get_std_dev(self) -> float:
+    @property
+    def std_dev(self) -> float:
+        """The window's sample standard deviation, 0.0 below two values (Flink's ``getStdDev()``)."""
         v = self._values
         n = len(v)
         if n < 2:
             return 0.0
         m = sum(v) / n
-        return (sum((x - m) ** 2 for x in v) / (n - 1)) ** 0.5
+        return float((sum((x - m) ** 2 for x in v) / (n - 1)) ** 0.5)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, float]:
         """``count``, ``min``, ``max``, ``mean``, ``stddev``, ``p50``, ``p75``, ``p95``,
-        ``p98``, ``p99``, ``p999`` (the quantiles Flink's reporters export)."""
+        ``p98``, ``p99``, ``p999`` (the quantiles Flink's reporters export); a new dict each call."""
         q = self.get_quantile
-        return {"count": self.count, "min": self.get_min(), "max": self.get_max(),
-                "mean": self.get_mean(), "stddev": self.get_std_dev(), "p50": q(0.5),
+        return {"count": self.count, "min": self.min, "max": self.max,
+                "mean": self.mean, "stddev": self.std_dev, "p50": q(0.5),
                 "p75": q(0.75), "p95": q(0.95), "p98": q(0.98), "p99": q(0.99), "p999": q(0.999)}
 
 
@@ -274,20 +328,21 @@ class Histogram:
     """The last ``window_size`` values and the total count (Flink's
     ``DescriptiveStatisticsHistogram``; latency histograms use a window of 128).
 
-    ``update(value)`` is O(1) (a ring); :meth:`get_statistics` sorts a copy of the window.
-    Thread-safe: the task updates, reporters read.
+    ``update(value)`` is O(1) (a ring); :meth:`get_statistics` sorts a copy of the window into a
+    new :class:`HistogramStatistics` snapshot each call. Thread-safe: the task updates, reporters
+    read.
     """
 
     def __init__(self, window_size: int = 128) -> None:
         if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size <= 0:
             raise ValueError(f"window_size must be a positive int, got {window_size!r}")
         self.window_size = window_size
-        self._ring: list = []
+        self._ring: list[float] = []
         self._pos = 0
         self._count = 0
         self._lock = threading.Lock()
 
-    def update(self, value) -> None:
+    def update(self, value: float) -> None:
         with self._lock:
             if len(self._ring) < self.window_size:
                 self._ring.append(value)
@@ -296,10 +351,13 @@ class Histogram:
                 self._pos = (self._pos + 1) % self.window_size
             self._count += 1
 
-    def get_count(self) -> int:
+    @property
+    def count(self) -> int:
+        """How many values were ever recorded (Flink's ``getCount()``)."""
         return self._count
 
     def get_statistics(self) -> HistogramStatistics:
+        """A snapshot of the window (Flink's ``getStatistics()``): a new object each call."""
         with self._lock:
             return HistogramStatistics(list(self._ring), self._count)
 

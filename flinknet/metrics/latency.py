@@ -23,12 +23,12 @@ forward it the same way; sinks only report. Marked times are wall-clock millisec
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from flinknet._core.elements import LatencyMarker, StreamElementSerializer
 from flinknet.ids import OperatorID
 from flinknet.metrics.core import Histogram
 from flinknet.metrics.registry import MetricGroup
+from flinknet.writer import RecordWriter
 
 __all__ = ["LatencyMarkerEmitter", "LatencyStats", "forward_latency_marker", "GRANULARITIES",
            "DEFAULT_LATENCY_HISTORY_SIZE", "current_time_millis", "marker_operator_id"]
@@ -49,9 +49,7 @@ def marker_operator_id(marker: LatencyMarker) -> OperatorID:
     return OperatorID.from_parts(marker.operator_id_lower, marker.operator_id_upper)
 
 
-def _check_stream_elements(writer) -> None:
-    from flinknet.writer import RecordWriter
-
+def _check_stream_elements(writer: RecordWriter) -> None:
     if not isinstance(writer, RecordWriter):
         raise TypeError(f"expected a RecordWriter, got {type(writer).__name__}")
     if not isinstance(writer.partition.serializer, StreamElementSerializer):
@@ -70,7 +68,7 @@ def _operator(operator_id: OperatorID | None, subtask_index: int) -> OperatorID:
     return operator_id
 
 
-def forward_latency_marker(writer, marker: LatencyMarker) -> None:
+def forward_latency_marker(writer: RecordWriter, marker: LatencyMarker) -> None:
     """Pass ``marker`` on to one random channel of ``writer`` (Flink's operators forward markers
     with ``randomEmit`` after reporting them)."""
     if type(marker) is not LatencyMarker:
@@ -88,11 +86,12 @@ class LatencyMarkerEmitter:
     markers from the task's mailbox thread. The first marker goes out at the first call.
     """
 
-    def __init__(self, writer, interval_ms: float, operator_id: OperatorID | None = None,
+    def __init__(self, writer: RecordWriter, interval_ms: float, operator_id: OperatorID | None = None,
                  subtask_index: int = 0) -> None:
         _check_stream_elements(writer)
         if isinstance(interval_ms, bool) or not isinstance(interval_ms, (int, float)) or not interval_ms > 0:
-            raise ValueError(f"interval_ms must be > 0 (markers are off unless asked for), got {interval_ms!r}")
+            raise ValueError(f"interval_ms must be > 0 (markers are off unless asked for), "
+                             f"got {interval_ms!r}")
         operator_id = _operator(operator_id, subtask_index)
         self.writer = writer
         self.interval_ms = float(interval_ms)
@@ -155,9 +154,9 @@ class LatencyStats:
         self.history_size = history_size
         self.operator_id = operator_id
         self.subtask_index = subtask_index
-        self._histograms: dict[Any, Histogram] = {}
+        self._histograms: dict[tuple[int, ...], Histogram] = {}
 
-    def _key(self, marker: LatencyMarker):
+    def _key(self, marker: LatencyMarker) -> tuple[int, ...]:
         if self.granularity == "single":
             return ()
         if self.granularity == "operator":
@@ -185,8 +184,9 @@ class LatencyStats:
         hist.update(latency)
         return latency
 
-    def histograms(self) -> dict:
-        """The histograms by key (``()``, ``(lower, upper)`` or ``(lower, upper, subtask)``)."""
+    def histograms(self) -> dict[tuple[int, ...], Histogram]:
+        """The histograms by key (``()``, ``(lower, upper)`` or ``(lower, upper, subtask)``): a
+        new dict each call (a copy, safe to iterate while the task adds histograms)."""
         return dict(self._histograms)
 
     def __repr__(self) -> str:

@@ -23,6 +23,13 @@ computed when read (best effort, without locks, as Flink's ``unsynchronizedGet�
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Protocol, TypeVar
+
+from flinknet._core.pool import NetworkBufferPool
+from flinknet.consumer.channels import InputChannel, LocalInputChannel
+from flinknet.consumer.gate import SingleInputGate
+from flinknet.consumer.remote import RemoteInputChannel
 from flinknet.metrics.registry import MetricGroup
 
 __all__ = [
@@ -32,7 +39,43 @@ __all__ = [
 ]
 
 
-def _pool(partition):
+class _BufferPool(Protocol):
+    """What the usage gauges read of a buffer pool (a ``LocalBufferPool``)."""
+
+    @property
+    def is_destroyed(self) -> bool: ...
+
+    @property
+    def used_buffers(self) -> int: ...
+
+    @property
+    def num_buffers(self) -> int: ...
+
+
+class _HasBufferPool(Protocol):
+    # ``buffer_pool`` may raise before set-up or after release
+    @property
+    def buffer_pool(self) -> _BufferPool | None: ...
+
+
+class _HasQueuedBuffers(Protocol):
+    @property
+    def number_of_queued_buffers(self) -> int: ...
+
+
+class _HasQueuedBytes(Protocol):
+    @property
+    def size_of_queued_buffers(self) -> int: ...
+
+
+class _OutputPartition(_HasBufferPool, _HasQueuedBuffers, _HasQueuedBytes, Protocol):
+    """What the output gauges read of a partition (a ``ResultPartition``)."""
+
+
+_T = TypeVar("_T")
+
+
+def _pool(partition: _HasBufferPool) -> _BufferPool | None:
     try:
         return partition.buffer_pool
     except Exception:  # noqa: BLE001 (not set up yet, or released)
@@ -41,7 +84,7 @@ def _pool(partition):
 
 # -- output --------------------------------------------------------------------------------
 
-def out_pool_usage(partitions) -> float:
+def out_pool_usage(partitions: Iterable[_HasBufferPool]) -> float:
     """Σ used buffers ÷ Σ current pool sizes over the partitions (0 without pools); above 1.0
     while overdraft buffers are held."""
     used = total = 0
@@ -54,45 +97,43 @@ def out_pool_usage(partitions) -> float:
     return used / total if total else 0.0
 
 
-def output_queue_length(partitions) -> int:
+def output_queue_length(partitions: Iterable[_HasQueuedBuffers]) -> int:
     """Σ over subpartitions of the buffers queued for consumers (the unfinished tail included)."""
     return sum(p.number_of_queued_buffers for p in partitions)
 
 
-def output_queue_size(partitions) -> int:
+def output_queue_size(partitions: Iterable[_HasQueuedBytes]) -> int:
     """Σ over partitions of bytes written (records and events) minus bytes polled by consumers."""
     return sum(p.size_of_queued_buffers for p in partitions)
 
 
-def _live(items) -> list:
+def _live(items: Iterable[_T]) -> list[_T]:
     # A list is kept as it is, so that appending to it later adds to the gauges (each read takes
     # a snapshot of it); any other iterable is read once.
     return items if isinstance(items, list) else list(items)
 
 
-def register_output_metrics(task_group: MetricGroup, partitions) -> MetricGroup:
+def register_output_metrics(task_group: MetricGroup, partitions: Iterable[_OutputPartition]) -> MetricGroup:
     """``<task>.Shuffle.Netty.Output.Buffers.{outPoolUsage, outputQueueLength, outputQueueSize}``
     over ``partitions`` (a list is read live)."""
-    partitions = _live(partitions)
+    live = _live(partitions)
     g = task_group.add_group("Shuffle").add_group("Netty").add_group("Output").add_group("Buffers")
-    g.gauge("outPoolUsage", lambda: out_pool_usage(list(partitions)))
-    g.gauge("outputQueueLength", lambda: output_queue_length(list(partitions)))
-    g.gauge("outputQueueSize", lambda: output_queue_size(list(partitions)))
+    g.gauge("outPoolUsage", lambda: out_pool_usage(list(live)))
+    g.gauge("outputQueueLength", lambda: output_queue_length(list(live)))
+    g.gauge("outputQueueSize", lambda: output_queue_size(list(live)))
     return g
 
 
 # -- input ---------------------------------------------------------------------------------
 
-def _remote_channels(gates):
-    from flinknet.consumer.remote import RemoteInputChannel
-
+def _remote_channels(gates: Iterable[SingleInputGate]) -> Iterator[RemoteInputChannel]:
     for gate in gates:
         for ch in gate.input_channels:
             if isinstance(ch, RemoteInputChannel):
                 yield ch
 
 
-def _floating_used_total(gates) -> tuple[int, int]:
+def _floating_used_total(gates: Iterable[SingleInputGate]) -> tuple[int, int]:
     used = total = 0
     for gate in gates:
         pool = gate.buffer_pool
@@ -104,7 +145,7 @@ def _floating_used_total(gates) -> tuple[int, int]:
     return used, total
 
 
-def _exclusive_used_total(gates) -> tuple[int, int]:
+def _exclusive_used_total(gates: Iterable[SingleInputGate]) -> tuple[int, int]:
     used = total = 0
     for ch in _remote_channels(gates):
         used += ch.exclusive_buffers_used
@@ -112,53 +153,61 @@ def _exclusive_used_total(gates) -> tuple[int, int]:
     return used, total
 
 
-def input_floating_buffers_usage(gates) -> float:
+def input_floating_buffers_usage(gates: Iterable[SingleInputGate]) -> float:
     """Per gate: used = max(0, gate pool used − floating buffers idle in its channels), total =
     the gate pool's size; summed over gates, used ÷ total (0 without floating buffers)."""
     used, total = _floating_used_total(gates)
     return used / total if total else 0.0
 
 
-def input_exclusive_buffers_usage(gates) -> float:
+def input_exclusive_buffers_usage(gates: Iterable[SingleInputGate]) -> float:
     """Σ max(0, initial credit − free exclusive) ÷ Σ initial credit over remote channels."""
     used, total = _exclusive_used_total(gates)
     return used / total if total else 0.0
 
 
-def in_pool_usage(gates) -> float:
+def in_pool_usage(gates: Iterable[SingleInputGate]) -> float:
     """(floating used + exclusive used) ÷ (floating total + exclusive total)."""
+    gates = list(gates)
     fu, ft = _floating_used_total(gates)
     eu, et = _exclusive_used_total(gates)
     return (fu + eu) / (ft + et) if ft + et else 0.0
 
 
-def input_queue_length(gates) -> int:
+def _queued_buffers(channel: InputChannel) -> int:
+    # Flink's InputChannel.unsynchronizedGetNumberOfQueuedBuffers: 0 unless the channel queues
+    if isinstance(channel, (LocalInputChannel, RemoteInputChannel)):
+        return channel.number_of_queued_buffers
+    return 0
+
+
+def input_queue_length(gates: Iterable[SingleInputGate]) -> int:
     """Σ over channels of queued buffers (local channels: the producer subpartition's queue)."""
-    return sum(ch.number_of_queued_buffers for g in gates for ch in g.input_channels)
+    return sum(_queued_buffers(ch) for g in gates for ch in g.input_channels)
 
 
-def input_queue_size(gates) -> int:
+def input_queue_size(gates: Iterable[SingleInputGate]) -> int:
     """Σ bytes queued in remote channels (local channels report 0)."""
     return sum(ch.size_of_queued_buffers for ch in _remote_channels(gates))
 
 
-def register_input_metrics(task_group: MetricGroup, gates) -> MetricGroup:
+def register_input_metrics(task_group: MetricGroup, gates: Iterable[SingleInputGate]) -> MetricGroup:
     """``<task>.Shuffle.Netty.Input.Buffers.{inPoolUsage, inputFloatingBuffersUsage,
     inputExclusiveBuffersUsage, inputQueueLength, inputQueueSize}`` over ``gates`` (a list is
     read live)."""
-    gates = _live(gates)
+    live = _live(gates)
     g = task_group.add_group("Shuffle").add_group("Netty").add_group("Input").add_group("Buffers")
-    g.gauge("inPoolUsage", lambda: in_pool_usage(list(gates)))
-    g.gauge("inputFloatingBuffersUsage", lambda: input_floating_buffers_usage(list(gates)))
-    g.gauge("inputExclusiveBuffersUsage", lambda: input_exclusive_buffers_usage(list(gates)))
-    g.gauge("inputQueueLength", lambda: input_queue_length(list(gates)))
-    g.gauge("inputQueueSize", lambda: input_queue_size(list(gates)))
+    g.gauge("inPoolUsage", lambda: in_pool_usage(list(live)))
+    g.gauge("inputFloatingBuffersUsage", lambda: input_floating_buffers_usage(list(live)))
+    g.gauge("inputExclusiveBuffersUsage", lambda: input_exclusive_buffers_usage(list(live)))
+    g.gauge("inputQueueLength", lambda: input_queue_length(list(live)))
+    g.gauge("inputQueueSize", lambda: input_queue_size(list(live)))
     return g
 
 
 # -- the process's buffer pool -------------------------------------------------------------
 
-def register_network_buffer_pool_metrics(group: MetricGroup, nbp) -> MetricGroup:
+def register_network_buffer_pool_metrics(group: MetricGroup, nbp: NetworkBufferPool) -> MetricGroup:
     """``<scope>.Shuffle.Netty.{Total,Available,Used}MemorySegments``, ``…Memory`` (bytes) and
     ``RequestedMemoryUsage`` (percent of segments requested by pools, Flink's estimate)."""
     g = group.add_group("Shuffle").add_group("Netty")

@@ -54,12 +54,20 @@ import numbers
 import re
 import threading
 from collections.abc import Iterator
-from typing import Any
+from importlib.metadata import PackageNotFoundError, version
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
-from flinknet.metrics.core import Counter, Histogram, MeterView
-from flinknet.metrics.registry import MetricGroup, MetricRegistry, Reporter
+from flinknet.metrics.core import Counter, Gauge, Histogram, MeterView, TimerGauge
+from flinknet.metrics.registry import Metric, MetricGroup, MetricRegistry, Reporter, has_value
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer as _Server
+
+    from prometheus_client.metrics_core import Metric as PrometheusMetric
+    from prometheus_client.registry import CollectorRegistry
 
 __all__ = ["PrometheusCollector", "PrometheusReporter", "QUANTILES", "SCOPE_PREFIX",
            "render_prometheus_text", "sanitize_name"]
@@ -75,6 +83,9 @@ QUANTILES = (0.5, 0.75, 0.95, 0.98, 0.99, 0.999)
 #: Oldest client whose ``start_http_server`` returns ``(server, thread)`` so it can be stopped.
 _MIN_CLIENT_VERSION = (0, 20)
 _INSTALL_HINT = "pip install 'flinknet[prometheus]'"
+
+#: A family entry's value: a gauge's number, or a summary's count and ``(quantile, value)`` pairs.
+_Value: TypeAlias = "float | tuple[float, list[tuple[str, float]]]"
 
 _UNALLOWED = re.compile(r"[^a-zA-Z0-9:_]")
 _UNALLOWED_IN_LABEL = re.compile(r"[^a-zA-Z0-9_]")
@@ -93,21 +104,29 @@ def _label_name(text: str) -> str:
     return "_" + name if not name or name[0].isdigit() else name
 
 
-def _import_client():
-    """The ``prometheus_client`` modules this file needs, or an ImportError saying what to install."""
+def _require_client() -> None:
+    """Import ``prometheus_client`` (an optional dependency, imported only when used), or raise
+    an ImportError saying what to install."""
     try:
-        import prometheus_client
-        from prometheus_client import exposition, metrics_core
-        from prometheus_client.registry import CollectorRegistry
+        import prometheus_client  # noqa: F401
+        import prometheus_client.exposition
+        import prometheus_client.metrics_core
+        import prometheus_client.registry  # noqa: F401
     except ImportError as err:
         raise ImportError(
             "Prometheus export needs the optional dependency prometheus_client: "
             f"{_INSTALL_HINT}") from err
-    return prometheus_client, exposition, metrics_core, CollectorRegistry
+
+
+def _collector_registry() -> CollectorRegistry:
+    """A private ``CollectorRegistry`` (no default collectors, no describe at registration)."""
+    _require_client()
+    from prometheus_client.registry import CollectorRegistry
+
+    return CollectorRegistry(auto_describe=False)
 
 
 def _client_version() -> tuple[int, ...]:
-    from importlib.metadata import PackageNotFoundError, version
     try:
         text = version("prometheus_client")
     except PackageNotFoundError:  # vendored or renamed: trust it
@@ -133,10 +152,10 @@ class _Warnings:
     seconds must not flood the log)."""
 
     def __init__(self) -> None:
-        self._seen: set = set()
+        self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
-    def __call__(self, key, msg: str, *args, exc_info: bool = False) -> None:
+    def __call__(self, key: tuple[str, str], msg: str, *args: object, exc_info: bool = False) -> None:
         with self._lock:
             first = key not in self._seen
             if first:
@@ -152,7 +171,7 @@ class _Family:
         self.kind = kind            # "gauge" or "summary"
         self.help = help_text
         self.label_names: list[str] = []
-        self.entries: list[tuple[dict[str, str], Any]] = []
+        self.entries: list[tuple[dict[str, str], _Value]] = []
 
 
 class PrometheusCollector:
@@ -173,12 +192,12 @@ class PrometheusCollector:
                             f"got {type(registry).__name__}")
         if not isinstance(filter_label_values, bool):
             raise TypeError(f"filter_label_values must be a bool, got {filter_label_values!r}")
-        _import_client()
+        _require_client()
         self.registry = registry
         self.filter_label_values = filter_label_values
         self._warn = _Warnings()
 
-    def describe(self) -> list:
+    def describe(self) -> list[PrometheusMetric]:
         """Nothing: the families follow the registry, so a ``CollectorRegistry`` must not check
         them once at registration."""
         return []
@@ -194,28 +213,32 @@ class PrometheusCollector:
                            "metric group variables map to the label name %s more than once; metrics "
                            "carrying them, such as %s, are not exported", name, ident)
                 return None
-            value = str(value)
-            labels[name] = sanitize_name(value) if self.filter_label_values else value
+            text = str(value)
+            labels[name] = sanitize_name(text) if self.filter_label_values else text
         return labels
 
-    def _read(self, metric, ident: str) -> tuple[str, Any] | None:
+    def _read(self, metric: Metric, ident: str) -> tuple[str, _Value] | None:
         """``("gauge", float)``, ``("summary", (count, [(quantile, value)…]))`` or None (skip)."""
+        value: object
         try:
             if isinstance(metric, Counter):
-                return "gauge", float(metric.get_count())
+                return "gauge", float(metric.count)
             if isinstance(metric, MeterView):
-                return "gauge", float(metric.get_rate())
+                return "gauge", float(metric.rate)
             if isinstance(metric, Histogram):
                 stats = metric.get_statistics()
-                quantiles = [("0.0", float(stats.get_min()))]
+                quantiles = [("0.0", float(stats.min))]
                 quantiles += [(repr(q), float(stats.get_quantile(q))) for q in QUANTILES]
-                quantiles.append(("1.0", float(stats.get_max())))
-                return "summary", (float(metric.get_count()), quantiles)
-            if not callable(getattr(metric, "get_value", None)):
+                quantiles.append(("1.0", float(stats.max)))
+                return "summary", (float(metric.count), quantiles)
+            if isinstance(metric, (Gauge, TimerGauge)):
+                value = metric.value
+            elif has_value(metric):
+                value = getattr(metric, "value")  # noqa: B009 (another View with a value)
+            else:
                 self._warn(("type", ident), "metric %s has an unsupported type %s; not exported",
                            ident, type(metric).__name__)
                 return None
-            value = metric.get_value()
         except Exception:  # noqa: BLE001 (a metric never breaks a scrape)
             self._warn(("raised", ident), "reading metric %s failed; not exported in this scrape",
                        ident, exc_info=True)
@@ -234,7 +257,7 @@ class PrometheusCollector:
     def _families(self) -> list[_Family]:
         families: dict[str, _Family] = {}
         owner: dict[str, str] = {}          # every series name -> the family that emits it
-        seen: set[tuple] = set()            # (family, labels) already exported
+        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()   # (family, labels) already exported
         for group, name, metric in self.registry.collect():
             ident = group.metric_identifier(name)
             scope = "_".join(sanitize_name(c) for c in group.logical_scope)
@@ -280,32 +303,39 @@ class PrometheusCollector:
             family.entries.append((labels, value))
         return list(families.values())
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[PrometheusMetric]:
         """The registry's metrics as ``GaugeMetricFamily`` and ``SummaryMetricFamily`` objects."""
-        _, _, metrics_core, _ = _import_client()
+        _require_client()
+        from prometheus_client.metrics_core import GaugeMetricFamily, SummaryMetricFamily
+
         for family in self._families():
             names = family.label_names
+            out: PrometheusMetric
             if family.kind == "gauge":
-                out = metrics_core.GaugeMetricFamily(family.name, family.help, labels=names)
+                gauge = out = GaugeMetricFamily(family.name, family.help, labels=names)
                 for labels, value in family.entries:
-                    out.add_metric([labels.get(n, "") for n in names], value)
+                    assert isinstance(value, float)
+                    gauge.add_metric([labels.get(n, "") for n in names], value)
             else:
-                out = metrics_core.SummaryMetricFamily(family.name, family.help, labels=names)
-                for labels, (count, quantiles) in family.entries:
+                out = SummaryMetricFamily(family.name, family.help, labels=names)
+                for labels, entry in family.entries:
+                    assert isinstance(entry, tuple)
+                    count, quantiles = entry
                     full = {n: labels.get(n, "") for n in names}
                     out.add_sample(family.name + "_count", full, count)
-                    for q, value in quantiles:
-                        out.add_sample(family.name, {**full, "quantile": q}, value)
+                    for q, quantile_value in quantiles:
+                        out.add_sample(family.name, {**full, "quantile": q}, quantile_value)
             yield out
 
 
 def render_prometheus_text(registry: MetricRegistry | MetricGroup, filter_label_values: bool = True) -> str:
     """The Prometheus text exposition (format 0.0.4) of ``registry``'s current metrics, as
     :class:`PrometheusReporter` serves it, without any HTTP."""
-    _, exposition, _, CollectorRegistry = _import_client()
-    collectors = CollectorRegistry(auto_describe=False)
+    collectors = _collector_registry()
+    from prometheus_client.exposition import generate_latest
+
     collectors.register(PrometheusCollector(registry, filter_label_values=filter_label_values))
-    return exposition.generate_latest(collectors).decode("utf-8")
+    return generate_latest(collectors).decode("utf-8")
 
 
 class PrometheusReporter(Reporter):
@@ -337,7 +367,7 @@ class PrometheusReporter(Reporter):
         #: the port asked for (0: any free one); :attr:`port` is the one bound
         self.requested_port = port
         self._port: int | None = None
-        self._server = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         if not _is_loopback(host):
@@ -357,25 +387,27 @@ class PrometheusReporter(Reporter):
         return f"http://{host}:{self._port}/metrics"
 
     @property
-    def running(self) -> bool:
+    def is_running(self) -> bool:
         """True between :meth:`start` and :meth:`close`."""
         return self._server is not None
 
-    def start(self) -> "PrometheusReporter":
+    def start(self) -> PrometheusReporter:
         """Bind ``host:port`` and serve on a daemon thread; returns self. Raises OSError when the
         address cannot be bound and RuntimeError when already serving."""
-        client, _, _, CollectorRegistry = _import_client()
+        _require_client()
+        from prometheus_client.exposition import start_http_server
+
         if _client_version() < _MIN_CLIENT_VERSION:
             raise ImportError("PrometheusReporter needs prometheus_client >= 0.20 (its HTTP server must "
                               f"be stoppable): {_INSTALL_HINT}")
         with self._lock:
             if self._server is not None:
                 raise RuntimeError(f"PrometheusReporter already serves {self.url}")
-            collectors = CollectorRegistry(auto_describe=False)
+            collectors = _collector_registry()
             collectors.register(self.collector)
             try:
-                server, thread = client.start_http_server(self.requested_port, addr=self.host,
-                                                          registry=collectors)
+                server, thread = start_http_server(self.requested_port, addr=self.host,
+                                                   registry=collectors)
             except OSError as err:
                 raise OSError(err.errno, f"PrometheusReporter cannot listen on {self.host}:"
                               f"{self.requested_port}: {err.strerror or err}") from err
@@ -400,14 +432,15 @@ class PrometheusReporter(Reporter):
             thread.join(5)
         log.info("PrometheusReporter stopped serving %s:%s", self.host, self._port)
 
-    def __enter__(self) -> "PrometheusReporter":
+    def __enter__(self) -> PrometheusReporter:
         if self._server is None:
             self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        state = self.url if self.running else "stopped"
+        state = self.url if self.is_running else "stopped"
         return f"PrometheusReporter({state})"

@@ -16,13 +16,30 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeAlias, TypeVar
 
-from flinknet.metrics.core import UPDATE_INTERVAL_SECONDS, Counter, Gauge, Histogram, MeterView, TimerGauge, View
+from flinknet.metrics.core import (
+    UPDATE_INTERVAL_SECONDS,
+    Counter,
+    Gauge,
+    Histogram,
+    MeterView,
+    TimerGauge,
+    View,
+)
 
-__all__ = ["MetricGroup", "MetricRegistry", "Reporter", "backpressure_level",
+__all__ = ["MetricGroup", "MetricRegistry", "Reporter", "backpressure_level", "value_of", "Metric",
            "BACKPRESSURE_LOW_THRESHOLD", "BACKPRESSURE_HIGH_THRESHOLD"]
+
+#: What a group holds: a counter, a gauge, a histogram or a view (a meter, a timer gauge, or
+#: another view exposing ``value``).
+Metric: TypeAlias = "Counter | Gauge[Any] | Histogram | View"
+#: What :meth:`MetricRegistry.subscribe` takes.
+ReporterLike: TypeAlias = "Reporter | Callable[[dict[str, Any]], None]"
+
+_M = TypeVar("_M", bound="Counter | Gauge[Any] | Histogram | View")
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +77,9 @@ def _check_name(name: str) -> str:
 class MetricGroup:
     """A scope of metrics and subgroups (Flink's ``MetricGroup``)."""
 
-    def __init__(self, registry: "MetricRegistry", scope: tuple[str, ...],
-                 logical_scope: tuple[str, ...] | None = None, variables: dict[str, str] | None = None):
+    def __init__(self, registry: MetricRegistry, scope: tuple[str, ...],
+                 logical_scope: tuple[str, ...] | None = None,
+                 variables: dict[str, str] | None = None) -> None:
         self.registry = registry
         self.scope = scope
         #: the scope with every variable's value left out (Flink's ``getLogicalScope``):
@@ -70,13 +88,13 @@ class MetricGroup:
         #: ``{"host": "…", "task_name": "…", …}`` (Flink's ``getAllVariables`` without the angle
         #: brackets); reporters turn them into labels.
         self.variables: dict[str, str] = dict(variables or {})
-        self._metrics: dict[str, Any] = {}
+        self._metrics: dict[str, Metric] = {}
         self._groups: dict[str, MetricGroup] = {}
         self._lock = threading.Lock()
 
     # -- registration ----------------------------------------------------------------------
 
-    def _add(self, name: str, metric):
+    def _add(self, name: str, metric: _M) -> _M:
         _check_name(name)
         with self._lock:
             if name in self._metrics or name in self._groups:
@@ -89,11 +107,11 @@ class MetricGroup:
     def counter(self, name: str, counter: Counter | None = None) -> Counter:
         return self._add(name, counter if counter is not None else Counter())
 
-    def gauge(self, name: str, gauge: Gauge | Callable[[], Any]) -> Gauge:
+    def gauge(self, name: str, gauge: Gauge[Any] | View | Callable[[], Any]) -> Gauge[Any] | View:
         """Register ``gauge`` (a :class:`Gauge`, a view such as a TimerGauge, or a callable)."""
-        if not isinstance(gauge, (Gauge, View)):
-            gauge = Gauge(gauge)
-        return self._add(name, gauge)
+        if isinstance(gauge, (Gauge, View)):
+            return self._add(name, gauge)
+        return self._add(name, Gauge(gauge))
 
     def meter(self, name: str, meter: MeterView | Counter, time_span_seconds: int = 60) -> MeterView:
         """Register ``meter``; given a :class:`Counter` instead, a :class:`MeterView` over it
@@ -112,10 +130,10 @@ class MetricGroup:
         return self._add(name, TimerGauge(time_span_seconds=max(time_span_seconds or iv, iv),
                                           update_interval=iv))
 
-    def histogram(self, name: str, histogram: "Histogram | None" = None) -> "Histogram":
+    def histogram(self, name: str, histogram: Histogram | None = None) -> Histogram:
         return self._add(name, histogram if histogram is not None else Histogram())
 
-    def add_group(self, name: str, value: Any = None) -> "MetricGroup":
+    def add_group(self, name: str, value: object = None) -> MetricGroup:
         """The subgroup ``name`` (created once, then shared). With ``value``, Flink's key-value
         group (``addGroup(key, value)``): the identifier gets ``name.value``, the logical scope
         only ``name``, and the variable ``name`` is ``value``."""
@@ -123,10 +141,11 @@ class MetricGroup:
         group = self._child(name, self.logical_scope + (name,), self.variables)
         if value is None:
             return group
-        value = str(value)
-        return group._child(_component(value), group.logical_scope, {**group.variables, name: value})
+        text = str(value)
+        return group._child(_component(text), group.logical_scope, {**group.variables, name: text})
 
-    def _child(self, component: str, logical_scope: tuple, variables: dict) -> "MetricGroup":
+    def _child(self, component: str, logical_scope: tuple[str, ...],
+               variables: dict[str, str]) -> MetricGroup:
         """The subgroup ``component`` (created once with this logical scope and variables)."""
         with self._lock:
             group = self._groups.get(component)
@@ -154,10 +173,10 @@ class MetricGroup:
     def metric_identifier(self, name: str) -> str:
         return ".".join(self.scope + (name,))
 
-    def get(self, name: str):
+    def get(self, name: str) -> Metric:
         return self._metrics[name]
 
-    def items(self):
+    def items(self) -> Iterator[tuple[str, Metric]]:
         """``(identifier, metric)`` for this group and its subgroups, recursively."""
         with self._lock:
             metrics, groups = list(self._metrics.items()), list(self._groups.values())
@@ -166,7 +185,7 @@ class MetricGroup:
         for g in groups:
             yield from g.items()
 
-    def collect(self):
+    def collect(self) -> Iterator[tuple[MetricGroup, str, Metric]]:
         """``(group, name, metric)`` for this group and its subgroups, recursively (reporters
         read ``group.logical_scope`` and ``group.variables``)."""
         with self._lock:
@@ -202,15 +221,27 @@ def _log_failed_read(ident: str, err: BaseException) -> None:
     log.log(level, "reading metric %s failed: %s: %s", ident, type(err).__name__, err)
 
 
-def value_of(metric) -> Any:
-    """A metric's current value: counters their count, meters their rate, gauges their value."""
+def has_value(metric: object) -> bool:
+    """Whether ``metric`` is read as a gauge: a :class:`Gauge`, a :class:`TimerGauge` or another
+    object whose class has a ``value`` (checked on the class, so nothing is computed)."""
+    return isinstance(metric, (Gauge, TimerGauge)) or hasattr(type(metric), "value")
+
+
+def value_of(metric: Metric) -> Any:
+    """A metric's current value: counters their count, meters their rate, histograms their
+    statistics (a dict), gauges (and other views) their ``value``."""
     if isinstance(metric, Counter):
-        return metric.get_count()
+        return metric.count
     if isinstance(metric, MeterView):
-        return metric.get_rate()
+        return metric.rate
     if isinstance(metric, Histogram):
         return metric.get_statistics().as_dict()
-    return metric.get_value()
+    if isinstance(metric, (Gauge, TimerGauge)):
+        return metric.value
+    if not has_value(metric):
+        raise TypeError(f"a {type(metric).__name__} has no value to read")
+    value: Any = getattr(metric, "value")  # noqa: B009 (another View with a value)
+    return value
 
 
 class Reporter:
@@ -231,7 +262,7 @@ class MetricRegistry:
     :meth:`update` by hand with ``start=False``.
     """
 
-    def __init__(self, update_interval: float = float(UPDATE_INTERVAL_SECONDS), start: bool = True):
+    def __init__(self, update_interval: float = float(UPDATE_INTERVAL_SECONDS), start: bool = True) -> None:
         if isinstance(update_interval, bool) or not isinstance(update_interval, (int, float)) \
                 or not update_interval > 0 or update_interval == float("inf"):
             raise ValueError(f"update_interval must be a number of seconds > 0, got {update_interval!r}")
@@ -240,11 +271,11 @@ class MetricRegistry:
         #: registry updating every 1 s gives rates over 1-second buckets.
         self.view_interval = max(1, round(update_interval))
         self._views: set[View] = set()
-        self._roots: dict[tuple, MetricGroup] = {}
-        self._reporters: list[Reporter | Callable[[dict], None]] = []
+        self._roots: dict[tuple[str, ...], MetricGroup] = {}
+        self._reporters: list[ReporterLike] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = None
+        self._thread: threading.Thread | None = None
         if start:
             self._thread = threading.Thread(target=self._run, name="flinknet-metrics", daemon=True)
             self._thread.start()
@@ -261,7 +292,8 @@ class MetricRegistry:
                 g = self._roots[scope] = MetricGroup(self, tuple(scope))
             return g
 
-    def _root(self, scope: tuple, logical: tuple, variables: dict) -> MetricGroup:
+    def _root(self, scope: tuple[str, ...], logical: tuple[str, ...],
+              variables: dict[str, str]) -> MetricGroup:
         with self._lock:
             g = self._roots.get(scope)
             if g is None:
@@ -293,21 +325,22 @@ class MetricRegistry:
                      "task_name": str(task_name), "subtask_index": str(subtask_index)}
         return self._root(scope, ("taskmanager", "job", "task"), variables)
 
-    def collect(self):
+    def collect(self) -> Iterator[tuple[MetricGroup, str, Metric]]:
         """``(group, name, metric)`` for every registered metric (for reporters)."""
         with self._lock:
             roots = list(self._roots.values())
         for g in roots:
             yield from g.collect()
 
-    def back_pressure_status(self) -> dict[str, dict]:
+    def back_pressure_status(self) -> dict[str, dict[str, Any]]:
         """Back-pressure per vertex and subtask, as Flink's ``JobVertexBackPressureHandler``
         (1.13+) computes it from the task metrics: ``{task_name: {"backpressure_level": …,
         "max_back_pressure_ratio": …, "subtasks": [{"subtask": i, "backpressure_level": …,
         "back_pressure_ratio": …, "idle_ratio": …, "busy_ratio": …}, …]}}``. The ratios are
         ``backPressuredTimeMsPerSecond`` (and idle/busy) ÷ 1000; a vertex's level is its worst
-        subtask's. Only task groups (:meth:`task_group`) with :class:`TaskIOMetrics` count."""
-        per_task: dict[tuple, dict] = {}
+        subtask's. Only task groups (:meth:`task_group`) with :class:`TaskIOMetrics` count. A new
+        dict each call (a snapshot)."""
+        per_task: dict[tuple[str, int], dict[str, Any]] = {}
         wanted = {"backPressuredTimeMsPerSecond": "back_pressure_ratio",
                   "idleTimeMsPerSecond": "idle_ratio", "busyTimeMsPerSecond": "busy_ratio"}
         for group, name, metric in self.collect():
@@ -322,7 +355,7 @@ class MetricRegistry:
                 continue
             entry = per_task.setdefault((v["task_name"], int(v["subtask_index"])), {})
             entry[key] = min(max(float(value), 0.0), 1000.0) / 1000.0
-        vertices: dict[str, dict] = {}
+        vertices: dict[str, dict[str, Any]] = {}
         for (task, subtask), e in sorted(per_task.items()):
             if "back_pressure_ratio" not in e:
                 continue
@@ -343,14 +376,14 @@ class MetricRegistry:
         with self._lock:
             self._views.discard(view)
 
-    def subscribe(self, reporter: Reporter | Callable[[dict], None]) -> None:
+    def subscribe(self, reporter: ReporterLike) -> None:
         """Call ``reporter`` (a :class:`Reporter` or a callable) with every new snapshot."""
         if not isinstance(reporter, Reporter) and not callable(reporter):
             raise TypeError("a reporter is a flinknet.metrics.Reporter or a callable")
         with self._lock:
             self._reporters.append(reporter)
 
-    def unsubscribe(self, reporter) -> None:
+    def unsubscribe(self, reporter: ReporterLike) -> None:
         with self._lock:
             self._reporters.remove(reporter)
 
@@ -393,8 +426,9 @@ class MetricRegistry:
             if isinstance(r, Reporter):
                 r.close()
 
-    def __enter__(self):
+    def __enter__(self) -> MetricRegistry:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()

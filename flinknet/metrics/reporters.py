@@ -84,7 +84,7 @@ class LogReporter(Reporter):
     ``registry.subscribe(LogReporter())``.
     """
 
-    def __init__(self, logger: logging.Logger | logging.LoggerAdapter | str | None = None,
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter[Any] | str | None = None,
                  level: int | str = logging.INFO, prefix: str | None = None) -> None:
         if logger is None:
             logger = log
@@ -112,5 +112,6 @@ class LogReporter(Reporter):
             self.logger.log(self.level, "%s", self.format(snapshot))
 
     def __repr__(self) -> str:
-        name = getattr(self.logger, "name", None) or getattr(getattr(self.logger, "logger", None), "name", "?")
+        name = (getattr(self.logger, "name", None)
+                or getattr(getattr(self.logger, "logger", None), "name", "?"))
         return f"LogReporter({name}, {logging.getLevelName(self.level)}, prefix={self.prefix!r})"

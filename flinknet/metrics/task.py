@@ -15,10 +15,19 @@ Flink                                                  flinknet
 ``backPressuredTimeMsPerSecond`` / ``busyTime…``       soft + hard / ``1000 − min(idle + bp, 1000)``
 ``maxSoft/HardBackPressureTimeMs``                     the longest single wait in the last interval
 ``accumulate{Idle,BackPressured,Busy}TimeMs``          totals since the task started
+``getBackPressuredTimeMsPerSecond()``                  ``TaskIOMetrics.back_pressured_time_ms_per_second``
+``getBusyTimePerSecond()``                             ``TaskIOMetrics.busy_time_ms_per_second``
+``getAccumulatedBackPressuredTimeMs()``                ``TaskIOMetrics.accumulated_back_pressured_time_ms``
+``getAccumulatedBusyTime()``                           ``TaskIOMetrics.accumulated_busy_time_ms``
 ``InputGateMetrics`` / ``ResultPartitionMetrics``      ``detailed=True``: per gate / partition queue
                                                        lengths (Flink's ``detailed-metrics``)
-``Task.isBackPressured`` + the REST handler's level    :meth:`TaskIOMetrics.back_pressure_level`
+``Task.isBackPressured()``                             ``TaskIOMetrics.is_back_pressured``
+the REST handler's ratio and level                     ``TaskIOMetrics.back_pressured_ratio``,
+                                                       ``TaskIOMetrics.back_pressure_level``
 =====================================================  =================================================
+
+The ``TaskIOMetrics`` accessors above are read-only properties (state, cheap to read); the
+``register_*`` methods and :meth:`~TaskIOMetrics.close` are the actions.
 
 Counting is free on the data path: the record serializer (Cython) already counts records,
 bytes and buffers out; readers count records per batch and gates count buffers and bytes per
@@ -29,11 +38,18 @@ task actually waits.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from types import TracebackType
 
-from flinknet.metrics.core import Counter, TimerGauge
+from flinknet.consumer.gate import InputGate, SingleInputGate, UnionInputGate
+from flinknet.consumer.reader import RecordReader
+from flinknet.consumer.remote import RemoteInputChannel
+from flinknet.errors import IllegalStateError
+from flinknet.metrics.core import Counter
 from flinknet.metrics.network import register_input_metrics, register_output_metrics
 from flinknet.metrics.registry import MetricGroup, backpressure_level
+from flinknet.partition.result_partition import ResultPartition
+from flinknet.writer import RecordWriter
 
 __all__ = ["TaskIOMetrics", "SumCounter"]
 
@@ -48,8 +64,10 @@ class SumCounter(Counter):
         super().__init__(0)
         self._fn = fn
 
-    def get_count(self) -> int:
-        return self.count + self._fn()
+    @property
+    def count(self) -> int:
+        """The offset plus the sum over the live sources."""
+        return self._count + self._fn()
 
 
 def _queue_len_gauges(group: MetricGroup, lengths: Callable[[], list[int]]) -> None:
@@ -60,10 +78,9 @@ def _queue_len_gauges(group: MetricGroup, lengths: Callable[[], list[int]]) -> N
     group.gauge("avgQueueLen", lambda: (sum(ls) / len(ls)) if (ls := lengths()) else 0.0)
 
 
-def _gates_of(gate) -> list:
+def _gates_of(gate: SingleInputGate | UnionInputGate) -> list[SingleInputGate]:
     """The SingleInputGates behind a gate (a UnionInputGate's members)."""
-    members = getattr(gate, "gates", None)
-    return list(members) if members is not None else [gate]
+    return list(gate.gates) if isinstance(gate, UnionInputGate) else [gate]
 
 
 class TaskIOMetrics:
@@ -86,18 +103,19 @@ class TaskIOMetrics:
             raise ValueError(f"time_span_seconds must be a positive int, got {time_span_seconds!r}")
         self.group = group
         self.detailed = bool(detailed)
-        self._writers: list = []
-        self._readers: list = []
-        self._partitions: list = []
-        self._gates: list = []          # SingleInputGates (union members flattened)
-        self._waiting_gates: list = []  # the gates whose waits are timed (a union, or single gates)
+        self._writers: list[RecordWriter] = []
+        self._readers: list[RecordReader] = []
+        self._partitions: list[ResultPartition] = []
+        self._gates: list[SingleInputGate] = []   # union members flattened
+        # the gates whose waits are timed (a union, or single gates)
+        self._waiting_gates: list[SingleInputGate | UnionInputGate] = []
         self._closed = False
         self._start_ms = time.monotonic_ns() // 1_000_000
         g = group
-        ws, rs, ps, gs = self._writers, self._readers, self._partitions, self._gates
+        rs, ps, gs = self._readers, self._partitions, self._gates
 
-        def total(attr: str, items: list) -> Callable[[], int]:
-            return lambda: sum(getattr(x, attr) for x in list(items))
+        def total(attr: str, items: Sequence[object]) -> Callable[[], int]:
+            return lambda: sum(int(getattr(x, attr)) for x in list(items))
 
         def records_in() -> int:
             # Latency markers are stream elements, not records: Flink does not count them.
@@ -127,13 +145,14 @@ class TaskIOMetrics:
         self.idle_time = g.timer_gauge("idleTimeMsPerSecond", time_span_seconds)
         self.soft_back_pressured_time = g.timer_gauge("softBackPressuredTimeMsPerSecond", time_span_seconds)
         self.hard_back_pressured_time = g.timer_gauge("hardBackPressuredTimeMsPerSecond", time_span_seconds)
-        g.gauge("backPressuredTimeMsPerSecond", self.get_back_pressured_time_ms_per_second)
-        g.gauge("busyTimeMsPerSecond", self.get_busy_time_ms_per_second)
-        g.gauge("maxSoftBackPressureTimeMs", self.soft_back_pressured_time.get_max_single_measurement)
-        g.gauge("maxHardBackPressureTimeMs", self.hard_back_pressured_time.get_max_single_measurement)
-        g.gauge("accumulateIdleTimeMs", self.idle_time.get_accumulated_count)
-        g.gauge("accumulateBackPressuredTimeMs", self.get_accumulated_back_pressured_time_ms)
-        g.gauge("accumulateBusyTimeMs", self.get_accumulated_busy_time_ms)
+        idle, soft, hard = self.idle_time, self.soft_back_pressured_time, self.hard_back_pressured_time
+        g.gauge("backPressuredTimeMsPerSecond", lambda: self.back_pressured_time_ms_per_second)
+        g.gauge("busyTimeMsPerSecond", lambda: self.busy_time_ms_per_second)
+        g.gauge("maxSoftBackPressureTimeMs", lambda: soft.max_single_measurement)
+        g.gauge("maxHardBackPressureTimeMs", lambda: hard.max_single_measurement)
+        g.gauge("accumulateIdleTimeMs", lambda: idle.accumulated_count)
+        g.gauge("accumulateBackPressuredTimeMs", lambda: self.accumulated_back_pressured_time_ms)
+        g.gauge("accumulateBusyTimeMs", lambda: self.accumulated_busy_time_ms)
 
         # The Shuffle.Netty buffer gauges over the live lists of this task's partitions and gates.
         register_output_metrics(g, ps)
@@ -149,15 +168,11 @@ class TaskIOMetrics:
 
     def _check_open(self) -> None:
         if self._closed:
-            from flinknet.errors import IllegalStateError
-
             raise IllegalStateError("these task metrics are closed")
 
-    def register_writer(self, writer) -> None:
+    def register_writer(self, writer: RecordWriter) -> None:
         """Count ``writer``'s output, time its waits (soft: :meth:`wait_available`; hard: an
         emit blocked on a buffer) and add its partition to the output buffer gauges."""
-        from flinknet.writer import RecordWriter
-
         if not isinstance(writer, RecordWriter):
             raise TypeError(f"expected a RecordWriter, got {type(writer).__name__}")
         self._check_open()
@@ -167,26 +182,22 @@ class TaskIOMetrics:
         writer.set_soft_back_pressure_timer(self.soft_back_pressured_time)
         self.register_partition(writer.partition)
 
-    def register_partition(self, partition) -> None:
+    def register_partition(self, partition: ResultPartition) -> None:
         """Count ``partition``'s output and time its hard back-pressure (for code that emits
         into partitions without a RecordWriter)."""
-        from flinknet.partition.result_partition import ResultPartition
-
         if not isinstance(partition, ResultPartition):
             raise TypeError(f"expected a ResultPartition, got {type(partition).__name__}")
         self._check_open()
         if any(p is partition for p in self._partitions):
             return
-        partition.record_serializer.back_pressure_timer = self.hard_back_pressured_time
+        partition.set_hard_back_pressure_timer(self.hard_back_pressured_time)
         self._partitions.append(partition)
         if self.detailed:
             self._register_partition_detail(partition)
 
-    def register_reader(self, reader) -> None:
+    def register_reader(self, reader: RecordReader) -> None:
         """Count ``reader``'s records and its gate's buffers and bytes, and time its waits for
         input (``idleTimeMsPerSecond``)."""
-        from flinknet.consumer.reader import RecordReader
-
         if not isinstance(reader, RecordReader):
             raise TypeError(f"expected a RecordReader, got {type(reader).__name__}")
         self._check_open()
@@ -195,12 +206,10 @@ class TaskIOMetrics:
         self._readers.append(reader)
         self.register_gate(reader.gate)
 
-    def register_gate(self, gate) -> None:
+    def register_gate(self, gate: InputGate) -> None:
         """Count ``gate``'s buffers and bytes (local and remote), add it to the input buffer
         gauges and time its blocking waits as idle time."""
-        from flinknet.consumer.gate import InputGate
-
-        if not isinstance(gate, InputGate):
+        if not isinstance(gate, (SingleInputGate, UnionInputGate)):
             raise TypeError(f"expected a SingleInputGate or UnionInputGate, got {type(gate).__name__}")
         self._check_open()
         if any(g is gate for g in self._waiting_gates):
@@ -215,49 +224,57 @@ class TaskIOMetrics:
 
     # -- detailed metrics (Flink's taskmanager.network.detailed-metrics) -------------------
 
-    def _register_gate_detail(self, gate) -> None:
-        from flinknet.consumer.remote import RemoteInputChannel
-
+    def _register_gate_detail(self, gate: SingleInputGate) -> None:
         _queue_len_gauges(self._input_group.add_group(str(len(self._gates) - 1)), lambda: [
             ch.number_of_queued_buffers for ch in list(gate.input_channels)
             if isinstance(ch, RemoteInputChannel)])
 
-    def _register_partition_detail(self, partition) -> None:
+    def _register_partition_detail(self, partition: ResultPartition) -> None:
         _queue_len_gauges(self._output_group.add_group(str(len(self._partitions) - 1)), lambda: [
             sp.number_of_queued_buffers for sp in partition.subpartitions])
 
     # -- derived values --------------------------------------------------------------------
 
-    def get_back_pressured_time_ms_per_second(self) -> int:
+    @property
+    def back_pressured_time_ms_per_second(self) -> int:
         """Soft plus hard back-pressured time, ms per second (Flink's
-        ``getBackPressuredTimeMsPerSecond``)."""
-        return self.soft_back_pressured_time.get_value() + self.hard_back_pressured_time.get_value()
+        ``getBackPressuredTimeMsPerSecond()``)."""
+        return self.soft_back_pressured_time.value + self.hard_back_pressured_time.value
 
-    def get_busy_time_ms_per_second(self) -> float:
-        """``1000 − min(idle + back-pressured, 1000)`` (Flink's ``getBusyTimePerSecond``)."""
-        return 1000.0 - min(self.idle_time.get_value() + self.get_back_pressured_time_ms_per_second(), 1000.0)
+    @property
+    def busy_time_ms_per_second(self) -> float:
+        """``1000 − min(idle + back-pressured, 1000)`` (Flink's ``getBusyTimePerSecond()``)."""
+        return 1000.0 - min(self.idle_time.value + self.back_pressured_time_ms_per_second, 1000.0)
 
-    def get_accumulated_back_pressured_time_ms(self) -> int:
-        return (self.soft_back_pressured_time.get_accumulated_count()
-                + self.hard_back_pressured_time.get_accumulated_count())
+    @property
+    def accumulated_back_pressured_time_ms(self) -> int:
+        """Soft plus hard back-pressured ms since the task started (Flink's
+        ``getAccumulatedBackPressuredTimeMs()``)."""
+        return (self.soft_back_pressured_time.accumulated_count
+                + self.hard_back_pressured_time.accumulated_count)
 
-    def get_accumulated_busy_time_ms(self) -> int:
-        """Time since the task started that was neither idle nor back-pressured (≥ 0)."""
+    @property
+    def accumulated_busy_time_ms(self) -> int:
+        """Time since the task started that was neither idle nor back-pressured, ms (≥ 0;
+        Flink's ``getAccumulatedBusyTime()``)."""
         elapsed = time.monotonic_ns() // 1_000_000 - self._start_ms
-        return max(0, elapsed - self.idle_time.get_accumulated_count()
-                   - self.get_accumulated_back_pressured_time_ms())
+        return max(0, elapsed - self.idle_time.accumulated_count
+                   - self.accumulated_back_pressured_time_ms)
 
+    @property
     def back_pressured_ratio(self) -> float:
         """``backPressuredTimeMsPerSecond / 1000`` (the ratio Flink's back-pressure status uses)."""
-        return min(self.get_back_pressured_time_ms_per_second(), 1000) / 1000.0
+        return min(self.back_pressured_time_ms_per_second, 1000) / 1000.0
 
+    @property
     def back_pressure_level(self) -> str:
         """``"OK"``, ``"LOW"`` or ``"HIGH"`` (OK ≤ 0.10 < LOW ≤ 0.5 < HIGH, Flink 1.13+)."""
-        return backpressure_level(self.back_pressured_ratio())
+        return backpressure_level(self.back_pressured_ratio)
 
+    @property
     def is_back_pressured(self) -> bool:
         """Whether any registered partition is unavailable now (Flink's
-        ``Task.isBackPressured``, the 1.10–1.12 sampler's probe)."""
+        ``Task.isBackPressured()``, the 1.10–1.12 sampler's probe)."""
         return any(not p.is_available for p in list(self._partitions)
                    if not (p.is_released or p.is_finished))
 
@@ -273,9 +290,8 @@ class TaskIOMetrics:
             if w.soft_back_pressure_timer is self.soft_back_pressured_time:
                 w.set_soft_back_pressure_timer(None)
         for p in self._partitions:
-            s = p.record_serializer
-            if s.back_pressure_timer is self.hard_back_pressured_time:
-                s.back_pressure_timer = None
+            if p.hard_back_pressure_timer is self.hard_back_pressured_time:
+                p.set_hard_back_pressure_timer(None)
         for g in self._waiting_gates:
             if g.idle_timer is self.idle_time:
                 g.set_idle_timer(None)
@@ -284,10 +300,11 @@ class TaskIOMetrics:
         self.hard_back_pressured_time.mark_end()
         self.group.remove()
 
-    def __enter__(self) -> "TaskIOMetrics":
+    def __enter__(self) -> TaskIOMetrics:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def __repr__(self) -> str:

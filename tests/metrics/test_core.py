@@ -36,21 +36,21 @@ def test_timer_gauge_basic_usage():
     clock = ManualClock()
     g = TimerGauge(clock, UPDATE_INTERVAL_SECONDS)
     g.update()
-    assert (g.get_value(), g.get_max_single_measurement(), g.get_accumulated_count()) == (0, 0, 0)
+    assert (g.value, g.max_single_measurement, g.accumulated_count) == (0, 0, 0)
     g.mark_start()
     clock.advance(SLEEP)
     g.mark_end()
     g.update()
-    assert g.get_value() >= SLEEP // UPDATE_INTERVAL_SECONDS
-    assert g.get_max_single_measurement() == SLEEP
-    assert g.get_accumulated_count() == SLEEP
+    assert g.value >= SLEEP // UPDATE_INTERVAL_SECONDS
+    assert g.max_single_measurement == SLEEP
+    assert g.accumulated_count == SLEEP
     # the max can go down after an update
     g.mark_start()
     clock.advance(SLEEP // 2)
     g.mark_end()
     g.update()
-    assert g.get_max_single_measurement() == SLEEP // 2
-    assert g.get_accumulated_count() == SLEEP + SLEEP // 2
+    assert g.max_single_measurement == SLEEP // 2
+    assert g.accumulated_count == SLEEP + SLEEP // 2
 
 
 def test_timer_gauge_update_without_marking_end():
@@ -59,12 +59,12 @@ def test_timer_gauge_update_without_marking_end():
     g.mark_start()
     clock.advance(SLEEP)
     g.update()
-    assert g.get_value() >= SLEEP // UPDATE_INTERVAL_SECONDS
-    assert g.get_max_single_measurement() == SLEEP
+    assert g.value >= SLEEP // UPDATE_INTERVAL_SECONDS
+    assert g.max_single_measurement == SLEEP
     clock.advance(SLEEP)
     g.update()
-    assert g.get_max_single_measurement() == 2 * SLEEP      # one period spanning two updates
-    assert g.is_measuring()
+    assert g.max_single_measurement == 2 * SLEEP      # one period spanning two updates
+    assert g.is_measuring
 
 
 def test_timer_gauge_get_without_update():
@@ -72,9 +72,9 @@ def test_timer_gauge_get_without_update():
     g = TimerGauge(clock)
     g.mark_start()
     clock.advance(SLEEP)
-    assert g.get_value() == 0
+    assert g.value == 0
     g.mark_end()
-    assert g.get_value() == 0 and g.get_max_single_measurement() == 0
+    assert g.value == 0 and g.max_single_measurement == 0
 
 
 def test_timer_gauge_larger_timespan():
@@ -84,24 +84,24 @@ def test_timer_gauge_larger_timespan():
     clock.advance(SLEEP)
     g.mark_end()
     g.update()
-    assert g.get_value() == SLEEP // UPDATE_INTERVAL_SECONDS
-    assert g.get_max_single_measurement() == SLEEP
+    assert g.value == SLEEP // UPDATE_INTERVAL_SECONDS
+    assert g.max_single_measurement == SLEEP
     g.update()
-    assert g.get_value() == SLEEP // (2 * UPDATE_INTERVAL_SECONDS)   # one sleep in 2 intervals
-    assert g.get_max_single_measurement() == 0
-    assert g.get_accumulated_count() == SLEEP
+    assert g.value == SLEEP // (2 * UPDATE_INTERVAL_SECONDS)   # one sleep in 2 intervals
+    assert g.max_single_measurement == 0
+    assert g.accumulated_count == SLEEP
     for _ in range(2):
         g.mark_start()
         clock.advance(SLEEP)
         g.mark_end()
         g.update()
-    assert g.get_value() == SLEEP // UPDATE_INTERVAL_SECONDS
+    assert g.value == SLEEP // UPDATE_INTERVAL_SECONDS
     g.mark_start()
     clock.advance(SLEEP // 2)
     g.mark_end()
     g.update()
-    assert g.get_max_single_measurement() == SLEEP // 2
-    assert g.get_accumulated_count() == 3 * SLEEP + SLEEP // 2
+    assert g.max_single_measurement == SLEEP // 2
+    assert g.accumulated_count == 3 * SLEEP + SLEEP // 2
 
 
 def test_timer_gauge_is_clamped_to_1000_ms_per_second():
@@ -110,23 +110,23 @@ def test_timer_gauge_is_clamped_to_1000_ms_per_second():
     g.mark_start()
     clock.advance(60_000)     # a minute in one 5-second window (a stalled updater)
     g.update()
-    assert g.get_value() == 1000
+    assert g.value == 1000
 
 
 def test_timer_gauge_full_window_is_averaged_over_its_buckets():
     clock = ManualClock()
     g = TimerGauge(clock, 60)
-    for i in range(12):                       # 12 buckets of 5 s; 2.5 s back-pressured in each
+    for _ in range(12):                       # 12 buckets of 5 s; 2.5 s back-pressured in each
         g.mark_start()
         clock.advance(2500)
         g.mark_end()
         clock.advance(2500)
         g.update()
-    assert g.get_value() == 500
+    assert g.value == 500
     for _ in range(12):                       # a minute without: the window forgets
         clock.advance(5000)
         g.update()
-    assert g.get_value() == 0 and g.get_accumulated_count() == 12 * 2500
+    assert g.value == 0 and g.accumulated_count == 12 * 2500
 
 
 def test_timer_gauge_double_marks_are_ignored():
@@ -139,7 +139,7 @@ def test_timer_gauge_double_marks_are_ignored():
     clock.advance(5)
     g.mark_end()
     g.mark_end()
-    assert g.get_accumulated_count() == 10
+    assert g.accumulated_count == 10
 
 
 @pytest.mark.parametrize("span", [0, -5, 2.5, "5"])
@@ -157,10 +157,10 @@ def test_meter_view_rate_over_its_window():
     for _ in range(12):
         m.mark_event(500)
         m.update()
-    assert m.get_rate() == pytest.approx(12 * 500 / 60)
+    assert m.rate == pytest.approx(12 * 500 / 60)
     m.update()                                 # the oldest sample (0 events) leaves the window
-    assert m.get_rate() == pytest.approx(11 * 500 / 60)
-    assert m.get_count() == 6000
+    assert m.rate == pytest.approx(11 * 500 / 60)
+    assert m.count == 6000
 
 
 def test_meter_view_time_span_rounds_down_to_the_interval():
@@ -231,9 +231,9 @@ def test_registry_updater_thread_refreshes_views():
         m = reg.group("job").meter("rate", MeterView(Counter(), 5))
         m.mark_event(10)
         deadline = time.monotonic() + 5
-        while m.get_rate() == 0 and time.monotonic() < deadline:
+        while m.rate == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert m.get_rate() == 2.0            # 10 events over a 5-second window
+        assert m.rate == 2.0            # 10 events over a 5-second window
 
 
 def test_a_failing_gauge_is_left_out_of_snapshots_and_reporters_still_run(caplog):

@@ -107,14 +107,14 @@ def test_histogram_window_and_quantiles():
     for v in [10, 20, 30, 40, 50, 60]:
         h.update(v)
     s = h.get_statistics()
-    assert s.count == 6 and s.size() == 4
-    assert s.get_values() == [30, 40, 50, 60]           # the last window_size values
+    assert s.count == 6 and s.size == 4
+    assert s.values == (30, 40, 50, 60)           # the last window_size values, sorted
     # Commons Math's default (LEGACY) percentile: position q × (n + 1), interpolated
     assert s.get_quantile(0.5) == 45.0
     assert s.get_quantile(0.99) == 60.0
     assert s.get_quantile(0.1) == 30.0
     assert s.get_quantile(0.75) == pytest.approx(57.5)
-    assert s.get_mean() == 45.0
+    assert s.mean == 45.0
     assert Histogram().get_statistics().as_dict()["p50"] != Histogram().get_statistics().as_dict()["p50"]
     with pytest.raises(ValueError):
         Histogram(0)
@@ -182,7 +182,7 @@ def test_markers_through_an_operator_to_a_sink_give_plausible_latencies():
         s_op, s_sink = op_hist.get_statistics(), sink_hist.get_statistics()
         assert s_op.count == s_sink.count == 40
         for s in (s_op, s_sink):
-            assert 0 <= s.get_min() <= s.get_quantile(0.5) <= s.get_quantile(0.99) <= s.get_max() < 30_000
+            assert 0 <= s.min <= s.get_quantile(0.5) <= s.get_quantile(0.99) <= s.max < 30_000
         gate1.close()
         gate2.close()
     reg.close()

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from flinknet.core import NetworkBufferPool
 from flinknet.consumer import RecordReader
+from flinknet.core import NetworkBufferPool
 from flinknet.environment import NetworkEnvironment
 from flinknet.metrics import (
     MetricRegistry,

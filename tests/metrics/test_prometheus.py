@@ -17,6 +17,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+
 # prometheus_client is in the test extra: without it these tests fail rather than skip.
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -153,10 +154,10 @@ def test_values_match_the_registry(registry):
     task = Task(registry)
     fams = families(render_prometheus_text(registry))
     assert only_value(fams[TASK + "numRecordsOut"]) == 42.0
-    assert task.meter.get_rate() == pytest.approx(42 / 60)
-    assert only_value(fams[TASK + "numRecordsOutPerSecond"]) == pytest.approx(task.meter.get_rate())
+    assert task.meter.rate == pytest.approx(42 / 60)
+    assert only_value(fams[TASK + "numRecordsOutPerSecond"]) == pytest.approx(task.meter.rate)
     assert only_value(fams[TASK + "outPoolUsage"]) == 0.25
-    assert task.timer.get_value() == 500
+    assert task.timer.value == 500
     assert only_value(fams[TASK + "busyTimeMsPerSecond"]) == 500.0
     assert only_value(fams[OPERATOR + "numRecordsIn"]) == 7.0
 
@@ -432,15 +433,15 @@ def test_collector_and_reporter_reject_bad_arguments(registry):
 def test_served_text_parses_and_matches_the_registry(registry):
     task = Task(registry)
     with PrometheusReporter(registry) as reporter:
-        assert reporter.running and reporter.port > 0
+        assert reporter.is_running and reporter.port > 0
         assert reporter.url == f"http://127.0.0.1:{reporter.port}/metrics"
         content_type, body = scrape(reporter)
         assert content_type.startswith("text/plain; version=0.0.4")
         fams = families(body)
         assert only_value(fams[TASK + "numRecordsOut"]) == 42.0
-        assert only_value(fams[TASK + "numRecordsOutPerSecond"]) == pytest.approx(task.meter.get_rate())
+        assert only_value(fams[TASK + "numRecordsOutPerSecond"]) == pytest.approx(task.meter.rate)
         assert only_value(fams[TASK + "outPoolUsage"]) == 0.25
-        assert only_value(fams[TASK + "busyTimeMsPerSecond"]) == float(task.timer.get_value())
+        assert only_value(fams[TASK + "busyTimeMsPerSecond"]) == float(task.timer.value)
         assert only_value(fams[OPERATOR + "numRecordsIn"]) == 7.0
         quantiles = {s.labels["quantile"]: s.value for s in fams[TASK + "latency"].samples
                      if "quantile" in s.labels}
@@ -455,7 +456,7 @@ def test_endpoint_only_while_started_and_close_frees_the_port(registry):
     Task(registry)
     threads_before = set(threading.enumerate())
     reporter = PrometheusReporter(registry)
-    assert reporter.port is None and reporter.url is None and not reporter.running
+    assert reporter.port is None and reporter.url is None and not reporter.is_running
     assert "stopped" in repr(reporter)
     reporter.start()
     port = reporter.port
@@ -470,7 +471,7 @@ def test_endpoint_only_while_started_and_close_frees_the_port(registry):
     assert info.value.errno == errno.EADDRINUSE
 
     reporter.close()
-    assert not reporter.running and reporter.port == port  # the port stays readable
+    assert not reporter.is_running and reporter.port == port  # the port stays readable
     assert connection_refused("127.0.0.1", port)
     assert ("127.0.0.1", port) not in listening_sockets()
     assert wait_threads_back(threads_before) == set()
@@ -496,10 +497,10 @@ def test_start_twice_fails_and_restart_after_close_works(registry):
             scrape(reporter)
     finally:
         reporter.close()
-    assert not reporter.running
+    assert not reporter.is_running
     reporter.start()
     try:
-        assert reporter.running
+        assert reporter.is_running
         scrape(reporter)
     finally:
         reporter.close()
@@ -515,7 +516,7 @@ def test_busy_port_raises_oserror_and_leaves_nothing_running(registry):
         with pytest.raises(OSError, match=f"127.0.0.1:{port}") as info:
             reporter.start()
         assert info.value.errno == errno.EADDRINUSE
-        assert not reporter.running and reporter.port is None
+        assert not reporter.is_running and reporter.port is None
         reporter.close()
     assert wait_threads_back(threads_before) == set()
 
@@ -529,7 +530,7 @@ def test_subscribed_reporter_closes_with_the_registry():
     port = reporter.port
     assert "flinknet_x_n" in families(scrape(reporter)[1])
     reg.close()
-    assert not reporter.running
+    assert not reporter.is_running
     assert connection_refused("127.0.0.1", port)
 
 
@@ -554,7 +555,7 @@ def test_non_loopback_host_is_explicit_and_warned(registry, caplog):
         assert caplog.records == []
         reporter = PrometheusReporter(registry, host="0.0.0.0")  # constructed, never started
     assert "0.0.0.0" in caplog.text and "beyond" in caplog.text
-    assert not reporter.running
+    assert not reporter.is_running
     assert PrometheusReporter(registry).host == "127.0.0.1"  # the default is loopback
 
 

@@ -118,7 +118,7 @@ def test_through_registry_subscribe_and_update(registry, caplog):
     assert first[prefix + "latency"]["count"] == 1 and first[prefix + "latency"]["p50"] == 4.0
     assert first[prefix + "operator.op-1.numRecordsIn"] == 5
     assert second[prefix + "numRecordsOut"] == 120
-    assert second[prefix + "numRecordsOutPerSecond"] == pytest.approx(meter.get_rate()) == pytest.approx(2.0)
+    assert second[prefix + "numRecordsOutPerSecond"] == pytest.approx(meter.rate) == pytest.approx(2.0)
 
 
 def test_level_logger_forms_and_disabled_level(caplog):

@@ -14,7 +14,7 @@ import pytest
 
 from flinknet.consumer import RecordReader
 from flinknet.environment import NetworkEnvironment
-from flinknet.errors import IllegalStateError
+from flinknet.errors import CancelTaskError, IllegalStateError
 from flinknet.metrics import MetricRegistry, TaskIOMetrics, TimerGauge
 from flinknet.writer import RecordWriter
 
@@ -171,17 +171,17 @@ def test_hard_back_pressure_is_high_while_the_consumer_stalls_and_ok_after():
         t = threading.Thread(target=produce)
         t.start()
         hard = m.hard_back_pressured_time
-        assert _wait(hard.is_measuring)                   # the emit blocks: no buffer
+        assert _wait(lambda: hard.is_measuring)           # the emit blocks: no buffer
         reg.update()                                      # window starts while blocked
         time.sleep(1.0)
         snap = reg.update()                               # a whole window blocked
-        assert hard.is_measuring() and not done.is_set()
+        assert hard.is_measuring and not done.is_set()
         assert _get(snap, "hardBackPressuredTimeMsPerSecond") >= 900
         assert _get(snap, "backPressuredTimeMsPerSecond") >= 900
         assert _get(snap, "maxHardBackPressureTimeMs") >= 900
         assert _get(snap, "softBackPressuredTimeMsPerSecond") == 0
-        assert m.back_pressure_level() == "HIGH"
-        assert m.is_back_pressured()
+        assert m.back_pressure_level == "HIGH"
+        assert m.is_back_pressured
         stalled.set()
         with RecordReader(gate) as r:
             assert sum(1 for _ in r) == 400
@@ -190,7 +190,7 @@ def test_hard_back_pressure_is_high_while_the_consumer_stalls_and_ok_after():
         reg.update()                                      # closes the window with the last block
         snap = reg.update()                               # a window with no blocking at all
         assert _get(snap, "hardBackPressuredTimeMsPerSecond") == 0
-        assert m.back_pressure_level() == "OK"
+        assert m.back_pressure_level == "OK"
         assert _get(snap, "accumulateBackPressuredTimeMs") >= 900
         assert resume is not None
         m.close()
@@ -223,7 +223,7 @@ def test_soft_back_pressure_is_timed_by_wait_available():
             with pytest.raises(ValueError):
                 w.wait_available(-1)
             p.release()
-            with pytest.raises(Exception):
+            with pytest.raises(CancelTaskError):
                 w.wait_available(1)                       # released: an error, never a hang
         m.close()
     reg.close()
@@ -240,7 +240,7 @@ def test_idle_time_and_busy_time():
             got = []
             t = threading.Thread(target=lambda: got.append(r.read_batch(timeout=30)))
             t.start()
-            assert _wait(m.idle_time.is_measuring)        # the reader waits for input
+            assert _wait(lambda: m.idle_time.is_measuring)  # the reader waits for input
             reg.update()
             time.sleep(1.0)
             snap = reg.update()
@@ -250,7 +250,7 @@ def test_idle_time_and_busy_time():
                 w.emit(b"wake", 0)
             t.join(10)
             assert got == [[b"wake"]]
-            assert not m.idle_time.is_measuring()
+            assert not m.idle_time.is_measuring
             assert _get(reg.snapshot(), "accumulateIdleTimeMs") >= 900
             p.release()
         m.close()
@@ -338,7 +338,7 @@ def test_validation_and_close():
     with pytest.raises(TypeError):
         m.register_gate(object())
     assert isinstance(m.idle_time, TimerGauge)
-    assert m.back_pressure_level() == "OK" and not m.is_back_pressured()
+    assert m.back_pressure_level == "OK" and not m.is_back_pressured
     assert "localhost.taskmanager.tm-0.job.T.0.busyTimeMsPerSecond" in reg.snapshot()
     with NetworkEnvironment(OPTS) as env:
         p = env.create_result_partition(1)
