@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="flinknet", description="Apache Flink's network stack for Python.",
         epilog="commands:\n" + "\n".join(f"  {name:<9}{text}" for name, text in COMMANDS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=version_text(), help="print the version and exit")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the version and exit")
     parser.add_argument("command", choices=list(COMMANDS), help="what to run")
     return parser
 

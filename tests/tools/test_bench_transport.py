@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from flinknet.tools.bench import transport as B
+from flinknet.tools.bench import transport
 
 
 @pytest.mark.parametrize("size, api", [(8, "numpy"), (100, "batch"), (1000, "per-record"), (32768, "batch")])
 def test_remote_run_moves_every_record(size, api):
     # run_remote raises unless exactly n records arrived and the consumer's pool is whole
-    assert B.run_remote(size, 3000 if size < 32768 else 200, api) > 0
+    assert transport.run_remote(size, 3000 if size < 32768 else 200, api) > 0
 
 
 def test_latency_run_returns_one_delay_per_record():
-    delays = B.run_remote(100, 500, "latency", timeout_ms=0, rate=5000)
+    delays = transport.run_remote(100, 500, "latency", timeout_ms=0, rate=5000)
     assert len(delays) == 500 and all(d > 0 for d in delays)
 
 
 def test_raw_socket_baselines():
-    assert B.raw_socket_ns_per_byte(8 << 20, B.CHUNK) > 0
-    rtts = B.raw_round_trip_us(50)
+    assert transport.raw_socket_ns_per_byte(8 << 20, transport.CHUNK) > 0
+    rtts = transport.raw_round_trip_us(50)
     assert len(rtts) == 50 and min(rtts) > 0

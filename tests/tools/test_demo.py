@@ -111,7 +111,8 @@ def test_no_live_run_passes_its_check_and_shows_backpressure(tmp_path):
     assert "latency_ms=p50:" in out
     # the summary, its per-phase back-pressure and the exactly-once check
     assert re.search(r"RESULT task=Source\[\d\] .*max_bp_slow=HIGH", out)
-    assert re.search(r"RESULT check=PASS keys=1000 produced=(\d+) aggregated=\1 at_sink=\1 lost=0 duplicated=0", out)
+    assert re.search(r"RESULT check=PASS keys=1000 produced=(\d+) aggregated=\1 at_sink=\1 "
+                     r"lost=0 duplicated=0", out)
     assert "CHECK PASSED" in out and "Summary per task" in out and "End-to-end latency" in out
     _assert_all_gone(out, 5)
 
@@ -202,7 +203,7 @@ def test_live_view_in_a_terminal(tmp_path):
 # -- Prometheus ----------------------------------------------------------------------------------
 
 def test_prometheus_serves_the_tasks_metrics_while_running(tmp_path):
-    from prometheus_client import parser   # in the test extra: fail, never skip, without it
+    from prometheus_client import parser  # in the test extra: fail, never skip, without it
     port = _free_port()
     path = tmp_path / "out.txt"
     with open(path, "w") as f:
@@ -225,8 +226,8 @@ def test_prometheus_serves_the_tasks_metrics_while_running(tmp_path):
     families = {f.name: f for f in parser.text_string_to_metric_families(text)}
     tasks = {s.labels["task_name"] for s in families["flinknet_taskmanager_job_task_numRecordsOut"].samples}
     assert tasks == {"Source", "Aggregator", "Sink"}
-    for name in ("backPressuredTimeMsPerSecond", "numRecordsInPerSecond", "Shuffle_Netty_Input_Buffers_inPoolUsage",
-                 "Shuffle_Netty_Output_Buffers_outPoolUsage"):
+    for name in ("backPressuredTimeMsPerSecond", "numRecordsInPerSecond",
+                 "Shuffle_Netty_Input_Buffers_inPoolUsage", "Shuffle_Netty_Output_Buffers_outPoolUsage"):
         assert f"flinknet_taskmanager_job_task_{name}" in families, name
     assert any(s.labels.get("job_name") == "demo" for f in families.values() for s in f.samples)
     assert "flinknet_taskmanager_Shuffle_Netty_TotalMemorySegments" in families

@@ -22,14 +22,19 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from flinknet.core import NetworkBufferPool
 from flinknet.consumer import RecordReader, SingleInputGate
+from flinknet.core import NetworkBufferPool
 from flinknet.partition import PipelinedResultPartition, ResultPartitionManager
 from flinknet.tools.bench.report import Row
 from flinknet.writer import RecordWriter
+
+if TYPE_CHECKING:
+    from flinknet.metrics import MetricRegistry, TaskIOMetrics
 
 SEGMENT_SIZE = 32 * 1024
 NETWORK_MEMORY = 64 * 1024 * 1024
@@ -40,20 +45,27 @@ BATCH = 1000
 FLINK_LOCAL_100B_RECORDS_PER_S = (9.18e6, 11.97e6)
 
 
-def emit_records(writer, record: bytes, n: int, api: str) -> None:
+def emit_records(writer: RecordWriter, record: bytes, n: int, api: str) -> None:
     """Emit ``record`` ``n`` times to subpartition 0 through ``api``: "per-record" (a Python loop
     calling ``emit``), "batch" (lists of :data:`BATCH` records) or "numpy" (arrays of them)."""
     if api == "per-record":
         emit = writer.emit
         for _ in range(n):
             emit(record, 0)
-        return
-    if api == "batch":
-        block, send = [record] * BATCH, writer.emit_batch
+    elif api == "batch":
+        _emit_blocks(writer.emit_batch, [record] * BATCH, n)
     elif api == "numpy":
-        block, send = np.frombuffer(record * BATCH, dtype=np.dtype((np.void, len(record)))), writer.emit_array
+        array = np.frombuffer(record * BATCH, dtype=np.dtype((np.void, len(record))))
+        _emit_blocks(writer.emit_array, array, n)
     else:
         raise ValueError(f"unknown api {api!r}")
+
+
+_Block = TypeVar("_Block", list[bytes], np.ndarray)
+
+
+def _emit_blocks(send: Callable[[_Block, int], int], block: _Block, n: int) -> None:
+    """``n`` records to subpartition 0: ``send`` whole blocks of :data:`BATCH`, then the rest."""
     left = n
     while left > 0:
         k = min(BATCH, left)
@@ -61,7 +73,7 @@ def emit_records(writer, record: bytes, n: int, api: str) -> None:
         left -= k
 
 
-def _run_flinknet(nbp, size: int, n: int, api: str, metrics: bool = False) -> float:
+def _run_flinknet(nbp: NetworkBufferPool, size: int, n: int, api: str, metrics: bool = False) -> float:
     """Seconds for ``n`` records of ``size`` bytes from a producer thread to this thread; with
     ``metrics``, both tasks have their TaskIOMetrics and a registry refreshes them every second
     and takes a snapshot (as a reporter would)."""
@@ -70,7 +82,8 @@ def _run_flinknet(nbp, size: int, n: int, api: str, metrics: bool = False) -> fl
     partition.setup()
     gate = SingleInputGate.create_local(manager, [(partition.partition_id, 0)])
     reader = RecordReader(gate)
-    registry = task_metrics = None
+    registry: MetricRegistry | None = None
+    task_metrics: list[TaskIOMetrics] = []
     if metrics:
         from flinknet.metrics import MetricRegistry, TaskIOMetrics
 
@@ -80,10 +93,10 @@ def _run_flinknet(nbp, size: int, n: int, api: str, metrics: bool = False) -> fl
                         TaskIOMetrics(registry.task_group("Sink", 0))]
         task_metrics[1].register_reader(reader)
     record = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    errors = []
+    errors: list[BaseException] = []
     start = threading.Event()
 
-    def produce():
+    def produce() -> None:
         try:
             writer = RecordWriter(partition, timeout=100)
             if task_metrics:
@@ -120,9 +133,9 @@ def _run_flinknet(nbp, size: int, n: int, api: str, metrics: bool = False) -> fl
         t.join()
         reader.close()
         gate.close()
+        for m in task_metrics:
+            m.close()
         if registry is not None:
-            for m in task_metrics:
-                m.close()
             registry.close()
     if errors:
         raise errors[0]
@@ -164,7 +177,7 @@ def _run_queue(size: int, n: int, batched: bool) -> float:
     return elapsed / count * 1e9
 
 
-def bench_local_exchange(quick: bool = False, repeats: int | None = None):
+def bench_local_exchange(quick: bool = False, repeats: int | None = None) -> list[Row]:
     """Rows of the ``local`` group: ns per record, with baselines."""
     repeats = repeats or 3
     scale = 0.25 if quick else 1.0
@@ -201,9 +214,9 @@ def bench_local_exchange(quick: bool = False, repeats: int | None = None):
     return rows
 
 
-def bench_metrics_overhead(quick: bool = False, repeats: int | None = None):
+def bench_metrics_overhead(quick: bool = False, repeats: int | None = None) -> list[Row]:
     """Rows of the ``metrics`` group: the local exchange with task metrics on, against the same
-    exchange with metrics off measured alternately in the same run (issue 6 aims at < 5%)."""
+    exchange with metrics off measured alternately in the same run (the aim: under 5 %)."""
     repeats = repeats or (3 if quick else 5)
     scale = 0.25 if quick else 1.0
     rows = []

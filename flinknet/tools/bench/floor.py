@@ -28,7 +28,7 @@ import time
 
 from flinknet.tools.bench.transport import raw_round_trip_us
 
-__all__ = ["relay_one_way_us", "paced_raw_one_way_us", "thread_handoff_us", "relay_bandwidth_gbps"]
+__all__ = ["paced_raw_one_way_us", "relay_bandwidth_gbps", "relay_one_way_us", "thread_handoff_us"]
 
 _TS = struct.Struct("<q")
 _SIZE = 100

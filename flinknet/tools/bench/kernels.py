@@ -26,13 +26,23 @@ buffer pools are whole at the end.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TypeVar, cast
 
-from flinknet.core import DeserializationResult, NetworkBufferPool, RecordDeserializer, SpanningRecordSerializer
+from flinknet.core import (
+    Buffer,
+    BufferBuilder,
+    BufferConsumer,
+    DeserializationResult,
+    LocalBufferPool,
+    NetworkBufferPool,
+    RecordDeserializer,
+    SpanningRecordSerializer,
+)
 from flinknet.tools.bench import _benchkit
 from flinknet.tools.bench.report import Row
 
-__all__ = ["RecyclingSink", "SEGMENT_SIZE", "bench_append", "bench_bulk_copy", "bench_kernels", "bench_pool",
+__all__ = ["SEGMENT_SIZE", "RecyclingSink", "bench_append", "bench_bulk_copy", "bench_kernels", "bench_pool",
            "bench_serialization"]
 
 SEGMENT_SIZE = 32 * 1024
@@ -64,17 +74,35 @@ def _check_whole(nbp: NetworkBufferPool) -> None:
         raise AssertionError("the benchmark leaked network buffers")
 
 
+_T = TypeVar("_T")
+
+
+def _in_timed_loop(request: Callable[[], _T | None]) -> Callable[[], _T]:
+    """A pool's non-blocking ``request`` as the timed loops use it: each loop gives its buffer
+    (segment, builder) back before asking for the next, from a pool holding several, so the
+    request never answers None there; a check per request would be timed with the kernel."""
+    return cast(Callable[[], _T], request)
+
+
+def _builder(lbp: LocalBufferPool) -> BufferBuilder:
+    """A builder from ``lbp`` outside a timed loop (the benchmark sized the pool to have one)."""
+    builder = lbp.request_buffer_builder()
+    if builder is None:
+        raise AssertionError("the benchmark's buffer pool has no buffer for a builder")
+    return builder
+
+
 # --- pure-Python baselines ---------------------------------------------------------------------
 
 class _PyBuffer:
     __slots__ = ("segment", "pool", "ref_count")
 
-    def __init__(self, segment, pool):
+    def __init__(self, segment: bytearray, pool: _PyPool) -> None:
         self.segment = segment
         self.pool = pool
         self.ref_count = 1
 
-    def recycle(self):
+    def recycle(self) -> None:
         self.ref_count -= 1
         if self.ref_count == 0:
             self.pool.recycle(self.segment)
@@ -83,15 +111,15 @@ class _PyBuffer:
 class _PyPool:
     """The hand-out a Python user would write: a free list and a buffer wrapper."""
 
-    def __init__(self, n, size):
+    def __init__(self, n: int, size: int) -> None:
         self.free = [bytearray(size) for _ in range(n)]
 
-    def request_buffer(self):
+    def request_buffer(self) -> _PyBuffer | None:
         if self.free:
             return _PyBuffer(self.free.pop(), self)
         return None
 
-    def recycle(self, segment):
+    def recycle(self, segment: bytearray) -> None:
         self.free.append(segment)
 
 
@@ -103,19 +131,19 @@ def bench_pool(iterations: int, repeats: int) -> list[Row]:
         lbp = nbp.create_buffer_pool(8, 8)
 
         def flinknet_loop():
-            request = lbp.request_buffer
+            request = _in_timed_loop(lbp.request_buffer)
             for _ in range(iterations):
                 request().recycle()
             return iterations
 
         def builder_loop():
-            request = lbp.request_buffer_builder
+            request = _in_timed_loop(lbp.request_buffer_builder)
             for _ in range(iterations):
                 request().close()
             return iterations
 
         def global_loop():
-            request = nbp.request_pooled_memory_segment
+            request = _in_timed_loop(nbp.request_pooled_memory_segment)
             recycle = nbp.recycle_pooled_memory_segment
             for _ in range(iterations):
                 recycle(request())
@@ -124,7 +152,7 @@ def bench_pool(iterations: int, repeats: int) -> list[Row]:
         py = _PyPool(8, SEGMENT_SIZE)
 
         def python_loop():
-            request = py.request_buffer
+            request = _in_timed_loop(py.request_buffer)
             for _ in range(iterations):
                 request().recycle()
             return iterations
@@ -154,7 +182,7 @@ def bench_append(chunk: int, iterations: int, repeats: int) -> Row:
 
         def flinknet_loop():
             done = 0
-            request = lbp.request_buffer_builder
+            request = _in_timed_loop(lbp.request_buffer_builder)
             while done < iterations:
                 builder = request()
                 append = builder.append_and_commit
@@ -178,7 +206,7 @@ def bench_append(chunk: int, iterations: int, repeats: int) -> Row:
                 done += per_builder
             return done
 
-        builder = lbp.request_buffer_builder()
+        builder = _builder(lbp)
         t = _interleaved({
             "flinknet": lambda: _once_ns(flinknet_loop),
             "python": lambda: _once_ns(python_loop),
@@ -202,7 +230,7 @@ def bench_bulk_copy(iterations: int, repeats: int) -> Row:
         lbp = nbp.create_buffer_pool(2, 2)
         data = bytes(SEGMENT_SIZE)
         def flinknet_loop():
-            request = lbp.request_buffer_builder
+            request = _in_timed_loop(lbp.request_buffer_builder)
             for _ in range(iterations):
                 b = request()
                 b.append_and_commit(data)
@@ -210,7 +238,7 @@ def bench_bulk_copy(iterations: int, repeats: int) -> Row:
             return iterations
 
         def c_loop_once():
-            builder = lbp.request_buffer_builder()
+            builder = _builder(lbp)
             try:
                 return _benchkit.builder_append_ns_per_chunk(builder, data, iterations)
             finally:
@@ -233,29 +261,30 @@ def bench_bulk_copy(iterations: int, repeats: int) -> Row:
 class RecyclingSink:
     """Takes each buffer as the partition layer would and recycles it when finished."""
 
-    def __init__(self):
-        self.consumers = []
+    def __init__(self) -> None:
+        self.consumers: list[BufferConsumer] = []
 
-    def add_buffer_consumer(self, subpartition, consumer, partial_record_length):
+    def add_buffer_consumer(self, subpartition: int, consumer: BufferConsumer,
+                            partial_record_length: int) -> None:
         self.consumers.append(consumer)
 
-    def buffer_finished(self, subpartition, num_bytes):
+    def buffer_finished(self, subpartition: int, num_bytes: int) -> None:
         consumer = self.consumers.pop(0)
         consumer.build().recycle()
         consumer.close()
 
-    def close(self):
+    def close(self) -> None:
         for consumer in self.consumers:
             consumer.close()
         self.consumers.clear()
 
 
 class _KeepingSink(RecyclingSink):
-    def buffer_finished(self, subpartition, num_bytes):
+    def buffer_finished(self, subpartition: int, num_bytes: int) -> None:
         pass
 
-    def take_buffers(self):
-        buffers = []
+    def take_buffers(self) -> list[Buffer]:
+        buffers: list[Buffer] = []
         for consumer in self.consumers:
             buffers.append(consumer.build())
             consumer.close()
@@ -263,7 +292,7 @@ class _KeepingSink(RecyclingSink):
         return buffers
 
 
-def _python_framing(records, segment_size):
+def _python_framing(records: list[bytes], segment_size: int) -> int:
     """Pure-Python framing: pickle each record, struct.pack_into length + payload, new bytearray
     when full."""
     import pickle
@@ -285,7 +314,7 @@ def _python_framing(records, segment_size):
     return out
 
 
-def _python_framed_buffers(payload_size, records):
+def _python_framed_buffers(payload_size: int, records: int) -> list[bytes]:
     """Buffers of ``records`` framed pickles of ``payload_size``-byte payloads."""
     import pickle
     import struct
@@ -297,7 +326,7 @@ def _python_framed_buffers(payload_size, records):
     return [frame * per_buffer] * full + ([frame * rest] if rest else [])
 
 
-def _python_deframing(buffers):
+def _python_deframing(buffers: list[bytes]) -> int:
     import pickle
     import struct
 
@@ -344,10 +373,12 @@ def bench_serialization(payload: int, records: int, repeats: int) -> list[Row]:
         targets = np.zeros(records, dtype=np.int32)
         measures = {
             "c": lambda: _benchkit.c_framing_ns_per_record(payload, SEGMENT_SIZE, records),
-            "python": lambda: _once_ns(lambda: (_python_framing(py_pickled, SEGMENT_SIZE), len(py_pickled))[1]),
+            "python": lambda: _once_ns(
+                lambda: (_python_framing(py_pickled, SEGMENT_SIZE), len(py_pickled))[1]),
             "per_record": lambda: _once_ns(lambda: timed(per_record)),
             "batch_list": lambda: _once_ns(lambda: timed(lambda s: s.emit_batch(batch, 0))),
-            "batch_list.per_record_targets": lambda: _once_ns(lambda: timed(lambda s: s.emit_batch(batch, targets))),
+            "batch_list.per_record_targets":
+                lambda: _once_ns(lambda: timed(lambda s: s.emit_batch(batch, targets))),
         }
         if array is not None:
             measures["numpy_array"] = lambda: _once_ns(lambda: timed(lambda s: s.emit_array(array, 0)))
@@ -382,18 +413,18 @@ def bench_serialization(payload: int, records: int, repeats: int) -> list[Row]:
                     deser.set_next_buffer(b)
                     get = deser.get_next_record
                     while True:
-                        result, rec = get()
-                        if result is INTERMEDIATE:
+                        result, _record = get()
+                        if result is intermediate:
                             count += 1
                             continue
-                        if result is LAST:
+                        if result is last:
                             count += 1
                         break
             deser.clear()
             return count
 
-        INTERMEDIATE = DeserializationResult.INTERMEDIATE_RECORD_FROM_BUFFER
-        LAST = DeserializationResult.LAST_RECORD_FROM_BUFFER
+        intermediate = DeserializationResult.INTERMEDIATE_RECORD_FROM_BUFFER
+        last = DeserializationResult.LAST_RECORD_FROM_BUFFER
         # The pure-Python side reads the same number of buffers, framed the same way, of pickles.
         py_buffers = _python_framed_buffers(payload, min(records, 100_000))
         measures = {

@@ -83,6 +83,7 @@ every thread are stopped when the group ends.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import queue
@@ -95,13 +96,24 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import numpy as np
 
 from flinknet.partitioners import ChannelSelector
 from flinknet.tools.bench.report import Row
 from flinknet.transport.handshake import ssl_context
+
+if TYPE_CHECKING:
+    from flinknet.environment import NetworkEnvironment
+    from flinknet.partition import ResultPartition
+    from flinknet.writer import RecordWriter
+
+#: (keystore, truststore) PEM files of the run's throw-away certificate (:func:`make_tls_files`)
+TlsFiles = tuple[str, str]
+_R = TypeVar("_R")
 
 SEGMENT_SIZE = 32 * 1024
 CHUNK = 32 * 1024
@@ -144,11 +156,14 @@ class Case:
         """Buffers per environment, as Flink's StreamNetworkBenchmarkEnvironment sizes them."""
         return max(2048, self.writers * self.channels * 4)
 
-    def config(self, tls_files) -> dict:
-        cfg = {"taskmanager.memory.network.max": self.num_buffers * SEGMENT_SIZE,
+    def config(self, tls_files: TlsFiles | None) -> dict[str, Any]:
+        """The environment options of both sides (``tls_files`` only for a ``.tls`` case)."""
+        cfg: dict[str, Any] = {"taskmanager.memory.network.max": self.num_buffers * SEGMENT_SIZE,
                "taskmanager.memory.segment-size": SEGMENT_SIZE,
                "flinknet.network.flow-control": self.flow}
         if self.tls:
+            if tls_files is None:
+                raise ValueError(f"{self.name} needs TLS files (make_tls_files)")
             keystore, truststore = tls_files
             cfg.update({"security.ssl.internal.enabled": True,
                         "security.ssl.internal.keystore": keystore,
@@ -203,14 +218,14 @@ class DataSkewChannelSelector(ChannelSelector):
             raise RuntimeError(f"{type(self).__name__}.setup() was not called")
         return self.number_of_channels
 
-    def select_channel(self, record) -> int:
+    def select_channel(self, record: Any) -> int:
         n = self._channels()
         if self.spread >= n:
             return 0
         self.spread += 1
         return self.spread - 1
 
-    def select_channels(self, records) -> np.ndarray:
+    def select_channels(self, records: Any) -> np.ndarray:
         n = self._channels()
         out = np.zeros(len(records), dtype=np.int32)
         k = min(len(records), n - self.spread)
@@ -219,13 +234,13 @@ class DataSkewChannelSelector(ChannelSelector):
             self.spread += k
         return out
 
-    def copy(self) -> "DataSkewChannelSelector":
+    def copy(self) -> DataSkewChannelSelector:
         return DataSkewChannelSelector()
 
 
 # -- TLS material ---------------------------------------------------------------------------------
 
-def make_tls_files(directory: str):
+def make_tls_files(directory: str) -> TlsFiles | None:
     """(keystore, truststore) PEM files of a throw-away self-signed certificate (``openssl``),
     or None when the ``openssl`` command is missing or fails."""
     exe = shutil.which("openssl")
@@ -249,13 +264,15 @@ def make_tls_files(directory: str):
 
 # -- the producer process -------------------------------------------------------------------------
 
-def _writer_loop(writer, partition, case: Case, jobs: queue.Queue, q_out) -> None:
+def _writer_loop(writer: RecordWriter, partition: ResultPartition, case: Case, jobs: queue.Queue,
+                 q_out: Any) -> None:
     """A writer thread: runs invocations from ``jobs`` until it gets None."""
     channels = case.channels
     block = max(BATCH, RUN * channels)
     zeros = np.zeros(block, dtype=np.int64)
     zero_list = [bytes(8)] * BATCH
-    select = writer.channel_selector.select_channels
+    # called with numpy arrays of records, which the selectors take (typed: sequences of records)
+    select: Callable[[Any], np.ndarray] = writer.channel_selector.select_channels
     try:
         while (job := jobs.get()) is not None:
             what, n = job
@@ -268,20 +285,20 @@ def _writer_loop(writer, partition, case: Case, jobs: queue.Queue, q_out) -> Non
                 continue
             left = n - 1
             if case.kind == "broadcast":
-                send = writer.emit_batch          # each record serialized once, for all channels
+                send_list = writer.emit_batch     # each record serialized once, for all channels
                 while left > 0:
                     k = min(BATCH, left)
-                    send(zero_list if k == BATCH else zero_list[:k])
+                    send_list(zero_list if k == BATCH else zero_list[:k])
                     left -= k
             else:
                 # The selector picks every record's channel; each channel's records of the block
                 # go out in one run (same records, same channels, same order per channel).
-                send = writer.emit_array
+                send_array = writer.emit_array
                 while left > 0:
                     k = min(block, left)
                     counts = np.bincount(select(zeros[:k]), minlength=channels)
                     for target in np.flatnonzero(counts).tolist():
-                        send(zeros[:counts[target]], target)
+                        send_array(zeros[:counts[target]], target)
                     left -= k
             writer.broadcast_emit(_Q.pack(n))     # the last record, on every channel
             writer.flush_all()
@@ -296,17 +313,21 @@ def _writer_loop(writer, partition, case: Case, jobs: queue.Queue, q_out) -> Non
 class _Producer:
     """The sender side of one row, inside the producer process."""
 
-    def __init__(self, case: Case, cfg: dict, q_out):
+    def __init__(self, case: Case, cfg: dict[str, Any], q_out: Any) -> None:
         from flinknet.environment import NetworkEnvironment
         from flinknet.partitioners import BroadcastPartitioner, RoundRobinChannelSelector
         from flinknet.writer import RecordWriter, RecordWriterBuilder
 
         self.env = NetworkEnvironment(cfg)
-        self.partitions, self.writers, self.jobs, self.threads = [], [], [], []
+        self.partitions: list[ResultPartition] = []
+        self.writers: list[RecordWriter] = []
+        self.jobs: list[queue.Queue] = []
+        self.threads: list[threading.Thread] = []
         try:
             for i in range(case.writers):
                 p = self.env.create_result_partition(case.channels)
                 self.partitions.append(p)
+                selector: ChannelSelector
                 if case.kind == "broadcast":
                     selector = BroadcastPartitioner()
                 elif case.kind == "skew":
@@ -351,11 +372,19 @@ class _Producer:
         return self.env.network_buffer_pool.is_whole
 
 
-def _worker_main(q_cmd, q_out) -> None:
+def _require(producer: _Producer | None, op: str) -> _Producer:
+    """The producer ``op`` works on; a command before ``setup`` succeeded (or after ``close``)
+    is the benchmark process's mistake, reported to it like any other error."""
+    if producer is None:
+        raise RuntimeError(f"{op!r} without a producer ('setup' not sent, failed, or 'close' came first)")
+    return producer
+
+
+def _worker_main(q_cmd: Any, q_out: Any) -> None:
     """The producer process: a loop over commands from the benchmark process."""
-    producer = None
-    raw = {}
-    zmq_state = {}
+    producer: _Producer | None = None
+    raw: dict[str, socket.socket] = {}
+    zmq_state: dict[str, Any] = {}
     pad = bytes(CHUNK)
     while True:
         cmd = q_cmd.get()
@@ -369,12 +398,12 @@ def _worker_main(q_cmd, q_out) -> None:
                 q_out.put(("ready", [p.partition_id.to_bytes() for p in producer.partitions],
                            producer.env.address))
             elif op == "run":
-                producer.run(*args)
+                _require(producer, op).run(*args)
             elif op == "finish":
-                producer.finish()
+                _require(producer, op).finish()
                 q_out.put(("finished",))
             elif op == "close":
-                whole = producer.close()
+                whole = _require(producer, op).close()
                 producer = None
                 q_out.put(("closed", whole))
             elif op == "raw_open":
@@ -412,7 +441,7 @@ def _worker_main(q_cmd, q_out) -> None:
                     conn.close()
                 q_out.put(("raw_closed",))
             elif op == "zmq_open":
-                import zmq
+                import zmq  # type: ignore[import-not-found,unused-ignore]  # optional: flinknet[bench]
 
                 ctx = zmq.Context()
                 push = ctx.socket(zmq.PUSH)
@@ -447,7 +476,7 @@ def _worker_main(q_cmd, q_out) -> None:
             producer.close()
 
 
-def _ssl_context(purpose, tls_files) -> ssl.SSLContext:
+def _ssl_context(purpose: ssl._SSLMethod, tls_files: TlsFiles) -> ssl.SSLContext:
     """The transport's TLS context (its ``security.ssl.internal.*`` settings) for the raw baseline."""
     return ssl_context(purpose, *tls_files)
 
@@ -455,23 +484,24 @@ def _ssl_context(purpose, tls_files) -> ssl.SSLContext:
 class Worker:
     """The producer process, driven by commands; a context manager that always stops it."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         ctx = mp.get_context("spawn")
-        self.q_cmd, self.q_out = ctx.Queue(), ctx.Queue()
+        self.q_cmd: Any = ctx.Queue()
+        self.q_out: Any = ctx.Queue()
         self.proc = ctx.Process(target=_worker_main, args=(self.q_cmd, self.q_out),
                                 name="flinknet-bench-producer", daemon=True)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self.proc.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def send(self, *cmd) -> None:
+    def send(self, *cmd: Any) -> None:
         self.q_cmd.put(cmd)
 
-    def expect(self, tag: str, timeout: float = _WAIT):
+    def expect(self, tag: str, timeout: float = _WAIT) -> tuple[Any, ...]:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -495,7 +525,7 @@ class Worker:
             msg = self.q_out.get_nowait()
         except queue.Empty:
             if not self.proc.is_alive():
-                raise RuntimeError(f"the producer process died (exit code {self.proc.exitcode})")
+                raise RuntimeError(f"the producer process died (exit code {self.proc.exitcode})") from None
             return
         raise RuntimeError(f"producer process: {msg[1] if msg[0] == 'error' else msg!r}")
 
@@ -516,7 +546,8 @@ class Worker:
 class _Receiver:
     """The receiving side of one row: one gate per writer's partition (unioned), one reader."""
 
-    def __init__(self, env, case: Case, pids, address):
+    def __init__(self, env: NetworkEnvironment, case: Case, pids: list[bytes],
+                 address: tuple[str, int]) -> None:
         from flinknet.consumer import RecordReader, UnionInputGate
         from flinknet.ids import ResultPartitionID
 
@@ -535,7 +566,7 @@ class _Receiver:
             self.env.close()
             raise
 
-    def _read(self, worker: Worker):
+    def _read(self, worker: Worker) -> np.ndarray:
         """The next array of longs; a timeout reports the producer's error if it has one."""
         try:
             arr = self.reader.read_array(np.int64, timeout=_WAIT)
@@ -552,18 +583,19 @@ class _Receiver:
         while seen < markers:
             arr = self._read(worker)
             count += len(arr)
-            seen += count_nonzero(arr)
+            seen += int(count_nonzero(arr))
         return count
 
     def read_latency(self, worker: Worker, n: int) -> int:
         """Read ``n`` records; ns from the first one's send time to the last one's arrival."""
-        count, t0 = 0, None
-        while count < n:
+        if n < 1:
+            raise ValueError(f"read_latency times at least one record, got n={n}")
+        arr = self._read(worker)
+        while not len(arr):
             arr = self._read(worker)
-            if len(arr):
-                if t0 is None:
-                    t0 = int(arr[0])
-                count += len(arr)
+        t0, count = int(arr[0]), len(arr)
+        while count < n:
+            count += len(self._read(worker))
         return time.monotonic_ns() - t0
 
     def drain_and_close(self) -> bool:
@@ -578,8 +610,10 @@ class _Receiver:
         return self.env.network_buffer_pool.is_whole
 
 
-def _run_case(worker: Worker, case: Case, records: int, repeats: int, tls_files):
-    """(best seconds per invocation or list of latency ns, records read per invocation)."""
+def _run_case(worker: Worker, case: Case, tls_files: TlsFiles | None,
+              measure: Callable[[_Receiver], _R]) -> _R:
+    """Set ``case`` up on both sides, answer ``measure(receiver)`` after tearing it down again
+    (every channel drained to its EndOfPartition, both pools checked whole)."""
     from flinknet.environment import NetworkEnvironment
 
     cfg = case.config(tls_files)
@@ -589,30 +623,7 @@ def _run_case(worker: Worker, case: Case, records: int, repeats: int, tls_files)
     try:
         pids, address = worker.expect("ready")
         receiver = _Receiver(env, case, pids, address)
-        if case.kind == "latency":
-            out = []
-            for i in range(repeats + 10):         # the first 10 warm up
-                worker.send("run", "latency", records)
-                dt = receiver.read_latency(worker, records)
-                if i >= 10:
-                    out.append(dt)
-            result = out, records
-        else:
-            per_writer = records // case.writers
-            markers = case.writers * case.channels
-            expected = case.writers * ((per_writer - 1) * (case.channels if case.kind == "broadcast" else 1)
-                                       + case.channels)
-            best = float("inf")
-            for i in range(repeats + 1):          # the first answers every partition request
-                t0 = time.perf_counter()
-                worker.send("run", "records", per_writer)
-                got = receiver.read_until(worker, markers)
-                dt = time.perf_counter() - t0
-                if got != expected:
-                    raise AssertionError(f"{case.name}: read {got} records, expected {expected}")
-                if i:
-                    best = min(best, dt)
-            result = best, per_writer * case.writers
+        result = measure(receiver)
         worker.send("finish")
         worker.expect("finished")
         whole_here = receiver.drain_and_close()
@@ -630,9 +641,41 @@ def _run_case(worker: Worker, case: Case, records: int, repeats: int, tls_files)
         raise
 
 
+def _latency_invocations(receiver: _Receiver, *, worker: Worker, records: int, repeats: int) -> list[int]:
+    """ns of each of ``repeats`` invocations of ``records`` records (after 10 that warm up)."""
+    out = []
+    for i in range(repeats + 10):         # the first 10 warm up
+        worker.send("run", "latency", records)
+        dt = receiver.read_latency(worker, records)
+        if i >= 10:
+            out.append(dt)
+    return out
+
+
+def _best_invocation(receiver: _Receiver, *, worker: Worker, case: Case, records: int,
+                     repeats: int) -> tuple[float, int]:
+    """(best seconds of ``repeats`` invocations, records emitted per invocation); an invocation
+    before them answers every partition request."""
+    per_writer = records // case.writers
+    markers = case.writers * case.channels
+    expected = case.writers * ((per_writer - 1) * (case.channels if case.kind == "broadcast" else 1)
+                               + case.channels)
+    best = float("inf")
+    for i in range(repeats + 1):          # the first answers every partition request
+        t0 = time.perf_counter()
+        worker.send("run", "records", per_writer)
+        got = receiver.read_until(worker, markers)
+        dt = time.perf_counter() - t0
+        if got != expected:
+            raise AssertionError(f"{case.name}: read {got} records, expected {expected}")
+        if i:
+            best = min(best, dt)
+    return best, per_writer * case.writers
+
+
 # -- baselines ------------------------------------------------------------------------------------
 
-def _raw_connect(worker: Worker, tls_files):
+def _raw_connect(worker: Worker, tls_files: TlsFiles | None) -> socket.socket:
     worker.send("raw_open", tls_files)
     (addr,) = worker.expect("raw_addr")
     s = socket.create_connection(addr, timeout=_WAIT)
@@ -642,7 +685,7 @@ def _raw_connect(worker: Worker, tls_files):
     return s
 
 
-def raw_ns_per_byte(worker: Worker, total: int, repeats: int, tls_files=None) -> float:
+def raw_ns_per_byte(worker: Worker, total: int, repeats: int, tls_files: TlsFiles | None = None) -> float:
     """ns per byte streamed from the producer process with 32 KiB ``sendall`` calls."""
     s = _raw_connect(worker, tls_files)
     try:
@@ -665,7 +708,7 @@ def raw_ns_per_byte(worker: Worker, total: int, repeats: int, tls_files=None) ->
         worker.expect("raw_closed")
 
 
-def raw_latency_ns(worker: Worker, n: int, invocations: int, tls_files=None) -> list[int]:
+def raw_latency_ns(worker: Worker, n: int, invocations: int, tls_files: TlsFiles | None = None) -> list[int]:
     """ns from the first of ``n`` 12-byte ``sendall`` calls to the arrival of the last."""
     s = _raw_connect(worker, tls_files)
     try:
@@ -699,8 +742,9 @@ def zmq_available() -> bool:
     return True
 
 
-def _zmq_pull(worker: Worker):
-    import zmq
+def _zmq_pull(worker: Worker) -> tuple[Any, Any]:
+    """(context, PULL socket) connected to the producer process's PUSH socket."""
+    import zmq  # type: ignore[import-not-found,unused-ignore]  # optional: flinknet[bench]
 
     worker.send("zmq_open")
     (endpoint,) = worker.expect("zmq_addr")
@@ -712,7 +756,7 @@ def _zmq_pull(worker: Worker):
     return ctx, pull
 
 
-def _zmq_close(worker: Worker, ctx, pull) -> None:
+def _zmq_close(worker: Worker, ctx: Any, pull: Any) -> None:
     pull.close(0)
     ctx.term()
     worker.send("zmq_close")
@@ -755,9 +799,10 @@ def zmq_latency_ns(worker: Worker, n: int, invocations: int) -> list[int]:
 
 # -- the rows -------------------------------------------------------------------------------------
 
-def _baselines(worker: Worker, case: Case, quick: bool, tls_files, use_zmq: bool) -> dict:
+def _baselines(worker: Worker, case: Case, quick: bool, tls_files: TlsFiles | None,
+               use_zmq: bool) -> dict[str, float]:
     """Baseline name -> ns per record (µs per record for latency rows)."""
-    out = {}
+    out: dict[str, float] = {}
     reps = 2 if quick else 3
     tls = tls_files if case.tls else None
     raw_name = "raw TLS socket 32KiB (bytes)" if case.tls else "raw socket 32KiB (bytes)"
@@ -791,7 +836,8 @@ def _records(case: Case) -> int:
     return FLINK_RECORDS
 
 
-def bench_network(quick: bool = False, cases: list[Case] | None = None, repeats: int | None = None):
+def bench_network(quick: bool = False, cases: list[Case] | None = None,
+                  repeats: int | None = None) -> list[Row]:
     """Rows of the ``network`` group (ns per record; µs per record for latency)."""
     cases = list(cases if cases is not None else (quick_cases() if quick else full_cases()))
     repeats = repeats or (3 if quick else 4)
@@ -810,7 +856,8 @@ def bench_network(quick: bool = False, cases: list[Case] | None = None, repeats:
                 n = _records(case)
                 if case.kind == "latency":
                     inv = 100 if quick else 300
-                    delays, _ = _run_case(worker, case, n, inv, tls_files)
+                    delays = _run_case(worker, case, tls_files, functools.partial(
+                        _latency_invocations, worker=worker, records=n, repeats=inv))
                     per_rec = np.asarray(delays) / n / 1e3
                     value = float(np.median(per_rec))
                     unit = "us/rec"
@@ -818,7 +865,8 @@ def bench_network(quick: bool = False, cases: list[Case] | None = None, repeats:
                             f"p90 {np.percentile(per_rec, 90) * n:.0f} us per invocation "
                             f"(first emit -> last record read), {len(delays)} invocations")
                 else:
-                    best, emitted = _run_case(worker, case, n, repeats, tls_files)
+                    best, emitted = _run_case(worker, case, tls_files, functools.partial(
+                        _best_invocation, worker=worker, case=case, records=n, repeats=repeats))
                     value = best / emitted * 1e9
                     unit = "ns/rec"
                     rps = 1e9 / value
@@ -834,7 +882,7 @@ def bench_network(quick: bool = False, cases: list[Case] | None = None, repeats:
     return rows
 
 
-def _check_threads(before: set) -> None:
+def _check_threads(before: set[threading.Thread]) -> None:
     deadline = time.monotonic() + 10
     while True:
         left = [t for t in threading.enumerate() if t not in before and t.is_alive()]

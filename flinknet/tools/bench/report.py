@@ -15,14 +15,17 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 import numpy
 
 from flinknet import __version__
 from flinknet._core.buffer import is_debug_build
 
-__all__ = ["JSON_SCHEMA", "Row", "environment", "format_table", "rows_from_json", "to_json", "write_json"]
+__all__ = ["JSON_SCHEMA", "Environment", "Row", "environment", "format_table", "rows_from_json", "to_json",
+           "write_json"]
 
 #: version of the ``--json`` layout (``ci/bench_gate.py`` checks it)
 JSON_SCHEMA = 1
@@ -51,7 +54,7 @@ class Row:
         non-finite time on either side)."""
         return {name: _ratio(self.value, base) for name, base in self.baselines.items()}
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "group": self.group, "unit": self.unit, "value": _finite(self.value),
                 "baselines": {k: _finite(v) for k, v in self.baselines.items()}, "ratios": self.ratios(),
                 "references": {k: _finite(v) for k, v in self.references.items()},
@@ -59,7 +62,7 @@ class Row:
                 "note": self.note}
 
     @classmethod
-    def from_json(cls, row: dict) -> "Row":
+    def from_json(cls, row: dict[str, Any]) -> Row:
         """The row :meth:`to_json` wrote (a time it wrote as null, not finite, comes back NaN)."""
         return cls(row["name"], row["unit"], _number(row["value"]),
                    {k: _number(v) for k, v in row.get("baselines", {}).items()}, row.get("note", ""),
@@ -104,17 +107,33 @@ def format_table(rows: list[Row]) -> str:
         if row.note:
             lines.append(f"{'':<{name_w}} {'':>14}  {row.note}")
     lines.append("")
-    lines.append("ratio = flinknet / baseline (time per operation, record or byte; below 1.00x flinknet is faster).")
-    lines.append("Baselines are measured in this run; '(rec.)' marks a recorded figure (bench/flink_reference.md), "
-                 "printed for comparison only.")
+    lines.append("ratio = flinknet / baseline (time per operation, record or byte; "
+                 "below 1.00x flinknet is faster).")
+    lines.append("Baselines are measured in this run; '(rec.)' marks a recorded figure "
+                 "(bench/flink_reference.md), printed for comparison only.")
     lines.append("records/s = 1e9 / (ns/rec).")
     return "\n".join(lines)
 
 
-def environment() -> dict:
+class Environment(TypedDict):
+    """Where the rows were measured (:func:`environment`, the ``--json`` document's ``environment``)."""
+
+    flinknet: str
+    python: str
+    platform: str
+    machine: str
+    cpus: int | None
+    numpy: str
+    #: pyzmq's version, None when it is not installed (no ZeroMQ baselines)
+    pyzmq: str | None
+    debug_build: bool
+
+
+def environment() -> Environment:
     """Where the rows were measured: versions, platform, CPUs, whether this is a debug build."""
+    pyzmq: str | None
     try:
-        import zmq
+        import zmq  # type: ignore[import-not-found,unused-ignore]  # optional: flinknet[bench]
 
         pyzmq = zmq.__version__
     except ImportError:
@@ -131,20 +150,22 @@ def environment() -> dict:
     }
 
 
-def to_json(rows: list[Row], env: dict, quick: bool, groups, wall_s: float) -> dict:
+def to_json(rows: list[Row], env: Environment, quick: bool, groups: Iterable[str],
+            wall_s: float) -> dict[str, Any]:
     """The ``--json`` document: every row with its value, unit, baselines, ratios and the run's
     environment. ``ratios`` are flinknet / baseline for the baselines measured in this run."""
     return {"schema": JSON_SCHEMA, "environment": env, "quick": quick, "groups": list(groups),
             "wall_s": round(wall_s, 1), "results": [r.to_json() for r in rows]}
 
 
-def write_json(path: str, rows: list[Row], env: dict, quick: bool, groups, wall_s: float) -> None:
+def write_json(path: str, rows: list[Row], env: Environment, quick: bool, groups: Iterable[str],
+               wall_s: float) -> None:
     """Write :func:`to_json`'s document to ``path``."""
     with open(path, "w") as f:
         json.dump(to_json(rows, env, quick, groups, wall_s), f, indent=2)
         f.write("\n")
 
 
-def rows_from_json(doc: dict) -> list[Row]:
+def rows_from_json(doc: dict[str, Any]) -> list[Row]:
     """The rows of a ``--json`` document (:func:`to_json`'s ``results``)."""
     return [Row.from_json(r) for r in doc.get("results", [])]

@@ -1,4 +1,4 @@
-"""Behaviour at scale: many channels, a hot key, and hosts with real round-trip times (issue 7).
+"""Behaviour at scale: many channels, a hot key, and hosts with real round-trip times.
 
 ``python -m flinknet.tools.bench.scale [--quick] [--only channels|skew|hosts] [--json FILE]``
 prints Markdown tables; :func:`bench_scale` returns :class:`~flinknet.tools.bench.report.Row` s
@@ -74,8 +74,16 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any, Self
 
 from flinknet.tools.bench.report import Row, format_table
+
+if TYPE_CHECKING:
+    from flinknet.core import NetworkBufferPool
+    from flinknet.ids import ResultPartitionID
 
 __all__ = [
     "NetnsTopology",
@@ -139,7 +147,8 @@ def _setns(name: str) -> None:
         os.close(fd)
 
 
-def _child_main(target, netns, out, inbox, args) -> None:
+def _child_main(target: Callable[..., None], netns: str | None, out: Any, inbox: Any,
+                args: tuple[Any, ...]) -> None:
     try:
         if netns:
             _setns(netns)
@@ -151,26 +160,26 @@ def _child_main(target, netns, out, inbox, args) -> None:
 class _Child:
     """A spawned child with an outbox and an inbox; stopped by joining it, or killing its PID."""
 
-    def __init__(self, name: str, target, *args, netns: str | None = None):
+    def __init__(self, name: str, target: Callable[..., None], *args: Any, netns: str | None = None) -> None:
         ctx = _ctx()
         self.name = name
-        self.out = ctx.Queue()
-        self.inbox = ctx.Queue()
+        self.out: Any = ctx.Queue()
+        self.inbox: Any = ctx.Queue()
         self.proc = ctx.Process(target=_child_main, args=(target, netns, self.out, self.inbox, args),
                                 name=name, daemon=True)
 
-    def start(self) -> "_Child":
+    def start(self) -> _Child:
         self.proc.start()
         return self
 
     @property
-    def pid(self):
+    def pid(self) -> int | None:
         return self.proc.pid
 
-    def put(self, msg) -> None:
+    def put(self, msg: tuple[Any, ...]) -> None:
         self.inbox.put(msg)
 
-    def get(self, timeout: float):
+    def get(self, timeout: float) -> Any:
         """The child's next message; raises ChildError if it failed, died or stayed silent."""
         deadline = time.monotonic() + timeout
         while True:
@@ -205,7 +214,8 @@ class _Child:
             q.cancel_join_thread()
 
 
-def _go(prod: "_Child", cons: "_Child", consumer_timeout: float, producer_timeout: float):
+def _go(prod: _Child, cons: _Child, consumer_timeout: float,
+        producer_timeout: float) -> tuple[dict[str, Any], dict[str, Any], float]:
     """Start both children at the same moment, then collect the consumer's result, tell the
     producer it is done and collect its result: ``(consumer result, producer result, start
     time)``."""
@@ -218,7 +228,7 @@ def _go(prod: "_Child", cons: "_Child", consumer_timeout: float, producer_timeou
     return cres, pres, t_go
 
 
-def _stop_all(children) -> None:
+def _stop_all(children: Sequence[_Child]) -> None:
     """Stop ``children`` (last started first): joined normally; when called from a ``finally``
     while an exception (a failure, Ctrl-C, SIGTERM) is on its way, killed after 2 s instead."""
     timeout = 2.0 if sys.exc_info()[0] is not None else 20.0
@@ -238,7 +248,7 @@ def _sleep_until(t: float) -> None:
         time.sleep(left)
 
 
-def _wait_whole(nbp, timeout: float = 10.0) -> bool:
+def _wait_whole(nbp: NetworkBufferPool, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while not nbp.is_whole and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -263,7 +273,7 @@ class _RssSampler(threading.Thread):
         return self.peak
 
 
-def _pid(pid_bytes):
+def _pid(pid_bytes: bytes) -> ResultPartitionID:
     from flinknet.ids import ResultPartitionID
 
     return ResultPartitionID.from_bytes(pid_bytes)
@@ -273,7 +283,8 @@ def _pid(pid_bytes):
 # channels: 1 .. 1000 subpartitions all-to-all, and startup with too few buffers
 # ---------------------------------------------------------------------------------------------
 
-def _channels_producer(out, inbox, n: int, options: dict, n_records: int, size: int) -> None:
+def _channels_producer(out: Any, inbox: Any, n: int, options: dict[str, Any], n_records: int,
+                       size: int) -> None:
     import numpy as np
 
     from flinknet.environment import NetworkEnvironment
@@ -281,7 +292,7 @@ def _channels_producer(out, inbox, n: int, options: dict, n_records: int, size: 
     from flinknet.writer import RecordWriter
 
     env = NetworkEnvironment(options)
-    result = {}
+    result: dict[str, Any] = {}
     try:
         rss_env = _rss()
         t0 = time.perf_counter()
@@ -324,13 +335,14 @@ def _channels_producer(out, inbox, n: int, options: dict, n_records: int, size: 
     out.put(("result", result))
 
 
-def _channels_consumer(out, inbox, n: int, options: dict, pid_bytes, addr) -> None:
+def _channels_consumer(out: Any, inbox: Any, n: int, options: dict[str, Any], pid_bytes: bytes,
+                       addr: Sequence[Any]) -> None:
     from flinknet.consumer import RecordReader
     from flinknet.environment import NetworkEnvironment
     from flinknet.errors import InsufficientNetworkBuffersError
 
     env = NetworkEnvironment(options)
-    result = {}
+    result: dict[str, Any] = {}
     try:
         rss_env = _rss()
         pid = _pid(pid_bytes)
@@ -369,12 +381,12 @@ def _channels_consumer(out, inbox, n: int, options: dict, pid_bytes, addr) -> No
     out.put(("result", result))
 
 
-def run_channels(n: int, n_records: int, size: int = RECORD, producer_options: dict | None = None,
-                 consumer_options: dict | None = None) -> dict:
+def run_channels(n: int, n_records: int, size: int = RECORD, producer_options: dict[str, Any] | None = None,
+                 consumer_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """One producer process → one consumer process, ``n`` subpartitions / remote channels.
 
     Raises unless every record arrived and both pools are whole at the end."""
-    children = []
+    children: list[_Child] = []
     try:
         prod = _Child(f"channels-producer-{n}", _channels_producer, n, producer_options or {},
                       n_records, size).start()
@@ -390,7 +402,7 @@ def run_channels(n: int, n_records: int, size: int = RECORD, producer_options: d
         if msg[0] == "result":
             raise ChildError(f"consumer could not start: {msg[1]}")
         cinfo = msg[1]
-        cres, pres, t_go = _go(prod, cons, 600, 120)
+        cres, pres, _ = _go(prod, cons, 600, 120)
     finally:
         _stop_all(children)
     if cres["count"] != n_records:
@@ -416,15 +428,15 @@ def run_channels(n: int, n_records: int, size: int = RECORD, producer_options: d
     }
 
 
-def startup_too_few_buffers(side: str = "consumer", n: int = 1000, network_memory="32mb",
-                            guard_s: float = HANG_GUARD_S) -> dict:
+def startup_too_few_buffers(side: str = "consumer", n: int = 1000, network_memory: str = "32mb",
+                            guard_s: float = HANG_GUARD_S) -> dict[str, Any]:
     """Start an ``n``-channel exchange with too little network memory on ``side`` ("consumer":
     its gate's exclusive buffers, "producer": its partition's pool) in real processes.
 
     Returns what the failing side reported (exception type, message, seconds from the request to
     the failure inside the process, seconds from starting the process to its report, whether its
     pool is whole afterwards); raises ChildError if it did not fail within ``guard_s``."""
-    children = []
+    children: list[_Child] = []
     small = {"taskmanager.memory.network.max": network_memory}
     t_start = time.monotonic()
     try:
@@ -467,7 +479,7 @@ def _minimum_budget(n: int) -> tuple[int, int]:
     return (n + 1) * SEGMENT, (2 * n + 1) * SEGMENT
 
 
-def experiment_channels(quick: bool = False) -> dict:
+def experiment_channels(quick: bool = False) -> dict[str, Any]:
     counts = (1, 10, 100, 1000)
     n_records = 1_000_000 if quick else 6_000_000
     repeats = 1 if quick else 3
@@ -489,7 +501,7 @@ def experiment_channels(quick: bool = False) -> dict:
 # skew: one hot key, a slow hot consumer, the per-subpartition cap
 # ---------------------------------------------------------------------------------------------
 
-def _skew_targets(n: int, hot_fraction: float | None, batches: int):
+def _skew_targets(n: int, hot_fraction: float | None, batches: int) -> list[tuple[Any, int]]:
     """``batches`` target arrays of SKEW_BATCH records: hot_fraction of them (spread evenly) to
     subpartition 0, the others round-robin over 1..n-1; None = uniform round-robin over all."""
     import numpy as np
@@ -511,13 +523,13 @@ def _skew_targets(n: int, hot_fraction: float | None, batches: int):
     return out
 
 
-def _skew_producer(out, inbox, n: int, options: dict, hot_fraction, duration: float, size: int,
-                   timeout_ms: float) -> None:
+def _skew_producer(out: Any, inbox: Any, n: int, options: dict[str, Any], hot_fraction: float | None,
+                   duration: float, size: int, timeout_ms: float) -> None:
     from flinknet.environment import NetworkEnvironment
     from flinknet.writer import RecordWriter
 
     env = NetworkEnvironment(options)
-    result = {}
+    result: dict[str, Any] = {}
     try:
         p = env.create_result_partition(n)
         pool = p.buffer_pool
@@ -532,8 +544,8 @@ def _skew_producer(out, inbox, n: int, options: dict, hot_fraction, duration: fl
         pad = bytes(size - _TS.size)
         hot_max = queued_hot_max = used_max = 0
         free_min = 1 << 30
-        frees = []                 # the pool's free buffers after each batch
-        wait_frees = []            # ... and whenever the output turned unavailable
+        frees: list[int] = []      # the pool's free buffers after each batch
+        wait_frees: list[int] = []  # ... and whenever the output turned unavailable
         waits_cap = waits_exhausted = 0
         emitted_hot = emitted = 0
         soft = 0.0
@@ -591,13 +603,13 @@ def _skew_producer(out, inbox, n: int, options: dict, hot_fraction, duration: fl
     out.put(("result", result))
 
 
-def _skew_consumer(out, inbox, n: int, options: dict, pid_bytes, addr, hot_rate: float,
-                   hot_stall_s: float) -> None:
+def _skew_consumer(out: Any, inbox: Any, n: int, options: dict[str, Any], pid_bytes: bytes,
+                   addr: Sequence[Any], hot_rate: float, hot_stall_s: float) -> None:
     from flinknet.consumer import RecordReader
     from flinknet.environment import NetworkEnvironment
 
     env = NetworkEnvironment(options)
-    result = {}
+    result: dict[str, Any] = {}
     try:
         pid = _pid(pid_bytes)
         addr = tuple(addr)
@@ -609,11 +621,11 @@ def _skew_consumer(out, inbox, n: int, options: dict, pid_bytes, addr, hot_rate:
         out.put(("ready",))
         t_go = inbox.get(timeout=600)[1]
         _sleep_until(t_go)
-        errors = []
-        hot_res = {}
-        cold_res = {}
+        errors: list[str] = []
+        hot_res: dict[str, Any] = {}
+        cold_res: dict[str, Any] = {}
 
-        def hot():
+        def hot() -> None:
             try:
                 count = 0
                 with RecordReader(gate_hot) as reader:
@@ -627,15 +639,15 @@ def _skew_consumer(out, inbox, n: int, options: dict, pid_bytes, addr, hot_rate:
                             if wait > 0:
                                 time.sleep(wait)
                 hot_res.update(count=count, t_end=time.monotonic(), bytes=gate_hot.num_bytes_in)
-            except BaseException as e:  # noqa: BLE001
+            except BaseException:  # noqa: BLE001
                 errors.append(traceback.format_exc())
-                raise e
+                raise
 
-        def cold():
+        def cold() -> None:
             try:
                 count = 0
-                samples = [(t_go, 0)]
-                lat = []
+                samples: list[tuple[float, int]] = [(t_go, 0)]
+                lat: list[tuple[int, int]] = []
                 unpack = _TS.unpack_from
                 clock = time.monotonic_ns
                 with RecordReader(gate_cold) as reader:
@@ -647,9 +659,9 @@ def _skew_consumer(out, inbox, n: int, options: dict, pid_bytes, addr, hot_rate:
                             _sample(samples, now_ns / 1e9, count)
                 samples.append((time.monotonic(), count))
                 cold_res.update(count=count, samples=samples, latencies=lat, bytes=gate_cold.num_bytes_in)
-            except BaseException as e:  # noqa: BLE001
+            except BaseException:  # noqa: BLE001
                 errors.append(traceback.format_exc())
-                raise e
+                raise
 
         threads = [threading.Thread(target=hot, daemon=True), threading.Thread(target=cold, daemon=True)]
         for t in threads:
@@ -667,7 +679,7 @@ def _skew_consumer(out, inbox, n: int, options: dict, pid_bytes, addr, hot_rate:
     out.put(("result", result))
 
 
-def _sample(samples: list, now: float, value) -> None:
+def _sample(samples: list[tuple[float, int]], now: float, value: int) -> None:
     """Record (now, value), at most one sample per 10 ms: within 10 ms of the one before the
     last, the last sample is moved forward instead, so the newest value is always recorded."""
     if len(samples) > 1 and now - samples[-2][0] < 0.01:
@@ -676,7 +688,7 @@ def _sample(samples: list, now: float, value) -> None:
         samples.append((now, value))
 
 
-def _interp(samples, t):
+def _interp(samples: Sequence[Sequence[float]], t: float) -> float:
     """Count at time ``t`` from increasing (time, count) samples: the last sample at or before
     ``t`` (a step function: data is never credited before it was seen)."""
     count = samples[0][1]
@@ -687,7 +699,7 @@ def _interp(samples, t):
     return count
 
 
-def _pct(values, p):
+def _pct(values: Iterable[float], p: float) -> float:
     if not values:
         return float("nan")
     v = sorted(values)
@@ -696,14 +708,14 @@ def _pct(values, p):
 
 def run_skew(n: int = 64, hot_fraction: float | None = 0.5, hot_rate: float = 4e6,
              hot_stall_s: float = 0.0, cap: int = 10, flow_control: str = "credit",
-             duration: float = 3.0, size: int = RECORD, timeout_ms: float = 10) -> dict:
+             duration: float = 3.0, size: int = RECORD, timeout_ms: float = 10) -> dict[str, Any]:
     """A producer process with ``n`` subpartitions → a consumer process reading subpartition 0
     (the hot key's, at ``hot_rate`` bytes/s, 0 = full speed, or not at all for ``hot_stall_s``)
     and the others (full speed) through two gates over one connection; ``duration`` s of
     emitting. Raises unless every record arrived and both pools are whole."""
     options = {"taskmanager.network.memory.max-buffers-per-channel": cap,
                "flinknet.network.flow-control": flow_control}
-    children = []
+    children: list[_Child] = []
     try:
         prod = _Child("skew-producer", _skew_producer, n, options, hot_fraction, duration, size,
                       timeout_ms).start()
@@ -763,32 +775,43 @@ def run_skew(n: int = 64, hot_fraction: float | None = 0.5, hot_rate: float = 4e
     }
 
 
+@dataclass(frozen=True)
+class SkewScenario:
+    """A scenario of the skew experiment: :func:`run_skew`'s arguments besides the duration."""
+
+    description: str
+    hot_fraction: float | None
+    hot_rate: float
+    cap: int = 10
+    flow_control: str = "credit"
+    #: the hot consumer reads nothing for the whole window (``hot_stall_s``: the duration)
+    stalled: bool = False
+
+
 SKEW_SCENARIOS = {
-    # name: (description, kwargs)
-    "uniform": ("no skew: 64 channels round-robin, every consumer at full speed",
-                dict(hot_fraction=None, hot_rate=0)),
-    "hot-cap10": ("hot key 50 %, hot consumer 4 MB/s, cap 10 (Flink's default)",
-                  dict(hot_fraction=0.5, hot_rate=4e6, cap=10)),
-    "hot-nocap": ("same, cap lifted (max-buffers-per-channel 10000)",
-                  dict(hot_fraction=0.5, hot_rate=4e6, cap=10000)),
-    "hot-cap10-tcp": ("same as hot-cap10 with TCP flow control (no credits, Flink < 1.5)",
-                      dict(hot_fraction=0.5, hot_rate=4e6, cap=10, flow_control="tcp")),
-    "hot-stalled": ("hot consumer stalled for the whole window, cap 10",
-                    dict(hot_fraction=0.5, hot_rate=0, hot_stall_s=None, cap=10)),
+    "uniform": SkewScenario("no skew: 64 channels round-robin, every consumer at full speed",
+                            hot_fraction=None, hot_rate=0),
+    "hot-cap10": SkewScenario("hot key 50 %, hot consumer 4 MB/s, cap 10 (Flink's default)",
+                              hot_fraction=0.5, hot_rate=4e6, cap=10),
+    "hot-nocap": SkewScenario("same, cap lifted (max-buffers-per-channel 10000)",
+                              hot_fraction=0.5, hot_rate=4e6, cap=10000),
+    "hot-cap10-tcp": SkewScenario("same as hot-cap10 with TCP flow control (no credits, Flink < 1.5)",
+                                  hot_fraction=0.5, hot_rate=4e6, cap=10, flow_control="tcp"),
+    "hot-stalled": SkewScenario("hot consumer stalled for the whole window, cap 10",
+                                hot_fraction=0.5, hot_rate=0, cap=10, stalled=True),
 }
 
 
-def experiment_skew(quick: bool = False) -> dict:
+def experiment_skew(quick: bool = False) -> dict[str, Any]:
     duration = 1.5 if quick else 3.0
     names = ("uniform", "hot-cap10") if quick else tuple(SKEW_SCENARIOS)
     runs = {}
     for name in names:
-        desc, kwargs = SKEW_SCENARIOS[name]
-        kwargs = dict(kwargs)
-        if kwargs.get("hot_stall_s", 0) is None:
-            kwargs["hot_stall_s"] = duration
-        r = run_skew(duration=duration, **kwargs)
-        r["description"] = desc
+        sc = SKEW_SCENARIOS[name]
+        r = run_skew(hot_fraction=sc.hot_fraction, hot_rate=sc.hot_rate,
+                     hot_stall_s=duration if sc.stalled else 0.0, cap=sc.cap,
+                     flow_control=sc.flow_control, duration=duration)
+        r["description"] = sc.description
         runs[name] = r
     return {"runs": runs}
 
@@ -815,7 +838,7 @@ def hosts_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _ip(*args, check: bool = True) -> subprocess.CompletedProcess:
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True, timeout=30)
 
 
@@ -824,8 +847,8 @@ def _netns_list() -> list[str]:
     return [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
 
 
-def _delay_line(out, inbox, tun_name: str, ctrl, one_way: float, rate_bps: float, limit: int,
-                mtu: int) -> None:
+def _delay_line(out: Any, inbox: Any, tun_name: str, ctrl: Connection, one_way: float, rate_bps: float,
+                limit: int, mtu: int) -> None:
     """Serve the TUN device: each packet leaves after its transmission time at ``rate_bps``
     (queued behind the packets before it in the same direction) plus ``one_way`` seconds;
     at most ``limit`` packets queued per direction (more are dropped, as netem's limit)."""
@@ -838,9 +861,9 @@ def _delay_line(out, inbox, tun_name: str, ctrl, one_way: float, rate_bps: float
         fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", tun_name.encode(), _IFF_TUN | _IFF_NO_PI))
         os.set_blocking(fd, False)
         out.put(("ready",))
-        heap: list = []
-        tx_end: dict = {}
-        queued: dict = {}
+        heap: list[tuple[float, int, bytes, bytes]] = []
+        tx_end: dict[bytes, float] = {}
+        queued: dict[bytes, int] = {}
         seq = forwarded = dropped = 0
         cfd = ctrl.fileno()
         read, write, mono = os.read, os.write, time.monotonic
@@ -921,7 +944,7 @@ class NetnsTopology:
         self.mtu = mtu
         self.limit = limit
         self._delay: _Child | None = None
-        self._ctrl = None
+        self._ctrl: Connection | None = None
         self._created: list[str] = []
         self._closed = False
 
@@ -947,7 +970,7 @@ class NetnsTopology:
             removed.append(name)
         return removed
 
-    def create(self) -> "NetnsTopology":
+    def create(self) -> Self:
         ok, why = hosts_available()
         if not ok:
             raise RuntimeError(why)
@@ -961,26 +984,26 @@ class NetnsTopology:
         return self
 
     def _create(self) -> None:
-        P, L, C = self.ns_producer, self.ns_link, self.ns_consumer
-        for ns in (P, L, C):
+        prod, link, cons = self.ns_producer, self.ns_link, self.ns_consumer
+        for ns in (prod, link, cons):
             _ip("netns", "add", ns)
             self._created.append(ns)
         # veth pairs made inside the namespaces: nothing is ever left in the root namespace
-        _ip("-n", P, "link", "add", self.if_prod, "type", "veth", "peer", "name", self.if_link_prod,
-            "netns", L)
-        _ip("-n", C, "link", "add", self.if_cons, "type", "veth", "peer", "name", self.if_link_cons,
-            "netns", L)
-        for ns, dev, addr in ((P, self.if_prod, self.PRODUCER_ADDR + "/24"),
-                              (L, self.if_link_prod, "10.77.1.1/24"),
-                              (C, self.if_cons, self.CONSUMER_ADDR + "/24"),
-                              (L, self.if_link_cons, "10.77.2.1/24")):
+        _ip("-n", prod, "link", "add", self.if_prod, "type", "veth", "peer", "name", self.if_link_prod,
+            "netns", link)
+        _ip("-n", cons, "link", "add", self.if_cons, "type", "veth", "peer", "name", self.if_link_cons,
+            "netns", link)
+        for ns, dev, addr in ((prod, self.if_prod, self.PRODUCER_ADDR + "/24"),
+                              (link, self.if_link_prod, "10.77.1.1/24"),
+                              (cons, self.if_cons, self.CONSUMER_ADDR + "/24"),
+                              (link, self.if_link_cons, "10.77.2.1/24")):
             _ip("-n", ns, "addr", "add", addr, "dev", dev)
             _ip("-n", ns, "link", "set", dev, "mtu", str(self.mtu), "up")
-        for ns in (P, L, C):
+        for ns in (prod, link, cons):
             _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("-n", P, "route", "add", "default", "via", "10.77.1.1")
-        _ip("-n", C, "route", "add", "default", "via", "10.77.2.1")
-        _ip("netns", "exec", L, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+        _ip("-n", prod, "route", "add", "default", "via", "10.77.1.1")
+        _ip("-n", cons, "route", "add", "default", "via", "10.77.2.1")
+        _ip("netns", "exec", link, "sysctl", "-qw", "net.ipv4.ip_forward=1",
             "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
         # the delay line owns the TUN device (it vanishes with the process)
         ctx = _ctx()
@@ -988,16 +1011,16 @@ class NetnsTopology:
         self._ctrl = parent_end
         self._delay = _Child(f"delay-line-{self.tag}", _delay_line, self.if_tun, child_end,
                              self.rtt_ms / 2000.0, self.rate_mbit * 1e6, self.limit, self.mtu,
-                             netns=L).start()
+                             netns=link).start()
         self._delay.get(30)
         child_end.close()
-        _ip("-n", L, "link", "set", self.if_tun, "mtu", str(self.mtu), "up")
-        _ip("netns", "exec", L, "sysctl", "-qw", f"net.ipv4.conf.{self.if_tun}.rp_filter=0")
+        _ip("-n", link, "link", "set", self.if_tun, "mtu", str(self.mtu), "up")
+        _ip("netns", "exec", link, "sysctl", "-qw", f"net.ipv4.conf.{self.if_tun}.rp_filter=0")
         # packets from either host go to the TUN device; what the delay line writes back is
         # routed by the main table to the other host
-        _ip("-n", L, "route", "add", "default", "dev", self.if_tun, "table", "100")
-        _ip("-n", L, "rule", "add", "iif", self.if_link_prod, "lookup", "100", "pref", "100")
-        _ip("-n", L, "rule", "add", "iif", self.if_link_cons, "lookup", "100", "pref", "101")
+        _ip("-n", link, "route", "add", "default", "dev", self.if_tun, "table", "100")
+        _ip("-n", link, "rule", "add", "iif", self.if_link_prod, "lookup", "100", "pref", "100")
+        _ip("-n", link, "rule", "add", "iif", self.if_link_cons, "lookup", "100", "pref", "101")
 
     def set_link(self, rtt_ms: float | None = None, rate_mbit: float | None = None) -> None:
         """Change the round-trip time and/or the rate (packets already queued keep their time)."""
@@ -1005,10 +1028,13 @@ class NetnsTopology:
             self.rtt_ms = rtt_ms
         if rate_mbit is not None:
             self.rate_mbit = rate_mbit
-        self._ctrl.send(("set", self.rtt_ms / 2000.0, self.rate_mbit * 1e6))
-        if not self._ctrl.poll(10):
+        ctrl = self._ctrl
+        if ctrl is None:
+            raise RuntimeError("the link has no delay line: create() the topology first")
+        ctrl.send(("set", self.rtt_ms / 2000.0, self.rate_mbit * 1e6))
+        if not ctrl.poll(10):
             raise ChildError("the delay line did not answer")
-        self._ctrl.recv()
+        ctrl.recv()
 
     def cleanup(self) -> None:
         """Stop the delay line and delete the namespaces (their veths and routes go with them).
@@ -1042,14 +1068,14 @@ class NetnsTopology:
     def namespaces(self) -> tuple[str, str, str]:
         return self.ns_producer, self.ns_link, self.ns_consumer
 
-    def __enter__(self) -> "NetnsTopology":
+    def __enter__(self) -> Self:
         return self if self._delay is not None else self.create()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.cleanup()
 
 
-def _raw_server(out, inbox, host: str) -> None:
+def _raw_server(out: Any, inbox: Any, host: str) -> None:
     lst = socket.create_server((host, 0))
     out.put(("ready", lst.getsockname()))
     with lst:
@@ -1077,10 +1103,10 @@ def _raw_server(out, inbox, host: str) -> None:
     out.put(("bulk", total, (t1 - t0) if t0 is not None and t1 is not None else 0.0))
 
 
-def _raw_client(out, inbox, addr, pings: int, bulk_s: float) -> None:
-    addr = tuple(addr)
-    rtts = []
-    with socket.create_connection(addr, timeout=30) as s:
+def _raw_client(out: Any, inbox: Any, addr: Sequence[Any], pings: int, bulk_s: float) -> None:
+    address = tuple(addr)
+    rtts: list[float] = []
+    with socket.create_connection(address, timeout=30) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         msg = bytes(64)
         for i in range(pings + 5):
@@ -1093,22 +1119,22 @@ def _raw_client(out, inbox, addr, pings: int, bulk_s: float) -> None:
                 rtts.append((time.perf_counter() - t0) * 1e3)
     sent = 0
     if bulk_s > 0:
-        with socket.create_connection(addr, timeout=30) as s:
+        with socket.create_connection(address, timeout=30) as s:
             data = memoryview(bytes(1 << 20))
             t_end = time.monotonic() + bulk_s
             while time.monotonic() < t_end:
                 s.sendall(data)
                 sent += len(data)
     else:
-        with socket.create_connection(addr, timeout=30):
+        with socket.create_connection(address, timeout=30):
             pass
     out.put(("done", rtts, sent))
 
 
-def measure_link(topo: NetnsTopology, pings: int = 50, bulk_s: float = 0.0) -> dict:
+def measure_link(topo: NetnsTopology, pings: int = 50, bulk_s: float = 0.0) -> dict[str, float]:
     """RTT (ms) of 64-byte ping-pongs from the producer host to the consumer host and, with
     ``bulk_s``, the rate of a raw TCP stream through the link (the link's capacity)."""
-    children = []
+    children: list[_Child] = []
     try:
         srv = _Child("raw-server", _raw_server, topo.CONSUMER_ADDR, netns=topo.ns_consumer).start()
         children.append(srv)
@@ -1125,12 +1151,12 @@ def measure_link(topo: NetnsTopology, pings: int = 50, bulk_s: float = 0.0) -> d
     return out
 
 
-def _host_producer(out, inbox, options: dict, size: int, duration: float) -> None:
+def _host_producer(out: Any, inbox: Any, options: dict[str, Any], size: int, duration: float) -> None:
     from flinknet.environment import NetworkEnvironment
     from flinknet.writer import RecordWriter
 
     env = NetworkEnvironment(options)
-    result = {}
+    result: dict[str, Any] = {}
     try:
         p = env.create_result_partition(1)
         out.put(("ready", p.partition_id.to_bytes(), env.address))
@@ -1154,19 +1180,20 @@ def _host_producer(out, inbox, options: dict, size: int, duration: float) -> Non
     out.put(("result", result))
 
 
-def _host_consumer(out, inbox, options: dict, pid_bytes, addr) -> None:
+def _host_consumer(out: Any, inbox: Any, options: dict[str, Any], pid_bytes: bytes,
+                   addr: Sequence[Any]) -> None:
     from flinknet.consumer import RecordReader
     from flinknet.environment import NetworkEnvironment
 
     env = NetworkEnvironment(options)
-    result = {}
+    result: dict[str, Any] = {}
     try:
         gate = env.create_input_gate([(_pid(pid_bytes), 0, tuple(addr))])
         gate.request_partitions()
         out.put(("ready",))
         t_go = inbox.get(timeout=600)[1]
         _sleep_until(t_go)
-        samples = [(t_go, 0)]
+        samples: list[tuple[float, int]] = [(t_go, 0)]
         count = 0
         with RecordReader(gate) as reader:
             read = reader.read_batch
@@ -1183,13 +1210,13 @@ def _host_consumer(out, inbox, options: dict, pid_bytes, addr) -> None:
 
 
 def run_host_transfer(topo: NetnsTopology, exclusive: int, floating: int = 0, duration: float = 3.0,
-                      warmup: float = 0.5, size: int = HOST_RECORD) -> dict:
+                      warmup: float = 0.5, size: int = HOST_RECORD) -> dict[str, Any]:
     """A producer in the producer host → a consumer in the consumer host, one channel with
     ``exclusive`` exclusive buffers; throughput (bytes of buffers received) over the window after
     ``warmup``. Raises unless every record arrived and both pools are whole."""
     common = {"taskmanager.network.memory.buffers-per-channel": exclusive,
               "taskmanager.network.memory.floating-buffers-per-gate": floating}
-    children = []
+    children: list[_Child] = []
     try:
         prod = _Child(f"host-producer-{exclusive}", _host_producer,
                       dict(common, **{"taskmanager.network.bind-host": topo.PRODUCER_ADDR}),
@@ -1223,7 +1250,7 @@ def rule_of_thumb_buffers(rate_mbit: float, rtt_ms: float, buffer_size: int = SE
     return rate_mbit * 1e6 / 8 * rtt_ms / 1e3 / buffer_size
 
 
-def experiment_hosts(quick: bool = False) -> dict:
+def experiment_hosts(quick: bool = False) -> dict[str, Any]:
     ok, why = hosts_available()
     if not ok:
         print(why, file=sys.stderr)
@@ -1232,8 +1259,8 @@ def experiment_hosts(quick: bool = False) -> dict:
     ks = (2, 8) if quick else (2, 4, 8)
     duration = 1.5 if quick else 3.0
     repeats = 1 if quick else 2
-    runs = []
-    links = {}
+    runs: list[dict[str, Any]] = []
+    links: dict[float, dict[str, float]] = {}
     topo = NetnsTopology(rtt_ms=rtts[0], rate_mbit=LINK_MBIT)
     try:
         topo.create()
@@ -1278,16 +1305,16 @@ def experiment_hosts(quick: bool = False) -> dict:
 # reporting
 # ---------------------------------------------------------------------------------------------
 
-def _mib(b) -> str:
+def _mib(b: float) -> str:
     return f"{b / 2**20:.1f}"
 
 
-def format_channels(res: dict) -> str:
+def format_channels(res: dict[str, Any]) -> str:
     runs = res["runs"]
     base = runs[0]
     every = runs + [dict(res["minimum"], _minimum=True)]
 
-    def label(r):
+    def label(r: dict[str, Any]) -> str:
         if not r.get("_minimum"):
             return f"{r['channels']}"
         return (f"{r['channels']}, minimum budget ({r['producer_network_buffers']} / "
@@ -1346,7 +1373,7 @@ def format_channels(res: dict) -> str:
     return "\n".join(lines)
 
 
-def format_skew(res: dict) -> str:
+def format_skew(res: dict[str, Any]) -> str:
     lines = ["### Skew: one hot key, 64 subpartitions", "",
              "| scenario | hot subpartition: max outstanding buffers (cap) | output pool: size, max used, "
              "free min / median | producer waits: at the cap / pool exhausted (free buffers while "
@@ -1362,7 +1389,7 @@ def format_skew(res: dict) -> str:
         lines.append(
             f"| **{name}**: {r['description']} | {r['hot_max']} ({cap}) | {r['pool_size']}, {r['used_max']}, "
             f"{r['free_min']} / {r['free_median']:.0f} | {r['waits_cap']} / {r['waits_exhausted']} "
-            f"({'—' if wf != wf else f'{wf:.0f}'}) | "
+            f"({'—' if math.isnan(wf) else f'{wf:.0f}'}) | "
             f"{r['soft_fraction'] * 100:.0f} % / {r['hard_fraction'] * 100:.0f} % | "
             f"{r['cold_records_per_s'] / 1e3:.1f} k ({r['cold_records_per_s_per_channel']:.0f}) | "
             f"{pacing} | {r['cold_min_per_200ms']:.0f} | "
@@ -1371,7 +1398,7 @@ def format_skew(res: dict) -> str:
     return "\n".join(lines)
 
 
-def format_hosts(res: dict) -> str:
+def format_hosts(res: dict[str, Any]) -> str:
     if "skipped" in res:
         return f"### Hosts\n\n{res['skipped']}"
     lines = [f"### Hosts: producer and consumer in two network namespaces, {res['rate_mbit']} Mbit/s link",
@@ -1398,7 +1425,7 @@ def format_hosts(res: dict) -> str:
     return "\n".join(lines)
 
 
-def format_markdown(raw: dict) -> str:
+def format_markdown(raw: dict[str, Any]) -> str:
     parts = []
     if "channels" in raw:
         parts.append(format_channels(raw["channels"]))
@@ -1413,7 +1440,7 @@ def format_markdown(raw: dict) -> str:
 # rows for flinknet bench
 # ---------------------------------------------------------------------------------------------
 
-def _rows(raw: dict) -> list[Row]:
+def _rows(raw: dict[str, Any]) -> list[Row]:
     rows = []
     ch = raw.get("channels")
     if ch:
@@ -1446,7 +1473,8 @@ def _rows(raw: dict) -> list[Row]:
                          if r["cold_records_per_s_per_channel"] > 0 else float("inf"))
                 rows.append(Row(f"scale.skew.{name}.cold_per_channel", "ns/rec", value, b,
                                 note=f"cold {r['cold_records_per_s'] / 1e3:.0f} k records/s, latency p50 "
-                                     f"{r['cold_latency_p50_ms']:.1f} ms p99 {r['cold_latency_p99_ms']:.1f} ms"))
+                                     f"{r['cold_latency_p50_ms']:.1f} ms "
+                                     f"p99 {r['cold_latency_p99_ms']:.1f} ms"))
     ho = raw.get("hosts")
     if ho and "runs" in ho:
         for r in ho["runs"]:
@@ -1463,8 +1491,9 @@ def _rows(raw: dict) -> list[Row]:
 EXPERIMENTS = ("channels", "skew", "hosts")
 
 
-def run_scale(quick: bool = False, only=None) -> dict:
+def run_scale(quick: bool = False, only: str | Iterable[str] | None = None) -> dict[str, Any]:
     """Raw results of the chosen experiments (``only``: a name or a list of names)."""
+    names: tuple[str, ...]
     if only is None:
         names = EXPERIMENTS
     elif isinstance(only, str):
@@ -1474,7 +1503,7 @@ def run_scale(quick: bool = False, only=None) -> dict:
     for name in names:
         if name not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
-    raw = {}
+    raw: dict[str, Any] = {}
     for name in names:
         t0 = time.monotonic()
         raw[name] = {"channels": experiment_channels, "skew": experiment_skew,
@@ -1483,12 +1512,12 @@ def run_scale(quick: bool = False, only=None) -> dict:
     return raw
 
 
-def bench_scale(quick: bool = False, only=None) -> list[Row]:
+def bench_scale(quick: bool = False, only: str | Iterable[str] | None = None) -> list[Row]:
     """Rows of the scale experiments for ``flinknet bench --only scale``."""
     return _rows(run_scale(quick=quick, only=only))
 
 
-def _on_sigterm(signum, frame):
+def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 

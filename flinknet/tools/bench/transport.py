@@ -252,7 +252,8 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
     volume = (1 << 30) if not quick else (512 << 20)
     raw = min(raw_socket_ns_per_byte(volume, CHUNK) for _ in range(repeats + 1))
     ceiling = min(raw_socket_ns_per_byte(volume, BIG) for _ in range(repeats + 1))
-    rows.append(Row("remote.raw_socket.32KiB", "ns/KiB", raw * 1024, {"socket ceiling (4 MiB calls)": ceiling * 1024},
+    rows.append(Row("remote.raw_socket.32KiB", "ns/KiB", raw * 1024,
+                    {"socket ceiling (4 MiB calls)": ceiling * 1024},
                     note=f"raw Python socket {1 / raw:.2f} GB/s, ceiling {1 / ceiling:.2f} GB/s "
                          f"(32 KiB / 4 MiB calls, process to process)"))
     for size in (8, 100, 1000, 32768):

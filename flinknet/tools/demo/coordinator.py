@@ -42,8 +42,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection, wait as wait_connections
-from typing import Any
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_connections
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any, cast
 
 from flinknet.config import parse_memory_size
 from flinknet.metrics import Counter, Gauge, Histogram, MeterView, MetricRegistry
@@ -60,13 +62,29 @@ from flinknet.tools.demo.job import (
     ROLE_AGGREGATOR,
     ROLE_SINK,
     ROLE_SOURCE,
+    AggregatorResult,
     CheckResult,
     DemoConfig,
+    MetricEntry,
+    Peer,
+    SinkResult,
+    SourceResult,
+    TaskResult,
+    TaskStatus,
     check_exactly_once,
     rss_bytes,
     task_name,
     task_process,
 )
+
+if TYPE_CHECKING:
+    import socket
+    from multiprocessing.connection import _ConnectionBase
+
+    from flinknet.metrics.prometheus import PrometheusReporter
+
+    #: What ``multiprocessing.connection.wait`` waits on and answers: the tasks' pipes and sentinels.
+    _Waitable = _ConnectionBase | socket.socket | int
 
 __all__ = ["DemoCoordinator", "UsageError", "build_parser", "main", "parse_config"]
 
@@ -101,7 +119,8 @@ def _float_in(name: str, lo: float, hi: float | None = None, lo_open: bool = Fal
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not math.isfinite(value) or value < lo or (lo_open and value == lo) or (hi is not None and value > hi):
+        if (not math.isfinite(value) or value < lo or (lo_open and value == lo)
+                or (hi is not None and value > hi)):
             low = f"> {lo}" if lo_open else f">= {lo}"
             bound = low if hi is None else f"{low} and <= {hi}"
             raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text}")
@@ -113,7 +132,8 @@ def _buffer_timeout(text: str) -> int:
     try:
         value = int(text, 10)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"buffer timeout must be an integer number of ms, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"buffer timeout must be an integer number of ms, got {text!r}") from None
     if value < -1:
         raise argparse.ArgumentTypeError(
             f"buffer timeout must be -1 (only full buffers), 0 (flush every record) or > 0 ms, got {value}")
@@ -150,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"aggregator parallelism, one process each (default {d.aggregators})")
     p.add_argument("--keys", type=_int_in("keys", 1, 100_000), default=d.keys, metavar="N",
                    help=f"number of distinct keys (default {d.keys})")
-    p.add_argument("--record-size", type=_int_in("record size", MIN_RECORD_SIZE, 1 << 20), default=d.record_size,
-                   metavar="BYTES", help=f"payload bytes per event (default {d.record_size}, minimum {MIN_RECORD_SIZE})")
+    p.add_argument("--record-size", type=_int_in("record size", MIN_RECORD_SIZE, 1 << 20),
+                   default=d.record_size, metavar="BYTES",
+                   help=f"payload bytes per event (default {d.record_size}, minimum {MIN_RECORD_SIZE})")
     p.add_argument("--buffer-timeout", type=_buffer_timeout, default=d.buffer_timeout, metavar="MS",
                    help=f"Flink's buffer timeout: -1 only full buffers, 0 flush every record, > 0 flush "
                         f"every MS ms (default {d.buffer_timeout})")
@@ -162,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       f"(default {d.latency_interval})")
     p.add_argument("--slow-aggregator", type=_int_in("slow aggregator", 0), default=d.slow_aggregator,
                    metavar="I", help="index of the aggregator slowed in the slow phase (default 0)")
-    p.add_argument("--slow-factor", type=_float_in("slow factor", 0.0, 1.0, lo_open=True), default=d.slow_factor,
-                   metavar="F", help="fraction of its steady rate the slow aggregator keeps (default 0.1)")
+    p.add_argument("--slow-factor", type=_float_in("slow factor", 0.0, 1.0, lo_open=True),
+                   default=d.slow_factor, metavar="F",
+                   help="fraction of its steady rate the slow aggregator keeps (default 0.1)")
     p.add_argument("--network-memory", type=_memory_size, default=d.network_memory, metavar="SIZE",
                    help=f"network memory of each task process (default {d.network_memory})")
     p.add_argument("--interval", type=_float_in("interval", 0.1, 60.0), default=d.interval, metavar="S",
@@ -179,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int_in("seed", 0), default=d.seed, help=argparse.SUPPRESS)
     # Testing: make source 0 count records it never emits (the check must fail) or a task fail.
     p.add_argument("--inject-loss", type=_int_in("inject-loss", 0), default=0, help=argparse.SUPPRESS)
-    p.add_argument("--inject-failure", choices=[ROLE_AGGREGATOR.lower()], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--inject-failure", choices=[ROLE_AGGREGATOR.lower()], default=None,
+                   help=argparse.SUPPRESS)
     return p
 
 
@@ -207,7 +230,7 @@ def parse_config(argv: Sequence[str] | None) -> DemoConfig:
 # Coordinator
 # ==============================================================================================
 
-class DemoFailure(Exception):
+class DemoFailedError(Exception):
     """The job failed (a task failed or died, or it did not finish in time)."""
 
 
@@ -225,26 +248,29 @@ class TaskHandle:
 
     role: str
     index: int
-    process: Any
+    process: BaseProcess
     conn: Connection
     pid: int | None = None
-    address: tuple | None = None
+    address: tuple[str, int] | None = None
     partition: bytes | None = None
     ready: bool = False
-    result: dict | None = None
+    result: TaskResult | None = None
     failure: str | None = None
-    status: dict | None = None
+    status: TaskStatus | None = None
     peak_rss: int = 0
-    rss_at_phase: dict = dataclasses.field(default_factory=dict)
-    max_bp: dict = dataclasses.field(default_factory=dict)
-    max_in_pool: dict = dataclasses.field(default_factory=dict)
+    #: RSS when the first status of a phase arrived (``phase``) and at its latest (``phase.last``)
+    rss_at_phase: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: per phase, the highest back-pressure ratio of a one-second window within it
+    max_bp: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: per phase, the highest input pool usage of a one-second window within it
+    max_in_pool: dict[str, float] = dataclasses.field(default_factory=dict)
     conn_open: bool = True
 
     @property
     def name(self) -> str:
         return task_name(self.role, self.index)
 
-    def value(self, name: str, default=0.0):
+    def value(self, name: str, default: Any = 0.0) -> Any:
         """A value of the task group from the latest status (``numRecordsInPerSecond``)."""
         if self.status is None:
             return default
@@ -256,11 +282,11 @@ class _MetricMirror:
     """The tasks' metrics in the coordinator's registry, under the same scopes: gauges, counters,
     meters and histograms that read the latest values received from each task."""
 
-    def __init__(self, registry):
+    def __init__(self, registry: MetricRegistry) -> None:
         self.registry = registry
-        self.values: dict = {}
+        self.values: dict[tuple[Any, ...], Any] = {}
 
-    def update(self, handle: TaskHandle, metrics: list) -> None:
+    def update(self, handle: TaskHandle, metrics: list[MetricEntry]) -> None:
         for root, steps, name, kind, value in metrics:
             key = (handle.role, handle.index, root, steps, name)
             known = key in self.values
@@ -274,7 +300,8 @@ class _MetricMirror:
     def _register(self, handle, key, root, steps, name, kind) -> None:
         tm_id = f"tm-{handle.pid}"
         if root == "task":
-            group = self.registry.task_group(handle.role, handle.index, job_name=JOB_NAME, host=HOST, tm_id=tm_id)
+            group = self.registry.task_group(handle.role, handle.index, job_name=JOB_NAME, host=HOST,
+                                             tm_id=tm_id)
         else:
             group = self.registry.task_manager_group(HOST, tm_id)
         for step in steps:
@@ -299,7 +326,8 @@ class _MirroredCounter(Counter):
         super().__init__(0)
         self._read = read
 
-    def get_count(self) -> int:
+    @property
+    def count(self) -> int:
         return int(self._read() or 0)
 
 
@@ -313,7 +341,8 @@ class _MirroredMeter(MeterView):
     def update(self) -> None:
         pass
 
-    def get_rate(self) -> float:
+    @property
+    def rate(self) -> float:
         return float(self._read() or 0.0)
 
 
@@ -333,23 +362,29 @@ class _Statistics:
         key = self._QUANTILES.get(quantile)
         return float(self._v.get(key, float("nan"))) if key else float("nan")
 
+    @property
     def size(self) -> int:
         return min(self.count, 128)    # Flink's latency history size
 
-    def get_min(self):
+    @property
+    def min(self):
         return self._v.get("min", 0)
 
-    def get_max(self):
+    @property
+    def max(self):
         return self._v.get("max", 0)
 
-    def get_mean(self) -> float:
+    @property
+    def mean(self) -> float:
         return float(self._v.get("mean", 0.0))
 
-    def get_std_dev(self) -> float:
+    @property
+    def std_dev(self) -> float:
         return float(self._v.get("stddev", 0.0))
 
-    def get_values(self) -> list:
-        return []
+    @property
+    def values(self) -> tuple:
+        return ()
 
 
 class _MirroredHistogram(Histogram):
@@ -362,7 +397,8 @@ class _MirroredHistogram(Histogram):
     def update(self, value) -> None:
         raise TypeError("a mirrored histogram is read-only")
 
-    def get_count(self) -> int:
+    @property
+    def count(self) -> int:
         return int((self._read() or {}).get("count", 0))
 
     def get_statistics(self):
@@ -376,7 +412,7 @@ class DemoCoordinator:
     gone when it returns (or raises).
     """
 
-    def __init__(self, cfg: DemoConfig, view, out=None):
+    def __init__(self, cfg: DemoConfig, view: views.PlainView | views.LiveView, out: Any = None) -> None:
         self.cfg = cfg
         self.view = view
         self.out = out if out is not None else sys.stdout
@@ -387,11 +423,11 @@ class DemoCoordinator:
         self.t_start: float | None = None
         self.t_stop: float | None = None
         self.t_done: float | None = None
-        self.registry = None
-        self.reporter = None
+        self.registry: MetricRegistry | None = None
+        self.reporter: PrometheusReporter | None = None
         self.mirror: _MetricMirror | None = None
         self.failures: list[str] = []
-        self.check = None
+        self.check: CheckResult | None = None
         self.coordinator_peak_rss = 0
         self.interrupted = False
         self._shut_down = False
@@ -401,7 +437,7 @@ class DemoCoordinator:
     def run(self) -> int:
         """Run the whole demo; returns the exit status."""
         previous = self._install_signal_handlers()
-        interrupted = None
+        interrupted: int | None = None
         try:
             try:
                 self._start_metrics()
@@ -417,7 +453,7 @@ class DemoCoordinator:
                 self.view.close()
                 print(f"flinknet demo: error: {err}", file=sys.stderr)
                 return EXIT_USAGE
-            except DemoFailure as err:
+            except DemoFailedError as err:
                 self.failures.append(str(err))
                 self.view.event(f"FAILED: {err}", self)
             finally:
@@ -428,7 +464,7 @@ class DemoCoordinator:
                 self.view.summary(self)
                 return 128 + interrupted
             if not self.failures:
-                self.check = self._check()
+                self.check = self._check()      # None (and a failure noted) without every result
             self.view.summary(self)
             ok = not self.failures and self.check is not None and self.check.ok
             return EXIT_OK if ok else EXIT_FAILED
@@ -437,38 +473,39 @@ class DemoCoordinator:
 
     # -- signals ---------------------------------------------------------------------------
 
-    def _install_signal_handlers(self):
+    def _install_signal_handlers(self) -> dict[int, Any] | None:
         if threading.current_thread() is not threading.main_thread():
             return None
 
-        def handler(signum, frame):
+        def handler(signum: int, frame: object) -> None:
             raise _Interrupted(signum)
 
         return {s: signal.signal(s, handler) for s in STOP_SIGNALS}
 
     @staticmethod
-    def _restore_signal_handlers(previous) -> None:
+    def _restore_signal_handlers(previous: dict[int, Any] | None) -> None:
         for s, h in (previous or {}).items():
             signal.signal(s, h)
 
     # -- metrics ---------------------------------------------------------------------------
 
     def _start_metrics(self) -> None:
-        self.registry = MetricRegistry(update_interval=1)
-        self.mirror = _MetricMirror(self.registry)
+        self.registry = registry = MetricRegistry(update_interval=1)
+        self.mirror = _MetricMirror(registry)
         if self.cfg.prometheus is not None:
             from flinknet.metrics.prometheus import PrometheusReporter
 
-            self.reporter = PrometheusReporter(self.registry, port=self.cfg.prometheus, host=HOST)
+            self.reporter = reporter = PrometheusReporter(registry, port=self.cfg.prometheus, host=HOST)
             try:
-                self.reporter.start()
+                reporter.start()
             except ImportError as err:          # prometheus_client too old
                 self.reporter = None
                 raise UsageError(f"--prometheus: {err}") from None
             except OSError as err:
                 self.reporter = None
-                raise DemoFailure(f"cannot serve metrics on {HOST}:{self.cfg.prometheus}: {err}") from None
-            self.view.event(f"metrics for Prometheus at http://{HOST}:{self.reporter.port}/metrics", self)
+                raise DemoFailedError(
+                    f"cannot serve metrics on {HOST}:{self.cfg.prometheus}: {err}") from None
+            self.view.event(f"metrics for Prometheus at http://{HOST}:{reporter.port}/metrics", self)
 
     # -- processes -------------------------------------------------------------------------
 
@@ -487,7 +524,7 @@ class DemoCoordinator:
     def _by_role(self, role: str) -> list[TaskHandle]:
         return [t for t in self.tasks if t.role == role]
 
-    def _send(self, task: TaskHandle, message) -> None:
+    def _send(self, task: TaskHandle, message: tuple[Any, ...]) -> None:
         if not task.conn_open:
             return
         try:
@@ -495,15 +532,16 @@ class DemoCoordinator:
         except OSError:
             task.conn_open = False
 
-    def _broadcast(self, message) -> None:
+    def _broadcast(self, message: tuple[Any, ...]) -> None:
         for t in self.tasks:
             self._send(t, message)
 
     def _pump(self, timeout: float) -> None:
         """Receive and handle whatever the tasks sent within ``timeout`` seconds; fail if a task
         failed or died."""
-        conns = {t.conn: t for t in self.tasks if t.conn_open}
-        sentinels = {t.process.sentinel: t for t in self.tasks if t.process.exitcode is None}
+        conns: dict[_Waitable, TaskHandle] = {t.conn: t for t in self.tasks if t.conn_open}
+        sentinels: dict[_Waitable, TaskHandle] = {t.process.sentinel: t for t in self.tasks
+                                                  if t.process.exitcode is None}
         ready = wait_connections(list(conns) + list(sentinels), timeout) if conns or sentinels else []
         for obj in ready:
             task = conns.get(obj)
@@ -526,12 +564,12 @@ class DemoCoordinator:
                     task.conn_open = False
                 if task.failure is None:
                     task.failure = f"exited unexpectedly with status {task.process.exitcode}"
-        failed = [t for t in self.tasks if t.failure is not None]
+        failed = [(t, t.failure) for t in self.tasks if t.failure is not None]
         if failed:
-            t = failed[0]
-            raise DemoFailure(f"{t.name} (pid {t.pid or t.process.pid}) failed: {t.failure.strip()}")
+            t, failure = failed[0]
+            raise DemoFailedError(f"{t.name} (pid {t.pid or t.process.pid}) failed: {failure.strip()}")
 
-    def _handle(self, task: TaskHandle, message) -> None:
+    def _handle(self, task: TaskHandle, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "status":
             self._on_status(task, message[1])
@@ -539,7 +577,8 @@ class DemoCoordinator:
         elif kind == "hello":
             info = message[1]
             task.pid, task.address, task.partition = info["pid"], info["address"], info["partition"]
-            self.view.event(f"task={task.name} pid={task.pid} listening={task.address[0]}:{task.address[1]}", self)
+            address = info["address"]
+            self.view.event(f"task={task.name} pid={task.pid} listening={address[0]}:{address[1]}", self)
         elif kind == "ready":
             task.ready = True
         elif kind == "done":
@@ -547,7 +586,7 @@ class DemoCoordinator:
         elif kind == "failed":
             task.failure = message[1]
 
-    def _on_status(self, task: TaskHandle, status: dict) -> None:
+    def _on_status(self, task: TaskHandle, status: TaskStatus) -> None:
         task.status = status
         rss = status.get("rss", 0)
         task.peak_rss = max(task.peak_rss, rss)
@@ -569,7 +608,7 @@ class DemoCoordinator:
         while not predicate():
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DemoFailure(f"timed out after {timeout:.0f} s waiting for {what}")
+                raise DemoFailedError(f"timed out after {timeout:.0f} s waiting for {what}")
             self._pump(min(left, 0.25))
             self.view.update(self)
 
@@ -578,10 +617,8 @@ class DemoCoordinator:
                         f"({self.cfg.sources} sources, {self.cfg.aggregators} aggregators, 1 sink)", self)
         self._wait_until(lambda: all(t.pid is not None for t in self.tasks), STARTUP_TIMEOUT,
                          "every task to start")
-        sources = [{"name": t.name, "partition": t.partition, "address": t.address}
-                   for t in self._by_role(ROLE_SOURCE)]
-        aggregators = [{"name": t.name, "partition": t.partition, "address": t.address}
-                       for t in self._by_role(ROLE_AGGREGATOR)]
+        sources = [_peer(t) for t in self._by_role(ROLE_SOURCE)]
+        aggregators = [_peer(t) for t in self._by_role(ROLE_AGGREGATOR)]
         for t in self._by_role(ROLE_AGGREGATOR):
             self._send(t, ("peers", sources))
         for t in self._by_role(ROLE_SINK):
@@ -589,7 +626,7 @@ class DemoCoordinator:
         self._wait_until(lambda: all(t.ready for t in self.tasks), STARTUP_TIMEOUT,
                          "every task to connect")
 
-    def _phase_params(self) -> dict:
+    def _phase_params(self) -> dict[str, Any]:
         return {"slow": self.cfg.slow_aggregator, "factor": self.cfg.slow_factor}
 
     def _enter_phase(self, phase: str) -> None:
@@ -675,10 +712,19 @@ class DemoCoordinator:
 
     # -- the check -------------------------------------------------------------------------
 
-    def _check(self) -> CheckResult:
-        return check_exactly_once(self.cfg.keys, [t.result for t in self._by_role(ROLE_SOURCE)],
-                                  [t.result for t in self._by_role(ROLE_AGGREGATOR)],
-                                  self._by_role(ROLE_SINK)[0].result)
+    def _check(self) -> CheckResult | None:
+        """The exactly-once check over every task's result; None, with a failure noted, when a
+        task has none (the job did not finish: nothing to check)."""
+        missing = [t.name for t in self.tasks if t.result is None]
+        if missing:
+            self.failures.append(f"no result from {', '.join(missing)}: the results were not checked")
+            return None
+        # Each role's tasks send that role's result (SourceTask.process, AggregatorTask.process,
+        # SinkTask.process), pickled through their pipes.
+        sources = [cast(SourceResult, t.result) for t in self._by_role(ROLE_SOURCE)]
+        aggregators = [cast(AggregatorResult, t.result) for t in self._by_role(ROLE_AGGREGATOR)]
+        sink = cast(SinkResult, self._by_role(ROLE_SINK)[0].result)
+        return check_exactly_once(self.cfg.keys, sources, aggregators, sink)
 
     # -- numbers for the views -------------------------------------------------------------
 
@@ -690,9 +736,16 @@ class DemoCoordinator:
         if self.t_start is None:
             return 0.0
         end = self.t_stop or time.monotonic()
-        emitted = sum((t.result or {}).get("emitted", 0) or t.value("numRecordsOut", 0)
+        emitted = sum(cast(SourceResult, t.result or {}).get("emitted", 0) or t.value("numRecordsOut", 0)
                       for t in self._by_role(ROLE_SOURCE))
         return emitted / max(end - self.t_start, 1e-9)
+
+
+def _peer(task: TaskHandle) -> Peer:
+    """A producer task as its consumers need it (the ``peers`` command), once it said hello."""
+    if task.partition is None or task.address is None:
+        raise DemoFailedError(f"{task.name} did not report its partition and address")
+    return {"name": task.name, "partition": task.partition, "address": task.address}
 
 
 # ==============================================================================================

@@ -40,26 +40,37 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from typing import Any, NotRequired, TypedDict, TypeVar
 
 import numpy as np
 
-from flinknet.core import LatencyMarker, StreamElementSerializer, StreamRecord
 from flinknet._core.keygroups import operator_indexes_array
-from flinknet.consumer import RecordReader
+from flinknet.consumer import RecordReader, SingleInputGate
 from flinknet.consumer.remote import RemoteInputChannel
+from flinknet.core import LatencyMarker, StreamElementSerializer, StreamRecord
 from flinknet.environment import NetworkEnvironment
 from flinknet.errors import CancelTaskError
 from flinknet.ids import OperatorID, ResultPartitionID
-from flinknet.metrics import Counter, Histogram, MeterView, MetricRegistry, register_network_buffer_pool_metrics
+from flinknet.metrics import (
+    Counter,
+    Histogram,
+    MeterView,
+    MetricGroup,
+    MetricRegistry,
+    register_network_buffer_pool_metrics,
+)
 from flinknet.metrics.latency import LatencyMarkerEmitter, LatencyStats, forward_latency_marker
 from flinknet.metrics.registry import value_of
 from flinknet.metrics.task import TaskIOMetrics
+from flinknet.partition import ResultPartition
 from flinknet.partitioners import KeyGroupStreamPartitioner
 from flinknet.writer import RecordWriter
 
-__all__ = ["AggregatorTask", "CheckResult", "DemoConfig", "SinkTask", "SourceTask", "check_exactly_once",
-           "latency_of", "record_dtype", "task_process"]
+__all__ = ["AggregatorResult", "AggregatorTask", "ChannelStatus", "CheckResult", "DemoConfig", "Peer",
+           "SinkResult", "SinkTask", "SourceResult", "SourceTask", "TaskResult", "TaskStatus",
+           "check_exactly_once", "latency_of", "record_dtype", "task_process"]
 
 #: Flink's max parallelism for the keyed edge (the number of key groups).
 MAX_PARALLELISM = 128
@@ -115,17 +126,98 @@ class DemoConfig:
         """``(phase, start second)`` of the scripted phases, in order."""
         return [(p, PHASE_STARTS[p] * self.duration) for p in PHASES]
 
-    def net_options(self) -> dict:
+    def net_options(self) -> dict[str, Any]:
         """The NetworkEnvironment options of every task process."""
         return {"taskmanager.memory.network.max": self.network_memory,
                 "taskmanager.memory.network.min": self.network_memory}
 
 
 # ==============================================================================================
+# What the processes tell each other (pickled through the pipes: plain dicts at run time)
+# ==============================================================================================
+
+class Peer(TypedDict):
+    """A producer as the coordinator describes it to its consumers (the ``peers`` command)."""
+
+    name: str
+    #: its output partition's :class:`~flinknet.ids.ResultPartitionID`, as bytes
+    partition: bytes
+    #: where its environment's server listens
+    address: tuple[str, int]
+
+
+#: Credit and backlog of one remote input channel in a status (``from``: the producer task).
+ChannelStatus = TypedDict("ChannelStatus", {
+    "from": str, "credit": int, "backlog": int, "queued": int, "exclusive_used": int, "exclusive": int,
+    "floating": int})
+
+#: One metric of a status: ``(root, steps, name, kind, value)`` (see :meth:`_TaskMetrics.describe`).
+MetricEntry = tuple[str, tuple[tuple[Any, ...], ...], str, str, Any]
+
+
+class TaskStatus(TypedDict):
+    """What a task reports every :data:`STATUS_INTERVAL` seconds (:meth:`_Task.status`)."""
+
+    t: float
+    phase: str
+    #: the phase the metrics' last one-second window lay in entirely (None: it spanned a change)
+    window_phase: str | None
+    views_updated: bool
+    state: str
+    rss: int
+    metrics: list[MetricEntry]
+    #: the task group's metric values by relative name (``Shuffle.Netty.Input.Buffers.inPoolUsage``)
+    values: dict[str, Any]
+    channels: list[ChannelStatus]
+    #: aggregators: the records/s the slow phase slows this one to (None: it is not slowed)
+    slowed_to: NotRequired[float | None]
+
+
+class _ExtraStatus(TypedDict, total=False):
+    slowed_to: float | None
+
+
+class TaskResult(TypedDict, total=False):
+    """What every task's result carries besides its own: its TaskIOMetrics record counters at the
+    end (Flink's metric names)."""
+
+    numRecordsIn: int
+    numRecordsOut: int
+
+
+class SourceResult(TaskResult):
+    """A source's result: records generated and emitted, count and sum per key of the generated."""
+
+    generated: int
+    emitted: int
+    counts: np.ndarray
+    sums: np.ndarray
+
+
+class AggregatorResult(TaskResult):
+    """An aggregator's result: records in, those of keys it does not own, its steady/slowed rate."""
+
+    records_in: int
+    misrouted: int
+    steady_rate: float | None
+    slow_rate: float | None
+
+
+class SinkResult(TaskResult):
+    """The sink's result: the latest count and sum per key, whether final, latencies by phase (ms)."""
+
+    counts: np.ndarray
+    sums: np.ndarray
+    final: np.ndarray
+    updates_in: int
+    latency_by_phase: dict[str, list[int]]
+
+
+# ==============================================================================================
 # Helpers shared by the processes
 # ==============================================================================================
 
-def operator_id(role: str):
+def operator_id(role: str) -> OperatorID:
     """The fixed :class:`~flinknet.ids.OperatorID` of the demo's operator ``role``."""
     return OperatorID.from_parts(*OPERATOR_IDS[role])
 
@@ -138,7 +230,7 @@ def task_name(role: str, index: int) -> str:
 def rss_bytes() -> int:
     """This process's resident set size (psutil if importable, else ``/proc/self/statm``)."""
     try:
-        import psutil
+        import psutil  # type: ignore[import-untyped,unused-ignore]  # optional: flinknet[test]
     except ImportError:
         psutil = None
     if psutil is not None:
@@ -161,7 +253,7 @@ def record_dtype(record_size: int) -> np.dtype:
 _KEY = struct.Struct(">i").unpack_from
 
 
-def record_key(record) -> int:
+def record_key(record: StreamRecord) -> int:
     """The key of a source event (a ``StreamRecord`` whose value starts with the key)."""
     return _KEY(record.value)[0]
 
@@ -180,8 +272,19 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(EXIT_FAILED)
 
 
-class _Aborted(Exception):
+class _AbortedError(Exception):
     """The coordinator asked this task to stop (or went away)."""
+
+
+_V = TypeVar("_V")
+
+
+def _set_up(value: _V | None, what: str) -> _V:
+    """``value``, which the task's lifecycle sets up before it is used (:meth:`_Task.run`); None
+    here is a bug in the task, reported as such rather than as an AttributeError on None."""
+    if value is None:
+        raise RuntimeError(f"{what} is used before it was set up")
+    return value
 
 
 # ==============================================================================================
@@ -201,13 +304,13 @@ class _Link:
         self._conn = conn
         self._lock = threading.Lock()
         self._credit = 1
-        self._pending = None
+        self._pending: TaskStatus | None = None
 
-    def send(self, message) -> None:
+    def send(self, message: tuple[Any, ...]) -> None:
         with self._lock:
             self._conn.send(message)
 
-    def offer_status(self, status: dict) -> None:
+    def offer_status(self, status: TaskStatus) -> None:
         with self._lock:
             if self._credit:
                 self._credit = 0
@@ -223,7 +326,7 @@ class _Link:
             else:
                 self._credit = 1
 
-    def recv(self):
+    def recv(self) -> Any:
         return self._conn.recv()
 
     def close(self) -> None:
@@ -237,7 +340,7 @@ class _TaskMetrics:
     """A task process's metrics: its registry (1-second views), its task group with
     :class:`~flinknet.metrics.task.TaskIOMetrics` and the process's network pool gauges."""
 
-    def __init__(self, role: str, index: int, env):
+    def __init__(self, role: str, index: int, env: NetworkEnvironment) -> None:
         tm_id = f"tm-{os.getpid()}"
         self.registry = MetricRegistry(update_interval=1)
         self.group = self.registry.task_group(role, index, job_name=JOB_NAME, host=HOST, tm_id=tm_id)
@@ -246,17 +349,18 @@ class _TaskMetrics:
         # Meters and timers over one second: the live view reacts within a second.
         self.io = TaskIOMetrics(self.group, time_span_seconds=1)
 
-    def describe(self) -> tuple[list, dict]:
+    def describe(self) -> tuple[list[MetricEntry], dict[str, Any]]:
         """Every metric as ``(root, steps, name, kind, value)`` (for the coordinator's mirror)
         and the task group's values by relative name (``Shuffle.Netty.Input.Buffers.inPoolUsage``)."""
-        out, values = [], {}
+        out: list[MetricEntry] = []
+        values: dict[str, Any] = {}
         roots = (("task", self.group), ("tm", self.tm_group))
         for group, name, metric in self.registry.collect():
-            for root_name, root in roots:
-                if group.scope[:len(root.scope)] == root.scope:
-                    break
-            else:
+            found = next(((root_name, root) for root_name, root in roots
+                          if group.scope[:len(root.scope)] == root.scope), None)
+            if found is None:
                 continue
+            root_name, root = found
             if isinstance(metric, Histogram):
                 kind = "histogram"
             elif isinstance(metric, MeterView):
@@ -281,13 +385,14 @@ class _TaskMetrics:
             self.registry.close()
 
 
-def _steps(root, group) -> tuple:
+def _steps(root: MetricGroup, group: MetricGroup) -> tuple[tuple[Any, ...], ...]:
     """The ``add_group`` calls leading from ``root`` to ``group``: ``(name,)`` or, for Flink's
     key-value groups, ``(key, value)``."""
     rel_scope = group.scope[len(root.scope):]
     rel_logical = group.logical_scope[len(root.logical_scope):]
     key_values = len(rel_scope) - len(rel_logical)
-    steps, i, j = [], 0, 0
+    steps: list[tuple[Any, ...]] = []
+    i = j = 0
     while i < len(rel_scope):
         name = rel_scope[i]
         value = group.variables.get(name)
@@ -320,12 +425,12 @@ class _Task:
         self.cfg = cfg
         self.name = task_name(self.role, index)
         self.phase = "startup"
-        self.phase_params: dict = {}
+        self.phase_params: dict[str, Any] = {}
         self.state = "starting"
-        self.peers: list | None = None
+        self.peers: list[Peer] | None = None
         self.metrics: _TaskMetrics | None = None
-        self.gate = None
-        self.partition = None
+        self.gate: SingleInputGate | None = None
+        self.partition: ResultPartition | None = None
         self.peers_ready = threading.Event()
         self.started = threading.Event()
         self.stop = threading.Event()
@@ -369,12 +474,12 @@ class _Task:
                 self.exit.set()
                 return
 
-    def set_phase(self, phase: str, params: dict) -> None:
+    def set_phase(self, phase: str, params: dict[str, Any]) -> None:
         self.phase_params = params
         self.phase = phase
         self.phase_since = time.monotonic()
 
-    def on_metrics_update(self, snapshot: dict) -> None:
+    def on_metrics_update(self, snapshot: dict[str, Any]) -> None:
         """After each registry update (views refreshed): note whether the one-second window the
         rates and timers now describe lay entirely in one phase (registry thread)."""
         now = time.monotonic()
@@ -407,7 +512,7 @@ class _Task:
     def wait_for(self, event: threading.Event) -> None:
         event.wait()
         if self.aborted.is_set():
-            raise _Aborted
+            raise _AbortedError
 
     # -- status (status thread) ------------------------------------------------------------
 
@@ -422,24 +527,25 @@ class _Task:
             if self.exit.wait(STATUS_INTERVAL):
                 return
 
-    def status(self) -> dict:
+    def status(self) -> TaskStatus:
         updates, window_phase = self._updates, self.window_phase
         metrics, values = self.metrics.describe() if self.metrics is not None else ([], {})
         if updates != self._updates:        # the views moved on while being read
             window_phase = None
         return {"t": time.monotonic(), "phase": self.phase, "window_phase": window_phase,
                 "views_updated": updates > 0, "state": self.state, "rss": rss_bytes(),
-                "metrics": metrics, "values": values, "channels": self.channel_status(), **self.extra_status()}
+                "metrics": metrics, "values": values, "channels": self.channel_status(),
+                **self.extra_status()}
 
-    def extra_status(self) -> dict:
+    def extra_status(self) -> _ExtraStatus:
         return {}
 
-    def channel_status(self) -> list:
+    def channel_status(self) -> list[ChannelStatus]:
         """Credit and backlog of every remote input channel."""
         gate, peers = self.gate, self.peers or []
         if gate is None:
             return []
-        out = []
+        out: list[ChannelStatus] = []
         for i, ch in enumerate(list(gate.input_channels)):
             if not isinstance(ch, RemoteInputChannel):
                 continue
@@ -470,8 +576,8 @@ class _Task:
                 threading.Thread(target=self.status_loop, name="demo-status", daemon=True).start()
                 result = self.process()
                 counters = self.metrics.io.counters
-                result["numRecordsIn"] = counters["numRecordsIn"].get_count()
-                result["numRecordsOut"] = counters["numRecordsOut"].get_count()
+                result["numRecordsIn"] = counters["numRecordsIn"].count
+                result["numRecordsOut"] = counters["numRecordsOut"].count
                 self.state = "finished"
                 self.finished = True
                 self.link.send(("done", result))
@@ -479,16 +585,16 @@ class _Task:
             finally:
                 self.close()
 
-    def setup(self, env) -> None:
+    def setup(self, env: NetworkEnvironment) -> None:
         """Create the output partition (before the coordinator learns the address)."""
 
-    def connect(self, env) -> None:
+    def connect(self, env: NetworkEnvironment) -> None:
         """Create gates and writers once the peers are known."""
 
     def register_metrics(self, metrics: _TaskMetrics) -> None:
         """Register writers and readers."""
 
-    def process(self) -> dict:
+    def process(self) -> TaskResult:
         """Run the task; return its result for the coordinator."""
         raise NotImplementedError
 
@@ -497,7 +603,7 @@ class _Task:
             self.metrics.close()
 
     @staticmethod
-    def rate_before(samples: deque, when: float, window: float = 5.0) -> float:
+    def rate_before(samples: deque[tuple[float, int]], when: float, window: float = 5.0) -> float:
         """Records/s over the ``window`` seconds before ``when``, from ``(time, count)`` samples."""
         before = [(t, n) for t, n in list(samples) if t <= when]
         if len(before) < 2:
@@ -518,7 +624,7 @@ class _Pacer:
 
     MAX_LAG = 0.05
 
-    def __init__(self, rate: int, idle_timer=None):
+    def __init__(self, rate: int, idle_timer: Any = None) -> None:
         self.rate = rate
         self.idle_timer = idle_timer
         self.due = time.monotonic()
@@ -544,14 +650,15 @@ class SourceTask(_Task):
 
     role = ROLE_SOURCE
 
-    def setup(self, env) -> None:
+    def setup(self, env: NetworkEnvironment) -> None:
         self.partition = env.create_result_partition(
             self.cfg.aggregators, serializer=StreamElementSerializer("bytes"))
 
-    def connect(self, env) -> None:
-        self.writer = RecordWriter(self.partition, KeyGroupStreamPartitioner(record_key, MAX_PARALLELISM),
+    def connect(self, env: NetworkEnvironment) -> None:
+        self.writer = RecordWriter(_set_up(self.partition, "the output partition"),
+                                   KeyGroupStreamPartitioner(record_key, MAX_PARALLELISM),
                                    timeout=self.cfg.buffer_timeout, task_name=self.name)
-        self.emitter = None
+        self.emitter: LatencyMarkerEmitter | None = None
         if self.cfg.latency_interval > 0:
             self.emitter = LatencyMarkerEmitter(self.writer, self.cfg.latency_interval,
                                                 operator_id(ROLE_SOURCE), self.index)
@@ -569,7 +676,7 @@ class SourceTask(_Task):
             n += 1      # keep the pacing cadence off whole milliseconds (see _Pacer)
         return n
 
-    def process(self) -> dict:
+    def process(self) -> SourceResult:
         cfg = self.cfg
         size, num_keys = cfg.record_size, cfg.keys
         rng = np.random.default_rng([cfg.seed, self.index])
@@ -578,11 +685,11 @@ class SourceTask(_Task):
         counts = np.zeros(num_keys, np.int64)
         sums = np.zeros(num_keys, np.int64)
         writer, emitter, stop = self.writer, self.emitter, self.stop
-        pacer = _Pacer(cfg.rate, self.metrics.io.idle_time) if cfg.rate else None
+        pacer = _Pacer(cfg.rate, _set_up(self.metrics, "the metrics").io.idle_time) if cfg.rate else None
         to_lose = cfg.inject_loss if self.index == 0 else 0
         self.generated = self.emitted = 0
         clock = time.time_ns
-        SR = StreamRecord
+        stream_record = StreamRecord
         while not stop.is_set():
             if not writer.is_available:
                 writer.wait_available(timeout=0.1)      # soft back-pressure (timed)
@@ -595,7 +702,7 @@ class SourceTask(_Task):
             batch["v"] = values
             raw = batch.tobytes()
             ts = clock() // 1_000_000
-            records = [SR(raw[o:o + size], ts) for o in range(0, len(raw), size)]
+            records = [stream_record(raw[o:o + size], ts) for o in range(0, len(raw), size)]
             np.add.at(counts, keys, 1)
             np.add.at(sums, keys, values)
             self.generated += n
@@ -609,7 +716,7 @@ class SourceTask(_Task):
                 pacer.pace(n)
         self.state = "finishing"
         writer.flush_all()
-        self.partition.finish()                          # EndOfPartition to every aggregator
+        _set_up(self.partition, "the output partition").finish()     # EndOfPartition to every aggregator
         return {"generated": self.generated, "emitted": self.emitted, "counts": counts, "sums": sums}
 
     def close(self) -> None:
@@ -628,29 +735,31 @@ class AggregatorTask(_Task):
     role = ROLE_AGGREGATOR
     needs_peers = True
 
-    def __init__(self, *args):
-        super().__init__(*args)
+    def __init__(self, link: _Link, index: int, cfg: DemoConfig) -> None:
+        super().__init__(link, index, cfg)
         self.records_in = 0
         self.misrouted = 0
         self.slow_rate: float | None = None      # records/s while slowed
         self.steady_rate: float | None = None
         self.slow_due = 0.0
-        self._samples: deque = deque(maxlen=64)   # (time, records in), one per status
+        self._samples: deque[tuple[float, int]] = deque(maxlen=64)   # (time, records in), one per status
 
-    def setup(self, env) -> None:
+    def setup(self, env: NetworkEnvironment) -> None:
         self.partition = env.create_result_partition(1, serializer=StreamElementSerializer("bytes"))
 
-    def connect(self, env) -> None:
-        specs = [(ResultPartitionID.from_bytes(p["partition"]), self.index, tuple(p["address"])) for p in self.peers]
-        self.gate = env.create_input_gate(specs, owning_task_name=self.name)
-        self.reader = RecordReader(self.gate, serializer=StreamElementSerializer("bytes"))
-        self.writer = RecordWriter(self.partition, None, timeout=self.cfg.buffer_timeout, task_name=self.name)
+    def connect(self, env: NetworkEnvironment) -> None:
+        specs = [(ResultPartitionID.from_bytes(p["partition"]), self.index, p["address"])
+                 for p in _set_up(self.peers, "the peers")]
+        self.gate = gate = env.create_input_gate(specs, owning_task_name=self.name)
+        self.reader = RecordReader(gate, serializer=StreamElementSerializer("bytes"))
+        self.writer = RecordWriter(_set_up(self.partition, "the output partition"), None,
+                                   timeout=self.cfg.buffer_timeout, task_name=self.name)
 
     def register_metrics(self, metrics: _TaskMetrics) -> None:
         metrics.io.register_writer(self.writer)
         metrics.io.register_reader(self.reader)
 
-    def set_phase(self, phase: str, params: dict) -> None:
+    def set_phase(self, phase: str, params: dict[str, Any]) -> None:
         if phase == "slow" and params.get("slow") == self.index and self.phase != "slow":
             now = time.monotonic()
             steady = self.rate_before(self._samples, now)
@@ -660,15 +769,15 @@ class AggregatorTask(_Task):
             self.slow_due = now
         super().set_phase(phase, params)
 
-    def status(self) -> dict:
+    def status(self) -> TaskStatus:
         self._samples.append((time.monotonic(), self.records_in))
         return super().status()
 
-    def extra_status(self) -> dict:
+    def extra_status(self) -> _ExtraStatus:
         slow = self.phase == "slow" and self.phase_params.get("slow") == self.index
         return {"slowed_to": self.slow_rate if slow else None}
 
-    def process(self) -> dict:
+    def process(self) -> AggregatorResult:
         cfg = self.cfg
         num_keys, n_agg, me = cfg.keys, cfg.aggregators, self.index
         dtype = record_dtype(cfg.record_size)
@@ -676,11 +785,11 @@ class AggregatorTask(_Task):
         sums = np.zeros(num_keys, np.int64)
         dirty = np.zeros(num_keys, bool)
         reader, writer = self.reader, self.writer
-        SR, LM = StreamRecord, LatencyMarker
+        stream_record, latency_marker = StreamRecord, LatencyMarker
         emit_every = EMIT_INTERVAL_MS / 1000
         next_emit = time.monotonic() + emit_every
         fail_in = cfg.inject_failure == "aggregator" and me == cfg.slow_aggregator
-        self.gate.request_partitions()
+        _set_up(self.gate, "the input gate").request_partitions()
         while True:
             try:
                 batch = reader.read_batch(timeout=emit_every)
@@ -688,13 +797,13 @@ class AggregatorTask(_Task):
                 batch = []
             if batch is None:                           # EndOfPartition from every source
                 break
-            values = []
+            values: list[bytes] = []
             append = values.append
             for element in batch:
                 t = type(element)
-                if t is SR:
+                if t is stream_record:
                     append(element.value)
-                elif t is LM:
+                elif t is latency_marker:
                     forward_latency_marker(writer, element)            # Flink: to a random output channel
             if values:
                 records = np.frombuffer(b"".join(values), dtype=dtype)
@@ -705,8 +814,9 @@ class AggregatorTask(_Task):
                 owner = operator_indexes_array(records["k"].astype(np.int32), MAX_PARALLELISM, n_agg)
                 self.misrouted += int(np.count_nonzero(owner != me))
                 self.records_in += len(values)
-                if self.slow_rate is not None and self.phase == "slow":
-                    self._throttle(len(values))
+                slow_rate = self.slow_rate
+                if slow_rate is not None and self.phase == "slow":
+                    self._throttle(len(values), slow_rate)
             if fail_in and self.phase == "recovery":
                 raise RuntimeError("injected failure (--inject-failure aggregator)")
             now = time.monotonic()
@@ -717,18 +827,18 @@ class AggregatorTask(_Task):
         dirty[:] = counts > 0
         self._emit(dirty, counts, sums, final=True)
         writer.flush_all()
-        self.partition.finish()
+        _set_up(self.partition, "the output partition").finish()
         return {"records_in": self.records_in, "misrouted": self.misrouted,
                 "steady_rate": self.steady_rate, "slow_rate": self.slow_rate}
 
-    def _throttle(self, n: int) -> None:
+    def _throttle(self, n: int, slow_rate: float) -> None:
         """Processing ``n`` records takes ``n / slow_rate`` seconds in the slow phase."""
-        self.slow_due = max(self.slow_due, time.monotonic() - 0.05) + n / self.slow_rate
+        self.slow_due = max(self.slow_due, time.monotonic() - 0.05) + n / slow_rate
         delay = self.slow_due - time.monotonic()
         if delay > 0:
             time.sleep(delay)
 
-    def _emit(self, dirty, counts, sums, final: bool) -> None:
+    def _emit(self, dirty: np.ndarray, counts: np.ndarray, sums: np.ndarray, final: bool) -> None:
         keys = np.flatnonzero(dirty)
         if not len(keys):
             return
@@ -756,35 +866,36 @@ class SinkTask(_Task):
     role = ROLE_SINK
     needs_peers = True
 
-    def __init__(self, *args):
-        super().__init__(*args)
+    def __init__(self, link: _Link, index: int, cfg: DemoConfig) -> None:
+        super().__init__(link, index, cfg)
         self.updates_in = 0
-        self.latency_by_phase: dict[str, deque] = {}
+        self.latency_by_phase: dict[str, deque[int]] = {}
 
-    def connect(self, env) -> None:
-        specs = [(ResultPartitionID.from_bytes(p["partition"]), 0, tuple(p["address"])) for p in self.peers]
-        self.gate = env.create_input_gate(specs, owning_task_name=self.name)
-        self.reader = RecordReader(self.gate, serializer=StreamElementSerializer("bytes"))
+    def connect(self, env: NetworkEnvironment) -> None:
+        specs = [(ResultPartitionID.from_bytes(p["partition"]), 0, p["address"])
+                 for p in _set_up(self.peers, "the peers")]
+        self.gate = gate = env.create_input_gate(specs, owning_task_name=self.name)
+        self.reader = RecordReader(gate, serializer=StreamElementSerializer("bytes"))
 
     def register_metrics(self, metrics: _TaskMetrics) -> None:
         metrics.io.register_reader(self.reader)
         self.latency = LatencyStats(metrics.group, granularity="operator", operator_id=operator_id(ROLE_SINK))
 
-    def process(self) -> dict:
+    def process(self) -> SinkResult:
         num_keys = self.cfg.keys
         counts = np.zeros(num_keys, np.int64)
         sums = np.zeros(num_keys, np.int64)
         final = np.zeros(num_keys, bool)
         reader, report = self.reader, self.latency.report_latency
-        SR, LM = StreamRecord, LatencyMarker
-        self.gate.request_partitions()
+        stream_record, latency_marker = StreamRecord, LatencyMarker
+        _set_up(self.gate, "the input gate").request_partitions()
         while (batch := reader.read_batch()) is not None:
-            values = []
+            values: list[bytes] = []
             for element in batch:
                 t = type(element)
-                if t is SR:
+                if t is stream_record:
                     values.append(element.value)
-                elif t is LM:
+                elif t is latency_marker:
                     latency = report(element)
                     samples = self.latency_by_phase.get(self.phase)
                     if samples is None:
@@ -845,7 +956,8 @@ def task_process(conn: Connection, role: str, index: int, cfg: DemoConfig, paren
 # The check
 # ==============================================================================================
 
-def check_exactly_once(keys: int, sources: list[dict], aggregators: list[dict], sink: dict) -> "CheckResult":
+def check_exactly_once(keys: int, sources: Sequence[SourceResult], aggregators: Sequence[AggregatorResult],
+                       sink: SinkResult) -> CheckResult:
     """Every key's count and sum at the sink against what the sources produced, from the tasks'
     results (:meth:`SourceTask.process`, :meth:`AggregatorTask.process`, :meth:`SinkTask.process`)."""
     produced_counts = np.zeros(keys, np.int64)
@@ -864,7 +976,8 @@ def check_exactly_once(keys: int, sources: list[dict], aggregators: list[dict], 
     examples = [(int(k), int(produced_counts[k]), int(sink["counts"][k]), int(produced_sums[k]),
                  int(sink["sums"][k])) for k in bad[:5]]
     return CheckResult(keys=keys, produced=produced, emitted=emitted, aggregated=aggregated_in,
-                       at_sink=at_sink, lost=max(0, produced - at_sink), duplicated=max(0, at_sink - produced),
+                       at_sink=at_sink, lost=max(0, produced - at_sink),
+                       duplicated=max(0, at_sink - produced),
                        mismatched_keys=len(bad), not_final_keys=len(not_final), misrouted=misrouted,
                        examples=examples)
 
@@ -883,7 +996,8 @@ class CheckResult:
     mismatched_keys: int
     not_final_keys: int
     misrouted: int
-    examples: list
+    #: up to five keys that differ: (key, count produced, count at the sink, sum produced, sum at the sink)
+    examples: list[tuple[int, int, int, int, int]]
 
     @property
     def ok(self) -> bool:
@@ -891,7 +1005,7 @@ class CheckResult:
                 and self.lost == 0 and self.duplicated == 0 and self.aggregated == self.produced)
 
 
-def latency_of(status: dict) -> dict | None:
+def latency_of(status: TaskStatus) -> dict[str, Any] | None:
     """The sink's latency histogram (p50/p95/p99/max, ms) from a status, if any."""
     found = None
     for name, value in status.get("values", {}).items():

@@ -15,9 +15,10 @@ import math
 import os
 import sys
 import time
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
@@ -25,7 +26,10 @@ from rich.table import Table
 from rich.text import Text
 
 from flinknet.metrics import backpressure_level
-from flinknet.tools.demo.job import ROLE_SINK, ROLE_SOURCE, latency_of
+from flinknet.tools.demo.job import ROLE_SINK, ROLE_SOURCE, DemoConfig, SinkResult, latency_of
+
+if TYPE_CHECKING:
+    from flinknet.tools.demo.coordinator import DemoCoordinator, TaskHandle
 
 __all__ = ["LiveView", "PlainView", "for_config", "phase_description", "render_summary", "result_lines"]
 
@@ -39,7 +43,7 @@ _IN_POOL = "Shuffle.Netty.Input.Buffers.inPoolUsage"
 _OUT_POOL = "Shuffle.Netty.Output.Buffers.outPoolUsage"
 
 
-def phase_description(cfg, phase: str) -> str:
+def phase_description(cfg: DemoConfig, phase: str) -> str:
     """One sentence on what a phase shows."""
     slow = f"Aggregator[{cfg.slow_aggregator}]"
     return {
@@ -54,7 +58,7 @@ def phase_description(cfg, phase: str) -> str:
 
 
 
-def _bp_ratio(task) -> float:
+def _bp_ratio(task: TaskHandle) -> float:
     return min(float(task.value("backPressuredTimeMsPerSecond")), 1000.0) / 1000.0
 
 
@@ -70,24 +74,25 @@ def _rate(x: float) -> str:
     return f"{x:.0f}"
 
 
-def _ms(x) -> str:
+def _ms(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{x:.1f}"
 
 
-def _latency_text(lat: dict | None) -> str:
+def _latency_text(lat: dict[str, Any] | None) -> str:
     if not lat:
         return "-"
-    return f"p50 {_ms(lat.get('p50'))}  p95 {_ms(lat.get('p95'))}  p99 {_ms(lat.get('p99'))}  max {_ms(lat.get('max'))} ms"
+    return (f"p50 {_ms(lat.get('p50'))}  p95 {_ms(lat.get('p95'))}  p99 {_ms(lat.get('p99'))}  "
+            f"max {_ms(lat.get('max'))} ms")
 
 
 class _View:
-    def __init__(self, cfg, out=None):
+    def __init__(self, cfg: DemoConfig, out: TextIO | None = None) -> None:
         self.cfg = cfg
         self.out = out if out is not None else sys.stdout
 
-    def _stamp(self, coordinator=None) -> str:
+    def _stamp(self, coordinator: DemoCoordinator | None = None) -> str:
         if coordinator is None or coordinator.t_start is None:
             return "[  setup]"
         return f"[{coordinator.elapsed():6.1f}s]"
@@ -96,10 +101,10 @@ class _View:
 class PlainView(_View):
     """``--no-live``: event lines and one ``key=value`` line per task every ``--interval`` s."""
 
-    def __init__(self, cfg, out=None):
+    def __init__(self, cfg: DemoConfig, out: TextIO | None = None) -> None:
         super().__init__(cfg, out)
         self._last = 0.0
-        self._coordinator = None
+        self._coordinator: DemoCoordinator | None = None
 
     def _print(self, text: str) -> None:
         try:
@@ -111,15 +116,15 @@ class PlainView(_View):
                 os.dup2(devnull, sys.stdout.fileno())
                 os.close(devnull)
 
-    def event(self, text: str, coordinator=None) -> None:
+    def event(self, text: str, coordinator: DemoCoordinator | None = None) -> None:
         self._coordinator = coordinator or self._coordinator
         self._print(f"{self._stamp(self._coordinator)} {text}")
 
-    def phase(self, coordinator, phase: str) -> None:
+    def phase(self, coordinator: DemoCoordinator, phase: str) -> None:
         self._coordinator = coordinator
         self._print(f"{self._stamp(coordinator)} === phase {phase}: {phase_description(self.cfg, phase)} ===")
 
-    def update(self, coordinator) -> None:
+    def update(self, coordinator: DemoCoordinator) -> None:
         self._coordinator = coordinator
         now = time.monotonic()
         if coordinator.t_start is None or now - self._last < self.cfg.interval:
@@ -130,32 +135,39 @@ class PlainView(_View):
             if task.status is not None and task.status.get("views_updated"):
                 self._print(self.task_line(coordinator, task))
 
-    def task_line(self, coordinator, task) -> str:
-        """One greppable line: phase, task, rates, pool usages, back-pressure, channels, latency."""
+    def task_line(self, coordinator: DemoCoordinator, task: TaskHandle) -> str:
+        """One greppable line: phase, task, rates, pool usages, back-pressure, channels, latency
+        (``state=starting`` and no more for a task that has not reported yet)."""
         s = task.status
+        head = [self._stamp(coordinator), f"phase={coordinator.phase}", f"task={task.name}",
+                f"pid={task.pid}"]
+        if s is None:
+            return " ".join(head + ["state=starting"])
         bp = _bp_ratio(task)
-        parts = [self._stamp(coordinator), f"phase={coordinator.phase}", f"task={task.name}", f"pid={task.pid}",
+        parts = [*head,
                  f"state={s['state']}",
                  f"in/s={task.value('numRecordsInPerSecond'):.0f}",
                  f"out/s={task.value('numRecordsOutPerSecond'):.0f}",
                  f"outPool={task.value(_OUT_POOL):.2f}", f"inPool={task.value(_IN_POOL):.2f}",
                  f"bp={bp:.2f}", f"level={backpressure_level(bp)}",
-                 f"busy={task.value('busyTimeMsPerSecond'):.0f}", f"idle={task.value('idleTimeMsPerSecond'):.0f}",
+                 f"busy={task.value('busyTimeMsPerSecond'):.0f}",
+                 f"idle={task.value('idleTimeMsPerSecond'):.0f}",
                  f"rss={_mib(s['rss'])}"]
-        if s.get("slowed_to"):
-            parts.append(f"slowed_to={s['slowed_to']:.0f}/s")
+        if slowed_to := s.get("slowed_to"):
+            parts.append(f"slowed_to={slowed_to:.0f}/s")
         if s["channels"]:
             parts.append("credit/backlog=" + ",".join(
                 f"{c['from']}:{c['credit']}/{c['backlog']}" for c in s["channels"]))
         lat = latency_of(s)
         if lat:
-            parts.append(f"latency_ms=p50:{_ms(lat.get('p50'))},p95:{_ms(lat.get('p95'))},p99:{_ms(lat.get('p99'))}")
+            parts.append(f"latency_ms=p50:{_ms(lat.get('p50'))},p95:{_ms(lat.get('p95'))},"
+                         f"p99:{_ms(lat.get('p99'))}")
         return " ".join(parts)
 
     def close(self) -> None:
         pass
 
-    def summary(self, coordinator) -> None:
+    def summary(self, coordinator: DemoCoordinator) -> None:
         console = Console(file=self.out, force_terminal=False, no_color=True, width=170, highlight=False)
         render_summary(console, coordinator)
         for line in result_lines(coordinator):
@@ -167,7 +179,7 @@ class LiveView(_View):
 
     REFRESH = 0.25
 
-    def __init__(self, cfg, out=None):
+    def __init__(self, cfg: DemoConfig, out: TextIO | None = None) -> None:
         super().__init__(cfg, out)
         self.console = Console(file=self.out, highlight=False)
         self._live: Live | None = None
@@ -180,30 +192,30 @@ class LiveView(_View):
             self._live.start()
         return self._live
 
-    def event(self, text: str, coordinator=None) -> None:
+    def event(self, text: str, coordinator: DemoCoordinator | None = None) -> None:
         live = self._ensure_live()
         live.console.print(Text(f"{self._stamp(coordinator)} {text}", style="dim"))
 
-    def phase(self, coordinator, phase: str) -> None:
+    def phase(self, coordinator: DemoCoordinator, phase: str) -> None:
         live = self._ensure_live()
         live.console.print(Text.assemble((f"{self._stamp(coordinator)} phase ", "bold"),
                                          (phase.upper(), PHASE_STYLES.get(phase, "")),
                                          f": {phase_description(self.cfg, phase)}"))
         self.update(coordinator, force=True)
 
-    def update(self, coordinator, force: bool = False) -> None:
+    def update(self, coordinator: DemoCoordinator, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < self.REFRESH:
             return
         self._last = now
         self._ensure_live().update(self.render(coordinator), refresh=True)
 
-    def render(self, coordinator):
+    def render(self, coordinator: DemoCoordinator) -> RenderableType:
         """The whole view as one renderable."""
         return Group(self._header(coordinator), self._tasks_table(coordinator),
                      self._channels_table(coordinator), self._footer(coordinator))
 
-    def _header(self, coordinator) -> Panel:
+    def _header(self, coordinator: DemoCoordinator) -> Panel:
         cfg = self.cfg
         total = cfg.duration
         elapsed = min(coordinator.elapsed(), total)
@@ -216,7 +228,8 @@ class LiveView(_View):
         grid = Table.grid(padding=(0, 1), expand=True)
         grid.add_column(ratio=1)
         grid.add_column(no_wrap=True)
-        grid.add_row(ProgressBar(total=total, completed=elapsed, complete_style="cyan", finished_style="green"),
+        grid.add_row(ProgressBar(total=total, completed=elapsed, complete_style="cyan",
+                                 finished_style="green"),
                      Text(f"{elapsed:5.1f} / {total:g} s", style="bold"))
         grid.add_row(timeline, Text(""))
         grid.add_row(Text(phase_description(cfg, phase), style=PHASE_STYLES.get(phase, "")), Text(""))
@@ -228,7 +241,7 @@ class LiveView(_View):
         return Panel(grid, title=title, title_align="left", subtitle=subtitle, subtitle_align="right",
                      border_style=PHASE_STYLES.get(phase, "white"))
 
-    def _tasks_table(self, coordinator) -> Table:
+    def _tasks_table(self, coordinator: DemoCoordinator) -> Table:
         narrow = self.console.width < 110          # an 80-column terminal: fewer, tighter columns
         t = _table("Tasks")
         t.add_column("Task", no_wrap=True, min_width=9)
@@ -244,7 +257,8 @@ class LiveView(_View):
         for task in coordinator.tasks:
             s = task.status
             if s is None:
-                cells = [task.name] + ([str(task.pid or "-")] if not narrow else []) + ["starting"]
+                cells: list[RenderableType] = [task.name, *([str(task.pid or "-")] if not narrow else []),
+                                               "starting"]
                 t.add_row(*cells)
                 continue
             bp = _bp_ratio(task)
@@ -252,7 +266,7 @@ class LiveView(_View):
             phase = "finished" if task.result is not None else s["phase"]
             if s.get("slowed_to") and task.result is None and not narrow:
                 phase += f" ({self.cfg.slow_factor:.0%})"
-            cells = [task.name] + ([str(task.pid)] if not narrow else []) + [
+            cells = [task.name, *([str(task.pid)] if not narrow else []),
                 Text(phase, style=PHASE_STYLES.get(s["phase"], "")),
                 _rate(task.value("numRecordsInPerSecond")), _rate(task.value("numRecordsOutPerSecond")),
                 _usage(task.value(_OUT_POOL)), _usage(task.value(_IN_POOL)),
@@ -263,26 +277,28 @@ class LiveView(_View):
             t.add_row(*cells)
         return t
 
-    def _channels_table(self, coordinator) -> Table:
+    def _channels_table(self, coordinator: DemoCoordinator) -> Table:
         t = _table("Remote input channels (credit-based flow control)")
         t.add_column("Channel", no_wrap=True)
         for name in ("Credit", "Sender\nbacklog", "Queued\nbuffers", "Exclusive\nused", "Floating\nheld"):
             t.add_column(name, justify="right", no_wrap=True)
         for task in coordinator.tasks:
-            for c in (task.status or {}).get("channels", []):
+            for c in task.status["channels"] if task.status is not None else []:
                 credit = Text(str(c["credit"]), style="bold red" if c["credit"] == 0 else "green")
                 t.add_row(f"{c['from']} → {task.name}", credit, str(c["backlog"]), str(c["queued"]),
                           f"{c['exclusive_used']}/{c['exclusive']}", str(c["floating"]))
         return t
 
-    def _footer(self, coordinator) -> Table:
+    def _footer(self, coordinator: DemoCoordinator) -> Table:
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold")
         grid.add_column()
         sink = next((t for t in coordinator.tasks if t.role == ROLE_SINK), None)
         lat = latency_of(sink.status) if sink is not None and sink.status else None
-        grid.add_row("Latency at the sink", _latency_text(lat) + (f"  ({lat['count']} markers)" if lat else ""))
-        grid.add_row("Source throughput", f"{_rate(coordinator.throughput())} records/s (average since start)")
+        grid.add_row("Latency at the sink",
+                     _latency_text(lat) + (f"  ({lat['count']} markers)" if lat else ""))
+        grid.add_row("Source throughput",
+                     f"{_rate(coordinator.throughput())} records/s (average since start)")
         return grid
 
     def close(self) -> None:
@@ -290,11 +306,11 @@ class LiveView(_View):
             self._live.stop()
             self._live = None
 
-    def summary(self, coordinator) -> None:
+    def summary(self, coordinator: DemoCoordinator) -> None:
         render_summary(self.console, coordinator)
 
 
-def for_config(cfg, out=None) -> PlainView | LiveView:
+def for_config(cfg: DemoConfig, out: TextIO | None = None) -> PlainView | LiveView:
     """The view ``cfg`` asks for: live with ``--live``, plain lines with ``--no-live``, and without
     either live when ``out`` (stdout by default) is a terminal."""
     out = out if out is not None else sys.stdout
@@ -315,7 +331,7 @@ def _usage(x: float) -> Text:
 
 # -- the summary -----------------------------------------------------------------------------
 
-def _task_totals(coordinator, task) -> tuple[int, int, float]:
+def _task_totals(coordinator: DemoCoordinator, task: TaskHandle) -> tuple[int, int, float]:
     """Records in, records out and the average rate of the task's main flow over the run."""
     r = task.result or {}
     records_in = r.get("numRecordsIn", int(task.value("numRecordsIn", 0)))
@@ -330,34 +346,38 @@ def _task_totals(coordinator, task) -> tuple[int, int, float]:
     return records_in, records_out, records_in / max(span, 1e-9)
 
 
-def _level_text(ratio) -> Text:
+def _level_text(ratio: float | None) -> Text:
     if ratio is None:
         return Text("-")
     level = backpressure_level(ratio)
     return Text.assemble((level, LEVEL_STYLES[level]), f" {ratio:.2f}")
 
 
-def render_summary(console: Console, coordinator) -> None:
+def render_summary(console: Console, coordinator: DemoCoordinator) -> None:
     """Print the per-task tables, the latency table, throughput and the check."""
-    rows = []
+    rows: list[tuple[list[RenderableType], list[RenderableType]]] = []
     for task in coordinator.tasks:
         rin, rout, rate = _task_totals(coordinator, task)
         slow_first = task.rss_at_phase.get("slow")
         slow_last = task.rss_at_phase.get("slow.last")
-        delta = "-" if slow_first is None or slow_last is None else f"{(slow_last - slow_first) / (1 << 20):+.1f}MiB"
+        delta = ("-" if slow_first is None or slow_last is None
+                 else f"{(slow_last - slow_first) / (1 << 20):+.1f}MiB")
         in_pool = task.max_in_pool.get("slow")
         rows.append(([task.name, str(task.pid or "-"), f"{rin:,}", f"{rout:,}", _rate(rate)],
                      [*[_level_text(task.max_bp.get(p)) for p in MEASURED_PHASES],
                       "-" if in_pool is None else f"{in_pool:.2f}", _mib(task.peak_rss), delta]))
-    flow_columns = [("Task", "left"), ("PID", "right"), ("Records\nin", "right"), ("Records\nout", "right"),
-                    ("Avg\nrec/s", "right")]
-    bp_columns = [(f"Max BP\n{p}", "left") for p in MEASURED_PHASES] + [
+    task_column: list[tuple[str, JustifyMethod]] = [("Task", "left")]
+    flow_columns: list[tuple[str, JustifyMethod]] = [*task_column, ("PID", "right"), ("Records\nin", "right"),
+                                                     ("Records\nout", "right"), ("Avg\nrec/s", "right")]
+    bp_columns: list[tuple[str, JustifyMethod]] = [(f"Max BP\n{p}", "left") for p in MEASURED_PHASES] + [
         ("Max\ninPool\nslow", "right"), ("Peak\nRSS", "right"), ("RSS Δ\nslow", "right")]
-    console.print(Text("Summary per task (max back-pressure over one-second windows within each phase)", style="bold"))
+    console.print(Text("Summary per task (max back-pressure over one-second windows within each phase)",
+                       style="bold"))
+    tables: list[tuple[list[tuple[str, JustifyMethod]], list[list[RenderableType]]]]
     if console.width >= 120:
         tables = [(flow_columns + bp_columns, [a + b for a, b in rows])]
     else:                                       # narrow terminal: two tables
-        tables = [(flow_columns, [a for a, _ in rows]), ([("Task", "left")] + bp_columns,
+        tables = [(flow_columns, [a for a, _ in rows]), (task_column + bp_columns,
                                                           [[a[0]] + b for a, b in rows])]
     for columns, cells in tables:
         t = _table("", expand=False)
@@ -368,11 +388,13 @@ def render_summary(console: Console, coordinator) -> None:
         console.print(t)
 
     sink = next((x for x in coordinator.tasks if x.role == ROLE_SINK), None)
-    samples = ((sink.result or {}).get("latency_by_phase") or {}) if sink is not None else {}
+    # the sink's result is a SinkResult (SinkTask.process)
+    samples = (cast(SinkResult, sink.result or {}).get("latency_by_phase") or {}) if sink is not None else {}
     if samples:
         import numpy as np
 
-        console.print(Text("End-to-end latency at the sink, ms (latency markers by phase of arrival)", style="bold"))
+        console.print(Text("End-to-end latency at the sink, ms (latency markers by phase of arrival)",
+                           style="bold"))
         lt = _table("", expand=False)
         for name in ("Phase", "Markers", "p50", "p95", "p99", "max"):
             lt.add_column(name, justify="left" if name == "Phase" else "right")
@@ -381,7 +403,8 @@ def render_summary(console: Console, coordinator) -> None:
             if not values:
                 continue
             a = np.asarray(values)
-            lt.add_row(phase, str(len(a)), *[_ms(float(np.percentile(a, q))) for q in (50, 95, 99)], _ms(float(a.max())))
+            lt.add_row(phase, str(len(a)), *[_ms(float(np.percentile(a, q))) for q in (50, 95, 99)],
+                       _ms(float(a.max())))
         console.print(lt)
 
     if coordinator.t_start is not None:
@@ -390,7 +413,8 @@ def render_summary(console: Console, coordinator) -> None:
                       f"coordinator peak RSS {_mib(coordinator.coordinator_peak_rss)}")
     check = coordinator.check
     if coordinator.interrupted:
-        console.print(Text("INTERRUPTED: every task was stopped; the results were not checked", style="bold yellow"))
+        console.print(Text("INTERRUPTED: every task was stopped; the results were not checked",
+                           style="bold yellow"))
     if coordinator.failures:
         for failure in coordinator.failures:
             console.print(Text(f"FAILED: {failure}", style="bold red"))
@@ -401,15 +425,17 @@ def render_summary(console: Console, coordinator) -> None:
                 f"({check.produced:,} records; nothing lost, nothing duplicated)", style="bold green"))
         else:
             console.print(Text(
-                f"CHECK FAILED: {check.mismatched_keys} of {check.keys} keys differ; produced {check.produced:,}, "
+                f"CHECK FAILED: {check.mismatched_keys} of {check.keys} keys differ; "
+                f"produced {check.produced:,}, "
                 f"aggregated {check.aggregated:,}, at the sink {check.at_sink:,} (lost {check.lost:,}, "
                 f"duplicated {check.duplicated:,}); {check.not_final_keys} keys without final result; "
                 f"{check.misrouted} misrouted", style="bold red"))
             for key, pc, sc, ps, ss in check.examples:
-                console.print(f"  key {key}: count {sc} at the sink, {pc} produced; sum {ss} at the sink, {ps} produced")
+                console.print(f"  key {key}: count {sc} at the sink, {pc} produced; "
+                              f"sum {ss} at the sink, {ps} produced")
 
 
-def result_lines(coordinator) -> list[str]:
+def result_lines(coordinator: DemoCoordinator) -> list[str]:
     """Greppable ``RESULT`` lines (the plain view prints them after the summary)."""
     lines = []
     for task in coordinator.tasks:
@@ -421,7 +447,8 @@ def result_lines(coordinator) -> list[str]:
     lines.append(f"RESULT throughput={coordinator.throughput():.0f} records/s")
     check = coordinator.check
     if check is not None:
-        lines.append(f"RESULT check={'PASS' if check.ok else 'FAIL'} keys={check.keys} produced={check.produced} "
+        lines.append(f"RESULT check={'PASS' if check.ok else 'FAIL'} keys={check.keys} "
+                     f"produced={check.produced} "
                      f"aggregated={check.aggregated} at_sink={check.at_sink} lost={check.lost} "
                      f"duplicated={check.duplicated} mismatched_keys={check.mismatched_keys}")
     else:
