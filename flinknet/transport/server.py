@@ -1,4 +1,5 @@
-"""The sending side: a TCP server whose connections serve subpartition views (Flink §11.1).
+"""The sending side: a TCP server whose connections serve subpartition views (Flink's
+``NettyServer`` with its ``PartitionRequestQueue`` and ``PartitionRequestServerHandler``).
 
 One :class:`ServerConnection` per client connection (Flink's ``PartitionRequestQueue`` plus
 ``PartitionRequestServerHandler``): a reader per receiver id with its credit; readers with credit
@@ -18,12 +19,19 @@ import socket
 import ssl
 import threading
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
-from flinknet._core import protocol as P
+from flinknet._core import protocol as P  # noqa: N812 (the wire protocol, as in the client)
 from flinknet._core.buffer import DataType
 from flinknet.errors import PartitionNotFoundError
 from flinknet.ids import ResultPartitionID, ResultSubpartitionIndexSet
+from flinknet.interfaces import ResultSubpartitionView
+from flinknet.transport.eventloop import IOThread, TimerHandle
 from flinknet.transport.handshake import HandshakeConfig, HandshakeError, server_handshake
+from flinknet.types import Address
+
+if TYPE_CHECKING:
+    from flinknet.partition.manager import ResultPartitionManager, ViewCallback
 
 __all__ = ["TransportServer", "ServerConnection"]
 
@@ -37,6 +45,7 @@ _IOV_MAX = 1024
 _TLS_CHUNK = 256 * 1024          # bytes per TLS write (TLS cannot gather: the parts are joined)
 _TLS_READS = 64                  # TLS records decrypted per readiness event at most
 _MAX_HANDSHAKES = 32             # connections handshaking at once; more are refused
+_MAX_FAILED_RECEIVERS = 4096     # failed receiver ids remembered per connection
 
 
 class _Reader:
@@ -45,19 +54,20 @@ class _Reader:
     __slots__ = ("conn", "receiver_id", "subpartition", "credit", "initial_credit", "view", "queued",
                  "released", "pending_listener")
 
-    def __init__(self, conn, receiver_id: bytes, initial_credit: int, subpartition: int = 0):
+    def __init__(self, conn: ServerConnection, receiver_id: bytes, initial_credit: int,
+                 subpartition: int = 0):
         self.conn = conn
         self.receiver_id = receiver_id
         self.subpartition = subpartition   # the requested subpartition, sent in every BufferResponse
         self.credit = initial_credit
         self.initial_credit = initial_credit
-        self.view = None
+        self.view: ResultSubpartitionView | None = None
         self.queued = False
         self.released = False
-        self.pending_listener = None
+        self.pending_listener: tuple[ResultPartitionID, ViewCallback] | None = None
 
     # BufferAvailabilityListener: called on producer threads, handed to the I/O thread.
-    def notify_data_available(self, view) -> None:
+    def notify_data_available(self, view: ResultSubpartitionView) -> None:
         self.conn.loop.call_soon_threadsafe(self.conn._enqueue, self)
 
     def notify_priority_event(self, sequence_number: int) -> None:
@@ -74,22 +84,27 @@ class _Reader:
 class ServerConnection:
     """The server end of one TCP connection (runs on the I/O thread)."""
 
-    def __init__(self, server: "TransportServer", sock: socket.socket, address):
+    def __init__(self, server: TransportServer, sock: socket.socket, address: tuple[Any, ...]):
         self.server = server
         self.loop = server.loop
         self.sock = sock
         self.address = address
         self.decoder = P.FrameDecoder(max_frame_length=server.max_frame_length, side="server")
         self.readers: dict[bytes, _Reader] = {}
-        self.available: deque = deque()
-        self.out: deque = deque()          # [bytes-like, offset, buffer-or-None] parts not yet sent
+        # Receivers this side answered with an ErrorResponse (their reader is gone): messages the
+        # client sent before it saw the error (AddCredit, ResumeConsumption, ...) are dropped
+        # instead of failing the whole connection. Bounded: oldest forgotten first.
+        self._failed_receivers: dict[bytes, None] = {}
+        self.available: deque[_Reader] = deque()
+        # [bytes-like, offset, buffer-or-None] parts not yet sent (lists: the offset moves)
+        self.out: deque[list[Any]] = deque()
         self.out_frames = 0
         self.closed = False
         self.credit_based = server.credit_based
         self.tls = isinstance(sock, ssl.SSLSocket)
-        self._tls_chunk = None   # a TLS write to retry with the same bytes
+        self._tls_chunk: bytes | None = None   # a TLS write to retry with the same bytes
         self._closing = False    # a fatal error is queued: send what is queued, then close
-        self._close_timer = None
+        self._close_timer: TimerHandle | None = None
         self._recv_buf = bytearray(_RECV_SIZE)
         self._recv_view = memoryview(self._recv_buf)
         self._writing = False
@@ -110,8 +125,10 @@ class ServerConnection:
         if self.tls:
             # A TLS socket hands out one record per read; what it decrypted stays invisible to
             # the selector, so read until it has nothing more (bounded per event).
+            sock = self.sock
             for _ in range(_TLS_READS):
-                if not self._read_once() or self.closed or not self.sock.pending():
+                if (not self._read_once() or self.closed
+                        or not (isinstance(sock, ssl.SSLSocket) and sock.pending())):
                     break
         else:
             self._read_once()
@@ -154,52 +171,53 @@ class ServerConnection:
 
     # -- messages --------------------------------------------------------------------------
 
-    def _handle(self, msg) -> None:
-        t = type(msg)
-        if t is P.AddCredit:
+    def _handle(self, msg: object) -> None:
+        if type(msg) is P.AddCredit:
             reader = self._reader(msg.receiver_id)
             if reader is not None:
                 reader.credit += msg.credit
                 self._enqueue(reader)
-        elif t is P.PartitionRequest:
+        elif type(msg) is P.PartitionRequest:
             self._on_partition_request(msg)
-        elif t is P.CancelPartitionRequest:
+        elif type(msg) is P.CancelPartitionRequest:
+            self._failed_receivers.pop(msg.receiver_id, None)
             reader = self.readers.pop(msg.receiver_id, None)
             if reader is not None:
                 self._release_reader(reader)
-        elif t is P.CloseRequest:
+        elif type(msg) is P.CloseRequest:
             self.close("the client sent CloseRequest")
-        elif t is P.ResumeConsumption:
+        elif type(msg) is P.ResumeConsumption:
             reader = self._reader(msg.receiver_id)
             if reader is not None and reader.view is not None:
                 if reader.initial_credit == 0:
                     reader.credit = 0
                 reader.view.resume_consumption()
                 self._enqueue(reader)
-        elif t is P.AckAllUserRecordsProcessed:
+        elif type(msg) is P.AckAllUserRecordsProcessed:
             reader = self._reader(msg.receiver_id)
             if reader is not None and reader.view is not None:
                 reader.view.acknowledge_all_data_processed()
-        elif t is P.NewBufferSize:
+        elif type(msg) is P.NewBufferSize:
             reader = self.readers.get(msg.receiver_id)
             if reader is not None and reader.view is not None:
                 reader.view.notify_new_buffer_size(msg.buffer_size)
-        elif t is P.TaskEventRequest:
+        elif type(msg) is P.TaskEventRequest:
             self._queue_frame(P.encode_error_response(
                 "IllegalArgumentError", "Task event receiver not found.", msg.receiver_id))
-        elif t is P.SegmentId:
+        elif type(msg) is P.SegmentId:
             pass  # tiered storage only: no segments to select here
         else:  # pragma: no cover (the decoder's side check rejects the rest)
-            self._send_fatal(P.CorruptFrameError(f"unexpected message {t.__name__}"))
+            self._send_fatal(P.CorruptFrameError(f"unexpected message {type(msg).__name__}"))
 
-    def _reader(self, receiver_id: bytes):
+    def _reader(self, receiver_id: bytes) -> _Reader | None:
         reader = self.readers.get(receiver_id)
-        if reader is None:
+        if reader is None and receiver_id not in self._failed_receivers:
             self._send_fatal(P.CorruptFrameError(
                 f"No reader for receiverId = {receiver_id.hex()} exists."))
         return reader
 
-    def _on_partition_request(self, msg) -> None:
+    def _on_partition_request(self, msg: P.PartitionRequest) -> None:
+        self._failed_receivers.pop(msg.receiver_id, None)   # a retry of a failed request
         if msg.receiver_id in self.readers:
             self._send_fatal(P.CorruptFrameError(f"duplicate receiver id {msg.receiver_id.hex()}"))
             return
@@ -212,7 +230,7 @@ class ServerConnection:
         reader = _Reader(self, msg.receiver_id, msg.credit, msg.start_index)
         self.readers[msg.receiver_id] = reader
 
-        def on_view(view, error):  # any thread
+        def on_view(view: ResultSubpartitionView | None, error: BaseException | None) -> None:  # any thread
             self.loop.call_soon_threadsafe(self._on_view, reader, view, error)
 
         reader.pending_listener = (partition_id, on_view)
@@ -225,7 +243,8 @@ class ServerConnection:
         if view is not None:
             self._on_view(reader, view, None)
 
-    def _on_view(self, reader: _Reader, view, error) -> None:
+    def _on_view(self, reader: _Reader, view: ResultSubpartitionView | None,
+                 error: BaseException | None) -> None:
         reader.pending_listener = None
         if reader.released or self.closed:
             if view is not None:
@@ -233,6 +252,7 @@ class ServerConnection:
             return
         if error is not None:
             self.readers.pop(reader.receiver_id, None)
+            self._remember_failed(reader.receiver_id)
             reader.released = True
             self._queue_frame(P.encode_error_response(type(error).__name__, str(error), reader.receiver_id))
             self._write_loop()
@@ -286,6 +306,8 @@ class ServerConnection:
 
     def _poll_reader(self, reader: _Reader) -> None:
         view = reader.view
+        if view is None:   # queued readers have their view (released ones are skipped)
+            return
         try:
             nxt = view.get_next_buffer()
         except Exception as err:  # noqa: BLE001 (the producer's failure goes to that receiver)
@@ -323,8 +345,15 @@ class ServerConnection:
 
     def _reader_failed(self, reader: _Reader, cause: BaseException) -> None:
         self.readers.pop(reader.receiver_id, None)
+        self._remember_failed(reader.receiver_id)
         self._queue_frame(P.encode_error_response(type(cause).__name__, str(cause), reader.receiver_id))
         self._release_reader(reader)
+
+    def _remember_failed(self, receiver_id: bytes) -> None:
+        failed = self._failed_receivers
+        failed[receiver_id] = None
+        if len(failed) > _MAX_FAILED_RECEIVERS:
+            del failed[next(iter(failed))]
 
     def _queue_frame(self, frame: bytes) -> None:
         self.out.append([frame, 0, None])
@@ -336,7 +365,7 @@ class ServerConnection:
             return self._flush_tls()
         out = self.out
         while out:
-            parts = []
+            parts: list[bytes | memoryview] = []
             for i, entry in enumerate(out):
                 if i >= _IOV_MAX:
                     break
@@ -385,7 +414,8 @@ class ServerConnection:
         while out or self._tls_chunk is not None:
             chunk = self._tls_chunk
             if chunk is None:
-                pieces, size = [], 0
+                pieces: list[memoryview] = []
+                size = 0
                 for data, offset, _ in out:
                     piece = memoryview(data)[offset:offset + _TLS_CHUNK - size]
                     pieces.append(piece)
@@ -466,7 +496,8 @@ class ServerConnection:
 class TransportServer:
     """Listens on ``host:port`` and serves the partitions of ``partition_manager``."""
 
-    def __init__(self, loop, partition_manager, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, loop: IOThread, partition_manager: ResultPartitionManager, host: str = "127.0.0.1",
+                 port: int = 0,
                  max_frame_length: int = P.DEFAULT_MAX_FRAME_LENGTH, credit_based: bool = True,
                  handshake: HandshakeConfig | None = None):
         self.loop = loop
@@ -489,7 +520,7 @@ class TransportServer:
             self.sock.close()
             raise
         self.sock.setblocking(False)
-        self.address = self.sock.getsockname()[:2]
+        self.address: Address = self.sock.getsockname()[:2]
         self._closed = False
         loop.run_sync(loop.register, self.sock, selectors.EVENT_READ, self._on_accept)
         self._timer = loop.call_later(1.0, self._check_timeouts)
@@ -523,7 +554,7 @@ class TransportServer:
                 self.loop.unregister(self.sock)
                 return
 
-    def _handshake_ended(self, sock) -> None:
+    def _handshake_ended(self, sock: socket.socket) -> None:
         """Any thread: ``sock`` no longer handshakes; resume accepting if that was the limit."""
         with self._hs_lock:
             self._handshaking.discard(sock)
@@ -539,7 +570,7 @@ class TransportServer:
         self.loop.register(self.sock, selectors.EVENT_READ, self._on_accept)
         self._on_accept(selectors.EVENT_READ)
 
-    def _handshake(self, sock: socket.socket, addr) -> None:
+    def _handshake(self, sock: socket.socket, addr: tuple[Any, ...]) -> None:
         try:
             conn_sock = server_handshake(sock, self.handshake, addr)
             conn_sock.setblocking(False)
@@ -558,7 +589,7 @@ class TransportServer:
             self._handshake_ended(sock)
             return
 
-        def adopt():
+        def adopt() -> None:
             self._handshake_ended(sock)
             if self._closed:
                 conn_sock.close()
@@ -580,7 +611,7 @@ class TransportServer:
 
     def close(self) -> None:
         """Close the listening socket and every connection (on the I/O thread)."""
-        def _close():
+        def _close() -> None:
             if self._closed:
                 return
             self._closed = True
