@@ -83,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     fig, (ax_bytes, ax_recs) = plt.subplots(1, 2, figsize=(12, 4.8))
     markers = {"per-record": "o", "batch": "s", "numpy": "^"}
     for ax, per_byte in ((ax_bytes, True), (ax_recs, False)):
-        def y(size, rps):
+        def y(size, rps, per_byte=per_byte):
             return rps * size / 1e6 if per_byte else rps
 
         for api, points in flinknet.items():
             xs = sorted(points)
-            ax.plot(xs, [y(s, points[s]) for s in xs], marker=markers[api], label=f"flinknet remote, {api} API")
+            ax.plot(xs, [y(s, points[s]) for s in xs], marker=markers[api],
+                    label=f"flinknet remote, {api} API")
         if raw:
             xs = sorted(raw)
             ax.plot(xs, [y(s, raw[s]) for s in xs], "k--", label="raw Python socket, same bytes (same run)")

@@ -83,7 +83,8 @@ def group_of(doc: dict) -> dict[str, str]:
 
 
 def reference_ratios(ref: dict) -> dict[Key, float]:
-    return {(row, base): float(r) for row, bases in ref.get("ratios", {}).items() for base, r in bases.items()}
+    return {(row, base): float(r)
+            for row, bases in ref.get("ratios", {}).items() for base, r in bases.items()}
 
 
 # -- comparing ------------------------------------------------------------------------------------
@@ -308,7 +309,8 @@ def _main(args) -> int:
 
     ref = load_json(args.reference)
     reference = reference_ratios(ref)
-    threshold = args.threshold if args.threshold is not None else float(ref.get("threshold", DEFAULT_THRESHOLD))
+    threshold = (args.threshold if args.threshold is not None
+                 else float(ref.get("threshold", DEFAULT_THRESHOLD)))
     tolerance = ref.get("tolerance", {})
 
     with tempfile.TemporaryDirectory(prefix="flinknet-bench-gate-") as tmp:

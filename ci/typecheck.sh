@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Static checks: the compiled core's stubs against the compiled modules, the stubs themselves,
-# (to come) mypy over the Python package and ruff. Uses the `python` on PATH, which must have
+# mypy over the Python package and ruff. Uses the `python` on PATH, which must have
 # flinknet installed (built) and mypy importable; run from anywhere, it works in the repo root.
 # Exit status: 0 when every check passes, else the failing check's status.
 set -euo pipefail
@@ -32,9 +32,14 @@ echo "== mypy --strict: flinknet/_core/*.pyi flinknet/_core/typedefs.py"
 python -m mypy --strict --follow-imports=silent flinknet/_core/*.pyi flinknet/_core/typedefs.py
 
 # --- 3. mypy over the Python package ----------------------------------------------------------
-# (to be added)
+# pyproject.toml's [tool.mypy]: the whole package, strict for the library, the tools checked
+# with check_untyped_defs.
+echo "== mypy: flinknet"
+python -m mypy
 
 # --- 4. ruff -------------------------------------------------------------------------------------
-# (to be added)
+# pyproject.toml's [tool.ruff]: the package, the tests, the benchmarks and ci/.
+echo "== ruff"
+python -m ruff check .
 
 echo "== typecheck: all passed"

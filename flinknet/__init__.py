@@ -4,7 +4,8 @@ A framework moves records between its tasks with these names:
 
 * **Set-up**: one :class:`NetworkEnvironment` per process (Flink's ``NettyShuffleEnvironment``)
   configured by a :class:`NetworkConfig` (Flink's option keys and defaults); it creates result
-  partitions and input gates and runs the TCP transport.
+  partitions and input gates and runs the TCP transport; its :attr:`~NetworkEnvironment.address`
+  (an :data:`Address`, ``(host, port)``) names it to the environments that read its partitions.
 * **Producing**: a :class:`RecordWriter` (or :class:`BroadcastRecordWriter`, built by
   :class:`RecordWriterBuilder`) emits records through a channel selector
   (:class:`KeyGroupStreamPartitioner`, :class:`RebalancePartitioner`, ...) into a
@@ -91,13 +92,14 @@ from flinknet.partitioners import (
     RoundRobinChannelSelector,
     ShufflePartitioner,
 )
-from flinknet.types import DistributionPattern, ResultPartitionType
+from flinknet.types import Address, DistributionPattern, ResultPartitionType
 from flinknet.writer import BroadcastRecordWriter, RecordWriter, RecordWriterBuilder
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     # set-up
+    "Address",
     "NetworkConfig",
     "NetworkEnvironment",
     # producing

@@ -1,4 +1,5 @@
-"""Network configuration with Flink's option keys, units and defaults (§2.5).
+"""Network configuration with Flink's option keys, units and defaults (Flink's
+``NettyShuffleEnvironmentOptions``, ``TaskManagerOptions`` and ``ExecutionOptions``).
 
 ``NetworkConfig({"taskmanager.memory.network.max": "128mb", ...})`` or
 ``NetworkConfig(**{...})``; values may be given as Flink writes them (``"64mb"``, ``"32 kb"``,
@@ -19,11 +20,19 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeAlias, TypeVar, cast, overload
 
 from flinknet.errors import ConfigurationError, UnknownConfigurationKeyError
 
-__all__ = ["NetworkConfig", "parse_duration", "parse_memory_size"]
+__all__ = ["ConfigValue", "NetworkConfig", "parse_duration", "parse_memory_size"]
+
+ConfigValue: TypeAlias = int | float | str | bool
+"""An option's parsed value: sizes in bytes (int), durations in seconds (float), counts (int),
+flags (bool), names and paths (str)."""
+
+_Parser: TypeAlias = Callable[[object, str], ConfigValue]
+_T = TypeVar("_T")
 
 _SIZE_UNITS = {
     "": 1, "b": 1, "bytes": 1,
@@ -44,7 +53,7 @@ _DURATION_UNITS = {
 _NUM_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zµ]*)\s*$", re.IGNORECASE)
 
 
-def parse_memory_size(value, key: str = "size") -> int:
+def parse_memory_size(value: object, key: str = "size") -> int:
     """Bytes of a Flink MemorySize (``"64mb"``, ``"32 kb"``, ``1024``)."""
     if isinstance(value, bool):
         raise ConfigurationError(f"{key}: expected a memory size, got {value!r}", key)
@@ -61,7 +70,7 @@ def parse_memory_size(value, key: str = "size") -> int:
     return n
 
 
-def parse_duration(value, key: str = "duration", default_unit: float = 1e-3) -> float:
+def parse_duration(value: object, key: str = "duration", default_unit: float = 1e-3) -> float:
     """Seconds of a Flink Duration (``"100 ms"``, ``"10 s"``; a bare number is milliseconds)."""
     if isinstance(value, bool):
         raise ConfigurationError(f"{key}: expected a duration, got {value!r}", key)
@@ -78,20 +87,22 @@ def parse_duration(value, key: str = "duration", default_unit: float = 1e-3) -> 
     return seconds
 
 
-def _int(minimum: int):
-    def parse(value, key):
+def _int(minimum: int) -> _Parser:
+    def parse(value: object, key: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             try:
-                value = int(str(value).strip())
+                number = int(str(value).strip())
             except ValueError:
                 raise ConfigurationError(f"{key}: expected an integer, got {value!r}", key) from None
-        if value < minimum:
-            raise ConfigurationError(f"{key}: must be >= {minimum}, got {value}", key)
-        return value
+        else:
+            number = value
+        if number < minimum:
+            raise ConfigurationError(f"{key}: must be >= {minimum}, got {number}", key)
+        return number
     return parse
 
 
-def _bool(value, key):
+def _bool(value: object, key: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -102,14 +113,14 @@ def _bool(value, key):
     raise ConfigurationError(f"{key}: expected true or false, got {value!r}", key)
 
 
-def _str(value, key):
+def _str(value: object, key: str) -> str:
     if not isinstance(value, str):
         raise ConfigurationError(f"{key}: expected a string, got {value!r}", key)
     return value
 
 
-def _choice(*options):
-    def parse(value, key):
+def _choice(*options: str) -> _Parser:
+    def parse(value: object, key: str) -> str:
         text = str(value).strip().lower()
         if text not in options:
             raise ConfigurationError(f"{key}: expected one of {', '.join(options)}, got {value!r}", key)
@@ -117,20 +128,20 @@ def _choice(*options):
     return parse
 
 
-def _size(value, key):
+def _size(value: object, key: str) -> int:
     return parse_memory_size(value, key)
 
 
-def _duration(value, key):
+def _duration(value: object, key: str) -> float:
     return parse_duration(value, key)
 
 
-def _duration_s(value, key):
+def _duration_s(value: object, key: str) -> float:
     return parse_duration(value, key, default_unit=1.0)
 
 
-#: key → (parser, default). Defaults are Flink 2.x's (§2.5) unless noted.
-OPTIONS: dict[str, tuple] = {
+#: key → (parser, default). Defaults are Flink 2.x's (its option classes' defaults) unless noted.
+OPTIONS: dict[str, tuple[_Parser, ConfigValue]] = {
     "taskmanager.memory.segment-size": (_size, "32kb"),
     "taskmanager.memory.network.min": (_size, "64mb"),
     "taskmanager.memory.network.max": (_size, "64mb"),  # Flink: unbounded fraction; flinknet: the size
@@ -159,26 +170,26 @@ OPTIONS: dict[str, tuple] = {
 }
 
 
-class NetworkConfig(Mapping):
+class NetworkConfig(Mapping[str, ConfigValue]):
     """Validated network options (see the module documentation)."""
 
-    def __init__(self, options: Mapping | None = None, /, **kwargs):
+    def __init__(self, options: Mapping[str, object] | None = None, /, **kwargs: object):
         given = dict(options or {})
         given.update(kwargs)
         unknown = sorted((k for k in given if k not in OPTIONS), key=str)
         if unknown:
             raise UnknownConfigurationKeyError.for_keys(unknown, OPTIONS)
-        values = {}
+        values: dict[str, ConfigValue] = {}
         for key, (parse, default) in OPTIONS.items():
             values[key] = parse(given.get(key, default), key)
         self._values = values
         self._given = frozenset(given)
-        seg = values["taskmanager.memory.segment-size"]
+        seg = self._int("taskmanager.memory.segment-size")
         if seg < 64 or seg > (1 << 30) or seg & (seg - 1):
             # Flink requires a power of two for the segment size in several places.
             raise ConfigurationError("taskmanager.memory.segment-size must be a power of two in "
                                      f"[64 b, 1 gb], got {seg}", "taskmanager.memory.segment-size")
-        lo, hi = values["taskmanager.memory.network.min"], values["taskmanager.memory.network.max"]
+        lo, hi = self._int("taskmanager.memory.network.min"), self._int("taskmanager.memory.network.max")
         if "taskmanager.memory.network.min" not in given:
             lo = values["taskmanager.memory.network.min"] = min(lo, hi)
         if hi < lo:
@@ -189,32 +200,52 @@ class NetworkConfig(Mapping):
             raise ConfigurationError(
                 f"taskmanager.memory.network.max ({hi} bytes) must hold at least two segments of "
                 f"taskmanager.memory.segment-size ({seg} bytes)", "taskmanager.memory.network.max")
-        if values["taskmanager.network.request-backoff.max"] < values["taskmanager.network.request-backoff.initial"]:
+        if (self._float("taskmanager.network.request-backoff.max")
+                < self._float("taskmanager.network.request-backoff.initial")):
             raise ConfigurationError("taskmanager.network.request-backoff.max is smaller than "
                                      "taskmanager.network.request-backoff.initial",
                                      "taskmanager.network.request-backoff.max")
-        port = values["taskmanager.data.port"]
+        port = self._int("taskmanager.data.port")
         if port > 65535:
             raise ConfigurationError(f"taskmanager.data.port must be <= 65535, got {port}",
                                      "taskmanager.data.port")
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> ConfigValue:
         try:
             return self._values[key]
         except KeyError:
             raise UnknownConfigurationKeyError.for_keys([key], OPTIONS) from None
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: object) -> bool:
         return key in self._values
 
-    def get(self, key, default=None):
+    @overload
+    def get(self, key: str, /) -> ConfigValue | None: ...
+    @overload
+    def get(self, key: str, default: ConfigValue | _T, /) -> ConfigValue | _T: ...
+
+    def get(self, key: str, default: object = None) -> object:
+        """The value of ``key``, or ``default`` if flinknet has no such option."""
         return self._values.get(key, default)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._values)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._values)
+
+    # Typed reads of the parsed values (each option's parser fixes its value's type).
+    def _int(self, key: str) -> int:
+        return cast(int, self._values[key])
+
+    def _float(self, key: str) -> float:
+        return cast(float, self._values[key])
+
+    def _bool(self, key: str) -> bool:
+        return cast(bool, self._values[key])
+
+    def _str(self, key: str) -> str:
+        return cast(str, self._values[key])
 
     def is_set(self, key: str) -> bool:
         """Whether ``key`` was given (rather than defaulted)."""
@@ -224,11 +255,11 @@ class NetworkConfig(Mapping):
 
     @property
     def segment_size(self) -> int:
-        return self._values["taskmanager.memory.segment-size"]
+        return self._int("taskmanager.memory.segment-size")
 
     @property
     def network_memory(self) -> int:
-        return self._values["taskmanager.memory.network.max"]
+        return self._int("taskmanager.memory.network.max")
 
     @property
     def num_network_buffers(self) -> int:
@@ -236,58 +267,58 @@ class NetworkConfig(Mapping):
 
     @property
     def buffers_per_channel(self) -> int:
-        return self._values["taskmanager.network.memory.buffers-per-channel"]
+        return self._int("taskmanager.network.memory.buffers-per-channel")
 
     @property
     def floating_buffers_per_gate(self) -> int:
-        return self._values["taskmanager.network.memory.floating-buffers-per-gate"]
+        return self._int("taskmanager.network.memory.floating-buffers-per-gate")
 
     @property
     def max_buffers_per_channel(self) -> int:
-        return self._values["taskmanager.network.memory.max-buffers-per-channel"]
+        return self._int("taskmanager.network.memory.max-buffers-per-channel")
 
     @property
     def max_overdraft_buffers_per_gate(self) -> int:
-        return self._values["taskmanager.network.memory.max-overdraft-buffers-per-gate"]
+        return self._int("taskmanager.network.memory.max-overdraft-buffers-per-gate")
 
     @property
     def request_timeout(self) -> float:
-        return self._values["taskmanager.network.memory.buffers-request-timeout"]
+        return self._float("taskmanager.network.memory.buffers-request-timeout")
 
     @property
     def partition_request_initial_backoff_ms(self) -> int:
-        return round(self._values["taskmanager.network.request-backoff.initial"] * 1000)
+        return round(self._float("taskmanager.network.request-backoff.initial") * 1000)
 
     @property
     def partition_request_max_backoff_ms(self) -> int:
-        return round(self._values["taskmanager.network.request-backoff.max"] * 1000)
+        return round(self._float("taskmanager.network.request-backoff.max") * 1000)
 
     @property
     def partition_request_timeout(self) -> float:
-        return self._values["taskmanager.network.partition-request-timeout"]
+        return self._float("taskmanager.network.partition-request-timeout")
 
     @property
     def connect_timeout(self) -> float:
-        return self._values["taskmanager.network.netty.client.connectTimeoutSec"]
+        return self._float("taskmanager.network.netty.client.connectTimeoutSec")
 
     @property
     def connect_retries(self) -> int:
-        return self._values["taskmanager.network.retries"]
+        return self._int("taskmanager.network.retries")
 
     @property
     def bind_host(self) -> str:
-        return self._values["taskmanager.network.bind-host"]
+        return self._str("taskmanager.network.bind-host")
 
     @property
     def data_port(self) -> int:
-        return self._values["taskmanager.data.port"]
+        return self._int("taskmanager.data.port")
 
     @property
     def buffer_timeout_ms(self) -> float:
         """The record writers' buffer timeout: -1 when disabled, else milliseconds."""
-        if not self._values["execution.buffer-timeout.enabled"]:
+        if not self._bool("execution.buffer-timeout.enabled"):
             return -1
-        return self._values["execution.buffer-timeout.interval"] * 1000
+        return self._float("execution.buffer-timeout.interval") * 1000
 
     @property
     def credit_based(self) -> bool:
@@ -295,7 +326,7 @@ class NetworkConfig(Mapping):
 
     @property
     def max_frame_length(self) -> int:
-        return self._values["flinknet.network.max-frame-length"]
+        return self._int("flinknet.network.max-frame-length")
 
     def __repr__(self) -> str:
         changed = {k: v for k, v in self._values.items() if k in self._given}

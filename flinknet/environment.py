@@ -1,6 +1,6 @@
 """One network environment per process (Flink's NettyShuffleEnvironment).
 
-``NetworkEnvironment(config)`` allocates the global :class:`~flinknet.NetworkBufferPool` once
+``NetworkEnvironment(config)`` allocates the global :class:`~flinknet.core.NetworkBufferPool` once
 (network memory / segment size), runs one I/O thread with a TCP server (``address`` tells where
 it listens; loopback unless configured) and the client connections to other environments, and
 owns the :class:`~flinknet.partition.ResultPartitionManager`. Producers get partitions from
@@ -8,32 +8,118 @@ owns the :class:`~flinknet.partition.ResultPartitionManager`. Producers get part
 :meth:`NetworkEnvironment.create_input_gate`, with local channels for partitions of this
 environment and remote channels (one shared TCP connection per peer) for the others.
 ``close()`` (or leaving a ``with`` block) releases everything.
+
+A partition is named to :meth:`~NetworkEnvironment.create_input_gate` by an
+:data:`InputChannelSpec`: ``(partition_id, subpartition_index)`` for a partition of this
+environment, ``(partition_id, subpartition_index, address)`` for one anywhere, where ``address``
+is the producing environment's :attr:`~NetworkEnvironment.address` (an
+:data:`~flinknet.types.Address`, ``(host, port)``), a ``"host:port"`` string (``"[::1]:port"``
+for an IPv6 host) or None (this environment).
 """
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Iterable, Mapping
+from typing import Any, Self, SupportsIndex, TypeAlias
+
 from flinknet._core.pool import NetworkBufferPool
 from flinknet.config import NetworkConfig
-from flinknet.consumer.channels import LocalInputChannel
+from flinknet.consumer.channels import InputChannel, LocalInputChannel
 from flinknet.consumer.gate import SingleInputGate
 from flinknet.consumer.remote import RemoteInputChannel
 from flinknet.errors import IllegalStateError
 from flinknet.ids import ResultPartitionID
-from flinknet.partition import ResultPartitionManager, create_result_partition
+from flinknet.partition import ResultPartition, ResultPartitionManager, create_result_partition
 from flinknet.transport.client import ConnectionManager
 from flinknet.transport.eventloop import IOThread
 from flinknet.transport.handshake import HandshakeConfig
 from flinknet.transport.server import TransportServer
-from flinknet.types import ResultPartitionType
+from flinknet.types import Address, ResultPartitionType, SerializerSpec
 
-__all__ = ["NetworkEnvironment"]
+__all__ = ["InputChannelSpec", "NetworkEnvironment"]
+
+InputChannelSpec: TypeAlias = (tuple[ResultPartitionID, int]
+                               | tuple[ResultPartitionID, int, Address | str | None])
+"""One channel of :meth:`NetworkEnvironment.create_input_gate`: ``(partition_id,
+subpartition_index)`` or ``(partition_id, subpartition_index, address)``."""
+
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _as_int(value: object) -> int | None:
+    """``value`` as an int if it is one (numpy integers too; bools are not), else None."""
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        return None
+    return operator.index(value)
+
+
+def _parse_address(text: str, where: str) -> Address:
+    """``"host:port"`` or ``"[ipv6-host]:port"`` as ``(host, port)``."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{where}: cannot read address {text!r}: an IPv6 host is written "
+                             "'[host]:port', e.g. '[::1]:6121'")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{where}: cannot read address {text!r}: expected 'host:port'")
+        if ":" in host:
+            raise ValueError(f"{where}: cannot read address {text!r}: an IPv6 host needs brackets, "
+                             f"'[{host}]:{port_text}'")
+    if not host:
+        raise ValueError(f"{where}: address {text!r} has no host")
+    if not port_text.isdigit() or not port_text.isascii():
+        raise ValueError(f"{where}: address {text!r} has no valid port (a decimal number)")
+    return host, _check_port(int(port_text), where, text)
+
+
+def _check_port(port: int, where: str, address: object) -> int:
+    if not 0 < port <= 65535:
+        raise ValueError(f"{where}: the port of address {address!r} must be in [1, 65535], got {port}")
+    return port
+
+
+def _check_address(address: object, where: str) -> Address | None:
+    """An address as ``create_input_gate`` takes it (see :data:`InputChannelSpec`), normalized."""
+    if address is None:
+        return None
+    if isinstance(address, str):
+        return _parse_address(address.strip(), where)
+    if isinstance(address, (tuple, list)) and len(address) == 2:
+        host, given_port = address
+        port = _as_int(given_port)
+        if not isinstance(host, str):
+            raise TypeError(f"{where}: the host of address {address!r} must be a str, got {host!r}")
+        if port is None:
+            raise TypeError(f"{where}: the port of address {address!r} must be an int, got {given_port!r}")
+        return host, _check_port(port, where, address)
+    raise TypeError(f"{where}: the address must be (host, port), 'host:port' or None, got {address!r}")
+
+
+def _check_spec(i: int, spec: object) -> tuple[ResultPartitionID, int, Address | None]:
+    """``partitions[i]`` of :meth:`NetworkEnvironment.create_input_gate`, checked and normalized."""
+    where = f"partitions[{i}]"
+    if not isinstance(spec, (tuple, list)) or len(spec) not in (2, 3):
+        raise TypeError(f"{where} must be (partition_id, subpartition_index) or (partition_id, "
+                        f"subpartition_index, address), got {spec!r}")
+    pid, index = spec[0], _as_int(spec[1])
+    if not isinstance(pid, ResultPartitionID):
+        raise TypeError(f"{where}: the partition id must be a ResultPartitionID, got {pid!r}")
+    if index is None:
+        raise TypeError(f"{where}: the subpartition index must be an int, got {spec[1]!r}")
+    if index < 0:
+        raise ValueError(f"{where}: the subpartition index must be >= 0, got {index}")
+    return pid, index, _check_address(spec[2] if len(spec) > 2 else None, where)
 
 
 class NetworkEnvironment:
     """A process's network stack: buffer pool, partition manager, I/O thread, server, clients."""
 
-    def __init__(self, config: NetworkConfig | dict | None = None, **options):
-        if config is None or isinstance(config, dict):
+    def __init__(self, config: NetworkConfig | Mapping[str, object] | None = None, **options: object):
+        if not isinstance(config, NetworkConfig):
             config = NetworkConfig(config or {}, **options)
         elif options:
             raise TypeError("give either a NetworkConfig or option keywords, not both")
@@ -55,11 +141,11 @@ class NetworkEnvironment:
             self.loop, config.segment_size, config.max_frame_length, config.connect_timeout,
             config.connect_retries, config.credit_based, handshake)
         self._gates: list[SingleInputGate] = []
-        self._partitions: list = []
+        self._partitions: list[ResultPartition] = []
         self._closed = False
 
     @property
-    def address(self) -> tuple[str, int]:
+    def address(self) -> Address:
         """``(host, port)`` where this environment's server listens."""
         return self.server.address
 
@@ -67,8 +153,11 @@ class NetworkEnvironment:
 
     def create_result_partition(self, num_subpartitions: int,
                                 partition_type: ResultPartitionType = ResultPartitionType.PIPELINED_BOUNDED,
-                                partition_id: ResultPartitionID | None = None, serializer="bytes", **kwargs):
-        """A partition of this environment, set up and registered (consumers can find it)."""
+                                partition_id: ResultPartitionID | None = None,
+                                serializer: SerializerSpec = "bytes", **kwargs: Any) -> ResultPartition:
+        """A partition of this environment, set up and registered (consumers can find it);
+        ``kwargs`` go to :func:`~flinknet.partition.create_result_partition` (``owning_task_name``,
+        ``partition_index``, ``tmp_dir`` for blocking partitions, ...)."""
         self._check_open()
         if not partition_type.is_blocking:
             # The subpartitions know how many exclusive buffers their receivers hold (Flink's
@@ -85,29 +174,30 @@ class NetworkEnvironment:
 
     # -- consumers -------------------------------------------------------------------------
 
-    def create_input_gate(self, partitions, gate_index: int = 0, owning_task_name: str = "") -> SingleInputGate:
-        """A gate with one channel per ``(partition_id, subpartition_index, address)``;
-        ``address`` None (or this environment's) means a local channel."""
+    def create_input_gate(self, partitions: Iterable[InputChannelSpec], gate_index: int = 0,
+                          owning_task_name: str = "") -> SingleInputGate:
+        """A gate with one channel per ``(partition_id, subpartition_index[, address])`` (an
+        :data:`InputChannelSpec`); ``address`` None (or this environment's) means a local
+        channel, any other a remote one. ``address`` is ``(host, port)`` or ``"host:port"``
+        (``"[::1]:port"`` for IPv6). A malformed item is a TypeError or ValueError naming it."""
         self._check_open()
-        specs = list(partitions)
+        specs = [_check_spec(i, spec) for i, spec in enumerate(partitions)]
         if not specs:
             raise ValueError("a gate needs at least one partition")
         cfg = self.config
-        n_remote = sum(1 for s in specs if not self._is_local(s[2] if len(s) > 2 else None))
+        n_remote = sum(1 for s in specs if not self._is_local(s[2]))
         pool = None
         if n_remote:
-            # Flink's gate pool (§2.4): floating buffers, at least one.
+            # Flink's gate pool (NettyShuffleUtils): floating buffers, at least one.
             # No overdraft on the input side (Flink gives overdraft buffers to output pools only):
             # a gate never holds more than its floating buffers.
             pool = self.network_buffer_pool.create_buffer_pool(
                 1, max(1, cfg.floating_buffers_per_gate), max_overdraft_buffers=0)
         gate = SingleInputGate(gate_index, owning_task_name, pool)
-        channels = []
+        channels: list[InputChannel] = []
         try:
-            for i, spec in enumerate(specs):
-                pid, index = spec[0], spec[1]
-                address = spec[2] if len(spec) > 2 else None
-                if self._is_local(address):
+            for i, (pid, index, address) in enumerate(specs):
+                if address is None or self._is_local(address):
                     channels.append(LocalInputChannel(
                         gate, i, pid, index, self.partition_manager,
                         cfg.partition_request_initial_backoff_ms, cfg.partition_request_max_backoff_ms))
@@ -127,11 +217,11 @@ class NetworkEnvironment:
         self._gates.append(gate)
         return gate
 
-    def _is_local(self, address) -> bool:
+    def _is_local(self, address: Address | None) -> bool:
         if address is None:
             return True
-        host, port = address[0], int(address[1])
-        return port == self.address[1] and host in (self.address[0], "localhost", "127.0.0.1", "::1")
+        host, port = address
+        return port == self.address[1] and (host == self.address[0] or host in _LOCAL_HOSTS)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -159,10 +249,10 @@ class NetworkEnvironment:
         self.connection_manager.close()
         self.loop.stop()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

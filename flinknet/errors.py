@@ -77,6 +77,12 @@ The modules that raise these errors re-export them under their old names
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flinknet.types import Address
+
 __all__ = [
     "FlinknetError",
     "IllegalStateError",
@@ -213,7 +219,7 @@ class OutputFlusherError(FlinknetError, OSError):
 class TransportError(FlinknetError, OSError):
     """A connection-level failure (Flink's TransportException); ``address`` is the remote address."""
 
-    def __init__(self, message: str, address=None):
+    def __init__(self, message: str, address: Address | None = None):
         super().__init__(message)
         self.address = address
 
@@ -259,11 +265,12 @@ class UnknownConfigurationKeyError(ConfigurationError, KeyError):
     ``except KeyError``) whose ``str()`` is the plain message, not its repr.
     """
 
-    def __init__(self, keys, suggestions=None):
+    def __init__(self, keys: str | Iterable[str],
+                 suggestions: Mapping[str, str | None] | None = None):
         keys = (keys,) if isinstance(keys, str) else tuple(keys)
-        suggestions = dict(suggestions or {})
-        self.keys = keys
-        self.suggestions = {k: suggestions.get(k) for k in keys}
+        given = dict(suggestions or {})
+        self.keys: tuple[str, ...] = keys
+        self.suggestions: dict[str, str | None] = {k: given.get(k) for k in keys}
         if len(keys) == 1:
             hint = self.suggestions[keys[0]]
             message = f"unknown configuration key {keys[0]!r}" + (f"; did you mean {hint!r}?" if hint else "")
@@ -274,7 +281,7 @@ class UnknownConfigurationKeyError(ConfigurationError, KeyError):
         super().__init__(message, keys[0] if keys else None)
 
     @classmethod
-    def for_keys(cls, keys, known_keys) -> "UnknownConfigurationKeyError":
+    def for_keys(cls, keys: str | Iterable[str], known_keys: Iterable[str]) -> UnknownConfigurationKeyError:
         """The error for ``keys``, each with the closest of ``known_keys`` as its suggestion."""
         import difflib
 
@@ -287,5 +294,5 @@ class UnknownConfigurationKeyError(ConfigurationError, KeyError):
         # KeyError's __str__ would show repr(message), quotes and escapes included.
         return BaseException.__str__(self)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.keys, self.suggestions), self.__dict__

@@ -1,4 +1,4 @@
-"""Flink's network events and ``EventSerializer``, byte-identical with Flink 2.3 (§5.4, §5.7).
+"""Flink's network events and ``EventSerializer``, byte-identical with Flink 2.3.
 
 Events travel alone in a buffer, never split and never sharing a buffer with records. They are
 sent once per buffer, not per record, so this module is plain Python (``struct``), not Cython.
@@ -17,6 +17,9 @@ Name map (Flink → flinknet): the event classes keep Flink's names; ``EventSeri
 Generic task events (Flink's tag 3, ``AbstractEvent`` subclasses identified by their Java class
 name) are :class:`TaskEvent` subclasses registered with :func:`register_task_event`; an
 unregistered class name decodes to :class:`UnknownTaskEvent` holding the raw bytes.
+
+:data:`Event` is the union of every event class (what :func:`from_buffer` returns and every
+function here takes).
 """
 
 from __future__ import annotations
@@ -24,16 +27,19 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Self, TypeAlias, TypeVar
 
-from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, DataType, NetworkBuffer
+from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, Buffer, DataType, NetworkBuffer
 from flinknet._core.builder import BufferConsumer
 from flinknet._core.memory import MemorySegment
 from flinknet.errors import CorruptEventError
 
+if TYPE_CHECKING:
+    from typing_extensions import Buffer as _BufferLike
+
 __all__ = [
     "AlignmentType", "BoolWatermark", "CancelCheckpointMarker", "CheckpointBarrier",
-    "CheckpointOptions", "CheckpointType", "EndOfData", "EndOfInputChannelStateEvent",
+    "CheckpointOptions", "CheckpointType", "EndOfData", "EndOfInputChannelStateEvent", "Event",
     "EndOfOutputChannelStateEvent", "EndOfPartitionEvent", "EndOfSegmentEvent",
     "EndOfSuperstepEvent", "EventAnnouncement", "LongWatermark", "RecoveryMetadata",
     "SavepointFormatType", "StopMode", "SubtaskConnectionDescriptor", "TaskEvent",
@@ -107,7 +113,7 @@ class CheckpointOptions:
     aligned_checkpoint_timeout: int = NO_ALIGNED_CHECKPOINT_TIME_OUT
     savepoint_format: SavepointFormatType = SavepointFormatType.CANONICAL
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint_type", CheckpointType(self.checkpoint_type))
         object.__setattr__(self, "alignment", AlignmentType(self.alignment))
         object.__setattr__(self, "savepoint_format", SavepointFormatType(self.savepoint_format))
@@ -140,13 +146,13 @@ class CheckpointOptions:
 class _Singleton:
     """Events without fields: every instance is equal."""
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return type(other) is type(self)
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(type(self))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return type(self).__name__ + "()"
 
 
@@ -176,7 +182,7 @@ class EndOfData:
 
     mode: StopMode = StopMode.DRAIN
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "mode", StopMode(self.mode))
 
 
@@ -200,7 +206,7 @@ class CancelCheckpointMarker:
 class EventAnnouncement:
     """Announces ``announced_event`` (a priority event) at ``sequence_number``."""
 
-    announced_event: object
+    announced_event: Event
     sequence_number: int
 
 
@@ -257,17 +263,18 @@ class TaskEvent:
         return b""
 
     @classmethod
-    def read(cls, data: memoryview) -> "TaskEvent":
+    def read(cls, data: memoryview) -> Self:
         """Build the event from its bytes (which may carry trailing zero padding)."""
         return cls()
 
-    def __eq__(self, other):
-        return type(other) is type(self) and other.write() == self.write()
+    def __eq__(self, other: object) -> bool:
+        return (type(other) is type(self) and isinstance(other, TaskEvent)
+                and other.write() == self.write())
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash((type(self), self.write()))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
@@ -285,10 +292,17 @@ class UnknownTaskEvent:
     data: bytes
 
 
+Event: TypeAlias = (EndOfPartitionEvent | CheckpointBarrier | EndOfSuperstepEvent | CancelCheckpointMarker
+                    | EndOfOutputChannelStateEvent | EndOfInputChannelStateEvent | EventAnnouncement
+                    | SubtaskConnectionDescriptor | EndOfData | EndOfSegmentEvent | RecoveryMetadata
+                    | WatermarkEvent | TaskEvent | UnknownTaskEvent)
+"""Every network event (Flink's ``AbstractEvent`` subclasses that ``EventSerializer`` knows)."""
+
 _TASK_EVENTS: dict[str, type[TaskEvent]] = {}
+_TE = TypeVar("_TE", bound=TaskEvent)
 
 
-def register_task_event(cls: type[TaskEvent]) -> type[TaskEvent]:
+def register_task_event(cls: type[_TE]) -> type[_TE]:
     """Register a :class:`TaskEvent` subclass by its ``class_name`` (usable as a decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, TaskEvent)) or not cls.class_name:
         raise TypeError("register_task_event needs a TaskEvent subclass with a class_name")
@@ -316,18 +330,18 @@ def _write_utf(text: str) -> bytes:
     return struct.pack(">H", len(out)) + bytes(out)
 
 
-def _utf16_units(text: str):
+def _utf16_units(text: str) -> tuple[int, ...]:
     data = text.encode("utf-16-be", "surrogatepass")
     return struct.unpack(f">{len(data) // 2}H", data)
 
 
-def _read_utf(data, pos: int) -> tuple[str, int]:
+def _read_utf(data: memoryview, pos: int) -> tuple[str, int]:
     (n,) = struct.unpack_from(">H", data, pos)
     pos += 2
     raw = bytes(data[pos:pos + n])
     if len(raw) != n:
         raise CorruptEventError("truncated UTF string")
-    units = []
+    units: list[int] = []
     i = 0
     while i < n:
         b = raw[i]
@@ -361,38 +375,37 @@ def _barrier_body(barrier: CheckpointBarrier) -> bytes:
     return b"".join(parts)
 
 
-def _serialize(event) -> tuple[bytes, int]:
+def _serialize(event: Event) -> tuple[bytes, int]:
     """(serialized bytes, length of Flink's backing array for to_buffer_consumer)."""
-    t = type(event)
-    if t is EndOfPartitionEvent:
+    if type(event) is EndOfPartitionEvent:
         data = struct.pack(">i", END_OF_PARTITION_EVENT)
-    elif t is CheckpointBarrier:
+    elif type(event) is CheckpointBarrier:
         body = _barrier_body(event)
         data = struct.pack(">i", CHECKPOINT_BARRIER_EVENT) + body
         location = event.options.target_location
         return data, 38 + (len(location) if location is not None else 0)
-    elif t is EndOfSuperstepEvent:
+    elif type(event) is EndOfSuperstepEvent:
         data = struct.pack(">i", END_OF_SUPERSTEP_EVENT)
-    elif t is CancelCheckpointMarker:
+    elif type(event) is CancelCheckpointMarker:
         data = struct.pack(">iq", CANCEL_CHECKPOINT_MARKER_EVENT, event.checkpoint_id)
-    elif t is EndOfOutputChannelStateEvent:
+    elif type(event) is EndOfOutputChannelStateEvent:
         data = struct.pack(">i", END_OF_CHANNEL_STATE_EVENT)
-    elif t is EndOfInputChannelStateEvent:
+    elif type(event) is EndOfInputChannelStateEvent:
         data = struct.pack(">i", END_OF_INPUT_CHANNEL_STATE_EVENT)
-    elif t is EventAnnouncement:
+    elif type(event) is EventAnnouncement:
         inner, inner_array = _serialize(event.announced_event)
         data = struct.pack(">ii", ANNOUNCEMENT_EVENT, event.sequence_number) + inner
         return data, 8 + inner_array
-    elif t is SubtaskConnectionDescriptor:
+    elif type(event) is SubtaskConnectionDescriptor:
         data = struct.pack(">iii", VIRTUAL_CHANNEL_SELECTOR_EVENT, event.input_subtask_index,
                            event.output_subtask_index)
-    elif t is EndOfData:
+    elif type(event) is EndOfData:
         data = struct.pack(">ib", END_OF_USER_RECORDS_EVENT, event.mode)
-    elif t is EndOfSegmentEvent:
+    elif type(event) is EndOfSegmentEvent:
         data = struct.pack(">i", END_OF_SEGMENT)
-    elif t is RecoveryMetadata:
+    elif type(event) is RecoveryMetadata:
         data = struct.pack(">ii", RECOVERY_METADATA, event.final_buffer_subpartition_id)
-    elif t is WatermarkEvent:
+    elif type(event) is WatermarkEvent:
         wm = event.watermark
         head = struct.pack(">i", WATERMARK_EVENT) + _write_utf(wm.identifier) + \
             struct.pack(">?", event.is_aligned)
@@ -406,7 +419,7 @@ def _serialize(event) -> tuple[bytes, int]:
     elif isinstance(event, TaskEvent):
         data = struct.pack(">i", OTHER_EVENT) + _write_utf(event.class_name) + event.write()
         return data, _serializer_array_length(len(data))
-    elif t is UnknownTaskEvent:
+    elif type(event) is UnknownTaskEvent:
         data = struct.pack(">i", OTHER_EVENT) + _write_utf(event.class_name) + event.data
         return data, _serializer_array_length(len(data))
     else:
@@ -422,17 +435,17 @@ def _serializer_array_length(length: int) -> int:
     return capacity
 
 
-def to_serialized_event(event) -> bytes:
+def to_serialized_event(event: Event) -> bytes:
     """Flink's ``EventSerializer.toSerializedEvent``: the event's exact bytes."""
     return _serialize(event)[0]
 
 
-def _check(data, pos, n):
+def _check(data: memoryview, pos: int, n: int) -> None:
     if pos + n > len(data):
         raise CorruptEventError("Incomplete event")
 
 
-def from_serialized_event(data):
+def from_serialized_event(data: _BufferLike) -> Event:
     """Decode an event from ``data`` (any buffer); zero padding after the event is ignored."""
     mv = memoryview(data).cast("B")
     if len(mv) < 4:
@@ -444,7 +457,7 @@ def from_serialized_event(data):
         raise CorruptEventError(f"Incomplete event: {e}") from e
 
 
-def _deserialize(tag, mv):
+def _deserialize(tag: int, mv: memoryview) -> Event:
     if tag == END_OF_PARTITION_EVENT:
         return EndOfPartitionEvent()
     if tag == CHECKPOINT_BARRIER_EVENT:
@@ -466,7 +479,7 @@ def _deserialize(tag, mv):
         pos += 4
         if loc_len < -1:
             raise CorruptEventError(f"invalid location length {loc_len}")
-        location = None
+        location: bytes | None = None
         if loc_len >= 0:
             _check(mv, pos, loc_len)
             location = bytes(mv[pos:pos + loc_len])
@@ -512,6 +525,7 @@ def _deserialize(tag, mv):
         identifier, pos = _read_utf(mv, 4)
         aligned, kind = struct.unpack_from(">?i", mv, pos)
         pos += 5
+        wm: LongWatermark | BoolWatermark
         if kind == 0:
             wm = LongWatermark(struct.unpack_from(">q", mv, pos)[0], identifier)
         elif kind == 1:
@@ -528,34 +542,33 @@ def _deserialize(tag, mv):
     raise CorruptEventError(f"Corrupt byte stream for event: unknown tag {tag}")
 
 
-def get_data_type(event, has_priority: bool = False) -> DataType:
+def get_data_type(event: Event, has_priority: bool = False) -> DataType:
     """The ``DataType`` Flink gives ``event``'s buffer (``Buffer.DataType.getDataType``)."""
     if has_priority:
         return DataType.PRIORITIZED_EVENT_BUFFER
-    t = type(event)
-    if t is EndOfOutputChannelStateEvent:
+    if type(event) is EndOfOutputChannelStateEvent:
         return DataType.RECOVERY_COMPLETION
-    if t is EndOfData:
+    if type(event) is EndOfData:
         return DataType.END_OF_DATA
-    if t is EndOfPartitionEvent:
+    if type(event) is EndOfPartitionEvent:
         return DataType.END_OF_PARTITION
-    if t is WatermarkEvent:
+    if type(event) is WatermarkEvent:
         return DataType.ALIGNED_WATERMARK_EVENT if event.is_aligned else DataType.UNALIGNED_WATERMARK_EVENT
-    if t is CheckpointBarrier and event.options.needs_alignment:
+    if type(event) is CheckpointBarrier and event.options.needs_alignment:
         if event.options.is_timeoutable:
             return DataType.TIMEOUTABLE_ALIGNED_CHECKPOINT_BARRIER
         return DataType.ALIGNED_CHECKPOINT_BARRIER
     return DataType.EVENT_BUFFER
 
 
-def to_buffer(event, has_priority: bool = False) -> NetworkBuffer:
+def to_buffer(event: Event, has_priority: bool = False) -> NetworkBuffer:
     """The event in an exactly sized buffer that frees its memory when recycled."""
     data = to_serialized_event(event)
     segment = MemorySegment.wrap_copy(data)
     return NetworkBuffer(segment, FREEING_BUFFER_RECYCLER, get_data_type(event, has_priority), len(data))
 
 
-def to_buffer_consumer(event, has_priority: bool = False) -> BufferConsumer:
+def to_buffer_consumer(event: Event, has_priority: bool = False) -> BufferConsumer:
     """A finished consumer of the event as Flink enqueues it: the serializer's whole backing
     array, so barriers and generic events carry trailing zero padding (readers ignore it)."""
     data, array_length = _serialize(event)
@@ -565,7 +578,7 @@ def to_buffer_consumer(event, has_priority: bool = False) -> BufferConsumer:
     return BufferConsumer(buffer, array_length)
 
 
-def from_buffer(buffer):
+def from_buffer(buffer: Buffer) -> Event:
     """Decode the event in ``buffer``'s readable bytes (the buffer is not recycled)."""
     with memoryview(buffer) as view:
         return from_serialized_event(view)

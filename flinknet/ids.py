@@ -1,4 +1,5 @@
-"""Identifiers of partitions, producers and channels, with Flink's sizes and byte layouts (§10.2).
+"""Identifiers of partitions, producers and channels, with Flink's sizes and byte layouts (as
+Flink's ``NettyMessage`` frames carry them).
 
 Every identifier is an immutable, hashable value with ``to_bytes()`` (Flink's big-endian wire
 layout) and ``from_bytes()``; ``generate()`` makes a random one (Flink's ``new AbstractID()``).
@@ -22,7 +23,12 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer as _BufferLike
 
 __all__ = [
     "AbstractID",
@@ -49,7 +55,7 @@ def _check_int32(name: str, value: int, minimum: int = -(1 << 31)) -> None:
         raise ValueError(f"{name} must be in [{minimum}, 2**31), got {value}")
 
 
-def _exact(data, size: int, what: str) -> bytes:
+def _exact(data: _BufferLike, size: int, what: str) -> bytes:
     data = bytes(data)
     if len(data) != size:
         raise ValueError(f"{what} takes exactly {size} bytes, got {len(data)}")
@@ -63,36 +69,41 @@ class AbstractID:
     SIZE = 16
     data: bytes = field(default_factory=lambda: os.urandom(16))
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.data, bytes) or len(self.data) != 16:
             raise ValueError(f"{type(self).__name__} takes exactly 16 bytes")
 
     @classmethod
-    def generate(cls):
+    def generate(cls) -> Self:
         """A new random identifier."""
         return cls(os.urandom(16))
 
     @classmethod
-    def from_parts(cls, lower_part: int, upper_part: int):
+    def from_parts(cls, lower_part: int, upper_part: int) -> Self:
         """The identifier of Flink's ``new AbstractID(lowerPart, upperPart)``."""
         return cls(_I64X2.pack(lower_part, upper_part))
 
     @classmethod
-    def from_bytes(cls, data):
+    def from_bytes(cls, data: _BufferLike) -> Self:
+        """The identifier of Flink's 16-byte wire form."""
         return cls(_exact(data, 16, cls.__name__))
 
     @classmethod
-    def from_hex_string(cls, text: str):
+    def from_hex_string(cls, text: str) -> Self:
         """Parse Flink's ``toString()`` form (32 hex digits)."""
         return cls.from_bytes(bytes.fromhex(text))
 
     @property
     def lower_part(self) -> int:
-        return _I64X2.unpack(self.data)[0]
+        """Flink's ``lowerPart`` (the first eight bytes, a signed big-endian long)."""
+        lower: int = _I64X2.unpack(self.data)[0]
+        return lower
 
     @property
     def upper_part(self) -> int:
-        return _I64X2.unpack(self.data)[1]
+        """Flink's ``upperPart`` (the last eight bytes, a signed big-endian long)."""
+        upper: int = _I64X2.unpack(self.data)[1]
+        return upper
 
     def to_bytes(self) -> bytes:
         return self.data
@@ -132,7 +143,7 @@ class IntermediateResultPartitionID:
     intermediate_data_set_id: IntermediateDataSetID = field(default_factory=IntermediateDataSetID)
     partition_num: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.intermediate_data_set_id, IntermediateDataSetID):
             raise TypeError("intermediate_data_set_id must be an IntermediateDataSetID")
         _check_int32("partition_num", self.partition_num, 0)
@@ -141,9 +152,9 @@ class IntermediateResultPartitionID:
         return self.intermediate_data_set_id.data + _I32.pack(self.partition_num)
 
     @classmethod
-    def from_bytes(cls, data):
-        data = _exact(data, 20, cls.__name__)
-        return cls(IntermediateDataSetID(data[:16]), _I32.unpack_from(data, 16)[0])
+    def from_bytes(cls, data: _BufferLike) -> Self:
+        raw = _exact(data, 20, cls.__name__)
+        return cls(IntermediateDataSetID(raw[:16]), _I32.unpack_from(raw, 16)[0])
 
     def __str__(self) -> str:
         return f"{self.intermediate_data_set_id}#{self.partition_num}"
@@ -157,7 +168,7 @@ class ExecutionVertexID:
     job_vertex_id: JobVertexID = field(default_factory=JobVertexID)
     subtask_index: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.job_vertex_id, JobVertexID):
             raise TypeError("job_vertex_id must be a JobVertexID")
         _check_int32("subtask_index", self.subtask_index, 0)
@@ -166,9 +177,9 @@ class ExecutionVertexID:
         return self.job_vertex_id.data + _I32.pack(self.subtask_index)
 
     @classmethod
-    def from_bytes(cls, data):
-        data = _exact(data, 20, cls.__name__)
-        return cls(JobVertexID(data[:16]), _I32.unpack_from(data, 16)[0])
+    def from_bytes(cls, data: _BufferLike) -> Self:
+        raw = _exact(data, 20, cls.__name__)
+        return cls(JobVertexID(raw[:16]), _I32.unpack_from(raw, 16)[0])
 
     def __str__(self) -> str:
         return f"{self.job_vertex_id}_{self.subtask_index}"
@@ -183,7 +194,7 @@ class ExecutionAttemptID:
     execution_vertex_id: ExecutionVertexID = field(default_factory=ExecutionVertexID)
     attempt_number: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.execution_graph_id, ExecutionGraphID):
             raise TypeError("execution_graph_id must be an ExecutionGraphID")
         if not isinstance(self.execution_vertex_id, ExecutionVertexID):
@@ -195,10 +206,10 @@ class ExecutionAttemptID:
                 + _I32.pack(self.attempt_number))
 
     @classmethod
-    def from_bytes(cls, data):
-        data = _exact(data, 40, cls.__name__)
-        return cls(ExecutionGraphID(data[:16]), ExecutionVertexID.from_bytes(data[16:36]),
-                   _I32.unpack_from(data, 36)[0])
+    def from_bytes(cls, data: _BufferLike) -> Self:
+        raw = _exact(data, 40, cls.__name__)
+        return cls(ExecutionGraphID(raw[:16]), ExecutionVertexID.from_bytes(raw[16:36]),
+                   _I32.unpack_from(raw, 36)[0])
 
     def __str__(self) -> str:
         return f"{self.execution_graph_id}_{self.execution_vertex_id}_{self.attempt_number}"
@@ -217,7 +228,7 @@ class ResultPartitionID:
     partition_id: IntermediateResultPartitionID = field(default_factory=IntermediateResultPartitionID)
     producer_id: ExecutionAttemptID = field(default_factory=ExecutionAttemptID)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.partition_id, IntermediateResultPartitionID):
             raise TypeError("partition_id must be an IntermediateResultPartitionID")
         if not isinstance(self.producer_id, ExecutionAttemptID):
@@ -225,7 +236,7 @@ class ResultPartitionID:
 
     @classmethod
     def of(cls, data_set_id: IntermediateDataSetID, partition_num: int,
-           producer_id: ExecutionAttemptID | None = None) -> "ResultPartitionID":
+           producer_id: ExecutionAttemptID | None = None) -> Self:
         """The id of partition ``partition_num`` of ``data_set_id`` (random producer if none)."""
         return cls(IntermediateResultPartitionID(data_set_id, partition_num),
                    producer_id if producer_id is not None else ExecutionAttemptID())
@@ -234,35 +245,38 @@ class ResultPartitionID:
         return self.partition_id.to_bytes() + self.producer_id.to_bytes()
 
     @classmethod
-    def from_bytes(cls, data):
-        data = _exact(data, 60, cls.__name__)
-        return cls(IntermediateResultPartitionID.from_bytes(data[:20]),
-                   ExecutionAttemptID.from_bytes(data[20:]))
+    def from_bytes(cls, data: _BufferLike) -> Self:
+        raw = _exact(data, 60, cls.__name__)
+        return cls(IntermediateResultPartitionID.from_bytes(raw[:20]),
+                   ExecutionAttemptID.from_bytes(raw[20:]))
 
     def __str__(self) -> str:
         return f"{self.partition_id}@{self.producer_id}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ResultSubpartitionIndexSet:
-    """A contiguous range of subpartitions one channel consumes: ``start`` to ``end`` inclusive."""
+    """A contiguous range of subpartitions one channel consumes: ``start`` to ``end`` inclusive
+    (``end`` None: ``start`` alone)."""
 
     SIZE = 8
     start: int
-    end: int | None = None
+    end: int
 
-    def __post_init__(self):
-        if self.end is None:
-            object.__setattr__(self, "end", self.start)
-        _check_int32("start", self.start, 0)
-        _check_int32("end", self.end, 0)
-        if self.end < self.start:
-            raise ValueError(f"end {self.end} < start {self.start}")
+    def __init__(self, start: int, end: int | None = None) -> None:
+        if end is None:
+            end = start
+        _check_int32("start", start, 0)
+        _check_int32("end", end, 0)
+        if end < start:
+            raise ValueError(f"end {end} < start {start}")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
 
     def __len__(self) -> int:
         return self.end - self.start + 1
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(range(self.start, self.end + 1))
 
     def __contains__(self, index: object) -> bool:
@@ -272,6 +286,6 @@ class ResultSubpartitionIndexSet:
         return _I32.pack(self.start) + _I32.pack(self.end)
 
     @classmethod
-    def from_bytes(cls, data):
-        data = _exact(data, 8, cls.__name__)
-        return cls(_I32.unpack_from(data, 0)[0], _I32.unpack_from(data, 4)[0])
+    def from_bytes(cls, data: _BufferLike) -> Self:
+        raw = _exact(data, 8, cls.__name__)
+        return cls(_I32.unpack_from(raw, 0)[0], _I32.unpack_from(raw, 4)[0])

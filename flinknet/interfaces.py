@@ -285,9 +285,9 @@ class PartitionRequestClient(Protocol):
 @runtime_checkable
 class WaitTimer(Protocol):
     """A timer the I/O classes mark around the time a task waits (Flink's ``TimerGauge``):
-    the metrics layer attaches one through ``set_idle_timer`` (gates and readers),
-    ``set_soft_back_pressure_timer`` (record writers) or the serializer's
-    ``back_pressure_timer`` (blocking buffer requests). Called only on the task's thread."""
+    the metrics layer attaches one through ``set_idle_timer`` (gates),
+    ``set_soft_back_pressure_timer`` (record writers) or ``set_hard_back_pressure_timer``
+    (result partitions: emits blocked on a buffer). Called only on the task's thread."""
 
     def mark_start(self) -> None:
         """The task starts waiting."""

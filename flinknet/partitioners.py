@@ -1,4 +1,5 @@
-"""Channel selectors: Flink's StreamPartitioner family (§15).
+"""Channel selectors: Flink's ``StreamPartitioner`` family (and the runtime's
+``ChannelSelector``s).
 
 Each selector is ``setup(number_of_channels)`` once, then picks the output channel (subpartition)
 of a record with :meth:`ChannelSelector.select_channel`, or of many records at once with
@@ -29,12 +30,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from flinknet._core.keygroups import (
     assign_key_to_parallel_operator,
     compute_default_max_parallelism,
     operator_indexes_array,
 )
+from flinknet._core.typedefs import KeyType
 
 __all__ = [
     "BroadcastPartitioner", "ChannelSelector", "CustomPartitionerWrapper", "ForwardPartitioner",
@@ -70,11 +73,11 @@ class ChannelSelector:
         """The channel of ``record``."""
         raise NotImplementedError
 
-    def select_channels(self, records: Sequence[Any]) -> np.ndarray:
+    def select_channels(self, records: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
         """The channel of every record, in order, as an ``int32`` array (one call per batch)."""
         return np.fromiter((self.select_channel(r) for r in records), dtype=np.int32, count=len(records))
 
-    def copy(self) -> "ChannelSelector":
+    def copy(self) -> ChannelSelector:
         """A fresh selector with the same configuration (each writer owns its selector)."""
         return type(self)()
 
@@ -92,7 +95,7 @@ class ForwardPartitioner(ChannelSelector):
         self._check_setup()
         return 0
 
-    def select_channels(self, records: Sequence[Any]) -> np.ndarray:
+    def select_channels(self, records: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
         self._check_setup()
         return np.zeros(len(records), dtype=np.int32)
 
@@ -121,7 +124,7 @@ class _RoundRobin(ChannelSelector):
         self._next = (self._next + 1) % n
         return self._next
 
-    def select_channels(self, records: Sequence[Any]) -> np.ndarray:
+    def select_channels(self, records: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
         n = self._check_setup()
         count = len(records)
         out = (np.arange(1, count + 1, dtype=np.int64) + self._next) % n
@@ -142,7 +145,7 @@ class RebalancePartitioner(_RoundRobin):
     def _start(self, number_of_channels: int) -> int:
         return self._rng.randrange(number_of_channels)
 
-    def copy(self) -> "RebalancePartitioner":
+    def copy(self) -> RebalancePartitioner:
         return RebalancePartitioner()
 
 
@@ -172,10 +175,10 @@ class ShufflePartitioner(ChannelSelector):
     def select_channel(self, record: Any) -> int:
         return int(self._rng.integers(self._check_setup()))
 
-    def select_channels(self, records: Sequence[Any]) -> np.ndarray:
+    def select_channels(self, records: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
         return self._rng.integers(self._check_setup(), size=len(records), dtype=np.int32)
 
-    def copy(self) -> "ShufflePartitioner":
+    def copy(self) -> ShufflePartitioner:
         return ShufflePartitioner()
 
 
@@ -188,7 +191,7 @@ class BroadcastPartitioner(ChannelSelector):
     def select_channel(self, record: Any) -> int:
         raise TypeError("Broadcast partitioner does not support select channels.")
 
-    def select_channels(self, records: Sequence[Any]) -> np.ndarray:
+    def select_channels(self, records: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
         raise TypeError("Broadcast partitioner does not support select channels.")
 
 
@@ -199,7 +202,7 @@ class KeyGroupStreamPartitioner(ChannelSelector):
     name = "HASH"
 
     def __init__(self, key_selector: Callable[[Any], Any], max_parallelism: int | None = None,
-                 key_type: str | None = None) -> None:
+                 key_type: KeyType | None = None) -> None:
         super().__init__()
         if not callable(key_selector):
             raise TypeError("key_selector must be callable")
@@ -208,6 +211,13 @@ class KeyGroupStreamPartitioner(ChannelSelector):
         self.key_selector = key_selector
         self.max_parallelism = max_parallelism
         self.key_type = key_type
+
+    def _max_parallelism(self) -> int:
+        # Set by setup() (which _check_setup() requires) when not given.
+        max_parallelism = self.max_parallelism
+        if max_parallelism is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() was not called")
+        return max_parallelism
 
     def setup(self, number_of_channels: int) -> None:
         super().setup(number_of_channels)
@@ -221,26 +231,28 @@ class KeyGroupStreamPartitioner(ChannelSelector):
         key = self.key_selector(record)
         if key is None:
             raise ValueError("Assigned key must not be null!")
-        return assign_key_to_parallel_operator(key, self.max_parallelism, n, self.key_type)
+        return assign_key_to_parallel_operator(key, self._max_parallelism(), n, self.key_type)
 
-    def select_channels(self, records: Sequence[Any]) -> np.ndarray:
+    def select_channels(self, records: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
         n = self._check_setup()
         keys = [self.key_selector(r) for r in records]
-        if keys and all(type(k) is int for k in keys) and self.key_type in (None, "int", "long"):
+        key_type = self.key_type
+        if keys and all(type(k) is int for k in keys) and (
+                key_type is None or key_type == "int" or key_type == "long"):
             array = np.array(keys, dtype=object)
             lo, hi = min(keys), max(keys)
-            if self.key_type == "long" or (self.key_type is None and -2**31 <= lo and hi < 2**31):
-                dtype = np.int64 if self.key_type == "long" else np.int32
-                return operator_indexes_array(array.astype(dtype), self.max_parallelism, n, self.key_type)
+            if key_type == "long" or (key_type is None and -2**31 <= lo and hi < 2**31):
+                dtype = np.int64 if key_type == "long" else np.int32
+                return operator_indexes_array(array.astype(dtype), self._max_parallelism(), n, key_type)
         return np.fromiter(
             (self._select_key(k, n) for k in keys), dtype=np.int32, count=len(keys))
 
     def _select_key(self, key: Any, n: int) -> int:
         if key is None:
             raise ValueError("Assigned key must not be null!")
-        return assign_key_to_parallel_operator(key, self.max_parallelism, n, self.key_type)
+        return assign_key_to_parallel_operator(key, self._max_parallelism(), n, self.key_type)
 
-    def copy(self) -> "KeyGroupStreamPartitioner":
+    def copy(self) -> KeyGroupStreamPartitioner:
         return KeyGroupStreamPartitioner(self.key_selector, self.max_parallelism, self.key_type)
 
 
@@ -269,5 +281,5 @@ class CustomPartitionerWrapper(ChannelSelector):
                              f"valid channels are 0..{n - 1}")
         return int(channel)
 
-    def copy(self) -> "CustomPartitionerWrapper":
+    def copy(self) -> CustomPartitionerWrapper:
         return CustomPartitionerWrapper(self.partitioner, self.key_selector)

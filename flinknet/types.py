@@ -8,14 +8,31 @@ members and flags: ``isReconsumable`` → ``is_reconsumable``, ``isBounded`` →
 ``supportCompression``); ``DataExchangeMode`` with ``select``, ``getForForwardExchange``,
 ``getForShuffleOrBroadcast``, ``getPipelineBreakingExchange``; ``DistributionPattern``;
 ``ShipStrategyType`` (``isNetworkStrategy``, ``requiresComparator``); ``ExecutionMode``.
+
+:data:`Address` is how flinknet names a network environment's endpoint: ``(host, port)``.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Any, TypeAlias
 
-__all__ = ["DataExchangeMode", "DistributionPattern", "ExecutionMode", "ResultPartitionType",
-           "ShipStrategyType"]
+import numpy as np
+
+from flinknet._core.serialization import PayloadSerializer
+
+__all__ = ["Address", "DataExchangeMode", "DistributionPattern", "ExecutionMode",
+           "ResultPartitionType", "SerializerSpec", "ShipStrategyType"]
+
+Address: TypeAlias = tuple[str, int]
+"""Where a network environment's server listens, ``(host, port)``: what
+:attr:`flinknet.NetworkEnvironment.address` answers and what
+:meth:`flinknet.NetworkEnvironment.create_input_gate` takes for a remote partition."""
+
+SerializerSpec: TypeAlias = PayloadSerializer | str | np.dtype[Any]
+"""What partitions and readers take as ``serializer``: a payload serializer, a name (``"bytes"``,
+``"str"``, ``"int64"``, ``"pickle"``, ...) or a numpy dtype (see
+:func:`flinknet._core.serialization.get_serializer`)."""
 
 
 class _Consuming(enum.Enum):
@@ -25,9 +42,12 @@ class _Consuming(enum.Enum):
 
 
 class ResultPartitionType(enum.Enum):
-    """How a result partition is produced, consumed and released (Flink 2.x, §8.1)."""
+    """How a result partition is produced, consumed and released (Flink 2.x's
+    ``ResultPartitionType``)."""
 
     #: (reconsumable, bounded, persistent, consuming constraint, released by the scheduler)
+    _value_: tuple[bool, bool, bool, _Consuming, bool]
+
     BLOCKING = (True, False, False, _Consuming.BLOCKING, True)
     BLOCKING_PERSISTENT = (True, False, True, _Consuming.BLOCKING, True)
     PIPELINED = (False, False, False, _Consuming.MUST_BE_PIPELINED, False)
@@ -63,10 +83,12 @@ class ResultPartitionType(enum.Enum):
 
     @property
     def is_release_by_scheduler(self) -> bool:
+        """Released by the scheduler once consumed (blocking and hybrid types)."""
         return self.value[4]
 
     @property
     def is_release_by_upstream(self) -> bool:
+        """Released by the producer once consumed (pipelined types)."""
         return not self.value[4]
 
     @property
@@ -130,7 +152,10 @@ class ShipStrategyType(enum.Enum):
     BROADCAST = (True, False)
     PARTITION_CUSTOM = (True, True)
 
-    def __new__(cls, network, comparator):
+    is_network_strategy: bool
+    requires_comparator: bool
+
+    def __new__(cls, network: bool, comparator: bool) -> ShipStrategyType:
         member = object.__new__(cls)
         member._value_ = len(cls.__members__)
         member.is_network_strategy = network
@@ -155,20 +180,20 @@ class DataExchangeMode(enum.Enum):
     PIPELINE_WITH_BATCH_FALLBACK = "pipeline_with_batch_fallback"
 
     @staticmethod
-    def get_for_forward_exchange(mode: ExecutionMode) -> "DataExchangeMode":
+    def get_for_forward_exchange(mode: ExecutionMode) -> DataExchangeMode:
         return _FORWARD[ExecutionMode(mode)]
 
     @staticmethod
-    def get_for_shuffle_or_broadcast(mode: ExecutionMode) -> "DataExchangeMode":
+    def get_for_shuffle_or_broadcast(mode: ExecutionMode) -> DataExchangeMode:
         return _SHUFFLE[ExecutionMode(mode)]
 
     @staticmethod
-    def get_pipeline_breaking_exchange(mode: ExecutionMode) -> "DataExchangeMode":
+    def get_pipeline_breaking_exchange(mode: ExecutionMode) -> DataExchangeMode:
         return _BREAKING[ExecutionMode(mode)]
 
     @staticmethod
     def select(execution_mode: ExecutionMode, ship_strategy: ShipStrategyType,
-               break_pipeline: bool) -> "DataExchangeMode":
+               break_pipeline: bool) -> DataExchangeMode:
         """The exchange mode for an edge (Flink's ``DataExchangeMode.select``)."""
         if ship_strategy is None or ship_strategy is ShipStrategyType.NONE:
             raise ValueError("ship_strategy may not be None or NONE")

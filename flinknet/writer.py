@@ -1,4 +1,4 @@
-"""Record writers: what a task calls to emit records and events (Flink §5.2–§5.6).
+"""Record writers: what a task calls to emit records and events (Flink's ``RecordWriter`` family).
 
 A :class:`RecordWriter` routes records through a channel selector (see
 :mod:`flinknet.partitioners`) into a :class:`~flinknet.partition.ResultPartition`, whose Cython
@@ -32,10 +32,14 @@ import math
 import random
 import threading
 import time
+from collections.abc import Sequence
+from typing import Any, Self, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from flinknet.errors import FlinknetError, OutputFlusherError
+from flinknet.events import Event
 from flinknet.interfaces import WaitTimer
 from flinknet.partition.result_partition import ResultPartition
 from flinknet.partitioners import ChannelSelector, RoundRobinChannelSelector
@@ -49,6 +53,7 @@ __all__ = [
     "OutputFlusherError",
     "RecordWriter",
     "RecordWriterBuilder",
+    "Targets",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,9 +66,12 @@ FLUSH_AFTER_EVERY_RECORD = 0
 # wait_available re-checks the partition (released, failed) at least this often.
 _AVAILABILITY_POLL_S = 0.1
 
+#: Where a batch goes: one subpartition for all records, or one per record.
+Targets: TypeAlias = int | Sequence[int] | npt.NDArray[np.integer[Any]]
+
 
 class _OutputFlusher(threading.Thread):
-    def __init__(self, writer: "RecordWriter", name: str, timeout_ms: float):
+    def __init__(self, writer: RecordWriter, name: str, timeout_ms: float):
         super().__init__(name=name, daemon=True)
         self._writer = writer
         # Event.wait overflows beyond TIMEOUT_MAX: a longer interval is as good as never.
@@ -123,7 +131,7 @@ class RecordWriter:
         self._select = channel_selector.select_channel
         self._closed = False
         self._soft_back_pressure_timer: WaitTimer | None = None
-        self._flusher = None
+        self._flusher: _OutputFlusher | None = None
         if timeout > 0 and not partition.partition_type.is_blocking:
             # Blocking partitions are batch: Flink disables the buffer timeout there.
             name = f"{DEFAULT_OUTPUT_FLUSH_THREAD_NAME} for {task_name}" if task_name else \
@@ -143,7 +151,7 @@ class RecordWriter:
 
     # -- records ---------------------------------------------------------------------------
 
-    def emit(self, record, target_subpartition: int | None = None) -> None:
+    def emit(self, record: object, target_subpartition: int | None = None) -> None:
         """Emit one record to the selected (or given) subpartition."""
         # The partition's state is checked by its serializer (finish/release make it reject
         # records), so the per-record path checks only the writer's own state.
@@ -155,7 +163,7 @@ class RecordWriter:
         if self._flush_always:
             self._partition.flush(target_subpartition)
 
-    def emit_batch(self, records, targets=None) -> int:
+    def emit_batch(self, records: Sequence[object] | npt.NDArray[Any], targets: Targets | None = None) -> int:
         """Emit a sequence of records; ``targets`` (one subpartition, or one per record) defaults
         to the selector's choice for each record. Returns the number of records emitted."""
         self._check_errors()
@@ -166,7 +174,7 @@ class RecordWriter:
             self._flush_targets(targets)
         return n
 
-    def emit_array(self, array, targets=None) -> int:
+    def emit_array(self, array: npt.NDArray[Any], targets: Targets | None = None) -> int:
         """Emit every row of a numpy array as one record of its raw bytes."""
         self._check_errors()
         if targets is None:
@@ -176,20 +184,20 @@ class RecordWriter:
             self._flush_targets(targets)
         return n
 
-    def _flush_targets(self, targets) -> None:
+    def _flush_targets(self, targets: Targets) -> None:
         if isinstance(targets, (int, np.integer)):
             self._partition.flush(int(targets))
         else:
             self._partition.flush_all()
 
-    def broadcast_emit(self, record) -> None:
+    def broadcast_emit(self, record: object) -> None:
         """Emit one record to every subpartition, serialized once (watermarks on keyed edges)."""
         self._check_errors()
         self._serializer.broadcast_emit(record)
         if self._flush_always:
             self._partition.flush_all()
 
-    def random_emit(self, record) -> None:
+    def random_emit(self, record: object) -> None:
         """Emit one record to a uniformly random subpartition (latency markers)."""
         self._check_errors()
         target = self._rng.randrange(self._num_channels)
@@ -199,7 +207,7 @@ class RecordWriter:
 
     # -- events and flushing ---------------------------------------------------------------
 
-    def broadcast_event(self, event, is_priority: bool = False) -> None:
+    def broadcast_event(self, event: Event, is_priority: bool = False) -> None:
         """Send an event to every subpartition, each in its own buffer after all records so far
         (priority events overtake the queued data)."""
         self._check_errors()
@@ -218,7 +226,7 @@ class RecordWriter:
         """Whether an emit would find a buffer now (a framework can await the future instead)."""
         return self._partition.is_available
 
-    def get_available_future(self):
+    def get_available_future(self) -> concurrent.futures.Future[None]:
         """A future completed when the partition turns available (completed already if it is)."""
         return self._partition.get_available_future()
 
@@ -270,6 +278,8 @@ class RecordWriter:
         return self._soft_back_pressure_timer
 
     def set_max_overdraft_buffers_per_gate(self, n: int) -> None:
+        """Overdraft buffers the partition's pool may hand out beyond its size (Flink's
+        ``taskmanager.network.memory.max-overdraft-buffers-per-gate``)."""
         self._partition.buffer_pool.max_overdraft_buffers_per_gate = n
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -282,22 +292,25 @@ class RecordWriter:
         if self._flusher is not None:
             self._flusher.terminate()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
     def partition(self) -> ResultPartition:
+        """The partition written to."""
         return self._partition
 
     @property
     def number_of_channels(self) -> int:
+        """The partition's subpartitions (the selector's channels)."""
         return self._num_channels
 
     @property
     def flusher_alive(self) -> bool:
+        """The output flusher thread runs."""
         return self._flusher is not None and self._flusher.is_alive()
 
     def __repr__(self) -> str:
@@ -315,19 +328,22 @@ class BroadcastRecordWriter(RecordWriter):
 
         super().__init__(partition, channel_selector or BroadcastPartitioner(), timeout, task_name)
 
-    def emit(self, record, target_subpartition: int | None = None) -> None:
+    def emit(self, record: object, target_subpartition: int | None = None) -> None:
+        """Emit one record to every subpartition (or to the given one)."""
         if target_subpartition is not None:
             return RecordWriter.emit(self, record, target_subpartition)
         self.broadcast_emit(record)
 
-    def broadcast_emit(self, record) -> None:
+    def broadcast_emit(self, record: object) -> None:
+        """Emit one record to every subpartition, written once into a shared buffer."""
         if self._flusher_error is not None or self._closed:
             self._check_errors()
         self._serializer.broadcast_record(record)
         if self._flush_always:
             self._partition.flush_all()
 
-    def emit_batch(self, records, targets=None) -> int:
+    def emit_batch(self, records: Sequence[object] | npt.NDArray[Any], targets: Targets | None = None) -> int:
+        """Emit a sequence of records to every subpartition (or to ``targets``)."""
         if targets is not None:
             return RecordWriter.emit_batch(self, records, targets)
         self._check_errors()
@@ -340,7 +356,8 @@ class BroadcastRecordWriter(RecordWriter):
             self._partition.flush_all()
         return n
 
-    def emit_array(self, array, targets=None) -> int:
+    def emit_array(self, array: npt.NDArray[Any], targets: Targets | None = None) -> int:
+        """Emit every row of a one-dimensional numpy array to every subpartition (or to ``targets``)."""
         if targets is not None:
             return RecordWriter.emit_array(self, array, targets)
         arr = np.ascontiguousarray(array)
@@ -353,24 +370,28 @@ class BroadcastRecordWriter(RecordWriter):
 class RecordWriterBuilder:
     """Flink's ``RecordWriterBuilder``: a broadcast selector builds a :class:`BroadcastRecordWriter`."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._selector: ChannelSelector | None = None
         self._timeout: float = DEFAULT_BUFFER_TIMEOUT
         self._task_name = ""
 
-    def set_channel_selector(self, selector: ChannelSelector) -> "RecordWriterBuilder":
+    def set_channel_selector(self, selector: ChannelSelector) -> Self:
+        """The channel selector (default: round robin; a broadcast one builds a broadcast writer)."""
         self._selector = selector
         return self
 
-    def set_timeout(self, timeout: float) -> "RecordWriterBuilder":
+    def set_timeout(self, timeout: float) -> Self:
+        """The buffer timeout in milliseconds (see :mod:`flinknet.writer`)."""
         self._timeout = timeout
         return self
 
-    def set_task_name(self, task_name: str) -> "RecordWriterBuilder":
+    def set_task_name(self, task_name: str) -> Self:
+        """The task's name (names the output flusher thread)."""
         self._task_name = task_name
         return self
 
     def build(self, partition: ResultPartition) -> RecordWriter:
+        """The writer for ``partition``."""
         if self._selector is not None and self._selector.is_broadcast:
             return BroadcastRecordWriter(partition, self._timeout, self._task_name, self._selector)
         return RecordWriter(partition, self._selector, self._timeout, self._task_name)

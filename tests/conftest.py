@@ -14,8 +14,8 @@ settings.register_profile("debug-build", max_examples=25, deadline=None)
 settings.register_profile("default", deadline=None)
 settings.load_profile(os.environ.get("FLINKNET_HYPOTHESIS_PROFILE", "default"))
 
-from flinknet._core import buffer as _buffer
-from flinknet._core.pool import NetworkBufferPool
+from flinknet._core import buffer as _buffer  # noqa: E402 (after the hypothesis profiles)
+from flinknet._core.pool import NetworkBufferPool  # noqa: E402
 
 
 def _origins() -> str:

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from flinknet import events as ev
 from flinknet._core.buffer import DataType
 
-VECTORS = json.loads((pathlib.Path(__file__).parent.parent / "vectors" / "events.json").read_text())
+VECTORS = json.loads((pathlib.Path(__file__).parent / "vectors" / "events.json").read_text())
 TS = 1700000000123
-O, CT, A, F = ev.CheckpointOptions, ev.CheckpointType, ev.AlignmentType, ev.SavepointFormatType
+O, CT, A, F = ev.CheckpointOptions, ev.CheckpointType, ev.AlignmentType, ev.SavepointFormatType  # noqa: E741
 LOC = bytes.fromhex("0102030405")
 
 EVENTS = {

@@ -159,7 +159,7 @@ def test_records_through_gate_and_reader(make_pool, case):
 
 def test_vector_buffers_decode_with_the_deserializer():
     """The committed bytes alone (no flinknet writer) decode to the records."""
-    from flinknet.core import MemorySegment, NetworkBuffer, FREEING_BUFFER_RECYCLER
+    from flinknet.core import FREEING_BUFFER_RECYCLER, MemorySegment, NetworkBuffer
 
     for case in CASES:
         for sp in case["subpartitions"]:

@@ -389,7 +389,7 @@ def test_consumer_closing_its_gate_mid_stream(pipeline):
     parts = pipeline.edge(n, m)
     records = [make_records(0, p, count, seed=7) for p in range(n)]
     gates = [pipeline.gate(parts, c) for c in range(m)]
-    producers = [pipeline.task(f"producer-{p}", produce, parts[p], "rebalance", -1, records[p])
+    _producers = [pipeline.task(f"producer-{p}", produce, parts[p], "rebalance", -1, records[p])
                  for p in range(n)]
     quitter = pipeline.task("consumer-0", consume, gates[0], stop_after=60)
     reader = pipeline.task("consumer-1", consume, gates[1])

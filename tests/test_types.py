@@ -6,7 +6,11 @@ from flinknet.types import (
     DataExchangeMode,
     DistributionPattern,
     ExecutionMode,
+)
+from flinknet.types import (
     ResultPartitionType as T,
+)
+from flinknet.types import (
     ShipStrategyType as S,
 )
 

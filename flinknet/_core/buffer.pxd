@@ -1,5 +1,5 @@
 # flinknet._core.buffer: Flink's Buffer, NetworkBuffer, ReadOnlySlicedNetworkBuffer, DataType and
-# BufferRecycler (§3).
+# BufferRecycler.
 #
 # Reference count vs. exports. A NetworkBuffer's reference count (retain/recycle, shared by all
 # its read-only slices) says who still needs the *data*; the segment's export count says how many

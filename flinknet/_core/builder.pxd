@@ -1,4 +1,4 @@
-# flinknet._core.builder: Flink's BufferBuilder / BufferConsumer hand-off (§4).
+# flinknet._core.builder: Flink's BufferBuilder / BufferConsumer hand-off.
 #
 # One writer (the task thread) appends into a BufferBuilder; one reader at a time (the subpartition
 # under its lock, or the I/O thread) builds read-only slices from the BufferConsumer. They share a

@@ -1,4 +1,4 @@
-"""Single-writer/single-reader buffer hand-off: ``BufferBuilder`` and ``BufferConsumer`` (Flink §4).
+"""Single-writer/single-reader buffer hand-off: ``BufferBuilder`` and ``BufferConsumer`` (Flink's ``BufferBuilder`` / ``BufferConsumer``).
 
 Name map (Flink → flinknet):
 

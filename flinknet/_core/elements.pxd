@@ -1,4 +1,4 @@
-# flinknet._core.elements: Flink's StreamElement family and StreamElementSerializer (§7).
+# flinknet._core.elements: Flink's StreamElement family and StreamElementSerializer.
 from libc.stdint cimport int32_t, int64_t
 
 from flinknet._core.serialization cimport PayloadSerializer

@@ -1,4 +1,4 @@
-"""Stream elements and Flink's ``StreamElementSerializer``, byte-identical with Flink 2.3 (§7).
+"""Stream elements and Flink's ``StreamElementSerializer``, byte-identical with Flink 2.3.
 
 A stream element is one tag byte, then its fields (big-endian), then, for records, the value as
 the value serializer writes it:

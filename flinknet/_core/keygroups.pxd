@@ -1,4 +1,4 @@
-# flinknet._core.keygroups: Flink's KeyGroupRangeAssignment and MathUtils.murmurHash (§15), with
+# flinknet._core.keygroups: Flink's KeyGroupRangeAssignment and MathUtils.murmurHash, with
 # Java hashCode emulation for int, long and String keys. Pure functions: no state, no GIL needed.
 from libc.stdint cimport int32_t, int64_t
 

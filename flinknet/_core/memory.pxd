@@ -1,4 +1,4 @@
-# flinknet._core.memory: MemorySegment, Flink's fixed-size block of native memory (§1).
+# flinknet._core.memory: MemorySegment, Flink's fixed-size block of native memory.
 #
 # Threading: every method runs with the GIL held and is atomic with respect to other Python
 # threads; only bulk copies of at least GIL_RELEASE_THRESHOLD bytes release the GIL, and then only

@@ -1,4 +1,4 @@
-# flinknet._core.pool: Flink's NetworkBufferPool and LocalBufferPool (§2).
+# flinknet._core.pool: Flink's NetworkBufferPool and LocalBufferPool.
 #
 # Threading model. Every method runs with the GIL held and makes its state change without
 # releasing it, so each call is atomic with respect to other Python threads: this replaces Flink's

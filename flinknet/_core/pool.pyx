@@ -407,7 +407,7 @@ cdef class NetworkBufferPool:
                 return
 
     cdef list redistribute(self):
-        """Flink's redistributeBuffers (§2.2): returns the availability futures to complete."""
+        """Flink's ``NetworkBufferPool.redistributeBuffers``: returns the availability futures to complete."""
         cdef list to_notify = []
         cdef list resizable = [p for p in self._pools if (<LocalBufferPool>p)._min < (<LocalBufferPool>p)._max]
         cdef long long excess, total_capacity, to_distribute, parts_used, distributed, cap, share

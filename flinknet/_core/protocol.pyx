@@ -1,4 +1,5 @@
-"""Flink's network frames: encoders and a validating streaming decoder (Flink §10).
+"""Flink's network frames: encoders and a validating streaming decoder (Flink's
+``NettyMessage`` and ``NettyMessageClientDecoderDelegate``).
 
 Every frame is ``[frame length i32 BE][magic 0xBADC0FFE][message id u8][body]`` where the frame
 length counts the whole frame. Bodies are Flink 2.3's, byte for byte (``vectors/netty_messages.json``),
@@ -77,32 +78,32 @@ cdef tuple _DATA_TYPES = tuple(DataType)
 
 BufferResponse = namedtuple("BufferResponse", [
     "receiver_id", "subpartition_id", "sequence_number", "backlog", "data_type", "is_compressed",
-    "size", "buffer", "partial_buffer_sizes"])
+    "size", "buffer", "partial_buffer_sizes"], module=__name__)
 BufferResponse.__doc__ = ("Server → client: one buffer (``buffer`` is None if it was discarded); "
                           "``partial_buffer_sizes`` is empty unless the payload holds several buffers.")
-ErrorResponse = namedtuple("ErrorResponse", ["error_type", "message", "receiver_id"])
+ErrorResponse = namedtuple("ErrorResponse", ["error_type", "message", "receiver_id"], module=__name__)
 ErrorResponse.__doc__ = "Server → client: an error, for one channel or (receiver_id None) the whole connection."
 ErrorResponse.is_fatal_error = property(lambda self: self.receiver_id is None)
 PartitionRequest = namedtuple("PartitionRequest", [
-    "partition_id", "start_index", "end_index", "receiver_id", "credit"])
+    "partition_id", "start_index", "end_index", "receiver_id", "credit"], module=__name__)
 PartitionRequest.__doc__ = "Client → server: read subpartitions start..end (inclusive) of a partition (60-byte id)."
-TaskEventRequest = namedtuple("TaskEventRequest", ["event", "partition_id", "receiver_id"])
+TaskEventRequest = namedtuple("TaskEventRequest", ["event", "partition_id", "receiver_id"], module=__name__)
 TaskEventRequest.__doc__ = "Client → server: a task event (EventSerializer bytes) for a partition's producer."
-CancelPartitionRequest = namedtuple("CancelPartitionRequest", ["receiver_id"])
+CancelPartitionRequest = namedtuple("CancelPartitionRequest", ["receiver_id"], module=__name__)
 CancelPartitionRequest.__doc__ = "Client → server: stop sending to this receiver."
-CloseRequest = namedtuple("CloseRequest", [])
+CloseRequest = namedtuple("CloseRequest", [], module=__name__)
 CloseRequest.__doc__ = "Client → server: the client closes the connection."
-AddCredit = namedtuple("AddCredit", ["credit", "receiver_id"])
+AddCredit = namedtuple("AddCredit", ["credit", "receiver_id"], module=__name__)
 AddCredit.__doc__ = "Client → server: ``credit`` more buffers are free for this receiver."
-ResumeConsumption = namedtuple("ResumeConsumption", ["receiver_id"])
+ResumeConsumption = namedtuple("ResumeConsumption", ["receiver_id"], module=__name__)
 ResumeConsumption.__doc__ = "Client → server: resume a subpartition blocked by an aligned barrier."
-AckAllUserRecordsProcessed = namedtuple("AckAllUserRecordsProcessed", ["receiver_id"])
+AckAllUserRecordsProcessed = namedtuple("AckAllUserRecordsProcessed", ["receiver_id"], module=__name__)
 AckAllUserRecordsProcessed.__doc__ = "Client → server: all user records were processed."
-BacklogAnnouncement = namedtuple("BacklogAnnouncement", ["backlog", "receiver_id"])
+BacklogAnnouncement = namedtuple("BacklogAnnouncement", ["backlog", "receiver_id"], module=__name__)
 BacklogAnnouncement.__doc__ = "Server → client: backlog of a reader without credit."
-NewBufferSize = namedtuple("NewBufferSize", ["buffer_size", "receiver_id"])
+NewBufferSize = namedtuple("NewBufferSize", ["buffer_size", "receiver_id"], module=__name__)
 NewBufferSize.__doc__ = "Client → server: the desired buffer size (debloating)."
-SegmentId = namedtuple("SegmentId", ["subpartition_id", "segment_id", "receiver_id"])
+SegmentId = namedtuple("SegmentId", ["subpartition_id", "segment_id", "receiver_id"], module=__name__)
 SegmentId.__doc__ = "Client → server: the segment a tiered-storage reader wants next."
 
 

@@ -1,5 +1,5 @@
-# flinknet._core.serialization: records framed as Flink frames them, spanning buffers (§5.1, §5.2),
-# and the spanning deserializer (§6), with pluggable Cython payload serializers.
+# flinknet._core.serialization: records framed as Flink frames them, spanning buffers (RecordWriter's path),
+# and the spanning deserializer (SpillingAdaptiveSpanningRecordDeserializer), with pluggable Cython payload serializers.
 #
 # Threading: a SpanningRecordSerializer belongs to one producer thread and a RecordDeserializer to
 # one consumer thread (as in Flink); neither is thread-safe. Both hold the GIL except while copying

@@ -1,4 +1,5 @@
-"""Records framed exactly as Flink frames them, spanning network buffers (Flink §5.1, §5.2, §6).
+"""Records framed exactly as Flink frames them, spanning network buffers (Flink's
+``RecordWriter`` serialization and ``SpillingAdaptiveSpanningRecordDeserializer``).
 
 A record on the wire is ``[length: int32 big-endian][payload: length bytes]`` with no per-buffer
 header: the byte stream of framed records is cut at buffer boundaries wherever they fall, inside a
@@ -402,7 +403,8 @@ cdef Py_ssize_t _append_pieces(BufferBuilder b, _Pieces *r) except -1:
 
 @cython.final
 cdef class SpanningRecordSerializer:
-    """Frames records into the BufferBuilders of a partition's subpartitions (Flink §5.2, §5.3).
+    """Frames records into the BufferBuilders of a partition's subpartitions (Flink's
+    ``RecordWriter`` / ``BufferWritingResultPartition`` write path).
 
     ``SpanningRecordSerializer(pool, num_subpartitions, serializer, sink)``: builders come from
     ``pool`` (a :class:`~flinknet._core.pool.LocalBufferPool` with ``num_subpartitions``
@@ -579,7 +581,8 @@ cdef class SpanningRecordSerializer:
         _append_pieces(b, &r)
         while r.piece < N_PIECES:
             self._finish_builder(target)
-            # Continuation: append first, then enqueue with the continuation's length (§5.2.4).
+            # Continuation: append first, then enqueue with the continuation's length (Flink's
+            # BufferWritingResultPartition.appendUnicastDataForRecordContinuation).
             b = self._new_builder(target, 0, 0, False)
             n = _append_pieces(b, &r)
             self._add_consumers(b, target, n, n)

@@ -1,4 +1,5 @@
-"""The consumer side of the exchange: input gates, input channels and record readers (§9).
+"""The consumer side of the exchange: input gates, input channels and record readers (Flink's
+``SingleInputGate`` / ``UnionInputGate``, ``InputChannel`` s and ``RecordReader``).
 
 Name map (Flink → flinknet):
 

@@ -1,4 +1,5 @@
-"""Input channels: one per producer subpartition a gate reads (Flink §9.3).
+"""Input channels: one per producer subpartition a gate reads (Flink's ``InputChannel`` and
+``LocalInputChannel``).
 
 :class:`LocalInputChannel` reads a subpartition of a partition in the same process straight from
 its view: no copy, no credit; the producer's buffers go back to the producer's pool when the
@@ -8,11 +9,15 @@ consumer recycles them. Remote channels (over TCP) are the transport's.
 from __future__ import annotations
 
 import threading
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from flinknet.errors import CancelTaskError, FlinknetError, PartitionNotFoundError, ProducerFailedError
 from flinknet.ids import ResultPartitionID
 from flinknet.interfaces import BufferAndBacklog, ResultSubpartitionView
+
+if TYPE_CHECKING:
+    from flinknet.consumer.gate import SingleInputGate
+    from flinknet.partition.manager import ResultPartitionManager
 
 __all__ = [
     "DEFAULT_INITIAL_BACKOFF",
@@ -46,7 +51,7 @@ class InputChannel:
     #: whether buffers arrive over the network (numBytesInRemote) or from this process (…Local).
     is_remote = False
 
-    def __init__(self, input_gate, channel_index: int, partition_id: ResultPartitionID,
+    def __init__(self, input_gate: SingleInputGate, channel_index: int, partition_id: ResultPartitionID,
                  subpartition_index: int = 0, initial_backoff: int = DEFAULT_INITIAL_BACKOFF,
                  max_backoff: int = DEFAULT_MAX_BACKOFF):
         if not isinstance(partition_id, ResultPartitionID):
@@ -95,6 +100,7 @@ class InputChannel:
         self.notify_channel_non_empty()
 
     def check_error(self) -> None:
+        """Raise the channel's failure, if it failed (a FlinknetError, or one wrapping it)."""
         cause = self._cause
         if cause is not None:
             if isinstance(cause, FlinknetError):
@@ -103,17 +109,25 @@ class InputChannel:
 
     @property
     def failure_cause(self) -> BaseException | None:
+        """Why the channel failed, if it did."""
         return self._cause
 
     def notify_channel_non_empty(self) -> None:
+        """Tell the gate that this channel has something to read (any thread)."""
         self.input_gate.notify_channel_non_empty(self)
 
     def notify_priority_event(self, sequence_number: int) -> None:
+        """Tell the gate that a priority event is first in line (any thread)."""
         self.input_gate.notify_priority_event(self, sequence_number)
 
     # -- subclass API ----------------------------------------------------------------------
 
     def request_subpartitions(self) -> None:
+        """Ask the producer for the subpartition (once; failures are stored on the channel)."""
+        raise NotImplementedError
+
+    def retrigger_subpartition_request(self) -> None:
+        """Request the subpartition again after a backoff (the gate's timer calls this)."""
         raise NotImplementedError
 
     def get_next_buffer(self) -> BufferAndBacklog | None:
@@ -121,16 +135,20 @@ class InputChannel:
         raise NotImplementedError
 
     def resume_consumption(self) -> None:
+        """Unblock after an upstream-blocking event (an aligned barrier) was consumed."""
         raise NotImplementedError
 
     def acknowledge_all_records_processed(self) -> None:
+        """Tell the producer that every user record was processed."""
         raise NotImplementedError
 
     def release_all_resources(self) -> None:
+        """Release the channel (idempotent); its buffers go back."""
         raise NotImplementedError
 
     @property
     def is_released(self) -> bool:
+        """The channel was released."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -146,9 +164,9 @@ class LocalInputChannel(InputChannel):
     backoff on the gate's timer.
     """
 
-    def __init__(self, input_gate, channel_index: int, partition_id: ResultPartitionID,
-                 subpartition_index: int, partition_manager, initial_backoff: int = DEFAULT_INITIAL_BACKOFF,
-                 max_backoff: int = DEFAULT_MAX_BACKOFF):
+    def __init__(self, input_gate: SingleInputGate, channel_index: int, partition_id: ResultPartitionID,
+                 subpartition_index: int, partition_manager: ResultPartitionManager,
+                 initial_backoff: int = DEFAULT_INITIAL_BACKOFF, max_backoff: int = DEFAULT_MAX_BACKOFF):
         super().__init__(input_gate, channel_index, partition_id, subpartition_index,
                          initial_backoff, max_backoff)
         self.partition_manager = partition_manager
@@ -171,7 +189,8 @@ class LocalInputChannel(InputChannel):
         return 0
 
     # -- BufferAvailabilityListener --------------------------------------------------------
-    def notify_data_available(self, view) -> None:
+    def notify_data_available(self, view: ResultSubpartitionView) -> None:
+        """The view has something to read (producer thread): queue this channel at the gate."""
         self.notify_channel_non_empty()
 
     # notify_priority_event(seq) is inherited: forwards to the gate.
@@ -209,6 +228,7 @@ class LocalInputChannel(InputChannel):
         self.input_gate.notify_channel_non_empty(self)
 
     def retrigger_subpartition_request(self) -> None:
+        """Request the view again (after a backoff)."""
         self.request_subpartitions()
 
     # -- reading ---------------------------------------------------------------------------
@@ -246,12 +266,14 @@ class LocalInputChannel(InputChannel):
             self.notify_channel_non_empty()
 
     def acknowledge_all_records_processed(self) -> None:
+        """Tell the producer's subpartition that every user record was processed."""
         view = self._view
         if view is None:
             raise CancelTaskError(f"{self} has no subpartition view")
         view.acknowledge_all_data_processed()
 
     def release_all_resources(self) -> None:
+        """Release the channel and its view (idempotent)."""
         with self._lock:
             if self._released:
                 return
@@ -265,6 +287,7 @@ class LocalInputChannel(InputChannel):
 
     @property
     def is_released(self) -> bool:
+        """The channel was released."""
         return self._released
 
     @property

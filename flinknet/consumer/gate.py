@@ -1,4 +1,5 @@
-"""Input gates: what a consuming task reads from (Flink §9.1, §9.2).
+"""Input gates: what a consuming task reads from (Flink's ``SingleInputGate`` and
+``UnionInputGate``).
 
 A :class:`SingleInputGate` reads one intermediate result through one channel per producer. Ready
 channels wait in a queue (priority section first); each poll takes one buffer from the head
@@ -20,26 +21,56 @@ Name map: ``getNext`` / ``pollNext`` → ``get_next`` / ``poll_next``; ``request
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
-
-from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, Self, SupportsIndex, overload
 
 from flinknet import events as _events
-from flinknet._core.buffer import DataType
-from flinknet._core.pool import AvailabilityHelper
+from flinknet._core.buffer import Buffer, DataType
+from flinknet._core.pool import AvailabilityHelper, LocalBufferPool
 from flinknet._core.pool import complete_future as _complete
 from flinknet.consumer.channels import InputChannel, InputChannelInfo, LocalInputChannel
 from flinknet.errors import CancelTaskError, IllegalStateError
+from flinknet.ids import ResultPartitionID
 from flinknet.interfaces import WaitTimer
 
-__all__ = ["BufferOrEvent", "InputGate", "SingleInputGate", "UnionInputGate"]
+if TYPE_CHECKING:
+    from flinknet.partition.manager import ResultPartitionManager
+
+__all__ = ["BufferOrEvent", "GateAvailabilityListener", "InputGate", "SingleInputGate", "UnionInputGate"]
 
 _INT_MIN = -(1 << 31)
 _DATA_BUFFER = DataType.DATA_BUFFER
 _PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
+
+
+def _check_local_spec(i: int, spec: object) -> tuple[ResultPartitionID, int]:
+    """``partitions[i]`` of :meth:`SingleInputGate.create_local`, checked."""
+    if not isinstance(spec, (tuple, list)) or len(spec) != 2:
+        raise TypeError(f"partitions[{i}] must be a (ResultPartitionID, subpartition index) tuple, "
+                        f"got {spec!r}")
+    pid, given_index = spec
+    if not isinstance(pid, ResultPartitionID):
+        raise TypeError(f"partitions[{i}]: the partition id must be a ResultPartitionID, got {pid!r}")
+    # numpy integers are ints here too; bools are not
+    if isinstance(given_index, bool) or not isinstance(given_index, SupportsIndex):
+        raise TypeError(f"partitions[{i}]: the subpartition index must be an int, got {given_index!r}")
+    index = operator.index(given_index)
+    if index < 0:
+        raise ValueError(f"partitions[{i}]: the subpartition index must be >= 0, got {index}")
+    return pid, index
+
+
+class GateAvailabilityListener(Protocol):
+    """What :meth:`SingleInputGate.register_availability_listener` takes: called as
+    ``listener(gate, has_priority)`` when the gate turns available and ``listener(gate)`` when it
+    finishes or closes (a :class:`UnionInputGate`'s callback)."""
+
+    def __call__(self, gate: SingleInputGate, has_priority: bool = ..., /) -> None: ...
 
 
 class BufferOrEvent:
@@ -52,12 +83,18 @@ class BufferOrEvent:
     __slots__ = ("buffer", "event", "channel_info", "more_available", "size",
                  "more_priority_events", "has_priority")
 
-    def __init__(self, buffer=None, event=None, channel_info: InputChannelInfo | None = None,
-                 more_available: bool = False, size: int = 0, more_priority_events: bool = False,
-                 has_priority: bool = False):
+    buffer: Buffer | None
+    event: _events.Event | None
+    channel_info: InputChannelInfo
+
+    def __init__(self, buffer: Buffer | None = None, event: _events.Event | None = None,
+                 channel_info: InputChannelInfo | None = None, more_available: bool = False,
+                 size: int = 0, more_priority_events: bool = False, has_priority: bool = False):
         self.buffer = buffer
         self.event = event
-        self.channel_info = channel_info
+        # Every gate gives the channel; None (the default) is left for code that builds a
+        # BufferOrEvent only to ask a UnionInputGate for its flat channel index.
+        self.channel_info = channel_info  # type: ignore[assignment]
         self.more_available = more_available
         self.size = size
         self.more_priority_events = more_priority_events
@@ -65,10 +102,12 @@ class BufferOrEvent:
 
     @property
     def is_buffer(self) -> bool:
+        """A data buffer (``buffer`` is set, ``event`` None)."""
         return self.buffer is not None
 
     @property
     def is_event(self) -> bool:
+        """An event (``event`` is set, ``buffer`` None)."""
         return self.buffer is None
 
     def __repr__(self) -> str:
@@ -78,21 +117,89 @@ class BufferOrEvent:
 
 
 class InputGate:
-    """What :class:`SingleInputGate` and :class:`UnionInputGate` have in common."""
+    """What :class:`SingleInputGate` and :class:`UnionInputGate` have in common (Flink's
+    ``InputGate``)."""
 
     def get_next(self, timeout: float | None = None) -> BufferOrEvent | None:
+        """The next buffer or event, waiting up to ``timeout`` seconds (``TimeoutError``); None
+        once the gate is finished."""
         raise NotImplementedError
 
     def poll_next(self) -> BufferOrEvent | None:
+        """The next buffer or event if one is ready now, else None."""
         raise NotImplementedError
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[BufferOrEvent]:
         """Every BufferOrEvent until the gate is finished (blocking)."""
         while True:
             boe = self.get_next()
             if boe is None:
                 return
             yield boe
+
+    def request_partitions(self) -> None:
+        """Every channel requests its subpartition (once; done by the first poll otherwise)."""
+        raise NotImplementedError
+
+    def resume_consumption(self, channel_info: InputChannelInfo) -> None:
+        """Resume a channel blocked by an upstream-blocking event (an aligned barrier)."""
+        raise NotImplementedError
+
+    def acknowledge_all_records_processed(self, channel_info: InputChannelInfo) -> None:
+        """Tell a channel's producer that every user record was processed."""
+        raise NotImplementedError
+
+    def get_available_future(self) -> Future[None]:
+        """Done while a buffer or event is ready (or the gate is finished)."""
+        raise NotImplementedError
+
+    def set_idle_timer(self, timer: WaitTimer | None) -> None:
+        """The metrics hook: ``timer`` is marked around every wait of :meth:`get_next`."""
+        raise NotImplementedError
+
+    @property
+    def idle_timer(self) -> WaitTimer | None:
+        """The timer attached by :meth:`set_idle_timer`, or None."""
+        raise NotImplementedError
+
+    @property
+    def is_available(self) -> bool:
+        """Whether a buffer or event is ready now (or the gate is finished)."""
+        raise NotImplementedError
+
+    @property
+    def is_finished(self) -> bool:
+        """Every channel delivered EndOfPartition."""
+        raise NotImplementedError
+
+    @property
+    def has_received_end_of_data(self) -> bool:
+        """Every channel delivered EndOfData."""
+        raise NotImplementedError
+
+    @property
+    def should_drain_on_end_of_data(self) -> bool:
+        """Every EndOfData asked to drain."""
+        raise NotImplementedError
+
+    @property
+    def number_of_input_channels(self) -> int:
+        """How many channels the gate reads."""
+        raise NotImplementedError
+
+    def get_channel(self, index: int) -> InputChannel:
+        """The channel at ``index``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release every channel and wake a blocked reader (idempotent)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SingleInputGate(InputGate):
@@ -104,7 +211,8 @@ class SingleInputGate(InputGate):
     ``buffer_pool`` is the gate's floating pool (remote channels use it; local ones need none).
     """
 
-    def __init__(self, gate_index: int = 0, owning_task_name: str = "", buffer_pool=None):
+    def __init__(self, gate_index: int = 0, owning_task_name: str = "",
+                 buffer_pool: LocalBufferPool | None = None):
         if gate_index < 0:
             raise ValueError("gate_index must be >= 0")
         self.gate_index = gate_index
@@ -113,7 +221,7 @@ class SingleInputGate(InputGate):
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self.input_channels: list[InputChannel] = []
-        self._queue: deque = deque()
+        self._queue: deque[InputChannel] = deque()
         self._num_priority = 0
         self._enqueued: list[bool] = []
         self._end_of_partition: list[bool] = []
@@ -126,12 +234,12 @@ class SingleInputGate(InputGate):
         self._should_drain_on_end_of_data = True
         self._requested = False
         self._closed = False
-        self._close_future: Future = Future()
+        self._close_future: Future[None] = Future()
         self._availability = AvailabilityHelper(False)
         self._priority_availability = AvailabilityHelper(False)
         self._timers: set[threading.Timer] = set()
         # register_availability_listener: a UnionInputGate's callback (gate, has_priority).
-        self._availability_listener: Callable[..., None] | None = None
+        self._availability_listener: GateAvailabilityListener | None = None
         self.num_bytes_in = 0
         self.num_buffers_in = 0
         # numBytesIn/numBuffersIn split by channel kind (Flink's ...Local / ...Remote).
@@ -154,7 +262,7 @@ class SingleInputGate(InputGate):
         """The timer attached by :meth:`set_idle_timer`, or None."""
         return self._idle_timer
 
-    def register_availability_listener(self, listener: Callable[..., None]) -> None:
+    def register_availability_listener(self, listener: GateAvailabilityListener) -> None:
         """Call ``listener(gate, has_priority)`` when the gate turns available (a channel became
         ready while none was, or a priority event arrived) and ``listener(gate)`` when it finishes
         or closes. Runs on the thread that made it so (a producer or I/O thread): keep it short.
@@ -169,17 +277,22 @@ class SingleInputGate(InputGate):
     # -- construction ----------------------------------------------------------------------
 
     @classmethod
-    def create_local(cls, partition_manager, partitions, gate_index: int = 0, owning_task_name: str = "",
-                     initial_backoff: int = 100, max_backoff: int = 10_000) -> "SingleInputGate":
-        """A gate of local channels, one per ``(partition_id, subpartition_index)`` in ``partitions``."""
+    def create_local(cls, partition_manager: ResultPartitionManager,
+                     partitions: Iterable[tuple[ResultPartitionID, int]], gate_index: int = 0,
+                     owning_task_name: str = "", initial_backoff: int = 100,
+                     max_backoff: int = 10_000) -> Self:
+        """A gate of local channels, one per ``(partition_id, subpartition_index)`` in ``partitions``
+        (anything else is a TypeError or ValueError naming the item)."""
+        specs = [_check_local_spec(i, spec) for i, spec in enumerate(partitions)]
         gate = cls(gate_index, owning_task_name)
         channels = [LocalInputChannel(gate, i, pid, sp, partition_manager, initial_backoff, max_backoff)
-                    for i, (pid, sp) in enumerate(partitions)]
+                    for i, (pid, sp) in enumerate(specs)]
         gate.set_input_channels(channels)
         gate.setup()
         return gate
 
-    def set_input_channels(self, channels) -> None:
+    def set_input_channels(self, channels: Iterable[InputChannel]) -> None:
+        """The gate's channels, in index order (once, before :meth:`setup`)."""
         channels = list(channels)
         if self.input_channels:
             raise IllegalStateError("the gate's channels are already set")
@@ -220,7 +333,7 @@ class SingleInputGate(InputGate):
 
     def retrigger_partition_request(self, channel: InputChannel, delay_ms: float) -> None:
         """Re-request ``channel``'s subpartition after ``delay_ms`` (local channels' backoff)."""
-        def fire():
+        def fire() -> None:
             with self._lock:
                 self._timers.discard(timer)
                 if self._closed:
@@ -238,13 +351,15 @@ class SingleInputGate(InputGate):
     # -- notifications from channels (producer threads) ------------------------------------
 
     def notify_channel_non_empty(self, channel: InputChannel) -> None:
+        """``channel`` has something to read (any thread): queue it."""
         self._queue_channel(channel, None)
 
     def notify_priority_event(self, channel: InputChannel, sequence_number: int) -> None:
+        """``channel``'s first readable item is a priority event: queue it in the priority section."""
         self._queue_channel(channel, sequence_number)
 
     def _queue_channel(self, channel: InputChannel, priority_seq: int | None) -> None:
-        futures = []
+        futures: list[Future[None] | None] = []
         with self._lock:
             was_empty = self._queue_channel_unsafe(channel, priority_seq is not None, priority_seq, futures)
             has_priority = priority_seq is not None and self._num_priority > 0
@@ -257,7 +372,8 @@ class SingleInputGate(InputGate):
         if listener is not None:
             listener(self, has_priority)
 
-    def _queue_channel_unsafe(self, channel, priority: bool, priority_seq, futures) -> bool:
+    def _queue_channel_unsafe(self, channel: InputChannel, priority: bool, priority_seq: int | None,
+                              futures: list[Future[None] | None]) -> bool:
         """Enqueue under the lock; True if the queue went from empty to non-empty."""
         idx = channel.channel_index
         if self._end_of_partition[idx] or self._closed:
@@ -265,7 +381,8 @@ class SingleInputGate(InputGate):
             return False
         if priority_seq is not None:
             last = self._last_priority_seq[idx]
-            if last != _INT_MIN and ((priority_seq - last) & 0xFFFFFFFF) >= 0x80000000 or priority_seq == last:
+            if (last != _INT_MIN and ((priority_seq - last) & 0xFFFFFFFF) >= 0x80000000
+                    or priority_seq == last):
                 return False  # stale: that priority event was already polled
         queue = self._queue
         if self._enqueued[idx]:
@@ -310,7 +427,7 @@ class SingleInputGate(InputGate):
         if self._closed:
             raise CancelTaskError("Input gate is already closed.")
         deadline = None if timeout is None else time.monotonic() + timeout
-        futures = []
+        futures: list[Future[None] | None] = []
         while True:
             with self._lock:
                 channel = self._get_channel(blocking, deadline)
@@ -375,7 +492,7 @@ class SingleInputGate(InputGate):
                         raise TimeoutError("no buffer or event arrived before the timeout")
         return True
 
-    def _get_channel(self, blocking: bool, deadline: float | None):
+    def _get_channel(self, blocking: bool, deadline: float | None) -> InputChannel | None:
         """Pop the head channel (under the lock), waiting if asked; None if nothing is ready."""
         queue = self._queue
         if not queue:
@@ -399,7 +516,8 @@ class SingleInputGate(InputGate):
         if not self._queue and not self._all_eop and not self._closed:
             self._availability.reset_unavailable()
 
-    def _transform_event(self, buffer, channel, more_available, more_priority) -> BufferOrEvent:
+    def _transform_event(self, buffer: Buffer, channel: InputChannel, more_available: bool,
+                         more_priority: bool) -> BufferOrEvent:
         size = buffer.size
         has_priority = buffer.data_type in _PRIORITY_TYPES
         try:
@@ -407,7 +525,7 @@ class SingleInputGate(InputGate):
         finally:
             buffer.recycle()
         idx = channel.channel_index
-        futures = []
+        futures: list[Future[None] | None] = []
         if type(event) is _events.EndOfPartitionEvent:
             with self._lock:
                 if self._end_of_partition[idx]:
@@ -449,9 +567,10 @@ class SingleInputGate(InputGate):
         self.input_channels[channel_info.input_channel_idx].resume_consumption()
 
     def acknowledge_all_records_processed(self, channel_info: InputChannelInfo) -> None:
+        """Tell a channel's producer that every user record was processed."""
         self.input_channels[channel_info.input_channel_idx].acknowledge_all_records_processed()
 
-    def get_available_future(self) -> Future:
+    def get_available_future(self) -> Future[None]:
         """Done while a buffer or event is ready (or the gate is finished)."""
         f = None
         with self._lock:
@@ -461,7 +580,7 @@ class SingleInputGate(InputGate):
         _complete(f)
         return future
 
-    def get_priority_event_available_future(self) -> Future:
+    def get_priority_event_available_future(self) -> Future[None]:
         """Done while a priority event is queued."""
         with self._lock:
             return self._priority_availability.get_future()
@@ -488,13 +607,16 @@ class SingleInputGate(InputGate):
 
     @property
     def number_of_input_channels(self) -> int:
+        """How many channels the gate reads."""
         return len(self.input_channels)
 
     def get_channel(self, index: int) -> InputChannel:
+        """The channel at ``index``."""
         return self.input_channels[index]
 
     @property
     def number_of_queued_channels(self) -> int:
+        """Channels waiting to be read (for metrics)."""
         return len(self._queue)
 
     def close(self) -> None:
@@ -511,7 +633,7 @@ class SingleInputGate(InputGate):
             fut = self._availability.get_unavailable_to_reset_available()
         for t in timers:
             t.cancel()
-        errors = []
+        errors: list[BaseException] = []
         for ch in self.input_channels:
             try:
                 ch.release_all_resources()
@@ -529,13 +651,8 @@ class SingleInputGate(InputGate):
 
     @property
     def is_closed(self) -> bool:
+        """:meth:`close` was called."""
         return self._closed
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"SingleInputGate#{self.gate_index} [{self.owning_task_name}, "
@@ -547,38 +664,44 @@ class UnionInputGate(InputGate):
     buffer or event each; finished when every gate is finished. ``channel_index(boe)`` gives the
     flat channel index (gate offset + channel index)."""
 
-    def __init__(self, *gates: SingleInputGate):
-        if len(gates) == 1 and isinstance(gates[0], (list, tuple)):
-            gates = tuple(gates[0])
-        if len(gates) < 2:
+    @overload
+    def __init__(self, gates: Sequence[SingleInputGate], /) -> None: ...
+    @overload
+    def __init__(self, *gates: SingleInputGate) -> None: ...
+
+    def __init__(self, *gates: SingleInputGate | Sequence[SingleInputGate]) -> None:
+        given: Sequence[object] = (tuple(gates[0]) if len(gates) == 1 and isinstance(gates[0], (list, tuple))
+                                   else gates)
+        if len(given) < 2:
             raise ValueError("a union input gate needs at least two gates")
-        if len({id(g) for g in gates}) != len(gates):
+        if len({id(g) for g in given}) != len(given):
             raise ValueError("the same gate appears twice")
-        self.gates = list(gates)
-        self._by_index = {}
-        self._offsets = {}
+        self.gates: list[SingleInputGate] = []
+        self._by_index: dict[int, SingleInputGate] = {}
+        self._offsets: dict[int, int] = {}
         offset = 0
-        for g in gates:
+        for g in given:
             if not isinstance(g, SingleInputGate):
                 raise TypeError("UnionInputGate takes SingleInputGates")
             if g.gate_index in self._by_index:
                 raise ValueError(f"two gates have index {g.gate_index}")
+            self.gates.append(g)
             self._by_index[g.gate_index] = g
             self._offsets[g.gate_index] = offset
             offset += g.number_of_input_channels
         self._num_channels = offset
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._queue: deque = deque()
+        self._queue: deque[SingleInputGate] = deque()
         self._enqueued: set[int] = set()
         self._priority: set[int] = set()  # gates in the queue's priority section (at its head)
         self._finished: set[int] = set()
         self._idle_timer: WaitTimer | None = None
         self._requested = False
         self._availability = AvailabilityHelper(False)
-        for g in gates:
+        for g in self.gates:
             g.register_availability_listener(self._on_gate_available)
-        for g in gates:
+        for g in self.gates:
             if g.is_available:
                 self._on_gate_available(g, g.get_priority_event_available_future().done())
 
@@ -664,7 +787,7 @@ class UnionInputGate(InputGate):
                 boe.more_available = bool(self._queue)
             return boe
 
-    def _wait_for_gate(self, blocking: bool, deadline: float | None):
+    def _wait_for_gate(self, blocking: bool, deadline: float | None) -> SingleInputGate | None:
         """Wait (under the lock) for a queued gate and pop it; None if nothing is ready."""
         while not self._queue:
             if len(self._finished) == len(self.gates):
@@ -712,7 +835,7 @@ class UnionInputGate(InputGate):
     def acknowledge_all_records_processed(self, channel_info: InputChannelInfo) -> None:
         self._by_index[channel_info.gate_idx].acknowledge_all_records_processed(channel_info)
 
-    def get_available_future(self) -> Future:
+    def get_available_future(self) -> Future[None]:
         f = None
         with self._lock:
             if self._queue or len(self._finished) == len(self.gates):
@@ -745,7 +868,8 @@ class UnionInputGate(InputGate):
         return self._num_channels
 
     def close(self) -> None:
-        errors = []
+        """Close every member gate (see :meth:`SingleInputGate.close`)."""
+        errors: list[BaseException] = []
         for g in self.gates:
             try:
                 g.close()
@@ -755,9 +879,3 @@ class UnionInputGate(InputGate):
             self._cond.notify_all()
         if errors:
             raise errors[0]
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

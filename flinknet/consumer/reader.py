@@ -6,9 +6,22 @@ that span buffers; the per-record work is in Cython, this layer runs once per bu
 
 from __future__ import annotations
 
-from flinknet._core.serialization import DEFAULT_SPILLING_THRESHOLD, RecordDeserializer, get_serializer
-from flinknet.consumer.gate import InputGate, UnionInputGate
+from collections.abc import Iterable, Iterator
+from typing import Any, Self
+
+import numpy.typing as npt
+
+from flinknet._core.serialization import (
+    DEFAULT_SPILLING_THRESHOLD,
+    PayloadSerializer,
+    RecordDeserializer,
+    get_serializer,
+)
+from flinknet.consumer.channels import InputChannelInfo
+from flinknet.consumer.gate import BufferOrEvent, InputGate, UnionInputGate
 from flinknet.errors import IllegalStateError
+from flinknet.events import Event
+from flinknet.types import SerializerSpec
 
 __all__ = ["RecordReader", "RecordOrEvent"]
 
@@ -19,7 +32,7 @@ class RecordOrEvent:
 
     __slots__ = ("event", "channel_info")
 
-    def __init__(self, event, channel_info):
+    def __init__(self, event: Event, channel_info: InputChannelInfo):
         self.event = event
         self.channel_info = channel_info
 
@@ -38,8 +51,8 @@ class RecordReader:
     deserializers, giving back any buffer they hold.
     """
 
-    def __init__(self, gate: InputGate, serializer="bytes", emit_events: bool = False,
-                 spilling_threshold: int = DEFAULT_SPILLING_THRESHOLD, tmp_dirs=None):
+    def __init__(self, gate: InputGate, serializer: SerializerSpec = "bytes", emit_events: bool = False,
+                 spilling_threshold: int = DEFAULT_SPILLING_THRESHOLD, tmp_dirs: Iterable[str] | None = None):
         if not isinstance(gate, InputGate):
             raise TypeError("gate must be a SingleInputGate or UnionInputGate")
         self.gate = gate
@@ -47,15 +60,15 @@ class RecordReader:
         self._serializer = get_serializer(serializer)
         self._spilling_threshold = spilling_threshold
         self._tmp_dirs = tmp_dirs
-        self._deserializers: dict = {}
-        self._pending: list = []
+        self._deserializers: dict[InputChannelInfo, RecordDeserializer] = {}
+        self._pending: list[Any] = []
         self._pending_pos = 0
         self._closed = False
         self.num_records_in = 0
-        #: the channel (InputChannelInfo) of the buffer or event the last batch came from.
-        self.last_channel_info = None
+        #: the channel of the buffer or event the last batch came from.
+        self.last_channel_info: InputChannelInfo | None = None
 
-    def _deserializer(self, channel_info) -> RecordDeserializer:
+    def _deserializer(self, channel_info: InputChannelInfo) -> RecordDeserializer:
         d = self._deserializers.get(channel_info)
         if d is None:
             d = self._deserializers[channel_info] = RecordDeserializer(
@@ -64,7 +77,7 @@ class RecordReader:
         return d
 
     @property
-    def serializer(self):
+    def serializer(self) -> PayloadSerializer:
         """The payload serializer records are read with (shared by the channels' deserializers)."""
         return self._serializer
 
@@ -72,7 +85,7 @@ class RecordReader:
         if self._closed:
             raise IllegalStateError("the record reader is closed")
 
-    def read_batch(self, timeout: float | None = None, blocking: bool = True) -> list | None:
+    def read_batch(self, timeout: float | None = None, blocking: bool = True) -> list[Any] | None:
         """The records completed by the next buffer (possibly none, if it only continued a
         spanning record), or with ``emit_events`` a one-element list of an event. None when the
         gate is finished (or, with ``blocking=False``, when nothing is ready)."""
@@ -85,12 +98,12 @@ class RecordReader:
             records = self._deserializer(boe.channel_info).read_records(boe.buffer)
             self.num_records_in += len(records)
             return records
-        self._on_event(boe)
+        event = self._on_event(boe)
         if self.emit_events:
-            return [RecordOrEvent(boe.event, boe.channel_info)]
+            return [RecordOrEvent(event, boe.channel_info)]
         return []
 
-    def read_array(self, dtype, timeout: float | None = None):
+    def read_array(self, dtype: npt.DTypeLike, timeout: float | None = None) -> npt.NDArray[Any] | None:
         """The fixed-width records of the next data buffer as one numpy array of ``dtype``
         (events are skipped); None when the gate is finished."""
         self._check_open()
@@ -105,10 +118,13 @@ class RecordReader:
                 return arr
             self._on_event(boe)
 
-    def _on_event(self, boe) -> None:
+    def _on_event(self, boe: BufferOrEvent) -> Event:
         from flinknet.events import EndOfPartitionEvent
 
-        if type(boe.event) is EndOfPartitionEvent:
+        event = boe.event
+        if event is None:  # a gate's BufferOrEvent has either a buffer or an event
+            raise IllegalStateError(f"{boe!r} has neither a buffer nor an event")
+        if type(event) is EndOfPartitionEvent:
             d = self._deserializers.pop(boe.channel_info, None)
             if d is not None:
                 if d.has_unfinished_data:
@@ -117,8 +133,9 @@ class RecordReader:
                         f"channel {tuple(boe.channel_info)} ended inside a record "
                         "(EndOfPartition after a partial record)")
                 d.clear()
+        return event
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         """Every record (and event, with ``emit_events``) until the gate is finished."""
         # Records left by next_record() first, then one batch per buffer: the per-record cost
         # is a generator step, the per-buffer work is in read_batch.
@@ -130,7 +147,7 @@ class RecordReader:
         while (batch := read()) is not None:
             yield from batch
 
-    def next_record(self, timeout: float | None = None):
+    def next_record(self, timeout: float | None = None) -> Any:
         """The next record (or event, with ``emit_events``); raises StopIteration at the end."""
         pending = self._pending
         pos = self._pending_pos
@@ -147,12 +164,12 @@ class RecordReader:
 
     @property
     def is_finished(self) -> bool:
+        """The gate is finished and every record was handed out."""
         return self.gate.is_finished and self._pending_pos >= len(self._pending)
 
-    def channel_index(self, channel_info) -> int:
+    def channel_index(self, channel_info: InputChannelInfo) -> int:
+        """The channel's index in the gate (a union gate's flat index)."""
         if isinstance(self.gate, UnionInputGate):
-            from flinknet.consumer.gate import BufferOrEvent
-
             return self.gate.channel_index(BufferOrEvent(channel_info=channel_info))
         return channel_info.input_channel_idx
 
@@ -166,8 +183,8 @@ class RecordReader:
         self._deserializers.clear()
         self._pending = []
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -1,4 +1,5 @@
-"""Remote input channels: read a subpartition of another environment over TCP (Flink §9.3, §9.4).
+"""Remote input channels: read a subpartition of another environment over TCP (Flink's
+``RemoteInputChannel`` with its ``BufferManager``).
 
 A :class:`RemoteInputChannel` owns ``initial_credit`` exclusive buffers (requested from the global
 pool at setup) and borrows floating buffers from its gate's pool as the sender's backlog asks for
@@ -12,16 +13,24 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import TYPE_CHECKING
 
-from flinknet._core.buffer import BufferRecycler, DataType, NetworkBuffer
+from flinknet._core.buffer import Buffer, BufferRecycler, DataType, NetworkBuffer
+from flinknet._core.memory import MemorySegment
+from flinknet._core.pool import NetworkBufferPool
 from flinknet.consumer.channels import (
     DEFAULT_INITIAL_BACKOFF,
     DEFAULT_MAX_BACKOFF,
     InputChannel,
 )
 from flinknet.errors import BufferReorderingError, CancelTaskError, PartitionNotFoundError
-from flinknet.ids import InputChannelID
+from flinknet.ids import InputChannelID, ResultPartitionID
 from flinknet.interfaces import BufferAndBacklog, PartitionRequestClient
+from flinknet.types import Address
+
+if TYPE_CHECKING:
+    from flinknet.consumer.gate import SingleInputGate
+    from flinknet.transport.client import ConnectionManager
 
 __all__ = ["BufferReorderingError", "RemoteInputChannel"]
 
@@ -32,11 +41,11 @@ _PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
 
 
 class _ExclusiveRecycler(BufferRecycler):
-    def __init__(self, channel):
+    def __init__(self, channel: RemoteInputChannel):
         super().__init__()
         self.channel = channel
 
-    def recycle(self, segment) -> None:
+    def recycle(self, segment: MemorySegment) -> None:
         self.channel._recycle_exclusive(segment)
 
 
@@ -46,26 +55,27 @@ class RemoteInputChannel(InputChannel):
 
     is_remote = True
 
-    def __init__(self, input_gate, channel_index: int, partition_id, subpartition_index: int,
-                 address, connection_manager, network_buffer_pool, initial_credit: int = 2,
+    def __init__(self, input_gate: SingleInputGate, channel_index: int, partition_id: ResultPartitionID,
+                 subpartition_index: int, address: Address, connection_manager: ConnectionManager,
+                 network_buffer_pool: NetworkBufferPool, initial_credit: int = 2,
                  initial_backoff: int = DEFAULT_INITIAL_BACKOFF, max_backoff: int = DEFAULT_MAX_BACKOFF):
         super().__init__(input_gate, channel_index, partition_id, subpartition_index,
                          initial_backoff, max_backoff)
         if initial_credit < 0:
             raise ValueError("initial_credit must be >= 0")
-        self.address = (str(address[0]), int(address[1]))
+        self.address: Address = (str(address[0]), int(address[1]))
         self.connection_manager = connection_manager
         self.network_buffer_pool = network_buffer_pool
         self.input_channel_id = InputChannelID.generate()
         self.initial_credit = initial_credit
         self._lock = threading.Lock()
-        self._received: deque = deque()
+        self._received: deque[Buffer] = deque()
         self._expected_seq = 0
         self._released = False
         self._client: PartitionRequestClient | None = None
-        self._exclusive_segments: list = []       # free exclusive segments
+        self._exclusive_segments: list[MemorySegment] = []   # free exclusive segments
         self._num_exclusive_total = 0
-        self._floating: list = []                 # free floating buffers (NetworkBuffers of the gate pool)
+        self._floating: list[NetworkBuffer] = []             # free floating buffers of the gate pool
         self._num_required = 0
         self._waiting_for_floating = False
         self._unannounced_credit = 0
@@ -85,6 +95,7 @@ class RemoteInputChannel(InputChannel):
                 self._num_exclusive_total = len(segments)
 
     def request_subpartitions(self) -> None:
+        """Connect (or share the connection) and send the PartitionRequest with the initial credit."""
         with self._lock:
             if self._released or self._client is not None:
                 return
@@ -103,6 +114,7 @@ class RemoteInputChannel(InputChannel):
         client.request_subpartition(self, self.initial_credit)
 
     def retrigger_subpartition_request(self) -> None:
+        """Send the PartitionRequest again (after PartitionNotFound and a backoff)."""
         client = self._client
         if client is not None and not self._released:
             client.request_subpartition(self, self.initial_credit)
@@ -116,7 +128,7 @@ class RemoteInputChannel(InputChannel):
 
     # -- credit accounting (BufferManager) -------------------------------------------------
 
-    def request_buffer(self, arrival: bool = True):
+    def request_buffer(self, arrival: bool = True) -> NetworkBuffer | None:
         """A free buffer for an arriving data buffer (I/O thread), or None.
 
         ``arrival=False`` retries for the same buffer (TCP-backpressure mode) without counting
@@ -157,7 +169,7 @@ class RemoteInputChannel(InputChannel):
         if new:
             self._announce(new)
 
-    def notify_buffer_available(self, buffer) -> bool:
+    def notify_buffer_available(self, buffer: NetworkBuffer) -> bool:
         """The gate pool offers a recycled buffer (listener; any thread). True = kept."""
         with self._lock:
             self._waiting_for_floating = False
@@ -169,10 +181,11 @@ class RemoteInputChannel(InputChannel):
         return True
 
     def notify_buffer_destroyed(self) -> None:
+        """The gate pool was destroyed while this channel waited for a floating buffer."""
         with self._lock:
             self._waiting_for_floating = False
 
-    def _recycle_exclusive(self, segment) -> None:
+    def _recycle_exclusive(self, segment: MemorySegment) -> None:
         give_back = None
         announce = False
         with self._lock:
@@ -245,7 +258,8 @@ class RemoteInputChannel(InputChannel):
 
     # -- receiving (I/O thread) ------------------------------------------------------------
 
-    def on_buffer(self, buffer, sequence_number: int, backlog: int, subpartition_id: int = 0) -> None:
+    def on_buffer(self, buffer: Buffer, sequence_number: int, backlog: int, subpartition_id: int = 0) -> None:
+        """A buffer arrived (I/O thread): queue it, or fail the channel if out of sequence."""
         if sequence_number != self._expected_seq:
             buffer.recycle()
             self.on_error(BufferReorderingError(
@@ -274,6 +288,7 @@ class RemoteInputChannel(InputChannel):
             self.on_sender_backlog(backlog)
 
     def on_empty_buffer(self, sequence_number: int, backlog: int) -> None:
+        """An empty buffer arrived (I/O thread): only its sequence number and backlog count."""
         if sequence_number != self._expected_seq:
             self.on_error(BufferReorderingError(
                 f"Buffer re-ordering: expected buffer with sequence number {self._expected_seq}, "
@@ -284,6 +299,7 @@ class RemoteInputChannel(InputChannel):
             self.on_sender_backlog(backlog)
 
     def on_error(self, error: BaseException) -> None:
+        """The connection or the producer failed this channel."""
         self.set_error(error)
 
     def _release_floating(self) -> None:
@@ -296,6 +312,7 @@ class RemoteInputChannel(InputChannel):
     # -- reading (task thread) -------------------------------------------------------------
 
     def get_next_buffer(self) -> BufferAndBacklog | None:
+        """The next received buffer (the caller owns it), or None."""
         self.check_error()
         with self._lock:
             if not self._received:
@@ -310,6 +327,7 @@ class RemoteInputChannel(InputChannel):
         return BufferAndBacklog(buffer, 0, next_type, seq)
 
     def resume_consumption(self) -> None:
+        """Send ResumeConsumption (after an aligned barrier was consumed)."""
         if self.initial_credit == 0:
             with self._lock:
                 self._unannounced_credit = 0
@@ -318,6 +336,7 @@ class RemoteInputChannel(InputChannel):
             client.resume_consumption(self)
 
     def acknowledge_all_records_processed(self) -> None:
+        """Send AckAllUserRecordsProcessed."""
         client = self._client
         if client is not None:
             client.acknowledge_all_records_processed(self)
@@ -331,6 +350,7 @@ class RemoteInputChannel(InputChannel):
             client.notify_new_buffer_size(self, buffer_size)
 
     def release_all_resources(self) -> None:
+        """Release the channel (idempotent): its buffers go back, the connection forgets it."""
         with self._lock:
             if self._released:
                 return

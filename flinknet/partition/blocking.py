@@ -1,4 +1,4 @@
-"""Blocking partitions persisted to files (Flink's BoundedBlockingResultPartition, §8.3).
+"""Blocking partitions persisted to files (Flink's ``BoundedBlockingResultPartition``).
 
 Each subpartition appends its buffers to its own file in the partition's directory, every buffer
 behind Flink's 8-byte header in native byte order (``BufferReaderWriterUtil``)::
@@ -22,13 +22,17 @@ import struct
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 from flinknet import events as _events
 from flinknet._core.buffer import BufferRecycler, DataType, NetworkBuffer
+from flinknet._core.builder import BufferConsumer
 from flinknet._core.memory import MemorySegment
+from flinknet._core.pool import LocalBufferPool
 from flinknet.errors import CorruptPartitionFileError, IllegalStateError, PartitionNotFoundError
+from flinknet.interfaces import AvailabilityWithBacklog, BufferAndBacklog, BufferAvailabilityListener
 from flinknet.partition.result_partition import ResultPartition
-from flinknet.interfaces import AvailabilityWithBacklog, BufferAndBacklog
 from flinknet.partition.subpartition import ADD_BUFFER_ERROR_CODE
 from flinknet.types import ResultPartitionType
 
@@ -51,21 +55,23 @@ _NONE = DataType.NONE
 class BoundedBlockingSubpartition:
     """One subpartition of a blocking partition: a file of ``[header][buffer]`` records."""
 
-    def __init__(self, index: int, parent: "BoundedBlockingResultPartition", path: str):
+    def __init__(self, index: int, parent: BoundedBlockingResultPartition, path: str):
         self.index = index
         self.parent = parent
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        self._current = None  # the one unfinished consumer being filled
+        self._current: BufferConsumer | None = None  # the one unfinished consumer being filled
         self._is_finished = False
         self._is_released = False
-        self._readers: set = set()
+        self._readers: set[BoundedBlockingSubpartitionReader] = set()
         self._lock = threading.Lock()
         self.num_buffers_and_events_written = 0
         self.num_data_buffers_written = 0
         self.file_size = 0
 
-    def add(self, consumer, partial_record_length: int = 0, finish: bool = False) -> int:
+    def add(self, consumer: BufferConsumer, partial_record_length: int = 0, finish: bool = False) -> int:
+        """Take over ``consumer``: written to the file once finished (0, or
+        ``ADD_BUFFER_ERROR_CODE`` if finished or released)."""
         if self._is_finished or self._is_released:
             consumer.close()
             return ADD_BUFFER_ERROR_CODE
@@ -81,9 +87,11 @@ class BoundedBlockingSubpartition:
         return 0
 
     def buffer_finished(self) -> None:
+        """The writer finished the open buffer: write it to the file."""
         self._write_current()
 
     def flush(self) -> None:
+        """Write the open buffer to the file."""
         # The partition finishes its builders before flushing, so the consumer is complete.
         self._write_current()
 
@@ -97,7 +105,7 @@ class BoundedBlockingSubpartition:
             self._current = None
             self._write_and_close(consumer)
 
-    def _write_and_close(self, consumer) -> None:
+    def _write_and_close(self, consumer: BufferConsumer) -> None:
         try:
             buffer = consumer.build()
             try:
@@ -118,9 +126,11 @@ class BoundedBlockingSubpartition:
             consumer.close()
 
     def finish(self) -> None:
+        """Append EndOfPartition and close the file; readers can start."""
         self.add(_events.to_buffer_consumer(_events.EndOfPartitionEvent()), 0, finish=True)
 
     def release(self) -> None:
+        """Drop the open buffer and remove the file (open readers keep reading theirs)."""
         with self._lock:
             if self._is_released:
                 return
@@ -136,7 +146,10 @@ class BoundedBlockingSubpartition:
         except FileNotFoundError:
             pass
 
-    def create_read_view(self, listener, read_buffer_size: int | None = None):
+    def create_read_view(self, listener: BufferAvailabilityListener,
+                         read_buffer_size: int | None = None) -> BoundedBlockingSubpartitionReader:
+        """A new reader of the finished file (any number of them), reporting to ``listener``;
+        ``read_buffer_size`` defaults to the pool's segment size."""
         with self._lock:
             if self._is_released:
                 raise IllegalStateError(f"subpartition {self.index} of {self.parent} is released")
@@ -152,7 +165,7 @@ class BoundedBlockingSubpartition:
             raise
         return reader
 
-    def _on_reader_released(self, reader) -> None:
+    def _on_reader_released(self, reader: BoundedBlockingSubpartitionReader) -> None:
         with self._lock:
             self._readers.discard(reader)
 
@@ -168,23 +181,26 @@ class BoundedBlockingSubpartition:
 
     @property
     def is_finished(self) -> bool:
+        """EndOfPartition was written."""
         return self._is_finished
 
     @property
     def is_released(self) -> bool:
+        """The subpartition was released (its file removed)."""
         return self._is_released
 
     @property
     def num_readers(self) -> int:
+        """Readers not yet released."""
         return len(self._readers)
 
 
-def _write_all(fd: int, parts: list) -> None:
+def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
     total = sum(len(p) for p in parts)
     written = os.writev(fd, parts)
     while written < total:
         # Short write (rare on regular files): write the rest without re-sending what went.
-        rest = []
+        rest: list[bytes | memoryview] = []
         skip = written
         for p in parts:
             if skip >= len(p):
@@ -206,14 +222,15 @@ class BoundedBlockingSubpartitionReader(BufferRecycler):
 
     NUM_READ_BUFFERS = 2
 
-    def __init__(self, parent: BoundedBlockingSubpartition, listener, read_buffer_size: int):
+    def __init__(self, parent: BoundedBlockingSubpartition, listener: BufferAvailabilityListener,
+                 read_buffer_size: int):
         super().__init__()
         self._parent = parent
         self._listener = listener
         self._file = open(parent.path, "rb", buffering=0)  # noqa: SIM115 (closed in release)
         self._free = [MemorySegment(read_buffer_size) for _ in range(self.NUM_READ_BUFFERS)]
         self._read_buffer_size = read_buffer_size
-        self._next = None
+        self._next: NetworkBuffer | None = None
         self._eof = False
         self._released = False
         self._lock = threading.Lock()
@@ -264,6 +281,7 @@ class BoundedBlockingSubpartitionReader(BufferRecycler):
         return data
 
     def get_next_buffer(self) -> BufferAndBacklog | None:
+        """The next buffer of the file (the caller owns it), or None (nothing read ahead yet)."""
         with self._lock:
             if self._released:
                 return None
@@ -287,7 +305,8 @@ class BoundedBlockingSubpartitionReader(BufferRecycler):
         current.recycle()  # outside the lock: recycling comes back to this reader
         raise error
 
-    def recycle(self, segment) -> None:
+    def recycle(self, segment: MemorySegment) -> None:
+        """A buffer of this reader was recycled: its segment reads the next buffer."""
         notify = False
         with self._lock:
             if self._released:
@@ -301,6 +320,7 @@ class BoundedBlockingSubpartitionReader(BufferRecycler):
             self._listener.notify_data_available(self)
 
     def release_all_resources(self) -> None:
+        """Release the reader (idempotent): close the file, free the read buffers."""
         with self._lock:
             if self._released:
                 return
@@ -316,15 +336,19 @@ class BoundedBlockingSubpartitionReader(BufferRecycler):
 
     @property
     def is_released(self) -> bool:
+        """The reader was released."""
         return self._released
 
     def resume_consumption(self) -> None:
+        """Not applicable: raises IllegalStateError (blocking subpartitions never block)."""
         raise IllegalStateError("blocking subpartitions do not block on barriers")
 
     def acknowledge_all_data_processed(self) -> None:
-        pass
+        """Nothing to do for a blocking subpartition."""
 
     def get_availability_and_backlog(self, is_credit_available: bool = True) -> AvailabilityWithBacklog:
+        """Whether a buffer (with credit) or an event (without) was read ahead, and the data
+        buffers left."""
         with self._lock:
             nxt = self._next
             if is_credit_available:
@@ -339,7 +363,7 @@ class BoundedBlockingSubpartitionReader(BufferRecycler):
         return self._parent.parent.failure_cause
 
     def notify_new_buffer_size(self, size: int) -> None:
-        pass
+        """Ignored: the file's buffers have the sizes they were written with."""
 
     @property
     def number_of_queued_buffers(self) -> int:
@@ -362,21 +386,23 @@ class BoundedBlockingResultPartition(ResultPartition):
 
     _partition_type_default = ResultPartitionType.BLOCKING
 
-    def __init__(self, num_subpartitions: int, buffer_pool, *, tmp_dir: str | None = None, **kwargs):
+    subpartitions: Sequence[BoundedBlockingSubpartition]
+
+    def __init__(self, num_subpartitions: int, buffer_pool: LocalBufferPool, *, tmp_dir: str | None = None,
+                 **kwargs: Any):
         self._dir = tempfile.mkdtemp(prefix="flinknet-partition-", dir=tmp_dir)
         try:
             super().__init__(num_subpartitions, buffer_pool, **kwargs)
         except BaseException:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
-        
 
     def _check_partition_type(self, partition_type: ResultPartitionType) -> None:
         if not partition_type.is_blocking:
             raise ValueError(f"{partition_type.name} is not a blocking type")
 
-    def _create_subpartitions(self, n: int) -> list:
-        subs = []
+    def _create_subpartitions(self, n: int) -> list[BoundedBlockingSubpartition]:
+        subs: list[BoundedBlockingSubpartition] = []
         try:
             for i in range(n):
                 subs.append(BoundedBlockingSubpartition(i, self, os.path.join(self._dir, f"{i}.data")))
@@ -403,11 +429,14 @@ class BoundedBlockingResultPartition(ResultPartition):
         self._serializer.finish_broadcast_builder()
 
     def flush_all(self) -> None:
+        """Finish every open buffer and write it to its file."""
         if self._is_finished or self._is_released:
             return
         self._serializer.finish_all()
 
-    def create_subpartition_view(self, index: int, listener):
+    def create_subpartition_view(self, index: int,
+                                 listener: BufferAvailabilityListener) -> BoundedBlockingSubpartitionReader:
+        """A new reader of subpartition ``index`` (PartitionNotFoundError until finished)."""
         if self._is_released:
             raise IllegalStateError(f"{self} has been released")
         self._check_target(index)
@@ -420,6 +449,7 @@ class BoundedBlockingResultPartition(ResultPartition):
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def close(self) -> None:
+        """Close (see :meth:`ResultPartition.close`); unfinished, the partition is also released."""
         super().close()
         if self._is_released:
             return
@@ -429,6 +459,7 @@ class BoundedBlockingResultPartition(ResultPartition):
 
     @property
     def directory(self) -> str:
+        """The directory of the subpartitions' files."""
         return self._dir
 
 

@@ -1,17 +1,30 @@
-"""The registry of a process's result partitions (Flink's ResultPartitionManager, §8.4)."""
+"""The registry of a process's result partitions (Flink's ``ResultPartitionManager``)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeAlias
 
 from flinknet.errors import IllegalStateError, PartitionNotFoundError
 from flinknet.ids import ResultPartitionID, ResultSubpartitionIndexSet
+from flinknet.interfaces import BufferAvailabilityListener, ResultSubpartitionView
 
-__all__ = ["ResultPartitionManager"]
+if TYPE_CHECKING:
+    from flinknet.partition.result_partition import ResultPartition
+
+__all__ = ["ResultPartitionManager", "ViewCallback"]
 
 log = logging.getLogger(__name__)
+
+ViewCallback: TypeAlias = Callable[[ResultSubpartitionView | None, BaseException | None], None]
+"""``on_view(view, error)``: how a pending view request is answered (exactly one of the two is
+not None)."""
+
+# A pending request: (subpartition index, listener, on_view, deadline on the monotonic clock).
+_Pending: TypeAlias = tuple[int, BufferAvailabilityListener, ViewCallback, float]
 
 
 class ResultPartitionManager:
@@ -29,11 +42,11 @@ class ResultPartitionManager:
             raise ValueError("partition_request_timeout must be > 0")
         self.partition_request_timeout = partition_request_timeout
         self._lock = threading.Lock()
-        self._partitions: dict[ResultPartitionID, object] = {}
-        self._listeners: dict[ResultPartitionID, list] = {}
+        self._partitions: dict[ResultPartitionID, ResultPartition] = {}
+        self._listeners: dict[ResultPartitionID, list[_Pending]] = {}
         self._is_shutdown = False
 
-    def register_result_partition(self, partition) -> None:
+    def register_result_partition(self, partition: ResultPartition) -> None:
         """Register ``partition``; pending view requests for it are answered now."""
         with self._lock:
             if self._is_shutdown:
@@ -52,7 +65,7 @@ class ResultPartitionManager:
                 on_view(view, None)
 
     @staticmethod
-    def _index(index) -> int:
+    def _index(index: int | ResultSubpartitionIndexSet) -> int:
         if isinstance(index, ResultSubpartitionIndexSet):
             if len(index) != 1:
                 raise ValueError("a channel consuming several subpartitions is not supported")
@@ -61,7 +74,9 @@ class ResultPartitionManager:
             raise TypeError(f"subpartition index must be an int, got {type(index).__name__}")
         return index
 
-    def create_subpartition_view(self, partition_id: ResultPartitionID, subpartition_index, listener):
+    def create_subpartition_view(self, partition_id: ResultPartitionID,
+                                 subpartition_index: int | ResultSubpartitionIndexSet,
+                                 listener: BufferAvailabilityListener) -> ResultSubpartitionView:
         """The read view of one subpartition; unknown partition → PartitionNotFoundError."""
         index = self._index(subpartition_index)
         with self._lock:
@@ -70,8 +85,9 @@ class ResultPartitionManager:
             raise PartitionNotFoundError(partition_id)
         return partition.create_subpartition_view(index, listener)
 
-    def create_subpartition_view_or_register_listener(self, partition_id, subpartition_index, listener,
-                                                      on_view) -> object | None:
+    def create_subpartition_view_or_register_listener(
+            self, partition_id: ResultPartitionID, subpartition_index: int | ResultSubpartitionIndexSet,
+            listener: BufferAvailabilityListener, on_view: ViewCallback) -> ResultSubpartitionView | None:
         """The view if the partition is registered; otherwise None, and ``on_view(view, error)``
         is called once later: on registration, or with PartitionNotFoundError after the timeout."""
         index = self._index(subpartition_index)
@@ -88,13 +104,13 @@ class ResultPartitionManager:
     def check_request_timeouts(self, now: float | None = None) -> int:
         """Answer expired pending requests with PartitionNotFoundError; returns how many."""
         now = time.monotonic() if now is None else now
-        expired = []
+        expired: list[tuple[ResultPartitionID, _Pending]] = []
         with self._lock:
             for pid in list(self._listeners):
-                keep = []
+                kept: list[tuple[ResultPartitionID, _Pending]] = []
                 for entry in self._listeners[pid]:
-                    (expired if entry[3] <= now else keep).append((pid, entry))
-                keep = [e for _, e in keep]
+                    (expired if entry[3] <= now else kept).append((pid, entry))
+                keep = [e for _, e in kept]
                 if keep:
                     self._listeners[pid] = keep
                 else:
@@ -103,7 +119,7 @@ class ResultPartitionManager:
             on_view(None, PartitionNotFoundError(pid))
         return len(expired)
 
-    def cancel_pending_request(self, partition_id, on_view) -> bool:
+    def cancel_pending_request(self, partition_id: ResultPartitionID, on_view: ViewCallback) -> bool:
         """Forget a pending request (its requester went away)."""
         with self._lock:
             entries = self._listeners.get(partition_id)
@@ -127,7 +143,7 @@ class ResultPartitionManager:
         for _i, _l, on_view, _d in pending:
             on_view(None, PartitionNotFoundError(partition_id))
 
-    def on_consumed_partition(self, partition) -> None:
+    def on_consumed_partition(self, partition: ResultPartition) -> None:
         """A pipelined partition was fully consumed: remove and release it."""
         with self._lock:
             current = self._partitions.get(partition.partition_id)
@@ -137,15 +153,18 @@ class ResultPartitionManager:
         partition.release()
 
     def contains(self, partition_id: ResultPartitionID) -> bool:
+        """Whether ``partition_id`` is registered."""
         with self._lock:
             return partition_id in self._partitions
 
     def get_unreleased_partitions(self) -> list[ResultPartitionID]:
+        """The registered partitions' ids."""
         with self._lock:
             return list(self._partitions)
 
     @property
     def num_pending_requests(self) -> int:
+        """View requests waiting for their partition."""
         with self._lock:
             return sum(len(v) for v in self._listeners.values())
 

@@ -1,4 +1,4 @@
-"""Result partitions: what a producing task writes into (Flink §5, §8).
+"""Result partitions: what a producing task writes into (Flink's ``ResultPartition`` family).
 
 :class:`ResultPartition` is Flink's ``BufferWritingResultPartition``: it owns the partition's
 :class:`~flinknet._core.pool.LocalBufferPool` and a
@@ -24,23 +24,34 @@ subpartition) → :meth:`~ResultPartition.close` (the pool is destroyed once eve
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Protocol, Self
+
+import numpy as np
+import numpy.typing as npt
 
 from flinknet import events as _events
+from flinknet._core.builder import BufferConsumer
 from flinknet._core.pool import LocalBufferPool, NetworkBufferPool
-from flinknet._core.serialization import SpanningRecordSerializer
+from flinknet._core.serialization import PayloadSerializer, SpanningRecordSerializer
 from flinknet.errors import CancelTaskError, IllegalStateError
 from flinknet.ids import ResultPartitionID
+from flinknet.interfaces import BufferAvailabilityListener, ResultSubpartitionView, WaitTimer
 from flinknet.partition.subpartition import PipelinedSubpartition
-from flinknet.types import ResultPartitionType
+from flinknet.types import ResultPartitionType, SerializerSpec
+
+if TYPE_CHECKING:
+    from flinknet.partition.manager import ResultPartitionManager
 
 __all__ = [
     "ResultPartition",
+    "ResultSubpartition",
     "PipelinedResultPartition",
     "get_min_max_network_buffers_per_result_partition",
 ]
 
-#: Flink 2.x hard-codes these (§2.5).
+#: Flink 2.x hard-codes these (in NettyShuffleEnvironmentOptions' defaults).
 DEFAULT_BUFFERS_PER_CHANNEL = 2
 DEFAULT_FLOATING_BUFFERS_PER_GATE = 8
 DEFAULT_MAX_BUFFERS_PER_CHANNEL = 10
@@ -52,7 +63,7 @@ def get_min_max_network_buffers_per_result_partition(
         partition_type: ResultPartitionType, num_subpartitions: int,
         buffers_per_channel: int = DEFAULT_BUFFERS_PER_CHANNEL,
         floating_buffers_per_gate: int = DEFAULT_FLOATING_BUFFERS_PER_GATE) -> tuple[int, int]:
-    """Flink's ``NettyShuffleUtils.getMinMaxNetworkBuffersPerResultPartition`` (§2.4) for the
+    """Flink's ``NettyShuffleUtils.getMinMaxNetworkBuffersPerResultPartition`` for the
     partition kinds flinknet builds (blocking partitions are the bounded-blocking kind, whose pool
     only ever holds one buffer per subpartition plus the broadcast one)."""
     if num_subpartitions <= 0:
@@ -68,6 +79,48 @@ def get_min_max_network_buffers_per_result_partition(
     return minimum, maximum
 
 
+class ResultSubpartition(Protocol):
+    """What a :class:`ResultPartition` holds per subpartition (Flink's ``ResultSubpartition``):
+    :class:`~flinknet.partition.PipelinedSubpartition` or
+    :class:`~flinknet.partition.BoundedBlockingSubpartition`. Called by the partition on the
+    producer's thread (``flush`` also by the output flusher)."""
+
+    def add(self, consumer: BufferConsumer, partial_record_length: int = 0, finish: bool = False) -> int:
+        """Take over ``consumer``; the desired buffer size, or ``ADD_BUFFER_ERROR_CODE``."""
+        ...
+
+    def finish(self) -> None:
+        """Append EndOfPartition; nothing can be added afterwards."""
+        ...
+
+    def flush(self) -> None:
+        """Make what was written so far readable."""
+        ...
+
+    def release(self) -> None:
+        """Drop what is queued (the buffers go back to their pool)."""
+        ...
+
+    def create_read_view(self, listener: BufferAvailabilityListener) -> ResultSubpartitionView:
+        """A read view reporting to ``listener``."""
+        ...
+
+    @property
+    def is_finished(self) -> bool:
+        """EndOfPartition was added."""
+        ...
+
+    @property
+    def has_unflushed_data(self) -> bool:
+        """A flush could make something readable (read without a lock)."""
+        ...
+
+    @property
+    def number_of_queued_buffers(self) -> int:
+        """Buffers queued, read without a lock (for metrics)."""
+        ...
+
+
 class ResultPartition:
     """The partition a producer writes to; subclasses choose the subpartition kind.
 
@@ -79,11 +132,13 @@ class ResultPartition:
     """
 
     _partition_type_default = ResultPartitionType.PIPELINED_BOUNDED
+    subpartitions: Sequence[ResultSubpartition]
 
     def __init__(self, num_subpartitions: int, buffer_pool: LocalBufferPool, *,
                  partition_id: ResultPartitionID | None = None,
                  partition_type: ResultPartitionType | None = None,
-                 serializer="bytes", partition_manager=None, owning_task_name: str = "",
+                 serializer: SerializerSpec = "bytes",
+                 partition_manager: ResultPartitionManager | None = None, owning_task_name: str = "",
                  partition_index: int = 0):
         if not isinstance(num_subpartitions, int) or num_subpartitions <= 0:
             raise ValueError(f"num_subpartitions must be a positive int, got {num_subpartitions!r}")
@@ -115,8 +170,8 @@ class ResultPartition:
         self._is_closed = False
         self._cause: BaseException | None = None
         self._end_of_data_sent = False
-        self._all_data_processed = Future()
-        self._all_data_processed_acks = set()
+        self._all_data_processed: Future[None] = Future()
+        self._all_data_processed_acks: set[int] = set()
         self.num_bytes_produced = [0] * num_subpartitions  # per-subpartition finished bytes
         self._event_bytes_written = 0  # events enqueued (× subpartitions), for outputQueueSize
 
@@ -124,8 +179,9 @@ class ResultPartition:
     def create(cls, network_buffer_pool: NetworkBufferPool, num_subpartitions: int, *,
                partition_type: ResultPartitionType | None = None,
                max_buffers_per_channel: int = DEFAULT_MAX_BUFFERS_PER_CHANNEL,
-               max_overdraft_buffers: int | None = None, **kwargs) -> "ResultPartition":
-        """A partition whose pool is sized from ``network_buffer_pool`` as Flink sizes it (§2.4)."""
+               max_overdraft_buffers: int | None = None, **kwargs: Any) -> Self:
+        """A partition whose pool is sized from ``network_buffer_pool`` as Flink sizes it
+        (``NettyShuffleUtils``); ``kwargs`` go to the constructor."""
         if not isinstance(network_buffer_pool, NetworkBufferPool):
             raise TypeError("network_buffer_pool must be a NetworkBufferPool")
         partition_type = cls._partition_type_default if partition_type is None else partition_type
@@ -149,15 +205,19 @@ class ResultPartition:
     def _check_partition_type(self, partition_type: ResultPartitionType) -> None:
         pass
 
-    def _create_subpartitions(self, n: int) -> list:
+    def _create_subpartitions(self, n: int) -> Sequence[ResultSubpartition]:
         raise NotImplementedError
 
     # -- serializer sink (once per buffer) -------------------------------------------------
 
-    def add_buffer_consumer(self, subpartition: int, consumer, partial_record_length: int) -> int:
+    def add_buffer_consumer(self, subpartition: int, consumer: BufferConsumer,
+                            partial_record_length: int) -> int:
+        """The serializer's sink: enqueue a new buffer's consumer (the desired buffer size back)."""
         return self.subpartitions[subpartition].add(consumer, partial_record_length)
 
     def buffer_finished(self, subpartition: int, num_bytes: int) -> None:
+        """The serializer's sink: a buffer of ``subpartition`` (-1: the broadcast buffer) was
+        finished with ``num_bytes`` bytes."""
         if subpartition >= 0:
             self.num_bytes_produced[subpartition] += num_bytes
         else:
@@ -251,37 +311,39 @@ class ResultPartition:
 
     # -- producing -------------------------------------------------------------------------
 
-    def emit_record(self, record, target_subpartition: int) -> None:
+    def emit_record(self, record: object, target_subpartition: int) -> None:
         """Serialize ``record`` into subpartition ``target_subpartition``."""
         if self._is_released or self._is_finished:
             self.check_producing()
         self._serializer.emit(record, target_subpartition)
 
-    def emit_records(self, records, targets) -> int:
+    def emit_records(self, records: Iterable[object],
+                     targets: int | Sequence[int] | npt.NDArray[np.integer[Any]]) -> int:
         """Serialize a batch; ``targets`` is one subpartition or one per record."""
         if self._is_released or self._is_finished:
             self.check_producing()
         return self._serializer.emit_batch(records, targets)
 
-    def emit_array(self, array, targets) -> int:
+    def emit_array(self, array: npt.NDArray[Any],
+                   targets: int | Sequence[int] | npt.NDArray[np.integer[Any]]) -> int:
         """Serialize every row of a numpy array (each row one record, its raw bytes)."""
         if self._is_released or self._is_finished:
             self.check_producing()
         return self._serializer.emit_array(array, targets)
 
-    def broadcast_record(self, record) -> None:
+    def broadcast_record(self, record: object) -> None:
         """One copy of the record in a shared buffer read by every subpartition."""
         if self._is_released or self._is_finished:
             self.check_producing()
         self._serializer.broadcast_record(record)
 
-    def broadcast_emit(self, record) -> None:
+    def broadcast_emit(self, record: object) -> None:
         """The record serialized once and copied into every subpartition's own buffer."""
         if self._is_released or self._is_finished:
             self.check_producing()
         self._serializer.broadcast_emit(record)
 
-    def broadcast_event(self, event, is_priority: bool = False) -> None:
+    def broadcast_event(self, event: _events.Event, is_priority: bool = False) -> None:
         """Finish all builders and enqueue ``event`` (one standalone buffer) everywhere."""
         self.check_producing()
         self._serializer.finish_all()
@@ -294,7 +356,7 @@ class ResultPartition:
         finally:
             consumer.close()
 
-    def emit_event(self, event, target_subpartition: int, is_priority: bool = False) -> None:
+    def emit_event(self, event: _events.Event, target_subpartition: int, is_priority: bool = False) -> None:
         """Enqueue ``event`` into one subpartition (its open builder is finished first)."""
         self.check_producing()
         self._check_target(target_subpartition)
@@ -305,21 +367,23 @@ class ResultPartition:
         self.subpartitions[target_subpartition].add(consumer, 0)
         self._event_bytes_written += size
 
-    def notify_end_of_data(self, stop_mode=_events.StopMode.NO_DRAIN) -> None:
+    def notify_end_of_data(self, stop_mode: _events.StopMode | int = _events.StopMode.NO_DRAIN) -> None:
         """Broadcast EndOfData once (Flink's ``notifyEndOfData``)."""
         if not self._end_of_data_sent:
             self._end_of_data_sent = True
             self.broadcast_event(_events.EndOfData(_events.StopMode(stop_mode)))
 
-    def get_all_data_processed_future(self) -> Future:
+    def get_all_data_processed_future(self) -> Future[None]:
         """Completes when every consumer acknowledged all user records (AckAllUserRecordsProcessed)."""
         return self._all_data_processed
 
     def flush(self, target_subpartition: int) -> None:
+        """Make what was written to one subpartition so far readable."""
         self._check_target(target_subpartition)
         self.subpartitions[target_subpartition].flush()
 
     def flush_all(self) -> None:
+        """Make what was written so far readable, in every subpartition."""
         for sp in self.subpartitions:
             sp.flush()
 
@@ -329,7 +393,8 @@ class ResultPartition:
 
     # -- consuming -------------------------------------------------------------------------
 
-    def create_subpartition_view(self, index: int, listener):
+    def create_subpartition_view(self, index: int,
+                                 listener: BufferAvailabilityListener) -> ResultSubpartitionView:
         """The read view of subpartition ``index`` (Flink's ``createSubpartitionView``)."""
         if self._is_released:
             raise IllegalStateError(f"{self} has been released")
@@ -340,32 +405,38 @@ class ResultPartition:
 
     @property
     def num_subpartitions(self) -> int:
+        """How many subpartitions (consumer subtasks) the partition has."""
         return self._num_subpartitions
 
     @property
     def buffer_pool(self) -> LocalBufferPool:
+        """The partition's own pool (its buffers' memory)."""
         return self._pool
 
     @property
-    def serializer(self):
+    def serializer(self) -> PayloadSerializer:
+        """The payload serializer records are written with."""
         return self._serializer.serializer
 
     @property
-    def record_serializer(self):
+    def record_serializer(self) -> SpanningRecordSerializer:
         """The :class:`~flinknet._core.serialization.SpanningRecordSerializer` framing this
         partition's records (its counters feed numRecordsOut / numBytesOut / numBuffersOut)."""
         return self._serializer
 
     @property
     def is_finished(self) -> bool:
+        """:meth:`finish` was called."""
         return self._is_finished
 
     @property
     def is_released(self) -> bool:
+        """:meth:`release` (or :meth:`fail`) was called."""
         return self._is_released
 
     @property
     def is_closed(self) -> bool:
+        """:meth:`close` was called."""
         return self._is_closed
 
     @property
@@ -378,29 +449,47 @@ class ResultPartition:
         """Whether the pool has a buffer now (Flink's ``isAvailable`` for the record writer)."""
         return self._pool.is_available
 
-    def get_available_future(self) -> Future:
+    def get_available_future(self) -> Future[None]:
+        """A future completed once the pool has a buffer (completed already if it has)."""
         return self._pool.get_available_future()
 
     @property
     def num_bytes_out(self) -> int:
+        """Bytes of the buffers handed to the subpartitions (``numBytesOut``)."""
         return self._serializer.num_bytes_out
 
     @property
     def num_buffers_out(self) -> int:
+        """Buffers handed to the subpartitions (``numBuffersOut``)."""
         return self._serializer.num_buffers_out
 
     @property
     def total_written_bytes(self) -> int:
+        """Bytes of records written, framing included."""
         return self._serializer.total_written_bytes
 
     @property
     def num_records_out(self) -> int:
+        """Records written (``numRecordsOut``)."""
         return self._serializer.num_records_out
 
     @property
     def back_pressured_ns(self) -> int:
         """Nanoseconds spent blocked waiting for a buffer (hard backpressure)."""
         return self._serializer.back_pressured_ns
+
+    def set_hard_back_pressure_timer(self, timer: WaitTimer | None) -> None:
+        """The metrics hook: ``timer`` (a :class:`~flinknet.interfaces.WaitTimer`, e.g. the task's
+        ``hardBackPressuredTimeMsPerSecond`` TimerGauge) is marked around every emit that blocks
+        for a buffer (only then: the serializer touches it on the blocking path); None detaches
+        it."""
+        self._serializer.back_pressure_timer = timer
+
+    @property
+    def hard_back_pressure_timer(self) -> WaitTimer | None:
+        """The timer attached by :meth:`set_hard_back_pressure_timer`, or None."""
+        timer: WaitTimer | None = self._serializer.back_pressure_timer
+        return timer
 
     @property
     def size_of_queued_buffers(self) -> int:
@@ -436,8 +525,10 @@ class PipelinedResultPartition(ResultPartition):
     that no longer exists; what it writes there afterwards is discarded.
     """
 
+    subpartitions: Sequence[PipelinedSubpartition]
+
     def __init__(self, num_subpartitions: int, buffer_pool: LocalBufferPool, *,
-                 receiver_exclusive_buffers_per_channel: int = DEFAULT_BUFFERS_PER_CHANNEL, **kwargs):
+                 receiver_exclusive_buffers_per_channel: int = DEFAULT_BUFFERS_PER_CHANNEL, **kwargs: Any):
         self._receiver_exclusive = receiver_exclusive_buffers_per_channel
         super().__init__(num_subpartitions, buffer_pool, **kwargs)
         self._consumed = [False] * num_subpartitions
@@ -447,7 +538,7 @@ class PipelinedResultPartition(ResultPartition):
         if partition_type.is_blocking:
             raise ValueError(f"{partition_type.name} is a blocking type; use BoundedBlockingResultPartition")
 
-    def _create_subpartitions(self, n: int) -> list:
+    def _create_subpartitions(self, n: int) -> list[PipelinedSubpartition]:
         return [PipelinedSubpartition(i, self, self._receiver_exclusive) for i in range(n)]
 
     def flush_all(self) -> None:

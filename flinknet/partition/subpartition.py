@@ -1,4 +1,5 @@
-"""Pipelined subpartitions and their read views (Flink's PipelinedSubpartition, §8.2).
+"""Pipelined subpartitions and their read views (Flink's ``PipelinedSubpartition`` and
+``PipelinedSubpartitionView``).
 
 A subpartition holds the :class:`~flinknet._core.builder.BufferConsumer` s its writer enqueued, in
 order, with priority events at the head. Its one read view hands out read-only slices of them
@@ -15,9 +16,15 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from flinknet._core.buffer import DataType
+from typing import TYPE_CHECKING
+
+from flinknet._core.buffer import DataType, ReadOnlySlicedNetworkBuffer
+from flinknet._core.builder import BufferConsumer
 from flinknet.errors import IllegalStateError
 from flinknet.interfaces import AvailabilityWithBacklog, BufferAndBacklog, BufferAvailabilityListener
+
+if TYPE_CHECKING:
+    from flinknet.partition.result_partition import ResultPartition
 
 __all__ = [
     "ADD_BUFFER_ERROR_CODE",
@@ -45,7 +52,7 @@ class PipelinedSubpartition:
     :class:`PipelinedSubpartitionView` from :meth:`create_read_view`.
     """
 
-    def __init__(self, index: int, parent, receiver_exclusive_buffers_per_channel: int = 2,
+    def __init__(self, index: int, parent: ResultPartition, receiver_exclusive_buffers_per_channel: int = 2,
                  starting_buffer_size: int = 0):
         if index < 0:
             raise ValueError(f"subpartition index must be >= 0, got {index}")
@@ -54,7 +61,7 @@ class PipelinedSubpartition:
         self.index = index
         self.parent = parent
         self._lock = threading.Lock()
-        self._buffers: deque = deque()  # BufferConsumers; priority ones first
+        self._buffers: deque[BufferConsumer] = deque()  # priority ones first
         self._num_priority = 0
         self._buffers_in_backlog = 0
         self._is_finished = False
@@ -71,7 +78,7 @@ class PipelinedSubpartition:
 
     # -- producer side ---------------------------------------------------------------------
 
-    def add(self, consumer, partial_record_length: int = 0, finish: bool = False) -> int:
+    def add(self, consumer: BufferConsumer, partial_record_length: int = 0, finish: bool = False) -> int:
         """Enqueue ``consumer`` (taking it over); returns the desired buffer size, or
         :data:`ADD_BUFFER_ERROR_CODE` (and closes the consumer) if finished or released."""
         notify = False
@@ -149,11 +156,12 @@ class PipelinedSubpartition:
 
     @property
     def buffer_size(self) -> int:
+        """The desired size of new buffers (0: the segment size)."""
         return self._buffer_size
 
     # -- consumer side ---------------------------------------------------------------------
 
-    def create_read_view(self, listener: BufferAvailabilityListener) -> "PipelinedSubpartitionView":
+    def create_read_view(self, listener: BufferAvailabilityListener) -> PipelinedSubpartitionView:
         """The one read view of this subpartition (a second one raises IllegalStateError)."""
         with self._lock:
             if self._is_released:
@@ -174,7 +182,7 @@ class PipelinedSubpartition:
             if self._is_blocked:
                 return None
             buffers = self._buffers
-            buffer = None
+            buffer: ReadOnlySlicedNetworkBuffer | None = None
             if not buffers:
                 self._flush_requested = False
             while buffers:
@@ -230,6 +238,8 @@ class PipelinedSubpartition:
         self.parent.on_subpartition_all_data_processed(self.index)
 
     def get_availability_and_backlog(self, is_credit_available: bool = True) -> AvailabilityWithBacklog:
+        """Whether the view could hand out its next item now (with credit: anything; without:
+        only an event), and the backlog a receiver would be told."""
         with self._lock:
             if is_credit_available:
                 available = self._is_data_available()
@@ -275,18 +285,22 @@ class PipelinedSubpartition:
 
     @property
     def is_released(self) -> bool:
+        """The subpartition was released (its buffers went back)."""
         return self._is_released
 
     @property
     def is_finished(self) -> bool:
+        """EndOfPartition was added: nothing more can be."""
         return self._is_finished
 
     @property
     def is_blocked(self) -> bool:
+        """An upstream-blocking event (an aligned barrier) was handed out and not yet resumed."""
         return self._is_blocked
 
     @property
     def has_view(self) -> bool:
+        """The read view was created."""
         return self._view is not None
 
     @property
@@ -329,9 +343,11 @@ class PipelinedSubpartitionView:
         return self._parent.poll_buffer()
 
     def notify_data_available(self) -> None:
+        """Tell the listener that something became readable (the subpartition calls this)."""
         self._listener.notify_data_available(self)
 
     def notify_priority_event(self, sequence_number: int) -> None:
+        """Tell the listener that a priority event is first in line (the subpartition calls this)."""
         self._listener.notify_priority_event(sequence_number)
 
     def release_all_resources(self) -> None:

@@ -1,12 +1,8 @@
-"""The credit-based TCP transport between network environments (Flink §10, §11)."""
+"""The credit-based TCP transport between network environments (Flink's Netty-based network
+stack: its ``NettyMessage`` frames, ``NettyServer`` / ``NettyClient`` and credit-based flow control)."""
 
-from flinknet.transport.client import (
-    ClientConnection,
-    ConnectionManager,
-    LocalTransportError,
-    RemoteTransportError,
-    TransportError,
-)
+from flinknet.errors import LocalTransportError, RemoteTransportError, TransportError
+from flinknet.transport.client import ClientConnection, ConnectionManager
 from flinknet.transport.eventloop import IOThread
 from flinknet.transport.handshake import PROTOCOL_VERSION, HandshakeConfig, HandshakeError
 from flinknet.transport.server import ServerConnection, TransportServer

@@ -1,4 +1,5 @@
-"""The receiving side: one shared TCP connection per remote environment (Flink §11.2).
+"""The receiving side: one shared TCP connection per remote environment (Flink's
+``PartitionRequestClientFactory`` and ``NettyPartitionRequestClient``).
 
 :class:`ConnectionManager` (Flink's ``PartitionRequestClientFactory``) keeps one
 :class:`ClientConnection` per remote address; concurrent callers wait for the same connect, a
@@ -17,33 +18,38 @@ import selectors
 import socket
 import ssl
 import threading
-import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from typing import TypeVarTuple
 
-from flinknet._core import protocol as P
-from flinknet._core.buffer import DataType, FREEING_BUFFER_RECYCLER, NetworkBuffer
+from flinknet._core import protocol as P  # noqa: N812 (the wire protocol, as in the server)
+from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, DataType, NetworkBuffer
 from flinknet._core.memory import MemorySegment
 from flinknet.errors import (
     FlinknetError,
     LocalTransportError,
-    PartitionNotFoundError,
     RemoteTransportError,
     TransportError,
 )
 from flinknet.interfaces import CreditBasedInputChannel
+from flinknet.transport.eventloop import IOThread
 from flinknet.transport.handshake import HandshakeConfig, HandshakeError, client_handshake
+from flinknet.types import Address
 
-__all__ = ["ClientConnection", "ConnectionManager", "RemoteTransportError", "LocalTransportError"]
+# The errors are flinknet.errors' (re-exported under their old import path).
+__all__ = ["ClientConnection", "ConnectionManager", "LocalTransportError", "RemoteTransportError",
+           "TransportError"]
 
 log = logging.getLogger(__name__)
 
 _DATA_BUFFER = DataType.DATA_BUFFER
 _RECV_SIZE = 256 * 1024
 _TLS_READS = 64
+_Ts = TypeVarTuple("_Ts")
 
 
-def _fmt(address) -> str:
+def _fmt(address: Address | None) -> str:
     return f"{address[0]}:{address[1]}" if address else "?"
 
 
@@ -57,7 +63,7 @@ class ClientConnection:
     encodes the frames a receiver sends.
     """
 
-    def __init__(self, manager: "ConnectionManager", address):
+    def __init__(self, manager: ConnectionManager, address: Address):
         self.manager = manager
         self.loop = manager.loop
         self.address = address
@@ -66,17 +72,20 @@ class ClientConnection:
         self.error: BaseException | None = None
         self.closed = False
         self.ref_count = 0
-        self._out: deque = deque()
-        self._credit_pending: deque = deque()
+        self._out: deque[bytes] = deque()
+        self._credit_pending: deque[CreditBasedInputChannel] = deque()
+        # The allocator answers Buffer, None or P.WAIT, whose type the stub keeps private (see
+        # _allocate): hence the ignore.
         self._decoder = P.FrameDecoder(max_frame_length=manager.max_frame_length,
                                        max_buffer_size=manager.segment_size,
-                                       allocator=self._allocate, side="client")
+                                       allocator=self._allocate, side="client")  # type: ignore[arg-type]
         self._recv_buf = bytearray(_RECV_SIZE)
         self._recv_view = memoryview(self._recv_buf)
         self._lock = threading.Lock()
         self._unknown_receivers: set[bytes] = set()
         self.credit_based = manager.credit_based
-        self._paused_on = None      # TCP mode: the channel whose free buffer the decoder waits for
+        # TCP mode: the channel whose free buffer the decoder waits for
+        self._paused_on: CreditBasedInputChannel | None = None
         self._events = 0            # selector interest now registered
         self.tls = False
 
@@ -85,7 +94,7 @@ class ClientConnection:
     def _connect(self, timeout: float, retries: int) -> None:
         """Connect on the calling thread (never the I/O thread), then hand the socket over."""
         family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
-        last = None
+        last: OSError | None = None
         for _attempt in range(retries + 1):
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.settimeout(timeout)
@@ -121,7 +130,7 @@ class ClientConnection:
             channel.partition_id.to_bytes(), channel.consumed_subpartition_index,
             channel.consumed_subpartition_index, channel.input_channel_id.to_bytes(), initial_credit)
 
-        def send():
+        def send() -> None:
             if self.error is not None:
                 channel.on_error(self.error)
                 return
@@ -133,7 +142,7 @@ class ClientConnection:
         """The channel's unannounced credit went from 0 to > 0: write one AddCredit."""
         self.loop.call_soon_threadsafe(self._write_credit, channel)
 
-    def _write_credit(self, channel) -> None:
+    def _write_credit(self, channel: CreditBasedInputChannel) -> None:
         if self.closed:
             return
         if not self.credit_based:
@@ -162,15 +171,16 @@ class ClientConnection:
         self._send_control(channel, P.encode_new_buffer_size, buffer_size,
                            channel.input_channel_id.to_bytes())
 
-    def _send_control(self, channel: CreditBasedInputChannel, encode, *args) -> None:
-        def send():
+    def _send_control(self, channel: CreditBasedInputChannel, encode: Callable[[*_Ts], bytes],
+                      *args: *_Ts) -> None:
+        def send() -> None:
             if not channel.is_released and not self.closed:
                 self._send(encode(*args))
         self.loop.call_soon_threadsafe(send)
 
     def release_channel(self, channel: CreditBasedInputChannel) -> None:
         """Unregister; CancelPartitionRequest; close the connection with its last channel."""
-        def release():
+        def release() -> None:
             rid = channel.input_channel_id.to_bytes()
             if self.channels.pop(rid, None) is not None and not self.closed:
                 self._send(P.encode_cancel_partition_request(rid))
@@ -180,6 +190,13 @@ class ClientConnection:
         self.loop.call_soon_threadsafe(release)
 
     # -- I/O (loop thread) -----------------------------------------------------------------
+
+    def _socket(self) -> socket.socket:
+        # Set by _connect before the connection is handed out: every I/O path runs after it.
+        sock = self.sock
+        if sock is None:
+            raise LocalTransportError(f"not connected to '{_fmt(self.address)}'", self.address)
+        return sock
 
     def _send(self, frame: bytes) -> None:
         if self.closed:
@@ -191,7 +208,7 @@ class ClientConnection:
         out = self._out
         while out:
             try:
-                n = self.sock.send(out[0])   # TLS: a write it could not finish is retried as is
+                n = self._socket().send(out[0])   # TLS: a write it could not finish is retried as is
             except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 n = 0
             except OSError as err:
@@ -214,12 +231,13 @@ class ClientConnection:
             selectors.EVENT_WRITE if self._out else 0)
         if events == self._events:
             return
+        sock = self._socket()
         if not events:
-            self.loop.unregister(self.sock)
+            self.loop.unregister(sock)
         elif not self._events:
-            self.loop.register(self.sock, events, self._on_event)
+            self.loop.register(sock, events, self._on_event)
         else:
-            self.loop.modify(self.sock, events, self._on_event)
+            self.loop.modify(sock, events, self._on_event)
         self._events = events
 
     def _on_event(self, mask: int) -> None:
@@ -234,14 +252,19 @@ class ClientConnection:
             # sight: read on while it has more (bounded), unless the decoder paused.
             for _ in range(_TLS_READS):
                 if (not self._read_once() or self.closed or self._paused_on is not None
-                        or not self.sock.pending()):
+                        or not self._tls_pending()):
                     break
         else:
             self._read_once()
 
+    def _tls_pending(self) -> int:
+        """Decrypted bytes the TLS socket holds (0 for a plain socket)."""
+        sock = self.sock
+        return sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+
     def _read_once(self) -> bool:
         try:
-            n = self.sock.recv_into(self._recv_buf)
+            n = self._socket().recv_into(self._recv_buf)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return False
         except OSError as err:
@@ -277,10 +300,10 @@ class ClientConnection:
             return
         self._deliver(messages)
         self._update_interest()
-        if self.tls and self._paused_on is None and not self.closed and self.sock.pending():
+        if self.tls and self._paused_on is None and not self.closed and self._tls_pending():
             self._on_readable()   # records TLS decrypted while we were paused
 
-    def _deliver(self, messages) -> None:
+    def _deliver(self, messages: Iterable[object]) -> None:
         for msg in messages:
             self._dispatch(msg)   # after a failure, buffers for now-unknown receivers go back
         if self._decoder.is_paused and self._paused_on is not None:
@@ -290,7 +313,9 @@ class ClientConnection:
                 self._send(P.encode_cancel_partition_request(rid))
             self._unknown_receivers.clear()
 
-    def _allocate(self, receiver_id: bytes, size: int, data_type: int, subpartition: int):
+    def _allocate(self, receiver_id: bytes, size: int, data_type: int, subpartition: int) -> object:
+        # A Buffer, None (drop the payload) or P.WAIT (pause): the stub names WAIT's type _Wait,
+        # private to it, so the annotation can only say object.
         # One frame is allocated at a time: a paused decoder only retries the frame it paused on.
         retry = self._paused_on is not None
         self._paused_on = None
@@ -309,9 +334,8 @@ class ClientConnection:
             return None
         return NetworkBuffer(MemorySegment(size), FREEING_BUFFER_RECYCLER)
 
-    def _dispatch(self, msg) -> None:
-        t = type(msg)
-        if t is P.BufferResponse:
+    def _dispatch(self, msg: object) -> None:
+        if type(msg) is P.BufferResponse:
             channel = self.channels.get(msg.receiver_id)
             if channel is None or channel.is_released:
                 if msg.buffer is not None:
@@ -330,11 +354,11 @@ class ClientConnection:
                 channel.on_empty_buffer(msg.sequence_number, msg.backlog)
                 return
             channel.on_buffer(msg.buffer, msg.sequence_number, msg.backlog, msg.subpartition_id)
-        elif t is P.BacklogAnnouncement:
+        elif type(msg) is P.BacklogAnnouncement:
             channel = self.channels.get(msg.receiver_id)
             if channel is not None and not channel.is_released:
                 channel.on_sender_backlog(msg.backlog)
-        elif t is P.ErrorResponse:
+        elif type(msg) is P.ErrorResponse:
             if msg.receiver_id is None:
                 self._fail(RemoteTransportError(
                     f"Fatal error at remote task manager '{_fmt(self.address)}': "
@@ -386,7 +410,7 @@ class ClientConnection:
 class ConnectionManager:
     """One shared connection per remote address (Flink's PartitionRequestClientFactory)."""
 
-    def __init__(self, loop, segment_size: int, max_frame_length: int = P.DEFAULT_MAX_FRAME_LENGTH,
+    def __init__(self, loop: IOThread, segment_size: int, max_frame_length: int = P.DEFAULT_MAX_FRAME_LENGTH,
                  connect_timeout: float = 120.0, retries: int = 0, credit_based: bool = True,
                  handshake: HandshakeConfig | None = None):
         self.loop = loop
@@ -397,16 +421,16 @@ class ConnectionManager:
         self.connect_timeout = connect_timeout
         self.retries = retries
         self._lock = threading.Lock()
-        self._clients: dict[tuple, Future] = {}
+        self._clients: dict[Address, Future[ClientConnection]] = {}
         self._closed = False
 
-    def create_client(self, address, timeout: float | None = None) -> ClientConnection:
+    def create_client(self, address: Address, timeout: float | None = None) -> ClientConnection:
         """The connection to ``address`` (connecting if needed); its reference count goes up.
 
         The first caller connects (on its own thread); concurrent callers wait for the same
         connect; a failed connect is not cached."""
         address = (str(address[0]), int(address[1]))
-        connect = None
+        connect: ClientConnection | None = None
         with self._lock:
             if self._closed:
                 raise LocalTransportError("the connection manager is closed", address)
@@ -454,7 +478,7 @@ class ConnectionManager:
             futures = list(self._clients.values())
             self._clients.clear()
 
-        def close_all():
+        def close_all() -> None:
             for fut in futures:
                 if fut.done() and fut.exception() is None:
                     fut.result()._fail(LocalTransportError("the network environment was closed"))
@@ -462,5 +486,6 @@ class ConnectionManager:
 
     @property
     def num_connections(self) -> int:
+        """Connections open or being opened."""
         with self._lock:
             return len(self._clients)

@@ -15,10 +15,22 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeAlias, TypeVar, TypeVarTuple
 
-__all__ = ["IOThread"]
+__all__ = ["IOThread", "TimerHandle"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+
+TimerHandle: TypeAlias = list[Any]
+"""What :meth:`IOThread.call_later` returns (for :meth:`IOThread.cancel`): ``[when, sequence
+number, fn, args, cancelled]``, ordered in the loop's timer heap by time, then sequence."""
+
+# What a socket's registration calls with the ready event mask.
+_SocketCallback: TypeAlias = Callable[[int], object]
 
 
 class IOThread:
@@ -31,8 +43,8 @@ class IOThread:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
-        self._ready: deque = deque()
-        self._timers: list = []
+        self._ready: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
+        self._timers: list[TimerHandle] = []
         self._seq = itertools.count()
         self._stopping = False
         self._woken = False
@@ -41,7 +53,8 @@ class IOThread:
 
     # -- scheduling ------------------------------------------------------------------------
 
-    def call_soon_threadsafe(self, fn, *args) -> None:
+    def call_soon_threadsafe(self, fn: Callable[[*_Ts], object], *args: *_Ts) -> None:
+        """Run ``fn(*args)`` on the loop soon (from any thread)."""
         self._ready.append((fn, args))
         if not self._woken and threading.current_thread() is not self._thread:
             self._woken = True
@@ -50,28 +63,33 @@ class IOThread:
             except (BlockingIOError, OSError):
                 pass
 
-    def call_later(self, delay: float, fn, *args):
+    def call_later(self, delay: float, fn: Callable[[*_Ts], object], *args: *_Ts) -> TimerHandle:
         """Run ``fn(*args)`` on the loop after ``delay`` seconds; returns a handle for cancel()."""
         handle = [time.monotonic() + delay, next(self._seq), fn, args, False]
         self.call_soon_threadsafe(heapq.heappush, self._timers, handle)
         return handle
 
     @staticmethod
-    def cancel(handle) -> None:
+    def cancel(handle: TimerHandle) -> None:
+        """Cancel a :meth:`call_later` (a no-op once it ran)."""
         handle[4] = True
 
     def in_loop(self) -> bool:
+        """Whether the caller runs on the loop's thread."""
         return threading.current_thread() is self._thread
 
     # -- sockets (loop thread only) --------------------------------------------------------
 
-    def register(self, sock, events: int, callback) -> None:
+    def register(self, sock: socket.socket, events: int, callback: _SocketCallback) -> None:
+        """Call ``callback(mask)`` when ``sock`` is ready for ``events`` (loop thread)."""
         self._selector.register(sock, events, callback)
 
-    def modify(self, sock, events: int, callback) -> None:
+    def modify(self, sock: socket.socket, events: int, callback: _SocketCallback) -> None:
+        """Change a registration (loop thread)."""
         self._selector.modify(sock, events, callback)
 
-    def unregister(self, sock) -> None:
+    def unregister(self, sock: socket.socket) -> None:
+        """Forget ``sock`` (loop thread; a no-op if it is not registered)."""
         try:
             self._selector.unregister(sock)
         except (KeyError, ValueError):
@@ -92,7 +110,7 @@ class IOThread:
         ready = self._ready
         timers = self._timers
         while not self._stopping:
-            timeout = None
+            timeout: float | None = None
             if ready:
                 timeout = 0
             elif timers:
@@ -121,7 +139,7 @@ class IOThread:
         self._wake_w.close()
 
     @staticmethod
-    def _guard(fn, *args) -> None:
+    def _guard(fn: Callable[..., object], *args: Any) -> None:
         try:
             fn(*args)
         except Exception:  # noqa: BLE001 (the loop must survive any one callback)
@@ -129,20 +147,20 @@ class IOThread:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after running what is queued; waits for the thread (not from the loop itself)."""
-        def _stop():
+        def _stop() -> None:
             self._stopping = True
         self.call_soon_threadsafe(_stop)
         if not self.in_loop():
             self._thread.join(timeout)
 
-    def run_sync(self, fn, *args, timeout: float = 30.0):
+    def run_sync(self, fn: Callable[[*_Ts], _T], *args: *_Ts, timeout: float = 30.0) -> _T:
         """Run ``fn(*args)`` on the loop and return its result (from another thread)."""
         if self.in_loop():
             return fn(*args)
         done = threading.Event()
-        box = []
+        box: list[tuple[bool, Any]] = []
 
-        def call():
+        def call() -> None:
             try:
                 box.append((True, fn(*args)))
             except BaseException as err:  # noqa: BLE001
@@ -155,8 +173,10 @@ class IOThread:
         ok, value = box[0]
         if not ok:
             raise value
-        return value
+        result: _T = value
+        return result
 
     @property
     def is_alive(self) -> bool:
+        """The loop's thread runs."""
         return self._thread.is_alive()

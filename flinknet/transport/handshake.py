@@ -31,6 +31,8 @@ import os
 import socket
 import ssl
 import struct
+from collections.abc import Mapping
+from typing import Any, Self, cast
 
 from flinknet.errors import HandshakeError
 
@@ -77,17 +79,22 @@ class HandshakeConfig:
             self.client_context = ssl_context(ssl.PROTOCOL_TLS_CLIENT, keystore, truststore)
 
     @classmethod
-    def from_config(cls, config) -> "HandshakeConfig":
-        return cls(config["flinknet.network.shared-secret"], config["security.ssl.internal.enabled"],
-                   config["security.ssl.internal.keystore"], config["security.ssl.internal.truststore"],
-                   config["flinknet.network.handshake-timeout"])
+    def from_config(cls, config: Mapping[str, object]) -> Self:
+        """The settings of a :class:`~flinknet.NetworkConfig` (``flinknet.network.shared-secret``,
+        ``security.ssl.internal.*``, ``flinknet.network.handshake-timeout``)."""
+        return cls(cast(str, config["flinknet.network.shared-secret"]),
+                   cast(bool, config["security.ssl.internal.enabled"]),
+                   cast(str, config["security.ssl.internal.keystore"]),
+                   cast(str, config["security.ssl.internal.truststore"]),
+                   cast(float, config["flinknet.network.handshake-timeout"]))
 
     @property
     def flags(self) -> int:
+        """The HELLO / WELCOME flags this configuration announces."""
         return (_FLAG_SECRET if self.secret else 0) | (_FLAG_TLS if self.ssl_enabled else 0)
 
 
-def ssl_context(purpose, keystore: str, truststore: str) -> ssl.SSLContext:
+def ssl_context(purpose: int, keystore: str, truststore: str) -> ssl.SSLContext:
     """The TLS context of one side of the transport, as ``security.ssl.internal.*`` configures it.
 
     ``purpose`` is ``ssl.PROTOCOL_TLS_SERVER`` or ``ssl.PROTOCOL_TLS_CLIENT``; ``keystore`` is a PEM
@@ -128,7 +135,7 @@ def _reject(sock: socket.socket, status: int, version: int, flags: int, detail: 
         pass
 
 
-def client_handshake(sock: socket.socket, cfg: HandshakeConfig, address) -> socket.socket:
+def client_handshake(sock: socket.socket, cfg: HandshakeConfig, address: tuple[Any, ...]) -> socket.socket:
     """Run the client's side on a connected blocking socket; returns the socket to use (TLS-wrapped
     when enabled). Raises :class:`HandshakeError` (the socket is then unusable)."""
     sock.settimeout(cfg.timeout)
@@ -156,12 +163,15 @@ def client_handshake(sock: socket.socket, cfg: HandshakeConfig, address) -> sock
             if not hmac.compare_digest(_recv_exact(sock, 32), expected):
                 raise HandshakeError(f"'{peer}' does not know the shared secret")
         if cfg.ssl_enabled:
+            context = cfg.client_context
+            if context is None:
+                raise HandshakeError("TLS is enabled but the handshake configuration has no client context")
             try:
-                sock = cfg.client_context.wrap_socket(sock, server_side=False)
+                sock = context.wrap_socket(sock, server_side=False)
             except (ssl.SSLError, ssl.CertificateError) as err:
                 raise HandshakeError(f"TLS handshake with '{peer}' failed: {err}") from err
         return sock
-    except (socket.timeout, TimeoutError) as err:
+    except TimeoutError as err:
         raise HandshakeError(f"the handshake with '{peer}' timed out after {cfg.timeout} s") from err
     except HandshakeError:
         raise
@@ -169,7 +179,7 @@ def client_handshake(sock: socket.socket, cfg: HandshakeConfig, address) -> sock
         raise HandshakeError(f"the handshake with '{peer}' failed: {err}") from err
 
 
-def server_handshake(sock: socket.socket, cfg: HandshakeConfig, address) -> socket.socket:
+def server_handshake(sock: socket.socket, cfg: HandshakeConfig, address: tuple[Any, ...]) -> socket.socket:
     """Run the server's side on an accepted blocking socket (on a handshake thread, never the I/O
     thread); returns the socket to use. Raises :class:`HandshakeError` after telling the peer why."""
     sock.settimeout(cfg.timeout)
@@ -202,12 +212,15 @@ def server_handshake(sock: socket.socket, cfg: HandshakeConfig, address) -> sock
                 raise HandshakeError(f"'{peer}' failed the shared-secret challenge")
             sock.sendall(bytes([OK]) + _proof(cfg.secret, b"flinknet-server", client_nonce, server_nonce))
         if cfg.ssl_enabled:
+            context = cfg.server_context
+            if context is None:
+                raise HandshakeError("TLS is enabled but the handshake configuration has no server context")
             try:
-                sock = cfg.server_context.wrap_socket(sock, server_side=True)
+                sock = context.wrap_socket(sock, server_side=True)
             except (ssl.SSLError, ssl.CertificateError) as err:
                 raise HandshakeError(f"TLS handshake with '{peer}' failed: {err}") from err
         return sock
-    except (socket.timeout, TimeoutError) as err:
+    except TimeoutError as err:
         raise HandshakeError(f"the handshake with '{peer}' timed out after {cfg.timeout} s") from err
     except HandshakeError:
         raise

@@ -10,20 +10,19 @@ import threading
 
 import pytest
 
-from tests.helpers import Worker
-
 from flinknet import events as ev
+from flinknet._core.buffer import DataType
 from flinknet.consumer import (
     DEFAULT_INITIAL_BACKOFF,
     DEFAULT_MAX_BACKOFF,
     InputChannel,
     SingleInputGate,
 )
-from flinknet.interfaces import BufferAndBacklog
-from flinknet._core.buffer import DataType
 from flinknet.errors import CancelTaskError, PartitionNotFoundError, ProducerFailedError
 from flinknet.ids import ResultPartitionID
+from flinknet.interfaces import BufferAndBacklog
 from flinknet.partition import ResultPartitionManager, create_result_partition
+from tests.helpers import Worker
 
 SEGMENT = 128
 JOIN = 10.0

@@ -17,11 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Worker
-
 from flinknet import events as ev
 from flinknet._core.buffer import DataType
-from flinknet.interfaces import BufferAndBacklog
 from flinknet.consumer import (
     InputChannel,
     RecordOrEvent,
@@ -31,9 +28,11 @@ from flinknet.consumer import (
 )
 from flinknet.errors import IllegalStateError
 from flinknet.ids import ResultPartitionID
+from flinknet.interfaces import BufferAndBacklog
 from flinknet.partition import ResultPartitionManager, create_result_partition
 from flinknet.types import ResultPartitionType
 from flinknet.writer import RecordWriter
+from tests.helpers import Worker
 
 JOIN = 10.0
 HEADER = struct.Struct(">HI")  # channel, sequence number
@@ -431,7 +430,7 @@ def test_channel_index_through_a_union(make_pool, manager):
              for k, p in enumerate(parts)]
     union = UnionInputGate(*gates)
     with RecordReader(union, emit_events=True) as reader:
-        for k, p in enumerate(parts):
+        for p in parts:
             p.finish()
             p.close()
         flat = sorted(reader.channel_index(item.channel_info) for item in reader)

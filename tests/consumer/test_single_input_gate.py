@@ -13,13 +13,12 @@ import threading
 
 import pytest
 
-from tests.helpers import Worker
-
 from flinknet import events as ev
 from flinknet.consumer import BufferOrEvent, InputChannelInfo, LocalInputChannel, SingleInputGate
 from flinknet.errors import CancelTaskError, IllegalStateError, ProducerFailedError
 from flinknet.ids import ResultPartitionID
 from flinknet.partition import ResultPartitionManager, create_result_partition
+from tests.helpers import Worker
 
 SEGMENT = 128
 FULL_RECORD = SEGMENT - 4  # a record of this size fills one buffer exactly (4-byte length prefix)

@@ -7,12 +7,11 @@ import threading
 
 import pytest
 
-from tests.helpers import Worker
-
 from flinknet import events as ev
 from flinknet.consumer import SingleInputGate, UnionInputGate
 from flinknet.errors import CancelTaskError, ProducerFailedError
 from flinknet.partition import ResultPartitionManager, create_result_partition
+from tests.helpers import Worker
 
 SEGMENT = 128
 JOIN = 10.0

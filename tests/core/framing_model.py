@@ -20,8 +20,8 @@ The model knows nothing of flinknet: it only manipulates ``bytes``.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 LENGTH_BYTES = 4
 BROADCAST = -1

@@ -19,10 +19,18 @@ import pathlib
 import numpy as np
 import pytest
 
-from tests.helpers import RecordingRecycler
-
 from flinknet import IllegalReferenceCountError, IllegalStateError, SegmentFreedError
-from flinknet.core import FREEING_BUFFER_RECYCLER, Buffer, BufferRecycler, DataType, FreeingBufferRecycler, MemorySegment, NetworkBuffer, ReadOnlySlicedNetworkBuffer
+from flinknet.core import (
+    FREEING_BUFFER_RECYCLER,
+    Buffer,
+    BufferRecycler,
+    DataType,
+    FreeingBufferRecycler,
+    MemorySegment,
+    NetworkBuffer,
+    ReadOnlySlicedNetworkBuffer,
+)
+from tests.helpers import RecordingRecycler
 
 SEGMENT_SIZE = 64
 DATA_SIZE = 10

@@ -18,8 +18,8 @@ import warnings
 
 import pytest
 
-from flinknet.core import BufferRecycler, MemorySegment, NetworkBuffer, NetworkBufferPool
 from flinknet._core.buffer import leaked_buffer_count, live_buffer_count
+from flinknet.core import BufferRecycler, MemorySegment, NetworkBuffer, NetworkBufferPool
 
 
 class RecordingRecycler(BufferRecycler):

@@ -20,13 +20,20 @@ from concurrent.futures import Future
 
 import numpy as np
 import pytest
-
-from tests.helpers import RecordingRecycler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flinknet import IllegalStateError, SegmentFreedError
-from flinknet.core import FREEING_BUFFER_RECYCLER, BufferBuilder, BufferConsumer, BufferRecycler, DataType, MemorySegment, NetworkBuffer, ReadOnlySlicedNetworkBuffer
+from flinknet.core import (
+    FREEING_BUFFER_RECYCLER,
+    BufferBuilder,
+    BufferConsumer,
+    DataType,
+    MemorySegment,
+    NetworkBuffer,
+    ReadOnlySlicedNetworkBuffer,
+)
+from tests.helpers import RecordingRecycler
 
 BUFFER_INT_SIZE = 10
 BUFFER_SIZE = BUFFER_INT_SIZE * 4

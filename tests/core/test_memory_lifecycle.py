@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from flinknet._core.memory import MemorySegment
-from tests.helpers import contents, pattern, segment_with
 from flinknet.errors import FlinknetError, IllegalStateError, SegmentFreedError
+from tests.helpers import contents, pattern, segment_with
 
 SIZE = 53
 FREED_MESSAGE = "segment has been freed"

@@ -12,17 +12,21 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import threading
 import time
 
 import pytest
-
-from tests.helpers import Worker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flinknet import BufferRequestTimeoutError, CancelTaskError, FlinknetError, IllegalStateError, InsufficientNetworkBuffersError
+from flinknet import (
+    BufferRequestTimeoutError,
+    CancelTaskError,
+    FlinknetError,
+    IllegalStateError,
+    InsufficientNetworkBuffersError,
+)
 from flinknet.core import UNBOUNDED, BufferBuilder, LocalBufferPool, MemorySegment, NetworkBuffer
+from tests.helpers import Worker
 
 # --- helpers -------------------------------------------------------------------------------------
 

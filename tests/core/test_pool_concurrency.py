@@ -16,10 +16,9 @@ import time
 
 import pytest
 
-from tests.helpers import Worker
-
 from flinknet import BufferRequestTimeoutError, CancelTaskError
 from flinknet.core import UNBOUNDED
+from tests.helpers import Worker
 
 
 @pytest.fixture(autouse=True)

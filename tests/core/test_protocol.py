@@ -372,3 +372,17 @@ def test_pausing_at_any_point_gives_the_same_messages(chunks, waits):
         if getattr(m, "buffer", None) is not None:
             m.buffer.recycle()
     assert len(alloc.recycler.segments) == len(alloc.given)
+
+
+def test_decoded_messages_pickle_round_trip():
+    """Decoded messages are plain namedtuples of this module (a framework may ship them between
+    processes); they pickle and compare equal after the round trip."""
+    import pickle
+
+    proto = P
+    rid = bytes(range(16))
+    for msg in (proto.AddCredit(3, rid), proto.ResumeConsumption(rid), proto.CloseRequest(),
+                proto.ErrorResponse("PartitionNotFoundError", "gone", rid),
+                proto.NewBufferSize(4096, rid)):
+        assert type(msg).__module__ == "flinknet._core.protocol"
+        assert pickle.loads(pickle.dumps(msg)) == msg

@@ -9,7 +9,11 @@ import os
 
 import pytest
 
-from flinknet._core.serialization import DEFAULT_SPILLING_THRESHOLD, RecordDeserializer, SpanningRecordSerializer
+from flinknet._core.serialization import (
+    DEFAULT_SPILLING_THRESHOLD,
+    RecordDeserializer,
+    SpanningRecordSerializer,
+)
 
 SEGMENT = 32 * 1024
 

@@ -1,4 +1,4 @@
-"""Blocking partitions written to files (reference §8.3; Flink's ``BoundedBlockingSubpartition*Test``,
+"""Blocking partitions written to files (Flink's ``BoundedBlockingSubpartition*Test``,
 ``BoundedBlockingSubpartitionWriteReadTest`` and ``BufferReaderWriterUtilTest``).
 
 No view before the producer finished; afterwards any number of readers per subpartition read the
@@ -18,8 +18,8 @@ import threading
 import pytest
 
 from flinknet import IllegalStateError
-from flinknet.core import DataType, RecordDeserializer
 from flinknet import events as ev
+from flinknet.core import DataType, RecordDeserializer
 from flinknet.errors import PartitionNotFoundError
 from flinknet.partition import (
     BoundedBlockingResultPartition,

@@ -1,4 +1,4 @@
-"""ResultPartitionManager against Flink's rules (reference §8.4, Flink's ``ResultPartitionManagerTest``).
+"""ResultPartitionManager against Flink's rules (Flink's ``ResultPartitionManagerTest``).
 
 Registration (twice is an error), unknown partitions, releasing, pending view requests answered on
 registration or failed after the request timeout (driven by ``check_request_timeouts(now=...)``,

@@ -1,10 +1,11 @@
-"""PipelinedSubpartition and its read view against Flink's rules (reference §8.2).
+"""PipelinedSubpartition and its read view against Flink's rules (Flink's ``PipelinedSubpartition``
+and ``PipelinedSubpartitionView``).
 
 Ports the behaviours of Flink's ``PipelinedSubpartitionWithReadViewTest`` (availability, backlog,
 notifications, barriers overtaking data, blocking by an aligned barrier and resuming) and
 ``PipelinedSubpartitionTest`` (concurrent producer/consumer, release, queued buffers, buffer size,
 add after release, one view only), and checks random add/flush/poll/resume sequences against a
-small pure-Python model of §8.2.
+small pure-Python model of Flink's PipelinedSubpartition.
 
 Buffers come from a fixed-size LocalBufferPool of a ``make_pool`` global pool, built like Flink's
 ``BufferBuilderTestUtils``: a "finished" consumer is created before its builder is filled and
@@ -23,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flinknet import IllegalStateError
-from flinknet.core import FREEING_BUFFER_RECYCLER, BufferConsumer, DataType, MemorySegment, NetworkBuffer
 from flinknet import events as ev
+from flinknet.core import FREEING_BUFFER_RECYCLER, BufferConsumer, DataType, MemorySegment, NetworkBuffer
 from flinknet.partition import (
     ADD_BUFFER_ERROR_CODE,
     PipelinedResultPartition,
@@ -804,7 +805,7 @@ def test_finish_after_release_is_ignored(env):
     assert not env.sp.is_finished
 
 
-# --- random operation sequences against a model of §8.2 --------------------------------------------
+# --- random operation sequences against a model of Flink's PipelinedSubpartition ------------------
 
 
 class _Item:
@@ -822,7 +823,8 @@ class _Item:
 
 
 class SubpartitionModel:
-    """§8.2's add / flush / pollBuffer / backlog / availability / notification rules."""
+    """Flink's PipelinedSubpartition: its add / flush / pollBuffer / backlog / availability /
+    notification rules."""
 
     def __init__(self, receiver_exclusive):
         self.q: list[_Item] = []

@@ -1,4 +1,5 @@
-"""ResultPartition / PipelinedResultPartition against Flink's rules (reference §5, §8.2 lifecycle).
+"""ResultPartition / PipelinedResultPartition against Flink's rules (Flink's ``ResultPartition``
+lifecycle and its ``BufferWritingResultPartition`` record path).
 
 Ports the behaviours of Flink's ``ResultPartitionTest``: producing on a finished or released
 partition, records and broadcast records spanning buffers, events after records, the byte and
@@ -16,8 +17,8 @@ import time
 import pytest
 
 from flinknet import CancelTaskError, IllegalStateError
-from flinknet.core import DataType, RecordDeserializer
 from flinknet import events as ev
+from flinknet.core import DataType, RecordDeserializer
 from flinknet.partition import (
     PipelinedResultPartition,
     ResultPartitionManager,

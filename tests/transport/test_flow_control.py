@@ -12,8 +12,6 @@ import multiprocessing as mp
 import threading
 import time
 
-import pytest
-
 from flinknet.config import parse_memory_size
 from flinknet.consumer import RecordReader
 from flinknet.environment import NetworkEnvironment

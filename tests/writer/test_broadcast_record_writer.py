@@ -1,4 +1,5 @@
-"""BroadcastRecordWriter against Flink's ``BroadcastRecordWriterTest`` (reference §5.3, §14).
+"""BroadcastRecordWriter against Flink's ``BroadcastRecordWriterTest`` (its broadcast buffers shared
+by every subpartition).
 
 Every record goes to every subpartition from one shared buffer: the bytes are written once, the
 counters count them once per subpartition, each subpartition's reader recycles its own slice

@@ -1,4 +1,5 @@
-"""The buffer timeout and the output flusher (reference §5.5, §8.2).
+"""The buffer timeout and the output flusher (Flink's ``RecordWriter.OutputFlusher`` and the
+flush rules of its ``PipelinedSubpartition``).
 
 ``-1``: a partially filled buffer becomes readable only when it is full (the next buffer is
 added), on ``flush_all``, on an event or on ``finish``. ``0``: every emit makes its record

@@ -1,4 +1,5 @@
-"""RecordWriter against Flink's ``RecordWriterTest`` (reference §5.2–§5.5, §14).
+"""RecordWriter against Flink's ``RecordWriterTest`` (emitting, broadcasting, events, flushing and
+the buffer timeout of Flink's ``RecordWriter``).
 
 Real partitions from ``make_pool`` global pools, read through their subpartition views: events
 between records, event buffers shared but independent across subpartitions, explicit targets,
@@ -62,7 +63,7 @@ class Listener:
 
 
 def frame(payload: bytes) -> bytes:
-    """A record as it is framed in the byte stream (§5.1)."""
+    """A record as it is framed in the byte stream (a big-endian int32 length, then the bytes)."""
     return struct.pack(">i", len(payload)) + payload
 
 
@@ -275,7 +276,7 @@ def test_broadcast_buffers_have_independent_reader_indices(h, kind, what):
     try:
         if what == "broadcast_emit":
             # BroadcastRecordWriter writes once into a shared buffer; ChannelSelectorRecordWriter
-            # copies the serialized record into each subpartition's own buffer (§5.3).
+            # copies the serialized record into each subpartition's own buffer.
             assert (b0.memory_segment is b1.memory_segment) == (kind == "broadcast")
         assert b0.reader_index == 0 and b1.reader_index == 0
         b0.reader_index = 1
@@ -546,7 +547,7 @@ def test_emit_after_close_raises(h, kind):
     w.close()  # idempotent
     assert not w.flusher_alive
     records, written = p.num_records_out, p.total_written_bytes
-    for name, emit in all_emits(w).items():
+    for emit in all_emits(w).values():
         with pytest.raises(FlinknetError, match="closed"):
             emit()
     assert (p.num_records_out, p.total_written_bytes) == (records, written)
@@ -558,7 +559,7 @@ def test_emit_after_partition_finish_raises_illegal_state(h, kind):
     w = h.add(build_writer(p, kind))
     w.emit(b"last")
     p.finish()
-    for name, emit in all_emits(w).items():
+    for emit in all_emits(w).values():
         with pytest.raises(IllegalStateError, match="finished"):
             emit()
     # What was emitted before finish is still there, then EndOfPartition.
@@ -573,7 +574,7 @@ def test_emit_after_partition_release_raises_cancel_task(h, kind):
     w = h.add(build_writer(p, kind))
     cause = RuntimeError("released by the test")
     p.release(cause)
-    for name, emit in all_emits(w).items():
+    for emit in all_emits(w).values():
         with pytest.raises(CancelTaskError) as info:
             emit()
         assert info.value.__cause__ is cause
