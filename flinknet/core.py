@@ -43,6 +43,10 @@ from flinknet._core.keygroups import (
     compute_default_max_parallelism,
     compute_key_group_range_for_operator_index,
     compute_operator_index_for_key_group,
+    key_groups_array,
+    key_groups_of,
+    operator_indexes_array,
+    operator_indexes_of,
 )
 from flinknet._core.memory import MemorySegment
 from flinknet._core.pool import UNBOUNDED, AvailabilityHelper, LocalBufferPool, NetworkBufferPool
@@ -101,4 +105,8 @@ __all__ = [
     "compute_default_max_parallelism",
     "compute_key_group_range_for_operator_index",
     "compute_operator_index_for_key_group",
+    "key_groups_array",
+    "key_groups_of",
+    "operator_indexes_array",
+    "operator_indexes_of",
 ]

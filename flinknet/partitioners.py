@@ -36,6 +36,7 @@ from flinknet._core.keygroups import (
     assign_key_to_parallel_operator,
     compute_default_max_parallelism,
     operator_indexes_array,
+    operator_indexes_of,
 )
 from flinknet._core.typedefs import KeyType
 
@@ -234,18 +235,21 @@ class KeyGroupStreamPartitioner(ChannelSelector):
         return assign_key_to_parallel_operator(key, self._max_parallelism(), n, self.key_type)
 
     def select_channels(self, records: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
+        return self.select_channels_for_keys([self.key_selector(r) for r in records])
+
+    def select_channels_for_keys(self, keys: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
+        """The channel of every key, in order, as an ``int32`` array: :meth:`select_channels` for
+        keys already extracted (a column of the batch). A list or tuple of ``bytes``, ``str`` or
+        ``int`` keys is routed in C without a Python call per key (the scalar hashing rule of
+        :meth:`select_channel`); a numpy integer array by the dtype rule of
+        :func:`~flinknet._core.keygroups.key_groups_array` (int64 keys hash as Java Longs)."""
         n = self._check_setup()
-        keys = [self.key_selector(r) for r in records]
-        key_type = self.key_type
-        if keys and all(type(k) is int for k in keys) and (
-                key_type is None or key_type == "int" or key_type == "long"):
-            array = np.array(keys, dtype=object)
-            lo, hi = min(keys), max(keys)
-            if key_type == "long" or (key_type is None and -2**31 <= lo and hi < 2**31):
-                dtype = np.int64 if key_type == "long" else np.int32
-                return operator_indexes_array(array.astype(dtype), self._max_parallelism(), n, key_type)
-        return np.fromiter(
-            (self._select_key(k, n) for k in keys), dtype=np.int32, count=len(keys))
+        if isinstance(keys, np.ndarray) and keys.dtype.kind in "iu":
+            key_type = self.key_type
+            if key_type is not None and key_type != "int" and key_type != "long":
+                raise TypeError(f"key_type {key_type!r} cannot route an integer array")
+            return operator_indexes_array(keys, self._max_parallelism(), n, key_type)
+        return operator_indexes_of(keys, self._max_parallelism(), n, self.key_type)
 
     def _select_key(self, key: Any, n: int) -> int:
         if key is None:

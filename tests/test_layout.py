@@ -42,9 +42,6 @@ TOOLS_UNDERSCORE_IMPORTS = {
     # is_debug_build() is not re-exported by flinknet: the version line and bench's environment
     ("flinknet.tools.cli", "flinknet._core.buffer.is_debug_build"),
     ("flinknet.tools.bench.report", "flinknet._core.buffer.is_debug_build"),
-    # the vectorised key -> operator index the aggregators check their input with (the public
-    # KeyGroupStreamPartitioner.select_channels calls a Python key selector per record)
-    ("flinknet.tools.demo.job", "flinknet._core.keygroups.operator_indexes_array"),
 }
 
 

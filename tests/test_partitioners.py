@@ -111,6 +111,44 @@ def test_key_group_batch_equals_single_selection(keys, parallelism):
     assert selector.select_channels(keys).tolist() == [selector.select_channel(k) for k in keys]
 
 
+@given(st.lists(st.one_of(st.binary(max_size=24), st.text(max_size=8), st.integers(-2**63, 2**63 - 1)),
+                max_size=50), st.integers(1, 16))
+def test_keys_routed_in_one_call_equal_single_selection(keys, parallelism):
+    selector = KeyGroupStreamPartitioner(lambda record: record[0], 256)
+    selector.setup(parallelism)
+    records = [(k, "payload") for k in keys]
+    expected = [selector.select_channel(r) for r in records]
+    assert selector.select_channels(records).tolist() == expected
+    assert selector.select_channels_for_keys(keys).tolist() == expected
+    assert selector.select_channels_for_keys(tuple(keys)).tolist() == expected
+
+
+def test_select_channels_for_keys_of_an_int_array_uses_the_array_rule():
+    selector = KeyGroupStreamPartitioner(lambda record: record, 128)
+    selector.setup(3)
+    keys32 = np.arange(-50, 50, dtype=np.int32)
+    assert selector.select_channels_for_keys(keys32).tolist() == [
+        selector.select_channel(int(k)) for k in keys32]
+    long_selector = KeyGroupStreamPartitioner(lambda record: record, 128, key_type="long")
+    long_selector.setup(3)
+    keys64 = np.arange(-50, 50, dtype=np.int64)
+    assert selector.select_channels_for_keys(keys64).tolist() == [
+        long_selector.select_channel(int(k)) for k in keys64]
+    with pytest.raises(TypeError, match="integer array"):
+        string_selector = KeyGroupStreamPartitioner(lambda record: record, 128, key_type="string")
+        string_selector.setup(3)
+        string_selector.select_channels_for_keys(keys32)
+
+
+def test_select_channels_for_keys_needs_setup_and_rejects_none():
+    selector = KeyGroupStreamPartitioner(lambda record: record, 128)
+    with pytest.raises(RuntimeError):
+        selector.select_channels_for_keys([b"a"])
+    selector.setup(2)
+    with pytest.raises(ValueError, match="null"):
+        selector.select_channels([b"a", None])
+
+
 def test_key_groups_spread_keys_over_all_channels():
     selector = KeyGroupStreamPartitioner(lambda record: record, 128)
     selector.setup(4)

@@ -1,6 +1,6 @@
 """Type stubs for flinknet._core.keygroups (compiled)."""
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Final, Literal
 
 import numpy as np
@@ -26,6 +26,10 @@ def key_groups_array(keys: npt.ArrayLike, max_parallelism: int,
                      key_type: Literal["int", "long"] | None = None) -> npt.NDArray[np.int32]: ...
 def operator_indexes_array(keys: npt.ArrayLike, max_parallelism: int, parallelism: int,
                            key_type: Literal["int", "long"] | None = None) -> npt.NDArray[np.int32]: ...
+def key_groups_of(keys: Iterable[object], max_parallelism: int,
+                  key_type: KeyType | None = None) -> npt.NDArray[np.int32]: ...
+def operator_indexes_of(keys: Iterable[object], max_parallelism: int, parallelism: int,
+                        key_type: KeyType | None = None) -> npt.NDArray[np.int32]: ...
 
 class KeyGroupRange:
     """The key groups ``[start_key_group, end_key_group]`` (inclusive) one operator owns."""

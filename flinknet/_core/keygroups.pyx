@@ -20,10 +20,15 @@ Name map (Flink → flinknet):
 ``KeyGroupRange`` / ``computeKeyGroupRangeForOperatorIndex``    :class:`KeyGroupRange` / :func:`compute_key_group_range_for_operator_index`
 =============================================================  =========================================
 
-The ``*_array`` functions do the same over numpy int32/int64 arrays in one call, without the GIL.
+The ``*_array`` functions do the same over numpy int32/int64 arrays in one call, without the GIL;
+:func:`key_groups_of` and :func:`operator_indexes_of` over a list of keys (``bytes``, ``str``,
+``int`` hashed in C).
 """
 
 cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.number cimport PyNumber_Index
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
@@ -103,14 +108,27 @@ cdef inline int _check_parallelism(int64_t parallelism, int64_t max_parallelism)
     return 0
 
 
-cdef int32_t java_bytes_hash(object data) except? -1:
+cdef inline uint32_t _bytes_hash(const char *data, Py_ssize_t n) noexcept nogil:
     # java.util.Arrays.hashCode(byte[]): 31 * h + b over signed bytes, starting at 1.
-    cdef const unsigned char[::1] view = memoryview(data).cast("B")
     cdef uint32_t h = 1
     cdef Py_ssize_t i
-    for i in range(view.shape[0]):
-        h = h * 31u + <uint32_t><int32_t><signed char>view[i]
-    return <int32_t>h
+    for i in range(n):
+        h = h * 31u + <uint32_t><int32_t>(<signed char>data[i])
+    return h
+
+
+cdef int32_t java_bytes_hash(object data) except? -1:
+    # bytes and bytearray are read in place (no memoryview per key: this is the keyed hot path);
+    # any other buffer through a byte view of it.
+    cdef const unsigned char[::1] view
+    if type(data) is bytes:
+        return <int32_t>_bytes_hash(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+    if type(data) is bytearray:
+        return <int32_t>_bytes_hash(PyByteArray_AS_STRING(data), PyByteArray_GET_SIZE(data))
+    view = memoryview(data).cast("B")
+    if view.shape[0] == 0:
+        return 1
+    return <int32_t>_bytes_hash(<const char *>&view[0], view.shape[0])
 
 
 def murmur_hash(int32_t code):
@@ -124,6 +142,10 @@ def java_hash_code(key, key_type=None):
     Without ``key_type``: ``str`` keys are Strings, ``int`` keys are Integers when they fit in 32
     bits, else Longs. Objects with a ``hash_code()`` method use it.
     """
+    return _java_hash(key, key_type)
+
+
+cdef int32_t _java_hash(object key, object key_type) except? -1:
     if key_type is None:
         if isinstance(key, str):
             # str.__str__ gives the exact str of a subclass (StrEnum members and the like).
@@ -160,6 +182,73 @@ def java_hash_code(key, key_type=None):
     raise ValueError(f"unknown key_type {key_type!r} (use one of {KEY_TYPES})")
 
 
+cdef inline int32_t _fast_hash(object key, object key_type) except? -1:
+    # The exact builtin types a keyed edge sees per record, hashed without a Python call; the
+    # rest (subclasses, numpy scalars, hash_code() objects, type errors) by _java_hash.
+    cdef type t = type(key)
+    cdef long long value
+    cdef int overflow = 0
+    if t is bytes and (key_type is None or key_type == "bytes"):
+        return <int32_t>_bytes_hash(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+    if t is str and (key_type is None or key_type == "string"):
+        return java_string_hash(<str>key)
+    if t is int and (key_type is None or key_type == "long" or key_type == "int"):
+        value = PyLong_AsLongLongAndOverflow(key, &overflow)
+        if overflow == 0:
+            if key_type == "long":
+                return java_long_hash(value)
+            if -2147483648 <= value <= 2147483647:
+                return <int32_t>value
+            if key_type is None:
+                return java_long_hash(value)
+    return _java_hash(key, key_type)
+
+
+cdef inline int _check_key_type(object key_type) except -1:
+    if key_type is not None and key_type not in KEY_TYPES:
+        raise ValueError(f"unknown key_type {key_type!r} (use one of {KEY_TYPES})")
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def key_groups_of(keys, Py_ssize_t max_parallelism, key_type=None):
+    """Key groups of a sequence of keys (a list or tuple; other iterables are listed first) as an
+    int32 array: :func:`assign_to_key_group` per key, in one call. ``bytes``, ``str`` and ``int``
+    keys are hashed in C without a Python call per key; a ``None`` key raises ``ValueError``."""
+    cdef Py_ssize_t i, n
+    cdef int32_t[::1] out_view
+    cdef int32_t maxp
+    _check_max_parallelism(max_parallelism)
+    _check_key_type(key_type)
+    maxp = <int32_t>max_parallelism
+    seq = keys if type(keys) is list or type(keys) is tuple else list(keys)
+    n = len(seq)
+    out = np.empty(n, dtype=np.int32)
+    out_view = out
+    for i in range(n):
+        key = seq[i]
+        if key is None:
+            raise ValueError(f"Assigned key must not be null! (key {i} is None)")
+        out_view[i] = key_group_for_hash(_fast_hash(key, key_type), maxp)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def operator_indexes_of(keys, Py_ssize_t max_parallelism, Py_ssize_t parallelism, key_type=None):
+    """Subtask indexes of a sequence of keys (see :func:`key_groups_of`): the routing of a keyed
+    edge for a batch of records whose keys are already extracted."""
+    cdef int32_t[::1] groups
+    cdef Py_ssize_t i
+    _check_max_parallelism(max_parallelism)
+    _check_parallelism(parallelism, max_parallelism)
+    out = key_groups_of(keys, max_parallelism, key_type)
+    groups = out
+    _operator_indexes(groups, <int32_t>max_parallelism, <int32_t>parallelism)
+    return out
+
+
 def compute_key_group_for_key_hash(int32_t key_hash, Py_ssize_t max_parallelism):
     """``murmurHash(key_hash) % max_parallelism``."""
     _check_max_parallelism(max_parallelism)
@@ -169,7 +258,7 @@ def compute_key_group_for_key_hash(int32_t key_hash, Py_ssize_t max_parallelism)
 def assign_to_key_group(key, Py_ssize_t max_parallelism, key_type=None):
     """The key group of ``key`` (see :func:`java_hash_code` for ``key_type``)."""
     _check_max_parallelism(max_parallelism)
-    return key_group_for_hash(java_hash_code(key, key_type), <int32_t>max_parallelism)
+    return key_group_for_hash(_java_hash(key, key_type), <int32_t>max_parallelism)
 
 
 def compute_operator_index_for_key_group(Py_ssize_t max_parallelism, Py_ssize_t parallelism, Py_ssize_t key_group):
@@ -187,7 +276,7 @@ def assign_key_to_parallel_operator(key, Py_ssize_t max_parallelism, Py_ssize_t 
     _check_parallelism(parallelism, max_parallelism)
     return operator_index_for_key_group(
         <int32_t>max_parallelism, <int32_t>parallelism,
-        key_group_for_hash(java_hash_code(key, key_type), <int32_t>max_parallelism))
+        key_group_for_hash(_java_hash(key, key_type), <int32_t>max_parallelism))
 
 
 def compute_default_max_parallelism(Py_ssize_t parallelism):

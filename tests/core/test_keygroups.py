@@ -44,8 +44,10 @@ from flinknet._core.keygroups import (
     compute_operator_index_for_key_group,
     java_hash_code,
     key_groups_array,
+    key_groups_of,
     murmur_hash,
     operator_indexes_array,
+    operator_indexes_of,
 )
 
 VECTORS = json.loads(
@@ -1103,3 +1105,116 @@ def test_key_type_int_rejects_ints_outside_int32(key):
         assign_to_key_group(key, 128, key_type="int")
     with pytest.raises(OverflowError):
         assign_key_to_parallel_operator(key, 128, 4, key_type="int")
+
+
+# ------------------------------------------------------------------------------------------------
+# key_groups_of / operator_indexes_of: a list of keys routed in one call, as the scalar functions
+# ------------------------------------------------------------------------------------------------
+
+class _Coded:
+    def __init__(self, code: int):
+        self.code = code
+
+    def hash_code(self) -> int:
+        return self.code
+
+
+class _Color(enum.IntEnum):
+    RED = 7
+
+
+class _Name(str):
+    pass
+
+
+any_key = st.one_of(
+    st.binary(max_size=40), st.text(max_size=20), int64s, st.integers(INT32_MIN, INT32_MAX),
+    st.booleans(), st.binary(max_size=10).map(bytearray), st.binary(max_size=10).map(memoryview),
+    int32s.map(_Coded), st.just(_Color.RED), st.text(max_size=5).map(_Name),
+    int32s.map(np.int32), int64s.map(np.int64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(any_key, max_size=30), max_parallelism=st.integers(1, 32768),
+       data=st.data())
+def test_key_groups_of_is_the_scalar_function_per_key(keys, max_parallelism, data):
+    expected = [assign_to_key_group(k, max_parallelism) for k in keys]
+    for container in (list, tuple, iter):
+        out = key_groups_of(container(keys), max_parallelism)
+        assert out.dtype == np.int32
+        assert out.tolist() == expected
+    parallelism = data.draw(st.integers(1, max_parallelism))
+    assert operator_indexes_of(keys, max_parallelism, parallelism).tolist() == [
+        assign_key_to_parallel_operator(k, max_parallelism, parallelism) for k in keys]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), key_type=st.sampled_from(["int", "long", "string", "boolean", "bytes"]))
+def test_key_groups_of_with_a_key_type_is_the_scalar_function_per_key(data, key_type):
+    strategy = {"int": int32s, "long": int64s, "string": st.text(max_size=20),
+                "boolean": st.booleans(), "bytes": st.binary(max_size=40)}[key_type]
+    keys = data.draw(st.lists(strategy, max_size=30))
+    assert key_groups_of(keys, 128, key_type).tolist() == [
+        assign_to_key_group(k, 128, key_type) for k in keys]
+
+
+@pytest.mark.parametrize("key", [b"", b"abvhitll", "", "\U0001F600", 0, -1, INT32_MAX, INT32_MIN,
+                                 INT32_MAX + 1, INT32_MIN - 1, INT64_MAX, INT64_MIN])
+def test_key_groups_of_edge_keys(key):
+    # Empty keys, a hash of -1 (the C error value), the Integer/Long boundary, surrogate pairs.
+    assert key_groups_of([key], 32768).tolist() == [assign_to_key_group(key, 32768)]
+
+
+@pytest.mark.parametrize("key_type", ["int", "long", "string"])
+def test_key_groups_of_matches_flink_vectors(key_type):
+    entries = [e for e in KEYS if e["type"] == key_type]
+    assert entries
+    keys = [vector_key(e) for e in entries]
+    for max_parallelism in (128, 32768):
+        assert key_groups_of(keys, max_parallelism, key_type).tolist() == [
+            e[f"key_group_maxp{max_parallelism}"] for e in entries]
+        for parallelism in range(1, 9):
+            assert operator_indexes_of(keys, max_parallelism, parallelism, key_type).tolist() == [
+                e[f"operator_index_maxp{max_parallelism}_p1_to_p8"][parallelism - 1] for e in entries]
+    if key_type == "string":   # the default rule gives str keys the String hash
+        assert key_groups_of(keys, 128).tolist() == [e["key_group_maxp128"] for e in entries]
+
+
+def test_key_groups_of_empty_and_fresh_output():
+    assert key_groups_of([], 128).shape == (0,)
+    a = key_groups_of([b"x"], 128)
+    b = key_groups_of([b"x"], 128)
+    assert a is not b
+
+
+@pytest.mark.parametrize("keys", [[b"a", None], [None]])
+def test_key_groups_of_rejects_none_keys_as_flink_does(keys):
+    with pytest.raises(ValueError, match="must not be null"):
+        key_groups_of(keys, 128)
+
+
+@pytest.mark.parametrize(("keys", "key_type", "error"), [
+    ([1.5], None, TypeError), ([b"a", 1.5], None, TypeError), (["a"], "bytes", TypeError),
+    ([b"a"], "string", TypeError), ([2**31], "int", OverflowError), ([2**64], None, OverflowError),
+    ([2**64], "long", OverflowError), ([True], "int", TypeError), ([1], "boolean", TypeError),
+    ([1], "float", ValueError), ([], "float", ValueError),
+])
+def test_key_groups_of_rejects_what_the_scalar_function_rejects(keys, key_type, error):
+    with pytest.raises(error):
+        key_groups_of(keys, 128, key_type)
+
+
+def test_key_groups_of_checks_parallelism_bounds():
+    with pytest.raises(ValueError):
+        key_groups_of([b"a"], 0)
+    with pytest.raises(ValueError):
+        key_groups_of([b"a"], 32769)
+    with pytest.raises(ValueError):
+        operator_indexes_of([b"a"], 128, 129)
+    with pytest.raises(ValueError):
+        operator_indexes_of([b"a"], 128, 0)
+
+
+def test_key_groups_of_rejects_non_iterables():
+    with pytest.raises(TypeError):
+        key_groups_of(5, 128)  # type: ignore[arg-type]

@@ -15,6 +15,12 @@ machine, and the ratio between them, so the numbers mean something on a shared, 
   against a C loop that frames/deframes in one flat buffer (the floor) and the pure-Python way
   (``struct.pack_into`` / ``struct.unpack_from`` framing of ``pickle`` payloads).
 
+``route.*``: a keyed edge's routing of a batch of 16-byte ``bytes`` keys to subtasks (Java's
+``Arrays.hashCode``, murmur, key group, operator index), given the keys
+(``KeyGroupStreamPartitioner.select_channels_for_keys``) and from the records through a key selector
+(``select_channels``), against one C-level pass over the same list (``list(map(len, keys))``) and
+the per-key scalar function (``assign_key_to_parallel_operator`` in a comprehension).
+
 ``serialize.*.per_record_targets`` rows time the serializer given one target per record (a
 channel selector's choice), the path a ``RecordWriter`` routing records one by one takes.
 
@@ -43,7 +49,7 @@ from flinknet.tools.bench import _benchkit
 from flinknet.tools.bench.report import Row
 
 __all__ = ["SEGMENT_SIZE", "RecyclingSink", "bench_append", "bench_bulk_copy", "bench_kernels", "bench_pool",
-           "bench_serialization"]
+           "bench_routing", "bench_serialization"]
 
 SEGMENT_SIZE = 32 * 1024
 
@@ -449,6 +455,52 @@ def bench_serialization(payload: int, records: int, repeats: int) -> list[Row]:
         nbp.destroy()
 
 
+def bench_routing(n: int, repeats: int) -> list[Row]:
+    """``route.*`` rows: ns per key of routing ``n`` 16-byte keys over 4 subtasks (128 key groups)."""
+    import operator
+    import random
+
+    from flinknet.core import assign_key_to_parallel_operator
+    from flinknet.partitioners import KeyGroupStreamPartitioner
+
+    rng = random.Random(7)
+    keys = [rng.randbytes(16) for _ in range(n)]
+    records = [(k, 0) for k in keys]
+    selector = KeyGroupStreamPartitioner(operator.itemgetter(0), 128)
+    selector.setup(4)
+    expected = [assign_key_to_parallel_operator(k, 128, 4) for k in keys]
+    if selector.select_channels_for_keys(keys).tolist() != expected or \
+            selector.select_channels(records).tolist() != expected:
+        raise AssertionError("batch routing differs from the scalar function")
+
+    def keyed() -> int:
+        selector.select_channels_for_keys(keys)
+        return n
+
+    def from_records() -> int:
+        selector.select_channels(records)
+        return n
+
+    def c_pass() -> int:
+        list(map(len, keys))
+        return n
+
+    def scalar() -> int:
+        [assign_key_to_parallel_operator(k, 128, 4) for k in keys]
+        return n
+
+    def measure(fn: Callable[[], int]) -> Callable[[], float]:
+        return lambda: _once_ns(fn)
+
+    t = _interleaved({"keys": measure(keyed), "records": measure(from_records), "c": measure(c_pass),
+                      "scalar": measure(scalar)}, repeats)
+    base = {"list(map(len, keys))": t["c"], "scalar function per key": t["scalar"]}
+    return [Row("route.bytes16B.keys", "ns/key", t["keys"], dict(base),
+                note=f"{t['keys']:.1f} ns per bytes key (select_channels_for_keys)"),
+            Row("route.bytes16B.records", "ns/rec", t["records"], dict(base),
+                note=f"{t['records']:.1f} ns per record (select_channels with itemgetter(0))")]
+
+
 def bench_kernels(quick: bool = False) -> list[Row]:
     """The rows of the ``kernels`` group (``quick``: fewer iterations and repeats)."""
     scale = 0.3 if quick else 1.0
@@ -458,6 +510,7 @@ def bench_kernels(quick: bool = False) -> list[Row]:
     for chunk in (16, 100, 1000):
         rows.append(bench_append(chunk, n, repeats))
     rows.append(bench_bulk_copy(int(20_000 * scale), repeats))
+    rows += bench_routing(int(100_000 * scale), repeats)
     for payload in (8, 100, 1000):
         rows += bench_serialization(payload, int((300_000 if payload < 1000 else 100_000) * scale), repeats)
     return rows

@@ -46,10 +46,9 @@ from typing import Any, NotRequired, TypedDict, TypeVar
 
 import numpy as np
 
-from flinknet._core.keygroups import operator_indexes_array
 from flinknet.consumer import RecordReader, SingleInputGate
 from flinknet.consumer.remote import RemoteInputChannel
-from flinknet.core import LatencyMarker, StreamElementSerializer, StreamRecord
+from flinknet.core import LatencyMarker, StreamElementSerializer, StreamRecord, operator_indexes_array
 from flinknet.environment import NetworkEnvironment
 from flinknet.errors import CancelTaskError
 from flinknet.ids import OperatorID, ResultPartitionID
