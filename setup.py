@@ -56,6 +56,15 @@ extensions.append(
         extra_compile_args=extra_compile_args,
     )
 )
+# The native floor of ``python -m flinknet.tools.bench.floor``: the I/O-thread relay in C.
+extensions.append(
+    Extension(
+        "flinknet.tools.bench._floorkit",
+        ["flinknet/tools/bench/_floorkit.pyx"],
+        define_macros=define_macros,
+        extra_compile_args=extra_compile_args,
+    )
+)
 
 setup(
     ext_modules=cythonize(

@@ -8,7 +8,7 @@ import pytest
 
 CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "protocol"]
 #: compiled modules outside the core (setup.py builds them as separate extensions)
-TOOL_EXTENSIONS = ["flinknet.tools.bench._benchkit"]
+TOOL_EXTENSIONS = ["flinknet.tools.bench._benchkit", "flinknet.tools.bench._floorkit"]
 
 
 @pytest.mark.parametrize("module_name", [f"flinknet._core.{name}" for name in CORE_MODULES] + TOOL_EXTENSIONS)

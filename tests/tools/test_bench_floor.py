@@ -24,3 +24,48 @@ def test_relay_bandwidth_moves_all_bytes():
 def test_thread_handoff():
     hops = floor.thread_handoff_us(200)
     assert len(hops) == 200 and all(h > 0 for h in hops)
+
+
+def test_native_relay_delivers_every_record_with_its_delay():
+    delays = floor.native_relay_one_way_us(n=500, rate=20_000)
+    assert len(delays) == 500
+    assert all(0 < d < 5_000_000 for d in delays)
+    assert mp.active_children() == []
+
+
+def test_native_relay_bandwidth_moves_all_bytes_through_a_small_window():
+    # window 2 with odd-sized records: slots run out on both sides and partial writes/reads occur.
+    for chunk, window in ((32 * 1024, 2), (1000, 3), (65536 + 17, 1)):
+        assert floor.native_relay_bandwidth_gbps(total=4 << 20, chunk=chunk, window=window) > 0
+    assert mp.active_children() == []
+
+
+def test_native_relay_rejects_bad_arguments():
+    import socket
+
+    import pytest
+
+    from flinknet.tools.bench import _floorkit
+
+    a, b = socket.socketpair()
+    with a, b:
+        for args in ((a.fileno(), 1, 4, 1), (a.fileno(), 1, 64, 0), (a.fileno(), -1, 64, 1)):
+            with pytest.raises(ValueError):
+                _floorkit.relay_send(*args)
+            with pytest.raises(ValueError):
+                _floorkit.relay_receive(*args)
+
+
+def test_native_relay_receive_counts_a_stream_cut_short():
+    # A sender that stops after 3 records and a half: the receiver returns the 3 whole records.
+    import socket
+    import struct
+
+    from flinknet.tools.bench import _floorkit
+
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"".join(struct.pack("<q", i) + bytes(56) for i in range(3)) + bytes(30))
+        a.shutdown(socket.SHUT_WR)
+        received, _, delays = _floorkit.relay_receive(b.fileno(), 10, 64, 2, True)
+    assert received == 3 and len(delays) == 3

@@ -12,6 +12,11 @@ carrying their send time (``CLOCK_MONOTONIC``, shared by processes on one host),
 Its one-way p50 is the least any implementation with a dedicated I/O thread per process can do
 in CPython on this machine; the raw socket ping-pong (one thread per side, no hand-offs) is the
 least any implementation at all can do. ``python -m flinknet.tools.bench.floor`` prints both.
+
+The **native floor** (:func:`native_relay_bandwidth_gbps`, :func:`native_relay_one_way_us`) is
+the same relay written in C without the GIL (:mod:`flinknet.tools.bench._floorkit`: a producer
+pthread, an epoll I/O thread with an eventfd wake-up and gather writes, a condition-variable
+hand-off to the consumer): the most a native engine with I/O threads can do on this machine.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ import sys
 import threading
 import time
 
-from flinknet.tools.bench.transport import raw_round_trip_us
+from flinknet.tools.bench.transport import raw_round_trip_us, raw_socket_ns_per_byte
 
-__all__ = ["paced_raw_one_way_us", "relay_bandwidth_gbps", "relay_one_way_us", "thread_handoff_us"]
+__all__ = ["native_relay_bandwidth_gbps", "native_relay_one_way_us", "paced_raw_one_way_us",
+           "relay_bandwidth_gbps", "relay_one_way_us", "thread_handoff_us"]
 
 _TS = struct.Struct("<q")
 _SIZE = 100
@@ -295,6 +301,49 @@ def relay_bandwidth_gbps(total: int = 1 << 30, chunk: int = 32 * 1024, window: i
     return received / elapsed / 1e9
 
 
+def _native_sender(q_out, q_in, count: int, chunk: int, window: int, rate: float) -> None:
+    from flinknet.tools.bench import _floorkit
+
+    conn = _accept_one(q_out)
+    q_in.get(timeout=60)
+    sent = _floorkit.relay_send(conn.fileno(), count, chunk, window, rate)
+    conn.setblocking(True)
+    _finish(conn)
+    q_out.put(sent)
+
+
+def _native_relay(count: int, chunk: int, window: int, rate: float, stamps: bool):
+    from flinknet.tools.bench import _floorkit
+
+    peer = _Peer(_native_sender, count, chunk, window, rate)
+    with peer as sock:
+        peer.go()
+        t0 = time.perf_counter()
+        received, _, delays = _floorkit.relay_receive(sock.fileno(), count, chunk, window, stamps)
+        elapsed = time.perf_counter() - t0
+        sock.setblocking(True)
+        sock.shutdown(socket.SHUT_WR)
+        sock.close()
+        sent = peer.q_out.get(timeout=60)
+    if received != count or sent != count:
+        raise AssertionError(f"the native relay moved {sent} / {received} of {count} records")
+    return elapsed, delays
+
+
+def native_relay_bandwidth_gbps(total: int = 1 << 30, chunk: int = 32 * 1024, window: int = 10) -> float:
+    """GB/s of ``chunk``-byte records through the relay of :func:`relay_bandwidth_gbps` written in
+    C without the GIL (one copy per side, ``window`` slots per side)."""
+    count = total // chunk
+    elapsed, _ = _native_relay(count, chunk, window, 0.0, False)
+    return count * chunk / elapsed / 1e9
+
+
+def native_relay_one_way_us(n: int = 20_000, rate: float = 10_000) -> list[float]:
+    """One-way delays (µs) of 100-byte records at ``rate``/s through the native relay."""
+    _, delays = _native_relay(n, _SIZE, 64, rate, True)
+    return [float(d) for d in delays]
+
+
 def thread_handoff_us(n: int = 20_000) -> list[float]:
     """One-way hand-off (µs) between two threads of one process through a Condition (half of a
     ping-pong): the price of every thread boundary a record crosses."""
@@ -343,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover (a measureme
           f"{max(relay_bandwidth_gbps() for _ in range(2)):.2f} GB/s")
     print(f"plain-Python relay with I/O threads: one-way p50 {p(relay, 50):.1f} us, "
           f"p99 {p(relay, 99):.1f} us (10 000 msg/s, 100 B)")
+    native = native_relay_one_way_us()[2000:]
+    print(f"native relay with I/O threads (C, no GIL), 32 KiB records: "
+          f"{max(native_relay_bandwidth_gbps() for _ in range(2)):.2f} GB/s "
+          f"(raw Python socket {1 / raw_socket_ns_per_byte(1 << 30, 32 * 1024):.2f} GB/s)")
+    print(f"native relay with I/O threads: one-way p50 {p(native, 50):.1f} us, "
+          f"p99 {p(native, 99):.1f} us (10 000 msg/s, 100 B)")
     return 0
 
 

@@ -443,11 +443,11 @@ def _worker_main(q_cmd: Any, q_out: Any) -> None:
             elif op == "zmq_open":
                 import zmq  # type: ignore[import-not-found,unused-ignore]  # optional: flinknet[bench]
 
-                ctx = zmq.Context()
-                push = ctx.socket(zmq.PUSH)
+                zmq_ctx = zmq.Context()
+                push = zmq_ctx.socket(zmq.PUSH)
                 push.setsockopt(zmq.LINGER, 0)
                 port = push.bind_to_random_port("tcp://127.0.0.1")
-                zmq_state.update(ctx=ctx, push=push)
+                zmq_state.update(ctx=zmq_ctx, push=push)
                 q_out.put(("zmq_addr", f"tcp://127.0.0.1:{port}"))
             elif op == "zmq_send":
                 (n,) = args

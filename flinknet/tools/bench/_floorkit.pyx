@@ -1,0 +1,461 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The native floor of a design with I/O threads: ``floor.py``'s relay, in C without the GIL.
+
+A record goes producer thread → (bounded queue, eventfd wake-up) → I/O thread (epoll, non-blocking
+socket, gather writes) → TCP → I/O thread (epoll, ``recv`` into a free slot) → (bounded queue,
+condition variable) → consumer thread, each side copying once in user space (the producer into a
+slot, the consumer out of it) and holding at most ``window`` slots: the structure of ZeroMQ's
+and of flinknet's native engine, with nothing else in it — no framing, no buffers, no credits,
+no Python. What it reaches is the most any native engine with that structure can reach on this
+machine; ``python -m flinknet.tools.bench.floor`` prints it beside the raw socket and flinknet.
+
+Ownership: each relay's state is a C struct owned by the calling function for its whole life;
+its slots move free → queued → in flight → free under the struct's one mutex; the threads it
+starts are joined before it returns. No Python object is touched between ``with nogil`` and the
+join.
+"""
+
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+
+import numpy as np
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    int pthread_create(pthread_t *thread, const void *attr, void *(*start)(void *) noexcept nogil,
+                       void *arg)
+    int pthread_join(pthread_t thread, void **retval)
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, const void *attr)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_signal(pthread_cond_t *c)
+
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int CLOCK_MONOTONIC
+    int TIMER_ABSTIME
+    int clock_gettime(int clk, timespec *ts)
+    int clock_nanosleep(int clk, int flags, const timespec *req, timespec *rem)
+
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        int fd
+        uint64_t u64
+    cdef struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int EPOLLIN, EPOLLOUT, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CLOEXEC
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_NONBLOCK, EFD_CLOEXEC
+
+
+cdef extern from "<sys/uio.h>" nogil:
+    cdef struct iovec:
+        void *iov_base
+        size_t iov_len
+    ssize_t writev(int fd, const iovec *iov, int iovcnt)
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void *buf, size_t n)
+    ssize_t write(int fd, const void *buf, size_t n)
+    int close(int fd)
+
+
+cdef extern from "<fcntl.h>" nogil:
+    int fcntl(int fd, int cmd, ...)
+    int F_GETFL, F_SETFL, O_NONBLOCK
+
+
+cdef enum:
+    MAX_IOV = 64
+
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline void _wake(int efd) noexcept nogil:
+    cdef uint64_t one = 1
+    write(efd, &one, 8)
+
+
+cdef inline void _drain(int efd) noexcept nogil:
+    cdef uint64_t value
+    read(efd, &value, 8)
+
+
+cdef struct Relay:
+    # Shared by the relay's two threads; every field below `lock` is guarded by it.
+    int sock
+    int efd              # wakes the I/O thread (sender: work queued; receiver: a slot freed)
+    int epfd
+    Py_ssize_t chunk
+    Py_ssize_t window
+    Py_ssize_t count     # records to move
+    double rate          # records per second (0: as fast as possible)
+    char *slots          # window * chunk bytes
+    pthread_mutex_t lock
+    pthread_cond_t cond  # sender: a slot freed; receiver: a record queued or end of stream
+    Py_ssize_t *ring     # queued slot indexes (FIFO of `window`)
+    Py_ssize_t head
+    Py_ssize_t queued
+    Py_ssize_t *free_list
+    Py_ssize_t num_free
+    bint producer_done
+    bint io_waits_for_slot
+    bint eof
+    int error            # errno of a failed system call, 0 if none
+    Py_ssize_t moved     # records through the I/O thread
+
+
+cdef int _relay_init(Relay *r, int sock, Py_ssize_t chunk, Py_ssize_t window, Py_ssize_t count,
+                     double rate) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef epoll_event ev
+    memset(r, 0, sizeof(Relay))
+    r.sock = sock
+    r.chunk = chunk
+    r.window = window
+    r.count = count
+    r.rate = rate
+    r.slots = <char *>calloc(window, chunk)
+    r.ring = <Py_ssize_t *>calloc(window, sizeof(Py_ssize_t))
+    r.free_list = <Py_ssize_t *>calloc(window, sizeof(Py_ssize_t))
+    if r.slots == NULL or r.ring == NULL or r.free_list == NULL:
+        return -1
+    for i in range(window):
+        r.free_list[i] = i
+    r.num_free = window
+    pthread_mutex_init(&r.lock, NULL)
+    pthread_cond_init(&r.cond, NULL)
+    r.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+    r.epfd = epoll_create1(EPOLL_CLOEXEC)
+    if r.efd < 0 or r.epfd < 0:
+        return -1
+    fcntl(sock, F_SETFL, fcntl(sock, F_GETFL, 0) | O_NONBLOCK)
+    ev.events = EPOLLIN
+    ev.data.fd = r.efd
+    epoll_ctl(r.epfd, EPOLL_CTL_ADD, r.efd, &ev)
+    return 0
+
+
+cdef void _relay_destroy(Relay *r) noexcept nogil:
+    if r.efd > 0:
+        close(r.efd)
+    if r.epfd > 0:
+        close(r.epfd)
+    pthread_mutex_destroy(&r.lock)
+    pthread_cond_destroy(&r.cond)
+    free(r.slots)
+    free(r.ring)
+    free(r.free_list)
+
+
+# -- sending side ------------------------------------------------------------------------------
+
+cdef void *_producer_main(void *arg) noexcept nogil:
+    # The task thread: wait for a free slot, copy the record into it (stamped with its send
+    # time), queue it, wake the I/O thread on the empty → non-empty transition.
+    cdef Relay *r = <Relay *>arg
+    cdef Py_ssize_t i, slot
+    cdef bint was_empty
+    cdef int64_t due = _now_ns(), t
+    cdef int64_t interval = <int64_t>(1e9 / r.rate) if r.rate > 0 else 0
+    cdef timespec ts
+    cdef char *source = <char *>calloc(1, r.chunk)
+    for i in range(r.count):
+        if interval:
+            due += interval
+            ts.tv_sec = due // 1000000000
+            ts.tv_nsec = due % 1000000000
+            clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL)
+        pthread_mutex_lock(&r.lock)
+        while r.num_free == 0 and r.error == 0:
+            pthread_cond_wait(&r.cond, &r.lock)
+        if r.error:
+            pthread_mutex_unlock(&r.lock)
+            break
+        r.num_free -= 1
+        slot = r.free_list[r.num_free]
+        pthread_mutex_unlock(&r.lock)
+        t = _now_ns()
+        memcpy(source, &t, 8)
+        memcpy(r.slots + slot * r.chunk, source, r.chunk)
+        pthread_mutex_lock(&r.lock)
+        r.ring[(r.head + r.queued) % r.window] = slot
+        r.queued += 1
+        was_empty = r.queued == 1
+        pthread_mutex_unlock(&r.lock)
+        if was_empty:
+            _wake(r.efd)
+    pthread_mutex_lock(&r.lock)
+    r.producer_done = True
+    pthread_mutex_unlock(&r.lock)
+    _wake(r.efd)
+    free(source)
+    return NULL
+
+
+cdef void _sender_io(Relay *r) noexcept nogil:
+    # The I/O thread: sleep in epoll until woken, then gather-write every queued slot (from where
+    # the last partial write stopped), give written slots back, wait for EPOLLOUT when full.
+    cdef epoll_event events[4]
+    cdef epoll_event ev
+    cdef iovec iov[MAX_IOV]
+    cdef Py_ssize_t k, n, slot, offset = 0, left
+    cdef ssize_t sent
+    cdef bint want_out = False, done, freed_from_empty
+    ev.data.fd = r.sock
+    ev.events = 0
+    epoll_ctl(r.epfd, EPOLL_CTL_ADD, r.sock, &ev)
+    while True:
+        n = epoll_wait(r.epfd, events, 4, -1)
+        if n < 0 and errno != EINTR:
+            r.error = errno
+            break
+        for k in range(n if n > 0 else 0):
+            if events[k].data.fd == r.efd:
+                _drain(r.efd)
+        while True:
+            pthread_mutex_lock(&r.lock)
+            n = r.queued if r.queued < MAX_IOV else MAX_IOV
+            for k in range(n):
+                slot = r.ring[(r.head + k) % r.window]
+                iov[k].iov_base = r.slots + slot * r.chunk
+                iov[k].iov_len = r.chunk
+            done = r.producer_done and r.queued == 0
+            pthread_mutex_unlock(&r.lock)
+            if n == 0:
+                break
+            iov[0].iov_base = <char *>iov[0].iov_base + offset
+            iov[0].iov_len -= offset
+            sent = writev(r.sock, iov, <int>n)
+            if sent < 0:
+                if errno == EAGAIN:
+                    break
+                if errno == EINTR:
+                    continue
+                r.error = errno
+                break
+            left = sent + offset
+            k = 0
+            pthread_mutex_lock(&r.lock)
+            while k < n and left >= r.chunk:
+                left -= r.chunk
+                r.free_list[r.num_free] = r.ring[r.head]
+                r.num_free += 1
+                r.head = (r.head + 1) % r.window
+                r.queued -= 1
+                r.moved += 1
+                k += 1
+            freed_from_empty = k > 0 and r.num_free == k
+            pthread_mutex_unlock(&r.lock)
+            offset = left
+            if freed_from_empty:
+                pthread_mutex_lock(&r.lock)
+                pthread_cond_signal(&r.cond)
+                pthread_mutex_unlock(&r.lock)
+        if r.error:
+            break
+        pthread_mutex_lock(&r.lock)
+        done = r.producer_done and r.queued == 0
+        n = r.queued
+        pthread_mutex_unlock(&r.lock)
+        if done:
+            break
+        if (n > 0) != want_out:    # something left unsent: wait for the socket, not the producer
+            want_out = n > 0
+            ev.events = EPOLLOUT if want_out else 0
+            epoll_ctl(r.epfd, EPOLL_CTL_MOD, r.sock, &ev)
+    if r.error:
+        pthread_mutex_lock(&r.lock)
+        pthread_cond_signal(&r.cond)
+        pthread_mutex_unlock(&r.lock)
+
+
+def relay_send(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t window, double rate=0.0):
+    """Send ``count`` records of ``chunk`` bytes through a producer thread and an I/O thread (the
+    calling thread, GIL released) on the connected socket ``sock``; each record starts with its
+    send time (``CLOCK_MONOTONIC`` ns). ``rate`` > 0 paces the producer. Returns records sent."""
+    cdef Relay r
+    cdef pthread_t producer
+    cdef int rc
+    if chunk < 8 or window < 1 or count < 0:
+        raise ValueError("chunk must be >= 8, window >= 1, count >= 0")
+    if _relay_init(&r, sock, chunk, window, count, rate) != 0:
+        _relay_destroy(&r)
+        raise MemoryError()
+    with nogil:
+        rc = pthread_create(&producer, NULL, _producer_main, &r)
+        if rc == 0:
+            _sender_io(&r)
+            pthread_join(producer, NULL)
+    error, moved = r.error, r.moved
+    _relay_destroy(&r)
+    if rc != 0:
+        raise OSError(rc, "pthread_create failed")
+    if error:
+        raise OSError(error, "relay_send failed")
+    return moved
+
+
+# -- receiving side ----------------------------------------------------------------------------
+
+cdef void *_receiver_io_main(void *arg) noexcept nogil:
+    # The I/O thread: take a free slot, recv into it until it holds a whole record, queue it
+    # (signalling the consumer on the empty → non-empty transition); with no free slot, sleep
+    # until the consumer frees one (eventfd).
+    cdef Relay *r = <Relay *>arg
+    cdef epoll_event events[4]
+    cdef epoll_event ev
+    cdef Py_ssize_t slot = -1, got = 0, n, k
+    cdef ssize_t rc
+    cdef bint signal, armed = True
+    ev.events = EPOLLIN
+    ev.data.fd = r.sock
+    epoll_ctl(r.epfd, EPOLL_CTL_ADD, r.sock, &ev)
+    while True:
+        if slot < 0:
+            pthread_mutex_lock(&r.lock)
+            if r.num_free:
+                r.num_free -= 1
+                slot = r.free_list[r.num_free]
+                r.io_waits_for_slot = False
+            else:
+                r.io_waits_for_slot = True
+            pthread_mutex_unlock(&r.lock)
+        if (slot >= 0) != armed:
+            # Readable data with no slot to put it in would wake epoll forever: listen to the
+            # socket only while holding a slot (the consumer's eventfd wakes us for one).
+            armed = slot >= 0
+            ev.events = EPOLLIN if armed else 0
+            epoll_ctl(r.epfd, EPOLL_CTL_MOD, r.sock, &ev)
+        if slot >= 0:
+            rc = recv(r.sock, r.slots + slot * r.chunk + got, r.chunk - got, 0)
+            if rc > 0:
+                got += rc
+                if got == r.chunk:
+                    pthread_mutex_lock(&r.lock)
+                    r.ring[(r.head + r.queued) % r.window] = slot
+                    r.queued += 1
+                    r.moved += 1
+                    signal = r.queued == 1
+                    if signal:
+                        pthread_cond_signal(&r.cond)
+                    pthread_mutex_unlock(&r.lock)
+                    slot = -1
+                    got = 0
+                continue
+            if rc == 0:
+                break
+            if errno == EINTR:
+                continue
+            if errno != EAGAIN:
+                r.error = errno
+                break
+        n = epoll_wait(r.epfd, events, 4, -1)
+        if n < 0 and errno != EINTR:
+            r.error = errno
+            break
+        for k in range(n if n > 0 else 0):
+            if events[k].data.fd == r.efd:
+                _drain(r.efd)
+    pthread_mutex_lock(&r.lock)
+    r.eof = True
+    pthread_cond_signal(&r.cond)
+    pthread_mutex_unlock(&r.lock)
+    return NULL
+
+
+def relay_receive(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t window, bint stamps=False):
+    """Receive records of ``chunk`` bytes from ``sock`` until end of stream through an I/O thread
+    and a consumer (the calling thread, GIL released) that copies each record out of its slot.
+    Returns ``(records, seconds from the first record to the last, delays)`` where ``delays`` is
+    a float64 array of one-way delays in µs (from each record's stamp) when ``stamps``."""
+    cdef Relay r
+    cdef pthread_t io
+    cdef int rc
+    cdef Py_ssize_t slot, received = 0
+    cdef int64_t t0 = 0, t1 = 0, stamp
+    cdef bint wake
+    cdef double[::1] delays
+    cdef char *out
+    if chunk < 8 or window < 1 or count < 0:
+        raise ValueError("chunk must be >= 8, window >= 1, count >= 0")
+    delay_array = np.zeros(count if stamps else 0, dtype=np.float64)
+    delays = delay_array
+    out = <char *>calloc(1, chunk)
+    if out == NULL:
+        raise MemoryError()
+    if _relay_init(&r, sock, chunk, window, count, 0.0) != 0:
+        _relay_destroy(&r)
+        free(out)
+        raise MemoryError()
+    with nogil:
+        rc = pthread_create(&io, NULL, _receiver_io_main, &r)
+        while rc == 0:
+            pthread_mutex_lock(&r.lock)
+            while r.queued == 0 and not r.eof:
+                pthread_cond_wait(&r.cond, &r.lock)
+            if r.queued == 0:
+                pthread_mutex_unlock(&r.lock)
+                break
+            slot = r.ring[r.head]
+            r.head = (r.head + 1) % r.window
+            r.queued -= 1
+            pthread_mutex_unlock(&r.lock)
+            memcpy(out, r.slots + slot * r.chunk, r.chunk)       # the consumer's copy
+            t1 = _now_ns()
+            if received == 0:
+                t0 = t1
+            if stamps and received < count:
+                memcpy(&stamp, out, 8)
+                delays[received] = (t1 - stamp) / 1e3
+            received += 1
+            pthread_mutex_lock(&r.lock)
+            r.free_list[r.num_free] = slot
+            r.num_free += 1
+            wake = r.io_waits_for_slot
+            r.io_waits_for_slot = False
+            pthread_mutex_unlock(&r.lock)
+            if wake:
+                _wake(r.efd)
+        if rc == 0:
+            pthread_join(io, NULL)
+    error = r.error
+    _relay_destroy(&r)
+    free(out)
+    if rc != 0:
+        raise OSError(rc, "pthread_create failed")
+    if error:
+        raise OSError(error, "relay_receive failed")
+    return received, (t1 - t0) / 1e9, delay_array[:min(received, count)] if stamps else delay_array
