@@ -15,6 +15,27 @@ Baselines measured in the same run, between two processes on loopback:
   (payload + 4-byte length) so every size compares with moving the same bytes;
 * ``socket ceiling``: the same with 4 MiB calls (the per-call Python cost vanishes: the kernel's
   loopback copy speed, a C program's ceiling);
+* the peers a Python user would pick to move the same records, each with its producer in its own
+  process (:mod:`flinknet.tools.bench.peers`), measured just before the rows of each record size
+  (best of the same repeats), per record. They move fewer records than flinknet's rows
+  (:data:`PEER_RECORDS`: about a second per transfer; time per record is compared):
+
+  - ``hand-written loop`` (``per-record`` and ``batch`` rows): a hand-written Python TCP framing
+    loop, records behind a 4-byte length packed (``struct.pack_into``) into 32 KiB chunks, a
+    record larger than the space left split across chunks, ``sendall``; the consumer
+    ``recv_into``\\ s a 128 KiB buffer and deframes every record into a ``bytes`` object;
+  - ``pyzmq framed`` (``per-record`` and ``batch``): the same 32 KiB chunks as pyzmq PUSH/PULL
+    messages, deframed the same way (absent, and said in the note, without pyzmq);
+  - ``flight to_pylist`` (``per-record`` and ``batch``): Apache Arrow Flight ``DoGet`` of record
+    batches of one binary column, about 1 MiB of payload (at most 64 Ki rows) per batch, built
+    from Python lists of ``bytes`` by the server, each batch's column turned back into ``bytes``
+    by the consumer (``column(0).to_pylist()``);
+  - ``flight columnar`` (``numpy`` rows): the same stream of prebuilt batches, the consumer only
+    counting rows (no Python object per record). The Flight baselines are absent, and the note
+    says so, without pyarrow (``pyarrow.flight``);
+
+* the ``remote.32768B.*`` rows' note: the CPU seconds per GB of payload each of flinknet's
+  processes spent on the transfer (``time.process_time``, all threads, inside each process);
 * Apache Flink 2.3's figures with two TaskManagers over loopback on this class of machine, recorded
   by the oracle harness (``bench/flink_reference.md``), printed as references.
 
@@ -33,6 +54,7 @@ import time
 
 import numpy as np
 
+from flinknet.tools.bench import peers
 from flinknet.tools.bench.exchange import BATCH, emit_records
 from flinknet.tools.bench.report import Row
 
@@ -45,6 +67,15 @@ FLINK_REMOTE_RECORDS_PER_S = {8: (12.80e6, 9.12e6), 100: (5.71e6, 6.11e6), 1000:
 #: Flink 2.3 latency at 10 000 records/s, 100 B, buffer timeout 0 (two runs), microseconds.
 FLINK_LATENCY_P50_US = (53.6, 61.4)
 FLINK_LATENCY_P99_US = (1429.0, 1386.0)
+
+#: records each peer moves per transfer (times 0.5 in quick mode, 2 otherwise): fewer than
+#: flinknet's rows move (time per record is compared), about a second per transfer; the
+#: columnar Flight peer moves as many as flinknet's numpy row
+PEER_RECORDS = {8: 2_000_000, 100: 1_000_000, 1000: 250_000, 32768: 20_000}
+HAND_WRITTEN = "hand-written loop"
+PYZMQ_FRAMED = "pyzmq framed"
+FLIGHT_TO_PYLIST = "flight to_pylist"
+FLIGHT_COLUMNAR = "flight columnar"
 
 _TS = struct.Struct("<q")
 
@@ -66,6 +97,7 @@ def _producer(q_out, q_in, size: int, n: int, api: str, timeout_ms: float, rate:
             record = bytes(range(256)) * (size // 256) + bytes(size % 256)
             with RecordWriter(p, timeout=timeout_ms) as writer:
                 q_in.get(timeout=120)   # go
+                cpu0 = time.process_time()   # every thread of this process (the I/O thread too)
                 if api != "latency":
                     emit_records(writer, record, n, api)
                 else:  # paced, each record carries its send time
@@ -86,8 +118,10 @@ def _producer(q_out, q_in, size: int, n: int, api: str, timeout_ms: float, rate:
             p.finish()
             p.close()
             q_in.get(timeout=300)   # the consumer is done
-        # the producer's side of the check the consumer makes: every buffer back in the pool
-        q_out.put(("closed", env.network_buffer_pool.is_whole))
+            cpu = time.process_time() - cpu0
+        # the producer's side of the check the consumer makes: every buffer back in the pool; and
+        # the CPU time this process spent from "go" to the consumer's last record
+        q_out.put(("closed", env.network_buffer_pool.is_whole, cpu))
     except BaseException as err:  # noqa: BLE001 (reported to the parent)
         q_out.put(("error", repr(err)))
 
@@ -180,8 +214,13 @@ def raw_round_trip_us(count: int) -> list[float]:
             proc.kill()
 
 
-def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float = 0.0):
-    """Seconds to move ``n`` records (or, for api="latency", the list of one-way delays in µs)."""
+def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float = 0.0,
+               stats: dict[str, float] | None = None):
+    """Seconds to move ``n`` records (or, for api="latency", the list of one-way delays in µs).
+    ``stats``, when given, receives the CPU seconds each process spent on the transfer:
+    ``"consumer_cpu_s"`` (this process, from "go" to the last record read) and
+    ``"producer_cpu_s"`` (the producer process, from "go" to the consumer being done), both all
+    threads (``time.process_time``)."""
     from flinknet.consumer import RecordReader
     from flinknet.environment import NetworkEnvironment
     from flinknet.ids import ResultPartitionID
@@ -201,6 +240,7 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
             count = 0
             delays = []
             with RecordReader(gate) as reader:
+                cpu0 = time.process_time()
                 t0 = time.perf_counter()
                 q_in.put("go")
                 if api == "per-record":
@@ -221,6 +261,7 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
                         delays.append((clock() - unpack(rec)[0]) / 1e3)
                     count = len(delays)
                 elapsed = time.perf_counter() - t0
+                consumer_cpu = time.process_time() - cpu0
             gate.close()
             if not env.network_buffer_pool.is_whole:
                 raise AssertionError("the benchmark leaked network buffers")
@@ -228,16 +269,41 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
         last = q_out.get(timeout=120)
         if last[0] == "error":
             raise RuntimeError(f"producer failed: {last[1]}")
-        if last != ("closed", True):
+        if last[:2] != ("closed", True):
             raise AssertionError("the benchmark leaked network buffers in the producer process")
         if count != n:
             raise AssertionError(f"read {count} records, expected {n}")
+        if stats is not None:
+            stats.update(consumer_cpu_s=consumer_cpu, producer_cpu_s=last[2])
         return delays if api == "latency" else elapsed
     finally:
         proc.join(60)
         if proc.is_alive():
             proc.kill()
             proc.join()
+
+
+def _peer_baselines(size: int, n: int, n_columnar: int, repeats: int):
+    """The peers' ns per record for ``size``-byte records, measured now (best of ``repeats``):
+    ``(objects, columnar, missing)``: the peers that hand out Python ``bytes`` (``n`` records
+    each), the columnar one (``n_columnar`` records; none when 0) and why a peer is absent
+    (peer -> the note's words)."""
+    absent = peers.missing()
+    objects = {HAND_WRITTEN: peers.hand_written_loop(size, n, repeats) / n * 1e9}
+    columnar = {}
+    if PYZMQ_FRAMED not in absent:
+        objects[PYZMQ_FRAMED] = peers.pyzmq_framed(size, n, repeats) / n * 1e9
+    if "flight" not in absent:
+        objects[FLIGHT_TO_PYLIST] = peers.flight_do_get(size, n, "to_pylist", repeats) / n * 1e9
+        if n_columnar:
+            columnar[FLIGHT_COLUMNAR] = (peers.flight_do_get(size, n_columnar, "columnar", repeats)
+                                         / n_columnar * 1e9)
+    missing = {}
+    if PYZMQ_FRAMED in absent:
+        missing[PYZMQ_FRAMED] = f"{absent[PYZMQ_FRAMED]} (no {PYZMQ_FRAMED} baseline)"
+    if "flight" in absent:
+        missing["flight"] = f"{absent['flight']} (no Flight baselines)"
+    return objects, columnar, missing
 
 
 def _pct(values, p):
@@ -259,18 +325,32 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
     for size in (8, 100, 1000, 32768):
         base_n = {8: 8_000_000, 100: 4_000_000, 1000: 1_000_000, 32768: 40_000}[size]
         apis = ["per-record", "batch"] + (["numpy"] if size <= 1000 else [])
+        objects, columnar, missing = _peer_baselines(size, int(PEER_RECORDS[size] * scale),
+                                                     int(base_n * scale) if "numpy" in apis else 0, repeats)
         for api in apis:
             n = int(base_n * scale / (3 if api == "per-record" else 1))
             n -= n % BATCH
-            best = min(run_remote(size, n, api) for _ in range(repeats))
+            runs = []
+            for _ in range(repeats):
+                stats: dict[str, float] = {}
+                runs.append((run_remote(size, n, api, stats=stats), stats))
+            best, stats = min(runs, key=lambda run: run[0])
             ns = best / n * 1e9
             flink = FLINK_REMOTE_RECORDS_PER_S[size]
             baselines = {"raw socket 32KiB (bytes)": raw * (size + 4),
                          "socket ceiling (bytes)": ceiling * (size + 4)}
+            baselines.update(columnar if api == "numpy" else objects)
             rps = 1e9 / ns
-            rows.append(Row(f"remote.{size}B.{api}", "ns/rec", ns, baselines,
-                            note=f"{rps / 1e6:.2f} M records/s, {rps * size / 1e6:.0f} MB/s payload; "
-                                 f"Flink {min(flink) / 1e6:.2f}-{max(flink) / 1e6:.2f} M/s",
+            note = (f"{rps / 1e6:.2f} M records/s, {rps * size / 1e6:.0f} MB/s payload; "
+                    f"Flink {min(flink) / 1e6:.2f}-{max(flink) / 1e6:.2f} M/s")
+            if size == 32768:
+                gb = n * size / 1e9
+                note += (f"; CPU per GB moved: producer {stats['producer_cpu_s'] / gb:.2f} s, "
+                         f"consumer {stats['consumer_cpu_s'] / gb:.2f} s")
+            absent = [why for peer, why in missing.items() if api != "numpy" or peer == "flight"]
+            if absent:
+                note += "; " + ", ".join(absent)
+            rows.append(Row(f"remote.{size}B.{api}", "ns/rec", ns, baselines, note=note,
                             references={"flink-2.3 2 TMs (rec.)": 1e9 / (sum(flink) / 2)}))
     # latency: 10 000 records/s, buffer timeout 0
     n_lat = 10_000 if quick else 30_000
