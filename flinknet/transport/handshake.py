@@ -36,7 +36,7 @@ from typing import Any, Self, cast
 
 from flinknet.errors import HandshakeError
 
-__all__ = ["HandshakeError", "PROTOCOL_VERSION", "HandshakeConfig", "client_handshake",
+__all__ = ["HandshakeError", "PROTOCOL_VERSION", "HandshakeConfig", "ServerHandshake", "client_handshake",
            "server_handshake", "ssl_context"]
 
 PROTOCOL_VERSION = 1
@@ -126,15 +126,6 @@ def _proof(secret: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
     return hmac.new(secret, label + first + second, hashlib.sha256).digest()
 
 
-def _reject(sock: socket.socket, status: int, version: int, flags: int, detail: str) -> None:
-    reason = f"{_REASONS[status]}: {detail}".encode()[:1024]
-    try:
-        sock.sendall(_WELCOME.pack(MAGIC, status, version, flags, bytes(NONCE))
-                     + struct.pack(">H", len(reason)) + reason)
-    except OSError:
-        pass
-
-
 def client_handshake(sock: socket.socket, cfg: HandshakeConfig, address: tuple[Any, ...]) -> socket.socket:
     """Run the client's side on a connected blocking socket; returns the socket to use (TLS-wrapped
     when enabled). Raises :class:`HandshakeError` (the socket is then unusable)."""
@@ -179,38 +170,116 @@ def client_handshake(sock: socket.socket, cfg: HandshakeConfig, address: tuple[A
         raise HandshakeError(f"the handshake with '{peer}' failed: {err}") from err
 
 
+class ServerHandshake:
+    """The server's side of the handshake (steps 1-3) as a state machine without I/O, so that the
+    I/O thread can run many at once on non-blocking sockets without a thread per connection.
+
+    Read :attr:`wanted` bytes (never more: with TLS the peer's TLS hello follows at once) and pass
+    them to :meth:`feed`, which returns ``(reply, error)``: bytes to send (possibly empty), and a
+    :class:`HandshakeError` when the peer is refused (send ``reply`` — the reason — then close).
+    :attr:`done` turns True when the connection may carry frames (after TLS, if
+    :attr:`needs_tls`). Every decision is taken on bytes already received; nothing is allocated
+    for a field before it was checked.
+    """
+
+    __slots__ = ("cfg", "peer", "done", "_buf", "_state", "_client_nonce", "_server_nonce")
+
+    def __init__(self, cfg: HandshakeConfig, peer: str):
+        self.cfg = cfg
+        self.peer = peer
+        self.done = False
+        self._buf = bytearray()
+        self._state = "hello"
+        self._client_nonce = b""
+        self._server_nonce = b""
+
+    @property
+    def needs_tls(self) -> bool:
+        """Whether TLS follows the handshake (step 4)."""
+        return self.cfg.ssl_enabled
+
+    @property
+    def wanted(self) -> int:
+        """Bytes to read before :meth:`feed` can decide (0 once done or failed)."""
+        if self._state == "hello":
+            return _HELLO.size - len(self._buf)
+        if self._state == "proof":
+            return 32 - len(self._buf)
+        return 0
+
+    def feed(self, data: bytes) -> tuple[bytes, HandshakeError | None]:
+        """Consume ``data`` (at most :attr:`wanted` bytes); see the class docstring."""
+        if len(data) > self.wanted:
+            raise ValueError(f"fed {len(data)} bytes, {self.wanted} wanted")
+        self._buf += data
+        if self.wanted:
+            return b"", None
+        cfg, peer = self.cfg, self.peer
+        if self._state == "hello":
+            magic, version, flags, self._client_nonce = _HELLO.unpack(self._buf)
+            self._buf.clear()
+            if magic != MAGIC:
+                return self._fail(b"", f"'{peer}' is not a flinknet client (bad handshake magic)")
+            if version != PROTOCOL_VERSION:
+                detail = f"this server speaks version {PROTOCOL_VERSION}, the client {version}"
+                return self._fail(_rejection(BAD_VERSION, cfg.flags, detail),
+                                  f"'{peer}' speaks protocol version {version}")
+            if flags != cfg.flags:
+                detail = (f"shared secret {'on' if cfg.secret else 'off'}, TLS "
+                          f"{'on' if cfg.ssl_enabled else 'off'} at the server")
+                return self._fail(_rejection(MISMATCH, cfg.flags, detail),
+                                  f"'{peer}' has a different security configuration (flags {flags})")
+            self._server_nonce = os.urandom(NONCE)
+            welcome = _WELCOME.pack(MAGIC, OK, PROTOCOL_VERSION, cfg.flags, self._server_nonce)
+            if cfg.secret:
+                self._state = "proof"
+            else:
+                self._state = "done"
+                self.done = True
+            return welcome, None
+        # the client's proof of the shared secret
+        proof = bytes(self._buf)
+        self._buf.clear()
+        if not hmac.compare_digest(proof, _proof(cfg.secret, b"flinknet-client", self._server_nonce,
+                                                 self._client_nonce)):
+            reason = b"authentication failed: wrong shared secret"
+            return self._fail(bytes([AUTH_FAILED]) + struct.pack(">H", len(reason)) + reason,
+                              f"'{peer}' failed the shared-secret challenge")
+        self._state = "done"
+        self.done = True
+        answer = _proof(cfg.secret, b"flinknet-server", self._client_nonce, self._server_nonce)
+        return bytes([OK]) + answer, None
+
+    def _fail(self, reply: bytes, message: str) -> tuple[bytes, HandshakeError]:
+        self._state = "failed"
+        return reply, HandshakeError(message)
+
+
+def _rejection(status: int, flags: int, detail: str) -> bytes:
+    reason = f"{_REASONS[status]}: {detail}".encode()[:1024]
+    return (_WELCOME.pack(MAGIC, status, PROTOCOL_VERSION, flags, bytes(NONCE))
+            + struct.pack(">H", len(reason)) + reason)
+
+
 def server_handshake(sock: socket.socket, cfg: HandshakeConfig, address: tuple[Any, ...]) -> socket.socket:
-    """Run the server's side on an accepted blocking socket (on a handshake thread, never the I/O
-    thread); returns the socket to use. Raises :class:`HandshakeError` after telling the peer why."""
+    """Run the server's side on an accepted blocking socket (a blocking wrapper of
+    :class:`ServerHandshake`, for tools and tests; the transport server drives the state machine
+    on its I/O thread); returns the socket to use. Raises :class:`HandshakeError` after telling
+    the peer why."""
     sock.settimeout(cfg.timeout)
     peer = f"{address[0]}:{address[1]}"
+    hs = ServerHandshake(cfg, peer)
     try:
-        hello = _recv_exact(sock, _HELLO.size)
-        magic, version, flags, client_nonce = _HELLO.unpack(hello)
-        if magic != MAGIC:
-            raise HandshakeError(f"'{peer}' is not a flinknet client (bad handshake magic)")
-        if version != PROTOCOL_VERSION:
-            _reject(sock, BAD_VERSION, PROTOCOL_VERSION, cfg.flags,
-                    f"this server speaks version {PROTOCOL_VERSION}, the client {version}")
-            raise HandshakeError(f"'{peer}' speaks protocol version {version}")
-        if flags != cfg.flags:
-            detail = (f"shared secret {'on' if cfg.secret else 'off'}, TLS "
-                      f"{'on' if cfg.ssl_enabled else 'off'} at the server")
-            _reject(sock, MISMATCH, PROTOCOL_VERSION, cfg.flags, detail)
-            raise HandshakeError(f"'{peer}' has a different security configuration (flags {flags})")
-        server_nonce = os.urandom(NONCE)
-        sock.sendall(_WELCOME.pack(MAGIC, OK, PROTOCOL_VERSION, cfg.flags, server_nonce))
-        if cfg.secret:
-            proof = _recv_exact(sock, 32)
-            if not hmac.compare_digest(proof, _proof(cfg.secret, b"flinknet-client", server_nonce,
-                                                     client_nonce)):
-                reason = b"authentication failed: wrong shared secret"
-                try:
-                    sock.sendall(bytes([AUTH_FAILED]) + struct.pack(">H", len(reason)) + reason)
-                except OSError:
-                    pass
-                raise HandshakeError(f"'{peer}' failed the shared-secret challenge")
-            sock.sendall(bytes([OK]) + _proof(cfg.secret, b"flinknet-server", client_nonce, server_nonce))
+        while not hs.done:
+            reply, error = hs.feed(_recv_exact(sock, hs.wanted))
+            if error is not None:
+                if reply:
+                    try:
+                        sock.sendall(reply)
+                    except OSError:
+                        pass
+                raise error
+            sock.sendall(reply)
         if cfg.ssl_enabled:
             context = cfg.server_context
             if context is None:

@@ -17,7 +17,7 @@ import logging
 import selectors
 import socket
 import ssl
-import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from flinknet.errors import PartitionNotFoundError
 from flinknet.ids import ResultPartitionID, ResultSubpartitionIndexSet
 from flinknet.interfaces import ResultSubpartitionView
 from flinknet.transport.eventloop import IOThread, TimerHandle
-from flinknet.transport.handshake import HandshakeConfig, HandshakeError, server_handshake
+from flinknet.transport.handshake import HandshakeConfig, HandshakeError, ServerHandshake
 from flinknet.types import Address
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ _MAX_QUEUED_FRAMES = 64          # frames handed to sendmsg at once / held befor
 _IOV_MAX = 1024
 _TLS_CHUNK = 256 * 1024          # bytes per TLS write (TLS cannot gather: the parts are joined)
 _TLS_READS = 64                  # TLS records decrypted per readiness event at most
-_MAX_HANDSHAKES = 32             # connections handshaking at once; more are refused
+_MAX_HANDSHAKES = 1024           # connections handshaking at once; beyond, the oldest is dropped
+_BACKLOG = 1024                  # the listening socket's accept queue
 _MAX_FAILED_RECEIVERS = 4096     # failed receiver ids remembered per connection
 
 
@@ -493,6 +494,159 @@ class ServerConnection:
         self.server._connection_closed(self)
 
 
+class _Handshaking:
+    """An accepted connection during the handshake (and TLS), driven on the I/O thread by its
+    socket's readiness: no thread per connection, no read beyond what the handshake needs, a
+    deadline of its own. A stalled or garbage peer costs one socket until its deadline."""
+
+    __slots__ = ("server", "sock", "addr", "hs", "out", "tls", "timer", "closed")
+
+    def __init__(self, server: TransportServer, sock: socket.socket, addr: tuple[Any, ...]):
+        self.server = server
+        self.sock: socket.socket = sock
+        self.addr = addr
+        self.hs = ServerHandshake(server.handshake, f"{addr[0]}:{addr[1]}")
+        self.out = b""
+        self.tls = False
+        self.closed = False
+        sock.setblocking(False)
+        server.loop.register(sock, selectors.EVENT_READ, self._on_event)
+        self.timer = server.loop.call_later(server.handshake.timeout, self._on_timeout)
+
+    def _on_event(self, mask: int) -> None:
+        try:
+            if self.tls:
+                self._tls_step()
+                return
+            if mask & selectors.EVENT_WRITE and self.out:
+                self._send()
+            if mask & selectors.EVENT_READ and not self.closed and not self.out:
+                self._read()
+        except HandshakeError as err:
+            self.fail(str(err))
+        except OSError as err:
+            self.fail(f"the handshake with '{self.hs.peer}' failed: {err}")
+
+    def _read(self) -> None:
+        hs = self.hs
+        try:
+            data = self.sock.recv(hs.wanted)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            return
+        if not data:
+            raise HandshakeError("the peer closed the connection during the handshake")
+        reply, error = hs.feed(data)
+        if error is not None:
+            if reply:
+                try:                      # the reason, best effort: the peer may be gone
+                    self.sock.send(reply)
+                except OSError:
+                    pass
+            raise error
+        self.out = reply
+        self._send()
+
+    def _send(self) -> None:
+        if self.out:
+            try:
+                n = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            self.out = self.out[n:]
+        if self.out:
+            self.server.loop.modify(self.sock, selectors.EVENT_WRITE, self._on_event)
+            return
+        self.server.loop.modify(self.sock, selectors.EVENT_READ, self._on_event)
+        if self.hs.done:
+            self._handshake_done()
+
+    def _handshake_done(self) -> None:
+        if not self.hs.needs_tls:
+            self.server._adopt(self, self.sock)
+            return
+        context = self.server.handshake.server_context
+        if context is None:
+            raise HandshakeError("TLS is enabled but the handshake configuration has no server context")
+        loop = self.server.loop
+        loop.unregister(self.sock)
+        try:
+            self.sock = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+        except (ssl.SSLError, OSError) as err:
+            raise HandshakeError(f"TLS handshake with '{self.hs.peer}' failed: {err}") from err
+        self.tls = True
+        loop.register(self.sock, selectors.EVENT_READ, self._on_event)
+        self._tls_step()
+
+    def _tls_step(self) -> None:
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.server.loop.modify(sock, selectors.EVENT_READ, self._on_event)
+            return
+        except ssl.SSLWantWriteError:
+            self.server.loop.modify(sock, selectors.EVENT_WRITE, self._on_event)
+            return
+        except (ssl.SSLError, ssl.CertificateError, OSError) as err:
+            raise HandshakeError(f"TLS handshake with '{self.hs.peer}' failed: {err}") from err
+        self.server._adopt(self, sock)
+
+    def _on_timeout(self) -> None:
+        if not self.closed:
+            timeout = self.server.handshake.timeout
+            self.fail(f"the handshake with '{self.hs.peer}' timed out after {timeout} s")
+
+    def detach(self) -> None:
+        """Stop driving the socket (adopted by a connection, or about to be closed)."""
+        if not self.closed:
+            self.closed = True
+            self.server.loop.cancel(self.timer)
+            self.server.loop.unregister(self.sock)
+            self.server._handshaking.pop(self, None)
+
+    def fail(self, reason: str) -> None:
+        """Drop the connection (once): counted, logged with a rate limit, socket closed."""
+        if self.closed:
+            return
+        self.detach()
+        self.sock.close()
+        self.server.handshakes_failed += 1
+        self.server._drop_log.dropped(self.addr, reason)
+
+
+class _DropLog:
+    """Warnings about dropped connections, at most ``limit`` lines per ``interval`` seconds and
+    then one summary line per interval: a flood of garbage connections must not flood the log."""
+
+    def __init__(self, limit: int = 10, interval: float = 10.0):
+        self.limit = limit
+        self.interval = interval
+        self._window_start = time.monotonic()
+        self._logged = 0
+        self._suppressed = 0
+
+    def dropped(self, addr: tuple[Any, ...], reason: str) -> None:
+        self.tick()
+        if self._logged < self.limit:
+            self._logged += 1
+            log.warning("dropping connection from %s: %s", addr, reason)
+        else:
+            self._suppressed += 1
+
+    def tick(self) -> None:
+        """Close the window if it is over (called on every drop and once a second)."""
+        now = time.monotonic()
+        if now - self._window_start >= self.interval:
+            if self._suppressed:
+                log.warning("dropped %d more connections in the last %.0f s (handshake failures; "
+                            "see TransportServer.handshakes_failed)", self._suppressed,
+                            now - self._window_start)
+            self._window_start = now
+            self._logged = 0
+            self._suppressed = 0
+
+
 class TransportServer:
     """Listens on ``host:port`` and serves the partitions of ``partition_manager``."""
 
@@ -506,16 +660,16 @@ class TransportServer:
         self.credit_based = credit_based
         self.handshake = handshake if handshake is not None else HandshakeConfig()
         self.connections: set[ServerConnection] = set()
-        self._handshaking: set[socket.socket] = set()
-        self._hs_lock = threading.Lock()
-        self._accept_paused = False
+        # Connections in their handshake, oldest first (I/O thread only).
+        self._handshaking: dict[_Handshaking, None] = {}
+        self._drop_log = _DropLog()
         self.handshakes_failed = 0
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.sock.bind((host, port))
-            self.sock.listen(128)
+            self.sock.listen(_BACKLOG)
         except OSError:
             self.sock.close()
             raise
@@ -525,7 +679,16 @@ class TransportServer:
         loop.run_sync(loop.register, self.sock, selectors.EVENT_READ, self._on_accept)
         self._timer = loop.call_later(1.0, self._check_timeouts)
 
+    @property
+    def num_handshaking(self) -> int:
+        """Connections accepted and still in their handshake (read on any thread: a snapshot)."""
+        return len(self._handshaking)
+
     def _on_accept(self, mask: int) -> None:
+        # Accept everything the kernel holds: each handshake runs on this thread without blocking
+        # it. At the cap, the oldest handshake is dropped to make room, so that peers that stall
+        # (or a flood of them) can delay a legitimate peer by at most one accept, never by their
+        # own timeout.
         while True:
             try:
                 sock, addr = self.sock.accept()
@@ -535,74 +698,30 @@ class TransportServer:
                 if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.warning("cannot accept a connection: %s", err)
                 return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            with self._hs_lock:
-                self._handshaking.add(sock)
-                full = len(self._handshaking) >= _MAX_HANDSHAKES
-                if full:
-                    # Stop accepting (never refuse): further peers wait in the kernel's backlog
-                    # until a handshake ends (done, failed or timed out).
-                    self._accept_paused = True
-            # The handshake (and TLS) runs on its own short-lived thread: the I/O thread never
-            # waits for a peer.
-            threading.Thread(target=self._handshake, args=(sock, addr), daemon=True,
-                             name=f"flinknet-handshake-{addr[1]}").start()
-            if full:
-                log.warning("%d handshakes in progress: accepting again when one ends",
-                            _MAX_HANDSHAKES)
-                self.loop.unregister(self.sock)
-                return
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            except OSError:            # reset before we looked at it
+                sock.close()
+                continue
+            if len(self._handshaking) >= _MAX_HANDSHAKES:
+                oldest = next(iter(self._handshaking))
+                oldest.fail(f"more than {_MAX_HANDSHAKES} connections in their handshake: the oldest "
+                            f"is dropped")
+            self._handshaking[_Handshaking(self, sock, addr)] = None
 
-    def _handshake_ended(self, sock: socket.socket) -> None:
-        """Any thread: ``sock`` no longer handshakes; resume accepting if that was the limit."""
-        with self._hs_lock:
-            self._handshaking.discard(sock)
-            resume = self._accept_paused and len(self._handshaking) < _MAX_HANDSHAKES
-            if resume:
-                self._accept_paused = False
-        if resume:
-            self.loop.call_soon_threadsafe(self._resume_accept)
-
-    def _resume_accept(self) -> None:
+    def _adopt(self, hs: _Handshaking, sock: socket.socket) -> None:
+        """The handshake (and TLS) succeeded: the socket becomes a ServerConnection."""
+        hs.detach()
         if self._closed:
-            return
-        self.loop.register(self.sock, selectors.EVENT_READ, self._on_accept)
-        self._on_accept(selectors.EVENT_READ)
-
-    def _handshake(self, sock: socket.socket, addr: tuple[Any, ...]) -> None:
-        try:
-            conn_sock = server_handshake(sock, self.handshake, addr)
-            conn_sock.setblocking(False)
-        except HandshakeError as err:
-            log.warning("dropping connection from %s: %s", addr, str(err))
-            with self._hs_lock:
-                self.handshakes_failed += 1
             sock.close()
-            self._handshake_ended(sock)
             return
-        except BaseException as err:  # noqa: BLE001 (a thread must not die silently)
-            log.error("handshake with %s failed unexpectedly: %s", addr, repr(err))
-            with self._hs_lock:
-                self.handshakes_failed += 1
-            sock.close()
-            self._handshake_ended(sock)
-            return
-
-        def adopt() -> None:
-            self._handshake_ended(sock)
-            if self._closed:
-                conn_sock.close()
-                return
-            self.connections.add(ServerConnection(self, conn_sock, addr))
-        try:
-            self.loop.call_soon_threadsafe(adopt)
-        except RuntimeError:  # the loop is stopping
-            conn_sock.close()
+        self.connections.add(ServerConnection(self, sock, hs.addr))
 
     def _check_timeouts(self) -> None:
         if self._closed:
             return
+        self._drop_log.tick()
         self.partition_manager.check_request_timeouts()
         self._timer = self.loop.call_later(1.0, self._check_timeouts)
 
@@ -618,13 +737,9 @@ class TransportServer:
             self.loop.cancel(self._timer)
             self.loop.unregister(self.sock)
             self.sock.close()
-            with self._hs_lock:
-                pending = list(self._handshaking)
-            for sock in pending:   # their threads fail at once and close them
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            for hs in list(self._handshaking):
+                hs.detach()
+                hs.sock.close()
             for conn in list(self.connections):
                 conn.close("server shut down")
         self.loop.run_sync(_close)

@@ -1016,12 +1016,11 @@ def test_idle_connections_do_not_lock_out_consumers():
     not keep consumers out: they are dropped after the handshake timeout, and a consumer
     connecting meanwhile is served (at the latest once they are gone).
 
-    Regression (found by this suite, fixed): TransportServer._on_accept (flinknet/transport/server.py) accepts at most
-    _MAX_HANDSHAKES (32) handshaking connections and *closes* every connection beyond that: 32
-    silent sockets make every consumer fail at once with RemoteTransportError (connection reset
-    during the handshake), for as long as they are renewed. The same cap refuses legitimate
-    bursts: 64 clients connecting at once whose HELLO arrives 50 ms after the connect get 32
-    refusals."""
+    Regression (found by this suite, fixed): TransportServer._on_accept (flinknet/transport/server.py) accepted at most
+    32 handshaking connections and *closed* every connection beyond that: 32 silent sockets made
+    every consumer fail at once with RemoteTransportError (connection reset during the
+    handshake), for as long as they were renewed. Handshakes now run on the I/O thread without a
+    thread each (see test_security.py for 300 stalled peers)."""
     opts = dict(SMALL, **{"flinknet.network.handshake-timeout": "1 s"})
     with NetworkEnvironment(opts) as prod, NetworkEnvironment(SMALL) as cons:
         p = prod.create_result_partition(1)

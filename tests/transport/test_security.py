@@ -36,16 +36,22 @@ ROGUE = {"security.ssl.internal.enabled": True,
          "security.ssl.internal.truststore": str(CERTS / "ca.pem")}
 
 
-def _exchange(prod, cons, n=2000, size=300):
-    """Write ``n`` records of ``size`` bytes at ``prod``; read them at ``cons``; check them."""
+def _exchange(prod, cons, n=2000, size=300, inspect=None):
+    """Write ``n`` records of ``size`` bytes at ``prod``; read them at ``cons``; check them.
+    ``inspect()`` runs once the first record was read, before the partition is finished (the
+    channel's connection is open)."""
     p = prod.create_result_partition(1)
     gate = cons.create_input_gate([(p.partition_id, 0, prod.address)])
     records = [i.to_bytes(4, "big") * (size // 4) for i in range(n)]
+
+    first_read = threading.Event()
 
     def write():
         with RecordWriter(p, timeout=1) as w:
             for r in records:
                 w.emit(r, 0)
+            if inspect is not None:
+                first_read.wait(30)
         p.finish()
         p.close()
 
@@ -53,8 +59,14 @@ def _exchange(prod, cons, n=2000, size=300):
     t.start()
     try:
         with RecordReader(gate) as reader:
-            got = list(reader)
+            got = []
+            for record in reader:
+                got.append(record)
+                if len(got) == 1 and inspect is not None:
+                    inspect()
+                    first_read.set()
     finally:
+        first_read.set()
         t.join(30)
         gate.close()
     assert got == records
@@ -196,22 +208,98 @@ def test_silent_peer_is_dropped_after_the_handshake_timeout():
         _wait_failed(prod.server, 1)
 
 
-def test_handshake_flood_is_bounded():
-    """More silent peers than the handshake limit: at most 32 handshake threads exist, the rest
-    wait in the kernel's backlog (never refused), and the server serves a real client after."""
-    opts = dict(SMALL, **{"flinknet.network.handshake-timeout": "500 ms"})
-    with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
-        socks = [socket.create_connection(prod.address, timeout=10) for _ in range(48)]
+def test_stalled_handshakes_cost_no_thread_and_do_not_delay_a_legitimate_peer():
+    """300 peers that connect and never send their HELLO: each costs one socket until its own
+    deadline and no thread; a legitimate peer connecting meanwhile is served at once, not after
+    their timeout (30 s here); then they are dropped at their deadline."""
+    opts = dict(SMALL, **{"flinknet.network.handshake-timeout": "30 s"})
+    with NetworkEnvironment(opts) as prod, NetworkEnvironment(SMALL) as cons:
+        threads = threading.active_count()
+        socks = [socket.create_connection(prod.address, timeout=10) for _ in range(300)]
         try:
-            time.sleep(0.2)
-            assert len(prod.server._handshaking) <= 32
-            threads = threading.active_count()
-            assert threads < 32 + 16
+            deadline = time.monotonic() + 10
+            while prod.server.num_handshaking < 300 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert prod.server.num_handshaking == 300
+            assert threading.active_count() <= threads + 1     # no thread per handshake
+            t0 = time.monotonic()
+            _exchange(prod, cons, n=100)
+            served = time.monotonic() - t0
+            assert served < 15, served          # well before the stalled peers' 30 s deadline
+            assert prod.server.num_handshaking == 300          # the stalled ones still wait
         finally:
             for s in socks:
                 s.close()
-        time.sleep(0.6)
-        _exchange(prod, cons)
+        _wait_failed(prod.server, 300)
+        assert prod.server.num_handshaking == 0
+        _wait_whole(prod, cons)
+
+
+def test_at_the_cap_the_oldest_handshake_is_dropped(monkeypatch):
+    from flinknet.transport import server as server_module
+
+    monkeypatch.setattr(server_module, "_MAX_HANDSHAKES", 8)
+    opts = dict(SMALL, **{"flinknet.network.handshake-timeout": "30 s"})
+    with NetworkEnvironment(opts) as prod, NetworkEnvironment(SMALL) as cons:
+        socks = [socket.create_connection(prod.address, timeout=10) for _ in range(20)]
+        try:
+            _wait_failed(prod.server, 12)
+            assert prod.server.num_handshaking == 8
+            assert socks[0].recv(1) == b""             # the oldest were closed
+            _exchange(prod, cons, n=100)                 # and a real peer gets in
+        finally:
+            for s in socks:
+                s.close()
+        _wait_whole(prod, cons)
+
+
+def test_a_flood_of_garbage_connections_does_not_flood_the_log(caplog):
+    with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
+        with caplog.at_level("WARNING", logger="flinknet.transport.server"):
+            for _ in range(500):
+                with socket.create_connection(prod.address, timeout=10) as s:
+                    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(40))
+            _wait_failed(prod.server, 500)
+            _exchange(prod, cons, n=100)
+        lines = [r for r in caplog.records if r.name == "flinknet.transport.server"]
+        assert 1 <= len(lines) <= 12, len(lines)       # 10 per 10 s, then one summary line
+        _wait_whole(prod, cons)
+
+
+def test_dropped_connection_log_summarises_what_it_left_out(caplog):
+    from flinknet.transport.server import _DropLog
+
+    drop_log = _DropLog(limit=2, interval=0.05)
+    with caplog.at_level("WARNING", logger="flinknet.transport.server"):
+        for i in range(7):
+            drop_log.dropped(("127.0.0.1", i), "garbage")
+        time.sleep(0.06)
+        drop_log.tick()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3
+    assert "dropped 5 more connections" in messages[-1]
+
+
+def test_peer_that_stalls_inside_tls_is_dropped_at_its_deadline_and_others_are_served():
+    """With TLS, a peer that completes flinknet's handshake and then never sends its TLS hello
+    is driven by the I/O thread like any other handshake: dropped at its deadline."""
+    opts = dict(SMALL, **TLS, **{"flinknet.network.handshake-timeout": "1 s"})
+    cfg = HandshakeConfig(ssl_enabled=False)
+    with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
+        from flinknet.transport import handshake as hs_module
+
+        s = socket.create_connection(prod.address, timeout=10)
+        try:
+            nonce = bytes(hs_module.NONCE)
+            s.sendall(hs_module._HELLO.pack(hs_module.MAGIC, PROTOCOL_VERSION, 2, nonce))
+            welcome = s.recv(hs_module._WELCOME.size)
+            assert welcome[8] == hs_module.OK
+            _exchange(prod, cons, n=200)                  # served while we stall inside TLS
+            _wait_failed(prod.server, 1)
+            assert s.recv(1) == b""
+        finally:
+            s.close()
+        assert cfg.flags == 0
         _wait_whole(prod, cons)
 
 
@@ -220,10 +308,12 @@ def test_handshake_flood_is_bounded():
 def test_mutual_tls_exchange():
     opts = dict(SMALL, **TLS)
     with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
-        _exchange(prod, cons, n=3000, size=5000)        # records spanning buffers, TLS records
-        conn = next(iter(prod.server.connections))
-        assert isinstance(conn.sock, ssl.SSLSocket)
-        assert conn.sock.getpeercert()["subject"] == ((("commonName", "flinknet test node"),),)
+        def inspect():
+            conn = next(iter(prod.server.connections))
+            assert isinstance(conn.sock, ssl.SSLSocket)
+            assert conn.sock.getpeercert()["subject"] == ((("commonName", "flinknet test node"),),)
+
+        _exchange(prod, cons, n=3000, size=5000, inspect=inspect)   # records spanning buffers
         _wait_whole(prod, cons)
 
 
