@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import resource
 import selectors
 import socket
 import ssl
@@ -663,6 +664,9 @@ class TransportServer:
         # Connections in their handshake, oldest first (I/O thread only).
         self._handshaking: dict[_Handshaking, None] = {}
         self._drop_log = _DropLog()
+        # At most a quarter of the process's descriptors in handshakes (the rest for connections).
+        descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._max_handshakes = max(16, min(_MAX_HANDSHAKES, descriptors // 4))
         self.handshakes_failed = 0
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -696,7 +700,15 @@ class TransportServer:
                 return
             except OSError as err:
                 if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("cannot accept a connection: %s", err)
+                    # Out of descriptors or memory: the listening socket stays readable, so
+                    # free a handshake's socket and retry, or stop accepting for a moment
+                    # (never spin on the error).
+                    if self._handshaking:
+                        next(iter(self._handshaking)).fail(f"cannot accept a connection: {err}")
+                        continue
+                    self._drop_log.dropped(("?", 0), f"cannot accept a connection: {err}")
+                    self.loop.unregister(self.sock)
+                    self.loop.call_later(0.1, self._resume_accept)
                 return
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -704,11 +716,16 @@ class TransportServer:
             except OSError:            # reset before we looked at it
                 sock.close()
                 continue
-            if len(self._handshaking) >= _MAX_HANDSHAKES:
+            if len(self._handshaking) >= self._max_handshakes:
                 oldest = next(iter(self._handshaking))
-                oldest.fail(f"more than {_MAX_HANDSHAKES} connections in their handshake: the oldest "
-                            f"is dropped")
+                oldest.fail(f"more than {self._max_handshakes} connections in their handshake: the "
+                            f"oldest is dropped")
             self._handshaking[_Handshaking(self, sock, addr)] = None
+
+    def _resume_accept(self) -> None:
+        if not self._closed:
+            self.loop.register(self.sock, selectors.EVENT_READ, self._on_accept)
+            self._on_accept(selectors.EVENT_READ)
 
     def _adopt(self, hs: _Handshaking, sock: socket.socket) -> None:
         """The handshake (and TLS) succeeded: the socket becomes a ServerConnection."""

@@ -235,12 +235,10 @@ def test_stalled_handshakes_cost_no_thread_and_do_not_delay_a_legitimate_peer():
         _wait_whole(prod, cons)
 
 
-def test_at_the_cap_the_oldest_handshake_is_dropped(monkeypatch):
-    from flinknet.transport import server as server_module
-
-    monkeypatch.setattr(server_module, "_MAX_HANDSHAKES", 8)
+def test_at_the_cap_the_oldest_handshake_is_dropped():
     opts = dict(SMALL, **{"flinknet.network.handshake-timeout": "30 s"})
     with NetworkEnvironment(opts) as prod, NetworkEnvironment(SMALL) as cons:
+        prod.server._max_handshakes = 8
         socks = [socket.create_connection(prod.address, timeout=10) for _ in range(20)]
         try:
             _wait_failed(prod.server, 12)
@@ -264,6 +262,42 @@ def test_a_flood_of_garbage_connections_does_not_flood_the_log(caplog):
         lines = [r for r in caplog.records if r.name == "flinknet.transport.server"]
         assert 1 <= len(lines) <= 12, len(lines)       # 10 per 10 s, then one summary line
         _wait_whole(prod, cons)
+
+
+def test_out_of_descriptors_drops_a_handshake_instead_of_spinning():
+    """accept() failing with EMFILE leaves the listening socket readable: the server frees the
+    oldest handshake's socket and goes on (with no handshake to drop it pauses accepting)."""
+    import resource
+    import subprocess
+    import sys
+
+    code = """
+import resource, socket, time
+from flinknet.environment import NetworkEnvironment
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+with NetworkEnvironment({"taskmanager.memory.segment-size": "4kb",
+                         "taskmanager.memory.network.max": "1mb",
+                         "flinknet.network.handshake-timeout": "30 s"}) as env:
+    used = len(__import__("os").listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + 40, hard))
+    socks = []
+    for _ in range(60):     # each costs two descriptors here: the client's and the accepted one
+        try:
+            socks.append(socket.create_connection(env.address, timeout=5))
+        except OSError:
+            break
+    time.sleep(0.5)
+    cpu0 = time.process_time(); time.sleep(1.0); cpu = time.process_time() - cpu0
+    print(env.server.handshakes_failed > 0, cpu < 0.5, env.server.num_handshaking)
+    for s in socks:
+        s.close()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    failed, idle, _ = out.stdout.split()
+    assert failed == "True", out.stdout
+    assert idle == "True", out.stdout          # the I/O thread does not spin on EMFILE
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)   # (this process's limit untouched)
 
 
 def test_dropped_connection_log_summarises_what_it_left_out(caplog):
