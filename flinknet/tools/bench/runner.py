@@ -24,7 +24,7 @@ The groups and their suites:
 * ``scale``: only with ``--only scale`` (see :func:`flinknet.tools.bench.scale.bench_scale`).
 
 Groups ``kernels``, ``local``, ``remote``, ``metrics`` and ``network`` run by default; ``--only``
-picks some; ``--quick`` runs a reduced set (all default groups in under two minutes);
+picks some; ``--quick`` runs a reduced set (all default groups in a few minutes);
 ``--json FILE`` writes every row (value, unit, baselines, ratios, recorded references, note) and
 the environment (:mod:`flinknet.tools.bench.report`), which ``ci/bench_gate.py`` compares with its
 committed reference ratios. Recorded figures (Flink's) are kept apart from baselines
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_groups = GROUPS + EXTRA_GROUPS
     parser = argparse.ArgumentParser(prog="flinknet bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="a reduced set with fewer iterations (all default groups in under two minutes)")
+                        help="a reduced set with fewer iterations (all default groups in a few minutes)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     parser.add_argument("--only", metavar="GROUP", action="append", choices=all_groups,
                         help=f"run only these groups (repeatable; default: {', '.join(GROUPS)}; "
