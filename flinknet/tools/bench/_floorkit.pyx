@@ -180,6 +180,22 @@ cdef void _relay_destroy(Relay *r) noexcept nogil:
     free(r.free_list)
 
 
+cdef int _wait(Relay *r) noexcept nogil:
+    # One epoll wait of an I/O thread (socket readiness or the eventfd); drains the eventfd.
+    # -1 (with r.error set) when epoll itself failed.
+    cdef epoll_event events[4]
+    cdef int n = epoll_wait(r.epfd, events, 4, -1), k
+    if n < 0:
+        if errno == EINTR:
+            return 0
+        r.error = errno
+        return -1
+    for k in range(n):
+        if events[k].data.fd == r.efd:
+            _drain(r.efd)
+    return 0
+
+
 # -- sending side ------------------------------------------------------------------------------
 
 cdef void *_producer_main(void *arg) noexcept nogil:
@@ -228,7 +244,6 @@ cdef void *_producer_main(void *arg) noexcept nogil:
 cdef void _sender_io(Relay *r) noexcept nogil:
     # The I/O thread: sleep in epoll until woken, then gather-write every queued slot (from where
     # the last partial write stopped), give written slots back, wait for EPOLLOUT when full.
-    cdef epoll_event events[4]
     cdef epoll_event ev
     cdef iovec iov[MAX_IOV]
     cdef Py_ssize_t k, n, slot, offset = 0, left
@@ -238,13 +253,8 @@ cdef void _sender_io(Relay *r) noexcept nogil:
     ev.events = 0
     epoll_ctl(r.epfd, EPOLL_CTL_ADD, r.sock, &ev)
     while True:
-        n = epoll_wait(r.epfd, events, 4, -1)
-        if n < 0 and errno != EINTR:
-            r.error = errno
+        if _wait(r) < 0:
             break
-        for k in range(n if n > 0 else 0):
-            if events[k].data.fd == r.efd:
-                _drain(r.efd)
         while True:
             pthread_mutex_lock(&r.lock)
             n = r.queued if r.queued < MAX_IOV else MAX_IOV
@@ -335,7 +345,6 @@ cdef void *_receiver_io_main(void *arg) noexcept nogil:
     # (signalling the consumer on the empty → non-empty transition); with no free slot, sleep
     # until the consumer frees one (eventfd).
     cdef Relay *r = <Relay *>arg
-    cdef epoll_event events[4]
     cdef epoll_event ev
     cdef Py_ssize_t slot = -1, got = 0, n, k
     cdef ssize_t rc
@@ -382,13 +391,8 @@ cdef void *_receiver_io_main(void *arg) noexcept nogil:
             if errno != EAGAIN:
                 r.error = errno
                 break
-        n = epoll_wait(r.epfd, events, 4, -1)
-        if n < 0 and errno != EINTR:
-            r.error = errno
+        if _wait(r) < 0:
             break
-        for k in range(n if n > 0 else 0):
-            if events[k].data.fd == r.efd:
-                _drain(r.efd)
     pthread_mutex_lock(&r.lock)
     r.eof = True
     pthread_cond_signal(&r.cond)
