@@ -235,7 +235,7 @@ class KeyGroupStreamPartitioner(ChannelSelector):
         return assign_key_to_parallel_operator(key, self._max_parallelism(), n, self.key_type)
 
     def select_channels(self, records: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
-        return self.select_channels_for_keys([self.key_selector(r) for r in records])
+        return self.select_channels_for_keys(list(map(self.key_selector, records)))
 
     def select_channels_for_keys(self, keys: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
         """The channel of every key, in order, as an ``int32`` array: :meth:`select_channels` for
