@@ -14,7 +14,8 @@ The groups and their suites:
 * ``remote`` (``remote.*`` / ``latency.*``): a producer process → a consumer process over loopback
   TCP (credit-based transport), against a raw Python socket and the socket ceiling measured in
   the same run and beside Flink 2.3's recorded two-TaskManager figures (see
-  :mod:`flinknet.tools.bench.transport`).
+  :mod:`flinknet.tools.bench.transport`); full runs add a keyed job of two producer processes → one
+  consumer against pyzmq (``remote.keyed.2to1.100B``, :mod:`flinknet.tools.bench.keyed`).
 * ``metrics``: the local exchange with task metrics on, against metrics off in the same run (see
   :mod:`flinknet.tools.bench.exchange`).
 * ``network``: flink-benchmarks' network suite (throughput for writers x channels x buffer
@@ -41,7 +42,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from flinknet.tools.bench import exchange, kernels, network, scale, transport
+from flinknet.tools.bench import exchange, kernels, keyed, network, scale, transport
 from flinknet.tools.bench.report import Row, environment, format_table, write_json
 
 __all__ = ["EXTRA_GROUPS", "GROUPS", "main", "run"]
@@ -57,7 +58,9 @@ EXTRA_GROUPS = ("scale",)
 _SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "kernels": kernels.bench_kernels,
     "local": lambda quick: exchange.bench_local_exchange(quick=quick),
-    "remote": lambda quick: transport.bench_remote_exchange(quick=quick),
+    # the keyed 2 -> 1 job (remote.keyed.*) only in full runs: it keeps the quick run short
+    "remote": lambda quick: transport.bench_remote_exchange(quick=quick)
+    + ([] if quick else keyed.bench_keyed(quick=False, repeats=2)),
     "metrics": lambda quick: exchange.bench_metrics_overhead(quick=quick),
     "network": lambda quick: network.bench_network(quick=quick),
     "scale": lambda quick: scale.bench_scale(quick=quick),
