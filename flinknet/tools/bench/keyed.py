@@ -34,7 +34,7 @@ import struct
 import time
 from typing import Any
 
-from flinknet.tools.bench.peers import CHUNK, Deframer, missing
+from flinknet.tools.bench.peers import CHUNK, Deframer, check_count, missing
 from flinknet.tools.bench.report import Row
 
 __all__ = ["BATCH", "KEYED_ROW", "MAX_PARALLELISM", "PYZMQ_JOINED", "bench_keyed", "join_records",
@@ -232,8 +232,7 @@ def run_keyed_flinknet(n_per_producer: int, size: int = 100, keys: int = 1000) -
         for q_out, _ in queues:
             if _get(q_out, "flinknet") != ("closed", True):
                 raise AssertionError("the benchmark leaked network buffers in a producer process")
-        if count != _PRODUCERS * n_per_producer:
-            raise AssertionError(f"read {count} records, expected {_PRODUCERS * n_per_producer}")
+        check_count("flinknet keyed", count, _PRODUCERS * n_per_producer)
         failed = False
         return elapsed
     finally:
@@ -301,8 +300,7 @@ def run_keyed_pyzmq(n_per_producer: int, size: int = 100, keys: int = 1000) -> f
                 raise RuntimeError("pyzmq joined: a producer did not close")
         if deframer.pending:
             raise AssertionError(f"pyzmq joined: {deframer.pending} bytes of an incomplete record")
-        if count != _PRODUCERS * n_per_producer:
-            raise AssertionError(f"read {count} records, expected {_PRODUCERS * n_per_producer}")
+        check_count("pyzmq joined", count, _PRODUCERS * n_per_producer)
         failed = False
         return elapsed
     finally:
