@@ -165,6 +165,9 @@ OPTIONS: dict[str, tuple[_Parser, ConfigValue]] = {
     "security.ssl.internal.truststore": (_str, ""),   # PEM CA file
     "flinknet.network.flow-control": (_choice("credit", "tcp"), "credit"),
     "flinknet.network.max-frame-length": (_size, "16mb"),
+    # The native receive engine (an I/O thread without the GIL) for plain-TCP, credit-based
+    # connections; False: every connection takes the Python I/O thread (TLS always does).
+    "flinknet.network.native-io": (_bool, True),
     "flinknet.network.shared-secret": (_str, ""),
     "flinknet.network.handshake-timeout": (_duration, "10 s"),
 }
@@ -323,6 +326,11 @@ class NetworkConfig(Mapping[str, ConfigValue]):
     @property
     def credit_based(self) -> bool:
         return self._values["flinknet.network.flow-control"] == "credit"
+
+    @property
+    def native_io(self) -> bool:
+        """Plain-TCP, credit-based connections are read by the native engine."""
+        return self._bool("flinknet.network.native-io")
 
     @property
     def max_frame_length(self) -> int:

@@ -23,6 +23,7 @@ import operator
 from collections.abc import Iterable, Mapping
 from typing import Any, Self, SupportsIndex, TypeAlias
 
+from flinknet._core.engine import ReceiveEngine
 from flinknet._core.pool import NetworkBufferPool
 from flinknet.config import NetworkConfig
 from flinknet.consumer.channels import InputChannel, LocalInputChannel
@@ -137,9 +138,15 @@ class NetworkEnvironment:
             self.loop.stop()
             self.network_buffer_pool.destroy()
             raise
+        # The native receive engine: plain-TCP, credit-based connections are read by its I/O
+        # thread without the GIL (TLS and TCP-backpressure mode stay on the Python I/O thread).
+        self.receive_engine: ReceiveEngine | None = None
+        if config.native_io and config.credit_based and not handshake.ssl_enabled:
+            self.receive_engine = ReceiveEngine()
+            self.receive_engine.start()
         self.connection_manager = ConnectionManager(
             self.loop, config.segment_size, config.max_frame_length, config.connect_timeout,
-            config.connect_retries, config.credit_based, handshake)
+            config.connect_retries, config.credit_based, handshake, engine=self.receive_engine)
         self._gates: list[SingleInputGate] = []
         self._partitions: list[ResultPartition] = []
         self._closed = False
@@ -247,6 +254,8 @@ class NetworkEnvironment:
                 pass
         self.server.close()
         self.connection_manager.close()
+        if self.receive_engine is not None:
+            self.receive_engine.close()
         self.loop.stop()
 
     def __enter__(self) -> Self:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol, Self, SupportsIndex, overload
 
 from flinknet import events as _events
 from flinknet._core.buffer import Buffer, DataType
+from flinknet._core.engine import GateSignal
 from flinknet._core.pool import AvailabilityHelper, LocalBufferPool
 from flinknet._core.pool import complete_future as _complete
 from flinknet.consumer.channels import InputChannel, InputChannelInfo, LocalInputChannel
@@ -219,7 +220,10 @@ class SingleInputGate(InputGate):
         self.owning_task_name = owning_task_name
         self.buffer_pool = buffer_pool
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        # The doorbell: channels that became non-empty (the native I/O thread rings it without
+        # the GIL) and the wake-up the reading task waits on with the GIL released. Made with
+        # the channels.
+        self.signal: GateSignal | None = None
         self.input_channels: list[InputChannel] = []
         self._queue: deque[InputChannel] = deque()
         self._num_priority = 0
@@ -304,6 +308,7 @@ class SingleInputGate(InputGate):
             if ch.channel_index != i or ch.input_gate is not self:
                 raise ValueError(f"channel {i} has index {ch.channel_index} or belongs to another gate")
         n = len(channels)
+        self.signal = GateSignal(n, self._on_signal)
         self.input_channels = channels
         self._enqueued = [False] * n
         self._end_of_partition = [False] * n
@@ -405,8 +410,36 @@ class SingleInputGate(InputGate):
             queue.append(channel)
         if was_empty:
             futures.append(self._availability.get_unavailable_to_reset_available())
-            self._cond.notify()
+            self._wake()
         return was_empty
+
+    def _wake(self) -> None:
+        signal = self.signal
+        if signal is not None:
+            signal.notify()
+
+    def _drain_signal_unsafe(self, futures: list[Future[None] | None]) -> None:
+        """Queue the channels the doorbell names (under the lock)."""
+        signal = self.signal
+        if signal is None or not signal.ready_count:
+            return
+        channels = self.input_channels
+        for idx in signal.drain():
+            self._queue_channel_unsafe(channels[idx], False, None, futures)
+
+    def _on_signal(self) -> None:
+        """The armed doorbell rang (the thread that rang it, with the GIL): queue the ready
+        channels, complete the availability future, tell the union gate."""
+        futures: list[Future[None] | None] = []
+        with self._lock:
+            was_empty = not self._queue
+            self._drain_signal_unsafe(futures)
+            became_available = was_empty and bool(self._queue)
+        for f in futures:
+            _complete(f)
+        listener = self._availability_listener
+        if became_available and listener is not None:
+            listener(self, False)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -454,7 +487,7 @@ class SingleInputGate(InputGate):
                     if not more_priority:
                         self._priority_availability.reset_unavailable()
                 self._check_unavailability()
-                more_available = bool(self._queue)
+                more_available = bool(self._queue) or bool(self.signal and self.signal.ready_count)
             for f in futures:
                 _complete(f)
             size = buffer.size
@@ -475,21 +508,35 @@ class SingleInputGate(InputGate):
         """Wait (under the lock) until a channel is queued: True, or False if none will be
         (all channels ended, or not blocking)."""
         queue = self._queue
-        while not queue:
-            if self._closed:
-                raise CancelTaskError("Input gate is already closed.")
-            if self._all_eop:
-                return False
-            if not blocking:
-                self._availability.reset_unavailable()
-                return False
-            if deadline is None:
-                self._cond.wait()
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._cond.wait(remaining):
-                    if not queue:
+        signal = self.signal
+        futures: list[Future[None] | None] = []
+        try:
+            while not queue:
+                if self._closed:
+                    raise CancelTaskError("Input gate is already closed.")
+                if self._all_eop:
+                    return False
+                self._drain_signal_unsafe(futures)
+                if queue:
+                    break
+                if not blocking or signal is None:
+                    self._check_unavailability()
+                    return False
+                remaining = None
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
                         raise TimeoutError("no buffer or event arrived before the timeout")
+                # Wait with the lock and the GIL released; a channel made ready meanwhile, or a
+                # notify, ends the wait at once.
+                self._lock.release()
+                try:
+                    signal.wait(remaining)
+                finally:
+                    self._lock.acquire()
+        finally:
+            for f in futures:
+                _complete(f)
         return True
 
     def _get_channel(self, blocking: bool, deadline: float | None) -> InputChannel | None:
@@ -514,7 +561,20 @@ class SingleInputGate(InputGate):
     def _check_unavailability(self) -> None:
         # A closed gate stays available: whoever waits on it must wake up and see the close.
         if not self._queue and not self._all_eop and not self._closed:
+            signal = self.signal
+            if signal is not None and signal.ready_count:
+                return
             self._availability.reset_unavailable()
+            if signal is not None and self._availability_listener is not None:
+                # a union gate waits for this one: the next ready channel calls back
+                self._arm_unsafe()
+
+    def _arm_unsafe(self) -> None:
+        """Have the doorbell call back at the next ready channel (under the lock)."""
+        signal = self.signal
+        if signal is not None and signal.arm():
+            # ready meanwhile: the callback was not armed; the caller's next poll drains it
+            self._wake()
 
     def _transform_event(self, buffer: Buffer, channel: InputChannel, more_available: bool,
                          more_priority: bool) -> BufferOrEvent:
@@ -542,7 +602,7 @@ class SingleInputGate(InputGate):
                 more_available = bool(self._queue)
                 if self._all_eop:
                     futures.append(self._availability.get_unavailable_to_reset_available())
-                    self._cond.notify_all()
+                    self._wake()
             channel.release_all_resources()
             for f in futures:
                 _complete(f)
@@ -573,10 +633,16 @@ class SingleInputGate(InputGate):
     def get_available_future(self) -> Future[None]:
         """Done while a buffer or event is ready (or the gate is finished)."""
         f = None
+        futures: list[Future[None] | None] = []
         with self._lock:
+            self._drain_signal_unsafe(futures)
             if self._queue or self._all_eop:
                 f = self._availability.get_unavailable_to_reset_available()
             future = self._availability.get_future()
+            if not future.done() and self.signal is not None and self.signal.arm():
+                self._drain_signal_unsafe(futures)
+        for fut in futures:
+            _complete(fut)
         _complete(f)
         return future
 
@@ -588,7 +654,7 @@ class SingleInputGate(InputGate):
     @property
     def is_available(self) -> bool:
         """Whether a buffer or event is ready now (or the gate is finished)."""
-        return bool(self._queue) or self._all_eop
+        return bool(self._queue) or self._all_eop or bool(self.signal and self.signal.ready_count)
 
     @property
     def is_finished(self) -> bool:
@@ -629,7 +695,7 @@ class SingleInputGate(InputGate):
             timers, self._timers = self._timers, set()
             self._queue.clear()
             self._num_priority = 0
-            self._cond.notify_all()
+            self._wake()
             fut = self._availability.get_unavailable_to_reset_available()
         for t in timers:
             t.cancel()

@@ -12,18 +12,23 @@ than the receiver has room for: that is credit-based flow control.
 from __future__ import annotations
 
 import threading
-from collections import deque
 from typing import TYPE_CHECKING
 
-from flinknet._core.buffer import Buffer, BufferRecycler, DataType, NetworkBuffer
-from flinknet._core.memory import MemorySegment
+from flinknet._core.buffer import Buffer, DataType, NetworkBuffer
+from flinknet._core.engine import ChannelQueue
 from flinknet._core.pool import NetworkBufferPool
 from flinknet.consumer.channels import (
     DEFAULT_INITIAL_BACKOFF,
     DEFAULT_MAX_BACKOFF,
     InputChannel,
 )
-from flinknet.errors import BufferReorderingError, CancelTaskError, PartitionNotFoundError
+from flinknet.errors import (
+    BufferReorderingError,
+    CancelTaskError,
+    FlinknetError,
+    IllegalStateError,
+    PartitionNotFoundError,
+)
 from flinknet.ids import InputChannelID, ResultPartitionID
 from flinknet.interfaces import BufferAndBacklog, PartitionRequestClient
 from flinknet.types import Address
@@ -34,24 +39,17 @@ if TYPE_CHECKING:
 
 __all__ = ["BufferReorderingError", "RemoteInputChannel"]
 
-_NONE = DataType.NONE
-_DATA_BUFFER = DataType.DATA_BUFFER
 _BLOCKING_TYPES = frozenset(t for t in DataType if t.is_blocking_upstream)
 _PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
 
 
-class _ExclusiveRecycler(BufferRecycler):
-    def __init__(self, channel: RemoteInputChannel):
-        super().__init__()
-        self.channel = channel
-
-    def recycle(self, segment: MemorySegment) -> None:
-        self.channel._recycle_exclusive(segment)
-
-
 class RemoteInputChannel(InputChannel):
     """Reads subpartition ``subpartition_index`` of ``partition_id`` from the environment at
-    ``address`` through the shared connection of ``connection_manager``."""
+    ``address`` through the shared connection of ``connection_manager``.
+
+    Its credit slots and received buffers live in a native
+    :class:`~flinknet._core.engine.ChannelQueue` that the native I/O thread fills without the GIL
+    (or the Python transport, for TLS and TCP-backpressure connections)."""
 
     is_remote = True
 
@@ -69,30 +67,49 @@ class RemoteInputChannel(InputChannel):
         self.input_channel_id = InputChannelID.generate()
         self.initial_credit = initial_credit
         self._lock = threading.Lock()
-        self._received: deque[Buffer] = deque()
-        self._expected_seq = 0
+        self._queue: ChannelQueue | None = None
         self._released = False
         self._client: PartitionRequestClient | None = None
-        self._exclusive_segments: list[MemorySegment] = []   # free exclusive segments
         self._num_exclusive_total = 0
-        self._floating: list[NetworkBuffer] = []             # free floating buffers of the gate pool
         self._num_required = 0
         self._waiting_for_floating = False
-        self._unannounced_credit = 0
         self._sender_backlog = 0
-        self._exclusive_recycler = _ExclusiveRecycler(self)
         self.num_bytes_in = 0
         self.num_buffers_in = 0
+
+    @property
+    def queue(self) -> ChannelQueue:
+        """The native credit slots and received-buffer queue (made on first use)."""
+        q = self._queue
+        if q is None:
+            with self._lock:
+                q = self._queue
+                if q is None:
+                    signal = self.input_gate.signal
+                    if signal is None:
+                        raise IllegalStateError(f"{self}: the gate's channels are not set yet")
+                    q = ChannelQueue(signal, self.channel_index,
+                                     self.input_channel_id.to_bytes(),
+                                     self.network_buffer_pool.recycle_unpooled_memory_segments)
+                    q.set_announce_callback(self._on_credit)
+                    q.set_backlog_callback(self.on_sender_backlog)
+                    q.set_required(self.initial_credit)
+                    if self._released:
+                        q.release()
+                    self._queue = q
+        return q
 
     # -- setup -----------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Request the exclusive buffers from the global pool (unpooled, Flink's setup)."""
+        """Request the exclusive buffers from the global pool (unpooled, Flink's setup); they are
+        the initial credit of the PartitionRequest, not announced again."""
+        q = self.queue
         if self.initial_credit and not self._num_exclusive_total:
             segments = self.network_buffer_pool.request_unpooled_memory_segments(self.initial_credit)
-            with self._lock:
-                self._exclusive_segments.extend(segments)
-                self._num_exclusive_total = len(segments)
+            self._num_exclusive_total = len(segments)
+            for seg in segments:
+                q.add_exclusive(seg, announce=False)
 
     def request_subpartitions(self) -> None:
         """Connect (or share the connection) and send the PartitionRequest with the initial credit."""
@@ -129,54 +146,52 @@ class RemoteInputChannel(InputChannel):
     # -- credit accounting (BufferManager) -------------------------------------------------
 
     def request_buffer(self, arrival: bool = True) -> NetworkBuffer | None:
-        """A free buffer for an arriving data buffer (I/O thread), or None.
+        """A free buffer for an arriving data buffer (the Python transport's I/O thread), or None.
 
         ``arrival=False`` retries for the same buffer (TCP-backpressure mode) without counting
         another arrival."""
-        with self._lock:
-            if arrival:
+        if arrival:
+            with self._lock:
                 self._num_required -= 1
-            if self._floating:
-                return self._floating.pop()
-            if self._exclusive_segments:
-                seg = self._exclusive_segments.pop()
-                return NetworkBuffer(seg, self._exclusive_recycler)
-            return None
-
-    def _available(self) -> int:
-        return len(self._floating) + len(self._exclusive_segments)
+        buf: NetworkBuffer | None = self.queue.pop_free_buffer()
+        return buf
 
     def on_sender_backlog(self, backlog: int) -> None:
-        """Ask the gate pool for floating buffers up to backlog + initial credit (I/O thread)."""
-        new = 0
+        """Ask the gate pool for floating buffers up to backlog + initial credit."""
+        announce = False
         pool = self.input_gate.buffer_pool
+        q = self.queue
         with self._lock:
             if self._released:
                 return
             self._num_required = backlog + self.initial_credit
             self._sender_backlog = backlog
-            while self._available() < self._num_required and not self._waiting_for_floating:
+            q.set_required(self._num_required)
+            while q.free_slots < self._num_required and not self._waiting_for_floating:
                 if pool is None:
                     break
                 buf = pool.request_buffer()
                 if buf is not None:
-                    self._floating.append(buf)
-                    new += 1
+                    announce |= q.add_floating(buf)
                 elif pool.add_buffer_listener(self):
                     self._waiting_for_floating = True
+                    q.set_floating_blocked(True)
                     break
                 # else: a buffer appeared meanwhile; try again
-        if new:
-            self._announce(new)
+        if announce:
+            self._on_credit()
 
     def notify_buffer_available(self, buffer: NetworkBuffer) -> bool:
         """The gate pool offers a recycled buffer (listener; any thread). True = kept."""
+        q = self.queue
         with self._lock:
             self._waiting_for_floating = False
-            if self._released or self._available() >= self._num_required:
+            q.set_floating_blocked(False)
+            if self._released or q.free_slots >= self._num_required:
                 return False
-            self._floating.append(buffer)
-        self._announce(1)
+            announce = q.add_floating(buffer)
+        if announce:
+            self._on_credit()
         self.on_sender_backlog(max(0, self._num_required - self.initial_credit))
         return True
 
@@ -184,31 +199,14 @@ class RemoteInputChannel(InputChannel):
         """The gate pool was destroyed while this channel waited for a floating buffer."""
         with self._lock:
             self._waiting_for_floating = False
+        q = self._queue
+        if q is not None:
+            q.set_floating_blocked(False)
 
-    def _recycle_exclusive(self, segment: MemorySegment) -> None:
-        give_back = None
-        announce = False
-        with self._lock:
-            if self._released:
-                self.network_buffer_pool.recycle_unpooled_memory_segments([segment])
-                self._num_exclusive_total -= 1
-                return
-            self._exclusive_segments.append(segment)
-            if self._available() > self._num_required and self._floating:
-                give_back = self._floating.pop()
-            else:
-                announce = True
-        if give_back is not None:
-            give_back.recycle()
-        if announce:
-            self._announce(1)
-
-    def _announce(self, credit: int) -> None:
-        with self._lock:
-            before = self._unannounced_credit
-            self._unannounced_credit = before + credit
-            client = self._client
-        if before == 0 and client is not None:
+    def _on_credit(self) -> None:
+        """The unannounced credit went from 0 to > 0 and no native connection announces it."""
+        client = self._client
+        if client is not None:
             client.notify_credit_available(self)
 
     # -- metrics (Flink's unsynchronizedGet...: approximate reads, no lock) -------------------
@@ -216,33 +214,33 @@ class RemoteInputChannel(InputChannel):
     @property
     def number_of_queued_buffers(self) -> int:
         """Received buffers waiting for the task (``inputQueueLength``)."""
-        return len(self._received)
+        return self.queue.queued_buffers
 
     @property
     def size_of_queued_buffers(self) -> int:
         """Bytes of the received buffers waiting for the task (``inputQueueSize``)."""
-        return sum(b.readable_bytes for b in list(self._received))
+        return self.queue.queued_bytes
 
     @property
     def exclusive_buffers_used(self) -> int:
         """Exclusive buffers not free: ``max(0, initial credit - free exclusive)``."""
-        return max(0, self.initial_credit - len(self._exclusive_segments))
+        return max(0, self.initial_credit - self.queue.free_exclusive)
 
     @property
     def floating_buffers_available(self) -> int:
         """Floating buffers this channel holds free (they count as idle for the gate's usage)."""
-        return len(self._floating)
+        return self.queue.free_floating
 
     @property
     def credit(self) -> int:
         """Free buffers this channel holds for arriving data (exclusive and floating): the
         credit the sender has been or is about to be given."""
-        return len(self._floating) + len(self._exclusive_segments)
+        return self.queue.free_slots
 
     @property
     def unannounced_credit(self) -> int:
         """Credit gained since the last AddCredit (Flink's ``getUnannouncedCredit``)."""
-        return self._unannounced_credit
+        return self.queue.unannounced_credit
 
     @property
     def sender_backlog(self) -> int:
@@ -251,50 +249,45 @@ class RemoteInputChannel(InputChannel):
         return self._sender_backlog
 
     def take_unannounced_credit(self) -> int:
-        """Credit gained since the last AddCredit, reset to 0 (I/O thread, as it writes one)."""
-        with self._lock:
-            credit, self._unannounced_credit = self._unannounced_credit, 0
-            return credit
+        """Credit gained since the last AddCredit, reset to 0 (as an AddCredit is written)."""
+        return self.queue.take_unannounced_credit()
 
-    # -- receiving (I/O thread) ------------------------------------------------------------
+    # -- receiving (the Python transport's I/O thread) -------------------------------------
 
     def on_buffer(self, buffer: Buffer, sequence_number: int, backlog: int, subpartition_id: int = 0) -> None:
-        """A buffer arrived (I/O thread): queue it, or fail the channel if out of sequence."""
-        if sequence_number != self._expected_seq:
-            buffer.recycle()
-            self.on_error(BufferReorderingError(
-                f"Buffer re-ordering: expected buffer with sequence number {self._expected_seq}, "
-                f"but received {sequence_number}."))
-            return
+        """A buffer arrived: queue it, or fail the channel if out of sequence."""
         data_type = buffer.data_type
         if data_type in _BLOCKING_TYPES and self.initial_credit == 0:
             self._release_floating()
-        with self._lock:
-            if self._released:
-                recycle = True
-            else:
-                recycle = False
-                was_empty = not self._received
-                self._received.append(buffer)
-                self._expected_seq += 1
-        if recycle:
+        q = self.queue
+        expected = q.expected_sequence_number
+        result = q.push_buffer(buffer, sequence_number, backlog)
+        if result != "ok":
             buffer.recycle()
+            if result == "reordered":
+                self.on_reordered(expected, sequence_number)
+            elif result == "full":
+                self.on_error(FlinknetError(
+                    f"{self} received more than {q.free_slots} buffers and events beyond its credit"))
             return
         if data_type in _PRIORITY_TYPES:
             self.notify_priority_event(sequence_number)
-        elif was_empty:
-            self.notify_channel_non_empty()
         if backlog >= 0:
             self.on_sender_backlog(backlog)
 
+    def on_reordered(self, expected: int, sequence_number: int) -> None:
+        """A buffer arrived out of sequence: the channel fails."""
+        self.on_error(BufferReorderingError(
+            f"Buffer re-ordering: expected buffer with sequence number {expected}, "
+            f"but received {sequence_number}."))
+
     def on_empty_buffer(self, sequence_number: int, backlog: int) -> None:
-        """An empty buffer arrived (I/O thread): only its sequence number and backlog count."""
-        if sequence_number != self._expected_seq:
-            self.on_error(BufferReorderingError(
-                f"Buffer re-ordering: expected buffer with sequence number {self._expected_seq}, "
-                f"but received {sequence_number}."))
+        """An empty buffer arrived: only its sequence number and backlog count."""
+        q = self.queue
+        expected = q.expected_sequence_number
+        if not q.advance_sequence(sequence_number):
+            self.on_reordered(expected, sequence_number)
             return
-        self._expected_seq += 1
         if backlog >= 0:
             self.on_sender_backlog(backlog)
 
@@ -303,9 +296,13 @@ class RemoteInputChannel(InputChannel):
         self.set_error(error)
 
     def _release_floating(self) -> None:
+        q = self.queue
         with self._lock:
             self._num_required = 0
-            floating, self._floating = self._floating, []
+            q.set_required(0)
+            floating = []
+            while (buf := q.take_free_floating()) is not None:
+                floating.append(buf)
         for b in floating:
             b.recycle()
 
@@ -314,14 +311,18 @@ class RemoteInputChannel(InputChannel):
     def get_next_buffer(self) -> BufferAndBacklog | None:
         """The next received buffer (the caller owns it), or None."""
         self.check_error()
-        with self._lock:
-            if not self._received:
-                if self._released:
-                    raise CancelTaskError(f"{self} has been released")
-                return None
-            buffer = self._received.popleft()
-            next_type = self._received[0].data_type if self._received else _NONE
-            seq = self._expected_seq - len(self._received) - 1
+        q = self.queue
+        result = q.poll()
+        if result is None:
+            if self._released:
+                raise CancelTaskError(f"{self} has been released")
+            return None
+        buffer, next_type, seq, backlog = result
+        # The sender's backlog of a natively received buffer: ask for floating buffers now
+        # (Flink does it on arrival; the I/O thread leaves it to the task's thread).
+        if backlog >= 0 and (backlog != self._sender_backlog
+                             or q.free_slots < backlog + self.initial_credit):
+            self.on_sender_backlog(backlog)
         self.num_bytes_in += buffer.size
         self.num_buffers_in += 1
         return BufferAndBacklog(buffer, 0, next_type, seq)
@@ -329,8 +330,7 @@ class RemoteInputChannel(InputChannel):
     def resume_consumption(self) -> None:
         """Send ResumeConsumption (after an aligned barrier was consumed)."""
         if self.initial_credit == 0:
-            with self._lock:
-                self._unannounced_credit = 0
+            self.queue.reset_unannounced_credit()
         client = self._client
         if client is not None:
             client.resume_consumption(self)
@@ -355,17 +355,10 @@ class RemoteInputChannel(InputChannel):
             if self._released:
                 return
             self._released = True
-            received, self._received = list(self._received), deque()
-            floating, self._floating = self._floating, []
-            segments, self._exclusive_segments = self._exclusive_segments, []
-            self._num_exclusive_total -= len(segments)
             client = self._client
-        for b in received:
-            b.recycle()
-        for b in floating:
-            b.recycle()
-        if segments:
-            self.network_buffer_pool.recycle_unpooled_memory_segments(segments)
+            q = self._queue
+        if q is not None:
+            q.release()
         if client is not None:
             client.release_channel(self)
 
@@ -378,4 +371,4 @@ class RemoteInputChannel(InputChannel):
     def buffers_in_use_count(self) -> int:
         """Received buffers plus the floating ones the backlog asks for (Flink's
         ``getBuffersInUseCount``)."""
-        return len(self._received) + max(0, self._num_required - self.initial_credit)
+        return self.queue.queued_buffers + max(0, self._num_required - self.initial_credit)

@@ -25,6 +25,7 @@ from typing import TypeVarTuple
 
 from flinknet._core import protocol as P  # noqa: N812 (the wire protocol, as in the server)
 from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, DataType, NetworkBuffer
+from flinknet._core.engine import ChannelQueue, NativeConnection, ReceiveEngine
 from flinknet._core.memory import MemorySegment
 from flinknet.errors import (
     FlinknetError,
@@ -88,6 +89,9 @@ class ClientConnection:
         self._paused_on: CreditBasedInputChannel | None = None
         self._events = 0            # selector interest now registered
         self.tls = False
+        # Plain-TCP, credit-based connections are read and written by the native engine's I/O
+        # thread; this object then only handles the frames it hands over (control path).
+        self._native: NativeConnection | None = None
 
     # -- connect (loop thread) -------------------------------------------------------------
 
@@ -116,7 +120,13 @@ class ClientConnection:
             sock.setblocking(False)
             self.tls = isinstance(sock, ssl.SSLSocket)
             self.sock = sock
-            self.loop.run_sync(self._update_interest)
+            engine = self.manager.engine
+            if engine is not None and not self.tls and self.credit_based:
+                self._native = NativeConnection(engine, sock, self, self.manager.max_frame_length,
+                                                self.manager.segment_size)
+                self._native.start()
+            else:
+                self.loop.run_sync(self._update_interest)
             return
         raise RemoteTransportError(
             f"Connecting to remote task manager '{_fmt(self.address)}' has failed. This might "
@@ -129,6 +139,10 @@ class ClientConnection:
         frame = P.encode_partition_request(
             channel.partition_id.to_bytes(), channel.consumed_subpartition_index,
             channel.consumed_subpartition_index, channel.input_channel_id.to_bytes(), initial_credit)
+        native = self._native
+        if native is not None:
+            self._request_native(native, channel, frame)
+            return
 
         def send() -> None:
             if self.error is not None:
@@ -138,8 +152,25 @@ class ClientConnection:
             self._send(frame)
         self.loop.call_soon_threadsafe(send)
 
+    def _request_native(self, native: NativeConnection, channel: CreditBasedInputChannel,
+                        frame: bytes) -> None:
+        rid = channel.input_channel_id.to_bytes()
+        if self.error is not None:
+            channel.on_error(self.error)
+            return
+        self.channels[rid] = channel
+        queue: ChannelQueue = channel.queue  # type: ignore[attr-defined]
+        if not queue.is_attached:
+            native.register(queue)
+        self._send(frame)
+        if self.error is not None and self.channels.pop(rid, None) is not None:
+            channel.on_error(self.error)   # the connection failed meanwhile
+
     def notify_credit_available(self, channel: CreditBasedInputChannel) -> None:
         """The channel's unannounced credit went from 0 to > 0: write one AddCredit."""
+        if self._native is not None:
+            self._write_credit(channel)   # any thread: the engine writes it
+            return
         self.loop.call_soon_threadsafe(self._write_credit, channel)
 
     def _write_credit(self, channel: CreditBasedInputChannel) -> None:
@@ -173,6 +204,11 @@ class ClientConnection:
 
     def _send_control(self, channel: CreditBasedInputChannel, encode: Callable[[*_Ts], bytes],
                       *args: *_Ts) -> None:
+        if self._native is not None:
+            if not channel.is_released and not self.closed:
+                self._send(encode(*args))
+            return
+
         def send() -> None:
             if not channel.is_released and not self.closed:
                 self._send(encode(*args))
@@ -180,6 +216,17 @@ class ClientConnection:
 
     def release_channel(self, channel: CreditBasedInputChannel) -> None:
         """Unregister; CancelPartitionRequest; close the connection with its last channel."""
+        native = self._native
+        if native is not None:
+            rid = channel.input_channel_id.to_bytes()
+            if self.channels.pop(rid, None) is not None and not self.closed:
+                self._send(P.encode_cancel_partition_request(rid))
+            queue: ChannelQueue | None = getattr(channel, "_queue", None)
+            if queue is not None:
+                native.unregister(queue)
+            self.manager.release_client(self)
+            return
+
         def release() -> None:
             rid = channel.input_channel_id.to_bytes()
             if self.channels.pop(rid, None) is not None and not self.closed:
@@ -200,6 +247,14 @@ class ClientConnection:
 
     def _send(self, frame: bytes) -> None:
         if self.closed:
+            return
+        native = self._native
+        if native is not None:
+            try:
+                native.send(frame)
+            except BufferError as err:
+                self._fail(LocalTransportError(
+                    f"{err} (connection to '{_fmt(self.address)}')", self.address))
             return
         self._out.append(frame)
         self._flush()
@@ -374,6 +429,49 @@ class ClientConnection:
                     f"Error at remote task manager '{_fmt(self.address)}': {msg.error_type}: "
                     f"{msg.message}", self.address))
 
+    # -- the native engine's handler (its I/O thread, with the GIL) ---------------------------
+
+    def on_frame(self, frame: bytes) -> None:
+        """A whole frame the engine does not handle natively: decode and dispatch it."""
+        if self.closed:
+            return
+        try:
+            messages = self._decoder.feed(frame)
+        except P.CorruptFrameError as err:
+            self._fail(LocalTransportError(
+                f"{err} (connection to '{_fmt(self.address)}')", self.address))
+            return
+        self._deliver(messages)
+
+    def on_failure(self, message: str, is_local: bool) -> None:
+        """The engine lost the connection or found a corrupt frame."""
+        if is_local:
+            self._fail(LocalTransportError(f"{message} (connection to '{_fmt(self.address)}')",
+                                           self.address))
+        else:
+            self._fail(RemoteTransportError(
+                f"{message} (task manager '{_fmt(self.address)}')", self.address))
+
+    def on_channel_error(self, queue: ChannelQueue, expected: int, sequence_number: int) -> None:
+        """A natively received buffer was out of sequence (or over the queue's bound)."""
+        for channel in list(self.channels.values()):
+            if getattr(channel, "_queue", None) is queue:
+                if expected < 0:
+                    channel.on_error(FlinknetError(
+                        f"{channel} received more buffers and events than it can queue"))
+                else:
+                    channel.on_reordered(expected, sequence_number)  # type: ignore[attr-defined]
+                return
+
+    def on_removed(self) -> None:
+        """The engine no longer uses the socket: close it."""
+        self._decoder.close()
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
     def _fail(self, error: BaseException) -> None:
         if self.error is None:
             self.error = error
@@ -388,6 +486,10 @@ class ClientConnection:
         if self.closed:
             return
         self.closed = True
+        if self._native is not None:
+            self._native.remove()   # the socket closes in on_removed, on the engine's thread
+            self._out.clear()
+            return
         if self.sock is not None:
             self.loop.unregister(self.sock)
             try:
@@ -399,6 +501,11 @@ class ClientConnection:
 
     def close(self) -> None:
         """Send CloseRequest (best effort) and close (loop thread)."""
+        if self._native is not None:
+            if not self.closed:
+                self._send(P.encode_close_request())
+            self._close_socket()
+            return
         if not self.closed and self.sock is not None:
             try:
                 self.sock.send(P.encode_close_request())
@@ -412,8 +519,11 @@ class ConnectionManager:
 
     def __init__(self, loop: IOThread, segment_size: int, max_frame_length: int = P.DEFAULT_MAX_FRAME_LENGTH,
                  connect_timeout: float = 120.0, retries: int = 0, credit_based: bool = True,
-                 handshake: HandshakeConfig | None = None):
+                 handshake: HandshakeConfig | None = None, engine: ReceiveEngine | None = None):
         self.loop = loop
+        # The native receive engine for plain-TCP, credit-based connections (None: the Python
+        # I/O thread reads every connection).
+        self.engine = engine
         self.credit_based = credit_based
         self.handshake = handshake if handshake is not None else HandshakeConfig()
         self.segment_size = segment_size

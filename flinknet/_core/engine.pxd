@@ -1,0 +1,254 @@
+# flinknet._core.engine: the native receive engine (an epoll I/O thread without the GIL) and the
+# native queues it shares with the task threads.
+#
+# Ownership and locking rules (the engine's contract; FLINKNET_DEBUG builds assert them):
+#
+# * fn_signal (a gate's doorbell) is owned by its GateSignal object. `lock` guards every field.
+#   Any thread may ring it (fn_signal_ready, fn_signal_notify) without the GIL; a task thread waits
+#   on `cond` with the GIL released. A channel index is in `ready` at most once (`is_ready`).
+#
+# * fn_channel (a remote channel's credit slots and received queue) is owned by its ChannelQueue
+#   object; `lock` guards every field below it. The I/O thread touches a channel only while the
+#   channel is registered with one of its connections (the connection's map holds a strong
+#   reference to the ChannelQueue, taken and dropped with the GIL), so the struct outlives every
+#   native use of it.
+#   - Slots: slot ids index `slot_addr`/`slot_cap`; a slot is free (in `free_slots`), receiving
+#     (popped by the I/O thread, which writes into it without the lock), queued (in `ring`) or
+#     handed out (a Buffer a task thread owns). Only GIL holders add or remove slot ids.
+#   - Ring entries of kind ENTRY_OBJECT carry an owned PyObject* (a Buffer pushed by Python code);
+#     only GIL holders push or pop them; the I/O thread never reads `obj`.
+#   - `expected_seq` is checked and advanced under `lock` by whoever pushes.
+#
+# * fn_conn (one TCP connection) is owned by the engine's I/O thread once registered: its read
+#   state and receiver map are touched by that thread alone. `out_lock` guards `out` (frames any
+#   thread queues for writing) and `credit_list` (channels with unannounced credit). The socket
+#   fd is owned by the Python socket object the NativeConnection keeps; the I/O thread only
+#   reads/writes it and never closes it.
+#
+# * The I/O thread takes the GIL only for the control path: frames it hands to Python (every frame
+#   but a plain data BufferResponse for a registered channel), connection failures, an armed
+#   gate availability callback, and dropping references on unregistration.
+
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+
+from flinknet._core.buffer cimport BufferRecycler
+from flinknet._core.memory cimport MemorySegment
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+
+
+cdef enum:
+    ENTRY_SLOT = 1
+    ENTRY_OBJECT = 2
+
+
+cdef struct fn_entry:
+    int kind
+    int slot
+    int32_t size
+    int data_type
+    int32_t seq
+    int32_t backlog
+    void *obj
+
+
+cdef struct fn_signal:
+    pthread_mutex_t lock
+    pthread_cond_t cond
+    int capacity            # channels of the gate
+    int *ready              # FIFO of channel indexes (capacity entries)
+    char *is_ready
+    int head
+    int count
+    bint pending            # rung by Python code (fn_signal_notify) since the last wait
+    bint armed              # someone waits on the gate's availability future: call back
+    int waiters
+    void *owner             # the GateSignal (PyObject*), for the armed callback (GIL)
+
+
+cdef struct fn_channel:
+    pthread_mutex_t lock
+    int index               # the channel's index in its gate
+    fn_signal *signal       # the gate's doorbell (kept alive by the ChannelQueue)
+    # slots
+    int slot_capacity
+    char **slot_addr
+    int32_t *slot_cap
+    int *free_slots
+    int num_free
+    # received queue (ring)
+    fn_entry *ring
+    int ring_capacity
+    int head
+    int count
+    int64_t queued_bytes
+    int32_t expected_seq
+    int unannounced
+    bint requested          # the PartitionRequest went out: credit is announced by AddCredit
+    bint released
+    bint in_credit_list
+    void *conn              # fn_conn* the channel is registered with (NULL if none)
+    char receiver_id[16]
+    int64_t buffers_received
+    int64_t bytes_received
+    int receiving           # slots the I/O thread is writing into (0 or 1)
+    void *owner             # the ChannelQueue (PyObject*); alive while the struct is
+    # The sender has a backlog and every slot is used: the I/O thread asks Python (with the
+    # GIL) for floating buffers once per such stall; a slot added ends the stall.
+    bint stall_notified
+    bint floating_blocked   # the gate pool is empty: no use asking until it offers one
+
+
+cdef enum:
+    _HDR = 9
+    _BR_HDR = 38
+    _STAGING = 16384
+
+cdef struct fn_map_entry:
+    uint64_t k0
+    uint64_t k1
+    fn_channel *ch
+    void *obj            # ChannelQueue (PyObject*, a strong reference)
+
+
+cdef enum:
+    # read states
+    RS_HEADER = 0
+    RS_BR_HEADER = 1
+    RS_SLOT = 2          # payload into a channel's slot
+    RS_FRAME = 3         # a whole frame for Python
+    RS_FAILED = 4
+
+
+cdef struct fn_conn:
+    int fd
+    void *owner          # the NativeConnection (PyObject*): alive while registered
+    int64_t max_frame_length
+    int64_t max_buffer_size
+    # read state (I/O thread)
+    int state
+    char staging[_STAGING]
+    int s_start
+    int s_end
+    char hdr[_HDR + _BR_HDR]
+    int hdr_have
+    int32_t frame_length
+    fn_channel *target
+    int slot
+    char *dst            # the slot's memory (read under the channel's lock)
+    int32_t br_size
+    int32_t br_seq
+    int32_t br_backlog
+    int br_type
+    int32_t have
+    char *frame
+    # receiver map (I/O thread)
+    fn_map_entry *map
+    int map_capacity
+    int map_count
+    # writes: out_lock guards out* and the credit list
+    pthread_mutex_t out_lock
+    char *out
+    int64_t out_len
+    int64_t out_cap
+    int64_t max_out
+    fn_channel **credit
+    int credit_len
+    int credit_cap
+    bint want_write      # EPOLLOUT registered
+    bint removed
+    bint failed
+    void *engine         # fn_engine*
+    int64_t frames_native
+    int64_t frames_python
+    int64_t bytes_in
+
+
+cdef enum:
+    CMD_ADD_CONN = 1
+    CMD_REMOVE_CONN = 2
+    CMD_REGISTER = 3
+    CMD_UNREGISTER = 4
+
+
+cdef struct fn_cmd:
+    int op
+    fn_conn *conn
+    fn_channel *ch
+    void *obj
+
+
+cdef struct fn_engine:
+    int epfd
+    int efd
+    pthread_mutex_t lock      # guards cmds, pending_writes, stop
+    fn_cmd *cmds
+    int num_cmds
+    int cap_cmds
+    fn_conn **writes          # connections with something to write
+    int num_writes
+    int cap_writes
+    bint stop
+    fn_conn **conns           # I/O thread only
+    int num_conns
+    int cap_conns
+
+
+cdef class GateSignal:
+    cdef fn_signal s
+    cdef object _callback
+    cdef bint _init_done
+
+    cdef void _call_back_nogil(self) noexcept nogil
+
+
+cdef class ChannelQueue:
+    cdef fn_channel c
+    cdef bint _init_done
+    cdef GateSignal _signal
+    # Python side of the slots (GIL): slot id -> MemorySegment (exclusive) or NetworkBuffer
+    # (floating, from the gate pool); None for an unused id.
+    cdef list _slot_objects
+    cdef list _slot_recyclers
+    cdef list _unused_ids
+    cdef int _num_exclusive
+    # Free slots the sender's backlog asks for: above it, a recycled exclusive slot replaces a
+    # free floating one, which goes back to the gate pool (Flink's BufferManager).
+    cdef int _required
+    cdef object _on_exclusive_free     # callable(segment) when released: give it back
+    cdef object _exclusive_owner       # the owner object passed to recycle callbacks
+    cdef object _backlog_callback      # callable(backlog): the sender's backlog needs floating
+
+    cdef int _new_slot(self, object owner, MemorySegment segment, BufferRecycler recycler) except -1
+    cdef void _forget_slot(self, int slot)
+    cdef object _hand_out(self, int slot, int data_type, int size)
+    cdef _give_back(self, list buffers, list free_slots)
+    cdef int _push_object(self, object buffer, int seq, int backlog) except -1
+    cdef object _wrap(self, fn_entry *e)
+    cdef int _recycle_slot(self, int slot) except -1
+
+
+cdef class NativeConnection:
+    cdef fn_conn *c
+    cdef ReceiveEngine _engine
+    cdef object _sock
+    cdef object handler
+    cdef bint _added
+
+
+cdef class ReceiveEngine:
+    cdef fn_engine e
+    cdef object _thread
+    cdef bint _closed
+    cdef bint _init_done
+
+    cdef int _command(self, int op, fn_conn *conn, fn_channel *ch, void *obj) except? -1
+
+
+# Put a channel with fresh credit on its connection's credit list (any thread, no GIL).
+cdef int _announce_native(fn_channel *c, void *conn) noexcept nogil

@@ -1,0 +1,1808 @@
+"""The native receive engine: an epoll I/O thread that never holds the GIL per buffer, and the
+native queues it shares with the task threads (the design of libzmq's I/O threads and libuv).
+
+Three pieces (their ownership and locking rules are in ``engine.pxd``):
+
+* :class:`GateSignal` — an input gate's doorbell: a FIFO of ready channel indexes, each at most
+  once, and a condition variable the task thread waits on with the GIL released. The I/O thread
+  rings it once per empty → non-empty transition of a channel's queue.
+* :class:`ChannelQueue` — a remote channel's credit slots (its exclusive segments and the
+  floating buffers it borrowed) and its queue of received buffers. The I/O thread pops a free
+  slot, receives a BufferResponse's payload straight into it (the one copy) and queues it; the
+  task thread polls it and gets a :class:`~flinknet._core.buffer.NetworkBuffer` whose recycling
+  puts the slot back as one credit, announced by a coalesced AddCredit.
+* :class:`ReceiveEngine` / :class:`NativeConnection` — one I/O thread per engine, epoll over its
+  connections and an eventfd. Per frame it checks the header (length, magic, id, sizes, sequence
+  number) before using anything of it; a plain data BufferResponse for a registered channel never
+  leaves C. Every other frame (events, errors, backlog announcements, unknown receivers) goes
+  whole, with the GIL, to the connection's Python handler, which decodes it with
+  :class:`~flinknet._core.protocol.FrameDecoder` exactly as the Python transport does.
+
+Name map: Flink's ``CreditBasedPartitionRequestClientHandler`` + ``NettyMessageClientDecoderDelegate``
+(the data path) → :class:`NativeConnection`; ``RemoteInputChannel``'s ``receivedBuffers`` and
+``BufferManager``'s available-buffer queue → :class:`ChannelQueue`; ``SingleInputGate``'s
+``inputChannelsWithData`` wake-up → :class:`GateSignal`.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, errno
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy, memmove, memset, strerror
+from libc.stdio cimport snprintf
+
+from flinknet._core.buffer cimport Buffer, BufferRecycler, NetworkBuffer, DT_DATA_BUFFER, DT_NONE
+from flinknet._core.memory cimport MemorySegment
+from flinknet._core.defs cimport fn_load_be_i32, fn_load64, fn_store_be_i32, FLINKNET_DEBUG
+
+import logging
+import threading
+
+from flinknet._core.buffer import DataType
+
+log = logging.getLogger("flinknet.transport.native")
+
+cdef tuple _DATA_TYPES = tuple(DataType)
+
+
+cdef extern from "<pthread.h>" nogil:
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, const void *attr)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_timedwait(pthread_cond_t *c, pthread_mutex_t *m, const timespec *abstime)
+    int pthread_cond_broadcast(pthread_cond_t *c)
+
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int CLOCK_REALTIME
+    int clock_gettime(int clk, timespec *ts)
+
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        int fd
+        uint64_t u64
+        void *ptr
+    cdef struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLRDHUP
+    int EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL, EPOLL_CLOEXEC
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_NONBLOCK, EFD_CLOEXEC
+
+
+cdef extern from "<sys/uio.h>" nogil:
+    cdef struct iovec:
+        void *iov_base
+        size_t iov_len
+    ssize_t readv(int fd, const iovec *iov, int iovcnt)
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    int MSG_NOSIGNAL
+
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void *buf, size_t n)
+    ssize_t write(int fd, const void *buf, size_t n)
+    int close(int fd)
+
+
+cdef extern from *:
+    """
+    #include <stdio.h>
+    #include <stdlib.h>
+    /* The engine's invariants, checked in FLINKNET_DEBUG builds (independent of NDEBUG): a
+       broken one aborts with its text, file and line. */
+    #define FN_ASSERT(cond) do { if (FLINKNET_DEBUG && !(cond)) { \\
+        fprintf(stderr, "flinknet engine invariant failed: %s (%s:%d)\\n", #cond, __FILE__, __LINE__); \\
+        abort(); } } while (0)
+    """
+    void FN_ASSERT(bint cond) nogil
+
+
+cdef enum:
+    _MAGIC = 0xBADC0FFE
+    _MAX_EVENTS = 64
+    _ADD_CREDIT_LEN = 29
+    # Entries a channel queues beyond its slots (events do not take credit); a sender exceeding
+    # this is refused (the channel fails) instead of growing the queue without bound.
+    _MAX_EXTRA_ENTRIES = 4096
+
+
+# -- the doorbell ------------------------------------------------------------------------------
+
+cdef inline void _deadline(timespec *ts, double timeout) noexcept nogil:
+    clock_gettime(CLOCK_REALTIME, ts)
+    cdef long long ns = <long long>(timeout * 1e9)
+    ts.tv_sec += <time_t>(ns // 1000000000)
+    ts.tv_nsec += <long>(ns % 1000000000)
+    if ts.tv_nsec >= 1000000000:
+        ts.tv_sec += 1
+        ts.tv_nsec -= 1000000000
+
+
+cdef bint fn_signal_ready(fn_signal *s, int index) noexcept nogil:
+    """Queue channel ``index`` as ready (any thread, no GIL). True if the armed callback must be
+    called (the caller then calls it with the GIL)."""
+    cdef bint call = False
+    pthread_mutex_lock(&s.lock)
+    FN_ASSERT(index >= 0 and index < s.capacity)
+    if not s.is_ready[index]:
+        s.is_ready[index] = 1
+        s.ready[(s.head + s.count) % s.capacity] = index
+        s.count += 1
+        if s.waiters:
+            pthread_cond_broadcast(&s.cond)
+        if s.armed:
+            s.armed = False
+            call = True
+    pthread_mutex_unlock(&s.lock)
+    return call
+
+
+cdef class GateSignal:
+    """An input gate's doorbell (see the module docstring).
+
+    ``GateSignal(num_channels, callback=None)``: ``callback()`` is called (with the GIL, on the
+    thread that rang) once after :meth:`arm` when a channel next becomes ready.
+    """
+
+    def __cinit__(self, int num_channels, callback=None):
+        if num_channels <= 0:
+            raise ValueError(f"num_channels must be > 0, got {num_channels}")
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable or None")
+        self.s.capacity = num_channels
+        self.s.ready = <int *>calloc(num_channels, sizeof(int))
+        self.s.is_ready = <char *>calloc(num_channels, 1)
+        if self.s.ready == NULL or self.s.is_ready == NULL:
+            free(self.s.ready)
+            free(self.s.is_ready)
+            self.s.ready = NULL
+            self.s.is_ready = NULL
+            raise MemoryError()
+        pthread_mutex_init(&self.s.lock, NULL)
+        pthread_cond_init(&self.s.cond, NULL)
+        self.s.owner = <void *>self
+        self._callback = callback
+        self._init_done = True
+
+    def __dealloc__(self):
+        if self._init_done:
+            pthread_mutex_destroy(&self.s.lock)
+            pthread_cond_destroy(&self.s.cond)
+            free(self.s.ready)
+            free(self.s.is_ready)
+
+    def ready(self, int index):
+        """Mark channel ``index`` ready (what the I/O thread does natively)."""
+        if index < 0 or index >= self.s.capacity:
+            raise IndexError(f"channel index {index} out of range [0, {self.s.capacity})")
+        if fn_signal_ready(&self.s, index):
+            self._call_back()
+
+    cdef void _call_back_nogil(self) noexcept nogil:
+        with gil:
+            self._call_back()
+
+    def _call_back(self):
+        cb = self._callback
+        if cb is not None:
+            try:
+                cb()
+            except BaseException:  # noqa: BLE001 (the ringing thread must go on)
+                log.exception("gate availability callback failed")
+
+    def notify(self):
+        """Wake every waiter (something Python-side changed: a queued channel, a close)."""
+        pthread_mutex_lock(&self.s.lock)
+        self.s.pending = True
+        if self.s.waiters:
+            pthread_cond_broadcast(&self.s.cond)
+        pthread_mutex_unlock(&self.s.lock)
+
+    def arm(self):
+        """Call the callback at the next ready channel; True if one is ready already (then the
+        callback is not armed: the caller drains now)."""
+        cdef bint ready
+        pthread_mutex_lock(&self.s.lock)
+        ready = self.s.count > 0
+        self.s.armed = not ready
+        pthread_mutex_unlock(&self.s.lock)
+        return ready
+
+    def disarm(self):
+        pthread_mutex_lock(&self.s.lock)
+        self.s.armed = False
+        pthread_mutex_unlock(&self.s.lock)
+
+    def wait(self, timeout=None):
+        """Wait with the GIL released until a channel is ready or :meth:`notify` was called since
+        the last wait; ``timeout`` in seconds (None: no limit). True if woken, False on timeout."""
+        cdef double t = -1.0
+        cdef timespec ts
+        cdef bint woken
+        cdef int rc = 0
+        if timeout is not None:
+            t = timeout
+            if t != t or t < 0:
+                raise ValueError(f"timeout must be >= 0, got {timeout}")
+            if t > 1e8:
+                t = 1e8
+        with nogil:
+            if t >= 0:
+                _deadline(&ts, t)
+            pthread_mutex_lock(&self.s.lock)
+            self.s.waiters += 1
+            while self.s.count == 0 and not self.s.pending and rc == 0:
+                if t < 0:
+                    pthread_cond_wait(&self.s.cond, &self.s.lock)
+                else:
+                    rc = pthread_cond_timedwait(&self.s.cond, &self.s.lock, &ts)
+            self.s.waiters -= 1
+            woken = self.s.count > 0 or self.s.pending
+            self.s.pending = False
+            pthread_mutex_unlock(&self.s.lock)
+        return woken
+
+    def drain(self):
+        """The ready channel indexes, in the order they became ready (and forget them)."""
+        cdef list out
+        cdef int i, idx, n
+        pthread_mutex_lock(&self.s.lock)
+        n = self.s.count
+        if n == 0:
+            pthread_mutex_unlock(&self.s.lock)
+            return []
+        out = [0] * n
+        for i in range(n):
+            idx = self.s.ready[(self.s.head + i) % self.s.capacity]
+            self.s.is_ready[idx] = 0
+            out[i] = idx
+        self.s.head = (self.s.head + n) % self.s.capacity
+        self.s.count = 0
+        pthread_mutex_unlock(&self.s.lock)
+        return out
+
+    @property
+    def ready_count(self):
+        """Channels ready and not drained yet."""
+        return self.s.count
+
+    @property
+    def num_channels(self):
+        return self.s.capacity
+
+
+# -- a channel's slots and received queue -------------------------------------------------------
+
+cdef class _SlotRecycler(BufferRecycler):
+    """Recycler of an exclusive slot's buffers: the slot goes back as one credit."""
+    cdef ChannelQueue _queue
+    cdef int _slot
+
+    cpdef recycle(self, MemorySegment segment):
+        self._queue._recycle_slot(self._slot)
+
+
+cdef int _grow_ring(fn_channel *c) noexcept nogil:
+    """Double the ring (under c.lock). -1 if out of memory."""
+    cdef int cap = c.ring_capacity * 2 if c.ring_capacity else 8
+    cdef fn_entry *ring = <fn_entry *>malloc(cap * sizeof(fn_entry))
+    cdef int i
+    if ring == NULL:
+        return -1
+    for i in range(c.count):
+        ring[i] = c.ring[(c.head + i) % c.ring_capacity]
+    free(c.ring)
+    c.ring = ring
+    c.ring_capacity = cap
+    c.head = 0
+    return 0
+
+
+cdef inline int _ring_push(fn_channel *c, fn_entry *e) noexcept nogil:
+    """Append under c.lock: 1 if the queue was empty (ring the gate), 0, or -1 (refused)."""
+    FN_ASSERT(c.count <= c.ring_capacity)
+    FN_ASSERT(e.kind == ENTRY_OBJECT or (e.slot >= 0 and e.slot < c.slot_capacity))
+    if c.count == c.ring_capacity:
+        if c.count >= c.slot_capacity + _MAX_EXTRA_ENTRIES or _grow_ring(c) < 0:
+            return -1
+    c.ring[(c.head + c.count) % c.ring_capacity] = e[0]
+    c.count += 1
+    c.queued_bytes += e.size
+    return 1 if c.count == 1 else 0
+
+
+cdef enum:
+    # fn_channel_put_slot results
+    PUT_OK = 0
+    PUT_ANNOUNCE = 1      # the channel's unannounced credit went 0 -> > 0 (not handled natively)
+
+
+
+
+cdef int fn_channel_put_slot(fn_channel *c, int slot, bint announce) noexcept nogil:
+    """A slot becomes free (under nothing; takes c.lock): one more credit."""
+    cdef int result = PUT_OK
+    cdef bint native_announce = False
+    cdef void *conn = NULL
+    pthread_mutex_lock(&c.lock)
+    FN_ASSERT(c.num_free < c.slot_capacity)
+    c.free_slots[c.num_free] = slot
+    c.num_free += 1
+    c.stall_notified = False
+    if announce:
+        c.unannounced += 1
+        if c.unannounced == 1:
+            if c.conn != NULL and c.requested:
+                native_announce = not c.in_credit_list
+                c.in_credit_list = True
+                conn = c.conn
+            else:
+                result = PUT_ANNOUNCE
+    pthread_mutex_unlock(&c.lock)
+    if native_announce:
+        _announce_native(c, conn)
+    return result
+
+
+cdef class ChannelQueue:
+    """A remote channel's credit slots and received-buffer queue (see the module docstring).
+
+    ``ChannelQueue(signal, index, receiver_id, on_exclusive_free)``: ``signal`` is the gate's
+    :class:`GateSignal`, ``index`` the channel's index in it, ``receiver_id`` the 16-byte
+    InputChannelID, ``on_exclusive_free(segments)`` gives exclusive segments back once the queue
+    is released (the global pool's ``recycle_unpooled_memory_segments``).
+    """
+
+    def __cinit__(self, GateSignal signal not None, int index, bytes receiver_id not None,
+                  on_exclusive_free not None):
+        if index < 0 or index >= signal.s.capacity:
+            raise IndexError(f"channel index {index} out of range [0, {signal.s.capacity})")
+        if len(receiver_id) != 16:
+            raise ValueError(f"receiver_id must be 16 bytes, got {len(receiver_id)}")
+        if not callable(on_exclusive_free):
+            raise TypeError("on_exclusive_free must be callable")
+        pthread_mutex_init(&self.c.lock, NULL)
+        self._init_done = True
+        self._signal = signal
+        self.c.signal = &signal.s
+        self.c.index = index
+        self.c.owner = <void *>self
+        memcpy(self.c.receiver_id, PyBytes_AS_STRING(receiver_id), 16)
+        self._slot_objects = []
+        self._slot_recyclers = []
+        self._unused_ids = []
+        self._on_exclusive_free = on_exclusive_free
+        self.c.expected_seq = 0
+        self._required = 2147483647
+
+    def __dealloc__(self):
+        cdef int i
+        if not self._init_done:
+            return
+        # Entries still queued hold references (released() was not called: the owner is being
+        # collected with the interpreter's help; drop them so nothing leaks).
+        for i in range(self.c.count):
+            if self.c.ring[(self.c.head + i) % self.c.ring_capacity].kind == ENTRY_OBJECT:
+                Py_DECREF(<object>self.c.ring[(self.c.head + i) % self.c.ring_capacity].obj)
+        free(self.c.ring)
+        free(self.c.slot_addr)
+        free(self.c.slot_cap)
+        free(self.c.free_slots)
+        pthread_mutex_destroy(&self.c.lock)
+
+    # -- slots (GIL) -------------------------------------------------------------------------
+
+    cdef int _new_slot(self, object owner, MemorySegment segment, BufferRecycler recycler) except -1:
+        cdef int slot, cap
+        cdef char **addr
+        cdef int32_t *caps
+        cdef int *free_slots
+        if self._unused_ids:
+            slot = self._unused_ids.pop()
+            self._slot_objects[slot] = owner
+            self._slot_recyclers[slot] = recycler
+        else:
+            slot = len(self._slot_objects)
+            if slot >= self.c.slot_capacity:
+                cap = self.c.slot_capacity * 2 if self.c.slot_capacity else 4
+                pthread_mutex_lock(&self.c.lock)
+                addr = <char **>realloc(self.c.slot_addr, cap * sizeof(char *))
+                if addr != NULL:
+                    self.c.slot_addr = addr
+                caps = <int32_t *>realloc(self.c.slot_cap, cap * sizeof(int32_t))
+                if caps != NULL:
+                    self.c.slot_cap = caps
+                free_slots = <int *>realloc(self.c.free_slots, cap * sizeof(int))
+                if free_slots != NULL:
+                    self.c.free_slots = free_slots
+                if addr != NULL and caps != NULL and free_slots != NULL:
+                    self.c.slot_capacity = cap
+                pthread_mutex_unlock(&self.c.lock)
+                if self.c.slot_capacity != cap:
+                    raise MemoryError()
+            self._slot_objects.append(owner)
+            self._slot_recyclers.append(recycler)
+        pthread_mutex_lock(&self.c.lock)
+        self.c.slot_addr[slot] = segment._address
+        self.c.slot_cap[slot] = <int32_t>segment._size
+        pthread_mutex_unlock(&self.c.lock)
+        return slot
+
+    cdef void _forget_slot(self, int slot):
+        self._slot_objects[slot] = None
+        self._slot_recyclers[slot] = None
+        self._unused_ids.append(slot)
+
+    def add_exclusive(self, MemorySegment segment not None, bint announce=True):
+        """Add an exclusive segment as a free slot. True if the unannounced credit went from 0
+        to > 0 and no native connection announces it (the caller sends AddCredit)."""
+        cdef _SlotRecycler r
+        cdef int slot
+        if self.c.released:
+            self._on_exclusive_free([segment])
+            return False
+        r = _SlotRecycler.__new__(_SlotRecycler)
+        r._queue = self
+        slot = self._new_slot(segment, segment, r)
+        r._slot = slot
+        self._num_exclusive += 1
+        return fn_channel_put_slot(&self.c, slot, announce) == PUT_ANNOUNCE
+
+    def add_floating(self, NetworkBuffer buffer not None):
+        """Add a floating buffer (borrowed from the gate pool) as a free slot; returns as
+        :meth:`add_exclusive`. A released queue recycles it at once."""
+        cdef int slot
+        if self.c.released:
+            buffer.recycle()
+            return False
+        slot = self._new_slot(buffer, buffer._segment, None)
+        return fn_channel_put_slot(&self.c, slot, True) == PUT_ANNOUNCE
+
+    cdef int _recycle_slot(self, int slot) except -1:
+        """An exclusive slot's buffer was recycled (GIL)."""
+        cdef object seg = self._slot_objects[slot]
+        if self.c.released:
+            self._forget_slot(slot)
+            self._num_exclusive -= 1
+            self._on_exclusive_free([seg])
+            return 0
+        give_back = None
+        if self.c.num_free + 1 > self._required:
+            give_back = self.take_free_floating()
+        # Swapping a floating slot for the exclusive one leaves the credit unchanged.
+        if fn_channel_put_slot(&self.c, slot, give_back is None) == PUT_ANNOUNCE:
+            cb = self._exclusive_owner
+            if cb is not None:
+                cb()
+        if give_back is not None:
+            give_back.recycle()
+        return 0
+
+    def set_backlog_callback(self, callback):
+        """``callback(backlog)`` (the I/O thread, with the GIL) when a natively received buffer
+        used the last free slot while the sender has a backlog: borrow floating buffers."""
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable or None")
+        self._backlog_callback = callback
+
+    def set_floating_blocked(self, bint blocked):
+        """The gate pool has no floating buffer (True) or offered one (False): while blocked,
+        the I/O thread does not ask for floating buffers."""
+        pthread_mutex_lock(&self.c.lock)
+        self.c.floating_blocked = blocked
+        if not blocked:
+            self.c.stall_notified = False
+        pthread_mutex_unlock(&self.c.lock)
+
+    def _on_stall(self, int backlog):
+        cb = self._backlog_callback
+        if cb is not None:
+            try:
+                cb(backlog)
+            except BaseException:  # noqa: BLE001 (the I/O thread must go on)
+                log.exception("asking for floating buffers failed")
+
+    def set_required(self, int required):
+        """Free slots the sender's backlog asks for (backlog + initial credit)."""
+        self._required = required
+
+    def set_announce_callback(self, callback):
+        """``callback()`` when recycling a buffer makes the unannounced credit go from 0 to > 0
+        and no native connection announces it (the Python transport then sends AddCredit)."""
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable or None")
+        self._exclusive_owner = callback
+
+    def take_free_floating(self):
+        """Remove one free floating buffer and return it (the caller gives it back to the
+        pool), or None. The credit it stood for is withdrawn from the unannounced credit if
+        that was not announced yet."""
+        cdef int i, slot = -1
+        pthread_mutex_lock(&self.c.lock)
+        for i in range(self.c.num_free - 1, -1, -1):
+            if self._slot_recyclers[self.c.free_slots[i]] is None:
+                slot = self.c.free_slots[i]
+                self.c.free_slots[i] = self.c.free_slots[self.c.num_free - 1]
+                self.c.num_free -= 1
+                break
+        pthread_mutex_unlock(&self.c.lock)
+        if slot < 0:
+            return None
+        buf = self._slot_objects[slot]
+        self._forget_slot(slot)
+        return buf
+
+    def pop_free_buffer(self):
+        """A free slot as a buffer to receive into (the Python transport's allocator): the
+        floating buffer itself, or a new NetworkBuffer over an exclusive segment; None if no
+        slot is free. Floating slots go first."""
+        cdef int i, pick = -1, slot
+        pthread_mutex_lock(&self.c.lock)
+        if self.c.num_free:
+            pick = self.c.num_free - 1
+            for i in range(self.c.num_free - 1, -1, -1):
+                if self._slot_recyclers[self.c.free_slots[i]] is None:
+                    pick = i
+                    break
+            slot = self.c.free_slots[pick]
+            self.c.free_slots[pick] = self.c.free_slots[self.c.num_free - 1]
+            self.c.num_free -= 1
+        pthread_mutex_unlock(&self.c.lock)
+        if pick < 0:
+            return None
+        return self._hand_out(slot, DT_DATA_BUFFER, 0)
+
+    cdef object _hand_out(self, int slot, int data_type, int size):
+        cdef object owner = self._slot_objects[slot]
+        cdef NetworkBuffer buf
+        if self._slot_recyclers[slot] is None:
+            buf = <NetworkBuffer>owner
+            self._forget_slot(slot)
+            buf._reader_index = 0
+            buf._writer_index = size
+            buf._data_type = data_type
+            buf._compressed = False
+            return buf
+        return NetworkBuffer.create(<MemorySegment>owner, <BufferRecycler>self._slot_recyclers[slot],
+                                    data_type, size)
+
+    # -- received queue (GIL side) -------------------------------------------------------------
+
+    cdef int _push_object(self, object buffer, int seq, int backlog) except -1:
+        cdef fn_entry e
+        cdef int r
+        cdef bint call = False
+        e.kind = ENTRY_OBJECT
+        e.slot = -1
+        e.size = (<Buffer>buffer)._writer_index
+        e.data_type = (<Buffer>buffer)._data_type
+        e.seq = seq
+        e.backlog = backlog
+        e.obj = <void *>buffer
+        pthread_mutex_lock(&self.c.lock)
+        if self.c.released:
+            r = -2
+        elif seq != self.c.expected_seq:
+            r = -3
+        else:
+            Py_INCREF(buffer)
+            r = _ring_push(&self.c, &e)
+            if r >= 0:
+                self.c.expected_seq += 1
+            else:
+                Py_DECREF(buffer)
+        pthread_mutex_unlock(&self.c.lock)
+        if r == 1:
+            call = fn_signal_ready(self.c.signal, self.c.index)
+            if call:
+                self._signal._call_back()
+        return r
+
+    def push_buffer(self, Buffer buffer not None, int sequence_number, int backlog=-1):
+        """Queue a buffer the Python transport received. Returns ``"ok"``, ``"released"`` (the
+        caller recycles it), ``"reordered"`` (out of sequence; the caller fails the channel) or
+        ``"full"`` (too many entries beyond the credit)."""
+        cdef int r = self._push_object(buffer, sequence_number, backlog)
+        if r >= 0:
+            return "ok"
+        return {-2: "released", -3: "reordered"}.get(r, "full")
+
+    def advance_sequence(self, int sequence_number):
+        """An empty buffer arrived: True if ``sequence_number`` was the expected one (then the
+        next is expected)."""
+        cdef bint ok
+        pthread_mutex_lock(&self.c.lock)
+        ok = sequence_number == self.c.expected_seq
+        if ok:
+            self.c.expected_seq += 1
+        pthread_mutex_unlock(&self.c.lock)
+        return ok
+
+    cdef object _wrap(self, fn_entry *e):
+        if e.kind == ENTRY_OBJECT:
+            obj = <object>e.obj
+            Py_DECREF(obj)   # the queue's reference, now the caller's (obj holds one more)
+            return obj
+        return self._hand_out(e.slot, e.data_type, e.size)
+
+    def poll(self):
+        """The next received buffer as ``(buffer, next_data_type, sequence_number, backlog)``,
+        or None. ``next_data_type`` is the following entry's DataType (NONE if
+        there is none); the caller owns the buffer."""
+        cdef fn_entry e
+        cdef int next_type = DT_NONE
+        pthread_mutex_lock(&self.c.lock)
+        if self.c.count == 0:
+            pthread_mutex_unlock(&self.c.lock)
+            return None
+        e = self.c.ring[self.c.head]
+        FN_ASSERT(e.kind == ENTRY_SLOT or e.kind == ENTRY_OBJECT)
+        FN_ASSERT(self.c.queued_bytes >= e.size)
+        self.c.head = (self.c.head + 1) % self.c.ring_capacity
+        self.c.count -= 1
+        self.c.queued_bytes -= e.size
+        if self.c.count:
+            next_type = self.c.ring[self.c.head].data_type
+        pthread_mutex_unlock(&self.c.lock)
+        buf = self._wrap(&e)
+        return (buf, _DATA_TYPES[next_type], e.seq, e.backlog)
+
+    def release(self):
+        """Release (idempotent): every free slot and queued buffer goes back to its owner.
+        A slot the I/O thread is receiving into comes back when it is done."""
+        cdef fn_entry *e
+        cdef list buffers = []
+        cdef list free_slots = []
+        cdef int i
+        pthread_mutex_lock(&self.c.lock)
+        if self.c.released:
+            pthread_mutex_unlock(&self.c.lock)
+            return
+        self.c.released = True
+        for i in range(self.c.count):
+            e = &self.c.ring[(self.c.head + i) % self.c.ring_capacity]
+            if e.kind == ENTRY_OBJECT:
+                obj = <object>e.obj
+                Py_DECREF(obj)
+                buffers.append(obj)
+            else:
+                free_slots.append(e.slot)
+        self.c.count = 0
+        self.c.head = 0
+        self.c.queued_bytes = 0
+        for i in range(self.c.num_free):
+            free_slots.append(self.c.free_slots[i])
+        self.c.num_free = 0
+        self.c.unannounced = 0
+        pthread_mutex_unlock(&self.c.lock)
+        self._give_back(buffers, free_slots)
+
+    cdef _give_back(self, list buffers, list free_slots):
+        cdef list segments = []
+        for slot in free_slots:
+            owner = self._slot_objects[slot]
+            if self._slot_recyclers[slot] is None:
+                buffers.append(owner)
+            else:
+                segments.append(owner)
+                self._num_exclusive -= 1
+            self._forget_slot(slot)
+        err = None
+        for b in buffers:
+            try:
+                b.recycle()
+            except BaseException as exc:  # noqa: BLE001 (give back the rest first)
+                err = exc
+        if segments:
+            self._on_exclusive_free(segments)
+        if err is not None:
+            raise err
+
+    def _return_received_slot(self, int slot):
+        """The I/O thread finished receiving into ``slot`` of a released queue (GIL)."""
+        self._give_back([], [slot])
+
+    # -- state (approximate reads for metrics) ---------------------------------------------------
+
+    @property
+    def is_released(self):
+        return self.c.released
+
+    @property
+    def queued_buffers(self):
+        """Received buffers waiting for the task."""
+        return self.c.count
+
+    @property
+    def queued_bytes(self):
+        """Bytes of the received buffers waiting for the task."""
+        return self.c.queued_bytes
+
+    @property
+    def free_slots(self):
+        """Free slots (the credit the sender has been or is about to be given)."""
+        return self.c.num_free
+
+    @property
+    def free_exclusive(self):
+        """Free exclusive slots."""
+        cdef int i, n = 0
+        pthread_mutex_lock(&self.c.lock)
+        for i in range(self.c.num_free):
+            if self._slot_recyclers[self.c.free_slots[i]] is not None:
+                n += 1
+        pthread_mutex_unlock(&self.c.lock)
+        return n
+
+    @property
+    def free_floating(self):
+        """Free floating slots."""
+        return self.c.num_free - self.free_exclusive
+
+    @property
+    def num_exclusive(self):
+        """Exclusive segments this queue holds (free, queued or handed out)."""
+        return self._num_exclusive
+
+    @property
+    def unannounced_credit(self):
+        return self.c.unannounced
+
+    def take_unannounced_credit(self):
+        """The credit gained since the last AddCredit, reset to 0."""
+        cdef int credit
+        pthread_mutex_lock(&self.c.lock)
+        credit = self.c.unannounced
+        self.c.unannounced = 0
+        pthread_mutex_unlock(&self.c.lock)
+        return credit
+
+    def reset_unannounced_credit(self):
+        """Forget the unannounced credit (a ResumeConsumption re-announces it all)."""
+        self.take_unannounced_credit()
+
+    @property
+    def expected_sequence_number(self):
+        return self.c.expected_seq
+
+    @property
+    def buffers_received(self):
+        """Buffers the I/O thread received natively."""
+        return self.c.buffers_received
+
+    @property
+    def is_attached(self):
+        """Registered with a native connection (which announces the credit)."""
+        return self.c.conn != NULL
+
+    def check_whole(self):
+        """Debug check: every slot id is free, queued, handed out or unused exactly once
+        (raises AssertionError). Returns the number of handed-out slots."""
+        cdef int i
+        cdef set seen = set()
+        pthread_mutex_lock(&self.c.lock)
+        try:
+            for i in range(self.c.num_free):
+                s = self.c.free_slots[i]
+                assert s not in seen, f"slot {s} free twice"
+                seen.add(s)
+            for i in range(self.c.count):
+                e = self.c.ring[(self.c.head + i) % self.c.ring_capacity]
+                if e.kind == ENTRY_SLOT:
+                    assert e.slot not in seen, f"slot {e.slot} queued and free"
+                    seen.add(e.slot)
+        finally:
+            pthread_mutex_unlock(&self.c.lock)
+        for s in self._unused_ids:
+            assert s not in seen, f"unused slot {s} in use"
+            assert self._slot_objects[s] is None
+            seen.add(s)
+        return len(self._slot_objects) - len(seen) - self.c.receiving
+
+
+# -- the connection and the engine ----------------------------------------------------------------
+
+cdef inline void _wake(int efd) noexcept nogil:
+    cdef uint64_t one = 1
+    if efd >= 0:
+        write(efd, &one, 8)
+
+
+cdef int _push_write(fn_conn *conn) noexcept nogil:
+    """Ask the I/O thread to flush ``conn`` (any thread)."""
+    cdef fn_engine *eng = <fn_engine *>conn.engine
+    cdef fn_conn **w
+    cdef int i
+    pthread_mutex_lock(&eng.lock)
+    if conn.removed:
+        pthread_mutex_unlock(&eng.lock)
+        return 0
+    for i in range(eng.num_writes):
+        if eng.writes[i] == conn:
+            pthread_mutex_unlock(&eng.lock)
+            return 0
+    if eng.num_writes == eng.cap_writes:
+        w = <fn_conn **>realloc(eng.writes, (eng.cap_writes * 2 + 4) * sizeof(fn_conn *))
+        if w == NULL:
+            pthread_mutex_unlock(&eng.lock)
+            return -1
+        eng.writes = w
+        eng.cap_writes = eng.cap_writes * 2 + 4
+    eng.writes[eng.num_writes] = conn
+    eng.num_writes += 1
+    pthread_mutex_unlock(&eng.lock)
+    _wake(eng.efd)
+    return 0
+
+
+cdef int _announce_native(fn_channel *c, void *connp) noexcept nogil:
+    """Put ``c`` on its connection's credit list (its unannounced credit went 0 -> > 0)."""
+    cdef fn_conn *conn = <fn_conn *>connp
+    cdef fn_channel **cl
+    if conn == NULL:
+        return 0
+    pthread_mutex_lock(&conn.out_lock)
+    if conn.credit_len == conn.credit_cap:
+        cl = <fn_channel **>realloc(conn.credit, (conn.credit_cap * 2 + 8) * sizeof(fn_channel *))
+        if cl == NULL:
+            pthread_mutex_unlock(&conn.out_lock)
+            return -1
+        conn.credit = cl
+        conn.credit_cap = conn.credit_cap * 2 + 8
+    conn.credit[conn.credit_len] = c
+    conn.credit_len += 1
+    pthread_mutex_unlock(&conn.out_lock)
+    return _push_write(conn)
+
+
+cdef int _append_out(fn_conn *conn, const char *data, int64_t n) noexcept nogil:
+    """Append to the write buffer (under out_lock). -1 if over the bound or out of memory."""
+    cdef int64_t cap
+    cdef char *out
+    if conn.out_len + n > conn.out_cap:
+        if conn.out_len + n > conn.max_out:
+            return -1
+        cap = conn.out_cap * 2 if conn.out_cap else 4096
+        while cap < conn.out_len + n:
+            cap *= 2
+        out = <char *>realloc(conn.out, cap)
+        if out == NULL:
+            return -1
+        conn.out = out
+        conn.out_cap = cap
+    memcpy(conn.out + conn.out_len, data, n)
+    conn.out_len += n
+    return 0
+
+
+# -- receiver map (I/O thread) --
+
+cdef inline uint64_t _slot_of(fn_conn *conn, uint64_t k0) noexcept nogil:
+    return (k0 * <uint64_t>0x9E3779B97F4A7C15) >> 7
+
+
+cdef fn_map_entry *_map_find(fn_conn *conn, const char *rid) noexcept nogil:
+    cdef uint64_t k0 = fn_load64(rid), k1 = fn_load64(rid + 8)
+    cdef int mask = conn.map_capacity - 1
+    cdef int i
+    if conn.map_capacity == 0:
+        return NULL
+    i = <int>(_slot_of(conn, k0) & mask)
+    while conn.map[i].ch != NULL:
+        if conn.map[i].k0 == k0 and conn.map[i].k1 == k1:
+            return &conn.map[i]
+        i = (i + 1) & mask
+    return NULL
+
+
+cdef int _map_insert(fn_conn *conn, fn_channel *ch, void *obj) noexcept nogil:
+    cdef fn_map_entry *old
+    cdef fn_map_entry *m
+    cdef int oldcap, i, j, mask
+    cdef uint64_t k0 = fn_load64(ch.receiver_id), k1 = fn_load64(ch.receiver_id + 8)
+    if (conn.map_count + 1) * 2 > conn.map_capacity:
+        oldcap = conn.map_capacity
+        old = conn.map
+        m = <fn_map_entry *>calloc(oldcap * 2 if oldcap else 16, sizeof(fn_map_entry))
+        if m == NULL:
+            return -1
+        conn.map = m
+        conn.map_capacity = oldcap * 2 if oldcap else 16
+        mask = conn.map_capacity - 1
+        for j in range(oldcap):
+            if old[j].ch != NULL:
+                i = <int>(_slot_of(conn, old[j].k0) & mask)
+                while conn.map[i].ch != NULL:
+                    i = (i + 1) & mask
+                conn.map[i] = old[j]
+        free(old)
+    mask = conn.map_capacity - 1
+    i = <int>(_slot_of(conn, k0) & mask)
+    while conn.map[i].ch != NULL:
+        i = (i + 1) & mask
+    conn.map[i].k0 = k0
+    conn.map[i].k1 = k1
+    conn.map[i].ch = ch
+    conn.map[i].obj = obj
+    conn.map_count += 1
+    return 0
+
+
+cdef void _map_delete(fn_conn *conn, fn_map_entry *e) noexcept nogil:
+    """Backward-shift deletion (no tombstones)."""
+    cdef int mask = conn.map_capacity - 1
+    cdef int i = <int>(e - conn.map)
+    cdef int j = i, k
+    while True:
+        j = (j + 1) & mask
+        if conn.map[j].ch == NULL:
+            break
+        k = <int>(_slot_of(conn, conn.map[j].k0) & mask)
+        # move j to i if k is cyclically outside (i, j]
+        if (i <= j and (k <= i or k > j)) or (i > j and (k <= i and k > j)):
+            conn.map[i] = conn.map[j]
+            i = j
+    conn.map[i].ch = NULL
+    conn.map[i].obj = NULL
+    conn.map_count -= 1
+
+
+cdef class NativeConnection:
+    """The native side of one client connection (plain TCP, credit-based).
+
+    ``NativeConnection(engine, sock, handler, max_frame_length, max_buffer_size)``: ``sock`` is a
+    connected, non-blocking socket whose fd the engine reads and writes (the caller keeps the
+    socket object and closes it after ``handler.on_removed()``); ``handler`` is the Python
+    connection: ``handler.on_frame(frame_bytes)`` for every frame that is not a plain data
+    BufferResponse of a registered channel, ``handler.on_failure(message, is_local)`` when the
+    connection fails, ``handler.on_channel_error(channel_queue, expected, got)`` for a buffer out
+    of sequence, ``handler.on_removed()`` after :meth:`remove`, all on the I/O thread with the
+    GIL.
+    """
+
+    def __cinit__(self, ReceiveEngine engine not None, sock not None, handler not None,
+                  Py_ssize_t max_frame_length, Py_ssize_t max_buffer_size,
+                  Py_ssize_t max_unwritten_bytes=64 * 1024 * 1024):
+        if max_frame_length < _HDR + _BR_HDR or max_frame_length > 2147483647:
+            raise ValueError(f"max_frame_length must be in [{_HDR + _BR_HDR}, 2**31), got {max_frame_length}")
+        if max_buffer_size < 0:
+            raise ValueError("max_buffer_size must be >= 0")
+        if max_unwritten_bytes < 4096:
+            raise ValueError("max_unwritten_bytes must be >= 4096")
+        fd = sock.fileno()
+        if fd < 0:
+            raise ValueError("the socket is closed")
+        self.c = <fn_conn *>calloc(1, sizeof(fn_conn))
+        if self.c == NULL:
+            raise MemoryError()
+        pthread_mutex_init(&self.c.out_lock, NULL)
+        self.c.fd = fd
+        self.c.owner = <void *>self
+        self.c.max_frame_length = max_frame_length
+        self.c.max_buffer_size = max_buffer_size
+        self.c.max_out = max_unwritten_bytes
+        self.c.engine = &engine.e
+        self.c.slot = -1
+        self._engine = engine
+        self._sock = sock
+        self.handler = handler
+
+    def __dealloc__(self):
+        if self.c != NULL:
+            if not self._added or self.c.removed:
+                free(self.c.frame)
+                free(self.c.map)
+                free(self.c.out)
+                free(self.c.credit)
+                pthread_mutex_destroy(&self.c.out_lock)
+                free(self.c)
+            # else: still owned by a live I/O thread (cannot happen: the engine holds a
+            # reference while registered)
+            self.c = NULL
+
+    def start(self):
+        """Hand the connection to the I/O thread (once)."""
+        if self._added:
+            raise RuntimeError("the connection was already started")
+        self._added = True
+        Py_INCREF(self)          # the engine's reference, dropped after removal
+        if self._engine._command(CMD_ADD_CONN, self.c, NULL, NULL) < 0:
+            self._added = False
+            Py_DECREF(self)
+            raise RuntimeError("the receive engine is closed")
+
+    def send(self, bytes frame not None):
+        """Queue ``frame`` for writing (any thread). False if the connection is gone; raises
+        if more than ``max_unwritten_bytes`` wait (the peer does not read)."""
+        cdef int r
+        cdef const char *p = PyBytes_AS_STRING(frame)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
+        if self.c.removed or self.c.failed:
+            return False
+        with nogil:
+            pthread_mutex_lock(&self.c.out_lock)
+            r = _append_out(self.c, p, n)
+            pthread_mutex_unlock(&self.c.out_lock)
+            if r == 0:
+                r = _push_write(self.c)
+        if r < 0:
+            raise BufferError(f"more than {self.c.max_out} bytes wait to be written to the peer")
+        return True
+
+    def register(self, ChannelQueue queue not None):
+        """Route the channel's BufferResponses natively (before its PartitionRequest goes out).
+        Its credit is announced by this connection from then on."""
+        if queue.c.conn != NULL:
+            raise RuntimeError("the channel queue is already registered with a connection")
+        Py_INCREF(queue)         # the map's reference, dropped after unregistration
+        pthread_mutex_lock(&queue.c.lock)
+        queue.c.conn = self.c
+        queue.c.requested = True
+        pthread_mutex_unlock(&queue.c.lock)
+        if self._engine._command(CMD_REGISTER, self.c, &queue.c, <void *>queue) < 0:
+            pthread_mutex_lock(&queue.c.lock)
+            queue.c.conn = NULL
+            pthread_mutex_unlock(&queue.c.lock)
+            Py_DECREF(queue)
+            raise RuntimeError("the receive engine is closed")
+
+    def unregister(self, ChannelQueue queue not None):
+        """Stop routing to the channel (the I/O thread drops it; a payload it was receiving for
+        it is discarded and its slot goes back)."""
+        if queue.c.conn != self.c:
+            return
+        self._engine._command(CMD_UNREGISTER, self.c, &queue.c, NULL)
+
+    def remove(self):
+        """Stop serving this connection; ``handler.on_removed()`` follows on the I/O thread
+        (idempotent)."""
+        if self._added and not self.c.removed:
+            self._engine._command(CMD_REMOVE_CONN, self.c, NULL, NULL)
+
+    @property
+    def frames_native(self):
+        """Frames received without leaving C."""
+        return self.c.frames_native
+
+    @property
+    def frames_python(self):
+        """Frames handed to the Python handler."""
+        return self.c.frames_python
+
+    @property
+    def bytes_received(self):
+        return self.c.bytes_in
+
+    @property
+    def num_channels(self):
+        """Channels the I/O thread routes to natively (approximate)."""
+        return self.c.map_count
+
+    @property
+    def unwritten_bytes(self):
+        return self.c.out_len
+
+    @property
+    def is_removed(self):
+        return self.c.removed
+
+
+# -- the I/O thread's work on one connection --
+
+cdef void _call_frame(fn_conn *conn, char *frame, int32_t n) noexcept nogil:
+    with gil:
+        try:
+            data = PyBytes_FromStringAndSize(frame, n)
+            (<NativeConnection>conn.owner).handler.on_frame(data)
+        except BaseException:  # noqa: BLE001
+            log.exception("the connection's frame handler failed")
+
+
+cdef void _fail_conn(fn_conn *conn, const char *message, bint local) noexcept nogil:
+    cdef fn_engine *eng = <fn_engine *>conn.engine
+    cdef epoll_event ev
+    if conn.failed:
+        return
+    conn.failed = True
+    conn.state = RS_FAILED
+    epoll_ctl(eng.epfd, EPOLL_CTL_DEL, conn.fd, &ev)
+    _abort_receive(conn)
+    with gil:
+        try:
+            (<NativeConnection>conn.owner).handler.on_failure(message.decode("utf-8", "replace"), local)
+        except BaseException:  # noqa: BLE001
+            log.exception("the connection's failure handler failed")
+
+
+cdef void _fail_fmt(fn_conn *conn, bint local, const char *fmt, long long a=0,
+                   long long b=0) noexcept nogil:
+    cdef char message[256]
+    snprintf(message, sizeof(message), fmt, a, b)
+    _fail_conn(conn, message, local)
+
+
+cdef void _fail_errno(fn_conn *conn, int err) noexcept nogil:
+    cdef char message[256]
+    snprintf(message, sizeof(message), "Lost connection to task manager: %s", strerror(err))
+    _fail_conn(conn, message, False)
+
+
+cdef void _abort_receive(fn_conn *conn) noexcept nogil:
+    """Give back the slot a payload was being received into (I/O thread)."""
+    cdef fn_channel *ch = conn.target
+    cdef int slot = conn.slot
+    conn.target = NULL
+    conn.slot = -1
+    if ch == NULL or slot < 0:
+        return
+    _slot_done(conn, ch, slot, NULL)
+
+
+cdef void _slot_done(fn_conn *conn, fn_channel *ch, int slot, fn_entry *e) noexcept nogil:
+    """The I/O thread is done with ``slot``: queue ``e`` if given, else free the slot again."""
+    cdef int r = -9
+    cdef bint call = False
+    cdef bint give_back = False
+    cdef bint stalled = False
+    cdef int32_t expected = 0
+    pthread_mutex_lock(&ch.lock)
+    FN_ASSERT(ch.receiving == 1)
+    ch.receiving -= 1
+    if ch.released:
+        give_back = True
+    elif e != NULL:
+        if e.seq != ch.expected_seq:
+            expected = ch.expected_seq
+            r = -3
+        else:
+            r = _ring_push(ch, e)
+            if r >= 0:
+                ch.expected_seq += 1
+                ch.buffers_received += 1
+                ch.bytes_received += e.size
+                if (ch.num_free == 0 and e.backlog > 0 and not ch.stall_notified
+                        and not ch.floating_blocked):
+                    ch.stall_notified = True
+                    stalled = True
+    if r < 0 and not give_back:
+        ch.free_slots[ch.num_free] = slot
+        ch.num_free += 1
+    pthread_mutex_unlock(&ch.lock)
+    if r == 1:
+        call = fn_signal_ready(ch.signal, ch.index)
+        if call:
+            (<GateSignal>ch.signal.owner)._call_back_nogil()
+    if stalled:
+        with gil:
+            (<ChannelQueue>ch.owner)._on_stall(e.backlog)
+    if r >= 0 or (e == NULL and not give_back):
+        pass
+    elif give_back:
+        with gil:
+            try:
+                (<ChannelQueue>ch.owner)._return_received_slot(slot)
+            except BaseException:  # noqa: BLE001
+                log.exception("giving back a slot of a released channel failed")
+    elif e != NULL and r == -3:
+        with gil:
+            try:
+                (<NativeConnection>conn.owner).handler.on_channel_error(
+                    <ChannelQueue>ch.owner, expected, e.seq)
+            except BaseException:  # noqa: BLE001
+                log.exception("the connection's channel error handler failed")
+    elif e != NULL and r == -1:
+        with gil:
+            try:
+                (<NativeConnection>conn.owner).handler.on_channel_error(
+                    <ChannelQueue>ch.owner, -1, e.seq)
+            except BaseException:  # noqa: BLE001
+                log.exception("the connection's channel error handler failed")
+
+
+cdef int _start_frame(fn_conn *conn) noexcept nogil:
+    """The 9-byte header is in conn.hdr: check it and choose the next state. -1 on failure."""
+    cdef int32_t length = fn_load_be_i32(conn.hdr)
+    cdef uint32_t magic = <uint32_t>fn_load_be_i32(conn.hdr + 4)
+    cdef int msg_id = <unsigned char>conn.hdr[8]
+    if length < _HDR:
+        _fail_fmt(conn, True, "frame length %lld is smaller than the frame header", length)
+        return -1
+    if length > conn.max_frame_length:
+        _fail_fmt(conn, True, "frame length %lld exceeds the maximum of %lld", length, conn.max_frame_length)
+        return -1
+    if magic != _MAGIC:
+        _fail_fmt(conn, True, "Network stream corrupted: received incorrect magic number.")
+        return -1
+    if msg_id > 11:
+        _fail_fmt(conn, True, "Received unknown message from producer: id %lld", msg_id)
+        return -1
+    if msg_id not in (0, 1, 9):
+        _fail_fmt(conn, True, "message id %lld is not sent by a server", msg_id)
+        return -1
+    conn.frame_length = length
+    if msg_id == 0:
+        if length - _HDR < _BR_HDR:
+            _fail_fmt(conn, True, "BufferResponse frame of %lld bytes is shorter than its header", length)
+            return -1
+        conn.state = RS_BR_HEADER
+        return 0
+    return _begin_python_frame(conn, _HDR)
+
+
+cdef int _begin_python_frame(fn_conn *conn, int have) noexcept nogil:
+    """Collect the whole frame (its first ``have`` bytes are in conn.hdr) for Python."""
+    free(conn.frame)
+    conn.frame = <char *>malloc(conn.frame_length)
+    if conn.frame == NULL:
+        _fail_fmt(conn, True, "out of memory for a frame")
+        return -1
+    memcpy(conn.frame, conn.hdr, have)
+    conn.have = have
+    conn.state = RS_FRAME
+    if conn.have == conn.frame_length:
+        return _end_python_frame(conn)
+    return 0
+
+
+cdef int _end_python_frame(fn_conn *conn) noexcept nogil:
+    cdef char *frame = conn.frame
+    conn.frame = NULL
+    conn.state = RS_HEADER
+    conn.frames_python += 1
+    _call_frame(conn, frame, conn.frame_length)
+    free(frame)
+    return -1 if conn.failed or conn.removed else 0
+
+
+cdef int _start_buffer_response(fn_conn *conn) noexcept nogil:
+    """The BufferResponse header is in conn.hdr: check it; receive natively or hand to Python."""
+    cdef const char *p = conn.hdr + _HDR
+    cdef int32_t sp = fn_load_be_i32(p + 16)
+    cdef int32_t parts = fn_load_be_i32(p + 20)
+    cdef int32_t seq = fn_load_be_i32(p + 24)
+    cdef int32_t backlog = fn_load_be_i32(p + 28)
+    cdef int dt = <unsigned char>p[32]
+    cdef int comp = <unsigned char>p[33]
+    cdef int32_t size = fn_load_be_i32(p + 34)
+    cdef fn_map_entry *m
+    cdef fn_channel *ch
+    cdef int slot = -1
+    if parts < 0 or parts > 4096:
+        _fail_fmt(conn, True, "BufferResponse with %lld partial buffers", parts)
+        return -1
+    if parts == 0:
+        if sp < 0:
+            _fail_fmt(conn, True, "BufferResponse with negative subpartition %lld", sp)
+            return -1
+        if backlog < -1:
+            _fail_fmt(conn, True, "BufferResponse with invalid backlog %lld", backlog)
+            return -1
+        if dt < 1 or dt > 13:
+            _fail_fmt(conn, True, "BufferResponse with invalid data type %lld", dt)
+            return -1
+        if comp > 1:
+            _fail_fmt(conn, True, "BufferResponse with invalid compression flag %lld", comp)
+            return -1
+        if size < 0 or size > conn.max_buffer_size:
+            _fail_fmt(conn, True, "BufferResponse of %lld bytes (maximum %lld)", size, conn.max_buffer_size)
+            return -1
+        if <int64_t>_HDR + _BR_HDR + size != conn.frame_length:
+            _fail_fmt(conn, True, "BufferResponse size %lld does not match its frame length %lld", size, conn.frame_length)
+            return -1
+        if dt == DT_DATA_BUFFER and comp == 0 and size > 0:
+            m = _map_find(conn, p)
+            if m != NULL:
+                ch = m.ch
+                pthread_mutex_lock(&ch.lock)
+                FN_ASSERT(conn.target == NULL and conn.slot < 0)
+                FN_ASSERT(ch.num_free >= 0 and ch.num_free <= ch.slot_capacity)
+                if not ch.released and ch.num_free > 0:
+                    ch.num_free -= 1
+                    slot = ch.free_slots[ch.num_free]
+                    if ch.slot_cap[slot] < size:
+                        ch.free_slots[ch.num_free] = slot
+                        ch.num_free += 1
+                        slot = -1
+                    else:
+                        ch.receiving += 1
+                        conn.target = ch
+                        conn.slot = slot
+                        conn.dst = ch.slot_addr[slot]
+                        conn.br_size = size
+                        conn.br_seq = seq
+                        conn.br_backlog = backlog
+                        conn.br_type = dt
+                        conn.have = 0
+                pthread_mutex_unlock(&ch.lock)
+                if slot >= 0:
+                    conn.state = RS_SLOT
+                    return 0
+    # Everything else goes to Python whole (its decoder checks the rest).
+    return _begin_python_frame(conn, _HDR + _BR_HDR)
+
+
+cdef int _end_slot(fn_conn *conn) noexcept nogil:
+    cdef fn_entry e
+    cdef fn_channel *ch = conn.target
+    FN_ASSERT(ch != NULL and conn.slot >= 0 and conn.have == conn.br_size)
+    e.kind = ENTRY_SLOT
+    e.slot = conn.slot
+    e.size = conn.br_size
+    e.data_type = conn.br_type
+    e.seq = conn.br_seq
+    e.backlog = conn.br_backlog
+    e.obj = NULL
+    conn.target = NULL
+    conn.slot = -1
+    conn.state = RS_HEADER
+    conn.frames_native += 1
+    _slot_done(conn, ch, e.slot, &e)
+    return -1 if conn.failed or conn.removed else 0
+
+
+cdef int _consume(fn_conn *conn) noexcept nogil:
+    """Process the staging bytes. -1 if the connection failed or went away meanwhile."""
+    cdef int take, avail, need
+    cdef char *dst
+    while conn.s_start < conn.s_end:
+        avail = conn.s_end - conn.s_start
+        if conn.state == RS_HEADER or conn.state == RS_BR_HEADER:
+            need = (_HDR if conn.state == RS_HEADER else _HDR + _BR_HDR) - conn.hdr_have
+            take = avail if avail < need else need
+            memcpy(conn.hdr + conn.hdr_have, conn.staging + conn.s_start, take)
+            conn.hdr_have += take
+            conn.s_start += take
+            if take == need:
+                if conn.state == RS_HEADER:
+                    if _start_frame(conn) < 0:
+                        return -1
+                    if conn.state != RS_BR_HEADER:
+                        conn.hdr_have = 0
+                else:
+                    conn.hdr_have = 0
+                    if _start_buffer_response(conn) < 0:
+                        return -1
+        elif conn.state == RS_SLOT:
+            need = conn.br_size - conn.have
+            take = avail if avail < need else need
+            dst = conn.dst + conn.have
+            memcpy(dst, conn.staging + conn.s_start, take)
+            conn.have += take
+            conn.s_start += take
+            if conn.have == conn.br_size:
+                if _end_slot(conn) < 0:
+                    return -1
+        elif conn.state == RS_FRAME:
+            need = conn.frame_length - conn.have
+            take = avail if avail < need else need
+            memcpy(conn.frame + conn.have, conn.staging + conn.s_start, take)
+            conn.have += take
+            conn.s_start += take
+            if conn.have == conn.frame_length:
+                if _end_python_frame(conn) < 0:
+                    return -1
+        else:
+            return -1
+    conn.s_start = 0
+    conn.s_end = 0
+    return 0
+
+
+cdef void _on_readable(fn_conn *conn) noexcept nogil:
+    cdef iovec iov[2]
+    cdef ssize_t n
+    cdef int rounds = 0
+    cdef int err
+    cdef int32_t rest
+    while not conn.failed and not conn.removed and rounds < 16:
+        rounds += 1
+        if conn.state == RS_SLOT:
+            # the payload straight into the slot, and what follows into the staging area
+            rest = conn.br_size - conn.have
+            iov[0].iov_base = conn.dst + conn.have
+            iov[0].iov_len = rest
+            iov[1].iov_base = conn.staging
+            iov[1].iov_len = _STAGING
+            n = readv(conn.fd, iov, 2)
+            if n > 0:
+                conn.bytes_in += n
+                if n >= rest:
+                    conn.have = conn.br_size
+                    conn.s_start = 0
+                    conn.s_end = <int>(n - rest)
+                    if _end_slot(conn) < 0:
+                        return
+                    if _consume(conn) < 0:
+                        return
+                else:
+                    conn.have += <int32_t>n
+                continue
+        else:
+            n = recv(conn.fd, conn.staging, _STAGING, 0)
+            if n > 0:
+                conn.bytes_in += n
+                conn.s_start = 0
+                conn.s_end = <int>n
+                if _consume(conn) < 0:
+                    return
+                continue
+        if n == 0:
+            _fail_fmt(conn, False, "Connection unexpectedly closed by remote task manager. This "
+                      "might indicate that the remote task manager was lost.")
+            return
+        err = errno
+        if err == EAGAIN or err == EINTR:
+            return
+        _fail_errno(conn, err)
+        return
+
+
+cdef void _flush(fn_conn *conn) noexcept nogil:
+    """Write the credit announcements and queued frames (I/O thread)."""
+    cdef fn_engine *eng = <fn_engine *>conn.engine
+    cdef char frame[_ADD_CREDIT_LEN]
+    cdef fn_channel *ch
+    cdef int i, credit
+    cdef ssize_t n
+    cdef bint want
+    cdef epoll_event ev
+    cdef bint overflow = False
+    cdef int err = 0
+    if conn.failed or conn.removed:
+        return
+    pthread_mutex_lock(&conn.out_lock)
+    for i in range(conn.credit_len):
+        ch = conn.credit[i]
+        pthread_mutex_lock(&ch.lock)
+        credit = ch.unannounced
+        ch.unannounced = 0
+        ch.in_credit_list = False
+        released = ch.released
+        pthread_mutex_unlock(&ch.lock)
+        if credit > 0 and not released:
+            fn_store_be_i32(frame, _ADD_CREDIT_LEN)
+            fn_store_be_i32(frame + 4, <int32_t>_MAGIC)
+            frame[8] = 6
+            fn_store_be_i32(frame + 9, credit)
+            memcpy(frame + 13, ch.receiver_id, 16)
+            if _append_out(conn, frame, _ADD_CREDIT_LEN) < 0:
+                overflow = True
+    conn.credit_len = 0
+    while conn.out_len > 0:
+        n = send(conn.fd, conn.out, conn.out_len, MSG_NOSIGNAL)
+        if n > 0:
+            if n < conn.out_len:
+                memmove(conn.out, conn.out + n, conn.out_len - n)
+            conn.out_len -= n
+            continue
+        if n < 0 and errno == EINTR:
+            continue
+        if n < 0 and errno != EAGAIN:
+            err = errno
+        break
+    want = conn.out_len > 0
+    pthread_mutex_unlock(&conn.out_lock)
+    if err:
+        _fail_errno(conn, err)
+        return
+    if overflow:
+        _fail_fmt(conn, True, "the peer does not read: the credit announcements exceed the write bound")
+        return
+    if want != conn.want_write:
+        conn.want_write = want
+        ev.events = EPOLLIN | (EPOLLOUT if want else 0)
+        ev.data.ptr = conn
+        epoll_ctl(eng.epfd, EPOLL_CTL_MOD, conn.fd, &ev)
+
+
+cdef void _unregister(fn_conn *conn, fn_channel *ch) noexcept nogil:
+    cdef fn_map_entry *m = _map_find(conn, ch.receiver_id)
+    cdef void *obj
+    if m == NULL or m.ch != ch:
+        return
+    obj = m.obj
+    if conn.target == ch:
+        # discard the rest of the payload: switch to collecting it as a frame nobody reads
+        _abort_receive(conn)
+        _discard_rest(conn)
+    pthread_mutex_lock(&ch.lock)
+    ch.conn = NULL
+    pthread_mutex_unlock(&ch.lock)
+    _drop_credit(conn, ch)
+    _map_delete(conn, m)
+    with gil:
+        Py_DECREF(<object>obj)
+
+
+cdef void _drop_credit(fn_conn *conn, fn_channel *ch) noexcept nogil:
+    cdef int i, j = 0
+    pthread_mutex_lock(&conn.out_lock)
+    for i in range(conn.credit_len):
+        if conn.credit[i] != ch:
+            conn.credit[j] = conn.credit[i]
+            j += 1
+    conn.credit_len = j
+    pthread_mutex_unlock(&conn.out_lock)
+
+
+cdef void _discard_rest(fn_conn *conn) noexcept nogil:
+    """The frame being received into a slot is dropped: read its remaining bytes into a
+    throw-away frame (handed to nobody)."""
+    cdef int32_t got = _HDR + _BR_HDR + conn.have
+    free(conn.frame)
+    conn.frame = <char *>malloc(conn.frame_length)
+    if conn.frame == NULL:
+        _fail_fmt(conn, True, "out of memory for a frame")
+        return
+    memset(conn.frame, 0, conn.frame_length)
+    memcpy(conn.frame, conn.hdr, _HDR + _BR_HDR)
+    conn.have = got
+    conn.state = RS_FRAME
+    # the payload bytes already received are zeroed: the Python handler sees a BufferResponse
+    # for an unregistered receiver and drops it (sending CancelPartitionRequest)
+
+
+cdef void _remove_conn(fn_engine *eng, fn_conn *conn) noexcept nogil:
+    cdef epoll_event ev
+    cdef int i, j = 0
+    cdef fn_map_entry *m
+    if conn.removed:
+        return
+    if not conn.failed:
+        _flush(conn)        # what was queued before the removal (a CloseRequest) goes out
+    if not conn.failed:
+        epoll_ctl(eng.epfd, EPOLL_CTL_DEL, conn.fd, &ev)
+    _abort_receive(conn)
+    conn.failed = True
+    # every channel still registered is dropped
+    for i in range(conn.map_capacity):
+        while conn.map[i].ch != NULL:
+            _unregister(conn, conn.map[i].ch)
+    for i in range(eng.num_conns):
+        if eng.conns[i] != conn:
+            eng.conns[j] = eng.conns[i]
+            j += 1
+    eng.num_conns = j
+    pthread_mutex_lock(&eng.lock)
+    conn.removed = True
+    j = 0
+    for i in range(eng.num_writes):
+        if eng.writes[i] != conn:
+            eng.writes[j] = eng.writes[i]
+            j += 1
+    eng.num_writes = j
+    pthread_mutex_unlock(&eng.lock)
+    with gil:
+        owner = <NativeConnection>conn.owner
+        try:
+            owner.handler.on_removed()
+        except BaseException:  # noqa: BLE001
+            log.exception("the connection's removal handler failed")
+        finally:
+            Py_DECREF(owner)
+
+
+cdef int _run_commands(fn_engine *eng) noexcept nogil:
+    cdef fn_cmd *cmds
+    cdef int n, i
+    cdef fn_cmd c
+    cdef epoll_event ev
+    cdef fn_conn **conns
+    pthread_mutex_lock(&eng.lock)
+    cmds = eng.cmds
+    n = eng.num_cmds
+    eng.cmds = NULL
+    eng.num_cmds = 0
+    eng.cap_cmds = 0
+    pthread_mutex_unlock(&eng.lock)
+    for i in range(n):
+        c = cmds[i]
+        if c.op == CMD_ADD_CONN:
+            if eng.num_conns == eng.cap_conns:
+                conns = <fn_conn **>realloc(eng.conns, (eng.cap_conns * 2 + 4) * sizeof(fn_conn *))
+                if conns == NULL:
+                    _fail_conn(c.conn, "out of memory", True)
+                    continue
+                eng.conns = conns
+                eng.cap_conns = eng.cap_conns * 2 + 4
+            eng.conns[eng.num_conns] = c.conn
+            eng.num_conns += 1
+            ev.events = EPOLLIN
+            ev.data.ptr = c.conn
+            if epoll_ctl(eng.epfd, EPOLL_CTL_ADD, c.conn.fd, &ev) < 0:
+                c.conn.failed = True   # nothing to delete from epoll
+                c.conn.failed = False
+                _fail_fmt(c.conn, True, "cannot watch the socket")
+        elif c.op == CMD_REMOVE_CONN:
+            _remove_conn(eng, c.conn)
+        elif c.op == CMD_REGISTER:
+            if c.conn.removed or _map_find(c.conn, c.ch.receiver_id) != NULL \
+                    or _map_insert(c.conn, c.ch, c.obj) < 0:
+                pthread_mutex_lock(&c.ch.lock)
+                c.ch.conn = NULL
+                pthread_mutex_unlock(&c.ch.lock)
+                with gil:
+                    Py_DECREF(<object>c.obj)
+        elif c.op == CMD_UNREGISTER:
+            if not c.conn.removed:
+                _unregister(c.conn, c.ch)
+    if n:
+        with gil:
+            # hold each owner once more while dropping the commands' references, so a
+            # connection named by several commands is freed only after the last one
+            owners = [<object>cmds[i].conn.owner for i in range(n)]
+            for i in range(n):
+                Py_DECREF(<object>owners[i])
+            owners = None
+    free(cmds)
+    return 0
+
+
+cdef void _loop(fn_engine *eng) noexcept nogil:
+    cdef epoll_event events[_MAX_EVENTS]
+    cdef int n, i, k
+    cdef fn_conn *conn
+    cdef uint64_t value
+    cdef fn_conn **writes
+    cdef int num_writes
+    cdef bint stop
+    while True:
+        n = epoll_wait(eng.epfd, events, _MAX_EVENTS, -1)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            break
+        for i in range(n):
+            if events[i].data.ptr == NULL:
+                read(eng.efd, &value, 8)
+                continue
+            conn = <fn_conn *>events[i].data.ptr
+            if conn.failed or conn.removed:
+                continue
+            if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                _on_readable(conn)
+            if events[i].events & EPOLLOUT and not conn.failed and not conn.removed:
+                _flush(conn)
+        # commands first (a channel is registered before its PartitionRequest is written); a
+        # removal flushes its connection's writes itself (CloseRequest)
+        _run_commands(eng)
+        pthread_mutex_lock(&eng.lock)
+        writes = eng.writes
+        num_writes = eng.num_writes
+        eng.writes = NULL
+        eng.num_writes = 0
+        eng.cap_writes = 0
+        stop = eng.stop
+        pthread_mutex_unlock(&eng.lock)
+        for k in range(num_writes):
+            _flush(writes[k])
+        free(writes)
+        if stop:
+            break
+    # stopping: every connection is removed (its channels dropped, its handler told)
+    _run_commands(eng)
+    while eng.num_conns:
+        _remove_conn(eng, eng.conns[0])
+
+
+cdef class ReceiveEngine:
+    """One native I/O thread (``flinknet-native-io``) serving any number of
+    :class:`NativeConnection` s; start it with :meth:`start`, stop it with :meth:`close`."""
+
+    def __cinit__(self):
+        cdef epoll_event ev
+        self.e.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.e.epfd < 0:
+            raise OSError(errno, "epoll_create1 failed")
+        self.e.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.e.efd < 0:
+            close(self.e.epfd)
+            raise OSError(errno, "eventfd failed")
+        ev.events = EPOLLIN
+        ev.data.ptr = NULL
+        epoll_ctl(self.e.epfd, EPOLL_CTL_ADD, self.e.efd, &ev)
+        pthread_mutex_init(&self.e.lock, NULL)
+        self._init_done = True
+
+    def __dealloc__(self):
+        if self._init_done:
+            if self.e.epfd >= 0:
+                close(self.e.epfd)
+                close(self.e.efd)
+            free(self.e.cmds)
+            free(self.e.writes)
+            free(self.e.conns)
+            pthread_mutex_destroy(&self.e.lock)
+
+    cdef int _command(self, int op, fn_conn *conn, fn_channel *ch, void *obj) except? -1:
+        cdef fn_cmd *cmds
+        pthread_mutex_lock(&self.e.lock)
+        if self.e.stop:
+            pthread_mutex_unlock(&self.e.lock)
+            # a stopping engine removes every connection and channel itself
+            return 0 if op == CMD_REMOVE_CONN or op == CMD_UNREGISTER else -1
+        if self.e.num_cmds == self.e.cap_cmds:
+            cmds = <fn_cmd *>realloc(self.e.cmds, (self.e.cap_cmds * 2 + 8) * sizeof(fn_cmd))
+            if cmds == NULL:
+                pthread_mutex_unlock(&self.e.lock)
+                raise MemoryError()
+            self.e.cmds = cmds
+            self.e.cap_cmds = self.e.cap_cmds * 2 + 8
+        Py_INCREF(<object>conn.owner)   # dropped after the command ran
+        self.e.cmds[self.e.num_cmds].op = op
+        self.e.cmds[self.e.num_cmds].conn = conn
+        self.e.cmds[self.e.num_cmds].ch = ch
+        self.e.cmds[self.e.num_cmds].obj = obj
+        self.e.num_cmds += 1
+        pthread_mutex_unlock(&self.e.lock)
+        _wake(self.e.efd)
+        return 0
+
+    def start(self):
+        """Start the I/O thread (once)."""
+        if self._thread is not None:
+            raise RuntimeError("the engine was already started")
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+        self._thread = threading.Thread(target=self._run, name="flinknet-native-io", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        with nogil:
+            _loop(&self.e)
+
+    def close(self, timeout=10.0):
+        """Stop the I/O thread: every connection is removed first (idempotent). Called from the
+        I/O thread itself (a handler), it only asks."""
+        pthread_mutex_lock(&self.e.lock)
+        self.e.stop = True
+        pthread_mutex_unlock(&self.e.lock)
+        _wake(self.e.efd)
+        self._closed = True
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+            if t.is_alive():
+                raise RuntimeError("the native I/O thread did not stop")
+        if (t is None or not t.is_alive()) and self.e.epfd >= 0:
+            # the thread is gone (or never ran): give the descriptors back now
+            if t is None:
+                with nogil:
+                    _loop(&self.e)     # never started: run the stopping pass here
+            close(self.e.epfd)
+            close(self.e.efd)
+            self.e.epfd = -1
+            self.e.efd = -1
+
+    @property
+    def is_alive(self):
+        t = self._thread
+        return t is not None and t.is_alive()
+
+    @property
+    def num_connections(self):
+        """Connections the I/O thread serves (approximate)."""
+        return self.e.num_conns

@@ -1,0 +1,551 @@
+"""The native receive engine (flinknet._core.engine): the gate doorbell, a channel's native
+queue (against a pure-Python model, with hypothesis), and the I/O thread on real loopback
+sockets fed by hand-made frames: the native path, the Python path, bad frames, sequence errors,
+credit announcements, removal — with the pools whole after each."""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flinknet._core import protocol as P  # noqa: N812
+from flinknet._core.buffer import BufferRecycler, DataType, NetworkBuffer
+from flinknet._core.engine import ChannelQueue, GateSignal, NativeConnection, ReceiveEngine
+from flinknet._core.pool import NetworkBufferPool
+
+SEG = 4096
+
+
+def _wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return cond()
+
+
+# -- GateSignal ------------------------------------------------------------------------------
+
+def test_signal_orders_and_deduplicates_ready_channels():
+    s = GateSignal(4)
+    for i in (2, 0, 2, 3, 0):
+        s.ready(i)
+    assert s.ready_count == 3
+    assert s.drain() == [2, 0, 3]
+    assert s.drain() == [] and s.ready_count == 0
+    s.ready(2)
+    assert s.drain() == [2]
+
+
+def test_signal_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        GateSignal(0)
+    with pytest.raises(TypeError):
+        GateSignal(1, callback=3)
+    s = GateSignal(2)
+    with pytest.raises(IndexError):
+        s.ready(2)
+    with pytest.raises(IndexError):
+        s.ready(-1)
+    with pytest.raises(ValueError):
+        s.wait(-1)
+    with pytest.raises(ValueError):
+        s.wait(float("nan"))
+
+
+def test_signal_wait_times_out_and_wakes_on_ready_or_notify():
+    s = GateSignal(2)
+    assert s.wait(0.01) is False
+    s.notify()
+    assert s.wait(0.01) is True      # the notify since the last wait counts once
+    assert s.wait(0.01) is False
+    woke = []
+    t = threading.Thread(target=lambda: woke.append(s.wait(10)))
+    t.start()
+    time.sleep(0.05)
+    s.ready(1)
+    t.join(5)
+    assert woke == [True] and s.drain() == [1]
+
+
+def test_signal_calls_back_once_when_armed():
+    calls = []
+    s = GateSignal(3, callback=lambda: calls.append(1))
+    s.ready(0)
+    assert calls == []                # not armed
+    s.drain()
+    assert s.arm() is False           # nothing ready: armed
+    s.ready(1)
+    s.ready(2)
+    assert calls == [1]               # one-shot
+    assert s.arm() is True            # ready already: not armed, the caller drains
+    s.drain()
+    s.ready(0)
+    assert calls == [1]
+
+
+def test_signal_callback_errors_are_logged_not_raised(caplog):
+    s = GateSignal(1, callback=lambda: 1 / 0)
+    s.arm()
+    s.ready(0)
+    assert "callback failed" in caplog.text
+
+
+# -- ChannelQueue against a model -------------------------------------------------------------
+
+def _queue(pool, index=0, n=1):
+    signal = GateSignal(n)
+    return signal, ChannelQueue(signal, index, bytes(range(16)), pool.recycle_unpooled_memory_segments)
+
+
+def test_queue_rejects_bad_arguments():
+    pool = NetworkBufferPool(8, SEG)
+    signal = GateSignal(1)
+    with pytest.raises(IndexError):
+        ChannelQueue(signal, 1, bytes(16), pool.recycle_unpooled_memory_segments)
+    with pytest.raises(ValueError):
+        ChannelQueue(signal, 0, bytes(15), pool.recycle_unpooled_memory_segments)
+    with pytest.raises(TypeError):
+        ChannelQueue(signal, 0, bytes(16), 5)
+    with pytest.raises(TypeError):
+        ChannelQueue(None, 0, bytes(16), pool.recycle_unpooled_memory_segments)
+
+
+def test_queue_exclusive_buffers_round_trip_as_credit():
+    pool = NetworkBufferPool(8, SEG)
+    signal, q = _queue(pool)
+    for seg in pool.request_unpooled_memory_segments(2):
+        assert q.add_exclusive(seg, announce=False) is False
+    assert q.free_slots == 2 and q.free_exclusive == 2 and q.unannounced_credit == 0
+    b = q.pop_free_buffer()
+    b.size = 5
+    assert q.free_slots == 1
+    assert q.push_buffer(b, 0) == "ok"
+    assert signal.drain() == [0]
+    buf, next_type, seq, backlog = q.poll()
+    assert buf is b and next_type == DataType.NONE and seq == 0 and backlog == -1
+    assert q.poll() is None
+    buf.recycle()                     # the slot comes back as one unannounced credit
+    assert q.free_slots == 2 and q.unannounced_credit == 1
+    assert q.take_unannounced_credit() == 1 and q.unannounced_credit == 0
+    q.release()
+    assert pool.is_whole
+
+
+def test_queue_sequence_numbers_and_release():
+    pool = NetworkBufferPool(8, SEG)
+    signal, q = _queue(pool)
+    q.add_exclusive(pool.request_unpooled_memory_segments(1)[0], announce=False)
+    b = q.pop_free_buffer()
+    assert q.push_buffer(b, 1) == "reordered"
+    assert q.advance_sequence(0) is True and q.expected_sequence_number == 1
+    assert q.advance_sequence(5) is False
+    assert q.push_buffer(b, 1) == "ok"
+    q.release()                        # the queued buffer goes back with the rest
+    assert q.is_released and q.queued_buffers == 0
+    assert pool.is_whole
+    fresh = NetworkBuffer(pool.request_unpooled_memory_segments(1)[0], _freeing(pool))
+    assert q.push_buffer(fresh, 2) == "released"
+    fresh.recycle()
+    # an exclusive segment added after release goes straight back
+    assert q.add_exclusive(pool.request_unpooled_memory_segments(1)[0]) is False
+    assert pool.is_whole
+    q.release()                        # idempotent
+
+
+def _freeing(pool):
+    """A recycler giving unpooled segments back to the global pool."""
+    class R(BufferRecycler):
+        def recycle(self, segment):
+            pool.recycle_unpooled_memory_segments([segment])
+    return R()
+
+
+# The model: ops on the queue and on a plain-Python mirror; after every op both agree and the
+# queue's slot accounting is whole.
+_ops = st.lists(st.sampled_from(
+    ["exclusive", "floating", "receive", "receive", "event", "poll", "poll", "recycle", "recycle",
+     "take_floating", "required", "credit", "empty"]), min_size=1, max_size=60)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=_ops, seed=st.integers(0, 2**16), release_at=st.integers(0, 70))
+def test_queue_matches_its_model(ops, seed, release_at):
+    rnd = random.Random(seed)
+    pool = NetworkBufferPool(64, SEG)
+    gate_pool = pool.create_buffer_pool(1, 16, max_overdraft_buffers=0)
+    signal, q = _queue(pool)
+    handed = []                 # buffers the "task" holds
+    queued = []                 # model of the received queue: (size, seq)
+    free_total = 0              # model of free slots
+    seq = 0
+    released = False
+    for step, op in enumerate(ops):
+        if step == release_at:
+            q.release()
+            released = True
+            queued.clear()
+            free_total = 0
+        if op == "exclusive":
+            segs = pool.request_unpooled_memory_segments(1) if pool.available_segments > 8 else []
+            for s in segs:
+                q.add_exclusive(s)
+                free_total += 0 if released else 1
+        elif op == "floating":
+            b = gate_pool.request_buffer()
+            if b is not None:
+                q.add_floating(b)
+                free_total += 0 if released else 1
+        elif op in ("receive", "event"):
+            if op == "receive":
+                b = q.pop_free_buffer()
+                if b is None:
+                    assert free_total == 0
+                    continue
+                free_total -= 1
+            else:
+                b = NetworkBuffer(pool.request_unpooled_memory_segments(1)[0], _freeing(pool),
+                                  DataType.EVENT_BUFFER)
+            size = rnd.randint(0, 64)
+            b.size = size
+            result = q.push_buffer(b, seq)
+            if released:
+                assert result == "released"
+                b.recycle()
+            else:
+                assert result == "ok"
+                queued.append((b.size, seq))
+            seq += 1
+        elif op == "poll":
+            r = q.poll()
+            if not queued:
+                assert r is None
+            else:
+                size, s = queued.pop(0)
+                buf, next_type, got_seq, _ = r
+                assert (buf.size, got_seq) == (size, s)
+                assert (next_type == DataType.NONE) == (not queued)
+                handed.append(buf)
+        elif op == "recycle" and handed:
+            b = handed.pop(rnd.randrange(len(handed)))
+            exclusive_or_floating = b.data_type == DataType.DATA_BUFFER
+            b.recycle()
+            if exclusive_or_floating and not released:
+                free_total = q.free_slots     # may swap a floating one back (required)
+        elif op == "take_floating":
+            b = q.take_free_floating()
+            if b is not None:
+                free_total -= 1
+                b.recycle()
+        elif op == "required":
+            q.set_required(rnd.randint(0, 8))
+        elif op == "credit":
+            q.take_unannounced_credit()
+        elif op == "empty":
+            ok = q.advance_sequence(seq)
+            assert ok is not released or True
+            if ok:
+                seq += 1
+        assert q.free_slots == free_total
+        assert q.queued_buffers == len(queued)
+        assert q.check_whole() >= 0
+    for b in handed:
+        b.recycle()
+    q.release()
+    gate_pool.lazy_destroy()
+    assert pool.is_whole, (pool.available_segments, pool.total_segments)
+
+
+# -- the I/O thread on real sockets ------------------------------------------------------------
+
+class Handler:
+    """The Python side of a NativeConnection, recording what the I/O thread hands over."""
+
+    def __init__(self):
+        self.frames = []
+        self.failures = []
+        self.channel_errors = []
+        self.removed = threading.Event()
+        self.sock = None
+
+    def on_frame(self, frame):
+        self.frames.append(frame)
+
+    def on_failure(self, message, is_local):
+        self.failures.append((message, is_local))
+
+    def on_channel_error(self, queue, expected, sequence_number):
+        self.channel_errors.append((queue, expected, sequence_number))
+
+    def on_removed(self):
+        self.removed.set()
+        if self.sock is not None:
+            self.sock.close()
+
+
+@pytest.fixture
+def wire():
+    """(engine, client socket handler, NativeConnection, server-side socket)."""
+    engine = ReceiveEngine()
+    engine.start()
+    lst = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(lst.getsockname())
+    server, _ = lst.accept()
+    lst.close()
+    client.setblocking(False)
+    handler = Handler()
+    handler.sock = client
+    conn = NativeConnection(engine, client, handler, 1 << 20, SEG)
+    conn.start()
+    yield engine, handler, conn, server
+    conn.remove()
+    assert handler.removed.wait(10)
+    engine.close()
+    assert not engine.is_alive
+    server.close()
+
+
+def _attach(conn, pool, n_exclusive=2, index=0, signal=None):
+    signal = signal or GateSignal(index + 1)
+    rid = bytes(random.getrandbits(8) for _ in range(16))
+    q = ChannelQueue(signal, index, rid, pool.recycle_unpooled_memory_segments)
+    for seg in pool.request_unpooled_memory_segments(n_exclusive):
+        q.add_exclusive(seg, announce=False)
+    before = conn.num_channels
+    conn.register(q)
+    assert _wait_for(lambda: conn.num_channels == before + 1)   # the I/O thread routes it now
+    return signal, q, rid
+
+
+def _br(rid, seq, payload, dt=DataType.DATA_BUFFER, backlog=0):
+    return P.encode_buffer_response(rid, 0, seq, backlog, dt, False, payload)
+
+
+def test_data_buffers_are_received_natively_and_credit_is_announced(wire):
+    engine, handler, conn, server = wire
+    pool = NetworkBufferPool(16, SEG)
+    signal, q, rid = _attach(conn, pool)
+    payloads = [bytes([i]) * (100 + i) for i in range(2)]
+    server.sendall(b"".join(_br(rid, i, p, backlog=i) for i, p in enumerate(payloads)))
+    assert _wait_for(lambda: q.queued_buffers == 2)
+    assert conn.frames_native == 2 and handler.frames == []
+    assert signal.drain() == [0]
+    got = []
+    while (r := q.poll()) is not None:
+        buf, _, seq, backlog = r
+        got.append((buf.to_bytes(), seq, backlog))
+        buf.recycle()
+    assert got == [(payloads[0], 0, 0), (payloads[1], 1, 1)]
+    # two recycled slots -> AddCredit frames (coalesced: one or two), 2 credits in total
+    server.settimeout(5)
+    dec = P.FrameDecoder(side="server")
+    credit = 0
+    while credit < 2:
+        for m in dec.feed(server.recv(4096)):
+            assert type(m) is P.AddCredit and m.receiver_id == rid
+            credit += m.credit
+    assert credit == 2
+    conn.unregister(q)
+    q.release()
+    assert _wait_for(lambda: pool.is_whole)
+
+
+def test_events_unknown_receivers_and_no_credit_go_to_python(wire):
+    engine, handler, conn, server = wire
+    pool = NetworkBufferPool(16, SEG)
+    signal, q, rid = _attach(conn, pool, n_exclusive=1)
+    frames = [
+        _br(rid, 0, b"x" * 10),                                         # native (1 slot)
+        _br(rid, 1, b"\x00\x00\x00\x01", dt=DataType.EVENT_BUFFER),   # an event
+        _br(bytes(16), 0, b"abc"),                                     # unknown receiver
+        _br(rid, 2, b"y" * 10),                                         # no free slot: Python
+        _br(rid, 3, b""),                                              # empty: Python
+        P.encode_backlog_announcement(3, rid),
+        P.encode_error_response("SomeError", "boom", rid),
+    ]
+    server.sendall(b"".join(frames))
+    assert _wait_for(lambda: len(handler.frames) == 6)
+    assert handler.frames == frames[1:]
+    assert conn.frames_native == 1 and conn.frames_python == 6 and handler.failures == []
+    assert q.queued_buffers == 1
+    conn.unregister(q)
+    q.release()
+    assert _wait_for(lambda: pool.is_whole)
+
+
+@pytest.mark.parametrize("frame, words", [
+    (struct.pack(">iIb", 5, 0xBADC0FFE, 0), "smaller than the frame header"),
+    (struct.pack(">iIb", 1 << 30, 0xBADC0FFE, 0), "exceeds the maximum"),
+    (struct.pack(">iIb", 9, 0x12345678, 0), "magic number"),
+    (struct.pack(">iIb", 9, 0xBADC0FFE, 77), "unknown message"),
+    (struct.pack(">iIb", 29, 0xBADC0FFE, 6) + bytes(20), "not sent by a server"),
+    (struct.pack(">iIb", 20, 0xBADC0FFE, 0) + bytes(11), "shorter than its header"),
+])
+def test_bad_headers_fail_the_connection_with_a_named_error(wire, frame, words):
+    engine, handler, conn, server = wire
+    server.sendall(frame)
+    assert _wait_for(lambda: handler.failures)
+    message, local = handler.failures[0]
+    assert words in message and local is True
+    assert len(handler.failures) == 1
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("sp", -1, "negative subpartition"),
+    ("backlog", -2, "invalid backlog"),
+    ("dt", 0, "invalid data type"),
+    ("dt", 14, "invalid data type"),
+    ("comp", 2, "compression flag"),
+    ("size", SEG + 1, "maximum"),
+    ("parts", -1, "partial buffers"),
+    ("size", 5, "does not match its frame length"),
+])
+def test_bad_buffer_response_fields_fail_before_any_slot_is_used(wire, field, value, words):
+    engine, handler, conn, server = wire
+    pool = NetworkBufferPool(16, SEG)
+    signal, q, rid = _attach(conn, pool)
+    fields = {"sp": 0, "parts": 0, "seq": 0, "backlog": 0, "dt": 1, "comp": 0, "size": 10}
+    fields[field] = value
+    body = rid + struct.pack(">iiiiBBi", fields["sp"], fields["parts"], fields["seq"],
+                             fields["backlog"], fields["dt"], fields["comp"], fields["size"])
+    payload = bytes(10)
+    server.sendall(struct.pack(">iIb", 9 + 38 + 10, 0xBADC0FFE, 0) + body + payload)
+    assert _wait_for(lambda: handler.failures)
+    assert words in handler.failures[0][0]
+    assert q.free_slots == 2 and q.queued_buffers == 0
+    q.release()
+    conn.unregister(q)
+    assert _wait_for(lambda: pool.is_whole)
+
+
+def test_out_of_sequence_buffer_is_reported_and_its_slot_kept(wire):
+    engine, handler, conn, server = wire
+    pool = NetworkBufferPool(16, SEG)
+    signal, q, rid = _attach(conn, pool)
+    server.sendall(_br(rid, 0, b"a" * 8) + _br(rid, 5, b"b" * 8))
+    assert _wait_for(lambda: handler.channel_errors)
+    (queue, expected, got), = handler.channel_errors
+    assert queue is q and expected == 1 and got == 5
+    assert q.queued_buffers == 1 and q.free_slots == 1
+    q.poll()[0].recycle()
+    q.release()
+    conn.unregister(q)
+    assert _wait_for(lambda: pool.is_whole)
+
+
+def test_peer_close_and_partial_payload_give_the_slot_back(wire):
+    engine, handler, conn, server = wire
+    pool = NetworkBufferPool(16, SEG)
+    signal, q, rid = _attach(conn, pool)
+    frame = _br(rid, 0, b"z" * 3000)
+    server.sendall(frame[:1000])         # the payload starts arriving into a slot ...
+    assert _wait_for(lambda: q.free_slots == 1)
+    server.close()                       # ... and the peer goes away
+    assert _wait_for(lambda: handler.failures)
+    assert "closed by remote task manager" in handler.failures[0][0]
+    assert handler.failures[0][1] is False
+    assert _wait_for(lambda: q.free_slots == 2)
+    q.release()
+    assert pool.is_whole
+
+
+def test_released_channel_mid_payload_gets_its_slot_back(wire):
+    engine, handler, conn, server = wire
+    pool = NetworkBufferPool(16, SEG)
+    signal, q, rid = _attach(conn, pool)
+    frame = _br(rid, 0, b"z" * 3000)
+    server.sendall(frame[:1000])
+    assert _wait_for(lambda: q.free_slots == 1)
+    q.release()                          # one slot is still being received into
+    assert not pool.is_whole
+    conn.unregister(q)                   # the I/O thread drops the rest and gives it back
+    assert _wait_for(lambda: pool.is_whole)
+    server.sendall(frame[1000:] + _br(rid, 1, b"late"))
+    assert _wait_for(lambda: len(handler.frames) == 2)   # the rest, then the late frame
+    assert handler.failures == []
+
+
+def test_send_writes_frames_in_order_and_bounds_unwritten_bytes():
+    engine = ReceiveEngine()
+    engine.start()
+    lst = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(lst.getsockname())
+    server, _ = lst.accept()
+    lst.close()
+    client.setblocking(False)
+    handler = Handler()
+    handler.sock = client
+    with pytest.raises(ValueError):
+        NativeConnection(engine, client, handler, 8, SEG)
+    with pytest.raises(ValueError):
+        NativeConnection(engine, client, handler, 1 << 20, -1)
+    with pytest.raises(ValueError):
+        NativeConnection(engine, client, handler, 1 << 20, SEG, 100)
+    conn = NativeConnection(engine, client, handler, 1 << 20, SEG, 8192)
+    conn.start()
+    with pytest.raises(RuntimeError):
+        conn.start()
+    frames = [P.encode_add_credit(i + 1, bytes(16)) for i in range(50)]
+    for f in frames:
+        assert conn.send(f) is True
+    server.settimeout(5)
+    got = b""
+    while len(got) < sum(map(len, frames)):
+        got += server.recv(65536)
+    assert got == b"".join(frames)
+    # a peer that never reads: the bound refuses more
+    big = bytes(4000)
+    with pytest.raises(BufferError):
+        for _ in range(100_000):
+            conn.send(big)
+    conn.remove()
+    assert handler.removed.wait(10)
+    assert conn.send(b"x") is False
+    engine.close()
+    server.close()
+
+
+def test_engine_close_removes_every_connection_and_refuses_new_ones():
+    engine = ReceiveEngine()
+    engine.start()
+    pairs = []
+    for _ in range(3):
+        lst = socket.create_server(("127.0.0.1", 0))
+        c = socket.create_connection(lst.getsockname())
+        s, _ = lst.accept()
+        lst.close()
+        c.setblocking(False)
+        h = Handler()
+        h.sock = c
+        conn = NativeConnection(engine, c, h, 1 << 20, SEG)
+        conn.start()
+        pairs.append((conn, h, s))
+    pool = NetworkBufferPool(16, SEG)
+    signal, q, rid = _attach(pairs[0][0], pool)
+    assert _wait_for(lambda: engine.num_connections == 3)
+    engine.close()
+    assert not engine.is_alive
+    assert all(h.removed.is_set() for _, h, _ in pairs)
+    q.release()
+    assert pool.is_whole
+    with socket.socket() as spare:
+        late = NativeConnection(engine, spare, Handler(), 1 << 20, SEG)
+        with pytest.raises(RuntimeError):
+            late.start()
+    engine.close()      # idempotent
+    for _, _, s in pairs:
+        s.close()
+
+
+def test_never_started_engine_closes_cleanly():
+    engine = ReceiveEngine()
+    engine.close()
+    assert not engine.is_alive

@@ -1,0 +1,228 @@
+"""A randomized multi-thread stress test of the native receive engine (CI runs it in the debug
+build too, where the engine asserts its invariants).
+
+Real loopback sockets: one server thread per connection sends BufferResponses only against the
+credit it was given (initial credit + every AddCredit it reads), with random sizes and pauses;
+consumer threads wait on the gate's doorbell, check every buffer's sequence and bytes and
+recycle it after random stalls; meanwhile channels are cancelled at random and one connection
+is killed mid-frame. At the end every buffer went back: the pools are whole."""
+
+from __future__ import annotations
+
+import random
+import select
+import socket
+import threading
+import time
+
+import pytest
+
+from flinknet._core import protocol as P  # noqa: N812
+from flinknet._core.buffer import DataType
+from flinknet._core.engine import ChannelQueue, GateSignal, NativeConnection, ReceiveEngine
+from flinknet._core.pool import NetworkBufferPool
+
+SEG = 1024
+
+
+def _payload(channel: int, seq: int, size: int) -> bytes:
+    head = bytes([channel & 0xFF, seq & 0xFF])
+    return (head * (size // 2 + 1))[:size]
+
+
+class _Conn:
+    """The Python side of one connection (the handler) and its server thread."""
+
+    def __init__(self, engine, index, channels, frames_per_channel, rnd, kill_after):
+        lst = socket.create_server(("127.0.0.1", 0))
+        self.client = socket.create_connection(lst.getsockname())
+        self.server, _ = lst.accept()
+        lst.close()
+        self.client.setblocking(False)
+        self.index = index
+        self.channels = channels          # [(global channel index, rid, queue, initial credit)]
+        self.n = frames_per_channel
+        self.rnd = random.Random(rnd.random())
+        self.kill_after = kill_after      # frames sent before the connection is cut (None: never)
+        self.failed = threading.Event()
+        self.removed = threading.Event()
+        self.python_frames = 0
+        self.errors = []
+        self.native = NativeConnection(engine, self.client, self, 1 << 20, SEG)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    # handler (the engine's I/O thread, with the GIL)
+    def on_frame(self, frame):
+        self.python_frames += 1          # backlog announcements, frames of cancelled channels
+
+    def on_failure(self, message, is_local):
+        self.failed.set()
+
+    def on_channel_error(self, queue, expected, sequence_number):
+        self.errors.append((expected, sequence_number))
+
+    def on_removed(self):
+        self.removed.set()
+        self.client.close()
+
+    # the server
+    def _serve(self):
+        sock = self.server
+        credit = {rid: initial for _, rid, _, initial in self.channels}
+        sent = {rid: 0 for _, rid, _, _ in self.channels}
+        chan = {rid: c for c, rid, _, _ in self.channels}
+        dec = P.FrameDecoder(side="server")
+        total = 0
+        try:
+            while any(sent[r] < self.n for r in sent):
+                readable, _, _ = select.select([sock], [], [], 0.002)
+                if readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    for m in dec.feed(data):
+                        if type(m) is P.AddCredit:
+                            credit[m.receiver_id] += m.credit
+                out = []
+                for rid in credit:
+                    while credit[rid] and sent[rid] < self.n:
+                        size = self.rnd.randint(1, SEG)
+                        seq = sent[rid]
+                        out.append(P.encode_buffer_response(
+                            rid, 0, seq, self.rnd.randint(0, 5), DataType.DATA_BUFFER, False,
+                            _payload(chan[rid], seq, size)))
+                        if self.rnd.random() < 0.02:
+                            out.append(P.encode_backlog_announcement(3, rid))
+                        credit[rid] -= 1
+                        sent[rid] += 1
+                        total += 1
+                        if self.kill_after is not None and total >= self.kill_after:
+                            # cut the connection in the middle of a frame
+                            blob = b"".join(out)
+                            sock.sendall(blob[:len(blob) - 7])
+                            sock.close()
+                            return
+                if out:
+                    blob = b"".join(out)
+                    # random split points: frames arrive in pieces
+                    while blob:
+                        k = self.rnd.randint(1, len(blob))
+                        sock.sendall(blob[:k])
+                        blob = blob[k:]
+                        if self.rnd.random() < 0.05:
+                            time.sleep(self.rnd.random() * 0.002)
+        except OSError:
+            return
+
+
+@pytest.mark.parametrize("seed", [7, 11])
+def test_random_stress_stalls_cancellations_and_a_killed_connection(seed):
+    rnd = random.Random(seed)
+    pool = NetworkBufferPool(1024, SEG)
+    engine = ReceiveEngine()
+    engine.start()
+    num_conns, per_conn, frames = 3, 8, 200
+    n_channels = num_conns * per_conn
+    signal = GateSignal(n_channels)
+    queues = []
+    conns = []
+    kill = rnd.randrange(num_conns)
+    for c in range(num_conns):
+        chans = []
+        for k in range(per_conn):
+            idx = c * per_conn + k
+            rid = rnd.randbytes(16)
+            q = ChannelQueue(signal, idx, rid, pool.recycle_unpooled_memory_segments)
+            initial = rnd.randint(1, 4)
+            for seg in pool.request_unpooled_memory_segments(initial):
+                q.add_exclusive(seg, announce=False)
+            chans.append((idx, rid, q, initial))
+            queues.append(q)
+        conn = _Conn(engine, c, chans, frames, rnd,
+                     kill_after=rnd.randint(50, per_conn * frames // 2) if c == kill else None)
+        conn.native.start()
+        for _, _, q, _ in chans:
+            conn.native.register(q)
+        conns.append(conn)
+    deadline = time.monotonic() + 10
+    while sum(c.native.num_channels for c in conns) < n_channels and time.monotonic() < deadline:
+        time.sleep(0.001)
+    for conn in conns:
+        conn.thread.start()
+
+    expected_seq = [0] * n_channels
+    cancelled = set()
+    problems = []
+    lock = threading.Lock()
+    done = threading.Event()
+    conn_of = [c // per_conn for c in range(n_channels)]
+
+    def consume(worker):
+        r = random.Random(seed * 100 + worker)
+        held = []
+        while not done.is_set():
+            signal.wait(0.05)
+            for idx in signal.drain():
+                q = queues[idx]
+                while (item := q.poll()) is not None:
+                    buf, _, seq, backlog = item
+                    with lock:
+                        if seq != expected_seq[idx]:
+                            problems.append(("order", idx, seq, expected_seq[idx]))
+                        expected_seq[idx] = seq + 1
+                    if buf.to_bytes() != _payload(idx, seq, buf.size):
+                        problems.append(("bytes", idx, seq))
+                    held.append(buf)
+                    if r.random() < 0.1:
+                        time.sleep(r.random() * 0.003)       # a stalled task
+                    if len(held) > r.randint(0, 3):
+                        held.pop(r.randrange(len(held))).recycle()
+            while held:
+                held.pop().recycle()
+
+    workers = [threading.Thread(target=consume, args=(w,), daemon=True) for w in range(2)]
+    for w in workers:
+        w.start()
+
+    # cancel a few channels while the data flows
+    for _ in range(3):
+        time.sleep(rnd.random() * 0.05)
+        idx = rnd.randrange(n_channels)
+        if idx in cancelled:
+            continue
+        with lock:
+            cancelled.add(idx)
+        queues[idx].release()
+        conns[conn_of[idx]].native.unregister(queues[idx])
+
+    def finished():
+        for idx in range(n_channels):
+            if idx in cancelled or conns[conn_of[idx]].failed.is_set():
+                continue
+            if expected_seq[idx] < frames:
+                return False
+        return conns[kill].failed.is_set()
+
+    deadline = time.monotonic() + 60
+    while not finished() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done.set()
+    for w in workers:
+        w.join(10)
+    assert finished(), [(i, expected_seq[i]) for i in range(n_channels)]
+    assert problems == []
+    assert conns[kill].failed.is_set()
+    assert all(not c.errors for c in conns), [c.errors for c in conns]
+    for i, q in enumerate(queues):
+        if i not in cancelled and not conns[conn_of[i]].failed.is_set():
+            assert q.check_whole() == 0          # nothing handed out, nothing lost
+    for q in queues:
+        q.release()
+    for conn in conns:
+        conn.native.remove()
+    engine.close()
+    for conn in conns:
+        assert conn.removed.is_set()
+        conn.thread.join(10)
+        conn.server.close()
+    assert pool.is_whole, (pool.available_segments, pool.total_segments)
