@@ -15,7 +15,8 @@ from setuptools import Extension, setup
 DEBUG = os.environ.get("FLINKNET_DEBUG", "0") not in ("", "0")
 ANNOTATE = os.environ.get("FLINKNET_ANNOTATE", "0") not in ("", "0")
 
-CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "protocol", "engine"]
+CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "protocol",
+                "engine"]
 
 directives = {
     "language_level": 3,

@@ -1,12 +1,14 @@
 """Guard: the tests must run against the compiled core, never against an unbuilt source tree."""
 
+import ast
 import importlib
 import importlib.machinery
 import pathlib
 
 import pytest
 
-CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "protocol", "engine"]
+CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "protocol",
+                "engine"]
 #: compiled modules outside the core (setup.py builds them as separate extensions)
 TOOL_EXTENSIONS = ["flinknet.tools.bench._benchkit", "flinknet.tools.bench._floorkit"]
 
@@ -23,7 +25,9 @@ def test_core_module_is_compiled(module_name):
 def test_setup_builds_the_same_extensions():
     """setup.py's CORE_MODULES and its separate extensions are the ones checked above."""
     text = (pathlib.Path(__file__).resolve().parent.parent / "setup.py").read_text()
-    assert f"CORE_MODULES = {CORE_MODULES!r}".replace("'", '"') in text
+    assigned = [node for node in ast.parse(text).body if isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "CORE_MODULES" for t in node.targets)]
+    assert len(assigned) == 1 and ast.literal_eval(assigned[0].value) == CORE_MODULES
     for name in TOOL_EXTENSIONS:
         assert f'"{name}"' in text, name
 
