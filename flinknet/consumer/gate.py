@@ -277,6 +277,9 @@ class SingleInputGate(InputGate):
             if self._availability_listener is not None:
                 raise IllegalStateError(f"{self} already belongs to a union input gate")
             self._availability_listener = listener
+            # channels the native I/O thread makes ready call the listener from now on (a
+            # channel ready already shows in is_available, which the union gate checks next)
+            self._arm_unsafe()
 
     # -- construction ----------------------------------------------------------------------
 
@@ -521,6 +524,9 @@ class SingleInputGate(InputGate):
                     break
                 if not blocking or signal is None:
                     self._check_unavailability()
+                    self._drain_signal_unsafe(futures)   # made ready while the doorbell was armed
+                    if queue:
+                        break
                     return False
                 remaining = None
                 if deadline is not None:
@@ -570,11 +576,12 @@ class SingleInputGate(InputGate):
                 self._arm_unsafe()
 
     def _arm_unsafe(self) -> None:
-        """Have the doorbell call back at the next ready channel (under the lock)."""
+        """Have the doorbell call back at the next ready channel (under the lock). If one is
+        ready already the callback is not armed: the caller drains the doorbell next (and the
+        gate reports itself available)."""
         signal = self.signal
-        if signal is not None and signal.arm():
-            # ready meanwhile: the callback was not armed; the caller's next poll drains it
-            self._wake()
+        if signal is not None:
+            signal.arm()
 
     def _transform_event(self, buffer: Buffer, channel: InputChannel, more_available: bool,
                          more_priority: bool) -> BufferOrEvent:

@@ -320,3 +320,45 @@ def test_a_receiver_without_exclusive_buffers_reads_on_floating_credit():
         assert sorted(got) == [b"%05d" % i for i in range(2000)]
         gate.close()
         assert cons.network_buffer_pool.is_whole
+
+
+@pytest.mark.parametrize("native_io", [True, False])
+def test_union_gate_over_remote_gates_reads_everything(native_io):
+    """A UnionInputGate over gates whose channels the native I/O thread fills: each member gate
+    tells the union when it turns available (the armed doorbell), bursts and pauses alike."""
+    from flinknet.consumer import UnionInputGate
+
+    opts = {"taskmanager.memory.segment-size": "4kb", "flinknet.network.native-io": native_io}
+    n = 3000
+    with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
+        parts = [prod.create_result_partition(1) for _ in range(2)]
+        gates = [cons.create_input_gate([(p.partition_id, 0, prod.address)], gate_index=i)
+                 for i, p in enumerate(parts)]
+        union = UnionInputGate(gates)
+
+        def produce(p, tag):
+            with RecordWriter(p, timeout=1) as w:
+                for i in range(n):
+                    w.emit(tag + i.to_bytes(4, "big"), 0)
+                    if i % 500 == 0:
+                        time.sleep(0.02)       # pauses: the gates go unavailable and back
+            p.finish()
+
+        threads = [threading.Thread(target=produce, args=(p, bytes([t]))) for t, p in enumerate(parts)]
+        for t in threads:
+            t.start()
+        seen = {0: 0, 1: 0}
+        with RecordReader(union) as reader:
+            while (batch := reader.read_batch(timeout=20)) is not None:
+                for rec in batch:
+                    tag, i = rec[0], int.from_bytes(rec[1:], "big")
+                    assert i == seen[tag]
+                    seen[tag] += 1
+        for t in threads:
+            t.join(10)
+        assert seen == {0: n, 1: n}
+        for g in gates:
+            g.close()
+        for p in parts:
+            p.close()
+        assert cons.network_buffer_pool.is_whole

@@ -51,6 +51,7 @@ import multiprocessing as mp
 import socket
 import struct
 import time
+from typing import Any
 
 import numpy as np
 
@@ -86,12 +87,13 @@ def _ctx():
 
 # -- processes (module level: spawn imports them) ----------------------------------------------
 
-def _producer(q_out, q_in, size: int, n: int, api: str, timeout_ms: float, rate: float) -> None:
+def _producer(q_out, q_in, size: int, n: int, api: str, timeout_ms: float, rate: float,
+              options: dict[str, Any] | None = None) -> None:
     from flinknet.environment import NetworkEnvironment
     from flinknet.writer import RecordWriter
 
     try:
-        with NetworkEnvironment() as env:
+        with NetworkEnvironment(options or {}) as env:
             p = env.create_result_partition(1)
             q_out.put((p.partition_id.to_bytes(), env.address))
             record = bytes(range(256)) * (size // 256) + bytes(size % 256)
@@ -215,26 +217,28 @@ def raw_round_trip_us(count: int) -> list[float]:
 
 
 def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float = 0.0,
-               stats: dict[str, float] | None = None):
+               stats: dict[str, float] | None = None, options: dict[str, Any] | None = None):
     """Seconds to move ``n`` records (or, for api="latency", the list of one-way delays in µs).
     ``stats``, when given, receives the CPU seconds each process spent on the transfer:
     ``"consumer_cpu_s"`` (this process, from "go" to the last record read) and
     ``"producer_cpu_s"`` (the producer process, from "go" to the consumer being done), both all
-    threads (``time.process_time``)."""
+    threads (``time.process_time``). ``options`` configure both environments
+    (:class:`~flinknet.config.NetworkConfig` keys)."""
     from flinknet.consumer import RecordReader
     from flinknet.environment import NetworkEnvironment
     from flinknet.ids import ResultPartitionID
 
     ctx = _ctx()
     q_out, q_in = ctx.Queue(), ctx.Queue()
-    proc = ctx.Process(target=_producer, args=(q_out, q_in, size, n, api, timeout_ms, rate), daemon=True)
+    proc = ctx.Process(target=_producer, args=(q_out, q_in, size, n, api, timeout_ms, rate, options),
+                       daemon=True)
     proc.start()
     try:
         first = q_out.get(timeout=120)
         if first[0] == "error":
             raise RuntimeError(f"producer failed: {first[1]}")
         pid, addr = first
-        with NetworkEnvironment() as env:
+        with NetworkEnvironment(options or {}) as env:
             gate = env.create_input_gate([(ResultPartitionID.from_bytes(pid), 0, addr)])
             gate.request_partitions()
             count = 0
