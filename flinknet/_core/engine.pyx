@@ -1,3 +1,6 @@
+# cython: linetrace=False, profile=False
+# The engine is never line-traced, even in FLINKNET_DEBUG builds: tracing a nogil line takes the
+# GIL, and the I/O thread holds native locks that GIL holders wait for (a lock-order inversion).
 """The native receive engine: an epoll I/O thread that never holds the GIL per buffer, and the
 native queues it shares with the task threads (the design of libzmq's I/O threads and libuv).
 
@@ -249,20 +252,21 @@ cdef class GateSignal:
                 raise ValueError(f"timeout must be >= 0, got {timeout}")
             if t > 1e8:
                 t = 1e8
+        cdef fn_signal *sig = &self.s
         with nogil:
             if t >= 0:
                 _deadline(&ts, t)
-            pthread_mutex_lock(&self.s.lock)
-            self.s.waiters += 1
-            while self.s.count == 0 and not self.s.pending and rc == 0:
+            pthread_mutex_lock(&sig.lock)
+            sig.waiters += 1
+            while sig.count == 0 and not sig.pending and rc == 0:
                 if t < 0:
-                    pthread_cond_wait(&self.s.cond, &self.s.lock)
+                    pthread_cond_wait(&sig.cond, &sig.lock)
                 else:
-                    rc = pthread_cond_timedwait(&self.s.cond, &self.s.lock, &ts)
-            self.s.waiters -= 1
-            woken = self.s.count > 0 or self.s.pending
-            self.s.pending = False
-            pthread_mutex_unlock(&self.s.lock)
+                    rc = pthread_cond_timedwait(&sig.cond, &sig.lock, &ts)
+            sig.waiters -= 1
+            woken = sig.count > 0 or sig.pending
+            sig.pending = False
+            pthread_mutex_unlock(&sig.lock)
         return woken
 
     def drain(self):
@@ -1042,12 +1046,13 @@ cdef class NativeConnection:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
         if self.c.removed or self.c.failed:
             return False
+        cdef fn_conn *conn = self.c
         with nogil:
-            pthread_mutex_lock(&self.c.out_lock)
-            r = _append_out(self.c, p, n)
-            pthread_mutex_unlock(&self.c.out_lock)
+            pthread_mutex_lock(&conn.out_lock)
+            r = _append_out(conn, p, n)
+            pthread_mutex_unlock(&conn.out_lock)
             if r == 0:
-                r = _push_write(self.c)
+                r = _push_write(conn)
         if r < 0:
             raise BufferError(f"more than {self.c.max_out} bytes wait to be written to the peer")
         return True
@@ -1771,12 +1776,14 @@ cdef class ReceiveEngine:
         self._thread.start()
 
     def _run(self):
+        cdef fn_engine *eng = &self.e
         with nogil:
-            _loop(&self.e)
+            _loop(eng)
 
     def close(self, timeout=10.0):
         """Stop the I/O thread: every connection is removed first (idempotent). Called from the
         I/O thread itself (a handler), it only asks."""
+        cdef fn_engine *eng
         pthread_mutex_lock(&self.e.lock)
         self.e.stop = True
         pthread_mutex_unlock(&self.e.lock)
@@ -1790,8 +1797,9 @@ cdef class ReceiveEngine:
         if (t is None or not t.is_alive()) and self.e.epfd >= 0:
             # the thread is gone (or never ran): give the descriptors back now
             if t is None:
+                eng = &self.e
                 with nogil:
-                    _loop(&self.e)     # never started: run the stopping pass here
+                    _loop(eng)     # never started: run the stopping pass here
             close(self.e.epfd)
             close(self.e.efd)
             self.e.epfd = -1
