@@ -164,9 +164,12 @@ def test_random_stress_stalls_cancellations_and_a_killed_connection(seed):
             signal.wait(0.05)
             for idx in signal.drain():
                 q = queues[idx]
-                while (item := q.poll()) is not None:
-                    buf, _, seq, backlog = item
-                    with lock:
+                while True:
+                    with lock:   # two workers may drain the same channel: poll and check as one
+                        item = q.poll()
+                        if item is None:
+                            break
+                        buf, _, seq, backlog = item
                         if seq != expected_seq[idx]:
                             problems.append(("order", idx, seq, expected_seq[idx]))
                         expected_seq[idx] = seq + 1
