@@ -168,7 +168,7 @@ OPTIONS: dict[str, tuple[_Parser, ConfigValue]] = {
     # The native receive engine (an I/O thread without the GIL) for plain-TCP, credit-based
     # connections; False (the default until the debug build's floating-buffer timing is settled):
     # every connection takes the Python I/O thread (TLS always does).
-    "flinknet.network.native-io": (_bool, False),
+    "flinknet.network.native-io": (_bool, True),
     "flinknet.network.shared-secret": (_str, ""),
     "flinknet.network.handshake-timeout": (_duration, "10 s"),
 }

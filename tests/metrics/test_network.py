@@ -106,7 +106,6 @@ def test_input_metrics_of_a_stalled_remote_channel():
     with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
         p = prod.create_result_partition(1)
         gate = cons.create_input_gate([(p.partition_id, 0, prod.address)])
-        gate.request_partitions()
         reg = MetricRegistry(start=False)
         group = reg.group("tm", "Sink", "0")
         register_input_metrics(group, [gate])
@@ -114,6 +113,10 @@ def test_input_metrics_of_a_stalled_remote_channel():
         with RecordWriter(p, timeout=-1) as w:
             for _ in range(30):       # far more than the channel's 2 exclusive + 8 floating
                 w.emit(FULL, 0)
+            # Requested after the writes, so the first buffers carry the backlog: as in Flink, a
+            # receiver with exclusive credit learns the backlog only from the buffers it gets, so
+            # buffers sent before the writer got ahead (a slow debug build) would announce none.
+            gate.request_partitions()
             # the consumer reads nothing: every credit fills
             ch = gate.input_channels[0]
             assert _wait(lambda: ch.number_of_queued_buffers == 10)

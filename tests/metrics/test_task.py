@@ -290,7 +290,6 @@ def test_detailed_metrics_per_gate_and_partition():
     with NetworkEnvironment(OPTS) as prod, NetworkEnvironment(OPTS) as cons:
         p = prod.create_result_partition(3)
         gate = cons.create_input_gate([(p.partition_id, i, prod.address) for i in range(3)])
-        gate.request_partitions()
         src, sink = _task(reg, "Source", detailed=True), _task(reg, "Sink", detailed=True)
         with RecordWriter(p, timeout=-1) as w:
             src.register_writer(w)
@@ -300,11 +299,14 @@ def test_detailed_metrics_per_gate_and_partition():
             w.emit(b"tail", 2)                        # unfinished: queued, not sent
             snap = reg.update()
             out = "localhost.taskmanager.tm-0.job.Source.0.Shuffle.Netty.Output.0."
-            # sp0 and sp1 may already be on their way to the consumer; sp2 holds its tail
+            # nothing is requested yet: every subpartition still holds its buffers (sp2 its tail)
             assert snap[out + "maxQueueLen"] >= 1 and snap[out + "minQueueLen"] >= 0
             assert snap[out + "totalQueueLen"] == sum(
                 sp.number_of_queued_buffers for sp in p.subpartitions)
             w.flush_all()
+            # Requested once everything is written, so that sp0's first buffers carry its backlog
+            # (a receiver with exclusive credit learns the backlog only from the buffers it gets).
+            gate.request_partitions()
             with RecordReader(gate) as r:
                 sink.register_reader(r)
                 ch = gate.input_channels
