@@ -144,6 +144,7 @@ class NetworkEnvironment:
         if config.native_io and config.credit_based and not handshake.ssl_enabled:
             self.receive_engine = ReceiveEngine()
             self.receive_engine.start()
+            self.server.engine = self.receive_engine
         self.connection_manager = ConnectionManager(
             self.loop, config.segment_size, config.max_frame_length, config.connect_timeout,
             config.connect_retries, config.credit_based, handshake, engine=self.receive_engine)

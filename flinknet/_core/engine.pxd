@@ -25,6 +25,20 @@
 #   fd is owned by the Python socket object the NativeConnection keeps; the I/O thread only
 #   reads/writes it and never closes it.
 #
+# * fn_outq (one reader's queue of buffers to send: the native part of a pipelined subpartition
+#   served over a server-role connection) is owned by its OutputQueue object; `lock` guards every
+#   field. Entries carry an owned PyObject* (a read-only Buffer slice) pushed by a GIL holder (the
+#   task thread); the I/O thread pops them without the GIL, writes their bytes straight from the
+#   segment and hands the object to the engine's `done` list, whose reaper (a thread that takes the
+#   GIL once per batch) or a task thread recycles it. The I/O thread touches an fn_outq only while
+#   it is registered with one of its connections (the map holds a strong reference). `in_ready`
+#   says the queue is on its connection's ready list (at most once); lock order: never hold an
+#   fn_outq's lock and a connection's `out_lock` together.
+#
+# * A server-role fn_conn's map holds fn_outq pointers (cast to fn_channel*) instead of channels;
+#   `ready` (guarded by `out_lock`) is its FIFO of readers that can send, served round-robin; the
+#   `wire` queue of frames being written is the I/O thread's alone.
+#
 # * The I/O thread takes the GIL only for the control path: frames it hands to Python (every frame
 #   but a plain data BufferResponse for a registered channel), connection failures, an armed
 #   gate availability callback, and dropping references on unregistration.
@@ -104,6 +118,43 @@ cdef struct fn_channel:
     bint floating_blocked   # the gate pool is empty: no use asking until it offers one
 
 
+cdef struct fn_oentry:
+    void *obj               # the Buffer (PyObject*, owned)
+    char *data
+    int32_t size
+    int data_type
+    int flags               # data_type_flags(data_type)
+
+
+cdef struct fn_outq:
+    pthread_mutex_t lock
+    fn_oentry *ring
+    int ring_capacity
+    int head
+    int count
+    int num_priority        # priority events at the head of the ring
+    int backlog             # data buffers in the ring
+    int32_t seq             # sequence number of the next buffer sent
+    int credit
+    bint blocked            # an upstream-blocking event went out; ResumeConsumption unblocks
+    bint released
+    bint in_ready
+    void *conn              # fn_conn* the queue is registered with (NULL if none)
+    char receiver_id[16]
+    int32_t subpartition
+    void *owner             # the OutputQueue (PyObject*)
+    int64_t buffers_sent
+    int64_t bytes_sent
+
+
+cdef struct fn_wentry:
+    char hdr[48]
+    int32_t size            # payload bytes after the 47-byte header
+    int32_t off             # bytes of header + payload written so far
+    char *data
+    void *obj               # the Buffer to recycle once written (owned), or NULL
+
+
 cdef enum:
     _HDR = 9
     _BR_HDR = 38
@@ -167,6 +218,21 @@ cdef struct fn_conn:
     int64_t frames_native
     int64_t frames_python
     int64_t bytes_in
+    # server role
+    bint server
+    int hdr_need         # header bytes to collect in RS_BR_HEADER
+    fn_outq **ready      # out_lock: ring of queues that can send
+    int ready_head
+    int ready_len
+    int ready_cap
+    bint write_scheduled # out_lock: the I/O thread will flush this connection
+    fn_wentry *wire      # I/O thread: frames being written, in order
+    int wire_head
+    int wire_len
+    int wire_cap
+    int64_t wire_bytes
+    int64_t frames_sent
+    int64_t bytes_out
 
 
 cdef enum:
@@ -174,6 +240,8 @@ cdef enum:
     CMD_REMOVE_CONN = 2
     CMD_REGISTER = 3
     CMD_UNREGISTER = 4
+    CMD_REGISTER_OUT = 5
+    CMD_UNREGISTER_OUT = 6
 
 
 cdef struct fn_cmd:
@@ -197,6 +265,13 @@ cdef struct fn_engine:
     fn_conn **conns           # I/O thread only
     int num_conns
     int cap_conns
+    # buffers written (owned PyObject*) waiting to be recycled with the GIL; done_lock guards
+    pthread_mutex_t done_lock
+    pthread_cond_t done_cond
+    void **done
+    int num_done
+    int cap_done
+    bint reaper_stop
 
 
 cdef class GateSignal:
@@ -233,6 +308,11 @@ cdef class ChannelQueue:
     cdef int _recycle_slot(self, int slot) except -1
 
 
+cdef class OutputQueue:
+    cdef fn_outq q
+    cdef bint _init_done
+
+
 cdef class NativeConnection:
     cdef fn_conn *c
     cdef ReceiveEngine _engine
@@ -244,6 +324,7 @@ cdef class NativeConnection:
 cdef class ReceiveEngine:
     cdef fn_engine e
     cdef object _thread
+    cdef object _reaper
     cdef bint _closed
     cdef bint _init_done
 

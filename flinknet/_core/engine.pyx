@@ -14,15 +14,23 @@ Three pieces (their ownership and locking rules are in ``engine.pxd``):
   slot, receives a BufferResponse's payload straight into it (the one copy) and queues it; the
   task thread polls it and gets a :class:`~flinknet._core.buffer.NetworkBuffer` whose recycling
   puts the slot back as one credit, announced by a coalesced AddCredit.
+* :class:`OutputQueue` — the send side: one receiver's queue of finished buffers (read-only
+  slices of the producer's segments) that a pipelined subpartition pushes into; the I/O thread
+  sends them as BufferResponses straight from the segments (gather writes, up to 64 frames per
+  system call), a data buffer per credit, and hands each written buffer to the reaper thread,
+  which recycles them in batches with the GIL.
 * :class:`ReceiveEngine` / :class:`NativeConnection` — one I/O thread per engine, epoll over its
   connections and an eventfd. Per frame it checks the header (length, magic, id, sizes, sequence
-  number) before using anything of it; a plain data BufferResponse for a registered channel never
-  leaves C. Every other frame (events, errors, backlog announcements, unknown receivers) goes
-  whole, with the GIL, to the connection's Python handler, which decodes it with
+  number) before using anything of it; a plain data BufferResponse for a registered channel (a
+  client-role connection) and an AddCredit for a registered output queue (a server-role one)
+  never leave C. Every other frame (events, errors, backlog announcements, requests, unknown
+  receivers) goes whole, with the GIL, to the connection's Python handler, which decodes it with
   :class:`~flinknet._core.protocol.FrameDecoder` exactly as the Python transport does.
 
 Name map: Flink's ``CreditBasedPartitionRequestClientHandler`` + ``NettyMessageClientDecoderDelegate``
-(the data path) → :class:`NativeConnection`; ``RemoteInputChannel``'s ``receivedBuffers`` and
+(the data path) and ``PartitionRequestQueue`` (the server's write loop) → :class:`NativeConnection`;
+``PipelinedSubpartition``'s buffer queue as a ``CreditBasedSequenceNumberingViewReader`` reads it →
+:class:`OutputQueue`; ``RemoteInputChannel``'s ``receivedBuffers`` and
 ``BufferManager``'s available-buffer queue → :class:`ChannelQueue`; ``SingleInputGate``'s
 ``inputChannelsWithData`` wake-up → :class:`GateSignal`.
 """
@@ -36,7 +44,8 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset, strerror
 from libc.stdio cimport snprintf
 
-from flinknet._core.buffer cimport Buffer, BufferRecycler, NetworkBuffer, DT_DATA_BUFFER, DT_NONE
+from flinknet._core.buffer cimport (Buffer, BufferRecycler, NetworkBuffer, DT_DATA_BUFFER, DT_NONE,
+                                    DTF_BLOCKING_UPSTREAM, DTF_BUFFER, DTF_PRIORITY, data_type_flags)
 from flinknet._core.memory cimport MemorySegment
 from flinknet._core.defs cimport fn_load_be_i32, fn_load64, fn_store_be_i32, FLINKNET_DEBUG
 
@@ -60,6 +69,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
     int pthread_cond_timedwait(pthread_cond_t *c, pthread_mutex_t *m, const timespec *abstime)
     int pthread_cond_broadcast(pthread_cond_t *c)
+    int pthread_cond_signal(pthread_cond_t *c)
 
 
 cdef extern from "<time.h>" nogil:
@@ -102,6 +112,15 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void *buf, size_t n, int flags)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     int MSG_NOSIGNAL
+    cdef struct msghdr:
+        void *msg_name
+        int msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    ssize_t sendmsg(int fd, const msghdr *msg, int flags)
 
 
 cdef extern from "<unistd.h>" nogil:
@@ -130,6 +149,10 @@ cdef enum:
     # Entries a channel queues beyond its slots (events do not take credit); a sender exceeding
     # this is refused (the channel fails) instead of growing the queue without bound.
     _MAX_EXTRA_ENTRIES = 4096
+    # Frames (and their bytes) a server-role connection takes from its readers per write round.
+    _WIRE_FRAMES = 64
+    _WIRE_BYTES = 1048576
+    _BR_LEN = 47
 
 
 # -- the doorbell ------------------------------------------------------------------------------
@@ -923,10 +946,15 @@ cdef fn_map_entry *_map_find(fn_conn *conn, const char *rid) noexcept nogil:
 
 
 cdef int _map_insert(fn_conn *conn, fn_channel *ch, void *obj) noexcept nogil:
+    return _map_insert_rid(conn, ch.receiver_id, ch, obj)
+
+
+cdef int _map_insert_rid(fn_conn *conn, const char *rid, fn_channel *ch, void *obj) noexcept nogil:
+    """Insert ``ch`` (a server-role connection: an fn_outq*, cast) under receiver id ``rid``."""
     cdef fn_map_entry *old
     cdef fn_map_entry *m
     cdef int oldcap, i, j, mask
-    cdef uint64_t k0 = fn_load64(ch.receiver_id), k1 = fn_load64(ch.receiver_id + 8)
+    cdef uint64_t k0 = fn_load64(rid), k1 = fn_load64(rid + 8)
     if (conn.map_count + 1) * 2 > conn.map_capacity:
         oldcap = conn.map_capacity
         old = conn.map
@@ -974,6 +1002,334 @@ cdef void _map_delete(fn_conn *conn, fn_map_entry *e) noexcept nogil:
     conn.map_count -= 1
 
 
+# -- the send side: a reader's output queue ------------------------------------------------------
+
+cdef inline bint _outq_can_pop(fn_outq *q) noexcept nogil:
+    """The head entry can go now (under q.lock): not blocked, and credit for a data buffer (an
+    event needs none, as in Flink)."""
+    if q.released or q.blocked or q.count == 0:
+        return False
+    return q.credit > 0 or not (q.ring[q.head].flags & DTF_BUFFER)
+
+
+cdef inline bint _outq_sendable(fn_outq *q) noexcept nogil:
+    """The I/O thread could send the head entry now (under q.lock)."""
+    return q.conn != NULL and _outq_can_pop(q)
+
+
+cdef bint _outq_pop(fn_outq *q, fn_oentry *e, int32_t *seq, int32_t *backlog) noexcept nogil:
+    """Take the head entry if it can be sent (under q.lock): a data buffer costs one credit, an
+    upstream-blocking event blocks the queue; ``seq`` and the ``backlog`` behind it come back."""
+    if not _outq_can_pop(q):
+        return False
+    e[0] = q.ring[q.head]
+    q.head = (q.head + 1) % q.ring_capacity
+    q.count -= 1
+    if q.num_priority > 0:
+        q.num_priority -= 1
+    if e.flags & DTF_BUFFER:
+        q.credit -= 1
+        q.backlog -= 1
+    if e.flags & DTF_BLOCKING_UPSTREAM:
+        q.blocked = True
+    FN_ASSERT(q.credit >= 0 and q.backlog >= 0 and q.count >= 0 and q.num_priority <= q.count)
+    seq[0] = q.seq
+    q.seq += 1
+    backlog[0] = q.backlog
+    q.buffers_sent += 1
+    q.bytes_sent += e.size
+    return True
+
+
+cdef int _ready_push(fn_conn *conn, fn_outq *q) noexcept nogil:
+    """Append ``q`` to the connection's ready ring (under out_lock; the ring holds every
+    registered queue, see _reserve_ready, so this never grows it)."""
+    FN_ASSERT(conn.ready_len < conn.ready_cap)
+    if conn.ready_len >= conn.ready_cap:
+        return -1
+    conn.ready[(conn.ready_head + conn.ready_len) % conn.ready_cap] = q
+    conn.ready_len += 1
+    return 0
+
+
+cdef int _reserve_ready(fn_conn *conn, int n) noexcept nogil:
+    """Make room for ``n`` queues in the ready ring (I/O thread, takes out_lock)."""
+    cdef fn_outq **r
+    cdef int i, cap
+    pthread_mutex_lock(&conn.out_lock)
+    if n > conn.ready_cap:
+        cap = conn.ready_cap * 2 if conn.ready_cap else 16
+        while cap < n:
+            cap *= 2
+        r = <fn_outq **>malloc(cap * sizeof(fn_outq *))
+        if r == NULL:
+            pthread_mutex_unlock(&conn.out_lock)
+            return -1
+        for i in range(conn.ready_len):
+            r[i] = conn.ready[(conn.ready_head + i) % conn.ready_cap]
+        free(conn.ready)
+        conn.ready = r
+        conn.ready_cap = cap
+        conn.ready_head = 0
+    pthread_mutex_unlock(&conn.out_lock)
+    return 0
+
+
+cdef void _outq_enqueue(fn_outq *q, fn_conn *conn) noexcept nogil:
+    """``q`` became sendable (its in_ready was set under its lock): put it on the connection's
+    ready ring and make sure the I/O thread flushes the connection. Called with q.lock released,
+    by the I/O thread or by a GIL holder (the GIL keeps ``conn`` alive: it is freed only with
+    the GIL, after the queue was unregistered)."""
+    cdef bint schedule
+    pthread_mutex_lock(&conn.out_lock)
+    _ready_push(conn, q)
+    schedule = not conn.write_scheduled
+    conn.write_scheduled = True
+    pthread_mutex_unlock(&conn.out_lock)
+    if schedule:
+        _push_write(conn)
+
+
+cdef void _outq_add_credit(fn_outq *q, int credit) noexcept nogil:
+    cdef fn_conn *conn = NULL
+    pthread_mutex_lock(&q.lock)
+    q.credit += credit
+    if not q.in_ready and _outq_sendable(q):
+        q.in_ready = True
+        conn = <fn_conn *>q.conn
+    pthread_mutex_unlock(&q.lock)
+    if conn != NULL:
+        _outq_enqueue(q, conn)
+
+
+cdef class OutputQueue:
+    """What one receiver is sent over a native server-role connection: the finished buffers of a
+    pipelined subpartition (Flink's ``PipelinedSubpartition`` queue as its
+    ``CreditBasedSequenceNumberingViewReader`` sees it), sent by the native I/O thread without the
+    GIL.
+
+    ``OutputQueue(receiver_id, subpartition, credit)``. The task thread :meth:`push` es read-only
+    buffers (taking them over); once the queue is registered with a connection
+    (:meth:`NativeConnection.register_output`), the I/O thread sends them in order as
+    BufferResponses (priority events first), a data buffer per credit, events without credit,
+    each with its sequence number and the backlog behind it; it stops after an upstream-blocking
+    event until :meth:`resume`. A buffer written to the socket is recycled by the engine's reaper
+    thread (or :meth:`ReceiveEngine.reap`). :meth:`release` recycles what is still queued.
+    """
+
+    def __cinit__(self, bytes receiver_id not None, int subpartition, int credit):
+        if len(receiver_id) != 16:
+            raise ValueError(f"receiver_id must be 16 bytes, got {len(receiver_id)}")
+        if subpartition < 0:
+            raise ValueError(f"subpartition must be >= 0, got {subpartition}")
+        if credit < 0:
+            raise ValueError(f"credit must be >= 0, got {credit}")
+        pthread_mutex_init(&self.q.lock, NULL)
+        memcpy(self.q.receiver_id, PyBytes_AS_STRING(receiver_id), 16)
+        self.q.subpartition = subpartition
+        self.q.credit = credit
+        self.q.owner = <void *>self
+        self._init_done = True
+
+    def __dealloc__(self):
+        cdef int i
+        if not self._init_done:
+            return
+        # not released: the buffers' own finalizers give their segments back (and count a leak)
+        for i in range(self.q.count):
+            Py_DECREF(<object>self.q.ring[(self.q.head + i) % self.q.ring_capacity].obj)
+        free(self.q.ring)
+        pthread_mutex_destroy(&self.q.lock)
+
+    def push(self, Buffer buffer not None, bint priority=False):
+        """Queue ``buffer`` to be sent (taking over the caller's reference: do not recycle it);
+        a priority event goes behind the priority events already queued, ahead of the rest.
+        False (and the buffer recycled) if it is empty or the queue was released."""
+        cdef int size = buffer._writer_index - buffer._reader_index
+        cdef int dt = buffer._data_type
+        cdef int flags = data_type_flags(dt)
+        cdef fn_oentry *ring
+        cdef fn_oentry e
+        cdef int cap, i, pos
+        cdef fn_conn *conn = NULL
+        if size <= 0:
+            buffer.recycle()
+            return False
+        if flags & DTF_PRIORITY:
+            priority = True
+        e.obj = <void *>buffer
+        e.data = buffer.data() + buffer._reader_index
+        e.size = size
+        e.data_type = dt
+        e.flags = flags
+        pthread_mutex_lock(&self.q.lock)
+        if self.q.released:
+            pthread_mutex_unlock(&self.q.lock)
+            buffer.recycle()
+            return False
+        if self.q.count == self.q.ring_capacity:
+            cap = self.q.ring_capacity * 2 if self.q.ring_capacity else 16
+            ring = <fn_oentry *>malloc(cap * sizeof(fn_oentry))
+            if ring == NULL:
+                pthread_mutex_unlock(&self.q.lock)
+                raise MemoryError()
+            for i in range(self.q.count):
+                ring[i] = self.q.ring[(self.q.head + i) % self.q.ring_capacity]
+            free(self.q.ring)
+            self.q.ring = ring
+            self.q.ring_capacity = cap
+            self.q.head = 0
+        cap = self.q.ring_capacity
+        Py_INCREF(buffer)
+        if priority:
+            # behind the queued priority events: shift them one place towards the front
+            self.q.head = (self.q.head + cap - 1) % cap
+            for i in range(self.q.num_priority):
+                self.q.ring[(self.q.head + i) % cap] = self.q.ring[(self.q.head + i + 1) % cap]
+            pos = (self.q.head + self.q.num_priority) % cap
+            self.q.num_priority += 1
+        else:
+            pos = (self.q.head + self.q.count) % cap
+        self.q.ring[pos] = e
+        self.q.count += 1
+        if flags & DTF_BUFFER:
+            self.q.backlog += 1
+        if not self.q.in_ready and _outq_sendable(&self.q):
+            self.q.in_ready = True
+            conn = <fn_conn *>self.q.conn
+        pthread_mutex_unlock(&self.q.lock)
+        if conn != NULL:
+            _outq_enqueue(&self.q, conn)
+        return True
+
+    def poll(self):
+        """Take the next entry as the I/O thread would (for a queue that is not registered: tests
+        and in-process readers): ``(buffer, sequence_number, backlog, next_data_type)``, the
+        buffer now the caller's to recycle, or None if nothing can be sent now."""
+        cdef fn_oentry e
+        cdef int32_t seq = 0, backlog = 0
+        cdef bint got
+        cdef int nxt = DT_NONE
+        if self.q.conn != NULL:
+            raise RuntimeError("the queue is served by a connection")
+        pthread_mutex_lock(&self.q.lock)
+        got = _outq_pop(&self.q, &e, &seq, &backlog)
+        if got and self.q.count:
+            nxt = self.q.ring[self.q.head].data_type
+        pthread_mutex_unlock(&self.q.lock)
+        if not got:
+            return None
+        buffer = <object>e.obj
+        Py_DECREF(buffer)                # the queue's reference is now `buffer`'s
+        return buffer, seq, backlog, _DATA_TYPES[nxt]
+
+    def add_credit(self, int credit):
+        """``credit`` more data buffers may be sent (an AddCredit the Python side received)."""
+        if credit <= 0:
+            raise ValueError(f"credit must be > 0, got {credit}")
+        _outq_add_credit(&self.q, credit)
+
+    def resume(self):
+        """ResumeConsumption: sending goes on after an upstream-blocking event."""
+        cdef fn_conn *conn = NULL
+        pthread_mutex_lock(&self.q.lock)
+        if not self.q.blocked:
+            pthread_mutex_unlock(&self.q.lock)
+            raise RuntimeError("Should be blocked by checkpoint.")
+        self.q.blocked = False
+        if not self.q.in_ready and _outq_sendable(&self.q):
+            self.q.in_ready = True
+            conn = <fn_conn *>self.q.conn
+        pthread_mutex_unlock(&self.q.lock)
+        if conn != NULL:
+            _outq_enqueue(&self.q, conn)
+
+    def set_credit(self, int credit):
+        """Reset the credit (ResumeConsumption of a receiver without exclusive buffers)."""
+        if credit < 0:
+            raise ValueError(f"credit must be >= 0, got {credit}")
+        pthread_mutex_lock(&self.q.lock)
+        self.q.credit = credit
+        pthread_mutex_unlock(&self.q.lock)
+
+    def release(self):
+        """Nothing more is sent; the queued buffers are recycled (their count is returned)."""
+        cdef list objs = []
+        cdef int i
+        pthread_mutex_lock(&self.q.lock)
+        self.q.released = True
+        for i in range(self.q.count):
+            objs.append(<object>self.q.ring[(self.q.head + i) % self.q.ring_capacity].obj)
+            Py_DECREF(<object>self.q.ring[(self.q.head + i) % self.q.ring_capacity].obj)
+        self.q.count = 0
+        self.q.head = 0
+        self.q.backlog = 0
+        self.q.num_priority = 0
+        pthread_mutex_unlock(&self.q.lock)
+        for b in objs:
+            try:
+                b.recycle()
+            except BaseException:  # noqa: BLE001 (every buffer goes back)
+                log.exception("recycling a released output buffer failed")
+        return len(objs)
+
+    @property
+    def receiver_id(self):
+        return PyBytes_FromStringAndSize(self.q.receiver_id, 16)
+
+    @property
+    def subpartition(self):
+        return self.q.subpartition
+
+    @property
+    def credit(self):
+        return self.q.credit
+
+    @property
+    def backlog(self):
+        """Data buffers queued (Flink's backlog of a subpartition, its open buffer excluded)."""
+        return self.q.backlog
+
+    @property
+    def queued_buffers(self):
+        """Buffers and events queued, not yet taken by the I/O thread."""
+        return self.q.count
+
+    @property
+    def next_data_type(self):
+        """The DataType of the head entry (NONE if empty)."""
+        pthread_mutex_lock(&self.q.lock)
+        dt = self.q.ring[self.q.head].data_type if self.q.count else DT_NONE
+        pthread_mutex_unlock(&self.q.lock)
+        return _DATA_TYPES[dt]
+
+    @property
+    def sequence_number(self):
+        """The sequence number of the next buffer sent."""
+        return self.q.seq
+
+    @property
+    def is_blocked(self):
+        return self.q.blocked
+
+    @property
+    def is_released(self):
+        return self.q.released
+
+    @property
+    def is_registered(self):
+        return self.q.conn != NULL
+
+    @property
+    def buffers_sent(self):
+        return self.q.buffers_sent
+
+    @property
+    def bytes_sent(self):
+        """Payload bytes handed to the socket (headers excluded)."""
+        return self.q.bytes_sent
+
+
 cdef class NativeConnection:
     """The native side of one client connection (plain TCP, credit-based).
 
@@ -989,7 +1345,7 @@ cdef class NativeConnection:
 
     def __cinit__(self, ReceiveEngine engine not None, sock not None, handler not None,
                   Py_ssize_t max_frame_length, Py_ssize_t max_buffer_size,
-                  Py_ssize_t max_unwritten_bytes=64 * 1024 * 1024):
+                  Py_ssize_t max_unwritten_bytes=64 * 1024 * 1024, bint server=False):
         if max_frame_length < _HDR + _BR_HDR or max_frame_length > 2147483647:
             raise ValueError(f"max_frame_length must be in [{_HDR + _BR_HDR}, 2**31), got {max_frame_length}")
         if max_buffer_size < 0:
@@ -1010,6 +1366,7 @@ cdef class NativeConnection:
         self.c.max_out = max_unwritten_bytes
         self.c.engine = &engine.e
         self.c.slot = -1
+        self.c.server = server
         self._engine = engine
         self._sock = sock
         self.handler = handler
@@ -1021,6 +1378,8 @@ cdef class NativeConnection:
                 free(self.c.map)
                 free(self.c.out)
                 free(self.c.credit)
+                free(self.c.ready)
+                free(self.c.wire)
                 pthread_mutex_destroy(&self.c.out_lock)
                 free(self.c)
             # else: still owned by a live I/O thread (cannot happen: the engine holds a
@@ -1057,9 +1416,44 @@ cdef class NativeConnection:
             raise BufferError(f"more than {self.c.max_out} bytes wait to be written to the peer")
         return True
 
+    def register_output(self, OutputQueue queue not None):
+        """Serve ``queue`` on this (server-role) connection: the I/O thread sends its buffers as
+        its credit allows and adds the credit of AddCredit frames for its receiver id."""
+        if not self.c.server:
+            raise RuntimeError("output queues are served by server-role connections only")
+        pthread_mutex_lock(&queue.q.lock)
+        if queue.q.conn != NULL or queue.q.released:
+            pthread_mutex_unlock(&queue.q.lock)
+            raise RuntimeError("the output queue is released or already registered")
+        pthread_mutex_unlock(&queue.q.lock)
+        Py_INCREF(queue)         # the map's reference, dropped after unregistration
+        if self._engine._command(CMD_REGISTER_OUT, self.c, <fn_channel *>&queue.q, <void *>queue) < 0:
+            Py_DECREF(queue)
+            raise RuntimeError("the receive engine is closed")
+
+    def unregister_output(self, OutputQueue queue not None):
+        """Stop serving ``queue`` (frames the I/O thread already took are still written)."""
+        self._engine._command(CMD_UNREGISTER_OUT, self.c, <fn_channel *>&queue.q, NULL)
+
+    @property
+    def frames_sent(self):
+        """BufferResponses the I/O thread wrote from output queues."""
+        return self.c.frames_sent
+
+    @property
+    def bytes_sent(self):
+        """Bytes written to the socket (all frames)."""
+        return self.c.bytes_out
+
+    @property
+    def is_server(self):
+        return self.c.server
+
     def register(self, ChannelQueue queue not None):
         """Route the channel's BufferResponses natively (before its PartitionRequest goes out).
         Its credit is announced by this connection from then on."""
+        if self.c.server:
+            raise RuntimeError("channels are registered with client-role connections only")
         if queue.c.conn != NULL:
             raise RuntimeError("the channel queue is already registered with a connection")
         Py_INCREF(queue)         # the map's reference, dropped after unregistration
@@ -1244,17 +1638,43 @@ cdef int _start_frame(fn_conn *conn) noexcept nogil:
     if msg_id > 11:
         _fail_fmt(conn, True, "Received unknown message from producer: id %lld", msg_id)
         return -1
+    conn.frame_length = length
+    if conn.server:
+        if msg_id in (0, 1, 9):
+            _fail_fmt(conn, True, "message id %lld is not sent by a client", msg_id)
+            return -1
+        if msg_id == 6 and length == _ADD_CREDIT_LEN:
+            conn.hdr_need = _ADD_CREDIT_LEN
+            conn.state = RS_BR_HEADER
+            return 0
+        return _begin_python_frame(conn, _HDR)
     if msg_id not in (0, 1, 9):
         _fail_fmt(conn, True, "message id %lld is not sent by a server", msg_id)
         return -1
-    conn.frame_length = length
     if msg_id == 0:
         if length - _HDR < _BR_HDR:
             _fail_fmt(conn, True, "BufferResponse frame of %lld bytes is shorter than its header", length)
             return -1
+        conn.hdr_need = _HDR + _BR_HDR
         conn.state = RS_BR_HEADER
         return 0
     return _begin_python_frame(conn, _HDR)
+
+
+cdef int _on_add_credit(fn_conn *conn) noexcept nogil:
+    """An AddCredit (29 bytes in conn.hdr) on a server-role connection: its registered
+    queue's credit grows natively; one for an unknown receiver goes to Python."""
+    cdef int32_t credit = fn_load_be_i32(conn.hdr + _HDR)
+    cdef fn_map_entry *m = _map_find(conn, conn.hdr + _HDR + 4)
+    if m == NULL:
+        return _begin_python_frame(conn, _ADD_CREDIT_LEN)
+    if credit <= 0:
+        _fail_fmt(conn, True, "AddCredit with credit %lld (must be > 0)", credit)
+        return -1
+    conn.state = RS_HEADER
+    conn.frames_native += 1
+    _outq_add_credit(<fn_outq *>m.ch, credit)
+    return 0
 
 
 cdef int _begin_python_frame(fn_conn *conn, int have) noexcept nogil:
@@ -1375,7 +1795,7 @@ cdef int _consume(fn_conn *conn) noexcept nogil:
     while conn.s_start < conn.s_end:
         avail = conn.s_end - conn.s_start
         if conn.state == RS_HEADER or conn.state == RS_BR_HEADER:
-            need = (_HDR if conn.state == RS_HEADER else _HDR + _BR_HDR) - conn.hdr_have
+            need = (_HDR if conn.state == RS_HEADER else conn.hdr_need) - conn.hdr_have
             take = avail if avail < need else need
             memcpy(conn.hdr + conn.hdr_have, conn.staging + conn.s_start, take)
             conn.hdr_have += take
@@ -1388,7 +1808,10 @@ cdef int _consume(fn_conn *conn) noexcept nogil:
                         conn.hdr_have = 0
                 else:
                     conn.hdr_have = 0
-                    if _start_buffer_response(conn) < 0:
+                    if conn.server:
+                        if _on_add_credit(conn) < 0:
+                            return -1
+                    elif _start_buffer_response(conn) < 0:
                         return -1
         elif conn.state == RS_SLOT:
             need = conn.br_size - conn.have
@@ -1478,6 +1901,9 @@ cdef void _flush(fn_conn *conn) noexcept nogil:
     cdef int err = 0
     if conn.failed or conn.removed:
         return
+    if conn.server:
+        _flush_server(conn)
+        return
     pthread_mutex_lock(&conn.out_lock)
     for i in range(conn.credit_len):
         ch = conn.credit[i]
@@ -1521,6 +1947,298 @@ cdef void _flush(fn_conn *conn) noexcept nogil:
         ev.events = EPOLLIN | (EPOLLOUT if want else 0)
         ev.data.ptr = conn
         epoll_ctl(eng.epfd, EPOLL_CTL_MOD, conn.fd, &ev)
+
+
+# -- the send side of a server-role connection (I/O thread) --
+
+cdef int _fill_wire(fn_conn *conn) noexcept nogil:
+    """Take one entry from each ready queue in turn (round-robin, Flink's PartitionRequestQueue)
+    onto the wire queue, up to _WIRE_FRAMES frames or _WIRE_BYTES bytes. Returns the number
+    taken, -1 out of memory."""
+    cdef fn_outq *q
+    cdef fn_oentry e
+    cdef fn_wentry *w
+    cdef int taken = 0
+    cdef int32_t seq, backlog
+    cdef bint again
+    if conn.wire == NULL:
+        conn.wire = <fn_wentry *>malloc(_WIRE_FRAMES * sizeof(fn_wentry))
+        if conn.wire == NULL:
+            return -1
+        conn.wire_cap = _WIRE_FRAMES
+    if conn.wire_len == 0:
+        conn.wire_head = 0
+    elif conn.wire_head + conn.wire_len >= conn.wire_cap:
+        memmove(conn.wire, conn.wire + conn.wire_head, conn.wire_len * sizeof(fn_wentry))
+        conn.wire_head = 0
+    while conn.wire_head + conn.wire_len < conn.wire_cap and conn.wire_bytes < _WIRE_BYTES:
+        pthread_mutex_lock(&conn.out_lock)
+        if conn.ready_len == 0:
+            pthread_mutex_unlock(&conn.out_lock)
+            break
+        q = conn.ready[conn.ready_head]
+        conn.ready_head = (conn.ready_head + 1) % conn.ready_cap
+        conn.ready_len -= 1
+        pthread_mutex_unlock(&conn.out_lock)
+        pthread_mutex_lock(&q.lock)
+        FN_ASSERT(q.in_ready)
+        if not _outq_pop(q, &e, &seq, &backlog):
+            q.in_ready = False
+            pthread_mutex_unlock(&q.lock)
+            continue
+        again = _outq_sendable(q)
+        if not again:
+            q.in_ready = False
+        w = &conn.wire[conn.wire_head + conn.wire_len]
+        fn_store_be_i32(w.hdr, <int32_t>(_BR_LEN + e.size))
+        fn_store_be_i32(w.hdr + 4, <int32_t>_MAGIC)
+        w.hdr[8] = 0
+        memcpy(w.hdr + 9, q.receiver_id, 16)
+        fn_store_be_i32(w.hdr + 25, q.subpartition)
+        pthread_mutex_unlock(&q.lock)
+        fn_store_be_i32(w.hdr + 29, 0)           # numOfPartialBuffers
+        fn_store_be_i32(w.hdr + 33, seq)
+        fn_store_be_i32(w.hdr + 37, backlog)
+        w.hdr[41] = <char>e.data_type
+        w.hdr[42] = 0                             # not compressed
+        fn_store_be_i32(w.hdr + 43, e.size)
+        w.size = e.size
+        w.off = 0
+        w.data = e.data
+        w.obj = e.obj
+        conn.wire_len += 1
+        conn.wire_bytes += _BR_LEN + e.size
+        taken += 1
+        if again:
+            pthread_mutex_lock(&conn.out_lock)
+            _ready_push(conn, q)
+            pthread_mutex_unlock(&conn.out_lock)
+    return taken
+
+
+cdef int _write_wire(fn_conn *conn) noexcept nogil:
+    """Gather-write the wire queue. 1: all written; 0: the kernel is full; -errno on error.
+    Buffers fully written go to the engine's done list."""
+    cdef iovec iov[2 * _WIRE_FRAMES]
+    cdef msghdr msg
+    cdef void *done[_WIRE_FRAMES]
+    cdef int n_done = 0
+    cdef int i, k
+    cdef fn_wentry *w
+    cdef ssize_t n
+    cdef int64_t left
+    while conn.wire_len:
+        k = 0
+        for i in range(conn.wire_len):
+            w = &conn.wire[conn.wire_head + i]
+            if w.off < _BR_LEN:
+                iov[k].iov_base = w.hdr + w.off
+                iov[k].iov_len = _BR_LEN - w.off
+                k += 1
+                iov[k].iov_base = w.data
+                iov[k].iov_len = w.size
+                k += 1
+            else:
+                iov[k].iov_base = w.data + (w.off - _BR_LEN)
+                iov[k].iov_len = w.size - (w.off - _BR_LEN)
+                k += 1
+        memset(&msg, 0, sizeof(msg))
+        msg.msg_iov = iov
+        msg.msg_iovlen = k
+        n = sendmsg(conn.fd, &msg, MSG_NOSIGNAL)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            if n_done:
+                _hand_done(<fn_engine *>conn.engine, done, n_done)
+            return 0 if errno == EAGAIN else -errno
+        conn.bytes_out += n
+        while n > 0:
+            w = &conn.wire[conn.wire_head]
+            left = _BR_LEN + w.size - w.off
+            if n >= left:
+                n -= left
+                done[n_done] = w.obj
+                n_done += 1
+                conn.wire_bytes -= _BR_LEN + w.size
+                conn.wire_head += 1
+                conn.wire_len -= 1
+                conn.frames_sent += 1
+            else:
+                w.off += <int32_t>n
+                n = 0
+    if n_done:
+        _hand_done(<fn_engine *>conn.engine, done, n_done)
+    conn.wire_head = 0
+    return 1
+
+
+cdef void _drop_wire(fn_conn *conn) noexcept nogil:
+    """The connection is gone: its unwritten frames' buffers go to the done list."""
+    cdef void *done[_WIRE_FRAMES]
+    cdef int i
+    for i in range(conn.wire_len):
+        done[i] = conn.wire[conn.wire_head + i].obj
+    if conn.wire_len:
+        _hand_done(<fn_engine *>conn.engine, done, conn.wire_len)
+    conn.wire_len = 0
+    conn.wire_head = 0
+    conn.wire_bytes = 0
+
+
+cdef void _flush_server(fn_conn *conn) noexcept nogil:
+    """Write a server-role connection: the frames on the wire queue, then the control frames
+    Python queued (errors), then more from the ready queues, until the kernel is full or nothing
+    is left."""
+    cdef fn_engine *eng = <fn_engine *>conn.engine
+    cdef int r, err = 0
+    cdef ssize_t n
+    cdef bint want
+    cdef epoll_event ev
+    pthread_mutex_lock(&conn.out_lock)
+    conn.write_scheduled = False
+    pthread_mutex_unlock(&conn.out_lock)
+    while True:
+        if conn.wire_len:
+            r = _write_wire(conn)
+            if r < 0:
+                err = -r
+                break
+            if r == 0:
+                break
+        pthread_mutex_lock(&conn.out_lock)
+        while conn.out_len > 0:
+            n = send(conn.fd, conn.out, conn.out_len, MSG_NOSIGNAL)
+            if n > 0:
+                conn.bytes_out += n
+                if n < conn.out_len:
+                    memmove(conn.out, conn.out + n, conn.out_len - n)
+                conn.out_len -= n
+                continue
+            if n < 0 and errno == EINTR:
+                continue
+            if n < 0 and errno != EAGAIN:
+                err = errno
+            break
+        want = conn.out_len > 0
+        pthread_mutex_unlock(&conn.out_lock)
+        if err or want:
+            break
+        r = _fill_wire(conn)
+        if r < 0:
+            _fail_fmt(conn, True, "out of memory for the write queue")
+            return
+        if r == 0:
+            break
+    if err:
+        _fail_errno(conn, err)
+        return
+    want = conn.wire_len > 0 or conn.out_len > 0
+    if want != conn.want_write:
+        conn.want_write = want
+        ev.events = EPOLLIN | (EPOLLOUT if want else 0)
+        ev.data.ptr = conn
+        epoll_ctl(eng.epfd, EPOLL_CTL_MOD, conn.fd, &ev)
+
+
+cdef void _hand_done(fn_engine *eng, void **objs, int n) noexcept nogil:
+    """Buffers the I/O thread wrote (owned references) go to the reaper."""
+    cdef void **d
+    cdef int cap, i
+    cdef bint wake
+    pthread_mutex_lock(&eng.done_lock)
+    if eng.num_done + n > eng.cap_done:
+        cap = eng.cap_done * 2 if eng.cap_done else 256
+        while cap < eng.num_done + n:
+            cap *= 2
+        d = <void **>realloc(eng.done, cap * sizeof(void *))
+        if d == NULL:
+            pthread_mutex_unlock(&eng.done_lock)
+            _recycle_objects(objs, n)     # out of memory: recycle here (takes the GIL)
+            return
+        eng.done = d
+        eng.cap_done = cap
+    for i in range(n):
+        eng.done[eng.num_done + i] = objs[i]
+    wake = eng.num_done == 0
+    eng.num_done += n
+    if wake:
+        pthread_cond_signal(&eng.done_cond)
+    pthread_mutex_unlock(&eng.done_lock)
+
+
+cdef void _recycle_objects(void **objs, int n) noexcept nogil:
+    cdef int i
+    with gil:
+        for i in range(n):
+            obj = <object>objs[i]
+            Py_DECREF(obj)       # the queue's reference; `obj` holds one until recycled
+            try:
+                obj.recycle()
+            except BaseException:  # noqa: BLE001 (every buffer goes back)
+                log.exception("recycling a sent buffer failed")
+            obj = None
+
+
+cdef int _take_done(fn_engine *eng, void ***objs, bint wait) noexcept nogil:
+    """Take the done list (waiting for one if ``wait``, until the reaper is stopped)."""
+    cdef int n
+    pthread_mutex_lock(&eng.done_lock)
+    while wait and eng.num_done == 0 and not eng.reaper_stop:
+        pthread_cond_wait(&eng.done_cond, &eng.done_lock)
+    objs[0] = eng.done
+    n = eng.num_done
+    eng.done = NULL
+    eng.num_done = 0
+    eng.cap_done = 0
+    pthread_mutex_unlock(&eng.done_lock)
+    return n
+
+
+cdef void _unregister_out(fn_conn *conn, fn_outq *q) noexcept nogil:
+    """Stop serving ``q`` (I/O thread): out of the map and the ready ring, reference dropped."""
+    cdef fn_map_entry *m = _map_find(conn, q.receiver_id)
+    cdef void *obj
+    cdef int i, j = 0, n
+    if m == NULL or <fn_outq *>m.ch != q:
+        return
+    obj = m.obj
+    pthread_mutex_lock(&conn.out_lock)
+    n = conn.ready_len
+    for i in range(n):
+        if conn.ready[(conn.ready_head + i) % conn.ready_cap] != q:
+            conn.ready[(conn.ready_head + j) % conn.ready_cap] = conn.ready[(conn.ready_head + i) % conn.ready_cap]
+            j += 1
+    conn.ready_len = j
+    pthread_mutex_unlock(&conn.out_lock)
+    pthread_mutex_lock(&q.lock)
+    q.conn = NULL
+    q.in_ready = False
+    pthread_mutex_unlock(&q.lock)
+    _map_delete(conn, m)
+    with gil:
+        Py_DECREF(<object>obj)
+
+
+cdef void _register_out(fn_conn *conn, fn_outq *q, void *obj) noexcept nogil:
+    cdef bint ok = not conn.removed and _map_find(conn, q.receiver_id) == NULL
+    if ok:
+        ok = _reserve_ready(conn, conn.map_count + 1) == 0
+    if ok:
+        ok = _map_insert_rid(conn, q.receiver_id, <fn_channel *>q, obj) == 0
+    if not ok:
+        with gil:
+            Py_DECREF(<object>obj)
+        return
+    pthread_mutex_lock(&q.lock)
+    q.conn = conn
+    if not q.in_ready and _outq_sendable(q):
+        q.in_ready = True
+    else:
+        conn = NULL
+    pthread_mutex_unlock(&q.lock)
+    if conn != NULL:
+        _outq_enqueue(q, conn)
 
 
 cdef void _unregister(fn_conn *conn, fn_channel *ch) noexcept nogil:
@@ -1582,10 +2300,14 @@ cdef void _remove_conn(fn_engine *eng, fn_conn *conn) noexcept nogil:
         epoll_ctl(eng.epfd, EPOLL_CTL_DEL, conn.fd, &ev)
     _abort_receive(conn)
     conn.failed = True
-    # every channel still registered is dropped
+    # every channel (or output queue) still registered is dropped
     for i in range(conn.map_capacity):
         while conn.map[i].ch != NULL:
-            _unregister(conn, conn.map[i].ch)
+            if conn.server:
+                _unregister_out(conn, <fn_outq *>conn.map[i].ch)
+            else:
+                _unregister(conn, conn.map[i].ch)
+    _drop_wire(conn)
     for i in range(eng.num_conns):
         if eng.conns[i] != conn:
             eng.conns[j] = eng.conns[i]
@@ -1654,6 +2376,11 @@ cdef int _run_commands(fn_engine *eng) noexcept nogil:
         elif c.op == CMD_UNREGISTER:
             if not c.conn.removed:
                 _unregister(c.conn, c.ch)
+        elif c.op == CMD_REGISTER_OUT:
+            _register_out(c.conn, <fn_outq *>c.ch, c.obj)
+        elif c.op == CMD_UNREGISTER_OUT:
+            if not c.conn.removed:
+                _unregister_out(c.conn, <fn_outq *>c.ch)
     if n:
         with gil:
             # hold each owner once more while dropping the commands' references, so a
@@ -1730,6 +2457,8 @@ cdef class ReceiveEngine:
         ev.data.ptr = NULL
         epoll_ctl(self.e.epfd, EPOLL_CTL_ADD, self.e.efd, &ev)
         pthread_mutex_init(&self.e.lock, NULL)
+        pthread_mutex_init(&self.e.done_lock, NULL)
+        pthread_cond_init(&self.e.done_cond, NULL)
         self._init_done = True
 
     def __dealloc__(self):
@@ -1740,7 +2469,12 @@ cdef class ReceiveEngine:
             free(self.e.cmds)
             free(self.e.writes)
             free(self.e.conns)
+            if self.e.num_done:
+                _recycle_objects(self.e.done, self.e.num_done)
+            free(self.e.done)
             pthread_mutex_destroy(&self.e.lock)
+            pthread_mutex_destroy(&self.e.done_lock)
+            pthread_cond_destroy(&self.e.done_cond)
 
     cdef int _command(self, int op, fn_conn *conn, fn_channel *ch, void *obj) except? -1:
         cdef fn_cmd *cmds
@@ -1773,12 +2507,48 @@ cdef class ReceiveEngine:
         if self._closed:
             raise RuntimeError("the engine is closed")
         self._thread = threading.Thread(target=self._run, name="flinknet-native-io", daemon=True)
+        self._reaper = threading.Thread(target=self._reap_run, name="flinknet-native-reaper", daemon=True)
+        self._reaper.start()
         self._thread.start()
 
     def _run(self):
         cdef fn_engine *eng = &self.e
         with nogil:
             _loop(eng)
+            # every connection is gone: the reaper recycles what is left and stops
+            pthread_mutex_lock(&eng.done_lock)
+            eng.reaper_stop = True
+            pthread_cond_signal(&eng.done_cond)
+            pthread_mutex_unlock(&eng.done_lock)
+
+    def _reap_run(self):
+        cdef fn_engine *eng = &self.e
+        cdef void **objs
+        cdef int n
+        while True:
+            with nogil:
+                n = _take_done(eng, &objs, True)
+            if n:
+                _recycle_objects(objs, n)
+            free(objs)
+            if n == 0 and eng.reaper_stop:
+                break
+
+    def reap(self):
+        """Recycle the buffers the I/O thread has written (on the calling thread; the reaper
+        thread does it otherwise). Returns how many."""
+        cdef void **objs
+        cdef int n
+        n = _take_done(&self.e, &objs, False)
+        if n:
+            _recycle_objects(objs, n)
+        free(objs)
+        return n
+
+    @property
+    def buffers_to_recycle(self):
+        """Written buffers waiting for the reaper (approximate)."""
+        return self.e.num_done
 
     def close(self, timeout=10.0):
         """Stop the I/O thread: every connection is removed first (idempotent). Called from the
@@ -1794,12 +2564,16 @@ cdef class ReceiveEngine:
             t.join(timeout)
             if t.is_alive():
                 raise RuntimeError("the native I/O thread did not stop")
+            r = self._reaper
+            if r is not None and r is not threading.current_thread():
+                r.join(timeout)
         if (t is None or not t.is_alive()) and self.e.epfd >= 0:
             # the thread is gone (or never ran): give the descriptors back now
             if t is None:
                 eng = &self.e
                 with nogil:
                     _loop(eng)     # never started: run the stopping pass here
+            self.reap()
             close(self.e.epfd)
             close(self.e.efd)
             self.e.epfd = -1

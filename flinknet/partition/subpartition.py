@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from flinknet._core.buffer import DataType, ReadOnlySlicedNetworkBuffer
 from flinknet._core.builder import BufferConsumer
+from flinknet._core.engine import OutputQueue
 from flinknet.errors import IllegalStateError
 from flinknet.interfaces import AvailabilityWithBacklog, BufferAndBacklog, BufferAvailabilityListener
 
@@ -75,6 +76,10 @@ class PipelinedSubpartition:
         self._all_records_processed = False
         self.total_number_of_buffers = 0
         self.total_number_of_bytes = 0
+        # Served by the native engine (attach_output): finished buffers go straight into this
+        # OutputQueue, which the engine's I/O thread sends without the GIL; only the open tail
+        # stays in _buffers.
+        self._outq: OutputQueue | None = None
 
     # -- producer side ---------------------------------------------------------------------
 
@@ -88,6 +93,12 @@ class PipelinedSubpartition:
                 consumer.close()
                 return ADD_BUFFER_ERROR_CODE
             data_type = consumer.data_type
+            if self._outq is not None:
+                self._add_native(consumer, data_type)
+                self.total_number_of_buffers += 1
+                if finish:
+                    self._is_finished = True
+                return self._buffer_size
             if data_type in _PRIORITY_TYPES:
                 # Priority events go behind the priority events already queued, ahead of data.
                 self._buffers.insert(self._num_priority, consumer)
@@ -110,6 +121,51 @@ class PipelinedSubpartition:
             view.notify_data_available()
         return size
 
+    def _add_native(self, consumer: BufferConsumer, data_type: DataType) -> None:
+        """add() of a natively served subpartition (under the lock): the open tail is finished
+        now (a writer finishes its buffer before it adds the next), so it goes to the queue."""
+        outq = self._outq
+        assert outq is not None
+        buffers = self._buffers
+        if data_type not in _PRIORITY_TYPES and buffers:
+            tail = buffers[0]
+            outq.push(tail.build())     # build() also refreshes is_finished
+            if not tail.is_finished:
+                consumer.close()
+                raise IllegalStateError(
+                    "When there are multiple buffers, an unfinished bufferConsumer can not be "
+                    "at the head of the buffers queue.")
+            buffers.popleft()
+            tail.close()
+        if consumer.is_finished:
+            outq.push(consumer.build())
+            consumer.close()
+        else:
+            buffers.append(consumer)
+
+    def attach_output(self, outq: OutputQueue) -> bool:
+        """Serve this subpartition through the native engine's ``outq`` from now on (the server
+        calls this for a remote reader): what is queued moves there, and every buffer finished
+        (or flushed) later is pushed at once. False if it cannot be (released, already attached,
+        or a receiver without exclusive buffers, which needs the empty-buffer protocol)."""
+        with self._lock:
+            if (self._is_released or self._outq is not None or self._receiver_exclusive == 0
+                    or self._is_blocked):
+                return False
+            buffers = self._buffers
+            while buffers:
+                consumer = buffers[0]
+                outq.push(consumer.build())     # build() also refreshes is_finished
+                if not consumer.is_finished:
+                    break                        # the open tail (a flush sent its bytes)
+                buffers.popleft()
+                consumer.close()
+            self._num_priority = 0
+            self._buffers_in_backlog = 0
+            self._flush_requested = False
+            self._outq = outq
+        return True
+
     def finish(self) -> None:
         """Append EndOfPartition; nothing can be added afterwards."""
         from flinknet import events  # local: events imports the core only
@@ -120,6 +176,10 @@ class PipelinedSubpartition:
         """Make the committed bytes of the unfinished tail readable (without finishing it)."""
         with self._lock:
             buffers = self._buffers
+            if self._outq is not None:
+                if buffers and buffers[0].is_data_available:
+                    self._outq.push(buffers[0].build())
+                return
             if not buffers or self._flush_requested:
                 return
             data_in_tail = len(buffers) == 1 and buffers[0].is_data_available
@@ -137,6 +197,8 @@ class PipelinedSubpartition:
             for consumer in self._buffers:
                 consumer.close()
             self._buffers.clear()
+            if self._outq is not None:
+                self._outq.release()
             self._num_priority = 0
             self._buffers_in_backlog = 0
             self._is_released = True
@@ -179,6 +241,8 @@ class PipelinedSubpartition:
     def poll_buffer(self) -> BufferAndBacklog | None:
         """The next readable buffer (Flink's ``pollBuffer``), or None."""
         with self._lock:
+            if self._outq is not None:
+                raise IllegalStateError("the subpartition is served by the native engine")
             if self._is_blocked:
                 return None
             buffers = self._buffers
@@ -228,6 +292,12 @@ class PipelinedSubpartition:
     def resume_consumption(self) -> None:
         """Unblock after an upstream-blocking event (an aligned barrier) was consumed."""
         with self._lock:
+            if self._outq is not None:
+                try:
+                    self._outq.resume()
+                except RuntimeError as err:
+                    raise IllegalStateError(str(err)) from None
+                return
             if not self._is_blocked:
                 raise IllegalStateError("Should be blocked by checkpoint.")
             self._is_blocked = False
@@ -241,6 +311,11 @@ class PipelinedSubpartition:
         """Whether the view could hand out its next item now (with credit: anything; without:
         only an event), and the backlog a receiver would be told."""
         with self._lock:
+            outq = self._outq
+            if outq is not None:
+                nxt = outq.next_data_type
+                available = not outq.is_blocked and nxt != _NONE and (is_credit_available or nxt.is_event)
+                return AvailabilityWithBacklog(available, outq.backlog)
             if is_credit_available:
                 available = self._is_data_available()
             else:
@@ -263,12 +338,16 @@ class PipelinedSubpartition:
                 and self._finished_buffers() == 1)
 
     def _is_data_available(self) -> bool:
+        if self._outq is not None:
+            return not self._outq.is_blocked and self._outq.queued_buffers > 0
         return not self._is_blocked and (self._flush_requested or self._finished_buffers() > 0)
 
     def _next_buffer_type(self) -> DataType:
         return self._buffers[0].data_type if self._buffers else _NONE
 
     def _get_buffers_in_backlog(self) -> int:
+        if self._outq is not None:
+            return 0 if self._outq.is_blocked else self._outq.backlog
         if self._is_blocked or not self._buffers:
             return 0
         if self._flush_requested or self._is_finished or self._buffers[-1].data_type != _DATA_BUFFER:
@@ -296,7 +375,8 @@ class PipelinedSubpartition:
     @property
     def is_blocked(self) -> bool:
         """An upstream-blocking event (an aligned barrier) was handed out and not yet resumed."""
-        return self._is_blocked
+        outq = self._outq
+        return outq.is_blocked if outq is not None else self._is_blocked
 
     @property
     def has_view(self) -> bool:
@@ -306,7 +386,8 @@ class PipelinedSubpartition:
     @property
     def number_of_queued_buffers(self) -> int:
         """Queued consumers (finished or not), read without the lock (for metrics)."""
-        return len(self._buffers)
+        outq = self._outq
+        return len(self._buffers) + (outq.queued_buffers if outq is not None else 0)
 
     @property
     def is_data_available(self) -> bool:
@@ -341,6 +422,11 @@ class PipelinedSubpartitionView:
     def get_next_buffer(self) -> BufferAndBacklog | None:
         """The next buffer with backlog, next data type and sequence number, or None."""
         return self._parent.poll_buffer()
+
+    def attach_output(self, outq: OutputQueue) -> bool:
+        """Serve the subpartition through the native engine's output queue (see
+        :meth:`PipelinedSubpartition.attach_output`)."""
+        return self._parent.attach_output(outq)
 
     def notify_data_available(self) -> None:
         """Tell the listener that something became readable (the subpartition calls this)."""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from flinknet._core import protocol as P  # noqa: N812 (the wire protocol, as in the client)
 from flinknet._core.buffer import DataType
+from flinknet._core.engine import NativeConnection, OutputQueue, ReceiveEngine
 from flinknet.errors import PartitionNotFoundError
 from flinknet.ids import ResultPartitionID, ResultSubpartitionIndexSet
 from flinknet.interfaces import ResultSubpartitionView
@@ -54,7 +55,7 @@ class _Reader:
     """One receiver's view of one subpartition (CreditBasedSequenceNumberingViewReader)."""
 
     __slots__ = ("conn", "receiver_id", "subpartition", "credit", "initial_credit", "view", "queued",
-                 "released", "pending_listener")
+                 "released", "pending_listener", "outq")
 
     def __init__(self, conn: ServerConnection, receiver_id: bytes, initial_credit: int,
                  subpartition: int = 0):
@@ -67,6 +68,8 @@ class _Reader:
         self.queued = False
         self.released = False
         self.pending_listener: tuple[ResultPartitionID, ViewCallback] | None = None
+        # The native engine's queue this reader's subpartition pushes into (None: Python polls).
+        self.outq: OutputQueue | None = None
 
     # BufferAvailabilityListener: called on producer threads, handed to the I/O thread.
     def notify_data_available(self, view: ResultSubpartitionView) -> None:
@@ -79,6 +82,12 @@ class _Reader:
         if not self.released:
             self.released = True
             view, self.view = self.view, None
+            outq, self.outq = self.outq, None
+            if outq is not None:
+                native = self.conn.native
+                if native is not None:
+                    native.unregister_output(outq)
+                outq.release()
             if view is not None:
                 view.release_all_resources()
 
@@ -107,10 +116,39 @@ class ServerConnection:
         self._tls_chunk: bytes | None = None   # a TLS write to retry with the same bytes
         self._closing = False    # a fatal error is queued: send what is queued, then close
         self._close_timer: TimerHandle | None = None
+        self._writing = False
+        # Plain-TCP, credit-based connections are served by the native engine's I/O thread:
+        # it reads every frame (AddCredit natively, the rest handed here) and writes the
+        # subpartitions' buffers without the GIL; this object keeps the control path.
+        self.native: NativeConnection | None = None
+        engine = server.engine
+        if engine is not None and not self.tls and self.credit_based:
+            self._recv_buf = bytearray(0)
+            self._recv_view = memoryview(self._recv_buf)
+            self.native = NativeConnection(engine, sock, self, server.max_frame_length,
+                                           server.max_frame_length, server=True)
+            self.native.start()
+            return
         self._recv_buf = bytearray(_RECV_SIZE)
         self._recv_view = memoryview(self._recv_buf)
-        self._writing = False
         self.loop.register(sock, selectors.EVENT_READ, self._on_event)
+
+    # -- the native engine's handler (its I/O thread, with the GIL) --------------------------
+
+    def on_frame(self, frame: bytes) -> None:
+        self.loop.call_soon_threadsafe(self._on_data, frame)
+
+    def on_failure(self, message: str, is_local: bool) -> None:
+        self.loop.call_soon_threadsafe(self.close, message)
+
+    def on_channel_error(self, queue: object, expected: int, got: int) -> None:  # pragma: no cover
+        pass   # client-role connections only
+
+    def on_removed(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
     # -- socket events ---------------------------------------------------------------------
 
@@ -146,14 +184,14 @@ class ServerConnection:
         if n == 0:
             self.close("the client closed the connection")
             return False
-        self._on_bytes(n)
+        self._on_data(self._recv_view[:n])
         return True
 
-    def _on_bytes(self, n: int) -> None:
-        if self._closing:
+    def _on_data(self, data: bytes | memoryview) -> None:
+        if self._closing or self.closed:
             return   # a fatal error is on its way: the rest of the input is not looked at
         try:
-            messages = self.decoder.feed(self._recv_view[:n])
+            messages = self.decoder.feed(data)
         except P.CorruptFrameError as err:
             # str(err): a logged exception object would keep this connection alive in handlers
             log.warning("closing connection from %s: %s", self.address, str(err))
@@ -177,6 +215,9 @@ class ServerConnection:
         if type(msg) is P.AddCredit:
             reader = self._reader(msg.receiver_id)
             if reader is not None:
+                if reader.outq is not None:     # sent before the engine registered the queue
+                    reader.outq.add_credit(msg.credit)
+                    return
                 reader.credit += msg.credit
                 self._enqueue(reader)
         elif type(msg) is P.PartitionRequest:
@@ -260,6 +301,15 @@ class ServerConnection:
             self._write_loop()
             return
         reader.view = view
+        attach = getattr(view, "attach_output", None)   # pipelined views can be served natively
+        if self.native is not None and reader.initial_credit > 0 and attach is not None:
+            outq = OutputQueue(reader.receiver_id, reader.subpartition, reader.credit)
+            if attach(outq):
+                reader.outq = outq
+                self.native.register_output(outq)
+                if view is not None and view.is_released:
+                    self._enqueue(reader)
+                return
         self._enqueue(reader)
 
     # -- the write loop --------------------------------------------------------------------
@@ -269,6 +319,14 @@ class ServerConnection:
             return
         view = reader.view
         if view is None:
+            return
+        if reader.outq is not None:
+            # the engine sends the data; only a release (the producer failed) is answered here
+            if view.is_released:
+                cause = view.failure_cause
+                self._reader_failed(reader, cause if cause is not None else
+                                    PartitionNotFoundError("the consumed partition was released"))
+                self._write_loop()
             return
         if view.is_released:
             pass  # released (producer failed or partition gone): the poll sends the error
@@ -365,6 +423,8 @@ class ServerConnection:
         """Send queued parts; True when everything went, False when the kernel is full."""
         if self.tls:
             return self._flush_tls()
+        if self.native is not None:
+            return self._flush_native()
         out = self.out
         while out:
             parts: list[bytes | memoryview] = []
@@ -408,6 +468,28 @@ class ServerConnection:
             else:
                 entry[1] = offset + sent
                 sent = 0
+
+    def _flush_native(self) -> bool:
+        """Frames polled here (views the engine does not serve, control frames) are copied into
+        the engine's write buffer, in order."""
+        out = self.out
+        parts: list[bytes] = []
+        while out:
+            data, offset, buffer = out.popleft()
+            parts.append(bytes(data[offset:]))
+            if buffer is not None:
+                data.release()
+                buffer.recycle()
+            else:
+                self.out_frames -= 1
+        self.out_frames = 0
+        if parts and self.native is not None:
+            try:
+                self.native.send(b"".join(parts))
+            except BufferError as err:
+                self.close(f"the client does not read: {err}")
+                return False
+        return True
 
     def _flush_tls(self) -> bool:
         """TLS cannot gather: join up to 256 KiB of parts and write them (a write TLS could not
@@ -476,11 +558,14 @@ class ServerConnection:
             self.loop.cancel(self._close_timer)
             self._close_timer = None
         log.debug("server connection from %s closed: %s", self.address, reason)
-        self.loop.unregister(self.sock)
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        if self.native is not None:
+            self.native.remove()        # the socket is closed once the engine let go of it
+        else:
+            self.loop.unregister(self.sock)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
         for reader in list(self.readers.values()):
             self._release_reader(reader)
         self.readers.clear()
@@ -661,6 +746,8 @@ class TransportServer:
         self.credit_based = credit_based
         self.handshake = handshake if handshake is not None else HandshakeConfig()
         self.connections: set[ServerConnection] = set()
+        # The native engine serving plain-TCP, credit-based connections (set by the environment).
+        self.engine: ReceiveEngine | None = None
         # Connections in their handshake, oldest first (I/O thread only).
         self._handshaking: dict[_Handshaking, None] = {}
         self._drop_log = _DropLog()

@@ -19,7 +19,7 @@ import pytest
 
 from flinknet._core import protocol as P  # noqa: N812
 from flinknet._core.buffer import DataType
-from flinknet._core.engine import ChannelQueue, GateSignal, NativeConnection, ReceiveEngine
+from flinknet._core.engine import ChannelQueue, GateSignal, NativeConnection, OutputQueue, ReceiveEngine
 from flinknet._core.pool import NetworkBufferPool
 
 SEG = 1024
@@ -229,3 +229,191 @@ def test_random_stress_stalls_cancellations_and_a_killed_connection(seed):
         conn.thread.join(10)
         conn.server.close()
     assert pool.is_whole, (pool.available_segments, pool.total_segments)
+
+
+class _Side:
+    """A handler for one end of an engine-to-engine connection."""
+
+    def __init__(self):
+        self.failed = threading.Event()
+        self.removed = threading.Event()
+        self.frames = 0
+        self.errors = []
+
+    def on_frame(self, frame):
+        self.frames += 1     # frames of cancelled channels / queues (unknown receivers)
+
+    def on_failure(self, message, is_local):
+        self.failed.set()
+
+    def on_channel_error(self, queue, expected, sequence_number):
+        self.errors.append((expected, sequence_number))
+
+    def on_removed(self):
+        self.removed.set()
+
+
+@pytest.mark.parametrize("seed", [3, 5])
+def test_engine_to_engine_stress(seed):
+    """Both ends native, as between two flinknet processes: producer threads push buffers of
+    random sizes into OutputQueues (waiting for their pool when the credit loop holds every
+    buffer), the server-role engine sends them as credit allows, the client-role engine receives
+    them into credit slots and announces recycled slots as AddCredit, consumer threads check and
+    recycle them after random stalls; queues are cancelled on both ends and one connection is cut
+    meanwhile. Every byte arrives in order on the live channels and both pools end whole."""
+    rnd = random.Random(seed)
+    prod_pool = NetworkBufferPool(256, SEG)
+    cons_pool = NetworkBufferPool(256, SEG)
+    sender, receiver = ReceiveEngine(), ReceiveEngine()
+    sender.start()
+    receiver.start()
+    num_conns, per_conn, frames = 3, 6, 300
+    # a pool per connection (a partition's), each channel at most 8 buffers queued (Flink's
+    # max-buffers-per-channel): the cut connection's queues cannot starve the others
+    prod_locals = [prod_pool.create_buffer_pool(8, 64) for _ in range(num_conns)]
+    n = num_conns * per_conn
+    signal = GateSignal(n)
+    outqs, chqs, links = [], [], []
+    for c in range(num_conns):
+        lst = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(lst.getsockname())
+        server, _ = lst.accept()
+        lst.close()
+        client.setblocking(False)
+        server.setblocking(False)
+        s_side, c_side = _Side(), _Side()
+        s_conn = NativeConnection(sender, server, s_side, 1 << 20, SEG, server=True)
+        c_conn = NativeConnection(receiver, client, c_side, 1 << 20, SEG)
+        s_conn.start()
+        c_conn.start()
+        for k in range(per_conn):
+            idx = c * per_conn + k
+            rid = rnd.randbytes(16)
+            credit = rnd.randint(1, 3)
+            cq = ChannelQueue(signal, idx, rid, cons_pool.recycle_unpooled_memory_segments)
+            for seg in cons_pool.request_unpooled_memory_segments(credit):
+                cq.add_exclusive(seg, announce=False)
+            c_conn.register(cq)
+            oq = OutputQueue(rid, idx, credit)
+            s_conn.register_output(oq)
+            chqs.append(cq)
+            outqs.append(oq)
+        links.append((s_conn, c_conn, s_side, c_side, server, client))
+    conn_of = [i // per_conn for i in range(n)]
+    cut = rnd.randrange(num_conns)
+    cancelled: set[int] = set()
+    lock = threading.Lock()
+    expected = [0] * n
+    pushed = [0] * n
+    problems = []
+    done = threading.Event()
+
+    def produce(c):
+        r = random.Random(seed * 31 + c)
+        mine = list(range(c * per_conn, (c + 1) * per_conn))
+        while not done.is_set():
+            live = [i for i in mine if pushed[i] < frames and i not in cancelled]
+            if not live or links[c][2].failed.is_set():
+                return
+            live = [i for i in live if outqs[i].queued_buffers < 8]
+            if not live:
+                time.sleep(0.0005)
+                continue
+            i = r.choice(live)
+            buf = prod_locals[c].request_buffer()
+            if buf is None:
+                sender.reap()
+                time.sleep(0.0005)
+                continue
+            size = r.randint(1, SEG)
+            memoryview(buf.memory_segment)[:size] = _payload(i, pushed[i], size)
+            buf.size = size
+            outqs[i].push(buf)
+            pushed[i] += 1
+            if r.random() < 0.01:
+                time.sleep(r.random() * 0.002)
+
+    def consume(worker):
+        r = random.Random(seed * 100 + worker)
+        held = []
+        while not done.is_set():
+            if not signal.wait(0.01):
+                while held:          # nothing arrives: a task holding the only slot gives it back
+                    held.pop().recycle()
+            for idx in signal.drain():
+                while True:
+                    with lock:
+                        item = chqs[idx].poll()
+                        if item is None:
+                            break
+                        buf, _, seq, _ = item
+                        if seq != expected[idx]:
+                            problems.append(("order", idx, seq, expected[idx]))
+                        expected[idx] = seq + 1
+                    if buf.to_bytes() != _payload(idx, seq, buf.size):
+                        problems.append(("bytes", idx, seq))
+                    held.append(buf)
+                    if r.random() < 0.05:
+                        time.sleep(r.random() * 0.002)
+                    if len(held) > r.randint(0, 2):
+                        held.pop(r.randrange(len(held))).recycle()
+        while held:
+            held.pop().recycle()
+
+    producers = [threading.Thread(target=produce, args=(c,), daemon=True) for c in range(num_conns)]
+    consumers = [threading.Thread(target=consume, args=(w,), daemon=True) for w in range(2)]
+    for t in producers + consumers:
+        t.start()
+    # cancel a few channels on both ends, and cut one connection, while the data flows
+    for _ in range(3):
+        time.sleep(rnd.random() * 0.05)
+        idx = rnd.randrange(n)
+        if idx in cancelled:
+            continue
+        with lock:
+            cancelled.add(idx)
+        s_conn, c_conn = links[conn_of[idx]][:2]
+        c_conn.unregister(chqs[idx])
+        chqs[idx].release()
+        s_conn.unregister_output(outqs[idx])
+        outqs[idx].release()
+    time.sleep(rnd.random() * 0.05)
+    links[cut][5].shutdown(socket.SHUT_RDWR)
+
+    def finished():
+        for i in range(n):
+            if i in cancelled or conn_of[i] == cut:
+                continue
+            if expected[i] < frames:
+                return False
+        return links[cut][2].failed.is_set() and links[cut][3].failed.is_set()
+
+    deadline = time.monotonic() + 60
+    while not finished() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done.set()
+    for t in producers + consumers:
+        t.join(10)
+    assert finished(), [(i, pushed[i], expected[i], outqs[i].credit, outqs[i].queued_buffers,
+                         chqs[i].free_slots, chqs[i].queued_buffers)
+                        for i in range(n) if expected[i] < frames and i not in cancelled and conn_of[i] != cut]
+    assert problems == []
+    assert all(not link[3].errors for link in links)
+    for q in outqs:
+        q.release()
+    for q in chqs:
+        q.release()
+    for link in links:
+        link[0].remove()
+        link[1].remove()
+    sender.close()
+    receiver.close()
+    for _, _, s_side, c_side, server, client in links:
+        assert s_side.removed.is_set() and c_side.removed.is_set()
+        server.close()
+        client.close()
+    sender.reap()
+    for pool in prod_locals:
+        pool.lazy_destroy()
+    assert prod_pool.is_whole, (prod_pool.available_segments, prod_pool.total_segments)
+    assert cons_pool.is_whole, (cons_pool.available_segments, cons_pool.total_segments)

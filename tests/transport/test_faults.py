@@ -921,8 +921,11 @@ def test_fatal_error_is_not_written_inside_a_partially_sent_frame():
     Regression (found by this suite, fixed): ServerConnection._send_fatal writes the ErrorResponse straight to the socket, ahead of
     the rest of the queued frame in ``self.out``: its bytes land inside the payload of the
     half-sent frame, the client's decoder reads them as payload (or as a corrupt header) and never
-    sees the error."""
-    with NetworkEnvironment(SMALL) as prod:
+    sees the error.
+
+    The Python I/O thread's send queue is inspected, so the native engine is off here; the engine
+    writes control frames only between whole BufferResponses (``_flush_server``)."""
+    with NetworkEnvironment({**SMALL, "flinknet.network.native-io": "false"}) as prod:
         p = prod.create_result_partition(1)
         stop = threading.Event()
 
