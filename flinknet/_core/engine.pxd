@@ -287,7 +287,9 @@ cdef class ChannelQueue:
     cdef bint _init_done
     cdef GateSignal _signal
     # Python side of the slots (GIL): slot id -> MemorySegment (exclusive) or NetworkBuffer
-    # (floating, from the gate pool); None for an unused id.
+    # (floating, from the gate pool); None for an unused id. _slot_recyclers: the slot's
+    # _SlotRecycler (exclusive) or _FloatingRecycler (floating): buffers handed out over a slot's
+    # segment come back through it.
     cdef list _slot_objects
     cdef list _slot_recyclers
     cdef list _unused_ids
@@ -306,6 +308,7 @@ cdef class ChannelQueue:
     cdef int _push_object(self, object buffer, int seq, int backlog) except -1
     cdef object _wrap(self, fn_entry *e)
     cdef int _recycle_slot(self, int slot) except -1
+    cdef int _recycle_floating(self, int slot) except -1
 
 
 cdef class OutputQueue:

@@ -47,6 +47,7 @@ from libc.stdio cimport snprintf
 from flinknet._core.buffer cimport (Buffer, BufferRecycler, NetworkBuffer, DT_DATA_BUFFER, DT_NONE,
                                     DTF_BLOCKING_UPSTREAM, DTF_BUFFER, DTF_PRIORITY, data_type_flags)
 from flinknet._core.memory cimport MemorySegment
+from flinknet._core.pool cimport LocalBufferPool
 from flinknet._core.defs cimport fn_load_be_i32, fn_load64, fn_store_be_i32, FLINKNET_DEBUG
 
 import logging
@@ -332,6 +333,17 @@ cdef class _SlotRecycler(BufferRecycler):
         self._queue._recycle_slot(self._slot)
 
 
+cdef class _FloatingRecycler(BufferRecycler):
+    """Recycler of a floating slot's buffers: the slot stays with the channel as one credit
+    while the sender's backlog needs it and no other channel waits for the gate pool; else the
+    floating buffer goes back to the pool (which hands it to the channel waiting longest)."""
+    cdef ChannelQueue _queue
+    cdef int _slot
+
+    cpdef recycle(self, MemorySegment segment):
+        self._queue._recycle_floating(self._slot)
+
+
 cdef int _grow_ring(fn_channel *c) noexcept nogil:
     """Double the ring (under c.lock). -1 if out of memory."""
     cdef int cap = c.ring_capacity * 2 if c.ring_capacity else 8
@@ -502,11 +514,37 @@ cdef class ChannelQueue:
         """Add a floating buffer (borrowed from the gate pool) as a free slot; returns as
         :meth:`add_exclusive`. A released queue recycles it at once."""
         cdef int slot
+        cdef _FloatingRecycler r
         if self.c.released:
             buffer.recycle()
             return False
-        slot = self._new_slot(buffer, buffer._segment, None)
+        r = _FloatingRecycler.__new__(_FloatingRecycler)
+        r._queue = self
+        slot = self._new_slot(buffer, buffer._segment, r)
+        r._slot = slot
         return fn_channel_put_slot(&self.c, slot, True) == PUT_ANNOUNCE
+
+    cdef int _recycle_floating(self, int slot) except -1:
+        """A floating slot's buffer was recycled (GIL): keep the slot as credit if the backlog
+        needs it and nobody else waits for the gate pool, else give the buffer back."""
+        cdef NetworkBuffer original = <NetworkBuffer>self._slot_objects[slot]
+        cdef bint keep = not self.c.released and self.c.num_free < self._required
+        if keep and isinstance(original._recycler, LocalBufferPool):
+            # another channel waiting for a floating buffer gets this one (the pool's FIFO); the
+            # channel owning this queue waiting for more is no reason to give it away
+            listeners = (<LocalBufferPool>original._recycler)._listeners
+            if listeners is not None and len(listeners):
+                owner = getattr(self._backlog_callback, "__self__", None)
+                keep = owner is not None and all(listener is owner for listener in listeners)
+        if keep:
+            if fn_channel_put_slot(&self.c, slot, True) == PUT_ANNOUNCE:
+                cb = self._exclusive_owner
+                if cb is not None:
+                    cb()
+            return 0
+        self._forget_slot(slot)
+        original.recycle()
+        return 0
 
     cdef int _recycle_slot(self, int slot) except -1:
         """An exclusive slot's buffer was recycled (GIL)."""
@@ -570,7 +608,7 @@ cdef class ChannelQueue:
         cdef int i, slot = -1
         pthread_mutex_lock(&self.c.lock)
         for i in range(self.c.num_free - 1, -1, -1):
-            if self._slot_recyclers[self.c.free_slots[i]] is None:
+            if type(self._slot_recyclers[self.c.free_slots[i]]) is _FloatingRecycler:
                 slot = self.c.free_slots[i]
                 self.c.free_slots[i] = self.c.free_slots[self.c.num_free - 1]
                 self.c.num_free -= 1
@@ -591,7 +629,7 @@ cdef class ChannelQueue:
         if self.c.num_free:
             pick = self.c.num_free - 1
             for i in range(self.c.num_free - 1, -1, -1):
-                if self._slot_recyclers[self.c.free_slots[i]] is None:
+                if type(self._slot_recyclers[self.c.free_slots[i]]) is _FloatingRecycler:
                     pick = i
                     break
             slot = self.c.free_slots[pick]
@@ -604,17 +642,12 @@ cdef class ChannelQueue:
 
     cdef object _hand_out(self, int slot, int data_type, int size):
         cdef object owner = self._slot_objects[slot]
-        cdef NetworkBuffer buf
-        if self._slot_recyclers[slot] is None:
-            buf = <NetworkBuffer>owner
-            self._forget_slot(slot)
-            buf._reader_index = 0
-            buf._writer_index = size
-            buf._data_type = data_type
-            buf._compressed = False
-            return buf
-        return NetworkBuffer.create(<MemorySegment>owner, <BufferRecycler>self._slot_recyclers[slot],
-                                    data_type, size)
+        cdef object recycler = self._slot_recyclers[slot]
+        if type(recycler) is _FloatingRecycler:
+            # a buffer over the floating segment whose recycling comes back here first
+            return NetworkBuffer.create((<NetworkBuffer>owner)._segment, <BufferRecycler>recycler,
+                                        data_type, size)
+        return NetworkBuffer.create(<MemorySegment>owner, <BufferRecycler>recycler, data_type, size)
 
     # -- received queue (GIL side) -------------------------------------------------------------
 
@@ -731,7 +764,7 @@ cdef class ChannelQueue:
         cdef list segments = []
         for slot in free_slots:
             owner = self._slot_objects[slot]
-            if self._slot_recyclers[slot] is None:
+            if type(self._slot_recyclers[slot]) is _FloatingRecycler:
                 buffers.append(owner)
             else:
                 segments.append(owner)
@@ -779,7 +812,7 @@ cdef class ChannelQueue:
         cdef int i, n = 0
         pthread_mutex_lock(&self.c.lock)
         for i in range(self.c.num_free):
-            if self._slot_recyclers[self.c.free_slots[i]] is not None:
+            if type(self._slot_recyclers[self.c.free_slots[i]]) is _SlotRecycler:
                 n += 1
         pthread_mutex_unlock(&self.c.lock)
         return n

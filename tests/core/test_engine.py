@@ -549,3 +549,61 @@ def test_never_started_engine_closes_cleanly():
     engine = ReceiveEngine()
     engine.close()
     assert not engine.is_alive
+
+
+class _Waiting:
+    """A gate pool listener (another channel waiting for a floating buffer)."""
+
+    def __init__(self):
+        self.got = []
+
+    def notify_buffer_available(self, buffer):
+        self.got.append(buffer)
+        return True
+
+    def notify_buffer_destroyed(self):
+        pass
+
+
+def test_recycled_floating_buffer_stays_while_the_backlog_needs_it():
+    """A floating slot's buffer comes back to its channel as credit while the sender's backlog
+    needs it (no round trip through the gate pool and its listener); past the need, or when
+    another channel waits for the pool, it goes back to the pool (Flink's FIFO of waiters)."""
+    nbp = NetworkBufferPool(8, SEG)
+    gate_pool = nbp.create_buffer_pool(1, 4)
+    signal, q = _queue(nbp)
+    floating = [gate_pool.request_buffer() for _ in range(2)]
+    for b in floating:
+        q.add_floating(b)
+    q.set_required(2)
+    assert q.free_floating == 2
+    b = q.pop_free_buffer()
+    assert q.free_floating == 1
+    b.recycle()                       # needed (1 free < 2 required): stays as credit
+    assert q.free_floating == 2 and gate_pool.used_buffers == 2
+    q.set_required(1)
+    b = q.pop_free_buffer()
+    b.recycle()                       # 1 free already covers the need: back to the pool
+    assert q.free_floating == 1 and gate_pool.used_buffers == 1
+    q.set_required(2)
+    b = q.pop_free_buffer()
+    held = [gate_pool.request_buffer() for _ in range(3)]
+    waiting = _Waiting()
+    assert gate_pool.add_buffer_listener(waiting)
+    b.recycle()                       # another channel waits: it gets the buffer
+    assert len(waiting.got) == 1 and q.free_floating == 0
+    # the channel owning the queue is the only one waiting (it wants more): it keeps its buffer
+    owner = _Waiting()
+    q.set_backlog_callback(owner.notify_buffer_available)   # its __self__ is the owner
+    q.add_floating(waiting.got.pop())
+    b = q.pop_free_buffer()
+    assert gate_pool.add_buffer_listener(owner)
+    b.recycle()
+    assert q.free_floating == 1 and owner.got == []
+    for x in held + waiting.got:
+        x.recycle()                   # the first goes to the still-waiting owner
+    for x in owner.got:
+        x.recycle()
+    q.release()
+    gate_pool.lazy_destroy()
+    assert nbp.is_whole
