@@ -124,6 +124,7 @@ cdef struct fn_oentry:
     int32_t size
     int data_type
     int flags               # data_type_flags(data_type)
+    void *root              # the NetworkBuffer owning the memory (a slice's parent; borrowed)
 
 
 cdef struct fn_outq:

@@ -1176,13 +1176,17 @@ cdef class OutputQueue:
 
     def push(self, Buffer buffer not None, bint priority=False):
         """Queue ``buffer`` to be sent (taking over the caller's reference: do not recycle it);
-        a priority event goes behind the priority events already queued, ahead of the rest.
+        a priority event goes behind the priority events already queued, ahead of the rest. A
+        slice continuing the last queued one (the same buffer's next bytes: a flush of the open
+        buffer while its previous flush still waits) extends it: one frame, one credit.
         False (and the buffer recycled) if it is empty or the queue was released."""
         cdef int size = buffer._writer_index - buffer._reader_index
         cdef int dt = buffer._data_type
         cdef int flags = data_type_flags(dt)
         cdef fn_oentry *ring
+        cdef fn_oentry *last
         cdef fn_oentry e
+        cdef NetworkBuffer root
         cdef int cap, i, pos
         cdef fn_conn *conn = NULL
         if size <= 0:
@@ -1195,11 +1199,23 @@ cdef class OutputQueue:
         e.size = size
         e.data_type = dt
         e.flags = flags
+        root = buffer.root()      # alive as long as the buffer is (a slice holds its parent)
+        e.root = <void *>root
         pthread_mutex_lock(&self.q.lock)
         if self.q.released:
             pthread_mutex_unlock(&self.q.lock)
             buffer.recycle()
             return False
+        if not priority and self.q.count > self.q.num_priority:
+            last = &self.q.ring[(self.q.head + self.q.count - 1) % self.q.ring_capacity]
+            if last.root == e.root and last.data_type == dt and last.data + last.size == e.data:
+                # the next bytes of the buffer the last entry slices (a flush of the open
+                # buffer while its previous flush still waits): one frame, as Flink's poll
+                # builds one slice of everything flushed by then; this slice's reference goes
+                last.size += size
+                pthread_mutex_unlock(&self.q.lock)
+                buffer.recycle()
+                return True
         if self.q.count == self.q.ring_capacity:
             cap = self.q.ring_capacity * 2 if self.q.ring_capacity else 16
             ring = <fn_oentry *>malloc(cap * sizeof(fn_oentry))

@@ -365,3 +365,63 @@ def test_output_queue_matches_the_model(initial_credit, ops):
         pool.lazy_destroy()
         assert nbp.is_whole
         nbp.destroy()
+
+
+def test_a_pusher_outrunning_a_slow_reader_loses_nothing(served):
+    """A pushing thread fills the kernel's buffer while the client does not read; the I/O thread
+    finishes the frames as the client reads (nothing lost, nothing out of order)."""
+    engine, conn, handler, client, pool = served
+    q = OutputQueue(RID, 0, 10_000)
+    conn.register_output(q)
+    assert _wait_for(lambda: q.is_registered)
+    n = 300
+    sent = 0
+    pusher_done = threading.Event()
+
+    def pusher():
+        nonlocal sent
+        while sent < n:
+            b = pool.request_buffer()
+            if b is None:
+                time.sleep(0.001)
+                continue
+            memoryview(b.memory_segment)[:8] = sent.to_bytes(8, "big")
+            b.size = SEG
+            q.push(b)
+            sent += 1
+        pusher_done.set()
+
+    t = threading.Thread(target=pusher)
+    t.start()
+    time.sleep(0.2)                    # the kernel fills: the rest waits on the wire and queue
+    for i in range(n):
+        rid, sp, seq, backlog, dt, payload = _read_response(client)
+        assert seq == i and payload[:8] == i.to_bytes(8, "big") and len(payload) == SEG
+    t.join(10)
+    assert pusher_done.is_set() and q.buffers_sent == n
+    conn.unregister_output(q)
+    assert _wait_for(lambda: not q.is_registered)
+    q.release()
+
+
+def test_flushes_of_one_buffer_waiting_for_credit_go_as_one_frame(served):
+    """Slices of the same buffer pushed back to back (flushes of the open buffer) while the
+    first still waits merge into one BufferResponse, as Flink's poll builds one slice of what
+    was flushed by then; they cost one credit, and every reference goes back."""
+    engine, conn, handler, client, pool = served
+    q = OutputQueue(RID, 0, 0)
+    conn.register_output(q)
+    buf = _data(pool, bytes(range(100)))
+    for start, end in ((0, 10), (10, 35), (35, 100)):
+        assert q.push(buf.read_only_slice(start, end - start).retain())
+    other = _data(pool, b"z" * 5)
+    q.push(other)                                   # another buffer: its own frame
+    assert q.queued_buffers == 2 and q.backlog == 2
+    _add_credit(client, 2)
+    first, second = _read_response(client), _read_response(client)
+    assert first[5] == bytes(range(100)) and (first[2], first[3]) == (0, 1)
+    assert second[5] == b"z" * 5
+    buf.recycle()
+    conn.unregister_output(q)
+    assert _wait_for(lambda: not q.is_registered)
+    q.release()
