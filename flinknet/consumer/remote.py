@@ -318,11 +318,17 @@ class RemoteInputChannel(InputChannel):
                 raise CancelTaskError(f"{self} has been released")
             return None
         buffer, next_type, seq, backlog = result
-        # The sender's backlog of a natively received buffer: ask for floating buffers now
-        # (Flink does it on arrival; the I/O thread leaves it to the task's thread).
-        if backlog >= 0 and (backlog != self._sender_backlog
-                             or q.free_slots < backlog + self.initial_credit):
-            self.on_sender_backlog(backlog)
+        # The sender's backlog of a natively received buffer: ask for floating buffers now if
+        # the free slots fall short of it (Flink does it on arrival; the I/O thread leaves it to
+        # the task's thread); else only record it (no lock, no pool: the common case).
+        if backlog >= 0:
+            required = backlog + self.initial_credit
+            if q.free_slots < required:
+                self.on_sender_backlog(backlog)
+            elif required != self._num_required:
+                self._sender_backlog = backlog
+                self._num_required = required
+                q.set_required(required)
         self.num_bytes_in += buffer.size
         self.num_buffers_in += 1
         return BufferAndBacklog(buffer, 0, next_type, seq)
