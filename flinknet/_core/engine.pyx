@@ -1937,13 +1937,32 @@ cdef void _on_readable(fn_conn *conn) noexcept nogil:
         return
 
 
+cdef int _send_out(fn_conn *conn) noexcept nogil:
+    """Write the queued bytes of ``out`` (under out_lock) until done or the kernel is full:
+    0, or the errno of a failed send."""
+    cdef ssize_t n
+    while conn.out_len > 0:
+        n = send(conn.fd, conn.out, conn.out_len, MSG_NOSIGNAL)
+        if n > 0:
+            conn.bytes_out += n
+            if n < conn.out_len:
+                memmove(conn.out, conn.out + n, conn.out_len - n)
+            conn.out_len -= n
+            continue
+        if n < 0 and errno == EINTR:
+            continue
+        if n < 0 and errno != EAGAIN:
+            return errno
+        break
+    return 0
+
+
 cdef void _flush(fn_conn *conn) noexcept nogil:
     """Write the credit announcements and queued frames (I/O thread)."""
     cdef fn_engine *eng = <fn_engine *>conn.engine
     cdef char frame[_ADD_CREDIT_LEN]
     cdef fn_channel *ch
     cdef int i, credit
-    cdef ssize_t n
     cdef bint want
     cdef epoll_event ev
     cdef bint overflow = False
@@ -1971,18 +1990,7 @@ cdef void _flush(fn_conn *conn) noexcept nogil:
             if _append_out(conn, frame, _ADD_CREDIT_LEN) < 0:
                 overflow = True
     conn.credit_len = 0
-    while conn.out_len > 0:
-        n = send(conn.fd, conn.out, conn.out_len, MSG_NOSIGNAL)
-        if n > 0:
-            if n < conn.out_len:
-                memmove(conn.out, conn.out + n, conn.out_len - n)
-            conn.out_len -= n
-            continue
-        if n < 0 and errno == EINTR:
-            continue
-        if n < 0 and errno != EAGAIN:
-            err = errno
-        break
+    err = _send_out(conn)
     want = conn.out_len > 0
     pthread_mutex_unlock(&conn.out_lock)
     if err:
@@ -2141,7 +2149,6 @@ cdef void _flush_server(fn_conn *conn) noexcept nogil:
     is left."""
     cdef fn_engine *eng = <fn_engine *>conn.engine
     cdef int r, err = 0
-    cdef ssize_t n
     cdef bint want
     cdef epoll_event ev
     pthread_mutex_lock(&conn.out_lock)
@@ -2156,19 +2163,7 @@ cdef void _flush_server(fn_conn *conn) noexcept nogil:
             if r == 0:
                 break
         pthread_mutex_lock(&conn.out_lock)
-        while conn.out_len > 0:
-            n = send(conn.fd, conn.out, conn.out_len, MSG_NOSIGNAL)
-            if n > 0:
-                conn.bytes_out += n
-                if n < conn.out_len:
-                    memmove(conn.out, conn.out + n, conn.out_len - n)
-                conn.out_len -= n
-                continue
-            if n < 0 and errno == EINTR:
-                continue
-            if n < 0 and errno != EAGAIN:
-                err = errno
-            break
+        err = _send_out(conn)
         want = conn.out_len > 0
         pthread_mutex_unlock(&conn.out_lock)
         if err or want:
