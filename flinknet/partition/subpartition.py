@@ -75,7 +75,7 @@ class PipelinedSubpartition:
         self._receiver_exclusive = receiver_exclusive_buffers_per_channel
         self._all_records_processed = False
         self.total_number_of_buffers = 0
-        self.total_number_of_bytes = 0
+        self._polled_bytes = 0
         # Served by the native engine (attach_output): finished buffers go straight into this
         # OutputQueue, which the engine's I/O thread sends without the GIL; only the open tail
         # stays in _buffers.
@@ -282,7 +282,7 @@ class PipelinedSubpartition:
             data_type = buffer.data_type
             if data_type in _BLOCKING_TYPES:
                 self._is_blocked = True
-            self.total_number_of_bytes += buffer.size
+            self._polled_bytes += buffer.size
             seq = self._sequence_number
             self._sequence_number = seq + 1
             return BufferAndBacklog(
@@ -355,6 +355,14 @@ class PipelinedSubpartition:
         return max(self._buffers_in_backlog - 1, 0)
 
     # -- inspection ------------------------------------------------------------------------
+
+    @property
+    def total_number_of_bytes(self) -> int:
+        """Bytes handed to the reader so far (polled, or sent by the native engine): Flink's
+        ``totalNumberOfBytes``, which the ``outputQueueSize`` metric subtracts from the bytes
+        written."""
+        outq = self._outq
+        return self._polled_bytes + (outq.bytes_sent if outq is not None else 0)
 
     @property
     def buffers_in_backlog(self) -> int:

@@ -18,6 +18,7 @@ from flinknet.metrics import (
     input_queue_size,
     out_pool_usage,
     output_queue_length,
+    output_queue_size,
     register_input_metrics,
     register_network_buffer_pool_metrics,
     register_output_metrics,
@@ -159,3 +160,26 @@ def test_floating_usage_discounts_idle_floating_buffers():
 @pytest.mark.parametrize("fn", [input_floating_buffers_usage, input_exclusive_buffers_usage, in_pool_usage])
 def test_input_usage_without_remote_channels_is_zero(fn):
     assert fn([]) == 0.0
+
+
+@pytest.mark.parametrize("native_io", [True, False])
+def test_output_queue_size_drains_over_a_remote_consumer(native_io):
+    """outputQueueSize (bytes written minus bytes handed to the reader) returns to 0 once a remote
+    consumer read everything, whether the native engine or the Python I/O thread sends."""
+    opts = {"taskmanager.memory.segment-size": "4kb", "taskmanager.memory.network.max": "2mb",
+            "flinknet.network.native-io": "true" if native_io else "false"}
+    with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
+        p = prod.create_result_partition(1)
+        gate = cons.create_input_gate([(p.partition_id, 0, prod.address)])
+        gate.request_partitions()
+        with RecordWriter(p, timeout=-1) as w, RecordReader(gate) as r:
+            n = 0
+            for i in range(20):
+                w.emit(FULL if i % 2 else b"small", 0)
+            w.flush_all()
+            while n < 20:
+                n += len(r.read_batch(timeout=10))
+            assert _wait(lambda: p.size_of_queued_buffers == 0)
+            assert output_queue_size([p]) == 0
+            p.fail(RuntimeError("done"))
+        gate.close()
