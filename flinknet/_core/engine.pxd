@@ -1,5 +1,6 @@
-# flinknet._core.engine: the native receive engine (an epoll I/O thread without the GIL) and the
-# native queues it shares with the task threads.
+# flinknet._core.engine: the native engine (an epoll I/O thread without the GIL that reads and
+# writes both client-role and server-role connections) and the native queues it shares with the
+# task threads.
 #
 # Ownership and locking rules (the engine's contract; FLINKNET_DEBUG builds assert them):
 #
@@ -40,8 +41,9 @@
 #   `wire` queue of frames being written is the I/O thread's alone.
 #
 # * The I/O thread takes the GIL only for the control path: frames it hands to Python (every frame
-#   but a plain data BufferResponse for a registered channel), connection failures, an armed
-#   gate availability callback, and dropping references on unregistration.
+#   but a plain data BufferResponse for a registered channel or an AddCredit for a registered
+#   output queue), connection failures, an armed gate availability callback, and dropping
+#   references on (un)registration. The reaper thread takes it once per batch of written buffers.
 
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
