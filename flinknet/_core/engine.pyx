@@ -344,16 +344,31 @@ cdef class _FloatingRecycler(BufferRecycler):
         self._queue._recycle_floating(self._slot)
 
 
+cdef void *_regrow_ring(void *ring, int head, int count, int capacity, int new_capacity,
+                        size_t item) noexcept nogil:
+    """A new array of ``new_capacity`` items holding the ``count`` items of the circular array
+    ``ring`` (from ``head``) in order from index 0; the old array is freed. NULL (the old array
+    kept) if out of memory. The three rings of the engine (a channel's entries, a queue's
+    entries, a connection's ready queues) grow with it."""
+    cdef char *out = <char *>malloc(new_capacity * item)
+    cdef int first
+    if out == NULL:
+        return NULL
+    if count:
+        first = capacity - head if head + count > capacity else count
+        memcpy(out, <char *>ring + head * item, first * item)
+        memcpy(out + first * item, ring, (count - first) * item)
+    free(ring)
+    return out
+
+
 cdef int _grow_ring(fn_channel *c) noexcept nogil:
     """Double the ring (under c.lock). -1 if out of memory."""
     cdef int cap = c.ring_capacity * 2 if c.ring_capacity else 8
-    cdef fn_entry *ring = <fn_entry *>malloc(cap * sizeof(fn_entry))
-    cdef int i
+    cdef fn_entry *ring = <fn_entry *>_regrow_ring(c.ring, c.head, c.count, c.ring_capacity, cap,
+                                                    sizeof(fn_entry))
     if ring == NULL:
         return -1
-    for i in range(c.count):
-        ring[i] = c.ring[(c.head + i) % c.ring_capacity]
-    free(c.ring)
     c.ring = ring
     c.ring_capacity = cap
     c.head = 0
@@ -1088,19 +1103,17 @@ cdef int _ready_push(fn_conn *conn, fn_outq *q) noexcept nogil:
 cdef int _reserve_ready(fn_conn *conn, int n) noexcept nogil:
     """Make room for ``n`` queues in the ready ring (I/O thread, takes out_lock)."""
     cdef fn_outq **r
-    cdef int i, cap
+    cdef int cap
     pthread_mutex_lock(&conn.out_lock)
     if n > conn.ready_cap:
         cap = conn.ready_cap * 2 if conn.ready_cap else 16
         while cap < n:
             cap *= 2
-        r = <fn_outq **>malloc(cap * sizeof(fn_outq *))
+        r = <fn_outq **>_regrow_ring(conn.ready, conn.ready_head, conn.ready_len, conn.ready_cap,
+                                     cap, sizeof(fn_outq *))
         if r == NULL:
             pthread_mutex_unlock(&conn.out_lock)
             return -1
-        for i in range(conn.ready_len):
-            r[i] = conn.ready[(conn.ready_head + i) % conn.ready_cap]
-        free(conn.ready)
         conn.ready = r
         conn.ready_cap = cap
         conn.ready_head = 0
@@ -1218,13 +1231,11 @@ cdef class OutputQueue:
                 return True
         if self.q.count == self.q.ring_capacity:
             cap = self.q.ring_capacity * 2 if self.q.ring_capacity else 16
-            ring = <fn_oentry *>malloc(cap * sizeof(fn_oentry))
+            ring = <fn_oentry *>_regrow_ring(self.q.ring, self.q.head, self.q.count,
+                                             self.q.ring_capacity, cap, sizeof(fn_oentry))
             if ring == NULL:
                 pthread_mutex_unlock(&self.q.lock)
                 raise MemoryError()
-            for i in range(self.q.count):
-                ring[i] = self.q.ring[(self.q.head + i) % self.q.ring_capacity]
-            free(self.q.ring)
             self.q.ring = ring
             self.q.ring_capacity = cap
             self.q.head = 0
