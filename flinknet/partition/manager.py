@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -43,7 +45,15 @@ class ResultPartitionManager:
         self.partition_request_timeout = partition_request_timeout
         self._lock = threading.Lock()
         self._partitions: dict[ResultPartitionID, ResultPartition] = {}
-        self._listeners: dict[ResultPartitionID, list[_Pending]] = {}
+        # Pending requests per partition, keyed by their callback (insertion order is request
+        # order); their deadlines in a heap whose entries a cancellation leaves behind (skipped
+        # when they come up: the entry's callback no longer waits, or waits for a newer
+        # request). Registering is O(log n), cancelling O(1), expiring O(log n) per request,
+        # whatever the number waiting for the same partition.
+        self._listeners: dict[ResultPartitionID, dict[ViewCallback, _Pending]] = {}
+        self._deadlines: dict[ViewCallback, ResultPartitionID] = {}
+        self._heap: list[tuple[float, int, ViewCallback]] = []
+        self._seq = itertools.count()
         self._is_shutdown = False
 
     def register_result_partition(self, partition: ResultPartition) -> None:
@@ -54,7 +64,7 @@ class ResultPartitionManager:
             if partition.partition_id in self._partitions:
                 raise IllegalStateError(f"Result partition already registered: {partition.partition_id}")
             self._partitions[partition.partition_id] = partition
-            pending = self._listeners.pop(partition.partition_id, [])
+            pending = self._take_pending(partition.partition_id)
         log.debug("registered %s", partition)
         for index, listener, on_view, _deadline in pending:
             try:
@@ -96,47 +106,79 @@ class ResultPartitionManager:
             if partition is None:
                 if self._is_shutdown:
                     raise IllegalStateError("Result partition manager already shut down.")
+                if on_view in self._deadlines:
+                    raise IllegalStateError("this on_view callback already waits for a partition")
                 deadline = time.monotonic() + self.partition_request_timeout
-                self._listeners.setdefault(partition_id, []).append((index, listener, on_view, deadline))
+                self._listeners.setdefault(partition_id, {})[on_view] = (index, listener, on_view, deadline)
+                self._deadlines[on_view] = partition_id
+                heapq.heappush(self._heap, (deadline, next(self._seq), on_view))
                 return None
         return partition.create_subpartition_view(index, listener)
 
+    def _take_pending(self, partition_id: ResultPartitionID) -> list[_Pending]:
+        """Remove and return the requests waiting for ``partition_id`` (lock held)."""
+        entries = self._listeners.pop(partition_id, None)
+        if not entries:
+            return []
+        deadlines = self._deadlines
+        for on_view in entries:
+            del deadlines[on_view]
+        self._compact()
+        return list(entries.values())
+
+    def _compact(self) -> None:
+        """Rebuild the deadline heap once cancelled entries outnumber the live ones (lock held):
+        a peer that requests and cancels in a loop cannot grow it beyond twice the requests
+        actually waiting."""
+        if len(self._heap) > 2 * len(self._deadlines) + 64:
+            seq = self._seq
+            self._heap = [(e[3], next(seq), e[2]) for entries in self._listeners.values()
+                          for e in entries.values()]
+            heapq.heapify(self._heap)
+
     def check_request_timeouts(self, now: float | None = None) -> int:
-        """Answer expired pending requests with PartitionNotFoundError; returns how many."""
+        """Answer expired pending requests with PartitionNotFoundError; returns how many (the
+        cost is the number expired, not the number waiting)."""
         now = time.monotonic() if now is None else now
-        expired: list[tuple[ResultPartitionID, _Pending]] = []
+        expired: list[tuple[ResultPartitionID, ViewCallback]] = []
         with self._lock:
-            for pid in list(self._listeners):
-                kept: list[tuple[ResultPartitionID, _Pending]] = []
-                for entry in self._listeners[pid]:
-                    (expired if entry[3] <= now else kept).append((pid, entry))
-                keep = [e for _, e in kept]
-                if keep:
-                    self._listeners[pid] = keep
-                else:
+            heap, deadlines = self._heap, self._deadlines
+            while heap and heap[0][0] <= now:
+                deadline, _seq, on_view = heapq.heappop(heap)
+                pid = deadlines.get(on_view)
+                if pid is None:
+                    continue            # cancelled or answered
+                entries = self._listeners[pid]
+                if entries[on_view][3] != deadline:
+                    continue            # the callback waits again, for a newer request
+                del deadlines[on_view]
+                del entries[on_view]
+                if not entries:
                     del self._listeners[pid]
-        for pid, (_i, _l, on_view, _d) in expired:
+                expired.append((pid, on_view))
+            if not deadlines:
+                heap.clear()
+        for pid, on_view in expired:
             on_view(None, PartitionNotFoundError(pid))
         return len(expired)
 
     def cancel_pending_request(self, partition_id: ResultPartitionID, on_view: ViewCallback) -> bool:
-        """Forget a pending request (its requester went away)."""
+        """Forget a pending request (its requester went away); O(1)."""
         with self._lock:
             entries = self._listeners.get(partition_id)
-            if not entries:
+            if not entries or entries.pop(on_view, None) is None:
                 return False
-            kept = [e for e in entries if e[2] is not on_view]
-            if kept:
-                self._listeners[partition_id] = kept
-            else:
+            del self._deadlines[on_view]
+            if not entries:
                 del self._listeners[partition_id]
-            return len(kept) != len(entries)
+            self._compact()
+            return True
 
     def release_partition(self, partition_id: ResultPartitionID, cause: BaseException | None = None) -> None:
         """Remove and release the partition (pending requests for it fail at once)."""
         with self._lock:
             partition = self._partitions.pop(partition_id, None)
-            pending = self._listeners.pop(partition_id, [])
+            pending = self._take_pending(partition_id)
         if partition is not None:
             partition.release(cause)
             log.debug("released %s", partition)
@@ -166,7 +208,7 @@ class ResultPartitionManager:
     def num_pending_requests(self) -> int:
         """View requests waiting for their partition."""
         with self._lock:
-            return sum(len(v) for v in self._listeners.values())
+            return len(self._deadlines)
 
     def shutdown(self) -> None:
         """Release every partition; pending requests fail."""
@@ -174,8 +216,10 @@ class ResultPartitionManager:
             self._is_shutdown = True
             partitions = list(self._partitions.values())
             self._partitions.clear()
-            pending = [(pid, e) for pid, entries in self._listeners.items() for e in entries]
+            pending = [(pid, e) for pid, entries in self._listeners.items() for e in entries.values()]
             self._listeners.clear()
+            self._deadlines.clear()
+            self._heap.clear()
         for partition in partitions:
             partition.release()
         for pid, (_i, _l, on_view, _d) in pending:
