@@ -58,11 +58,13 @@ from flinknet.errors import (
     LocalTransportError,
     OutputFlusherError,
     PartitionNotFoundError,
+    PeerLimitError,
     ProducerFailedError,
     RemoteTransportError,
     SegmentFreedError,
     TransportError,
     UnknownConfigurationKeyError,
+    UnsupportedCompressionError,
 )
 from flinknet.ids import (
     ExecutionAttemptID,
@@ -154,6 +156,7 @@ __all__ = [
     "CorruptRecordError",
     "FlinknetError",
     "HandshakeError",
+    "PeerLimitError",
     "IllegalReferenceCountError",
     "IllegalStateError",
     "InsufficientNetworkBuffersError",
@@ -165,6 +168,7 @@ __all__ = [
     "SegmentFreedError",
     "TransportError",
     "UnknownConfigurationKeyError",
+    "UnsupportedCompressionError",
     "__version__",
 ]
 

@@ -165,12 +165,21 @@ OPTIONS: dict[str, tuple[_Parser, ConfigValue]] = {
     "security.ssl.internal.truststore": (_str, ""),   # PEM CA file
     "flinknet.network.flow-control": (_choice("credit", "tcp"), "credit"),
     "flinknet.network.max-frame-length": (_size, "16mb"),
-    # The native receive engine (an I/O thread without the GIL) for plain-TCP, credit-based
-    # connections; False (the default until the debug build's floating-buffer timing is settled):
-    # every connection takes the Python I/O thread (TLS always does).
+    # The native I/O engine (a thread without the GIL) for plain-TCP, credit-based connections;
+    # False: every connection takes the Python I/O thread (TLS always does).
     "flinknet.network.native-io": (_bool, True),
     "flinknet.network.shared-secret": (_str, ""),
     "flinknet.network.handshake-timeout": (_duration, "10 s"),
+    # Per-peer bounds of the server (Flink has none): exceeding one closes that peer's
+    # connection with a PeerLimitError naming the key (see flinknet.transport.ServerLimits).
+    "flinknet.network.max-connections": (_int(1), 1024),
+    "flinknet.network.max-connections-per-host": (_int(1), 256),
+    "flinknet.network.max-pending-requests-per-connection": (_int(1), 4096),
+    "flinknet.network.max-unsent-bytes-per-connection": (_size, "64mb"),
+    "flinknet.network.max-request-frame-length": (_size, "64kb"),
+    "flinknet.network.idle-timeout": (_duration, "10 min"),   # 0: never
+    # A vanished or frozen peer fails its connection after about this long (0: kernel defaults).
+    "flinknet.network.liveness-timeout": (_duration, "60 s"),
 }
 
 
@@ -213,6 +222,36 @@ class NetworkConfig(Mapping[str, ConfigValue]):
         if port > 65535:
             raise ConfigurationError(f"taskmanager.data.port must be <= 65535, got {port}",
                                      "taskmanager.data.port")
+        self._check_network_ranges(seg)
+
+    def _check_network_ranges(self, seg: int) -> None:
+        """Values every parser accepts but the transport cannot work with."""
+        def bad(key: str, why: str) -> ConfigurationError:
+            return ConfigurationError(f"{key} {why}, got {self._values[key]!r}", key)
+
+        if not self._str("taskmanager.network.bind-host").strip():
+            raise bad("taskmanager.network.bind-host",
+                      "must name a host or address (\"0.0.0.0\" or \"::\" for every interface)")
+        for key in ("taskmanager.network.netty.client.connectTimeoutSec",
+                    "taskmanager.network.partition-request-timeout",
+                    "flinknet.network.handshake-timeout",
+                    "taskmanager.network.memory.buffers-request-timeout"):
+            if self._float(key) <= 0:
+                raise bad(key, "must be > 0")
+        # A frame must hold a whole buffer (a BufferResponse's 9 + 47 header bytes and one
+        # segment) and its length fits Flink's int32 frame-length field.
+        key = "flinknet.network.max-frame-length"
+        if not seg + 56 <= self._int(key) <= (1 << 31) - 1:
+            raise bad(key, f"must be in [segment size + 56 = {seg + 56}, 2 gb - 1] bytes")
+        key = "flinknet.network.max-request-frame-length"
+        if not 1024 <= self._int(key) <= (1 << 31) - 1:
+            raise bad(key, "must be in [1 kb, 2 gb - 1] bytes")
+        key = "flinknet.network.max-unsent-bytes-per-connection"
+        if self._int(key) < 64 * 1024:
+            raise bad(key, "must be at least 64 kb")
+        for key in ("flinknet.network.idle-timeout", "flinknet.network.liveness-timeout"):
+            if self._float(key) < 0:
+                raise bad(key, "must be >= 0 (0: off)")
 
     def __getitem__(self, key: str) -> ConfigValue:
         try:
@@ -336,6 +375,36 @@ class NetworkConfig(Mapping[str, ConfigValue]):
     @property
     def max_frame_length(self) -> int:
         return self._int("flinknet.network.max-frame-length")
+
+    @property
+    def max_connections(self) -> int:
+        return self._int("flinknet.network.max-connections")
+
+    @property
+    def max_connections_per_host(self) -> int:
+        return self._int("flinknet.network.max-connections-per-host")
+
+    @property
+    def max_pending_requests_per_connection(self) -> int:
+        return self._int("flinknet.network.max-pending-requests-per-connection")
+
+    @property
+    def max_unsent_bytes_per_connection(self) -> int:
+        return self._int("flinknet.network.max-unsent-bytes-per-connection")
+
+    @property
+    def max_request_frame_length(self) -> int:
+        return self._int("flinknet.network.max-request-frame-length")
+
+    @property
+    def liveness_timeout(self) -> float:
+        """Seconds after which a vanished or frozen peer fails its connection (0: kernel's)."""
+        return self._float("flinknet.network.liveness-timeout")
+
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds a server connection may stay without readers and input (0: forever)."""
+        return self._float("flinknet.network.idle-timeout")
 
     def __repr__(self) -> str:
         changed = {k: v for k, v in self._values.items() if k in self._given}

@@ -35,7 +35,7 @@ from flinknet.partition import ResultPartition, ResultPartitionManager, create_r
 from flinknet.transport.client import ConnectionManager
 from flinknet.transport.eventloop import IOThread
 from flinknet.transport.handshake import HandshakeConfig
-from flinknet.transport.server import TransportServer
+from flinknet.transport.server import ServerLimits, TransportServer
 from flinknet.types import Address, ResultPartitionType, SerializerSpec
 
 __all__ = ["InputChannelSpec", "NetworkEnvironment"]
@@ -133,7 +133,8 @@ class NetworkEnvironment:
         try:
             self.server = TransportServer(self.loop, self.partition_manager, config.bind_host,
                                           config.data_port, config.max_frame_length,
-                                          config.credit_based, handshake)
+                                          config.credit_based, handshake,
+                                          ServerLimits.from_config(config))
         except BaseException:
             self.loop.stop()
             self.network_buffer_pool.destroy()
@@ -147,9 +148,15 @@ class NetworkEnvironment:
             self.server.engine = self.receive_engine
         self.connection_manager = ConnectionManager(
             self.loop, config.segment_size, config.max_frame_length, config.connect_timeout,
-            config.connect_retries, config.credit_based, handshake, engine=self.receive_engine)
+            config.connect_retries, config.credit_based, handshake, engine=self.receive_engine,
+            liveness_timeout=config.liveness_timeout)
+        # What close() must still close: closed gates and partitions both released and closed
+        # are forgotten (each list is pruned whenever it has doubled since its last pruning), so a
+        # long-lived environment does not keep every gate, partition and, through their views,
+        # connection it ever had.
         self._gates: list[SingleInputGate] = []
         self._partitions: list[ResultPartition] = []
+        self._prune_at = [64, 64]
         self._closed = False
 
     @property
@@ -178,6 +185,9 @@ class NetworkEnvironment:
             max_buffers_per_channel=self.config.max_buffers_per_channel, **kwargs)
         partition.setup()
         self._partitions.append(partition)
+        if len(self._partitions) >= self._prune_at[0]:
+            self._partitions = [p for p in self._partitions if not (p.is_released and p.is_closed)]
+            self._prune_at[0] = max(64, 2 * len(self._partitions))
         return partition
 
     # -- consumers -------------------------------------------------------------------------
@@ -223,6 +233,9 @@ class NetworkEnvironment:
             gate.close()
             raise
         self._gates.append(gate)
+        if len(self._gates) >= self._prune_at[1]:
+            self._gates = [g for g in self._gates if not g.is_closed]
+            self._prune_at[1] = max(64, 2 * len(self._gates))
         return gate
 
     def _is_local(self, address: Address | None) -> bool:

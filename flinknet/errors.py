@@ -23,6 +23,9 @@ The tree (builtin bases in parentheses, Flink's counterpart after the dash)::
     ├── CorruptRecordError (ValueError) - IOException("Serializer consumed more bytes than the
     │                                     record had")
     ├── CorruptEventError (ValueError) - IOException("Corrupt byte stream for event")
+    ├── UnsupportedCompressionError (ValueError) - none: Flink decompresses (without a
+    │                                             decompressor: NullPointerException "Buffer
+    │                                             decompressor not set.")
     ├── CorruptFrameError (ValueError) - the Netty decoders' IllegalStateException("Network stream
     │                                    corrupted ...") / ProtocolException
     ├── BufferReorderingError (OSError) - RemoteInputChannel's BufferReorderingException
@@ -30,7 +33,9 @@ The tree (builtin bases in parentheses, Flink's counterpart after the dash)::
     │                                  outputs")
     ├── TransportError (OSError) - TransportException
     │   ├── RemoteTransportError - RemoteTransportException
-    │   └── LocalTransportError - LocalTransportException
+    │   ├── LocalTransportError - LocalTransportException
+    │   └── PeerLimitError - none: a peer exceeded one of the bounds Flink does not have
+    │                        (connections, pending requests, unsent bytes, idle time)
     ├── HandshakeError (ConnectionError) - none: flinknet's own handshake (with TLS, Flink's
     │                                      Netty pipeline fails with SSLHandshakeException)
     └── ConfigurationError (ValueError) - IllegalConfigurationException
@@ -52,6 +57,7 @@ CancelTaskException                             :class:`CancelTaskError`
 IOException("Serializer consumed more bytes    :class:`CorruptRecordError` (also for negative
 than the record had")                           or oversized lengths, which Flink does not check)
 IOException("Corrupt byte stream for event")    :class:`CorruptEventError`
+(BufferDecompressor; flinknet has no codec)     :class:`UnsupportedCompressionError`
 IllegalStateException("Network stream           :class:`CorruptFrameError` (also for bad
 corrupted ..."), ProtocolException              lengths, fields and sizes)
 IOException of BufferReaderWriterUtil           :class:`CorruptPartitionFileError`
@@ -63,6 +69,7 @@ flushing the outputs")
 TransportException                              :class:`TransportError`
 RemoteTransportException                        :class:`RemoteTransportError`
 LocalTransportException                         :class:`LocalTransportError`
+(no per-peer bounds)                            :class:`PeerLimitError`
 SSLHandshakeException (TLS only)                :class:`HandshakeError`
 IllegalConfigurationException                   :class:`ConfigurationError`
 (unknown keys are ignored)                      :class:`UnknownConfigurationKeyError`
@@ -95,6 +102,7 @@ __all__ = [
     "PartitionNotFoundError",
     "ProducerFailedError",
     "CorruptEventError",
+    "UnsupportedCompressionError",
     "CorruptFrameError",
     "CorruptPartitionFileError",
     "BufferReorderingError",
@@ -102,6 +110,7 @@ __all__ = [
     "TransportError",
     "RemoteTransportError",
     "LocalTransportError",
+    "PeerLimitError",
     "HandshakeError",
     "ConfigurationError",
     "UnknownConfigurationKeyError",
@@ -189,6 +198,16 @@ class CorruptEventError(FlinknetError, ValueError):
     """
 
 
+class UnsupportedCompressionError(FlinknetError, ValueError):
+    """A buffer is flagged compressed (a BufferResponse's ``isCompressed``), and flinknet has no
+    codec: the gate fails the buffer's channel instead of reading compressed bytes as records.
+
+    A Flink producer compresses the buffers of blocking and hybrid partitions when
+    ``taskmanager.network.batch-shuffle.compression.enabled`` is set; it must be off for a
+    flinknet consumer.
+    """
+
+
 class CorruptFrameError(FlinknetError, ValueError):
     """A frame from the network is malformed (bad length, magic, id, field or size).
 
@@ -232,6 +251,20 @@ class RemoteTransportError(TransportError):
 class LocalTransportError(TransportError):
     """This side could not use the connection: connect failed, bad frame received (Flink's
     LocalTransportException)."""
+
+
+class PeerLimitError(TransportError):
+    """A peer exceeded one of the per-peer bounds (``flinknet.network.max-*`` and
+    ``idle-timeout``): the connection is closed, and the message names the bound, its key and the
+    peer. The server sends it to the peer as a fatal ErrorResponse, so the peer's channels fail
+    with a :class:`RemoteTransportError` carrying the same message.
+
+    Flink has no such bounds (its TaskManagers trust each other).
+    """
+
+    def __init__(self, message: str, address: Address | None = None, key: str = ""):
+        super().__init__(message, address)
+        self.key = key
 
 
 class HandshakeError(FlinknetError, ConnectionError):

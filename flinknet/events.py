@@ -7,7 +7,7 @@ Name map (Flink → flinknet): the event classes keep Flink's names; ``EventSeri
 
 ==========================================  ===========================================
 ``toSerializedEvent(event)``                 :func:`to_serialized_event` → ``bytes``
-``fromSerializedEvent(buffer, classLoader)``  :func:`from_serialized_event` (trailing padding tolerated)
+``fromSerializedEvent(buffer, classLoader)``  :func:`from_serialized_event` (zero padding tolerated)
 ``toBuffer(event, hasPriority)``             :func:`to_buffer` → :class:`~flinknet.NetworkBuffer`
 ``toBufferConsumer(event, hasPriority)``     :func:`to_buffer_consumer` (Flink's padded backing array)
 ``fromBuffer(buffer, classLoader)``          :func:`from_buffer`
@@ -446,20 +446,31 @@ def _check(data: memoryview, pos: int, n: int) -> None:
 
 
 def from_serialized_event(data: _BufferLike) -> Event:
-    """Decode an event from ``data`` (any buffer); zero padding after the event is ignored."""
-    mv = memoryview(data).cast("B")
+    """Decode an event from ``data`` (any buffer); zero padding after the event is ignored,
+    any other byte after it is corrupt (Flink's serializer pads with zeros only).
+
+    The event is decoded from a copy, so no view of ``data`` outlives the call, not even in a
+    :class:`CorruptEventError`'s traceback: a network buffer can always be recycled after it."""
+    with memoryview(data) as view:
+        raw = view.tobytes()
+    mv = memoryview(raw)
     if len(mv) < 4:
         raise CorruptEventError("Incomplete event")
     (tag,) = struct.unpack_from(">i", mv, 0)
     try:
-        return _deserialize(tag, mv)
+        event, end = _deserialize(tag, mv)
     except struct.error as e:
         raise CorruptEventError(f"Incomplete event: {e}") from e
+    if raw.count(0, end) != len(raw) - end:
+        raise CorruptEventError(f"Corrupt byte stream for event: the {type(event).__name__} ends at "
+                                f"byte {end} of {len(raw)}, and the rest is not zero padding")
+    return event
 
 
-def _deserialize(tag: int, mv: memoryview) -> Event:
+def _deserialize(tag: int, mv: memoryview) -> tuple[Event, int]:
+    """The event of ``tag`` in ``mv`` and the offset where its bytes end."""
     if tag == END_OF_PARTITION_EVENT:
-        return EndOfPartitionEvent()
+        return EndOfPartitionEvent(), 4
     if tag == CHECKPOINT_BARRIER_EVENT:
         cid, ts, ctype = struct.unpack_from(">qqb", mv, 4)
         pos = 21
@@ -493,34 +504,35 @@ def _deserialize(tag: int, mv: memoryview) -> Event:
             options = CheckpointOptions(checkpoint_type, location, alignment, timeout, fmt)
         except ValueError as e:
             raise CorruptEventError(str(e)) from e
-        return CheckpointBarrier(cid, ts, options)
+        return CheckpointBarrier(cid, ts, options), pos + 9
     if tag == END_OF_SUPERSTEP_EVENT:
-        return EndOfSuperstepEvent()
+        return EndOfSuperstepEvent(), 4
     if tag == CANCEL_CHECKPOINT_MARKER_EVENT:
-        return CancelCheckpointMarker(struct.unpack_from(">q", mv, 4)[0])
+        return CancelCheckpointMarker(struct.unpack_from(">q", mv, 4)[0]), 12
     if tag == END_OF_CHANNEL_STATE_EVENT:
-        return EndOfOutputChannelStateEvent()
+        return EndOfOutputChannelStateEvent(), 4
     if tag == END_OF_INPUT_CHANNEL_STATE_EVENT:
-        return EndOfInputChannelStateEvent()
+        return EndOfInputChannelStateEvent(), 4
     if tag == ANNOUNCEMENT_EVENT:
         (seq,) = struct.unpack_from(">i", mv, 4)
         inner = mv[8:]
         if len(inner) < 4:
             raise CorruptEventError("Incomplete event")
         (inner_tag,) = struct.unpack_from(">i", inner, 0)
-        return EventAnnouncement(_deserialize(inner_tag, inner), seq)
+        announced, end = _deserialize(inner_tag, inner)
+        return EventAnnouncement(announced, seq), 8 + end
     if tag == VIRTUAL_CHANNEL_SELECTOR_EVENT:
-        return SubtaskConnectionDescriptor(*struct.unpack_from(">ii", mv, 4))
+        return SubtaskConnectionDescriptor(*struct.unpack_from(">ii", mv, 4)), 12
     if tag == END_OF_USER_RECORDS_EVENT:
         (mode,) = struct.unpack_from(">b", mv, 4)
         try:
-            return EndOfData(StopMode(mode))
+            return EndOfData(StopMode(mode)), 5
         except ValueError:
             raise CorruptEventError(f"Unknown end of data mode: {mode}") from None
     if tag == END_OF_SEGMENT:
-        return EndOfSegmentEvent()
+        return EndOfSegmentEvent(), 4
     if tag == RECOVERY_METADATA:
-        return RecoveryMetadata(struct.unpack_from(">i", mv, 4)[0])
+        return RecoveryMetadata(struct.unpack_from(">i", mv, 4)[0]), 8
     if tag == WATERMARK_EVENT:
         identifier, pos = _read_utf(mv, 4)
         aligned, kind = struct.unpack_from(">?i", mv, pos)
@@ -528,17 +540,20 @@ def _deserialize(tag: int, mv: memoryview) -> Event:
         wm: LongWatermark | BoolWatermark
         if kind == 0:
             wm = LongWatermark(struct.unpack_from(">q", mv, pos)[0], identifier)
+            pos += 8
         elif kind == 1:
             wm = BoolWatermark(struct.unpack_from(">?", mv, pos)[0], identifier)
+            pos += 1
         else:
             raise CorruptEventError(f"Unknown watermark type: {kind}")
-        return WatermarkEvent(wm, aligned)
+        return WatermarkEvent(wm, aligned), pos
     if tag == OTHER_EVENT:
+        # The class's own bytes run to the end (padding included): nothing is left to check.
         class_name, pos = _read_utf(mv, 4)
         cls = _TASK_EVENTS.get(class_name)
         if cls is None:
-            return UnknownTaskEvent(class_name, bytes(mv[pos:]))
-        return cls.read(mv[pos:])
+            return UnknownTaskEvent(class_name, bytes(mv[pos:])), len(mv)
+        return cls.read(mv[pos:]), len(mv)
     raise CorruptEventError(f"Corrupt byte stream for event: unknown tag {tag}")
 
 

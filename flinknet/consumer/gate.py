@@ -5,7 +5,10 @@ A :class:`SingleInputGate` reads one intermediate result through one channel per
 channels wait in a queue (priority section first); each poll takes one buffer from the head
 channel and puts the channel back at the tail if it has more, so busy channels cannot starve
 others. Events are decoded here; EndOfPartition releases its channel, and the gate is finished
-when every channel delivered it. :class:`UnionInputGate` merges several gates the same way.
+when every channel delivered it. A corrupt event or a compressed buffer (flinknet has no codec)
+fails its channel with :class:`~flinknet.errors.CorruptEventError` or
+:class:`~flinknet.errors.UnsupportedCompressionError`, raised at every read of it from then on.
+:class:`UnionInputGate` merges several gates the same way.
 
 ``get_next(timeout=None)`` blocks (``TimeoutError`` after ``timeout`` seconds) and returns None
 once the gate is finished; ``poll_next()`` never blocks and returns None when nothing is ready.
@@ -27,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Protocol, Self, SupportsIndex, overload
+from typing import TYPE_CHECKING, NoReturn, Protocol, Self, SupportsIndex, overload
 
 from flinknet import events as _events
 from flinknet._core.buffer import Buffer, DataType
@@ -35,7 +38,12 @@ from flinknet._core.engine import GateSignal
 from flinknet._core.pool import AvailabilityHelper, LocalBufferPool
 from flinknet._core.pool import complete_future as _complete
 from flinknet.consumer.channels import InputChannel, InputChannelInfo, LocalInputChannel
-from flinknet.errors import CancelTaskError, IllegalStateError
+from flinknet.errors import (
+    CancelTaskError,
+    CorruptEventError,
+    IllegalStateError,
+    UnsupportedCompressionError,
+)
 from flinknet.ids import ResultPartitionID
 from flinknet.interfaces import WaitTimer
 
@@ -494,6 +502,12 @@ class SingleInputGate(InputGate):
             for f in futures:
                 _complete(f)
             size = buffer.size
+            if buffer.is_compressed:
+                # Flink decompresses here (decompressBufferIfNeeded); flinknet has no codec.
+                buffer.recycle()
+                self._fail_channel(channel, UnsupportedCompressionError(
+                    f"{channel} received a compressed buffer ({data_type.name}, {size} bytes): "
+                    "compression is not supported (the producer must not compress)"))
             self.num_buffers_in += 1
             self.num_bytes_in += size
             if channel.is_remote:
@@ -558,6 +572,13 @@ class SingleInputGate(InputGate):
             finally:
                 if idle is not None:
                     idle.mark_end()
+        elif self.signal is not None and self.signal.ready_count:
+            # The doorbell's channels join the round robin now: a channel that always has more
+            # (or has failed: it is ready at every read) must not starve them.
+            futures: list[Future[None] | None] = []
+            self._drain_signal_unsafe(futures)
+            for f in futures:
+                _complete(f)
         channel = queue.popleft()
         if self._num_priority:
             self._num_priority -= 1
@@ -589,6 +610,10 @@ class SingleInputGate(InputGate):
         has_priority = buffer.data_type in _PRIORITY_TYPES
         try:
             event = _events.from_buffer(buffer)
+        except CorruptEventError as err:
+            error = CorruptEventError(f"{channel} received a corrupt event: {err}")
+            error.__cause__ = err
+            self._fail_channel(channel, error)
         finally:
             buffer.recycle()
         idx = channel.channel_index
@@ -624,6 +649,13 @@ class SingleInputGate(InputGate):
                 self._should_drain_on_end_of_data &= event.mode == _events.StopMode.DRAIN
         return BufferOrEvent(None, event, channel.channel_info, more_available, size, more_priority,
                              has_priority)
+
+    def _fail_channel(self, channel: InputChannel, error: BaseException) -> NoReturn:
+        """Fail ``channel`` with ``error`` (unless it failed already) and raise its failure: it
+        stays queued, so every later read of it raises the same."""
+        channel.set_error(error)
+        channel.check_error()
+        raise error   # not reached: the channel has a failure
 
     # -- control ---------------------------------------------------------------------------
 

@@ -373,6 +373,9 @@ class RemoteInputChannel(InputChannel):
         """The channel was released (its buffers went back)."""
         return self._released
 
+    def __repr__(self) -> str:
+        return f"{super().__repr__()} from {self.address[0]}:{self.address[1]}"
+
     @property
     def buffers_in_use_count(self) -> int:
         """Received buffers plus the floating ones the backlog asks for (Flink's

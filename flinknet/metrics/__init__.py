@@ -29,6 +29,7 @@ from flinknet.metrics.network import (
     register_input_metrics,
     register_network_buffer_pool_metrics,
     register_output_metrics,
+    register_transport_metrics,
 )
 from flinknet.metrics.prometheus import PrometheusCollector, PrometheusReporter, render_prometheus_text
 from flinknet.metrics.registry import (
@@ -49,7 +50,8 @@ __all__ = [
     "backpressure_level", "in_pool_usage", "input_exclusive_buffers_usage",
     "input_floating_buffers_usage", "input_queue_length", "input_queue_size", "out_pool_usage",
     "output_queue_length", "output_queue_size", "register_input_metrics",
-    "register_network_buffer_pool_metrics", "register_output_metrics", "SumCounter", "TaskIOMetrics",
+    "register_network_buffer_pool_metrics", "register_transport_metrics", "register_output_metrics",
+    "SumCounter", "TaskIOMetrics",
     "LatencyMarkerEmitter", "LatencyStats", "forward_latency_marker", "LogReporter", "PrometheusCollector",
     "PrometheusReporter", "render_prometheus_text",
 ]

@@ -13,6 +13,7 @@ Flink                                      flinknet
 ``ExclusiveBuffersUsageGauge``             :func:`input_exclusive_buffers_usage`
 ``CreditBasedInputBuffersUsageGauge``      :func:`in_pool_usage`
 ``InputBuffersGauge`` / ``…SizeGauge``     :func:`input_queue_length` / :func:`input_queue_size`
+(none: Flink's server has no peer bounds)  :func:`register_transport_metrics`
 =========================================  ====================================================
 
 Groups, as Flink registers them: ``<scope>.Shuffle.Netty.{TotalMemorySegments, …}`` for the
@@ -23,6 +24,7 @@ computed when read (best effort, without locks, as Flink's ``unsynchronizedGet�
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from typing import Protocol, TypeVar
 
@@ -31,12 +33,23 @@ from flinknet.consumer.channels import InputChannel, LocalInputChannel
 from flinknet.consumer.gate import SingleInputGate
 from flinknet.consumer.remote import RemoteInputChannel
 from flinknet.metrics.registry import MetricGroup
+from flinknet.transport.server import TransportServer
 
 __all__ = [
     "in_pool_usage", "input_exclusive_buffers_usage", "input_floating_buffers_usage",
     "input_queue_length", "input_queue_size", "out_pool_usage", "output_queue_length", "output_queue_size",
     "register_input_metrics", "register_network_buffer_pool_metrics", "register_output_metrics",
+    "register_transport_metrics",
 ]
+
+#: ``limitHits.<name>`` → the configuration key of the bound it counts
+LIMIT_KEYS = {
+    "maxConnections": "flinknet.network.max-connections",
+    "maxConnectionsPerHost": "flinknet.network.max-connections-per-host",
+    "maxPendingRequests": "flinknet.network.max-pending-requests-per-connection",
+    "maxUnsentBytes": "flinknet.network.max-unsent-bytes-per-connection",
+    "idleTimeout": "flinknet.network.idle-timeout",
+}
 
 
 class _BufferPool(Protocol):
@@ -218,4 +231,22 @@ def register_network_buffer_pool_metrics(group: MetricGroup, nbp: NetworkBufferP
     g.gauge("AvailableMemory", lambda: nbp.available_memory)
     g.gauge("UsedMemory", lambda: nbp.used_memory)
     g.gauge("RequestedMemoryUsage", lambda: nbp.estimated_requested_segments_usage)
+    return g
+
+
+# -- the server's peers (flinknet's own) -------------------------------------------------------
+
+def register_transport_metrics(group: MetricGroup, server: TransportServer) -> MetricGroup:
+    """``<scope>.Shuffle.Netty.Server.{connections, handshaking, handshakesFailed,
+    pendingRequests}`` and ``…Server.limitHits.<bound>`` (peers closed, or for
+    ``maxUnsentBytes`` on the Python I/O thread paused, by each per-peer bound; the names map to
+    configuration keys in :data:`LIMIT_KEYS`). The server is ``NetworkEnvironment.server``."""
+    g = group.add_group("Shuffle").add_group("Netty").add_group("Server")
+    g.gauge("connections", lambda: len(server.connections))
+    g.gauge("handshaking", lambda: server.num_handshaking)
+    g.gauge("handshakesFailed", lambda: server.handshakes_failed)
+    g.gauge("pendingRequests", lambda: server.partition_manager.num_pending_requests)
+    hits = g.add_group("limitHits")
+    for name, key in LIMIT_KEYS.items():
+        hits.gauge(name, functools.partial(server.limit_hits.__getitem__, key))
     return g

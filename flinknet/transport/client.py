@@ -28,13 +28,14 @@ from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, DataType, NetworkBuff
 from flinknet._core.engine import ChannelQueue, NativeConnection, ReceiveEngine
 from flinknet._core.memory import MemorySegment
 from flinknet.errors import (
+    CorruptEventError,
     FlinknetError,
     LocalTransportError,
     RemoteTransportError,
     TransportError,
 )
 from flinknet.interfaces import CreditBasedInputChannel
-from flinknet.transport.eventloop import IOThread
+from flinknet.transport.eventloop import IOThread, configure_socket
 from flinknet.transport.handshake import HandshakeConfig, HandshakeError, client_handshake
 from flinknet.types import Address
 
@@ -108,8 +109,7 @@ class ClientConnection:
                 sock.close()
                 last = err
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            configure_socket(sock, self.manager.liveness_timeout, self.credit_based)
             try:
                 sock = client_handshake(sock, self.manager.handshake, self.address)
             except HandshakeError as err:
@@ -397,8 +397,14 @@ class ClientConnection:
                     msg.buffer.recycle()
                 self._unknown_receivers.add(msg.receiver_id)
                 return
+            if msg.size == 0 and msg.data_type != _DATA_BUFFER:
+                # an event has at least its 4-byte tag (Flink: "The read buffer is null ...")
+                if msg.buffer is not None:
+                    msg.buffer.recycle()
+                channel.on_error(CorruptEventError(f"{channel} received an empty {msg.data_type.name}"))
+                return
             if msg.buffer is None:
-                if msg.size == 0 or msg.data_type != _DATA_BUFFER:
+                if msg.size == 0:
                     channel.on_empty_buffer(msg.sequence_number, msg.backlog)
                 else:
                     channel.on_error(FlinknetError(
@@ -519,8 +525,12 @@ class ConnectionManager:
 
     def __init__(self, loop: IOThread, segment_size: int, max_frame_length: int = P.DEFAULT_MAX_FRAME_LENGTH,
                  connect_timeout: float = 120.0, retries: int = 0, credit_based: bool = True,
-                 handshake: HandshakeConfig | None = None, engine: ReceiveEngine | None = None):
+                 handshake: HandshakeConfig | None = None, engine: ReceiveEngine | None = None,
+                 liveness_timeout: float = 0.0):
+        if not liveness_timeout >= 0:
+            raise ValueError(f"liveness_timeout must be >= 0, got {liveness_timeout!r}")
         self.loop = loop
+        self.liveness_timeout = liveness_timeout   # seconds (configure_socket); 0: the kernel's
         # The native receive engine for plain-TCP, credit-based connections (None: the Python
         # I/O thread reads every connection).
         self.engine = engine

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeAlias, TypeVar, TypeVarTuple
 
-__all__ = ["IOThread", "TimerHandle"]
+__all__ = ["IOThread", "TimerHandle", "configure_socket"]
 
 log = logging.getLogger(__name__)
 
@@ -180,3 +180,26 @@ class IOThread:
     def is_alive(self) -> bool:
         """The loop's thread runs."""
         return self._thread.is_alive()
+
+
+def configure_socket(sock: socket.socket, liveness_timeout: float = 0.0, credit_based: bool = True) -> None:
+    """The options of every connection: no Nagle delay, keepalive, and with a
+    ``liveness_timeout`` (seconds, 0: the kernel's defaults) a dead or frozen peer detected
+    within about that time.
+
+    - Keepalive probes after ``liveness_timeout / 2`` idle seconds, five of them
+      ``liveness_timeout / 10`` apart: a host that vanished (power, network) is found even on a
+      quiet connection (the kernel's default takes over two hours).
+    - ``TCP_USER_TIMEOUT`` (credit-based mode only): data the peer does not acknowledge, or a
+      window the peer keeps closed, for ``liveness_timeout`` fails the connection. With credit,
+      a receiver's I/O thread always reads what it granted credit for, so a closed window means
+      its process is frozen or gone; in TCP-backpressure mode a closed window is backpressure.
+    """
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if liveness_timeout > 0 and hasattr(socket, "TCP_KEEPIDLE"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(liveness_timeout / 2)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(liveness_timeout / 10)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
+        if credit_based and hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(liveness_timeout * 1000)))

@@ -19,23 +19,25 @@ import selectors
 import socket
 import ssl
 import time
-from collections import deque
+from collections import Counter, deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flinknet._core import protocol as P  # noqa: N812 (the wire protocol, as in the client)
 from flinknet._core.buffer import DataType
 from flinknet._core.engine import NativeConnection, OutputQueue, ReceiveEngine
-from flinknet.errors import PartitionNotFoundError
+from flinknet.errors import PartitionNotFoundError, PeerLimitError
 from flinknet.ids import ResultPartitionID, ResultSubpartitionIndexSet
 from flinknet.interfaces import ResultSubpartitionView
-from flinknet.transport.eventloop import IOThread, TimerHandle
+from flinknet.transport.eventloop import IOThread, TimerHandle, configure_socket
 from flinknet.transport.handshake import HandshakeConfig, HandshakeError, ServerHandshake
 from flinknet.types import Address
 
 if TYPE_CHECKING:
+    from flinknet.config import NetworkConfig
     from flinknet.partition.manager import ResultPartitionManager, ViewCallback
 
-__all__ = ["TransportServer", "ServerConnection"]
+__all__ = ["TransportServer", "ServerConnection", "ServerLimits"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,65 @@ _TLS_READS = 64                  # TLS records decrypted per readiness event at 
 _MAX_HANDSHAKES = 1024           # connections handshaking at once; beyond, the oldest is dropped
 _BACKLOG = 1024                  # the listening socket's accept queue
 _MAX_FAILED_RECEIVERS = 4096     # failed receiver ids remembered per connection
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one peer may take from a server; exceeding a bound closes that peer's connection
+    with a :class:`~flinknet.errors.PeerLimitError` naming the configuration key (Flink has no
+    such bounds: its TaskManagers trust each other).
+
+    - ``max_connections`` (``flinknet.network.max-connections``): established connections in
+      total; one more is refused after its handshake.
+    - ``max_connections_per_host`` (``...max-connections-per-host``): the same, per peer address.
+    - ``max_pending_requests`` (``...max-pending-requests-per-connection``): partition requests of
+      one connection waiting for their partition to be registered.
+    - ``max_unsent_bytes`` (``...max-unsent-bytes-per-connection``): bytes queued for a peer that
+      does not read them. The Python I/O thread stops reading that peer's requests until half of
+      them drained (the queue can pass the bound by the answers to one read, 256 KiB of
+      requests); the native engine closes the connection.
+    - ``max_request_frame_length`` (``...max-request-frame-length``): the largest frame a client
+      may send (requests are under 100 bytes; a task event is the only variable one), which
+      bounds the partial frame a connection can hold.
+    - ``idle_timeout`` (``flinknet.network.idle-timeout``): seconds a connection may stay without
+      readers and without input before it is closed; 0 never.
+    - ``liveness_timeout`` (``flinknet.network.liveness-timeout``): a peer that vanished, or in
+      credit-based mode stopped reading what it has credit for (a frozen process), fails its
+      connection after about this many seconds (keepalive and ``TCP_USER_TIMEOUT``, see
+      :func:`~flinknet.transport.eventloop.configure_socket`); 0: the kernel's defaults.
+
+    Receive buffers are not per connection: the Python I/O thread reads every plain connection
+    into one buffer (the decoder keeps only what belongs to a partial frame).
+    """
+
+    max_connections: int = 1024
+    max_connections_per_host: int = 256
+    max_pending_requests: int = 4096
+    max_unsent_bytes: int = 64 * 1024 * 1024
+    max_request_frame_length: int = 64 * 1024
+    idle_timeout: float = 600.0
+    liveness_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_connections_per_host", "max_pending_requests"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.max_unsent_bytes, int) or self.max_unsent_bytes < 65536:
+            raise ValueError(f"max_unsent_bytes must be >= 65536, got {self.max_unsent_bytes!r}")
+        if not 1024 <= self.max_request_frame_length <= 2147483647:
+            raise ValueError("max_request_frame_length must be in [1024, 2**31), got "
+                             f"{self.max_request_frame_length!r}")
+        if not self.idle_timeout >= 0:
+            raise ValueError(f"idle_timeout must be >= 0, got {self.idle_timeout!r}")
+        if not self.liveness_timeout >= 0:
+            raise ValueError(f"liveness_timeout must be >= 0, got {self.liveness_timeout!r}")
+
+    @classmethod
+    def from_config(cls, config: NetworkConfig) -> ServerLimits:
+        return cls(config.max_connections, config.max_connections_per_host,
+                   config.max_pending_requests_per_connection, config.max_unsent_bytes_per_connection,
+                   config.max_request_frame_length, config.idle_timeout, config.liveness_timeout)
 
 
 class _Reader:
@@ -100,8 +161,11 @@ class ServerConnection:
         self.loop = server.loop
         self.sock = sock
         self.address = address
-        self.decoder = P.FrameDecoder(max_frame_length=server.max_frame_length, side="server")
+        limits = self.limits = server.limits
+        self.decoder = P.FrameDecoder(max_frame_length=limits.max_request_frame_length, side="server")
         self.readers: dict[bytes, _Reader] = {}
+        self.num_pending = 0            # readers waiting for their partition to be registered
+        self.last_input = time.monotonic()
         # Receivers this side answered with an ErrorResponse (their reader is gone): messages the
         # client sent before it saw the error (AddCredit, ResumeConsumption, ...) are dropped
         # instead of failing the whole connection. Bounded: oldest forgotten first.
@@ -110,6 +174,8 @@ class ServerConnection:
         # [bytes-like, offset, buffer-or-None] parts not yet sent (lists: the offset moves)
         self.out: deque[list[Any]] = deque()
         self.out_frames = 0
+        self.out_bytes = 0              # bytes in ``out`` not sent yet
+        self._reading_paused = False    # over max_unsent_bytes: the peer's input waits
         self.closed = False
         self.credit_based = server.credit_based
         self.tls = isinstance(sock, ssl.SSLSocket)
@@ -122,21 +188,46 @@ class ServerConnection:
         # subpartitions' buffers without the GIL; this object keeps the control path.
         self.native: NativeConnection | None = None
         engine = server.engine
+        self._frames_in = 0
+        self._frames_done = 0
+        self._flooded = False
+        self._max_frames_queued = 2 * limits.max_pending_requests + 1024
         if engine is not None and not self.tls and self.credit_based:
-            self._recv_buf = bytearray(0)
-            self._recv_view = memoryview(self._recv_buf)
-            self.native = NativeConnection(engine, sock, self, server.max_frame_length,
-                                           server.max_frame_length, server=True)
+            self.native = NativeConnection(engine, sock, self, limits.max_request_frame_length,
+                                           limits.max_request_frame_length,
+                                           max_unwritten_bytes=limits.max_unsent_bytes, server=True)
             self.native.start()
             return
-        self._recv_buf = bytearray(_RECV_SIZE)
-        self._recv_view = memoryview(self._recv_buf)
         self.loop.register(sock, selectors.EVENT_READ, self._on_event)
 
     # -- the native engine's handler (its I/O thread, with the GIL) --------------------------
 
     def on_frame(self, frame: bytes) -> None:
-        self.loop.call_soon_threadsafe(self._on_data, frame)
+        # The engine reads faster than this side may handle: frames waiting for the I/O thread
+        # are bounded (a legitimate client sends a couple per channel, then waits for answers).
+        # Each counter has one writer: _frames_in the engine's thread, _frames_done the loop's.
+        if self._flooded:
+            return
+        if self._frames_in - self._frames_done >= self._max_frames_queued:
+            self._flooded = True
+            self.loop.call_soon_threadsafe(
+                self.close_for_limit, f"more than {self._max_frames_queued} requests wait to be "
+                "handled", "flinknet.network.max-pending-requests-per-connection")
+            return
+        self._frames_in += 1
+        self.loop.call_soon_threadsafe(self._on_native_frame, frame)
+
+    def _on_native_frame(self, frame: bytes) -> None:
+        self._frames_done += 1
+        self._on_data(frame)
+
+    def close_for_limit(self, message: str, key: str) -> None:
+        """The peer exceeded a bound: log it (rate-limited), count it, and close the connection
+        after a fatal PeerLimitError (I/O thread)."""
+        err = PeerLimitError(f"{message} (peer {self.address[0]}:{self.address[1]}; bound: {key})",
+                             self.address, key)
+        self.server._note_limit(key, self.address, f"closing the connection: {err}")
+        self._send_fatal(err)
 
     def on_failure(self, message: str, is_local: bool) -> None:
         self.loop.call_soon_threadsafe(self.close, message)
@@ -174,8 +265,11 @@ class ServerConnection:
             self._read_once()
 
     def _read_once(self) -> bool:
+        if self._reading_paused:
+            return False
+        buf = self.server._recv_buf
         try:
-            n = self.sock.recv_into(self._recv_buf)
+            n = self.sock.recv_into(buf)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return False
         except OSError as err:
@@ -184,12 +278,14 @@ class ServerConnection:
         if n == 0:
             self.close("the client closed the connection")
             return False
-        self._on_data(self._recv_view[:n])
+        with memoryview(buf) as view, view[:n] as data:
+            self._on_data(data)    # the decoder copies what it keeps: the buffer is shared
         return True
 
     def _on_data(self, data: bytes | memoryview) -> None:
         if self._closing or self.closed:
             return   # a fatal error is on its way: the rest of the input is not looked at
+        self.last_input = time.monotonic()
         try:
             messages = self.decoder.feed(data)
         except P.CorruptFrameError as err:
@@ -270,6 +366,11 @@ class ServerConnection:
         except ValueError as err:
             self._queue_frame(P.encode_error_response(type(err).__name__, str(err), msg.receiver_id))
             return
+        if self.num_pending >= self.limits.max_pending_requests:
+            self.close_for_limit(f"more than {self.limits.max_pending_requests} partition requests "
+                                 "wait for their partition on one connection",
+                                 "flinknet.network.max-pending-requests-per-connection")
+            return
         reader = _Reader(self, msg.receiver_id, msg.credit, msg.start_index)
         self.readers[msg.receiver_id] = reader
 
@@ -277,6 +378,7 @@ class ServerConnection:
             self.loop.call_soon_threadsafe(self._on_view, reader, view, error)
 
         reader.pending_listener = (partition_id, on_view)
+        self.num_pending += 1
         try:
             view = self.server.partition_manager.create_subpartition_view_or_register_listener(
                 partition_id, index, reader, on_view)
@@ -288,7 +390,9 @@ class ServerConnection:
 
     def _on_view(self, reader: _Reader, view: ResultSubpartitionView | None,
                  error: BaseException | None) -> None:
-        reader.pending_listener = None
+        if reader.pending_listener is not None:
+            reader.pending_listener = None
+            self.num_pending -= 1
         if reader.released or self.closed:
             if view is not None:
                 view.release_all_resources()
@@ -399,6 +503,7 @@ class ServerConnection:
         else:
             buffer.recycle()
         self.out_frames += 1
+        self.out_bytes += len(header) + size
         if more:
             reader.queued = True
             self.available.append(reader)
@@ -416,8 +521,31 @@ class ServerConnection:
             del failed[next(iter(failed))]
 
     def _queue_frame(self, frame: bytes) -> None:
-        self.out.append([frame, 0, None])
+        # Control frames in a row share one bytearray entry: a peer that makes the server queue
+        # many small answers costs their bytes, not a list and a bytes object each.
+        out = self.out
+        self.out_bytes += len(frame)
+        if out:
+            last = out[-1]
+            if last[2] is None and type(last[0]) is bytearray and len(last[0]) < _TLS_CHUNK:
+                last[0] += frame
+                return
+        out.append([bytearray(frame), 0, None])
         self.out_frames += 1
+
+    def _set_interest(self) -> None:
+        """Register for what the connection waits for (Python path): writability while bytes
+        wait, readability unless the peer leaves more than ``max_unsent_bytes`` unread (then its
+        requests wait in the kernel until it reads; resumed below half the bound)."""
+        limit = self.limits.max_unsent_bytes
+        paused = self.out_bytes > (limit // 2 if self._reading_paused else limit)
+        if paused and not self._reading_paused:
+            self.server._note_limit("flinknet.network.max-unsent-bytes-per-connection", self.address,
+                                    f"{self.out_bytes} bytes wait for the peer to read them: "
+                                    "not reading its requests until it does")
+        self._reading_paused = paused
+        events = (0 if paused else selectors.EVENT_READ) | (selectors.EVENT_WRITE if self.out else 0)
+        self.loop.modify(self.sock, events or selectors.EVENT_READ, self._on_event)
 
     def _flush(self) -> bool:
         """Send queued parts; True when everything went, False when the kernel is full."""
@@ -445,13 +573,14 @@ class ServerConnection:
             del parts
             self._consume(sent)
             if out:
-                self.loop.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_event)
+                self._set_interest()
                 return False
-        self.loop.modify(self.sock, selectors.EVENT_READ, self._on_event)
+        self._set_interest()
         return True
 
     def _consume(self, sent: int) -> None:
         """``sent`` bytes of the queued parts went: pop them, recycling finished buffers."""
+        self.out_bytes -= sent
         out = self.out
         while sent and out:
             entry = out[0]
@@ -480,13 +609,14 @@ class ServerConnection:
             if buffer is not None:
                 data.release()
                 buffer.recycle()
-            else:
-                self.out_frames -= 1
         self.out_frames = 0
+        self.out_bytes = 0
         if parts and self.native is not None:
             try:
                 self.native.send(b"".join(parts))
             except BufferError as err:
+                self.server._note_limit("flinknet.network.max-unsent-bytes-per-connection", self.address,
+                                        f"the peer does not read: {err}")
                 self.close(f"the client does not read: {err}")
                 return False
         return True
@@ -514,7 +644,7 @@ class ServerConnection:
                 sent = self.sock.send(chunk)
             except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 self._tls_chunk = chunk
-                self.loop.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_event)
+                self._set_interest()
                 return False
             except OSError as err:
                 self._tls_chunk = None
@@ -524,7 +654,7 @@ class ServerConnection:
             self._consume(sent)
             if sent < len(chunk):   # not expected without partial writes; keep the rest
                 self._tls_chunk = chunk[sent:]
-        self.loop.modify(self.sock, selectors.EVENT_READ, self._on_event)
+        self._set_interest()
         return True
 
     # -- closing ---------------------------------------------------------------------------
@@ -548,6 +678,7 @@ class ServerConnection:
             pid, on_view = reader.pending_listener
             self.server.partition_manager.cancel_pending_request(pid, on_view)
             reader.pending_listener = None
+            self.num_pending -= 1
         reader.release()
 
     def close(self, reason: str = "") -> None:
@@ -576,6 +707,7 @@ class ServerConnection:
                 data.release()
                 buffer.recycle()
         self.out_frames = 0
+        self.out_bytes = 0
         self.decoder.close()
         self.server._connection_closed(self)
 
@@ -713,10 +845,13 @@ class _DropLog:
         self._suppressed = 0
 
     def dropped(self, addr: tuple[Any, ...], reason: str) -> None:
+        self.warn("dropping connection from %s: %s", addr, reason)
+
+    def warn(self, fmt: str, *args: object) -> None:
         self.tick()
         if self._logged < self.limit:
             self._logged += 1
-            log.warning("dropping connection from %s: %s", addr, reason)
+            log.warning(fmt, *args)
         else:
             self._suppressed += 1
 
@@ -725,8 +860,8 @@ class _DropLog:
         now = time.monotonic()
         if now - self._window_start >= self.interval:
             if self._suppressed:
-                log.warning("dropped %d more connections in the last %.0f s (handshake failures; "
-                            "see TransportServer.handshakes_failed)", self._suppressed,
+                log.warning("dropped %d more connections (or peers over a limit) in the last %.0f s "
+                            "(see TransportServer.handshakes_failed and .limit_hits)", self._suppressed,
                             now - self._window_start)
             self._window_start = now
             self._logged = 0
@@ -739,13 +874,20 @@ class TransportServer:
     def __init__(self, loop: IOThread, partition_manager: ResultPartitionManager, host: str = "127.0.0.1",
                  port: int = 0,
                  max_frame_length: int = P.DEFAULT_MAX_FRAME_LENGTH, credit_based: bool = True,
-                 handshake: HandshakeConfig | None = None):
+                 handshake: HandshakeConfig | None = None, limits: ServerLimits | None = None):
         self.loop = loop
         self.partition_manager = partition_manager
         self.max_frame_length = max_frame_length
         self.credit_based = credit_based
         self.handshake = handshake if handshake is not None else HandshakeConfig()
+        self.limits = limits if limits is not None else ServerLimits()
         self.connections: set[ServerConnection] = set()
+        self._per_host: Counter[str] = Counter()     # established connections per peer address
+        #: connections closed (or refused) per bound, by configuration key
+        self.limit_hits: Counter[str] = Counter()
+        # One receive buffer for every connection the Python I/O thread reads (its decoder keeps
+        # only a partial frame): idle connections cost no receive memory.
+        self._recv_buf = bytearray(_RECV_SIZE)
         # The native engine serving plain-TCP, credit-based connections (set by the environment).
         self.engine: ReceiveEngine | None = None
         # Connections in their handshake, oldest first (I/O thread only).
@@ -755,15 +897,22 @@ class TransportServer:
         descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._max_handshakes = max(16, min(_MAX_HANDSHAKES, descriptors // 4))
         self.handshakes_failed = 0
+        if not isinstance(host, str) or not host.strip():
+            raise ValueError(f"host must name a host or address (\"0.0.0.0\" or \"::\" for every "
+                             f"interface), got {host!r}")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.sock.bind((host, port))
             self.sock.listen(_BACKLOG)
-        except OSError:
+        except OSError as err:
             self.sock.close()
-            raise
+            # the same type (gaierror, OSError(EADDRINUSE), ...), naming what was asked for
+            what = err.strerror or str(err)
+            raise type(err)(err.errno, f"cannot listen on {host}:{port} "
+                                       f"(taskmanager.network.bind-host, taskmanager.data.port): "
+                                       f"{what}") from err
         self.sock.setblocking(False)
         self.address: Address = self.sock.getsockname()[:2]
         self._closed = False
@@ -798,8 +947,7 @@ class TransportServer:
                     self.loop.call_later(0.1, self._resume_accept)
                 return
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                configure_socket(sock, self.limits.liveness_timeout, self.credit_based)
             except OSError:            # reset before we looked at it
                 sock.close()
                 continue
@@ -815,22 +963,55 @@ class TransportServer:
             self._on_accept(selectors.EVENT_READ)
 
     def _adopt(self, hs: _Handshaking, sock: socket.socket) -> None:
-        """The handshake (and TLS) succeeded: the socket becomes a ServerConnection."""
+        """The handshake (and TLS) succeeded: the socket becomes a ServerConnection, unless the
+        connection limits are reached (then it is told why and closed)."""
         hs.detach()
         if self._closed:
             sock.close()
             return
-        self.connections.add(ServerConnection(self, sock, hs.addr))
+        host = str(hs.addr[0])
+        conn = ServerConnection(self, sock, hs.addr)
+        self.connections.add(conn)
+        self._per_host[host] += 1
+        limits = self.limits
+        if len(self.connections) > limits.max_connections:
+            conn.close_for_limit(f"more than {limits.max_connections} connections",
+                                 "flinknet.network.max-connections")
+        elif self._per_host[host] > limits.max_connections_per_host:
+            conn.close_for_limit(f"more than {limits.max_connections_per_host} connections from {host}",
+                                 "flinknet.network.max-connections-per-host")
+
+    def _note_limit(self, key: str, addr: tuple[Any, ...], message: str) -> None:
+        """A peer hit a bound: counted per key, logged with the drop log's rate limit."""
+        self.limit_hits[key] += 1
+        self._drop_log.warn("peer %s:%s: %s", addr[0], addr[1], message)
+
+    def _check_idle(self, now: float) -> None:
+        timeout = self.limits.idle_timeout
+        if not timeout:
+            return
+        for conn in list(self.connections):
+            if not conn.readers and not conn.closed and not conn._closing and now - conn.last_input > timeout:
+                conn.close_for_limit(f"no partition requested and nothing received for {timeout:g} s",
+                                     "flinknet.network.idle-timeout")
 
     def _check_timeouts(self) -> None:
         if self._closed:
             return
         self._drop_log.tick()
         self.partition_manager.check_request_timeouts()
+        self._check_idle(time.monotonic())
         self._timer = self.loop.call_later(1.0, self._check_timeouts)
 
     def _connection_closed(self, conn: ServerConnection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            host = str(conn.address[0])
+            left = self._per_host[host] - 1
+            if left > 0:
+                self._per_host[host] = left
+            else:
+                del self._per_host[host]
 
     def close(self) -> None:
         """Close the listening socket and every connection (on the I/O thread)."""

@@ -834,11 +834,12 @@ def test_zero_credit_client_is_back_pressured_and_gets_exactly_its_credit():
 
 
 def test_huge_declared_frame_length_is_not_allocated_and_dropped():
-    """Frame lengths up to ``flinknet.network.max-frame-length`` are accepted, but the server
-    stages only the bytes that arrive: connections declaring 120 MB frames and sending 64 KiB
-    cost no more than that; one byte more than the maximum is fatal; hang-ups are dropped."""
+    """Request frames up to ``flinknet.network.max-request-frame-length`` are accepted, but the
+    server stages only the bytes that arrive: connections declaring 120 MB frames and sending
+    64 KiB cost no more than that; one byte more than the maximum is fatal; hang-ups are
+    dropped."""
     max_len = 128 * 2**20
-    opts = dict(SMALL, **{"flinknet.network.max-frame-length": "128mb"})
+    opts = dict(SMALL, **{"flinknet.network.max-request-frame-length": "128mb"})
     me = psutil.Process()
     with NetworkEnvironment(opts) as prod:
         gc.collect()
