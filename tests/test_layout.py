@@ -42,6 +42,9 @@ TOOLS_UNDERSCORE_IMPORTS = {
     # is_debug_build() is not re-exported by flinknet: the version line and bench's environment
     ("flinknet.tools.cli", "flinknet._core.buffer.is_debug_build"),
     ("flinknet.tools.bench.report", "flinknet._core.buffer.is_debug_build"),
+    # the hostile-peer benchmark crafts Flink's frames as a raw peer would (the frame codec is
+    # the transport's, not the public API)
+    ("flinknet.tools.bench.hostile", "flinknet._core.protocol"),
 }
 
 
