@@ -180,6 +180,8 @@ OPTIONS: dict[str, tuple[_Parser, ConfigValue]] = {
     "flinknet.network.idle-timeout": (_duration, "10 min"),   # 0: never
     # A vanished or frozen peer fails its connection after about this long (0: kernel defaults).
     "flinknet.network.liveness-timeout": (_duration, "60 s"),
+    # How long closing an environment waits for its finished pipelined partitions to be consumed.
+    "flinknet.network.close-timeout": (_duration, "30 s"),
 }
 
 
@@ -249,7 +251,8 @@ class NetworkConfig(Mapping[str, ConfigValue]):
         key = "flinknet.network.max-unsent-bytes-per-connection"
         if self._int(key) < 64 * 1024:
             raise bad(key, "must be at least 64 kb")
-        for key in ("flinknet.network.idle-timeout", "flinknet.network.liveness-timeout"):
+        for key in ("flinknet.network.idle-timeout", "flinknet.network.liveness-timeout",
+                    "flinknet.network.close-timeout"):
             if self._float(key) < 0:
                 raise bad(key, "must be >= 0 (0: off)")
 
@@ -395,6 +398,11 @@ class NetworkConfig(Mapping[str, ConfigValue]):
     @property
     def max_request_frame_length(self) -> int:
         return self._int("flinknet.network.max-request-frame-length")
+
+    @property
+    def close_timeout(self) -> float:
+        """Seconds closing an environment waits for its finished partitions to be consumed."""
+        return self._float("flinknet.network.close-timeout")
 
     @property
     def liveness_timeout(self) -> float:

@@ -19,7 +19,9 @@ for an IPv6 host) or None (this environment).
 
 from __future__ import annotations
 
+import logging
 import operator
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Self, SupportsIndex, TypeAlias
 
@@ -31,7 +33,12 @@ from flinknet.consumer.gate import SingleInputGate
 from flinknet.consumer.remote import RemoteInputChannel
 from flinknet.errors import IllegalStateError
 from flinknet.ids import ResultPartitionID
-from flinknet.partition import ResultPartition, ResultPartitionManager, create_result_partition
+from flinknet.partition import (
+    PipelinedResultPartition,
+    ResultPartition,
+    ResultPartitionManager,
+    create_result_partition,
+)
 from flinknet.transport.client import ConnectionManager
 from flinknet.transport.eventloop import IOThread
 from flinknet.transport.handshake import HandshakeConfig
@@ -39,6 +46,8 @@ from flinknet.transport.server import ServerLimits, TransportServer
 from flinknet.types import Address, ResultPartitionType, SerializerSpec
 
 __all__ = ["InputChannelSpec", "NetworkEnvironment"]
+
+log = logging.getLogger(__name__)
 
 InputChannelSpec: TypeAlias = (tuple[ResultPartitionID, int]
                                | tuple[ResultPartitionID, int, Address | str | None])
@@ -250,10 +259,21 @@ class NetworkEnvironment:
         if self._closed:
             raise IllegalStateError("the network environment is closed")
 
-    def close(self) -> None:
-        """Close gates, release partitions, stop the server and the I/O thread, free the memory."""
+    def close(self, timeout: float | None = None) -> None:
+        """Close gates, release partitions, stop the server and the I/O thread, free the memory.
+
+        First, as Flink keeps a pipelined partition until it is consumed, wait up to ``timeout``
+        seconds (None: ``flinknet.network.close-timeout``, 30 s; 0: not at all) for the pipelined
+        partitions whose producer finished them to be consumed; the ones still unconsumed then
+        are logged as an error, by id, and released with an :class:`IllegalStateError` their
+        consumers receive. Leaving the ``with`` block of an environment by an exception does not
+        wait (the job failed: its consumers should learn it at once)."""
         if self._closed:
             return
+        wait = self.config.close_timeout if timeout is None else float(timeout)
+        if not wait >= 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+        self._wait_consumed(wait)
         self._closed = True
         for gate in self._gates:
             try:
@@ -275,8 +295,31 @@ class NetworkEnvironment:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(None if exc_type is None else 0.0)
+
+    def _unconsumed(self) -> list[PipelinedResultPartition]:
+        return [p for p in self._partitions if isinstance(p, PipelinedResultPartition)
+                and p.is_finished and not p.is_released and not p.is_consumed]
+
+    def _wait_consumed(self, timeout: float) -> None:
+        """Wait until the finished pipelined partitions were consumed, at most ``timeout``
+        seconds; fail the rest loudly."""
+        deadline = time.monotonic() + timeout
+        left = self._unconsumed()
+        while left and time.monotonic() < deadline:
+            time.sleep(0.005)
+            left = [p for p in left if not p.is_released and not p.is_consumed]
+        if not left:
+            return
+        host, port = self.address
+        log.error("closing the network environment at %s:%s: %d finished partition(s) not consumed "
+                  "after %.1f s (flinknet.network.close-timeout), failing them: %s", host, port,
+                  len(left), timeout, ", ".join(str(p.partition_id) for p in left))
+        for p in left:
+            p.release(IllegalStateError(
+                f"the producer's network environment at {host}:{port} closed before partition "
+                f"{p.partition_id} was consumed (waited {timeout:g} s, flinknet.network.close-timeout)"))
 
     def __repr__(self) -> str:
         return (f"NetworkEnvironment({self.address[0]}:{self.address[1]}, "

@@ -563,6 +563,11 @@ class PipelinedResultPartition(ResultPartition):
         if last:
             self._on_all_consumed()
 
+    @property
+    def is_consumed(self) -> bool:
+        """Every subpartition's reader let go of it (after reading it whole, or going away)."""
+        return all(self._consumed)
+
     def _on_producer_closed(self) -> None:
         with self._lock:
             self._num_users -= 1

@@ -160,3 +160,22 @@ def streaming_producer(q_out, q_in, size: int, options: dict):
         sampler.join()
         q_out.put(("done", emitted, start_rss, max(samples, default=start_rss), len(samples)))
         q_in.get(timeout=60)
+
+
+def finish_and_leave(q_out, q_in, n: int, options: dict):
+    """The README's producer lifecycle: emit ``n`` records, finish and close the partition, and
+    leave the environment's ``with`` block at once; report how long closing took."""
+    from flinknet.environment import NetworkEnvironment
+    from flinknet.writer import RecordWriter
+
+    with NetworkEnvironment(options) as env:
+        p = env.create_result_partition(1)
+        q_out.put((p.partition_id.to_bytes(), env.address))
+        q_in.get(timeout=60)                       # the consumer has its gate (not reading yet)
+        with RecordWriter(p, timeout=10) as w:
+            for i in range(n):
+                w.emit(b"%d" % i, 0)
+        p.finish()
+        p.close()
+        t0 = time.monotonic()
+    q_out.put(("closed", time.monotonic() - t0, env.network_buffer_pool.is_whole))

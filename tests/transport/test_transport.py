@@ -279,6 +279,7 @@ def test_buffer_responses_carry_the_requested_subpartition():
             [(rid, 2, 0), (rid, 2, 1)]
         assert msgs[0].data_type == DataType.DATA_BUFFER and msgs[0].size == 11
         p.close()
+        prod.close(timeout=0)      # subpartitions 0 and 1 are finished, and nobody reads them
 
 
 def test_subpartitions_know_the_receivers_configured_exclusive_buffers():

@@ -293,6 +293,7 @@ def _channels_producer(out: Any, inbox: Any, n: int, options: dict[str, Any], n_
 
     env = NetworkEnvironment(options)
     result: dict[str, Any] = {}
+    close_timeout: float | None = None                  # the configured wait for consumers
     try:
         rss_env = _rss()
         t0 = time.perf_counter()
@@ -327,10 +328,12 @@ def _channels_producer(out: Any, inbox: Any, n: int, options: dict[str, Any], n_
             p.close()
             result.update(emitted=n_records, back_pressured_s=p.back_pressured_ns / 1e9,
                           cpu_s=_cpu() - cpu0)
-            inbox.get(timeout=600)                      # the consumer is done
+            done = inbox.get(timeout=600)               # the consumer is done
+            if done[1:] == ("consumer failed",):
+                close_timeout = 0.0                     # nobody will read the partition
             result["rss_peak"] = sampler.finish()
     finally:
-        env.close()
+        env.close(close_timeout)
     result["whole"] = _wait_whole(env.network_buffer_pool)
     out.put(("result", result))
 
@@ -459,7 +462,7 @@ def startup_too_few_buffers(side: str = "consumer", n: int = 1000, network_memor
                 raise AssertionError(f"the consumer started with {network_memory} for {n} channels")
             res = msg[1]
             prod.put(("go", time.monotonic()))         # nothing to emit: it finishes at once
-            prod.put(("done",))
+            prod.put(("done", "consumer failed"))
             pres = prod.get(60)[1]
             res["producer_whole"] = pres["whole"]
         else:
