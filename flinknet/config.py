@@ -156,6 +156,9 @@ OPTIONS: dict[str, tuple[_Parser, ConfigValue]] = {
     "taskmanager.network.retries": (_int(0), 0),
     "taskmanager.network.netty.client.connectTimeoutSec": (_duration_s, 120),
     "taskmanager.network.bind-host": (_str, "127.0.0.1"),  # Flink: 0.0.0.0; flinknet: loopback
+    # The address other environments connect to (Flink's external address of the TaskManager);
+    # "" (default): the bind host, or for a wildcard bind host this host's primary address.
+    "taskmanager.host": (_str, ""),
     "taskmanager.data.port": (_int(0), 0),
     "taskmanager.network.tcp-connection.enable-reuse-across-jobs": (_bool, True),
     "execution.buffer-timeout.enabled": (_bool, True),
@@ -354,6 +357,11 @@ class NetworkConfig(Mapping[str, ConfigValue]):
     @property
     def bind_host(self) -> str:
         return self._str("taskmanager.network.bind-host")
+
+    @property
+    def advertised_host(self) -> str:
+        """``taskmanager.host``: the host other environments connect to ("" when not set)."""
+        return self._str("taskmanager.host").strip()
 
     @property
     def data_port(self) -> int:

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
+import socket
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Self, SupportsIndex, TypeAlias
 
@@ -55,6 +58,44 @@ InputChannelSpec: TypeAlias = (tuple[ResultPartitionID, int]
 subpartition_index)`` or ``(partition_id, subpartition_index, address)``."""
 
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+_WILDCARDS = ("0.0.0.0", "::")
+
+# Environments of this process: a child forked from it marks them (their threads do not exist
+# there), so using one raises a clear error instead of hanging or failing silently.
+_LIVE: weakref.WeakSet[NetworkEnvironment] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    parent = os.getppid()
+    for env in list(_LIVE):
+        env._forked_from = parent
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _advertised_host(config: NetworkConfig, bound_host: str) -> str:
+    """The host other environments connect to (see :attr:`NetworkEnvironment.address`)."""
+    if config.advertised_host:
+        return config.advertised_host
+    if bound_host not in _WILDCARDS:
+        return bound_host
+    # A wildcard bind: the address of the interface this host reaches others through (a UDP
+    # "connect" sends nothing), else its name's address, else loopback.
+    family = socket.AF_INET6 if bound_host == "::" else socket.AF_INET
+    probe = "2001:db8::1" if family == socket.AF_INET6 else "192.0.2.1"   # documentation ranges
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            host = s.getsockname()[0]
+            if host not in _WILDCARDS:
+                return str(host)
+    except OSError:
+        pass
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "::1" if family == socket.AF_INET6 else "127.0.0.1"
 
 
 def _as_int(value: object) -> int | None:
@@ -166,11 +207,21 @@ class NetworkEnvironment:
         self._gates: list[SingleInputGate] = []
         self._partitions: list[ResultPartition] = []
         self._prune_at = [64, 64]
+        self._advertised = _advertised_host(config, self.server.address[0])
+        self._forked_from: int | None = None   # set in a child forked from this process
+        _LIVE.add(self)
         self._closed = False
 
     @property
     def address(self) -> Address:
-        """``(host, port)`` where this environment's server listens."""
+        """``(host, port)`` other environments connect to: ``taskmanager.host`` if set, else
+        the bound host, or for a wildcard bind host (``0.0.0.0``, ``::``) this host's primary
+        address; the port is the server's."""
+        return self._advertised, self.server.address[1]
+
+    @property
+    def bind_address(self) -> Address:
+        """``(host, port)`` the server's socket is bound to."""
         return self.server.address
 
     # -- producers -------------------------------------------------------------------------
@@ -251,11 +302,17 @@ class NetworkEnvironment:
         if address is None:
             return True
         host, port = address
-        return port == self.address[1] and (host == self.address[0] or host in _LOCAL_HOSTS)
+        return port == self.server.address[1] and (
+            host in (self._advertised, self.server.address[0]) or host in _LOCAL_HOSTS)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def _check_open(self) -> None:
+        if self._forked_from is not None:
+            raise IllegalStateError(
+                f"this NetworkEnvironment was created in process {self._forked_from}; a process "
+                f"forked from it ({os.getpid()}) has none of its threads, so it cannot be used "
+                "here: create a new environment in this process (or start processes with 'spawn')")
         if self._closed:
             raise IllegalStateError("the network environment is closed")
 
@@ -270,6 +327,7 @@ class NetworkEnvironment:
         wait (the job failed: its consumers should learn it at once)."""
         if self._closed:
             return
+        self._check_open()          # in a forked child: a clear error, not a join that hangs
         wait = self.config.close_timeout if timeout is None else float(timeout)
         if not wait >= 0:
             raise ValueError(f"timeout must be >= 0, got {timeout!r}")

@@ -90,3 +90,62 @@ def test_partly_read_partitions_and_explicit_timeouts():
         p = env.create_result_partition(1)
         p.close()                                # never finished: nothing to wait for
     assert env._closed
+
+
+# -- addressing ----------------------------------------------------------------------------
+
+
+def test_an_environment_used_after_fork_raises_a_clear_error():
+    """A child forked from a process with an environment has none of its threads: every use of
+    the environment (closing too) raises IllegalStateError naming both processes, at once."""
+    import os
+
+    with NetworkEnvironment(SMALL) as env:
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:                                     # the child: report, never return
+            try:
+                msgs = []
+                for use in (lambda: env.create_result_partition(1), env.close):
+                    try:
+                        use()
+                        msgs.append("no error")
+                    except IllegalStateError as err:
+                        msgs.append(str(err))
+                os.write(w, "\n".join(msgs).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            out = f.read()
+        os.waitpid(child, 0)
+        lines = out.split("\n")
+        assert len(lines) == 2, out
+        for line in lines:
+            assert f"created in process {os.getpid()}" in line and f"({child})" in line, line
+        p = env.create_result_partition(1)                 # the parent's is unaffected
+        p.close()
+
+
+def test_a_wildcard_bind_advertises_a_connectable_address():
+    """``taskmanager.host`` is what other environments connect to; without it a wildcard bind
+    host advertises this host's address, never ``0.0.0.0``."""
+    opts = dict(SMALL, **{"taskmanager.network.bind-host": "0.0.0.0"})
+    with NetworkEnvironment(opts) as env:
+        assert env.bind_address[0] == "0.0.0.0"
+        assert env.address[0] not in ("0.0.0.0", "::", "") and env.address[1] == env.bind_address[1]
+    opts["taskmanager.host"] = "127.0.0.1"
+    with NetworkEnvironment(opts) as prod, NetworkEnvironment(SMALL) as cons:
+        assert prod.address == ("127.0.0.1", prod.bind_address[1])
+        p = prod.create_result_partition(1)
+        local = prod.create_input_gate([(p.partition_id, 0, prod.address)])   # its own: local
+        assert not local.get_channel(0).is_remote
+        local.close()
+        gate = cons.create_input_gate([(p.partition_id, 0, f"127.0.0.1:{prod.address[1]}")])
+        with RecordWriter(p, timeout=0) as w:
+            w.emit(b"x", 0)
+        p.finish()
+        p.close()
+        with RecordReader(gate) as rd:
+            assert list(rd) == [b"x"]
+        gate.close()
