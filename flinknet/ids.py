@@ -21,6 +21,7 @@ ResultSubpartitionIndexSet (start, end incl.)   same name               8
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections.abc import Iterator
@@ -77,6 +78,14 @@ class AbstractID:
     def generate(cls) -> Self:
         """A new random identifier."""
         return cls(os.urandom(16))
+
+    @classmethod
+    def from_name(cls, name: str) -> Self:
+        """A stable identifier derived from ``name`` (BLAKE2b of the class name and ``name``):
+        every process that names a data set, vertex or graph alike derives the same id."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        return cls(hashlib.blake2b(f"{cls.__name__}:{name}".encode(), digest_size=16).digest())
 
     @classmethod
     def from_parts(cls, lower_part: int, upper_part: int) -> Self:
@@ -219,9 +228,10 @@ class ExecutionAttemptID:
 class ResultPartitionID:
     """A result partition as produced by one execution attempt (60 bytes on the wire).
 
-    ``ResultPartitionID()`` generates a random one; frameworks that address partitions by their
-    own names can use :meth:`of` to derive a stable id from a data set id and the producer's
-    subtask index.
+    ``ResultPartitionID()`` generates a random one. Frameworks that address partitions by their
+    own names derive a stable one with :meth:`of`: producer and consumer processes compute the
+    same id from the same data set id (e.g. ``IntermediateDataSetID.from_name("orders")``),
+    partition number and attempt, with nothing to ship between them.
     """
 
     SIZE = 60
@@ -236,10 +246,20 @@ class ResultPartitionID:
 
     @classmethod
     def of(cls, data_set_id: IntermediateDataSetID, partition_num: int,
-           producer_id: ExecutionAttemptID | None = None) -> Self:
-        """The id of partition ``partition_num`` of ``data_set_id`` (random producer if none)."""
-        return cls(IntermediateResultPartitionID(data_set_id, partition_num),
-                   producer_id if producer_id is not None else ExecutionAttemptID())
+           producer_id: ExecutionAttemptID | None = None, attempt_number: int = 0) -> Self:
+        """The id of partition ``partition_num`` of ``data_set_id``, produced by ``producer_id``
+        or, by default, by a producer derived from the same arguments: attempt
+        ``attempt_number`` of subtask ``partition_num`` of a vertex and graph whose ids are the
+        data set's. The same arguments give the same id in every process."""
+        if not isinstance(data_set_id, IntermediateDataSetID):
+            raise TypeError(f"data_set_id must be an IntermediateDataSetID, got {data_set_id!r}")
+        if producer_id is None:
+            producer_id = ExecutionAttemptID(
+                ExecutionGraphID(data_set_id.data),
+                ExecutionVertexID(JobVertexID(data_set_id.data), partition_num), attempt_number)
+        elif attempt_number:
+            raise ValueError("give either producer_id or attempt_number")
+        return cls(IntermediateResultPartitionID(data_set_id, partition_num), producer_id)
 
     def to_bytes(self) -> bytes:
         return self.partition_id.to_bytes() + self.producer_id.to_bytes()
