@@ -9,7 +9,7 @@ Flink                                           flinknet                bytes
 ==============================================  ======================  =====
 AbstractID (lowerPart i64, upperPart i64)       :class:`AbstractID`     16
 InputChannelID                                  :class:`InputChannelID`  16
-IntermediateDataSetID / JobVertexID /           same names              16
+IntermediateDataSetID / JobVertexID / JobID /    same names              16
 ExecutionGraphID
 IntermediateResultPartitionID                   same name               20
 ExecutionVertexID                               same name               20
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AbstractID",
     "InputChannelID",
+    "JobID",
     "IntermediateDataSetID",
     "JobVertexID",
     "ExecutionGraphID",
@@ -122,6 +123,11 @@ class AbstractID:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.data.hex()})"
+
+
+class JobID(AbstractID):
+    """Identifies a job (:class:`flinknet.graph.JobGraph`): the ids of its vertices, data sets and
+    partitions are derived from it."""
 
 
 class InputChannelID(AbstractID):

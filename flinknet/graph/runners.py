@@ -1,0 +1,615 @@
+"""Runners: deploy a :class:`~flinknet.graph.JobGraph` and run one function per vertex on every
+subtask, in threads of this process (:class:`ThreadRunner`), in worker processes on this host
+(:class:`ProcessRunner`) or in Ray actors on a cluster (:class:`~flinknet.graph.RayRunner`, the
+``flinknet[ray]`` extra). One interface: ``runner.run(graph, functions) → JobResult``.
+
+Every runner does what Flink's scheduler does for a streaming job, in three steps: start the
+workers (each owns one :class:`~flinknet.NetworkEnvironment`) and learn their addresses; compute
+every subtask's :class:`~flinknet.graph.TaskDeploymentDescriptor` with those addresses and set
+up every task (partitions registered, gates created) before any runs; run them all. When a task
+fails, the job fails as a whole (Flink's full restart strategy without restarts): every other
+task is cancelled, its partitions fail so its consumers stop, and :class:`JobFailedError` names
+the task that failed first with a root cause (errors that are only consequences, such as a
+consumer seeing its producer fail, are listed but not blamed). Nothing is left running: worker
+processes are joined, then terminated and killed by PID if they do not exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import threading
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flinknet.config import NetworkConfig
+from flinknet.environment import NetworkEnvironment
+from flinknet.errors import CancelTaskError, FlinknetError, TransportError
+from flinknet.graph.deployment import TaskDeploymentDescriptor, deploy
+from flinknet.graph.jobgraph import JobGraph
+from flinknet.graph.task import TaskContext, TaskFunction, TaskResult
+from flinknet.metrics import MetricRegistry
+from flinknet.types import Address
+
+__all__ = ["JobFailedError", "JobResult", "ProcessRunner", "Runner", "TaskFailure", "ThreadRunner"]
+
+_log = logging.getLogger("flinknet.graph")
+
+TaskKey = tuple[str, int]
+ConfigLike = NetworkConfig | Mapping[str, object] | None
+
+
+@dataclass
+class TaskFailure:
+    """Why one subtask failed: the exception's type and message, its formatted traceback, where
+    it ran, and the exception itself when it could be brought back (pickled) from its worker."""
+
+    task_name: str
+    error_type: str
+    message: str
+    traceback: str
+    worker: str
+    exception: BaseException | None = None
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def is_consequence(self) -> bool:
+        """An error that only follows another task's failure: a cancellation, a producer that
+        failed, a lost connection or consumer."""
+        e = self.exception
+        if e is not None:
+            return isinstance(e, (CancelTaskError, TransportError))
+        return self.error_type.rsplit(".", 1)[-1] in (
+            "CancelTaskError", "ProducerFailedError", "RemoteTransportError", "LocalTransportError",
+            "TransportError", "ConsumerLostError", "WorkerLostError")
+
+    def __str__(self) -> str:
+        return f"{self.task_name} ({self.worker}): {self.error_type}: {self.message}"
+
+    @classmethod
+    def of(cls, task_name: str, err: BaseException, worker: str) -> TaskFailure:
+        """The failure of ``task_name`` raised as ``err`` in ``worker``."""
+        kind = type(err)
+        name = (kind.__qualname__ if kind.__module__ == "builtins"
+                else f"{kind.__module__}.{kind.__qualname__}")
+        return cls(task_name, name, str(err), "".join(traceback.format_exception(err)), worker, err)
+
+    def portable(self) -> TaskFailure:
+        """This failure with its exception dropped if it cannot be pickled (to cross a process)."""
+        if self.exception is None:
+            return self
+        try:
+            pickle.loads(pickle.dumps(self.exception))
+        except Exception:  # noqa: BLE001 (any exception type may fail to pickle)
+            return TaskFailure(self.task_name, self.error_type, self.message, self.traceback, self.worker,
+                               None, self.at)
+        return self
+
+
+class WorkerLostError(FlinknetError):
+    """A worker (process or actor) died while it ran tasks; its tasks fail with this."""
+
+
+class JobFailedError(FlinknetError):
+    """A job failed: :attr:`root_cause` is the task failure that started it (the first that is
+    not a consequence of another), :attr:`failures` every task failure in the order they were
+    reported; ``__cause__`` is the root cause's exception when it could be brought back."""
+
+    def __init__(self, job_name: str, failures: Sequence[TaskFailure]) -> None:
+        self.job_name = job_name
+        self.failures = list(failures)
+        causes = [f for f in self.failures if not f.is_consequence] or self.failures
+        self.root_cause: TaskFailure | None = min(causes, key=lambda f: f.at) if causes else None
+        lines = [f"job {job_name!r} failed: {self.root_cause}" if self.root_cause
+                 else f"job {job_name!r} failed"]
+        others = [f for f in self.failures if f is not self.root_cause]
+        if others:
+            lines.append(f"then {len(others)} more task(s) failed:")
+            lines.extend(f"  {f}" for f in others[:20])
+            if len(others) > 20:
+                lines.append(f"  ... and {len(others) - 20} more")
+        if self.root_cause is not None and self.root_cause.exception is None:
+            lines.append(f"root cause traceback (from {self.root_cause.worker}):\n"
+                         f"{self.root_cause.traceback}")
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class JobResult:
+    """A finished job: every subtask's :class:`TaskResult` by ``(vertex name, subtask index)``,
+    the time to deploy (workers started, tasks set up) and to run."""
+
+    job_name: str
+    tasks: dict[TaskKey, TaskResult]
+    deploy_s: float
+    run_s: float
+    #: workers whose network memory was not whole when they closed (a leak; empty normally).
+    leaky_workers: list[str] = field(default_factory=list)
+
+    def results(self, vertex: str) -> list[Any]:
+        """The return values of ``vertex``'s subtasks, by subtask index."""
+        values = sorted((k[1], r.value) for k, r in self.tasks.items() if k[0] == vertex)
+        if not values:
+            raise KeyError(f"job {self.job_name!r} has no vertex {vertex!r}")
+        return [v for _, v in values]
+
+    def num_records_out(self, vertex: str) -> int:
+        """Records ``vertex``'s subtasks wrote, in all."""
+        return sum(r.num_records_out for k, r in self.tasks.items() if k[0] == vertex)
+
+    def num_records_in(self, vertex: str) -> int:
+        """Records ``vertex``'s subtasks read, in all."""
+        return sum(r.num_records_in for k, r in self.tasks.items() if k[0] == vertex)
+
+
+def _check_functions(graph: JobGraph, functions: Mapping[str, TaskFunction]) -> None:
+    if not isinstance(functions, Mapping):
+        raise TypeError("functions must map vertex names to callables")
+    names = {v.name for v in graph.vertices}
+    for name, fn in functions.items():
+        if name not in names:
+            raise KeyError(f"a function is given for {name!r}, which is not a vertex of job {graph.name!r}")
+        if not callable(fn):
+            raise TypeError(f"the function of {name!r} must be callable, got {fn!r}")
+    missing = sorted(names - set(functions))
+    if missing:
+        raise KeyError(f"no function for vertex(es) {', '.join(map(repr, missing))} of job {graph.name!r}")
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    return float(timeout)
+
+
+class Worker:
+    """One environment and the subtasks it runs in threads: the unit every runner places (a
+    TaskManager with its slots, in Flink's terms). Used in this process by :class:`ThreadRunner`,
+    in a child process by :class:`ProcessRunner` and in an actor by the Ray runner."""
+
+    def __init__(self, name: str, config: ConfigLike = None, metrics: bool = True) -> None:
+        self.name = name
+        self.environment = NetworkEnvironment(config if config is not None else {})
+        self.registry = MetricRegistry(start=False) if metrics else None
+        self._contexts: dict[TaskKey, TaskContext] = {}
+        self._functions: dict[TaskKey, TaskFunction] = {}
+        self._threads: list[threading.Thread] = []
+        self._cancelled = threading.Event()
+
+    @property
+    def address(self) -> Address:
+        """Where other workers reach this one's partitions."""
+        return self.environment.address
+
+    def deploy(self, graph: JobGraph, descriptors: Iterable[TaskDeploymentDescriptor],
+               functions: Mapping[str, TaskFunction]) -> None:
+        """Set up a task per descriptor: its partitions are registered when this returns."""
+        for d in descriptors:
+            ctx = TaskContext(graph, d, self.environment, self.registry)
+            self._contexts[(d.vertex_name, d.subtask_index)] = ctx
+            self._functions[(d.vertex_name, d.subtask_index)] = functions[d.vertex_name]
+            ctx.setup()
+
+    def start(self, on_done: Callable[[TaskKey, TaskResult | TaskFailure], None]) -> None:
+        """Run every task in its own thread; ``on_done(key, result or failure)`` from that thread."""
+        for key, ctx in self._contexts.items():
+            fn = self._functions[key]
+
+            def body(key: TaskKey = key, ctx: TaskContext = ctx, fn: TaskFunction = fn) -> None:
+                try:
+                    outcome: TaskResult | TaskFailure = ctx.run(fn)
+                except BaseException as err:  # noqa: BLE001 (reported, the job fails)
+                    outcome = TaskFailure.of(ctx.task_name, err, self.name)
+                on_done(key, outcome)
+
+            t = threading.Thread(target=body, name=f"flinknet task {ctx.task_name}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def cancel(self, reason: str) -> None:
+        """Cancel every task still running (the job failed elsewhere)."""
+        self._cancelled.set()
+        for ctx in self._contexts.values():
+            ctx.cancel(CancelTaskError(reason))
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for every task thread; False if one is still running at ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def close(self) -> bool:
+        """Close the environment at once (a runner closes workers only when every task of the
+        job has ended, so no consumer will read what is left, or the job failed); True if all its
+        network memory came back (logged as an error if not)."""
+        for ctx in self._contexts.values():
+            ctx.cancel(CancelTaskError(f"{ctx.task_name} never ran"))
+        env = self.environment
+        env.close(timeout=0)
+        pool = env.network_buffer_pool
+        deadline = time.monotonic() + 2.0
+        while not pool.is_whole and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not pool.is_whole:
+            _log.error("%s: %d network buffer(s) not returned after the job", self.name,
+                       pool.total_segments - pool.available_segments)
+            return False
+        return True
+
+
+class Runner(ABC):
+    """Runs a job graph: ``run(graph, functions, timeout=None) → JobResult``; ``functions`` maps
+    every vertex name to the :data:`~flinknet.graph.TaskFunction` its subtasks run. Raises
+    :class:`JobFailedError` if a task fails, ``TimeoutError`` (after cancelling everything) if
+    the job does not finish within ``timeout`` seconds."""
+
+    @abstractmethod
+    def run(self, graph: JobGraph, functions: Mapping[str, TaskFunction],
+            timeout: float | None = None) -> JobResult:
+        """Deploy and run ``graph``; see the class documentation."""
+
+
+class _Outcomes:
+    """Collects task outcomes from any thread; the first failure triggers ``on_failure`` once."""
+
+    def __init__(self, expected: int, on_failure: Callable[[TaskFailure], None]) -> None:
+        self.results: dict[TaskKey, TaskResult] = {}
+        self.failures: list[TaskFailure] = []
+        self._expected = expected
+        self._on_failure = on_failure
+        self._cond = threading.Condition()
+
+    def add(self, key: TaskKey, outcome: TaskResult | TaskFailure) -> None:
+        first = False
+        with self._cond:
+            if isinstance(outcome, TaskFailure):
+                first = not self.failures
+                self.failures.append(outcome)
+            else:
+                self.results[key] = outcome
+            self._cond.notify_all()
+        if first:
+            self._on_failure(outcome)  # type: ignore[arg-type]
+
+    @property
+    def done(self) -> int:
+        return len(self.results) + len(self.failures)
+
+    def wait(self, timeout: float | None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.done >= self._expected, timeout)
+
+
+class ThreadRunner(Runner):
+    """Every subtask in a thread of this process, sharing one environment (so every channel is a
+    local one): for tests, small jobs and frameworks that are one process.
+    ``ThreadRunner(config=None)``: the environment's configuration."""
+
+    def __init__(self, config: ConfigLike = None) -> None:
+        self.config = config
+
+    def run(self, graph: JobGraph, functions: Mapping[str, TaskFunction],
+            timeout: float | None = None) -> JobResult:
+        """Deploy and run ``graph`` in this process."""
+        timeout = _check_timeout(timeout)
+        _check_functions(graph, functions)
+        graph.validate()
+        t0 = time.monotonic()
+        worker = Worker("this process", self.config)
+        ok = False
+        try:
+            descriptors = deploy(graph, lambda v, i: worker.address)
+            worker.deploy(graph, descriptors.values(), functions)
+            t1 = time.monotonic()
+            outcomes = _Outcomes(len(descriptors), lambda f: worker.cancel(f"job {graph.name!r} failed: {f}"))
+            worker.start(outcomes.add)
+            if not outcomes.wait(timeout):
+                worker.cancel(f"job {graph.name!r} timed out after {timeout} s")
+                worker.join(5.0)
+                raise TimeoutError(f"job {graph.name!r} did not finish within {timeout} s "
+                                   f"({outcomes.done} of {len(descriptors)} tasks done)")
+            worker.join()
+            run_s = time.monotonic() - t1
+            if outcomes.failures:
+                raise JobFailedError(graph.name, outcomes.failures) from _root_exception(outcomes.failures)
+            ok = True
+        finally:
+            if not ok:
+                worker.cancel(f"job {graph.name!r} stopped")
+            whole = worker.close()
+        return JobResult(graph.name, outcomes.results, t1 - t0, run_s, [] if whole else [worker.name])
+
+
+def _root_exception(failures: Sequence[TaskFailure]) -> BaseException | None:
+    root = JobFailedError("", failures).root_cause
+    return root.exception if root is not None else None
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, name: str, config: ConfigLike) -> None:
+    """A ProcessRunner worker: start an environment, report its address, deploy what the parent
+    sends, run on its word, report each task's outcome, close when told or when done."""
+    name = f"{name} (pid {os.getpid()})"
+    try:
+        worker = Worker(name, config)
+    except BaseException as err:  # noqa: BLE001 (reported to the parent)
+        conn.send(("error", TaskFailure.of(name, err, name).portable()))
+        return
+    send_lock = threading.Lock()
+
+    def send(msg: tuple[Any, ...]) -> None:
+        with send_lock:
+            try:
+                conn.send(msg)
+            except (OSError, EOFError):
+                pass
+
+    try:
+        send(("address", worker.address, os.getpid()))
+        kind, graph, descriptors, functions = conn.recv()
+        assert kind == "deploy"
+        try:
+            worker.deploy(graph, descriptors, functions)
+        except BaseException as err:  # noqa: BLE001
+            send(("error", TaskFailure.of(name, err, name).portable()))
+            return
+        send(("ready",))
+        if conn.recv()[0] != "run":
+            worker.cancel("job stopped before it ran")
+            return
+
+        def done(key: TaskKey, outcome: TaskResult | TaskFailure) -> None:
+            if isinstance(outcome, TaskFailure):
+                send(("failed", key, outcome.portable()))
+            else:
+                try:
+                    send(("done", key, outcome))
+                except Exception as err:  # noqa: BLE001 (a result that does not pickle)
+                    send(("failed", key, TaskFailure.of(outcome.task_name, err, name).portable()))
+
+        worker.start(done)
+        finished = threading.Thread(target=worker.join, daemon=True)
+        finished.start()
+        # Wait for the parent's word before closing: the environment must serve this worker's
+        # partitions until every consumer of the job has ended (or the job failed).
+        while True:
+            if finished.is_alive() and not conn.poll(0.05):
+                continue
+            msg = conn.recv()
+            if msg[0] == "cancel":
+                worker.cancel(msg[1])
+            elif msg[0] == "close":
+                break
+        finished.join(5.0)   # cancelled tasks end quickly; one stuck in user code is abandoned
+    except (EOFError, OSError):
+        worker.cancel("the runner went away")       # the parent died: stop, do not linger
+    finally:
+        send(("closed", worker.close()))
+        conn.close()
+
+
+@dataclass
+class _Proc:
+    name: str
+    process: Any
+    conn: multiprocessing.connection.Connection
+    keys: list[TaskKey]
+    address: Address | None = None
+    pid: int | None = None
+    closed: bool = False
+
+
+class ProcessRunner(Runner):
+    """Subtasks in worker processes on this host, connected over TCP on loopback (what
+    ``flinknet demo`` runs on).
+
+    ``ProcessRunner(processes=None, config=None, start_method="spawn", join_timeout=60.0)``:
+    ``processes`` is how many workers (default: one per subtask; fewer packs subtasks into
+    workers as slots, subtask ``k`` of the job, in topological order, on worker ``k mod
+    processes``); ``config`` each worker environment's configuration. Functions, their results
+    and the graph (key selectors included) must be picklable: define them at module level.
+    A worker that dies fails its tasks with :class:`WorkerLostError` naming its PID and exit
+    code; every worker is joined, then terminated and killed if it does not exit in
+    ``join_timeout`` seconds."""
+
+    def __init__(self, processes: int | None = None, config: ConfigLike = None,
+                 start_method: str = "spawn", join_timeout: float = 60.0) -> None:
+        if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)
+                                      or processes <= 0):
+            raise ValueError(f"processes must be a positive int or None, got {processes!r}")
+        if start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(f"unknown start method {start_method!r}")
+        if start_method == "fork":
+            raise ValueError("start_method='fork' cannot run flinknet workers safely (threads); use 'spawn' "
+                             "or 'forkserver'")
+        self.processes = processes
+        self.config = config
+        self.start_method = start_method
+        self.join_timeout = _check_timeout(join_timeout) or 60.0
+        #: PIDs of the last run's workers (all exited when run() returns).
+        self.last_pids: list[int] = []
+
+    def run(self, graph: JobGraph, functions: Mapping[str, TaskFunction],
+            timeout: float | None = None) -> JobResult:
+        """Deploy and run ``graph`` in worker processes."""
+        timeout = _check_timeout(timeout)
+        _check_functions(graph, functions)
+        order = graph.vertices_in_topological_order()
+        keys = [(v.name, i) for v in order for i in range(v.parallelism)]
+        n = len(keys) if self.processes is None else min(self.processes, len(keys))
+        mp: Any = multiprocessing.get_context(self.start_method)
+        t0 = time.monotonic()
+        procs: list[_Proc] = []
+        outcomes: _Outcomes | None = None
+        deadline = None if timeout is None else t0 + timeout
+        try:
+            for w in range(n):
+                parent, child = mp.Pipe()
+                name = f"worker {w}"
+                p = mp.Process(target=_worker_main, args=(child, name, self.config),
+                               name=f"flinknet {graph.name} {name}", daemon=True)
+                p.start()
+                child.close()
+                procs.append(_Proc(name, p, parent, keys[w::n]))
+            self.last_pids = [p.process.pid for p in procs]
+            for p in procs:
+                msg = self._recv(p, deadline, "start", graph)
+                if msg[0] == "error":
+                    raise JobFailedError(graph.name, [msg[1]])
+                p.address, p.pid = msg[1], msg[2]
+                p.name = f"worker {procs.index(p)} (pid {p.pid})"
+            where = {k: p.address for p in procs for k in p.keys}
+            descriptors = deploy(graph, where)
+            fns = dict(functions)
+            for p in procs:
+                p.conn.send(("deploy", graph, [descriptors[k] for k in p.keys],
+                             {k[0]: fns[k[0]] for k in p.keys}))
+            for p in procs:
+                msg = self._recv(p, deadline, "deploy", graph)
+                if msg[0] == "error":
+                    raise JobFailedError(graph.name, [msg[1]])
+            t1 = time.monotonic()
+            for p in procs:
+                p.conn.send(("run",))
+
+            def cancel_all(failure: TaskFailure) -> None:
+                for q in procs:
+                    try:
+                        q.conn.send(("cancel", f"job {graph.name!r} failed: {failure}"))
+                    except OSError:
+                        pass
+
+            outcomes = _Outcomes(len(keys), cancel_all)
+            if not self._collect(procs, outcomes, deadline, graph):
+                for p in procs:
+                    try:
+                        p.conn.send(("cancel", f"job {graph.name!r} timed out after {timeout} s"))
+                        p.conn.send(("close",))
+                    except OSError:
+                        pass
+                raise TimeoutError(f"job {graph.name!r} did not finish within {timeout} s "
+                                   f"({outcomes.done} of {len(keys)} tasks done)")
+            run_s = time.monotonic() - t1
+            failed = bool(outcomes.failures)
+            for p in procs:
+                try:
+                    p.conn.send(("close",) if not failed else ("cancel", "job failed"))
+                    if failed:
+                        p.conn.send(("close",))
+                except OSError:
+                    pass
+            if failed:
+                raise JobFailedError(graph.name, outcomes.failures) from _root_exception(outcomes.failures)
+            leaky = self._wait_closed(procs)
+            return JobResult(graph.name, outcomes.results, t1 - t0, run_s, leaky)
+        finally:
+            self._stop(procs)
+
+    def _recv(self, p: _Proc, deadline: float | None, step: str, graph: JobGraph) -> tuple[Any, ...]:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = multiprocessing.connection.wait([p.conn, p.process.sentinel], remaining)
+        if p.conn in ready:
+            try:
+                msg: tuple[Any, ...] = p.conn.recv()
+                return msg
+            except (EOFError, OSError):
+                pass
+        if not ready:
+            raise TimeoutError(f"{p.name} did not answer during {step}")
+        p.process.join(1.0)
+        err = WorkerLostError(f"{p.name} exited with code {p.process.exitcode} during {step}")
+        raise JobFailedError(graph.name, [TaskFailure(p.name, "flinknet.graph.runners.WorkerLostError",
+                                                      str(err), "", p.name, err)])
+
+    def _collect(self, procs: list[_Proc], outcomes: _Outcomes, deadline: float | None,
+                 graph: JobGraph) -> bool:
+        live: dict[int, _Proc] = {p.conn.fileno(): p for p in procs}
+        sentinels: dict[int, _Proc] = {p.process.sentinel: p for p in procs}
+        reported: dict[str, set[TaskKey]] = {p.name: set() for p in procs}
+        while outcomes.done < outcomes._expected:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            ready = multiprocessing.connection.wait(
+                [*(q.conn for q in live.values()), *sentinels], remaining)
+            for r in ready:
+                if isinstance(r, multiprocessing.connection.Connection):
+                    p = live[r.fileno()]
+                    try:
+                        msg = r.recv()
+                    except (EOFError, OSError):
+                        del live[r.fileno()]
+                        continue
+                    if msg[0] in ("done", "failed"):
+                        reported[p.name].add(msg[1])
+                        outcomes.add(msg[1], msg[2])
+                    continue
+                assert isinstance(r, int)
+                p = sentinels.pop(r)
+                live.pop(p.conn.fileno(), None)
+                # Drain what it sent before dying, then fail the tasks it never reported.
+                while True:
+                    try:
+                        if not p.conn.poll(0):
+                            break
+                        msg = p.conn.recv()
+                    except (EOFError, OSError):
+                        break
+                    if msg[0] in ("done", "failed"):
+                        reported[p.name].add(msg[1])
+                        outcomes.add(msg[1], msg[2])
+                p.process.join(1.0)
+                code = p.process.exitcode
+                how = f"signal {-code}" if code is not None and code < 0 else f"code {code}"
+                for key in p.keys:
+                    if key not in reported[p.name]:
+                        task = graph.vertex(key[0]).task_name(key[1])
+                        err = WorkerLostError(f"{p.name} running {task} exited with {how}")
+                        outcomes.add(key, TaskFailure(task, "flinknet.graph.runners.WorkerLostError",
+                                                      str(err), "", p.name, err))
+        return True
+
+    def _wait_closed(self, procs: list[_Proc]) -> list[str]:
+        leaky = []
+        for p in procs:
+            try:
+                while p.conn.poll(self.join_timeout):
+                    msg = p.conn.recv()
+                    if msg[0] == "closed":
+                        if not msg[1]:
+                            leaky.append(p.name)
+                        break
+            except (EOFError, OSError):
+                pass
+        return leaky
+
+    def _stop(self, procs: list[_Proc]) -> None:
+        for p in procs:
+            try:
+                p.conn.send(("close",))
+            except OSError:
+                pass
+        deadline = time.monotonic() + self.join_timeout
+        for p in procs:
+            p.process.join(max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.process.is_alive():
+                _log.warning("%s did not exit in %.0f s: terminating it", p.name, self.join_timeout)
+                p.process.terminate()
+                p.process.join(5.0)
+            if p.process.is_alive():
+                p.process.kill()
+                p.process.join(5.0)
+            p.conn.close()
