@@ -36,8 +36,10 @@ from flinknet.graph.jobgraph import (
 )
 from flinknet.graph.runners import (
     JobFailedError,
+    JobHandle,
     JobResult,
     ProcessRunner,
+    ReportCallback,
     Runner,
     TaskFailure,
     ThreadRunner,
@@ -51,8 +53,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ExecutionVertexInputInfo", "GraphValidationError", "IndexRange", "InputGateDeploymentDescriptor",
-    "IntermediateDataSet", "JobEdge", "JobFailedError", "JobGraph", "JobResult", "JobVertex",
-    "Partitioning", "ProcessRunner", "RayRunner", "ResultPartitionDeploymentDescriptor", "Runner",
+    "IntermediateDataSet", "JobEdge", "JobFailedError", "JobGraph", "JobHandle", "JobResult", "JobVertex",
+    "Partitioning", "ProcessRunner", "RayRunner", "ReportCallback", "ResultPartitionDeploymentDescriptor",
+    "Runner",
     "ShuffleDescriptor", "TaskContext", "TaskDeploymentDescriptor", "TaskFailure", "TaskFunction",
     "TaskResult", "ThreadRunner", "Worker", "WorkerLostError", "compute_consumed_subpartition_range",
     "compute_vertex_input_info_for_all_to_all", "compute_vertex_input_info_for_pointwise", "deploy",

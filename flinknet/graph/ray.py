@@ -14,6 +14,8 @@ returns.
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
 import threading
 import time
@@ -25,7 +27,9 @@ from flinknet.graph.jobgraph import JobGraph
 from flinknet.graph.runners import (
     ConfigLike,
     JobFailedError,
+    JobHandle,
     JobResult,
+    ReportCallback,
     Runner,
     TaskFailure,
     TaskKey,
@@ -44,7 +48,12 @@ try:
 except ImportError as _err:  # pragma: no cover (exercised only without the extra)
     raise ImportError("RayRunner needs Ray: pip install 'flinknet[ray]'") from _err
 
-__all__ = ["RayRunner"]
+__all__ = ["MAX_QUEUED_REPORTS", "RayRunner"]
+
+_log = logging.getLogger("flinknet.graph")
+
+#: Reports an actor holds for the driver (drained every 0.1 s) before it drops further ones.
+MAX_QUEUED_REPORTS = 10_000
 
 
 class _WorkerActor:
@@ -56,10 +65,29 @@ class _WorkerActor:
         # Bind to the node's address (so other nodes can connect) unless told otherwise.
         settings.setdefault("taskmanager.network.bind-host", self.node_ip)
         self.name = f"{name} (pid {os.getpid()} on {self.node_ip})"
-        self.worker = Worker(self.name, settings)
+        self._reports: collections.deque[tuple[TaskKey, Any]] = collections.deque()
+        self._dropped_reports = 0
+        self.worker = Worker(self.name, settings, report=self._report)
         self._outcomes: list[tuple[TaskKey, TaskResult | TaskFailure]] = []
         self._cond = threading.Condition()
         self._expected = 0
+
+    def _report(self, key: TaskKey, message: Any) -> None:
+        # Bounded: the driver drains every 0.1 s; a flood beyond MAX_QUEUED_REPORTS is dropped.
+        with self._cond:
+            if len(self._reports) >= MAX_QUEUED_REPORTS:
+                self._dropped_reports += 1
+                return
+            self._reports.append((key, message))
+
+    def take_reports(self) -> tuple[list[tuple[TaskKey, Any]], int]:
+        with self._cond:
+            reports, self._reports = list(self._reports), collections.deque()
+            dropped, self._dropped_reports = self._dropped_reports, 0
+        return reports, dropped
+
+    def deliver(self, key: TaskKey, message: Any) -> bool:
+        return self.worker.deliver(key, message)
 
     def start(self) -> tuple[Address, int, str]:
         return self.worker.address, os.getpid(), self.name
@@ -123,25 +151,30 @@ class RayRunner(Runner):
         #: the PIDs of the last run's actor processes (all gone when run() returns).
         self.last_pids: list[int] = []
 
-    def run(self, graph: JobGraph, functions: Mapping[str, TaskFunction],
-            timeout: float | None = None) -> JobResult:
-        """Deploy and run ``graph`` on the Ray cluster."""
-        timeout = _check_timeout(timeout)
-        _check_functions(graph, functions)
-        order = graph.vertices_in_topological_order()
-        started_ray = False
-        if not ray.is_initialized():
-            ray.init(address=self.address, **self.init_kwargs)
-            started_ray = True
+    def run(self, graph: JobGraph, functions: Mapping[str, TaskFunction], timeout: float | None = None,
+            on_report: ReportCallback | None = None) -> JobResult:
+        """Deploy and run ``graph`` on the Ray cluster; if this call initialized Ray, it shuts
+        Ray down before it returns."""
+        started_ray = not ray.is_initialized()
         try:
-            return self._run(graph, functions, order, timeout)
+            return self.start(graph, functions, timeout, on_report).result()
         finally:
-            if started_ray:
+            if started_ray and ray.is_initialized():
                 ray.shutdown()
 
-    def _run(self, graph: JobGraph, functions: Mapping[str, TaskFunction], order: list[Any],
-             timeout: float | None) -> JobResult:
-        keys = [(v.name, i) for v in order for i in range(v.parallelism)]
+    def start(self, graph: JobGraph, functions: Mapping[str, TaskFunction], timeout: float | None = None,
+              on_report: ReportCallback | None = None) -> JobHandle:
+        """Initialize Ray if needed (``ray.init(address, **init_kwargs)``, left running), then
+        start the job (see :meth:`Runner.start`)."""
+        _check_functions(graph, functions)
+        graph.validate()
+        if not ray.is_initialized():
+            ray.init(address=self.address, **self.init_kwargs)
+        return super().start(graph, functions, timeout, on_report)
+
+    def _execute(self, handle: JobHandle, graph: JobGraph, functions: dict[str, TaskFunction],
+                 timeout: float | None, on_report: ReportCallback | None) -> JobResult:
+        keys = handle.keys
         n = len(keys) if self.actors is None else min(self.actors, len(keys))
         t0 = time.monotonic()
         deadline = None if timeout is None else t0 + timeout
@@ -160,7 +193,7 @@ class RayRunner(Runner):
             names = [name for _, _, name in starts]
             where = {k: starts[w][0] for w in range(n) for k in placed[w]}
             descriptors = deploy(graph, where)
-            fns = dict(functions)
+            fns = functions
             try:
                 ray.get([a.deploy.remote(graph, [descriptors[k] for k in placed[w]],
                                          {k[0]: fns[k[0]] for k in placed[w]})
@@ -169,10 +202,27 @@ class RayRunner(Runner):
                 raise JobFailedError(graph.name, [TaskFailure.of("deployment", err, "ray")]) from err
             t1 = time.monotonic()
             pending = {a.run.remote(): w for w, a in enumerate(actors)}
+            owner = {k: actors[w] for w in range(n) for k in placed[w]}
+
+            def route(key: TaskKey, message: Any) -> None:
+                owner[key].deliver.remote(key, message)
+
+            def cancel_all(reason: str) -> None:
+                for a in actors:
+                    a.cancel.remote(f"job {graph.name!r}: {reason}")
+
+            handle._set_running(route, cancel_all)
             results: dict[TaskKey, TaskResult] = {}
             failures: list[TaskFailure] = []
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=self._left(deadline))
+                wait_s = self._left(deadline)
+                if on_report is not None:
+                    wait_s = 0.1 if wait_s is None else min(wait_s, 0.1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
+                if on_report is not None:
+                    self._drain_reports(actors, on_report)
+                if not ready and (deadline is None or time.monotonic() < deadline):
+                    continue
                 if not ready:
                     for a in actors:
                         a.cancel.remote(f"job {graph.name!r} timed out after {timeout} s")
@@ -200,6 +250,8 @@ class RayRunner(Runner):
                     for other in pending.values():
                         actors[other].cancel.remote(f"job {graph.name!r} failed: {failures[0]}")
             run_s = time.monotonic() - t1
+            if on_report is not None:
+                self._drain_reports(actors, on_report)
             if failures:
                 raise JobFailedError(graph.name, failures) from _root_exception(failures)
             leaky = []
@@ -209,6 +261,21 @@ class RayRunner(Runner):
             return JobResult(graph.name, results, t1 - t0, run_s, leaky)
         finally:
             self._stop(actors)
+
+    @staticmethod
+    def _drain_reports(actors: list[Any], on_report: ReportCallback) -> None:
+        try:
+            batches = ray.get([a.take_reports.remote() for a in actors], timeout=10)
+        except RayError:
+            return                       # a dead actor: its failure is reported by its run()
+        for reports, dropped in batches:
+            if dropped:
+                _log.error("%d report(s) dropped: an actor held %d undelivered", dropped, MAX_QUEUED_REPORTS)
+            for key, message in reports:
+                try:
+                    on_report(key, message)
+                except Exception:  # noqa: BLE001 (the caller's callback must not stop the job)
+                    _log.exception("on_report raised for a report of %s", key)
 
     @staticmethod
     def _left(deadline: float | None) -> float | None:

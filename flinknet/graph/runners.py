@@ -16,6 +16,8 @@ processes are joined, then terminated and killed by PID if they do not exit.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -31,14 +33,15 @@ from typing import Any
 
 from flinknet.config import NetworkConfig
 from flinknet.environment import NetworkEnvironment
-from flinknet.errors import CancelTaskError, FlinknetError, TransportError
+from flinknet.errors import CancelTaskError, FlinknetError, IllegalStateError, TransportError
 from flinknet.graph.deployment import TaskDeploymentDescriptor, deploy
 from flinknet.graph.jobgraph import JobGraph
 from flinknet.graph.task import TaskContext, TaskFunction, TaskResult
 from flinknet.metrics import MetricRegistry
 from flinknet.types import Address
 
-__all__ = ["JobFailedError", "JobResult", "ProcessRunner", "Runner", "TaskFailure", "ThreadRunner"]
+__all__ = ["JobFailedError", "JobHandle", "JobResult", "ProcessRunner", "ReportCallback", "Runner",
+           "TaskFailure", "ThreadRunner", "Worker", "WorkerLostError"]
 
 _log = logging.getLogger("flinknet.graph")
 
@@ -176,8 +179,10 @@ class Worker:
     TaskManager with its slots, in Flink's terms). Used in this process by :class:`ThreadRunner`,
     in a child process by :class:`ProcessRunner` and in an actor by the Ray runner."""
 
-    def __init__(self, name: str, config: ConfigLike = None, metrics: bool = True) -> None:
+    def __init__(self, name: str, config: ConfigLike = None, metrics: bool = True,
+                 report: Callable[[TaskKey, Any], None] | None = None) -> None:
         self.name = name
+        self._report = report
         self.environment = NetworkEnvironment(config if config is not None else {})
         self.registry = MetricRegistry(start=False) if metrics else None
         self._contexts: dict[TaskKey, TaskContext] = {}
@@ -197,7 +202,16 @@ class Worker:
             ctx = TaskContext(graph, d, self.environment, self.registry)
             self._contexts[(d.vertex_name, d.subtask_index)] = ctx
             self._functions[(d.vertex_name, d.subtask_index)] = functions[d.vertex_name]
+            if self._report is not None:
+                ctx.reporter = functools.partial(self._report, (d.vertex_name, d.subtask_index))
             ctx.setup()
+
+    def deliver(self, key: TaskKey, message: Any) -> bool:
+        """Queue a control message for task ``key`` (see :meth:`TaskContext.deliver`)."""
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            raise KeyError(f"{self.name} runs no task {key!r}")
+        return ctx.deliver(message)
 
     def start(self, on_done: Callable[[TaskKey, TaskResult | TaskFailure], None]) -> None:
         """Run every task in its own thread; ``on_done(key, result or failure)`` from that thread."""
@@ -247,16 +261,137 @@ class Worker:
         return True
 
 
+ReportCallback = Callable[[TaskKey, Any], None]
+"""``on_report(task_key, message)``: receives what tasks send with :meth:`TaskContext.report`,
+called from a runner thread (not the caller's), so it must be quick and thread-safe."""
+
+
+class JobHandle:
+    """A job started by :meth:`Runner.start`: talk to its tasks while it runs, wait for its
+    result, or cancel it.
+
+    :meth:`send` / :meth:`broadcast` queue control messages that tasks read with
+    :meth:`TaskContext.poll_message` / :meth:`~TaskContext.next_message`; :meth:`result` waits
+    for the :class:`JobResult` (raising :class:`JobFailedError` or ``TimeoutError`` as
+    :meth:`Runner.run` does); :meth:`cancel` fails every task and makes :meth:`result` raise."""
+
+    def __init__(self, graph: JobGraph) -> None:
+        self.graph = graph
+        self.keys: list[TaskKey] = [(v.name, i) for v in graph.vertices_in_topological_order()
+                                    for i in range(v.parallelism)]
+        self._future: concurrent.futures.Future[JobResult] = concurrent.futures.Future()
+        self._deployed = threading.Event()
+        self._router: Callable[[TaskKey, Any], None] | None = None
+        self._canceller: Callable[[str], None] | None = None
+        self._cancel_reason: str | None = None
+        self._lock = threading.Lock()
+
+    # -- runner side ---------------------------------------------------------------------------
+
+    def _set_running(self, router: Callable[[TaskKey, Any], None], canceller: Callable[[str], None]) -> None:
+        with self._lock:
+            self._router, self._canceller = router, canceller
+            reason = self._cancel_reason
+        self._deployed.set()
+        if reason is not None:
+            canceller(reason)
+
+    def _finish(self, result: JobResult | None, error: BaseException | None) -> None:
+        with self._lock:
+            self._router = None
+        self._deployed.set()
+        if error is not None:
+            self._future.set_exception(error)
+        else:
+            assert result is not None
+            self._future.set_result(result)
+
+    # -- caller side ---------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """The job ended (finished, failed or cancelled)."""
+        return self._future.done()
+
+    def send(self, vertex: str, subtask: int, message: Any) -> None:
+        """Queue ``message`` for subtask ``subtask`` of ``vertex``; waits until the job is
+        deployed. Raises ``KeyError`` for an unknown task and
+        :class:`~flinknet.errors.IllegalStateError` once the job has ended."""
+        key = (vertex, subtask)
+        if key not in self.keys:
+            raise KeyError(f"job {self.graph.name!r} has no subtask {subtask} of {vertex!r}")
+        self._deployed.wait()
+        with self._lock:
+            router = self._router
+        if router is None:
+            raise IllegalStateError(f"job {self.graph.name!r} has ended")
+        router(key, message)
+
+    def broadcast(self, message: Any, vertex: str | None = None) -> None:
+        """:meth:`send` ``message`` to every subtask (of ``vertex`` if given)."""
+        keys = [k for k in self.keys if vertex is None or k[0] == vertex]
+        if not keys:
+            raise KeyError(f"job {self.graph.name!r} has no vertex {vertex!r}")
+        for vertex_name, subtask in keys:
+            self.send(vertex_name, subtask, message)
+
+    def result(self, timeout: float | None = None) -> JobResult:
+        """Wait for the job (at most ``timeout`` seconds: ``TimeoutError``, the job goes on)."""
+        try:
+            return self._future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if self._future.done():
+                raise
+            raise TimeoutError(f"job {self.graph.name!r} still running after {timeout} s") from None
+
+    def cancel(self, reason: str = "cancelled by the caller") -> None:
+        """Cancel every task; :meth:`result` then raises :class:`JobFailedError`."""
+        with self._lock:
+            canceller = self._canceller
+            if canceller is None:
+                self._cancel_reason = reason
+        if canceller is not None:
+            canceller(reason)
+
+
 class Runner(ABC):
-    """Runs a job graph: ``run(graph, functions, timeout=None) → JobResult``; ``functions`` maps
-    every vertex name to the :data:`~flinknet.graph.TaskFunction` its subtasks run. Raises
-    :class:`JobFailedError` if a task fails, ``TimeoutError`` (after cancelling everything) if
-    the job does not finish within ``timeout`` seconds."""
+    """Runs a job graph: ``run(graph, functions, timeout=None, on_report=None) → JobResult``, or
+    ``start(...)`` → :class:`JobHandle` to talk to the tasks while the job runs. ``functions``
+    maps every vertex name to the :data:`~flinknet.graph.TaskFunction` its subtasks run.
+    Raises :class:`JobFailedError` if a task fails, ``TimeoutError`` (after cancelling
+    everything) if the job does not finish within ``timeout`` seconds; a bad graph or missing
+    function raises at once, before anything starts."""
+
+    def run(self, graph: JobGraph, functions: Mapping[str, TaskFunction], timeout: float | None = None,
+            on_report: ReportCallback | None = None) -> JobResult:
+        """Deploy and run ``graph``, wait for it to end; see the class documentation."""
+        return self.start(graph, functions, timeout, on_report).result()
+
+    def start(self, graph: JobGraph, functions: Mapping[str, TaskFunction], timeout: float | None = None,
+              on_report: ReportCallback | None = None) -> JobHandle:
+        """Check the arguments, then deploy and run ``graph`` in a background thread."""
+        timeout = _check_timeout(timeout)
+        _check_functions(graph, functions)
+        if on_report is not None and not callable(on_report):
+            raise TypeError("on_report must be callable")
+        handle = JobHandle(graph)          # validates the graph
+        fns = dict(functions)
+
+        def body() -> None:
+            try:
+                result = self._execute(handle, graph, fns, timeout, on_report)
+            except BaseException as err:  # noqa: BLE001 (handed to the caller)
+                handle._finish(None, err)
+            else:
+                handle._finish(result, None)
+
+        threading.Thread(target=body, name=f"flinknet job {graph.name}", daemon=True).start()
+        return handle
 
     @abstractmethod
-    def run(self, graph: JobGraph, functions: Mapping[str, TaskFunction],
-            timeout: float | None = None) -> JobResult:
-        """Deploy and run ``graph``; see the class documentation."""
+    def _execute(self, handle: JobHandle, graph: JobGraph, functions: dict[str, TaskFunction],
+                 timeout: float | None, on_report: ReportCallback | None) -> JobResult:
+        """Deploy and run; call ``handle._set_running`` once deployed."""
 
 
 class _Outcomes:
@@ -298,14 +433,11 @@ class ThreadRunner(Runner):
     def __init__(self, config: ConfigLike = None) -> None:
         self.config = config
 
-    def run(self, graph: JobGraph, functions: Mapping[str, TaskFunction],
-            timeout: float | None = None) -> JobResult:
-        """Deploy and run ``graph`` in this process."""
-        timeout = _check_timeout(timeout)
-        _check_functions(graph, functions)
-        graph.validate()
+    def _execute(self, handle: JobHandle, graph: JobGraph, functions: dict[str, TaskFunction],
+                 timeout: float | None, on_report: ReportCallback | None) -> JobResult:
         t0 = time.monotonic()
-        worker = Worker("this process", self.config)
+        report = None if on_report is None else functools.partial(_call_report, on_report)
+        worker = Worker("this process", self.config, report=report)
         ok = False
         try:
             descriptors = deploy(graph, lambda v, i: worker.address)
@@ -313,6 +445,8 @@ class ThreadRunner(Runner):
             t1 = time.monotonic()
             outcomes = _Outcomes(len(descriptors), lambda f: worker.cancel(f"job {graph.name!r} failed: {f}"))
             worker.start(outcomes.add)
+            handle._set_running(lambda key, msg: None if worker.deliver(key, msg) else None,
+                                lambda reason: worker.cancel(f"job {graph.name!r}: {reason}"))
             if not outcomes.wait(timeout):
                 worker.cancel(f"job {graph.name!r} timed out after {timeout} s")
                 worker.join(5.0)
@@ -342,11 +476,6 @@ def _worker_main(conn: multiprocessing.connection.Connection, name: str, config:
     """A ProcessRunner worker: start an environment, report its address, deploy what the parent
     sends, run on its word, report each task's outcome, close when told or when done."""
     name = f"{name} (pid {os.getpid()})"
-    try:
-        worker = Worker(name, config)
-    except BaseException as err:  # noqa: BLE001 (reported to the parent)
-        conn.send(("error", TaskFailure.of(name, err, name).portable()))
-        return
     send_lock = threading.Lock()
 
     def send(msg: tuple[Any, ...]) -> None:
@@ -355,6 +484,19 @@ def _worker_main(conn: multiprocessing.connection.Connection, name: str, config:
                 conn.send(msg)
             except (OSError, EOFError):
                 pass
+
+    def report(key: TaskKey, message: Any) -> None:
+        try:
+            data = pickle.dumps(message)
+        except Exception as err:  # noqa: BLE001 (any object may fail to pickle)
+            raise TypeError(f"a report must be picklable to cross processes: {err}") from err
+        send(("report", key, data))
+
+    try:
+        worker = Worker(name, config, report=report)
+    except BaseException as err:  # noqa: BLE001 (reported to the parent)
+        conn.send(("error", TaskFailure.of(name, err, name).portable()))
+        return
 
     try:
         send(("address", worker.address, os.getpid()))
@@ -388,7 +530,9 @@ def _worker_main(conn: multiprocessing.connection.Connection, name: str, config:
             if finished.is_alive() and not conn.poll(0.05):
                 continue
             msg = conn.recv()
-            if msg[0] == "cancel":
+            if msg[0] == "control":
+                worker.deliver(msg[1], msg[2])
+            elif msg[0] == "cancel":
                 worker.cancel(msg[1])
             elif msg[0] == "close":
                 break
@@ -408,7 +552,16 @@ class _Proc:
     keys: list[TaskKey]
     address: Address | None = None
     pid: int | None = None
-    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, msg: tuple[Any, ...]) -> bool:
+        """Send from any thread; False if the worker is gone."""
+        with self.lock:
+            try:
+                self.conn.send(msg)
+                return True
+            except (OSError, EOFError, ValueError):
+                return False
 
 
 class ProcessRunner(Runner):
@@ -441,19 +594,15 @@ class ProcessRunner(Runner):
         #: PIDs of the last run's workers (all exited when run() returns).
         self.last_pids: list[int] = []
 
-    def run(self, graph: JobGraph, functions: Mapping[str, TaskFunction],
-            timeout: float | None = None) -> JobResult:
-        """Deploy and run ``graph`` in worker processes."""
-        timeout = _check_timeout(timeout)
-        _check_functions(graph, functions)
-        order = graph.vertices_in_topological_order()
-        keys = [(v.name, i) for v in order for i in range(v.parallelism)]
+    def _execute(self, handle: JobHandle, graph: JobGraph, functions: dict[str, TaskFunction],
+                 timeout: float | None, on_report: ReportCallback | None) -> JobResult:
+        keys = handle.keys
         n = len(keys) if self.processes is None else min(self.processes, len(keys))
         mp: Any = multiprocessing.get_context(self.start_method)
         t0 = time.monotonic()
         procs: list[_Proc] = []
-        outcomes: _Outcomes | None = None
         deadline = None if timeout is None else t0 + timeout
+        self.last_pids = []
         try:
             for w in range(n):
                 parent, child = mp.Pipe()
@@ -472,47 +621,39 @@ class ProcessRunner(Runner):
                 p.name = f"worker {procs.index(p)} (pid {p.pid})"
             where = {k: p.address for p in procs for k in p.keys}
             descriptors = deploy(graph, where)
-            fns = dict(functions)
             for p in procs:
-                p.conn.send(("deploy", graph, [descriptors[k] for k in p.keys],
-                             {k[0]: fns[k[0]] for k in p.keys}))
+                p.send(("deploy", graph, [descriptors[k] for k in p.keys],
+                        {k[0]: functions[k[0]] for k in p.keys}))
             for p in procs:
                 msg = self._recv(p, deadline, "deploy", graph)
                 if msg[0] == "error":
                     raise JobFailedError(graph.name, [msg[1]])
             t1 = time.monotonic()
             for p in procs:
-                p.conn.send(("run",))
+                p.send(("run",))
+            owner = {k: p for p in procs for k in p.keys}
 
-            def cancel_all(failure: TaskFailure) -> None:
+            def cancel_all(reason: str) -> None:
                 for q in procs:
-                    try:
-                        q.conn.send(("cancel", f"job {graph.name!r} failed: {failure}"))
-                    except OSError:
-                        pass
+                    q.send(("cancel", reason))
 
-            outcomes = _Outcomes(len(keys), cancel_all)
-            if not self._collect(procs, outcomes, deadline, graph):
-                for p in procs:
-                    try:
-                        p.conn.send(("cancel", f"job {graph.name!r} timed out after {timeout} s"))
-                        p.conn.send(("close",))
-                    except OSError:
-                        pass
+            def route(key: TaskKey, message: Any) -> None:
+                if not owner[key].send(("control", key, message)):
+                    raise IllegalStateError(f"{owner[key].name} running {key} is gone")
+
+            outcomes = _Outcomes(len(keys), lambda f: cancel_all(f"job {graph.name!r} failed: {f}"))
+            handle._set_running(route, lambda reason: cancel_all(f"job {graph.name!r}: {reason}"))
+            if not self._collect(procs, outcomes, deadline, graph, on_report):
+                cancel_all(f"job {graph.name!r} timed out after {timeout} s")
                 raise TimeoutError(f"job {graph.name!r} did not finish within {timeout} s "
                                    f"({outcomes.done} of {len(keys)} tasks done)")
             run_s = time.monotonic() - t1
-            failed = bool(outcomes.failures)
-            for p in procs:
-                try:
-                    p.conn.send(("close",) if not failed else ("cancel", "job failed"))
-                    if failed:
-                        p.conn.send(("close",))
-                except OSError:
-                    pass
-            if failed:
+            if outcomes.failures:
+                cancel_all("job failed")
                 raise JobFailedError(graph.name, outcomes.failures) from _root_exception(outcomes.failures)
-            leaky = self._wait_closed(procs)
+            for p in procs:
+                p.send(("close",))
+            leaky = self._wait_closed(procs, on_report)
             return JobResult(graph.name, outcomes.results, t1 - t0, run_s, leaky)
         finally:
             self._stop(procs)
@@ -534,7 +675,7 @@ class ProcessRunner(Runner):
                                                       str(err), "", p.name, err)])
 
     def _collect(self, procs: list[_Proc], outcomes: _Outcomes, deadline: float | None,
-                 graph: JobGraph) -> bool:
+                 graph: JobGraph, on_report: ReportCallback | None) -> bool:
         live: dict[int, _Proc] = {p.conn.fileno(): p for p in procs}
         sentinels: dict[int, _Proc] = {p.process.sentinel: p for p in procs}
         reported: dict[str, set[TaskKey]] = {p.name: set() for p in procs}
@@ -555,6 +696,8 @@ class ProcessRunner(Runner):
                     if msg[0] in ("done", "failed"):
                         reported[p.name].add(msg[1])
                         outcomes.add(msg[1], msg[2])
+                    elif msg[0] == "report":
+                        _deliver_report(on_report, msg[1], msg[2])
                     continue
                 assert isinstance(r, int)
                 p = sentinels.pop(r)
@@ -570,6 +713,8 @@ class ProcessRunner(Runner):
                     if msg[0] in ("done", "failed"):
                         reported[p.name].add(msg[1])
                         outcomes.add(msg[1], msg[2])
+                    elif msg[0] == "report":
+                        _deliver_report(on_report, msg[1], msg[2])
                 p.process.join(1.0)
                 code = p.process.exitcode
                 how = f"signal {-code}" if code is not None and code < 0 else f"code {code}"
@@ -581,13 +726,15 @@ class ProcessRunner(Runner):
                                                       str(err), "", p.name, err))
         return True
 
-    def _wait_closed(self, procs: list[_Proc]) -> list[str]:
+    def _wait_closed(self, procs: list[_Proc], on_report: ReportCallback | None) -> list[str]:
         leaky = []
         for p in procs:
             try:
                 while p.conn.poll(self.join_timeout):
                     msg = p.conn.recv()
-                    if msg[0] == "closed":
+                    if msg[0] == "report":
+                        _deliver_report(on_report, msg[1], msg[2])
+                    elif msg[0] == "closed":
                         if not msg[1]:
                             leaky.append(p.name)
                         break
@@ -597,10 +744,7 @@ class ProcessRunner(Runner):
 
     def _stop(self, procs: list[_Proc]) -> None:
         for p in procs:
-            try:
-                p.conn.send(("close",))
-            except OSError:
-                pass
+            p.send(("close",))
         deadline = time.monotonic() + self.join_timeout
         for p in procs:
             p.process.join(max(0.0, deadline - time.monotonic()))
@@ -613,3 +757,15 @@ class ProcessRunner(Runner):
                 p.process.kill()
                 p.process.join(5.0)
             p.conn.close()
+
+
+def _deliver_report(on_report: ReportCallback | None, key: TaskKey, data: bytes) -> None:
+    if on_report is not None:
+        _call_report(on_report, key, pickle.loads(data))
+
+
+def _call_report(on_report: ReportCallback, key: TaskKey, message: Any) -> None:
+    try:
+        on_report(key, message)
+    except Exception:  # noqa: BLE001 (the caller's callback must not stop the job)
+        _log.exception("on_report raised for a report of %s", key)

@@ -14,6 +14,8 @@ Name map (Flink → flinknet): ``Task`` / ``RuntimeContext`` → :class:`TaskCon
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +33,14 @@ from flinknet.partition import ResultPartition
 from flinknet.partitioners import BroadcastPartitioner
 from flinknet.writer import RecordWriter, RecordWriterBuilder
 
-__all__ = ["TaskContext", "TaskFunction", "TaskResult"]
+__all__ = ["MAX_QUEUED_MESSAGES", "TaskContext", "TaskFunction", "TaskResult"]
+
+_log = logging.getLogger("flinknet.graph")
+
+_WAKE_UP = object()   # put in the inbox by cancel()
+
+#: Control messages a task's inbox holds before further ones are dropped (and logged).
+MAX_QUEUED_MESSAGES = 1024
 
 TaskFunction = Callable[["TaskContext"], Any]
 """A subtask's code: called with its :class:`TaskContext`; its return value is the subtask's
@@ -106,6 +115,11 @@ class TaskContext:
         self._state = "created"
         self._cancel_cause: BaseException | None = None
         self._cancel_lock = threading.Lock()
+        self._inbox: queue.Queue[Any] = queue.Queue(MAX_QUEUED_MESSAGES)
+        #: control messages dropped because the inbox was full (the task did not read them).
+        self.dropped_messages = 0
+        #: where :meth:`report` sends (set by the runner's worker; None: reports are dropped).
+        self.reporter: Callable[[Any], None] | None = None
 
     # -- who ---------------------------------------------------------------------------------
 
@@ -263,6 +277,57 @@ class TaskContext:
                 self.metrics.register_reader(self._union)
         return self._union
 
+    # -- talking to the driver -----------------------------------------------------------------
+
+    def report(self, message: Any) -> None:
+        """Send ``message`` to the driver: the ``on_report(task_key, message)`` callback given to
+        :meth:`~flinknet.graph.Runner.start` or ``run`` (progress, metrics, ...). It must be
+        picklable for the process and Ray runners; it does not block on the driver."""
+        reporter = self.reporter
+        if reporter is not None:
+            reporter(message)
+
+    def poll_message(self) -> Any | None:
+        """The next control message the driver sent (:meth:`~flinknet.graph.JobHandle.send`),
+        or None if there is none; raises :class:`~flinknet.errors.CancelTaskError` once the
+        task is cancelled."""
+        self._check_not_cancelled()
+        try:
+            message = self._inbox.get_nowait()
+        except queue.Empty:
+            return None
+        return self._message(message)
+
+    def next_message(self, timeout: float | None = None) -> Any | None:
+        """The next control message, waiting up to ``timeout`` seconds (None: until one comes);
+        None at the timeout; :class:`~flinknet.errors.CancelTaskError` if the task is cancelled
+        (also while it waits)."""
+        self._check_not_cancelled()
+        try:
+            message = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        return self._message(message)
+
+    def _message(self, message: Any) -> Any:
+        if message is _WAKE_UP:
+            self._check_not_cancelled()
+            return None
+        return message
+
+    def deliver(self, message: Any) -> bool:
+        """Queue a control message for the task (called by the runner); False, logged, if its
+        inbox is full (:data:`MAX_QUEUED_MESSAGES` unread)."""
+        try:
+            self._inbox.put_nowait(message)
+            return True
+        except queue.Full:
+            self.dropped_messages += 1
+            if self.dropped_messages in (1, 10, 100) or self.dropped_messages % 1000 == 0:
+                _log.error("%s: %d control message(s) dropped: its inbox holds %d unread",
+                           self.task_name, self.dropped_messages, MAX_QUEUED_MESSAGES)
+            return False
+
     # -- running -------------------------------------------------------------------------------
 
     def run(self, function: TaskFunction) -> TaskResult:
@@ -362,5 +427,9 @@ class TaskContext:
             p.fail(self._cancel_cause)
         for g in self._gates.values():
             g.close()
+        try:
+            self._inbox.put_nowait(_WAKE_UP)     # wakes next_message(); a full inbox never blocks it
+        except queue.Full:
+            pass
         if not running:
             self._release(self._cancel_cause)

@@ -138,3 +138,21 @@ def join_two(ctx: TaskContext) -> tuple[int, int, int]:
 
 def union_all(ctx: TaskContext) -> int:
     return sum(ctx.union_reader())
+
+
+def echo(ctx: TaskContext) -> list[Any]:
+    """Reports 'ready', then echoes every control message back as a report until 'stop'."""
+    ctx.report(("ready", ctx.subtask_index))
+    seen = []
+    while True:
+        msg = ctx.next_message(timeout=60)
+        if msg is None or msg == "stop":
+            return seen
+        seen.append(msg)
+        ctx.report(("echo", ctx.subtask_index, msg))
+
+
+def echo_source(ctx: TaskContext) -> list[Any]:
+    seen = echo(ctx)
+    ctx.writer().emit_batch([1, 2, 3])
+    return seen
