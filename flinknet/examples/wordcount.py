@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from flinknet.graph import JobGraph, ProcessRunner, Runner, TaskContext, ThreadRunner
+from flinknet.graph import JobGraph, ProcessRunner, Runner, TaskContext, TaskFunction, ThreadRunner
 
 WORDS = ("the quick brown fox jumps over the lazy dog while the network stack moves every record "
          "exactly once between tasks threads processes and hosts with bounded memory and real "
@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lines", type=int, default=20_000)
     args = parser.parse_args(argv)
     graph = build(args.sources, args.counters)
-    functions = {"read": functools.partial(read, lines=args.lines), "count": count, "collect": collect}
+    functions: dict[str, TaskFunction] = {"read": functools.partial(read, lines=args.lines), "count": count,
+                                          "collect": collect}
     started = time.monotonic()
     result = make_runner(args.runner).run(graph, functions, timeout=300)
     (counts,) = result.results("collect")

@@ -35,9 +35,9 @@ from flinknet.graph.runners import (
     TaskKey,
     Worker,
     WorkerLostError,
-    _check_functions,
-    _check_timeout,
-    _root_exception,
+    check_functions,
+    check_timeout,
+    root_exception,
 )
 from flinknet.graph.task import TaskFunction, TaskResult
 from flinknet.types import Address
@@ -147,7 +147,7 @@ class RayRunner(Runner):
         self.num_cpus = float(num_cpus)
         self.address = address
         self.init_kwargs = dict(init_kwargs or {})
-        self.join_timeout = _check_timeout(join_timeout) or 30.0
+        self.join_timeout = check_timeout(join_timeout) or 30.0
         #: the PIDs of the last run's actor processes (all gone when run() returns).
         self.last_pids: list[int] = []
 
@@ -166,7 +166,7 @@ class RayRunner(Runner):
               on_report: ReportCallback | None = None) -> JobHandle:
         """Initialize Ray if needed (``ray.init(address, **init_kwargs)``, left running), then
         start the job (see :meth:`Runner.start`)."""
-        _check_functions(graph, functions)
+        check_functions(graph, functions)
         graph.validate()
         if not ray.is_initialized():
             ray.init(address=self.address, **self.init_kwargs)
@@ -211,7 +211,7 @@ class RayRunner(Runner):
                 for a in actors:
                     a.cancel.remote(f"job {graph.name!r}: {reason}")
 
-            handle._set_running(route, cancel_all)
+            handle.attach(route, cancel_all)
             results: dict[TaskKey, TaskResult] = {}
             failures: list[TaskFailure] = []
             while pending:
@@ -253,7 +253,7 @@ class RayRunner(Runner):
             if on_report is not None:
                 self._drain_reports(actors, on_report)
             if failures:
-                raise JobFailedError(graph.name, failures) from _root_exception(failures)
+                raise JobFailedError(graph.name, failures) from root_exception(failures)
             leaky = []
             for w, whole in enumerate(ray.get([a.close.remote() for a in actors], timeout=self.join_timeout)):
                 if not whole:

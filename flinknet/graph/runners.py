@@ -46,6 +46,9 @@ __all__ = ["JobFailedError", "JobHandle", "JobResult", "ProcessRunner", "ReportC
 _log = logging.getLogger("flinknet.graph")
 
 TaskKey = tuple[str, int]
+
+#: Seconds a worker of a finished job waits for its consumers' last releases before it closes.
+CONSUMED_GRACE_S = 2.0
 ConfigLike = NetworkConfig | Mapping[str, object] | None
 
 
@@ -152,7 +155,8 @@ class JobResult:
         return sum(r.num_records_in for k, r in self.tasks.items() if k[0] == vertex)
 
 
-def _check_functions(graph: JobGraph, functions: Mapping[str, TaskFunction]) -> None:
+def check_functions(graph: JobGraph, functions: Mapping[str, TaskFunction]) -> None:
+    """Raise if ``functions`` does not give exactly one callable per vertex of ``graph``."""
     if not isinstance(functions, Mapping):
         raise TypeError("functions must map vertex names to callables")
     names = {v.name for v in graph.vertices}
@@ -166,7 +170,8 @@ def _check_functions(graph: JobGraph, functions: Mapping[str, TaskFunction]) -> 
         raise KeyError(f"no function for vertex(es) {', '.join(map(repr, missing))} of job {graph.name!r}")
 
 
-def _check_timeout(timeout: float | None) -> float | None:
+def check_timeout(timeout: float | None) -> float | None:
+    """``timeout`` as a float (None stays None); ValueError unless positive."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
@@ -249,7 +254,10 @@ class Worker:
         for ctx in self._contexts.values():
             ctx.cancel(CancelTaskError(f"{ctx.task_name} never ran"))
         env = self.environment
-        env.close(timeout=0)
+        # After a success every consumer has ended, but its last release (a remote channel's
+        # CancelPartitionRequest) may still be on the wire: wait briefly for it, not the full
+        # close timeout. After a cancellation nothing is waited for.
+        env.close(timeout=0 if self._cancelled.is_set() else CONSUMED_GRACE_S)
         pool = env.network_buffer_pool
         deadline = time.monotonic() + 2.0
         while not pool.is_whole and time.monotonic() < deadline:
@@ -288,7 +296,9 @@ class JobHandle:
 
     # -- runner side ---------------------------------------------------------------------------
 
-    def _set_running(self, router: Callable[[TaskKey, Any], None], canceller: Callable[[str], None]) -> None:
+    def attach(self, router: Callable[[TaskKey, Any], None], canceller: Callable[[str], None]) -> None:
+        """For runners: the job is deployed; ``router(key, message)`` delivers control
+        messages, ``canceller(reason)`` cancels every task."""
         with self._lock:
             self._router, self._canceller = router, canceller
             reason = self._cancel_reason
@@ -370,8 +380,8 @@ class Runner(ABC):
     def start(self, graph: JobGraph, functions: Mapping[str, TaskFunction], timeout: float | None = None,
               on_report: ReportCallback | None = None) -> JobHandle:
         """Check the arguments, then deploy and run ``graph`` in a background thread."""
-        timeout = _check_timeout(timeout)
-        _check_functions(graph, functions)
+        timeout = check_timeout(timeout)
+        check_functions(graph, functions)
         if on_report is not None and not callable(on_report):
             raise TypeError("on_report must be callable")
         handle = JobHandle(graph)          # validates the graph
@@ -391,7 +401,7 @@ class Runner(ABC):
     @abstractmethod
     def _execute(self, handle: JobHandle, graph: JobGraph, functions: dict[str, TaskFunction],
                  timeout: float | None, on_report: ReportCallback | None) -> JobResult:
-        """Deploy and run; call ``handle._set_running`` once deployed."""
+        """Deploy and run; call ``handle.attach`` once deployed."""
 
 
 class _Outcomes:
@@ -445,7 +455,7 @@ class ThreadRunner(Runner):
             t1 = time.monotonic()
             outcomes = _Outcomes(len(descriptors), lambda f: worker.cancel(f"job {graph.name!r} failed: {f}"))
             worker.start(outcomes.add)
-            handle._set_running(lambda key, msg: None if worker.deliver(key, msg) else None,
+            handle.attach(lambda key, msg: None if worker.deliver(key, msg) else None,
                                 lambda reason: worker.cancel(f"job {graph.name!r}: {reason}"))
             if not outcomes.wait(timeout):
                 worker.cancel(f"job {graph.name!r} timed out after {timeout} s")
@@ -455,7 +465,7 @@ class ThreadRunner(Runner):
             worker.join()
             run_s = time.monotonic() - t1
             if outcomes.failures:
-                raise JobFailedError(graph.name, outcomes.failures) from _root_exception(outcomes.failures)
+                raise JobFailedError(graph.name, outcomes.failures) from root_exception(outcomes.failures)
             ok = True
         finally:
             if not ok:
@@ -464,7 +474,8 @@ class ThreadRunner(Runner):
         return JobResult(graph.name, outcomes.results, t1 - t0, run_s, [] if whole else [worker.name])
 
 
-def _root_exception(failures: Sequence[TaskFailure]) -> BaseException | None:
+def root_exception(failures: Sequence[TaskFailure]) -> BaseException | None:
+    """The exception of the root cause among ``failures`` (None if it stayed in its worker)."""
     root = JobFailedError("", failures).root_cause
     return root.exception if root is not None else None
 
@@ -590,7 +601,7 @@ class ProcessRunner(Runner):
         self.processes = processes
         self.config = config
         self.start_method = start_method
-        self.join_timeout = _check_timeout(join_timeout) or 60.0
+        self.join_timeout = check_timeout(join_timeout) or 60.0
         #: PIDs of the last run's workers (all exited when run() returns).
         self.last_pids: list[int] = []
 
@@ -642,7 +653,7 @@ class ProcessRunner(Runner):
                     raise IllegalStateError(f"{owner[key].name} running {key} is gone")
 
             outcomes = _Outcomes(len(keys), lambda f: cancel_all(f"job {graph.name!r} failed: {f}"))
-            handle._set_running(route, lambda reason: cancel_all(f"job {graph.name!r}: {reason}"))
+            handle.attach(route, lambda reason: cancel_all(f"job {graph.name!r}: {reason}"))
             if not self._collect(procs, outcomes, deadline, graph, on_report):
                 cancel_all(f"job {graph.name!r} timed out after {timeout} s")
                 raise TimeoutError(f"job {graph.name!r} did not finish within {timeout} s "
@@ -650,7 +661,7 @@ class ProcessRunner(Runner):
             run_s = time.monotonic() - t1
             if outcomes.failures:
                 cancel_all("job failed")
-                raise JobFailedError(graph.name, outcomes.failures) from _root_exception(outcomes.failures)
+                raise JobFailedError(graph.name, outcomes.failures) from root_exception(outcomes.failures)
             for p in procs:
                 p.send(("close",))
             leaky = self._wait_closed(procs, on_report)
