@@ -87,7 +87,9 @@ def make_runner(name: str) -> Runner:
         return ProcessRunner(config=config)
     from flinknet.graph.ray import RayRunner  # needs the ray extra
 
-    return RayRunner(config=config, init_kwargs={
+    # A local cluster on this machine: its actors listen on loopback (on a real cluster leave the
+    # bind host out: each actor then binds to its node's address).
+    return RayRunner(config={**config, "taskmanager.network.bind-host": "127.0.0.1"}, init_kwargs={
         "num_cpus": 4, "_node_ip_address": "127.0.0.1", "include_dashboard": False,
         "logging_level": "WARNING", "log_to_driver": False})
 

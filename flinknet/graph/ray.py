@@ -14,7 +14,6 @@ returns.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import threading
@@ -22,9 +21,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from flinknet.errors import CancelTaskError
 from flinknet.graph.deployment import TaskDeploymentDescriptor, deploy
 from flinknet.graph.jobgraph import JobGraph
 from flinknet.graph.runners import (
+    CANCEL_GRACE_S,
     ConfigLike,
     JobFailedError,
     JobHandle,
@@ -35,6 +36,7 @@ from flinknet.graph.runners import (
     TaskKey,
     Worker,
     WorkerLostError,
+    call_report,
     check_functions,
     check_timeout,
     root_exception,
@@ -52,12 +54,17 @@ __all__ = ["MAX_QUEUED_REPORTS", "RayRunner"]
 
 _log = logging.getLogger("flinknet.graph")
 
-#: Reports an actor holds for the driver (drained every 0.1 s) before it drops further ones.
+#: Reports an actor holds for the driver (polled every 0.1 s) before it drops further ones.
 MAX_QUEUED_REPORTS = 10_000
 
 
 class _WorkerActor:
-    """The actor behind one worker (instantiated by Ray, in the actor's process)."""
+    """The actor behind one worker (instantiated by Ray, in the actor's process).
+
+    Single-threaded (Ray runs its method calls one at a time, in the order the driver made
+    them, so control messages keep their order): :meth:`run` starts the tasks in threads and
+    returns at once; the driver then calls :meth:`poll` every 0.1 s for the outcomes and reports
+    gathered since the last poll (a dead actor shows as an error of that call)."""
 
     def __init__(self, name: str, config: Mapping[str, object] | None) -> None:
         self.node_ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
@@ -65,53 +72,51 @@ class _WorkerActor:
         # Bind to the node's address (so other nodes can connect) unless told otherwise.
         settings.setdefault("taskmanager.network.bind-host", self.node_ip)
         self.name = f"{name} (pid {os.getpid()} on {self.node_ip})"
-        self._reports: collections.deque[tuple[TaskKey, Any]] = collections.deque()
+        self._lock = threading.Lock()
+        self._reports: list[tuple[TaskKey, Any]] = []
         self._dropped_reports = 0
-        self.worker = Worker(self.name, settings, report=self._report)
         self._outcomes: list[tuple[TaskKey, TaskResult | TaskFailure]] = []
-        self._cond = threading.Condition()
-        self._expected = 0
+        self._failed = False
+        self.worker = Worker(self.name, settings, report=self._report)
 
     def _report(self, key: TaskKey, message: Any) -> None:
         # Bounded: the driver drains every 0.1 s; a flood beyond MAX_QUEUED_REPORTS is dropped.
-        with self._cond:
+        with self._lock:
             if len(self._reports) >= MAX_QUEUED_REPORTS:
                 self._dropped_reports += 1
                 return
             self._reports.append((key, message))
 
-    def take_reports(self) -> tuple[list[tuple[TaskKey, Any]], int]:
-        with self._cond:
-            reports, self._reports = list(self._reports), collections.deque()
-            dropped, self._dropped_reports = self._dropped_reports, 0
-        return reports, dropped
-
-    def deliver(self, key: TaskKey, message: Any) -> bool:
-        return self.worker.deliver(key, message)
+    def _done(self, key: TaskKey, outcome: TaskResult | TaskFailure) -> None:
+        first_failure = False
+        with self._lock:
+            if isinstance(outcome, TaskFailure):
+                first_failure, self._failed = not self._failed, True
+                outcome = outcome.portable()
+            self._outcomes.append((key, outcome))
+        if first_failure:
+            # Fail this actor's other tasks at once; the driver cancels the other actors.
+            self.worker.cancel(f"a task failed on {self.name}: {outcome}")
 
     def start(self) -> tuple[Address, int, str]:
         return self.worker.address, os.getpid(), self.name
 
     def deploy(self, graph: JobGraph, descriptors: list[TaskDeploymentDescriptor],
                functions: Mapping[str, TaskFunction]) -> None:
-        self._expected = len(descriptors)
         self.worker.deploy(graph, descriptors, functions)
 
-    def run(self) -> list[tuple[TaskKey, TaskResult | TaskFailure]]:
-        def done(key: TaskKey, outcome: TaskResult | TaskFailure) -> None:
-            with self._cond:
-                first_failure = isinstance(outcome, TaskFailure) and not any(
-                    isinstance(o, TaskFailure) for _, o in self._outcomes)
-                self._outcomes.append((key, outcome))
-                self._cond.notify_all()
-            if first_failure:
-                # Fail this actor's other tasks at once; the driver cancels the other actors.
-                self.worker.cancel(f"a task failed on {self.name}: {outcome}")
+    def run(self) -> None:
+        self.worker.start(self._done)
 
-        self.worker.start(done)
-        with self._cond:
-            self._cond.wait_for(lambda: len(self._outcomes) >= self._expected)
-        return [(k, o.portable() if isinstance(o, TaskFailure) else o) for k, o in self._outcomes]
+    def poll(self) -> tuple[list[tuple[TaskKey, TaskResult | TaskFailure]], list[tuple[TaskKey, Any]], int]:
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, []
+            reports, self._reports = self._reports, []
+            dropped, self._dropped_reports = self._dropped_reports, 0
+        return outcomes, reports, dropped
+
+    def deliver(self, key: TaskKey, message: Any) -> bool:
+        return self.worker.deliver(key, message)
 
     def cancel(self, reason: str) -> None:
         self.worker.cancel(reason)
@@ -180,7 +185,7 @@ class RayRunner(Runner):
         deadline = None if timeout is None else t0 + timeout
         actor_cls: Any = ray.remote(_WorkerActor)
         placed = [keys[w::n] for w in range(n)]
-        options = actor_cls.options(num_cpus=self.num_cpus, max_concurrency=4, max_restarts=0)
+        options = actor_cls.options(num_cpus=self.num_cpus, max_restarts=0)
         actors: list[Any] = [options.remote(f"{graph.name} worker {w}", self.config) for w in range(n)]
         names = [f"{graph.name} worker {w}" for w in range(n)]
         self.last_pids = []
@@ -193,65 +198,78 @@ class RayRunner(Runner):
             names = [name for _, _, name in starts]
             where = {k: starts[w][0] for w in range(n) for k in placed[w]}
             descriptors = deploy(graph, where)
-            fns = functions
             try:
                 ray.get([a.deploy.remote(graph, [descriptors[k] for k in placed[w]],
-                                         {k[0]: fns[k[0]] for k in placed[w]})
+                                         {k[0]: functions[k[0]] for k in placed[w]})
                          for w, a in enumerate(actors)], timeout=self._left(deadline))
+                ray.get([a.run.remote() for a in actors], timeout=self._left(deadline))
             except (RayError, GetTimeoutError) as err:
                 raise JobFailedError(graph.name, [TaskFailure.of("deployment", err, "ray")]) from err
             t1 = time.monotonic()
-            pending = {a.run.remote(): w for w, a in enumerate(actors)}
             owner = {k: actors[w] for w in range(n) for k in placed[w]}
+            cancelled_at: list[float] = []
 
             def route(key: TaskKey, message: Any) -> None:
                 owner[key].deliver.remote(key, message)
 
             def cancel_all(reason: str) -> None:
+                if not cancelled_at:
+                    cancelled_at.append(time.monotonic())
                 for a in actors:
                     a.cancel.remote(f"job {graph.name!r}: {reason}")
 
             handle.attach(route, cancel_all)
             results: dict[TaskKey, TaskResult] = {}
             failures: list[TaskFailure] = []
-            while pending:
-                wait_s = self._left(deadline)
-                if on_report is not None:
-                    wait_s = 0.1 if wait_s is None else min(wait_s, 0.1)
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
-                if on_report is not None:
-                    self._drain_reports(actors, on_report)
-                if not ready and (deadline is None or time.monotonic() < deadline):
-                    continue
-                if not ready:
-                    for a in actors:
-                        a.cancel.remote(f"job {graph.name!r} timed out after {timeout} s")
+            live = set(range(n))
+            reported: set[TaskKey] = set()
+            while live and len(reported) < len(keys):
+                if deadline is not None and time.monotonic() >= deadline:
+                    cancel_all(f"timed out after {timeout} s")
                     raise TimeoutError(f"job {graph.name!r} did not finish within {timeout} s "
-                                       f"({len(results) + len(failures)} of {len(keys)} tasks done)")
-                ref = ready[0]
-                w = pending.pop(ref)
-                had_failure = bool(failures)
-                try:
-                    for key, outcome in ray.get(ref):
+                                       f"({len(reported)} of {len(keys)} tasks done)")
+                if cancelled_at and time.monotonic() - cancelled_at[0] > CANCEL_GRACE_S:
+                    for key in keys:
+                        if key not in reported:
+                            reported.add(key)
+                            task = graph.vertex(key[0]).task_name(key[1])
+                            failures.append(TaskFailure(
+                                task, "flinknet.errors.CancelTaskError",
+                                f"{task} did not stop within {CANCEL_GRACE_S:g} s of its cancellation",
+                                "", names[keys.index(key) % n], CancelTaskError(f"{task} did not stop")))
+                    break
+                time.sleep(0.1)
+                polls = {w: actors[w].poll.remote() for w in live}
+                for w, ref in polls.items():
+                    try:
+                        outcomes, reports, dropped = ray.get(ref, timeout=60)
+                    except (RayActorError, GetTimeoutError) as err:
+                        live.discard(w)
+                        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+                        for key in placed[w]:
+                            if key in reported:
+                                continue
+                            reported.add(key)
+                            task = graph.vertex(key[0]).task_name(key[1])
+                            lost = WorkerLostError(f"Ray actor {names[w]} running {task} died: {why}")
+                            failures.append(TaskFailure(task, "flinknet.graph.runners.WorkerLostError",
+                                                        str(lost), "", names[w], lost))
+                        continue
+                    if dropped:
+                        _log.error("%d report(s) dropped: %s held %d undelivered", dropped, names[w],
+                                   MAX_QUEUED_REPORTS)
+                    if on_report is not None:
+                        for key, message in reports:
+                            call_report(on_report, key, message)
+                    for key, outcome in outcomes:
+                        reported.add(key)
                         if isinstance(outcome, TaskFailure):
                             failures.append(outcome)
                         else:
                             results[key] = outcome
-                except RayActorError as err:
-                    why = str(err).splitlines()[0] if str(err) else type(err).__name__
-                    for key in placed[w]:
-                        task = graph.vertex(key[0]).task_name(key[1])
-                        lost = WorkerLostError(f"Ray actor {names[w]} running {task} died: {why}")
-                        failures.append(TaskFailure(task, "flinknet.graph.runners.WorkerLostError", str(lost),
-                                                    "", names[w], lost))
-                except RayError as err:
-                    failures.append(TaskFailure.of(names[w], err, names[w]))
-                if failures and not had_failure:
-                    for other in pending.values():
-                        actors[other].cancel.remote(f"job {graph.name!r} failed: {failures[0]}")
+                if failures and not cancelled_at:
+                    cancel_all(f"failed: {failures[0]}")
             run_s = time.monotonic() - t1
-            if on_report is not None:
-                self._drain_reports(actors, on_report)
             if failures:
                 raise JobFailedError(graph.name, failures) from root_exception(failures)
             leaky = []
@@ -261,21 +279,6 @@ class RayRunner(Runner):
             return JobResult(graph.name, results, t1 - t0, run_s, leaky)
         finally:
             self._stop(actors)
-
-    @staticmethod
-    def _drain_reports(actors: list[Any], on_report: ReportCallback) -> None:
-        try:
-            batches = ray.get([a.take_reports.remote() for a in actors], timeout=10)
-        except RayError:
-            return                       # a dead actor: its failure is reported by its run()
-        for reports, dropped in batches:
-            if dropped:
-                _log.error("%d report(s) dropped: an actor held %d undelivered", dropped, MAX_QUEUED_REPORTS)
-            for key, message in reports:
-                try:
-                    on_report(key, message)
-                except Exception:  # noqa: BLE001 (the caller's callback must not stop the job)
-                    _log.exception("on_report raised for a report of %s", key)
 
     @staticmethod
     def _left(deadline: float | None) -> float | None:

@@ -23,6 +23,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import signal
 import threading
 import time
 import traceback
@@ -49,6 +50,9 @@ TaskKey = tuple[str, int]
 
 #: Seconds a worker of a finished job waits for its consumers' last releases before it closes.
 CONSUMED_GRACE_S = 2.0
+#: Seconds a cancelled job waits for its tasks to stop; a task still running then (stuck in code
+#: that never touches flinknet) is abandoned and reported as not stopping.
+CANCEL_GRACE_S = 10.0
 ConfigLike = NetworkConfig | Mapping[str, object] | None
 
 
@@ -189,7 +193,10 @@ class Worker:
         self.name = name
         self._report = report
         self.environment = NetworkEnvironment(config if config is not None else {})
-        self.registry = MetricRegistry(start=False) if metrics else None
+        # Started: rates, busy/idle and back-pressure times are refreshed every second, as a
+        # TaskManager's are (the views need the updates; a snapshot of a never-updated registry
+        # reads 0 for every rate).
+        self.registry = MetricRegistry(update_interval=1.0) if metrics else None
         self._contexts: dict[TaskKey, TaskContext] = {}
         self._functions: dict[TaskKey, TaskFunction] = {}
         self._threads: list[threading.Thread] = []
@@ -204,7 +211,7 @@ class Worker:
                functions: Mapping[str, TaskFunction]) -> None:
         """Set up a task per descriptor: its partitions are registered when this returns."""
         for d in descriptors:
-            ctx = TaskContext(graph, d, self.environment, self.registry)
+            ctx = TaskContext(graph, d, self.environment, self.registry, tm_id=self.name)
             self._contexts[(d.vertex_name, d.subtask_index)] = ctx
             self._functions[(d.vertex_name, d.subtask_index)] = functions[d.vertex_name]
             if self._report is not None:
@@ -253,6 +260,8 @@ class Worker:
         network memory came back (logged as an error if not)."""
         for ctx in self._contexts.values():
             ctx.cancel(CancelTaskError(f"{ctx.task_name} never ran"))
+        if self.registry is not None:
+            self.registry.close()
         env = self.environment
         # After a success every consumer has ended, but its last release (a remote channel's
         # CancelPartitionRequest) may still be on the wire: wait briefly for it, not the full
@@ -405,18 +414,26 @@ class Runner(ABC):
 
 
 class _Outcomes:
-    """Collects task outcomes from any thread; the first failure triggers ``on_failure`` once."""
+    """Collects task outcomes from any thread; the first failure triggers ``on_failure`` once.
+    After a cancellation (:meth:`cancelled`), :meth:`wait` gives up :data:`CANCEL_GRACE_S` later
+    and :meth:`abandon` reports the tasks that never stopped."""
 
-    def __init__(self, expected: int, on_failure: Callable[[TaskFailure], None]) -> None:
+    def __init__(self, keys: Sequence[TaskKey], on_failure: Callable[[TaskFailure], None]) -> None:
         self.results: dict[TaskKey, TaskResult] = {}
         self.failures: list[TaskFailure] = []
-        self._expected = expected
+        self._keys = list(keys)
+        self._expected = len(self._keys)
+        self._reported: set[TaskKey] = set()
         self._on_failure = on_failure
         self._cond = threading.Condition()
+        self.cancelled_at: float | None = None
 
     def add(self, key: TaskKey, outcome: TaskResult | TaskFailure) -> None:
         first = False
         with self._cond:
+            if key in self._reported:
+                return                                  # abandoned before it reported
+            self._reported.add(key)
             if isinstance(outcome, TaskFailure):
                 first = not self.failures
                 self.failures.append(outcome)
@@ -424,15 +441,46 @@ class _Outcomes:
                 self.results[key] = outcome
             self._cond.notify_all()
         if first:
+            self.cancelled()
             self._on_failure(outcome)  # type: ignore[arg-type]
+
+    def cancelled(self) -> None:
+        """The job is being cancelled: start the grace period."""
+        with self._cond:
+            if self.cancelled_at is None:
+                self.cancelled_at = time.monotonic()
+            self._cond.notify_all()
 
     @property
     def done(self) -> int:
-        return len(self.results) + len(self.failures)
+        return len(self._reported)
+
+    def grace_over(self) -> bool:
+        return self.cancelled_at is not None and time.monotonic() - self.cancelled_at >= CANCEL_GRACE_S
 
     def wait(self, timeout: float | None) -> bool:
+        """Until every task reported (True), the grace after a cancellation ended (True: call
+        :meth:`abandon`) or ``timeout`` passed (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            return self._cond.wait_for(lambda: self.done >= self._expected, timeout)
+            while self.done < self._expected and not self.grace_over():
+                step = 0.5 if self.cancelled_at is not None else None
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    step = left if step is None else min(step, left)
+                self._cond.wait(step)
+            return True
+
+    def abandon(self, graph: JobGraph, where: Callable[[TaskKey], str]) -> None:
+        """Report every task that has not reported as one that did not stop when cancelled."""
+        for key in self._keys:
+            if key not in self._reported:
+                task = graph.vertex(key[0]).task_name(key[1])
+                err = CancelTaskError(f"{task} did not stop within {CANCEL_GRACE_S:g} s of its cancellation")
+                self.add(key, TaskFailure(task, "flinknet.errors.CancelTaskError", str(err), "", where(key),
+                                          err))
 
 
 class ThreadRunner(Runner):
@@ -446,23 +494,29 @@ class ThreadRunner(Runner):
     def _execute(self, handle: JobHandle, graph: JobGraph, functions: dict[str, TaskFunction],
                  timeout: float | None, on_report: ReportCallback | None) -> JobResult:
         t0 = time.monotonic()
-        report = None if on_report is None else functools.partial(_call_report, on_report)
+        report = None if on_report is None else functools.partial(call_report, on_report)
         worker = Worker("this process", self.config, report=report)
         ok = False
         try:
             descriptors = deploy(graph, lambda v, i: worker.address)
             worker.deploy(graph, descriptors.values(), functions)
             t1 = time.monotonic()
-            outcomes = _Outcomes(len(descriptors), lambda f: worker.cancel(f"job {graph.name!r} failed: {f}"))
+            outcomes = _Outcomes(list(descriptors),
+                                 lambda f: worker.cancel(f"job {graph.name!r} failed: {f}"))
             worker.start(outcomes.add)
-            handle.attach(lambda key, msg: None if worker.deliver(key, msg) else None,
-                                lambda reason: worker.cancel(f"job {graph.name!r}: {reason}"))
+
+            def cancel(reason: str) -> None:
+                outcomes.cancelled()
+                worker.cancel(f"job {graph.name!r}: {reason}")
+
+            handle.attach(lambda key, msg: None if worker.deliver(key, msg) else None, cancel)
             if not outcomes.wait(timeout):
                 worker.cancel(f"job {graph.name!r} timed out after {timeout} s")
                 worker.join(5.0)
                 raise TimeoutError(f"job {graph.name!r} did not finish within {timeout} s "
                                    f"({outcomes.done} of {len(descriptors)} tasks done)")
-            worker.join()
+            outcomes.abandon(graph, lambda key: worker.name)
+            worker.join(CANCEL_GRACE_S if outcomes.cancelled_at is not None else None)
             run_s = time.monotonic() - t1
             if outcomes.failures:
                 raise JobFailedError(graph.name, outcomes.failures) from root_exception(outcomes.failures)
@@ -487,6 +541,10 @@ def _worker_main(conn: multiprocessing.connection.Connection, name: str, config:
     """A ProcessRunner worker: start an environment, report its address, deploy what the parent
     sends, run on its word, report each task's outcome, close when told or when done."""
     name = f"{name} (pid {os.getpid()})"
+    # A terminal's Ctrl-C or hang-up reaches the whole process group: the driver decides what
+    # happens to the job (cancel it), not each worker on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     send_lock = threading.Lock()
 
     def send(msg: tuple[Any, ...]) -> None:
@@ -652,8 +710,13 @@ class ProcessRunner(Runner):
                 if not owner[key].send(("control", key, message)):
                     raise IllegalStateError(f"{owner[key].name} running {key} is gone")
 
-            outcomes = _Outcomes(len(keys), lambda f: cancel_all(f"job {graph.name!r} failed: {f}"))
-            handle.attach(route, lambda reason: cancel_all(f"job {graph.name!r}: {reason}"))
+            outcomes = _Outcomes(keys, lambda f: cancel_all(f"job {graph.name!r} failed: {f}"))
+
+            def cancel(reason: str) -> None:
+                outcomes.cancelled()
+                cancel_all(f"job {graph.name!r}: {reason}")
+
+            handle.attach(route, cancel)
             if not self._collect(procs, outcomes, deadline, graph, on_report):
                 cancel_all(f"job {graph.name!r} timed out after {timeout} s")
                 raise TimeoutError(f"job {graph.name!r} did not finish within {timeout} s "
@@ -691,9 +754,14 @@ class ProcessRunner(Runner):
         sentinels: dict[int, _Proc] = {p.process.sentinel: p for p in procs}
         reported: dict[str, set[TaskKey]] = {p.name: set() for p in procs}
         while outcomes.done < outcomes._expected:
+            if outcomes.grace_over():
+                outcomes.abandon(graph, lambda key: next(p.name for p in procs if key in p.keys))
+                return True
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
+            if outcomes.cancelled_at is not None:
+                remaining = 0.5 if remaining is None else min(remaining, 0.5)
             ready = multiprocessing.connection.wait(
                 [*(q.conn for q in live.values()), *sentinels], remaining)
             for r in ready:
@@ -772,10 +840,11 @@ class ProcessRunner(Runner):
 
 def _deliver_report(on_report: ReportCallback | None, key: TaskKey, data: bytes) -> None:
     if on_report is not None:
-        _call_report(on_report, key, pickle.loads(data))
+        call_report(on_report, key, pickle.loads(data))
 
 
-def _call_report(on_report: ReportCallback, key: TaskKey, message: Any) -> None:
+def call_report(on_report: ReportCallback, key: TaskKey, message: Any) -> None:
+    """Call ``on_report(key, message)``; an exception it raises is logged, never propagated."""
     try:
         on_report(key, message)
     except Exception:  # noqa: BLE001 (the caller's callback must not stop the job)

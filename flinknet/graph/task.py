@@ -71,7 +71,9 @@ class TaskContext:
     gates; the function then takes writers and readers by edge name (:meth:`writer`,
     :meth:`reader`, :meth:`union_reader`; with one edge, no name is needed); :meth:`run` calls
     the function and finishes or fails the partitions. With a ``registry`` the task's I/O
-    metrics are registered under Flink's task scope (``<job>.<vertex>.<subtask>``).
+    metrics are registered under Flink's task scope
+    (``<host>.taskmanager.<tm_id>.<job>.<vertex>.<subtask>``; host: the environment's address,
+    tm_id: the worker's name).
 
     A user function typically reads, transforms and writes::
 
@@ -83,7 +85,8 @@ class TaskContext:
     """
 
     def __init__(self, graph: JobGraph, descriptor: TaskDeploymentDescriptor,
-                 environment: NetworkEnvironment, registry: MetricRegistry | None = None) -> None:
+                 environment: NetworkEnvironment, registry: MetricRegistry | None = None,
+                 tm_id: str = "tm-0") -> None:
         if not isinstance(graph, JobGraph):
             raise TypeError(f"graph must be a JobGraph, got {type(graph).__name__}")
         if not isinstance(descriptor, TaskDeploymentDescriptor):
@@ -98,6 +101,7 @@ class TaskContext:
         self.environment = environment
         self.vertex = graph.vertex(descriptor.vertex_name)
         self._registry = registry
+        self._tm_id = tm_id
         self._partitions: dict[str, ResultPartition] = {}
         self._gates: dict[str, SingleInputGate] = {}
         self._writers: dict[str, RecordWriter] = {}
@@ -186,7 +190,8 @@ class TaskContext:
                     igd.channel_specs(), gate_index=igd.gate_index, owning_task_name=self.task_name)
             if self._registry is not None:
                 self._metric_group = self._registry.task_group(
-                    self.vertex_name, self.subtask_index, job_name=self.descriptor.job_name)
+                    self.vertex_name, self.subtask_index, job_name=self.descriptor.job_name,
+                    host=env.address[0], tm_id=self._tm_id)
                 self.metrics = TaskIOMetrics(self._metric_group)
         except BaseException as err:
             self._release(err)

@@ -156,3 +156,25 @@ def echo_source(ctx: TaskContext) -> list[Any]:
     seen = echo(ctx)
     ctx.writer().emit_batch([1, 2, 3])
     return seen
+
+
+def stubborn(ctx: TaskContext) -> None:
+    """Ignores cancellation: sleeps in code that never touches flinknet."""
+    if ctx.subtask_index == 0:
+        raise ValueError("first")
+    time.sleep(600)
+
+
+def metered_source(ctx: TaskContext) -> None:
+    """Emits for ~2.5 s so the started registry refreshes the task's rates."""
+    w = ctx.writer()
+    end = time.monotonic() + 2.5
+    while time.monotonic() < end:
+        w.emit_batch([(i, 1) for i in range(100)])
+        time.sleep(0.001)
+
+
+def rates(ctx: TaskContext) -> float:
+    n = sum(1 for _ in ctx.reader())
+    assert ctx.metrics is not None
+    return float(n)

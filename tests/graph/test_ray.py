@@ -10,7 +10,12 @@ ray = pytest.importorskip("ray")
 
 from flinknet.graph import JobFailedError, JobGraph, RayRunner, WorkerLostError  # noqa: E402
 from tests.graph import jobs  # noqa: E402
-from tests.graph.test_runners import SMALL, _gone  # noqa: E402
+from tests.graph.test_runners import SMALL as _SMALL  # noqa: E402
+from tests.graph.test_runners import _gone  # noqa: E402
+
+# Loopback only: Ray reports this machine's node address (not 127.0.0.1, even when asked), so the
+# actors' environments are bound to loopback explicitly.
+SMALL = {**_SMALL, "taskmanager.network.bind-host": "127.0.0.1"}
 
 
 @pytest.fixture(scope="module")

@@ -161,3 +161,28 @@ def test_cancel_task_error_is_a_consequence():
 
     assert TaskFailure.of("t", CancelTaskError("x"), "w").is_consequence
     assert not TaskFailure.of("t", ValueError("x"), "w").is_consequence
+
+
+@pytest.mark.parametrize("make", [RUNNERS[0], RUNNERS[1]])
+def test_a_task_that_ignores_its_cancellation_is_abandoned_after_the_grace(make, monkeypatch):
+    import flinknet.graph.runners as runners
+
+    monkeypatch.setattr(runners, "CANCEL_GRACE_S", 1.0)   # the ThreadRunner reads it here
+    g = JobGraph("stubborn")
+    g.add_vertex("t", 2)
+    started = time.monotonic()
+    with pytest.raises(JobFailedError) as info:
+        make().run(g, {"t": jobs.stubborn}, timeout=120)
+    assert info.value.root_cause.error_type == "ValueError"
+    stuck = [f for f in info.value.failures if f.task_name == "t (2/2)"]
+    assert stuck and "did not stop within" in stuck[0].message
+    assert time.monotonic() - started < 60
+
+
+def test_task_metrics_are_refreshed_while_the_job_runs():
+    g = JobGraph("metered")
+    g.connect(g.add_vertex("source", 1), g.add_vertex("sink", 1))
+    result = ThreadRunner(SMALL).run(g, {"source": jobs.metered_source, "sink": jobs.rates}, timeout=60)
+    metrics = result.tasks[("source", 0)].metrics
+    assert metrics["numRecordsOutPerSecond"] > 0          # a started registry updated the meter
+    assert result.tasks[("source", 0)].num_records_out == result.results("sink")[0]
