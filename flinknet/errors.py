@@ -18,7 +18,9 @@ The tree (builtin bases in parentheses, Flink's counterpart after the dash)::
     ├── BufferRequestTimeoutError (TimeoutError) - IOException("Timeout triggered when requesting
     │                                              exclusive buffers ...")
     ├── CancelTaskError - CancelTaskException
-    │   └── ProducerFailedError - ProducerFailedException
+    │   ├── ProducerFailedError - ProducerFailedException
+    │   └── ConsumerLostError - none: Flink's JobManager cancels the producer's region when
+    │                           its consumer fails (the producer then sees CancelTaskException)
     ├── PartitionNotFoundError (OSError) - PartitionNotFoundException
     ├── CorruptRecordError (ValueError) - IOException("Serializer consumed more bytes than the
     │                                     record had")
@@ -38,6 +40,12 @@ The tree (builtin bases in parentheses, Flink's counterpart after the dash)::
     │                        (connections, pending requests, unsent bytes, idle time)
     ├── HandshakeError (ConnectionError) - none: flinknet's own handshake (with TLS, Flink's
     │                                      Netty pipeline fails with SSLHandshakeException)
+    ├── GraphValidationError (ValueError) - the job graph checks' exceptions
+    │                                       (UnsupportedOperationException "Forward
+    │                                       partitioning does not allow change of
+    │                                       parallelism ...", InvalidProgramException)
+    ├── WorkerLostError - none: a TaskManager lost (Flink's heartbeat timeout)
+    ├── JobFailedError - JobExecutionException (with the root cause)
     └── ConfigurationError (ValueError) - IllegalConfigurationException
         └── UnknownConfigurationKeyError (KeyError) - none: Flink ignores unknown keys
 
@@ -63,6 +71,8 @@ corrupted ..."), ProtocolException              lengths, fields and sizes)
 IOException of BufferReaderWriterUtil           :class:`CorruptPartitionFileError`
 PartitionNotFoundException                      :class:`PartitionNotFoundError`
 ProducerFailedException                         :class:`ProducerFailedError`
+(the region failover that cancels a producer    :class:`ConsumerLostError`
+whose consumer failed)
 BufferReorderingException                       :class:`BufferReorderingError`
 IOException("An exception happened while        :class:`OutputFlusherError`
 flushing the outputs")
@@ -71,6 +81,10 @@ RemoteTransportException                        :class:`RemoteTransportError`
 LocalTransportException                         :class:`LocalTransportError`
 (no per-peer bounds)                            :class:`PeerLimitError`
 SSLHandshakeException (TLS only)                :class:`HandshakeError`
+UnsupportedOperationException / Invalid-        :class:`GraphValidationError`
+ProgramException of the job graph checks
+a TaskManager lost (heartbeat timeout)          :class:`WorkerLostError`
+JobExecutionException                           :class:`JobFailedError`
 IllegalConfigurationException                   :class:`ConfigurationError`
 (unknown keys are ignored)                      :class:`UnknownConfigurationKeyError`
 IllegalArgumentException                        :class:`ValueError`
@@ -101,6 +115,7 @@ __all__ = [
     "CorruptRecordError",
     "PartitionNotFoundError",
     "ProducerFailedError",
+    "ConsumerLostError",
     "CorruptEventError",
     "UnsupportedCompressionError",
     "CorruptFrameError",
@@ -111,6 +126,9 @@ __all__ = [
     "RemoteTransportError",
     "LocalTransportError",
     "PeerLimitError",
+    "GraphValidationError",
+    "WorkerLostError",
+    "JobFailedError",
     "HandshakeError",
     "ConfigurationError",
     "UnknownConfigurationKeyError",
@@ -190,6 +208,53 @@ class ProducerFailedError(CancelTaskError):
     def __init__(self, cause: BaseException | None):
         super().__init__(f"The producer of the consumed partition failed: {cause!r}")
         self.__cause__ = cause
+
+
+# A CancelTaskError, not a TransportError: the loss is not a connection failure of this side (a
+# local consumer has no connection at all, and a remote one may leave with a clean
+# CancelPartitionRequest), it is the end of the producer's task. In Flink the JobManager fails
+# the pipelined region of a failed consumer, and its producer task is cancelled (it sees
+# CancelTaskException), just as a consumer is cancelled by its producer's failure
+# (ProducerFailedError, the sibling). Code that already stops a task on CancelTaskError (a
+# destroyed pool, a released partition) stops it on this one too.
+class ConsumerLostError(CancelTaskError):
+    """The consumer of a pipelined subpartition went away before it read the subpartition to its
+    end; raised to the producer.
+
+    A consumer is lost when its read view is released before it was handed the subpartition's
+    EndOfPartition: a local gate closed early, a remote consumer's connection closed or reset
+    (its process died), or its CancelPartitionRequest. A view released after EndOfPartition (the
+    normal end) or because the producer itself released or failed the partition is no loss. A
+    pipelined subpartition is consumed once (a second request is refused), so the loss is final.
+
+    Flink fails the whole producer task in that case (the JobManager restarts the pipelined
+    region), and so does flinknet by default: from the loss on, every ``emit`` /
+    ``emit_batch`` / ``emit_array`` / ``broadcast_emit`` / ``random_emit`` / ``broadcast_event``
+    / ``flush_all`` of a :class:`~flinknet.writer.RecordWriter` on the partition and its
+    ``finish()`` raise this error, whichever subpartition they target, and an emit blocked on
+    backpressure wakes up with it. Records it rejects are not counted in ``numRecordsOut``. The
+    partition is not released by the loss: the producer fails it (``partition.fail(err)``, its
+    other consumers then see :class:`ProducerFailedError`) or releases it, as with any task
+    error. A partition created with ``on_consumer_lost="discard"`` only records the loss
+    (``partition.lost_consumers``) and drops what is written for that subpartition.
+
+    ``partition_id`` is the :class:`~flinknet.ids.ResultPartitionID`, ``subpartition`` the
+    index, ``consumer`` who read it (``"remote consumer host:port (receiver ...)"`` or
+    ``"local gate <task name> ..."``) and ``reason`` why it is gone; the message names all four.
+    """
+
+    def __init__(self, partition_id: object, subpartition: int, consumer: str, reason: str):
+        super().__init__(
+            f"the consumer of subpartition {subpartition} of partition {partition_id} is lost: "
+            f"{consumer} went away: {reason}. A pipelined subpartition is consumed once, so the "
+            "producer fails (its record writers reject every record)")
+        self.partition_id = partition_id
+        self.subpartition = subpartition
+        self.consumer = consumer
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.partition_id, self.subpartition, self.consumer, self.reason), self.__dict__
 
 
 class CorruptEventError(FlinknetError, ValueError):
@@ -329,3 +394,41 @@ class UnknownConfigurationKeyError(ConfigurationError, KeyError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.keys, self.suggestions), self.__dict__
+
+
+class GraphValidationError(FlinknetError, ValueError):
+    """A job graph Flink would not build (a forward edge between different parallelisms, a
+    cycle, a parallelism above the max parallelism, ...); the message names the vertices."""
+
+
+class WorkerLostError(FlinknetError):
+    """A worker (process or Ray actor) died while it ran tasks; its tasks fail with this, naming
+    it (pid, exit code or signal, node)."""
+
+
+class JobFailedError(FlinknetError):
+    """A job failed: :attr:`root_cause` is the task failure that started it (the first, in time,
+    that is not a consequence of another), :attr:`failures` every task failure in the order they
+    were reported (:class:`flinknet.graph.TaskFailure` s); ``__cause__`` is the root cause's
+    exception when it could be brought back from its worker."""
+
+    def __init__(self, job_name: str, failures: Iterable[Any]) -> None:
+        self.job_name = job_name
+        self.failures = list(failures)
+        causes = [f for f in self.failures if not f.is_consequence] or self.failures
+        self.root_cause: Any = min(causes, key=lambda f: f.at) if causes else None
+        lines = [f"job {job_name!r} failed: {self.root_cause}" if self.root_cause
+                 else f"job {job_name!r} failed"]
+        others = [f for f in self.failures if f is not self.root_cause]
+        if others:
+            lines.append(f"then {len(others)} more task(s) failed:")
+            lines.extend(f"  {f}" for f in others[:20])
+            if len(others) > 20:
+                lines.append(f"  ... and {len(others) - 20} more")
+        if self.root_cause is not None and self.root_cause.exception is None:
+            lines.append(f"root cause traceback (from {self.root_cause.worker}):\n"
+                         f"{self.root_cause.traceback}")
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_name, self.failures))

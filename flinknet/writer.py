@@ -17,6 +17,14 @@ Emitting blocks while the partition's pool has no buffer: that is backpressure.
 ``partition.fail(cause)`` from another thread wakes a blocked emit with
 :class:`~flinknet.errors.CancelTaskError`.
 
+A consumer that goes away before it read its (pipelined) subpartition to the end fails the
+writer as a whole, as Flink fails the producer task: every later ``emit``, ``emit_batch``,
+``emit_array``, ``broadcast_emit``, ``random_emit``, ``broadcast_event`` and ``flush_all`` raises
+:class:`~flinknet.errors.ConsumerLostError` (naming the partition, the subpartition, the consumer
+and why), whichever subpartition it targets; an emit blocked on backpressure wakes up with it;
+rejected records are not counted in ``numRecordsOut``. See
+:meth:`~flinknet.partition.ResultPartition.on_subpartition_consumer_lost`.
+
 Name map: ``RecordWriter.emit(record[, target])``, ``broadcastEmit``, ``randomEmit``,
 ``broadcastEvent(event, isPriority)``, ``flushAll``, ``close``, ``isAvailable`` /
 ``getAvailableFuture``, ``RecordWriterBuilder.setChannelSelector / setTimeout / setTaskName /
@@ -33,12 +41,12 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Self, TypeAlias
+from typing import Any, NoReturn, Self, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from flinknet.errors import FlinknetError, OutputFlusherError
+from flinknet.errors import CancelTaskError, ConsumerLostError, FlinknetError, OutputFlusherError
 from flinknet.events import Event
 from flinknet.interfaces import WaitTimer
 from flinknet.partition.result_partition import ResultPartition
@@ -149,6 +157,13 @@ class RecordWriter:
             raise FlinknetError("the record writer is closed")
         self._partition.check_producing()
 
+    def _emit_failed(self, err: CancelTaskError) -> NoReturn:
+        # An emit woken by its destroyed pool: a lost consumer destroyed it (then say so), or
+        # the partition was failed (the CancelTaskError as it is).
+        if not isinstance(err, ConsumerLostError):
+            self._partition.check_consumers()
+        raise err
+
     # -- records ---------------------------------------------------------------------------
 
     def emit(self, record: object, target_subpartition: int | None = None) -> None:
@@ -159,7 +174,10 @@ class RecordWriter:
             self._check_errors()
         if target_subpartition is None:
             target_subpartition = self._select(record)
-        self._serializer.emit(record, target_subpartition)
+        try:
+            self._serializer.emit(record, target_subpartition)
+        except CancelTaskError as err:
+            self._emit_failed(err)
         if self._flush_always:
             self._partition.flush(target_subpartition)
 
@@ -169,7 +187,10 @@ class RecordWriter:
         self._check_errors()
         if targets is None:
             targets = self.channel_selector.select_channels(records)
-        n = self._serializer.emit_batch(records, targets)
+        try:
+            n = self._serializer.emit_batch(records, targets)
+        except CancelTaskError as err:
+            self._emit_failed(err)
         if self._flush_always:
             self._flush_targets(targets)
         return n
@@ -179,7 +200,10 @@ class RecordWriter:
         self._check_errors()
         if targets is None:
             targets = self.channel_selector.select_channels(array)
-        n = self._serializer.emit_array(array, targets)
+        try:
+            n = self._serializer.emit_array(array, targets)
+        except CancelTaskError as err:
+            self._emit_failed(err)
         if self._flush_always:
             self._flush_targets(targets)
         return n
@@ -193,7 +217,10 @@ class RecordWriter:
     def broadcast_emit(self, record: object) -> None:
         """Emit one record to every subpartition, serialized once (watermarks on keyed edges)."""
         self._check_errors()
-        self._serializer.broadcast_emit(record)
+        try:
+            self._serializer.broadcast_emit(record)
+        except CancelTaskError as err:
+            self._emit_failed(err)
         if self._flush_always:
             self._partition.flush_all()
 
@@ -201,7 +228,10 @@ class RecordWriter:
         """Emit one record to a uniformly random subpartition (latency markers)."""
         self._check_errors()
         target = self._rng.randrange(self._num_channels)
-        self._serializer.emit(record, target)
+        try:
+            self._serializer.emit(record, target)
+        except CancelTaskError as err:
+            self._emit_failed(err)
         if self._flush_always:
             self._partition.flush(target)
 
@@ -216,7 +246,9 @@ class RecordWriter:
             self._partition.flush_all()
 
     def flush_all(self) -> None:
-        """Make everything emitted so far readable."""
+        """Make everything emitted so far readable (raises
+        :class:`~flinknet.errors.ConsumerLostError` once a consumer is lost)."""
+        self._partition.check_consumers()
         self._partition.flush_all()
 
     # -- availability ----------------------------------------------------------------------
@@ -338,7 +370,10 @@ class BroadcastRecordWriter(RecordWriter):
         """Emit one record to every subpartition, written once into a shared buffer."""
         if self._flusher_error is not None or self._closed:
             self._check_errors()
-        self._serializer.broadcast_record(record)
+        try:
+            self._serializer.broadcast_record(record)
+        except CancelTaskError as err:
+            self._emit_failed(err)
         if self._flush_always:
             self._partition.flush_all()
 
@@ -349,9 +384,12 @@ class BroadcastRecordWriter(RecordWriter):
         self._check_errors()
         broadcast = self._serializer.broadcast_record
         n = 0
-        for record in records:
-            broadcast(record)
-            n += 1
+        try:
+            for record in records:
+                broadcast(record)
+                n += 1
+        except CancelTaskError as err:
+            self._emit_failed(err)
         if self._flush_always:
             self._partition.flush_all()
         return n

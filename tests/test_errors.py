@@ -114,6 +114,8 @@ def test_subclass_relations():
     assert issubclass(errors.LocalTransportError, errors.TransportError)
     assert issubclass(errors.CorruptPartitionFileError, errors.IllegalStateError)
     assert issubclass(errors.ProducerFailedError, errors.CancelTaskError)
+    assert issubclass(errors.ConsumerLostError, errors.CancelTaskError)
+    assert not issubclass(errors.ConsumerLostError, (errors.TransportError, errors.ProducerFailedError))
     assert issubclass(UnknownConfigurationKeyError, ConfigurationError)
 
 
@@ -155,6 +157,23 @@ def test_constructor_signatures_and_attributes():
     cause = RuntimeError("boom")
     assert errors.ProducerFailedError(cause).__cause__ is cause
     assert errors.CorruptFrameError("bad magic").args == ("bad magic",)
+    lost = errors.ConsumerLostError("pid", 3, "local gate 'Sink (1/2)' (channel 0)", "the gate closed")
+    assert (lost.partition_id, lost.subpartition, lost.consumer, lost.reason) == (
+        "pid", 3, "local gate 'Sink (1/2)' (channel 0)", "the gate closed")
+    for part in ("pid", "subpartition 3", "local gate 'Sink (1/2)' (channel 0)", "the gate closed"):
+        assert part in str(lost)
+
+
+def test_consumer_lost_error_pickles():
+    from flinknet.ids import ResultPartitionID
+
+    pid = ResultPartitionID()
+    e = errors.ConsumerLostError(pid, 1, "remote consumer 127.0.0.1:4000 (receiver 00ff)", "reset")
+    copy = pickle.loads(pickle.dumps(e))
+    assert type(copy) is errors.ConsumerLostError and isinstance(copy, errors.CancelTaskError)
+    assert str(copy) == str(e) and copy.args == e.args
+    assert (copy.partition_id, copy.subpartition, copy.consumer, copy.reason) == (
+        pid, 1, "remote consumer 127.0.0.1:4000 (receiver 00ff)", "reset")
 
 
 # -- configuration errors --------------------------------------------------------------------------

@@ -9,7 +9,10 @@ order per (producer → consumer) channel, and broadcast edges deliver everythin
 
 Also: a slow consumer back-pressures the producers while memory stays within the pools;
 cancellation (a consumer closing its gate, a producer failing its partition, a blocked producer
-failed by another thread) ends every thread with the expected error and leaves every pool whole;
+failed by another thread) ends every thread with the expected error and leaves every pool whole
+(by default a consumer that leaves early fails its producers with ConsumerLostError; the tests
+whose subject is the rest of the pipeline carrying on create their partitions with
+``on_consumer_lost="discard"``);
 a BLOCKING edge is read (twice) after its producers finished; a UnionInputGate reads two edges.
 """
 
@@ -26,7 +29,7 @@ import pytest
 
 from flinknet._core.keygroups import assign_key_to_parallel_operator
 from flinknet.consumer import RecordReader, SingleInputGate, UnionInputGate
-from flinknet.errors import CancelTaskError, ProducerFailedError
+from flinknet.errors import CancelTaskError, ConsumerLostError, ProducerFailedError
 from flinknet.partition import ResultPartitionManager, create_result_partition
 from flinknet.partitioners import BroadcastPartitioner, KeyGroupStreamPartitioner, RebalancePartitioner
 from flinknet.types import ResultPartitionType
@@ -383,10 +386,11 @@ def test_slow_consumer_back_pressures_producers_within_the_pools(pipeline):
 
 
 def test_consumer_closing_its_gate_mid_stream(pipeline):
-    """Consumer 0 stops after a few records and closes its gate: the producers go on (what they
-    write for it is dropped), the other consumer gets everything, and everything is released."""
+    """Consumer 0 stops after a few records and closes its gate: with ``on_consumer_lost=
+    "discard"`` the producers go on (what they write for it is dropped), the other consumer gets
+    everything, and everything is released."""
     n, m, count = 3, 2, 300
-    parts = pipeline.edge(n, m)
+    parts = pipeline.edge(n, m, on_consumer_lost="discard")
     records = [make_records(0, p, count, seed=7) for p in range(n)]
     gates = [pipeline.gate(parts, c) for c in range(m)]
     _producers = [pipeline.task(f"producer-{p}", produce, parts[p], "rebalance", -1, records[p])
@@ -414,14 +418,63 @@ def test_consumer_closing_its_gate_mid_stream(pipeline):
         assert other == list(range(other[0], count, m))
     for p in parts:
         assert p.is_released
+        assert list(p.lost_consumers) == [0]   # recorded, not raised
+        assert p.lost_consumers[0].consumer.startswith("local gate 'c0'")
     assert pipeline.manager.get_unreleased_partitions() == []
+
+
+def test_consumer_closing_its_gate_mid_stream_fails_its_producers(pipeline):
+    """The default policy: consumer 0 stops after a few records and closes its gate while every
+    producer still has far more to write than its pool holds. The producers' writers raise
+    ConsumerLostError naming the gate that left (whichever subpartition they were writing to),
+    each producer fails its partition with it, the other consumer sees ProducerFailedError caused
+    by one of them after an in-order prefix, and every buffer comes back.
+
+    The failure cascades as in Flink: consumer 1 closes its gate on the first ProducerFailedError,
+    which can reach a partition before consumer 0's close (its channels are released one by one)
+    did; that producer then names consumer 1."""
+    n, m, count = 3, 2, 300
+    parts = pipeline.edge(n, m)
+    records = [make_records(0, p, count, seed=7) for p in range(n)]
+    gates = [pipeline.gate(parts, c) for c in range(m)]
+    producers = [pipeline.task(f"producer-{p}", produce, parts[p], "rebalance", -1, records[p])
+                 for p in range(n)]
+    quitter = pipeline.task("consumer-0", consume, gates[0], stop_after=60)
+    reader = pipeline.task("consumer-1", consume, gates[1])
+    pipeline.run()
+    assert quitter.error is None and quitter.result == "stopped"
+    named = []
+    for t, p in zip(producers, parts):
+        err = t.error
+        assert isinstance(err, ConsumerLostError), (t.name, err)
+        assert err.partition_id == p.partition_id and err.subpartition in (0, 1)
+        named.append(err.subpartition)
+        assert err.consumer.startswith(f"local gate 'c{err.subpartition}' (channel "), err.consumer
+        assert "gate closed" in err.reason
+        assert err.consumer in str(err) and str(p.partition_id) in str(err)
+        assert p.failure_cause is err and p.is_released
+        assert p.lost_consumers[err.subpartition].consumer == err.consumer
+        assert set(p.lost_consumers) <= {0, 1}
+        assert p.num_records_out < count
+    assert 0 in named             # consumer 0 left first: at least one producer saw it
+    assert isinstance(reader.error, ProducerFailedError), reader.error
+    assert reader.error.__cause__ in [t.error for t in producers]
+    # what consumer 1 read before the failure is an in-order prefix of each producer's share
+    for (edge, p), items in by_channel(reader.got).items():
+        got = seqs(items)
+        assert got == list(range(got[0], count, m))[:len(got)], (edge, p)
+    assert pipeline.manager.get_unreleased_partitions() == []
+    for g in gates:
+        g.close()
+    assert pipeline.nbp.is_whole
 
 
 def test_gate_closed_by_another_thread_mid_stream(pipeline):
     """The task canceller closes a (slow) consumer's gate while it reads: the consumer's next
-    read raises CancelTaskError; producers and the other consumers are unaffected."""
+    read raises CancelTaskError; with ``on_consumer_lost="discard"`` producers and the other
+    consumers are unaffected."""
     n, m, count = 2, 3, 600
-    parts = pipeline.edge(n, m)
+    parts = pipeline.edge(n, m, on_consumer_lost="discard")
     records = [make_records(0, p, count, seed=17) for p in range(n)]
     gates = [pipeline.gate(parts, c) for c in range(m)]
     producers = [pipeline.task(f"producer-{p}", produce, parts[p], "keyed", 5, records[p])
@@ -444,6 +497,7 @@ def test_gate_closed_by_another_thread_mid_stream(pipeline):
         assert prefix == expected_keyed(records[p], 0, m)[:len(prefix)]
     check_edge("keyed", 0, records, [expected_as_records(records, 0, m)] + [t.got for t in others])
     assert all(p.is_released for p in parts)
+    assert all(list(p.lost_consumers) == [0] for p in parts)   # recorded, not raised
 
 
 def expected_as_records(records_by_producer, consumer: int, num_consumers: int) -> list[bytes]:
@@ -455,9 +509,12 @@ def expected_as_records(records_by_producer, consumer: int, num_consumers: int) 
 def test_producer_failing_its_partition_mid_stream(pipeline):
     """Producer 0 fails after 100 records: every consumer sees ProducerFailedError (caused by the
     producer's error) after an in-order prefix of its records, closes its gate, and producer 1,
-    whose consumers are gone, finishes; nothing hangs, nothing leaks."""
+    whose consumers are gone, finishes; nothing hangs, nothing leaks.
+
+    ``on_consumer_lost="discard"``: with the default policy producer 1 would fail too as its
+    consumers leave, and a consumer could see producer 1's failure before producer 0's."""
     n, m, count = 2, 3, 300
-    parts = pipeline.edge(n, m)
+    parts = pipeline.edge(n, m, on_consumer_lost="discard")
     records = [make_records(0, p, count, seed=8) for p in range(n)]
     gates = [pipeline.gate(parts, c) for c in range(m)]
     crash = RuntimeError("producer 0 crashed")
@@ -486,9 +543,12 @@ def test_producer_failing_its_partition_mid_stream(pipeline):
 def test_blocked_producer_failed_from_another_thread(pipeline):
     """The consumers do not read yet, so both producers block on their pools; the task canceller
     fails producer 0's partition from the main thread: its blocked emit raises CancelTaskError,
-    the consumers then see ProducerFailedError, close their gates, and producer 1 finishes."""
+    the consumers then see ProducerFailedError, close their gates, and producer 1 finishes.
+
+    ``on_consumer_lost="discard"``: with the default policy producer 1 would fail too as its
+    consumers leave, and a consumer could see producer 1's failure before producer 0's."""
     n, m, count = 2, 2, 400
-    parts = pipeline.edge(n, m, max_overdraft_buffers=0)
+    parts = pipeline.edge(n, m, max_overdraft_buffers=0, on_consumer_lost="discard")
     records = [make_records(0, p, count, seed=9) for p in range(n)]
     gates = [pipeline.gate(parts, c) for c in range(m)]
     go = threading.Event()
@@ -520,6 +580,9 @@ def test_blocked_producer_failed_from_another_thread(pipeline):
         prefix = seqs(by_channel(t.got).get((0, 0), []))
         assert prefix == list(range(len(prefix)))
     assert all(p.is_released for p in parts)
+    # producer 1 was blocked far from its end when its consumers left: both losses recorded
+    assert sorted(parts[1].lost_consumers) == [0, 1]
+    assert parts[0].lost_consumers == {}     # failed by its producer first: no loss
 
 
 # --- blocking edge -------------------------------------------------------------------------------

@@ -282,8 +282,19 @@ class LocalInputChannel(InputChannel):
 
     def _release_view(self) -> None:
         view, self._view = self._view, None
-        if view is not None:
+        if view is None:
+            return
+        # A pipelined view is told who let go of it: released before its EndOfPartition was
+        # read, that is a lost consumer, and the producer's error names this gate.
+        release = getattr(view, "release_by_consumer", None)
+        if release is None:
             view.release_all_resources()
+            return
+        gate = self.input_gate
+        name = gate.owning_task_name
+        who = f"local gate {name!r}" if name else f"local gate #{gate.gate_index}"
+        release(f"{who} (channel {self.channel_index})",
+                "its local input channel was released (the gate closed) before the end of the partition")
 
     @property
     def is_released(self) -> bool:

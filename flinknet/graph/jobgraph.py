@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flinknet._core.keygroups import compute_default_max_parallelism
+from flinknet.errors import GraphValidationError
 from flinknet.ids import IntermediateDataSetID, JobID, JobVertexID
 from flinknet.partitioners import (
     BroadcastPartitioner,
@@ -45,11 +46,6 @@ __all__ = ["GraphValidationError", "IntermediateDataSet", "JobEdge", "JobGraph",
 
 #: Flink's ``KeyGroupRangeAssignment.UPPER_BOUND_MAX_PARALLELISM``.
 UPPER_BOUND_MAX_PARALLELISM = 1 << 15
-
-
-class GraphValidationError(ValueError):
-    """A job graph Flink would not build (a forward edge between different parallelisms, a
-    cycle, a parallelism above the max parallelism, ...); the message names the vertices."""
 
 
 class Partitioning(enum.Enum):

@@ -34,7 +34,13 @@ from typing import Any
 
 from flinknet.config import NetworkConfig
 from flinknet.environment import NetworkEnvironment
-from flinknet.errors import CancelTaskError, FlinknetError, IllegalStateError, TransportError
+from flinknet.errors import (
+    CancelTaskError,
+    IllegalStateError,
+    JobFailedError,
+    TransportError,
+    WorkerLostError,
+)
 from flinknet.graph.deployment import TaskDeploymentDescriptor, deploy
 from flinknet.graph.jobgraph import JobGraph
 from flinknet.graph.task import TaskContext, TaskFunction, TaskResult
@@ -101,34 +107,6 @@ class TaskFailure:
             return TaskFailure(self.task_name, self.error_type, self.message, self.traceback, self.worker,
                                None, self.at)
         return self
-
-
-class WorkerLostError(FlinknetError):
-    """A worker (process or actor) died while it ran tasks; its tasks fail with this."""
-
-
-class JobFailedError(FlinknetError):
-    """A job failed: :attr:`root_cause` is the task failure that started it (the first that is
-    not a consequence of another), :attr:`failures` every task failure in the order they were
-    reported; ``__cause__`` is the root cause's exception when it could be brought back."""
-
-    def __init__(self, job_name: str, failures: Sequence[TaskFailure]) -> None:
-        self.job_name = job_name
-        self.failures = list(failures)
-        causes = [f for f in self.failures if not f.is_consequence] or self.failures
-        self.root_cause: TaskFailure | None = min(causes, key=lambda f: f.at) if causes else None
-        lines = [f"job {job_name!r} failed: {self.root_cause}" if self.root_cause
-                 else f"job {job_name!r} failed"]
-        others = [f for f in self.failures if f is not self.root_cause]
-        if others:
-            lines.append(f"then {len(others)} more task(s) failed:")
-            lines.extend(f"  {f}" for f in others[:20])
-            if len(others) > 20:
-                lines.append(f"  ... and {len(others) - 20} more")
-        if self.root_cause is not None and self.root_cause.exception is None:
-            lines.append(f"root cause traceback (from {self.root_cause.worker}):\n"
-                         f"{self.root_cause.traceback}")
-        super().__init__("\n".join(lines))
 
 
 @dataclass

@@ -22,6 +22,7 @@ Name map (Flink → flinknet):
 ``resumeConsumption()``                                         ``resume_consumption()``
 ``getAvailabilityAndBacklog(hasCredit)``                        ``get_availability_and_backlog(has_credit)``
 ``finish()`` / ``close()`` / ``release(cause)`` / ``fail(t)``   same names
+(a lost consumer: Flink's region failover)                      ``ConsumerLostError`` (``lost_consumers``)
 ==============================================================  ============================================
 """
 
@@ -38,6 +39,8 @@ from flinknet.partition.blocking import (
 )
 from flinknet.partition.manager import ResultPartitionManager
 from flinknet.partition.result_partition import (
+    ConsumerLostPolicy,
+    LostConsumer,
     PipelinedResultPartition,
     ResultPartition,
     ResultSubpartition,
@@ -63,7 +66,9 @@ __all__ = [
     "BoundedBlockingSubpartitionReader",
     "BufferAndBacklog",
     "BufferAvailabilityListener",
+    "ConsumerLostPolicy",
     "CorruptPartitionFileError",
+    "LostConsumer",
     "PipelinedResultPartition",
     "PipelinedSubpartition",
     "PipelinedSubpartitionView",

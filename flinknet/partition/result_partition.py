@@ -19,14 +19,23 @@ subpartition) → :meth:`~ResultPartition.close` (the pool is destroyed once eve
 :class:`~flinknet.errors.ProducerFailedError`) drops all queued data; :meth:`~ResultPartition.fail`
 (any thread) also destroys the pool at once, so an emit blocked on backpressure wakes up with
 :class:`~flinknet.errors.CancelTaskError`.
+
+A consumer that goes away before it read its pipelined subpartition to the end (see
+:class:`~flinknet.errors.ConsumerLostError`) fails the producer, as Flink's region failover
+does: :meth:`~ResultPartition.on_subpartition_consumer_lost` records it
+(:attr:`~ResultPartition.lost_consumers`), drops that subpartition's buffers, and makes every
+later emit, ``finish`` and writer flush raise ConsumerLostError (an emit blocked on backpressure
+wakes up with it: the pool is destroyed, as :meth:`~ResultPartition.fail` does).
+``on_consumer_lost="discard"`` only records the loss.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, Self, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +44,7 @@ from flinknet import events as _events
 from flinknet._core.builder import BufferConsumer
 from flinknet._core.pool import LocalBufferPool, NetworkBufferPool
 from flinknet._core.serialization import PayloadSerializer, SpanningRecordSerializer
-from flinknet.errors import CancelTaskError, IllegalStateError
+from flinknet.errors import CancelTaskError, ConsumerLostError, IllegalStateError
 from flinknet.ids import ResultPartitionID
 from flinknet.interfaces import BufferAvailabilityListener, ResultSubpartitionView, WaitTimer
 from flinknet.partition.subpartition import PipelinedSubpartition
@@ -45,6 +54,8 @@ if TYPE_CHECKING:
     from flinknet.partition.manager import ResultPartitionManager
 
 __all__ = [
+    "ConsumerLostPolicy",
+    "LostConsumer",
     "ResultPartition",
     "ResultSubpartition",
     "PipelinedResultPartition",
@@ -57,6 +68,25 @@ DEFAULT_FLOATING_BUFFERS_PER_GATE = 8
 DEFAULT_MAX_BUFFERS_PER_CHANNEL = 10
 DEFAULT_MAX_OVERDRAFT_BUFFERS_PER_GATE = 20
 INT_MAX = (1 << 31) - 1
+
+log = logging.getLogger(__name__)
+
+#: What a partition does when a consumer goes away before the end of its subpartition: ``"fail"``
+#: (the default, Flink's behaviour: every writer of the partition raises
+#: :class:`~flinknet.errors.ConsumerLostError`) or ``"discard"`` (record the loss, drop what is
+#: written for that subpartition and go on; Flink has no such mode).
+ConsumerLostPolicy: TypeAlias = Literal["fail", "discard"]
+
+
+class LostConsumer(NamedTuple):
+    """A subpartition whose consumer went away before it read the subpartition to its end
+    (:attr:`ResultPartition.lost_consumers`)."""
+
+    subpartition: int
+    #: who read it: ``"local gate <task name> ..."`` or ``"remote consumer host:port ..."``
+    consumer: str
+    #: why it is gone (gate closed, connection closed or reset, CancelPartitionRequest)
+    reason: str
 
 
 def get_min_max_network_buffers_per_result_partition(
@@ -128,7 +158,9 @@ class ResultPartition:
     :class:`LocalBufferPool` created with ``num_subpartitions`` subpartitions); or use
     :meth:`create` to size a pool from a :class:`NetworkBufferPool` as Flink does.
     ``serializer`` turns records into payloads (see
-    :func:`~flinknet._core.serialization.get_serializer`).
+    :func:`~flinknet._core.serialization.get_serializer`). ``on_consumer_lost`` (``"fail"``, the
+    default, or ``"discard"``) says what a consumer that goes away before the end of its
+    subpartition does to the producer (see :meth:`on_subpartition_consumer_lost`).
     """
 
     _partition_type_default = ResultPartitionType.PIPELINED_BOUNDED
@@ -139,7 +171,7 @@ class ResultPartition:
                  partition_type: ResultPartitionType | None = None,
                  serializer: SerializerSpec = "bytes",
                  partition_manager: ResultPartitionManager | None = None, owning_task_name: str = "",
-                 partition_index: int = 0):
+                 partition_index: int = 0, on_consumer_lost: ConsumerLostPolicy = "fail"):
         if not isinstance(num_subpartitions, int) or num_subpartitions <= 0:
             raise ValueError(f"num_subpartitions must be a positive int, got {num_subpartitions!r}")
         if not isinstance(buffer_pool, LocalBufferPool):
@@ -154,6 +186,9 @@ class ResultPartition:
         if not isinstance(partition_type, ResultPartitionType):
             raise TypeError("partition_type must be a ResultPartitionType")
         self._check_partition_type(partition_type)
+        if on_consumer_lost not in ("fail", "discard"):
+            raise ValueError(f"on_consumer_lost must be 'fail' or 'discard', got {on_consumer_lost!r}")
+        self.on_consumer_lost_policy: ConsumerLostPolicy = on_consumer_lost
         self.partition_id = partition_id
         self.partition_type = partition_type
         self.partition_index = partition_index
@@ -169,6 +204,10 @@ class ResultPartition:
         self._is_released = False
         self._is_closed = False
         self._cause: BaseException | None = None
+        # Subpartitions whose consumer went away before the end (any thread adds, under _lock);
+        # _failing_loss: the first of them when the policy is "fail" (emits raise from then on).
+        self._lost: dict[int, LostConsumer] = {}
+        self._failing_loss: LostConsumer | None = None
         self._end_of_data_sent = False
         self._all_data_processed: Future[None] = Future()
         self._all_data_processed_acks: set[int] = set()
@@ -236,14 +275,32 @@ class ResultPartition:
             self.partition_manager.register_result_partition(self)
 
     def check_producing(self) -> None:
-        """Raise what an emit would raise now: :class:`~flinknet.errors.CancelTaskError` (its
-        ``__cause__`` the release's cause) once released, :class:`IllegalStateError` once
+        """Raise what an emit would raise now: :class:`~flinknet.errors.ConsumerLostError`
+        once a consumer is lost (policy ``"fail"``), :class:`~flinknet.errors.CancelTaskError`
+        (its ``__cause__`` the release's cause) once released, :class:`IllegalStateError` once
         finished."""
-        if self._is_released or self._is_finished:
+        if self._is_released or self._is_finished or self._failing_loss is not None:
             raise self._rejected_emit_error()
 
+    def check_consumers(self) -> None:
+        """Raise :class:`~flinknet.errors.ConsumerLostError` if a consumer was lost and the
+        partition fails for it (policy ``"fail"``); otherwise nothing. A record writer calls
+        this when an emit fails with CancelTaskError (its pool destroyed under it) to tell
+        which of the two it was."""
+        lost = self._failing_loss
+        if lost is not None:
+            raise self._consumer_lost_error(lost) from None
+
+    def _consumer_lost_error(self, lost: LostConsumer) -> ConsumerLostError:
+        return ConsumerLostError(self.partition_id, lost.subpartition, lost.consumer, lost.reason)
+
     def _rejected_emit_error(self) -> BaseException:
-        # The serializer's reject_records hook calls this for every emit after finish/release.
+        # The serializer's reject_records hook calls this for every emit after finish/release
+        # or a lost consumer (a new error each time: raising one object again and again would
+        # chain its tracebacks).
+        lost = self._failing_loss
+        if lost is not None:
+            return self._consumer_lost_error(lost)
         if self._is_released:
             err = CancelTaskError(f"{self} has been released")
             err.__cause__ = self._cause
@@ -300,6 +357,49 @@ class ResultPartition:
     def on_consumed_subpartition(self, index: int) -> None:
         """The view of subpartition ``index`` was released (called by the subpartition)."""
 
+    def on_subpartition_consumer_lost(self, index: int, consumer: str, reason: str) -> None:
+        """Subpartition ``index``'s consumer went away before it read the subpartition to its
+        end (called by the subpartition when its view is released early, on the thread that
+        released it: the consumer's, or the I/O thread for a remote consumer).
+
+        Recorded in :attr:`lost_consumers` and logged. With the ``"fail"`` policy (the
+        default) the partition then fails its producer as Flink's region failover would:
+        every later emit, :meth:`finish`, event and record writer flush raises
+        :class:`~flinknet.errors.ConsumerLostError`, whatever subpartition it targets, and the
+        pool is destroyed (as :meth:`fail` does), which wakes an emit blocked on backpressure
+        with that error. The partition is not released: its other consumers keep what is
+        queued for them until the producer fails or releases it. Ignored once released (the
+        producer's own release is no loss)."""
+        with self._lock:
+            if self._is_released or index in self._lost:
+                return
+            lost = self._lost[index] = LostConsumer(index, consumer, reason)
+            fail = self.on_consumer_lost_policy == "fail" and self._failing_loss is None
+            if fail:
+                self._failing_loss = lost
+            first = len(self._lost) == 1
+        # One warning per partition (a consumer process with a thousand channels is one event).
+        (log.warning if first else log.debug)(
+            "%s: the consumer of subpartition %d is lost: %s went away: %s%s", self, index,
+            consumer, reason, "; the producer fails" if fail else "")
+        if fail:
+            self._serializer.reject_records(self._rejected_emit_error)
+            self._pool.lazy_destroy()
+
+    @property
+    def lost_consumers(self) -> dict[int, LostConsumer]:
+        """The subpartitions whose consumer went away before their end, by index, each with
+        who read it and why it is gone (a copy; empty while every consumer is there)."""
+        with self._lock:
+            return dict(self._lost)
+
+    @property
+    def consumer_lost(self) -> LostConsumer | None:
+        """The first consumer lost (None if none was): what the writers' ConsumerLostError
+        names under the ``"fail"`` policy."""
+        with self._lock:
+            return next(iter(self._lost.values()), None)
+
     def on_subpartition_all_data_processed(self, index: int) -> None:
         """Subpartition ``index``'s consumer acknowledged all user records (called by the
         subpartition)."""
@@ -315,33 +415,58 @@ class ResultPartition:
         """Serialize ``record`` into subpartition ``target_subpartition``."""
         if self._is_released or self._is_finished:
             self.check_producing()
-        self._serializer.emit(record, target_subpartition)
+        try:
+            self._serializer.emit(record, target_subpartition)
+        except CancelTaskError as err:
+            if not isinstance(err, ConsumerLostError):
+                self.check_consumers()   # woken by the pool a lost consumer destroyed
+            raise
 
     def emit_records(self, records: Iterable[object],
                      targets: int | Sequence[int] | npt.NDArray[np.integer[Any]]) -> int:
         """Serialize a batch; ``targets`` is one subpartition or one per record."""
         if self._is_released or self._is_finished:
             self.check_producing()
-        return self._serializer.emit_batch(records, targets)
+        try:
+            return self._serializer.emit_batch(records, targets)
+        except CancelTaskError as err:
+            if not isinstance(err, ConsumerLostError):
+                self.check_consumers()   # woken by the pool a lost consumer destroyed
+            raise
 
     def emit_array(self, array: npt.NDArray[Any],
                    targets: int | Sequence[int] | npt.NDArray[np.integer[Any]]) -> int:
         """Serialize every row of a numpy array (each row one record, its raw bytes)."""
         if self._is_released or self._is_finished:
             self.check_producing()
-        return self._serializer.emit_array(array, targets)
+        try:
+            return self._serializer.emit_array(array, targets)
+        except CancelTaskError as err:
+            if not isinstance(err, ConsumerLostError):
+                self.check_consumers()   # woken by the pool a lost consumer destroyed
+            raise
 
     def broadcast_record(self, record: object) -> None:
         """One copy of the record in a shared buffer read by every subpartition."""
         if self._is_released or self._is_finished:
             self.check_producing()
-        self._serializer.broadcast_record(record)
+        try:
+            self._serializer.broadcast_record(record)
+        except CancelTaskError as err:
+            if not isinstance(err, ConsumerLostError):
+                self.check_consumers()   # woken by the pool a lost consumer destroyed
+            raise
 
     def broadcast_emit(self, record: object) -> None:
         """The record serialized once and copied into every subpartition's own buffer."""
         if self._is_released or self._is_finished:
             self.check_producing()
-        self._serializer.broadcast_emit(record)
+        try:
+            self._serializer.broadcast_emit(record)
+        except CancelTaskError as err:
+            if not isinstance(err, ConsumerLostError):
+                self.check_consumers()   # woken by the pool a lost consumer destroyed
+            raise
 
     def broadcast_event(self, event: _events.Event, is_priority: bool = False) -> None:
         """Finish all builders and enqueue ``event`` (one standalone buffer) everywhere."""
@@ -520,9 +645,11 @@ class PipelinedResultPartition(ResultPartition):
 
     Released on consumption, as Flink does: once the producer closed it and every subpartition's
     view was released, the partition manager releases it (or it releases itself when it has no
-    manager). A view released before its subpartition finished (a consumer that went away) drops
-    that subpartition's queued buffers at once, so the producer is never blocked by a consumer
-    that no longer exists; what it writes there afterwards is discarded.
+    manager). A view released before its reader was handed EndOfPartition is a consumer that went
+    away (:meth:`~ResultPartition.on_subpartition_consumer_lost`): that subpartition's queued buffers are
+    dropped at once, so the producer is never blocked by a consumer that no longer exists, and
+    the producer fails with :class:`~flinknet.errors.ConsumerLostError` (or, with
+    ``on_consumer_lost="discard"``, what it writes there afterwards is discarded).
     """
 
     subpartitions: Sequence[PipelinedSubpartition]
@@ -552,8 +679,8 @@ class PipelinedResultPartition(ResultPartition):
 
     def on_consumed_subpartition(self, index: int) -> None:
         sp = self.subpartitions[index]
-        if not sp.is_finished:
-            sp.release()
+        if not sp.is_finished or index in self._lost:
+            sp.release()     # nobody will read what is queued: the buffers go back now
         with self._lock:
             if self._consumed[index]:
                 return

@@ -74,6 +74,10 @@ class PipelinedSubpartition:
         self._view: PipelinedSubpartitionView | None = None
         self._receiver_exclusive = receiver_exclusive_buffers_per_channel
         self._all_records_processed = False
+        # The reader was handed EndOfPartition (polled here; a natively served subpartition
+        # knows it by its empty output queue, see _consumed_to_end): a view released after that
+        # is the normal end, one released before it a lost consumer.
+        self._end_handed_out = False
         self.total_number_of_buffers = 0
         self._polled_bytes = 0
         # Served by the native engine (attach_output): finished buffers go straight into this
@@ -194,6 +198,9 @@ class PipelinedSubpartition:
         with self._lock:
             if self._is_released:
                 return
+            if self._outq is not None:
+                # what the engine took stays known after the queue is gone
+                self._end_handed_out = self._consumed_to_end()
             for consumer in self._buffers:
                 consumer.close()
             self._buffers.clear()
@@ -267,6 +274,8 @@ class PipelinedSubpartition:
                     consumer.close()
                     if consumer.data_type == _DATA_BUFFER:
                         self._buffers_in_backlog -= 1
+                    if not buffers and self._is_finished:
+                        self._end_handed_out = True     # the last one is EndOfPartition
                 # An empty finished buffer is still handed out to a receiver without exclusive
                 # buffers, so it can release the credit it reserved for it.
                 if self._receiver_exclusive == 0 and finished:
@@ -322,8 +331,28 @@ class PipelinedSubpartition:
                 available = not self._is_blocked and self._next_buffer_type().is_event
             return AvailabilityWithBacklog(available, self._get_buffers_in_backlog())
 
-    def _on_view_released(self) -> None:
+    def _on_view_released(self, consumer: str, reason: str) -> None:
+        # A view released before its reader was handed EndOfPartition, while the producer
+        # still holds the subpartition, is a consumer that went away: the partition learns
+        # who and why (and fails its writers) before it counts the subpartition as consumed,
+        # which then drops what is still queued.
+        with self._lock:
+            ended = self._end_handed_out = self._consumed_to_end()   # kept: the queue goes next
+            lost = not self._is_released and not ended
+        if lost:
+            self.parent.on_subpartition_consumer_lost(self.index, consumer, reason)
         self.parent.on_consumed_subpartition(self.index)
+
+    def _consumed_to_end(self) -> bool:
+        """The reader was handed EndOfPartition (under the lock)."""
+        if self._end_handed_out or not self._is_finished:
+            return self._end_handed_out
+        outq = self._outq
+        if outq is not None:
+            # EndOfPartition is the last entry pushed: an empty, unreleased queue and no open
+            # tail mean the engine's I/O thread took everything, EndOfPartition included.
+            return not self._buffers and not outq.is_released and outq.queued_buffers == 0
+        return False
 
     # -- state (call under the lock) -------------------------------------------------------
 
@@ -379,6 +408,12 @@ class PipelinedSubpartition:
     def is_finished(self) -> bool:
         """EndOfPartition was added: nothing more can be."""
         return self._is_finished
+
+    @property
+    def is_consumed_to_end(self) -> bool:
+        """The reader was handed EndOfPartition (polled, or taken by the native engine to send)."""
+        with self._lock:
+            return self._consumed_to_end()
 
     @property
     def is_blocked(self) -> bool:
@@ -445,10 +480,21 @@ class PipelinedSubpartitionView:
         self._listener.notify_priority_event(sequence_number)
 
     def release_all_resources(self) -> None:
-        """Release the view (once); the partition counts its subpartition as consumed."""
+        """Release the view (once); the partition counts its subpartition as consumed. Before
+        EndOfPartition was read, that is a lost consumer (see :meth:`release_by_consumer`)."""
+        self.release_by_consumer(f"the reader {self._listener!r}",
+                                 "its view was released before the end of the partition")
+
+    def release_by_consumer(self, consumer: str, reason: str) -> None:
+        """Release the view (once) because its consumer let go of it: ``consumer`` says who
+        that was (``"local gate ..."``, ``"remote consumer host:port ..."``) and ``reason`` why.
+        Released before the reader was handed EndOfPartition, and not by the producer's own
+        release, the consumer is lost: the partition records it and raises
+        :class:`~flinknet.errors.ConsumerLostError` to its writers (see
+        :meth:`~flinknet.partition.ResultPartition.on_subpartition_consumer_lost`)."""
         if not self._released:
             self._released = True
-            self._parent._on_view_released()
+            self._parent._on_view_released(consumer, reason)
 
     @property
     def is_released(self) -> bool:

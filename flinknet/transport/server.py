@@ -8,6 +8,13 @@ credit; every BufferResponse carries the subpartition's backlog; a reader with b
 and no exclusive buffers gets a BacklogAnnouncement. BufferResponses go out as a gather write of
 their 47-byte header and the buffer's own memory (several frames per system call); a buffer goes
 back to its pool once the kernel took all of it.
+
+A reader released before its subpartition's EndOfPartition went out (the connection closed or
+reset, a CancelPartitionRequest, a failure serving it) tells the view who the consumer was and
+why it left (:meth:`_Reader.release`): the partition counts that as a lost consumer and fails its
+producer with :class:`~flinknet.errors.ConsumerLostError`. This is the control path of both the
+Python I/O thread and the native engine (whose connection failures and cancellations reach
+:meth:`ServerConnection.close` and ``_handle`` with the GIL); nothing is added per buffer.
 """
 
 from __future__ import annotations
@@ -116,7 +123,7 @@ class _Reader:
     """One receiver's view of one subpartition (CreditBasedSequenceNumberingViewReader)."""
 
     __slots__ = ("conn", "receiver_id", "subpartition", "credit", "initial_credit", "view", "queued",
-                 "released", "pending_listener", "outq")
+                 "released", "pending_listener", "outq", "release_reason")
 
     def __init__(self, conn: ServerConnection, receiver_id: bytes, initial_credit: int,
                  subpartition: int = 0):
@@ -131,6 +138,13 @@ class _Reader:
         self.pending_listener: tuple[ResultPartitionID, ViewCallback] | None = None
         # The native engine's queue this reader's subpartition pushes into (None: Python polls).
         self.outq: OutputQueue | None = None
+        self.release_reason = ""
+
+    @property
+    def consumer(self) -> str:
+        """Who reads this subpartition, for a lost-consumer error."""
+        host, port = self.conn.address[:2]
+        return f"remote consumer {host}:{port} (receiver {self.receiver_id.hex()})"
 
     # BufferAvailabilityListener: called on producer threads, handed to the I/O thread.
     def notify_data_available(self, view: ResultSubpartitionView) -> None:
@@ -139,18 +153,34 @@ class _Reader:
     def notify_priority_event(self, sequence_number: int) -> None:
         self.conn.loop.call_soon_threadsafe(self.conn._enqueue, self)
 
-    def release(self) -> None:
+    def release(self, reason: str = "its reader was released") -> None:
+        """Let go of the view (once); ``reason`` says why the consumer left, should the
+        subpartition not have sent its EndOfPartition yet (then the consumer is lost)."""
         if not self.released:
             self.released = True
+            self.release_reason = reason
             view, self.view = self.view, None
             outq, self.outq = self.outq, None
+            # The view first: a natively served subpartition tells a normal end (its output
+            # queue empty, EndOfPartition taken by the engine) from a lost consumer by what is
+            # still queued there, which releasing the queue would drop.
+            if view is not None:
+                _release_view(view, self.consumer, reason)
             if outq is not None:
                 native = self.conn.native
                 if native is not None:
                     native.unregister_output(outq)
                 outq.release()
-            if view is not None:
-                view.release_all_resources()
+
+
+def _release_view(view: ResultSubpartitionView, consumer: str, reason: str) -> None:
+    """Release ``view`` saying who its consumer was and why it left (a pipelined view turns that
+    into a lost consumer if its EndOfPartition was not sent yet; other views just release)."""
+    release = getattr(view, "release_by_consumer", None)
+    if release is not None:
+        release(consumer, reason)
+    else:
+        view.release_all_resources()
 
 
 class ServerConnection:
@@ -322,7 +352,8 @@ class ServerConnection:
             self._failed_receivers.pop(msg.receiver_id, None)
             reader = self.readers.pop(msg.receiver_id, None)
             if reader is not None:
-                self._release_reader(reader)
+                self._release_reader(reader, "it cancelled its partition request "
+                                             "(CancelPartitionRequest) before the end of the partition")
         elif type(msg) is P.CloseRequest:
             self.close("the client sent CloseRequest")
         elif type(msg) is P.ResumeConsumption:
@@ -394,8 +425,9 @@ class ServerConnection:
             reader.pending_listener = None
             self.num_pending -= 1
         if reader.released or self.closed:
-            if view is not None:
-                view.release_all_resources()
+            if view is not None:    # the consumer left while its view was on its way
+                _release_view(view, reader.consumer, reader.release_reason or
+                             "its connection closed before its partition request was served")
             return
         if error is not None:
             self.readers.pop(reader.receiver_id, None)
@@ -512,7 +544,9 @@ class ServerConnection:
         self.readers.pop(reader.receiver_id, None)
         self._remember_failed(reader.receiver_id)
         self._queue_frame(P.encode_error_response(type(cause).__name__, str(cause), reader.receiver_id))
-        self._release_reader(reader)
+        # After the producer's release this is no loss (the subpartition knows); otherwise the
+        # consumer was sent an error instead of the rest of its subpartition.
+        self._release_reader(reader, f"serving it failed ({type(cause).__name__}: {cause})")
 
     def _remember_failed(self, receiver_id: bytes) -> None:
         failed = self._failed_receivers
@@ -673,13 +707,13 @@ class ServerConnection:
         elif not self.closed:
             self._close_timer = self.loop.call_later(2.0, self.close, f"fatal: {err} (not drained)")
 
-    def _release_reader(self, reader: _Reader) -> None:
+    def _release_reader(self, reader: _Reader, reason: str) -> None:
         if reader.pending_listener is not None:
             pid, on_view = reader.pending_listener
             self.server.partition_manager.cancel_pending_request(pid, on_view)
             reader.pending_listener = None
             self.num_pending -= 1
-        reader.release()
+        reader.release(reason)
 
     def close(self, reason: str = "") -> None:
         if self.closed:
@@ -697,8 +731,10 @@ class ServerConnection:
                 self.sock.close()
             except OSError:
                 pass
+        lost = "its connection was closed or reset before the end of the partition" + (
+            f" ({reason})" if reason else "")
         for reader in list(self.readers.values()):
-            self._release_reader(reader)
+            self._release_reader(reader, lost)
         self.readers.clear()
         self.available.clear()
         while self.out:

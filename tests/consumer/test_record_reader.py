@@ -26,7 +26,7 @@ from flinknet.consumer import (
     SingleInputGate,
     UnionInputGate,
 )
-from flinknet.errors import IllegalStateError
+from flinknet.errors import ConsumerLostError, IllegalStateError
 from flinknet.ids import ResultPartitionID
 from flinknet.interfaces import BufferAndBacklog
 from flinknet.partition import ResultPartitionManager, create_result_partition
@@ -390,7 +390,11 @@ def test_close_drops_a_partial_record_and_its_spill_file(make_pool, manager, tmp
     reader.close()  # idempotent
     gate.close()
     assert p.buffer_pool.used_buffers == 1  # only the producer's open buffer is left
-    p.finish()
+    # The gate closed mid-record: the producer lost its consumer and releases the partition.
+    assert list(p.lost_consumers) == [0]
+    with pytest.raises(ConsumerLostError):
+        p.finish()
+    p.release()
     p.close()
 
 

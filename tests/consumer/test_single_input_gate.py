@@ -15,7 +15,7 @@ import pytest
 
 from flinknet import events as ev
 from flinknet.consumer import BufferOrEvent, InputChannelInfo, LocalInputChannel, SingleInputGate
-from flinknet.errors import CancelTaskError, IllegalStateError, ProducerFailedError
+from flinknet.errors import CancelTaskError, ConsumerLostError, IllegalStateError, ProducerFailedError
 from flinknet.ids import ResultPartitionID
 from flinknet.partition import ResultPartitionManager, create_result_partition
 from tests.helpers import Worker
@@ -106,6 +106,20 @@ def per_channel(items, n):
     for idx, what in items:
         chans[idx].append(what)
     return chans
+
+
+def release_after_losing(p, gate, subpartitions):
+    """The producer's side of a gate closed before its EndOfPartition: the partition lost the
+    consumer of each of ``subpartitions`` (named after the gate), so finishing it raises
+    ConsumerLostError; the producer releases it instead, as a failed task does."""
+    lost = p.lost_consumers
+    assert sorted(lost) == sorted(subpartitions), lost
+    for i in subpartitions:
+        assert lost[i].consumer.startswith(f"local gate #{gate.gate_index} (channel "), lost[i]
+    with pytest.raises(ConsumerLostError):
+        p.finish()
+    p.release()
+    p.close()
 
 
 # -- basic sequences -------------------------------------------------------------------------------
@@ -334,12 +348,12 @@ def test_close_wakes_a_blocked_reader_with_cancel_task_error(ex):
     assert gate.is_closed
     assert gate.get_channel(0).is_released
     assert gate.get_available_future().done()  # a waiting framework wakes up and sees the close
-    p.finish()
-    p.close()
+    release_after_losing(p, gate, [0])
 
 
-def test_close_releases_channels_and_returns_producer_buffers(ex):
-    p = ex.partition(2)
+@pytest.mark.parametrize("policy", ["fail", "discard"])
+def test_close_releases_channels_and_returns_producer_buffers(ex, policy):
+    p = ex.partition(2, on_consumer_lost=policy)
     gate = ex.gate_of(p)
     for i in range(3):
         p.emit_record(bytes([i]) * FULL_RECORD, 0)
@@ -354,10 +368,19 @@ def test_close_releases_channels_and_returns_producer_buffers(ex):
     assert gate.number_of_queued_channels == 0
     assert p.buffer_pool.used_buffers == 0  # the queued buffers went back to the producer's pool
     gate.close()  # idempotent
-    # The producer keeps going; what it writes for the gone consumer is discarded.
-    p.emit_record(b"dropped", 0)
-    p.finish()
-    p.close()
+    assert sorted(p.lost_consumers) == [0, 1]
+    if policy == "discard":
+        # The producer keeps going; what it writes for the gone consumer is discarded.
+        p.emit_record(b"dropped", 0)
+        p.finish()
+        p.close()
+    else:
+        # The producer learns that its consumer is gone.
+        with pytest.raises(ConsumerLostError) as info:
+            p.emit_record(b"rejected", 0)
+        assert info.value.subpartition in (0, 1) and "local gate #0" in str(info.value)
+        assert p.buffer_pool.used_buffers == 0
+        release_after_losing(p, gate, [0, 1])
     assert ex.manager.get_unreleased_partitions() == []
 
 
@@ -379,8 +402,7 @@ def test_a_closed_gate_queues_nothing_and_stays_available(ex):
     with pytest.raises(CancelTaskError):
         gate.poll_next()
     assert gate.get_available_future().done()
-    p.finish()
-    p.close()
+    release_after_losing(p, gate, [0, 1])
 
 
 def test_get_next_and_poll_next_after_close_raise_cancel_task_error(ex):
@@ -410,8 +432,7 @@ def test_close_as_context_manager(ex):
         p.flush(0)
         assert take(gate.get_next(timeout=JOIN)) == [b"x"]
     assert gate.is_closed
-    p.finish()
-    p.close()
+    release_after_losing(p, gate, [0])
 
 
 # -- availability ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from flinknet import events as ev
 from flinknet.consumer import SingleInputGate, UnionInputGate
-from flinknet.errors import CancelTaskError, ProducerFailedError
+from flinknet.errors import CancelTaskError, ConsumerLostError, ProducerFailedError
 from flinknet.partition import ResultPartitionManager, create_result_partition
 from tests.helpers import Worker
 
@@ -74,6 +74,19 @@ def drain(union):
     while (boe := union.poll_next()) is not None:
         out.append((union.channel_index(boe), content(boe)))
     return out
+
+
+def release_after_losing(p, gate_index):
+    """The producer's side of a gate closed before its EndOfPartition: the partition lost the
+    consumer of every subpartition (the gate's local channels), so finishing it raises
+    ConsumerLostError; the producer releases it instead, as a failed task does."""
+    lost = p.lost_consumers
+    assert sorted(lost) == list(range(p.num_subpartitions)), lost
+    assert all(c.consumer.startswith(f"local gate #{gate_index} ") for c in lost.values()), lost
+    with pytest.raises(ConsumerLostError):
+        p.finish()
+    p.release()
+    p.close()
 
 
 def test_all_buffers_and_events_arrive_with_flat_channel_indices(un):
@@ -219,9 +232,8 @@ def test_close_wakes_a_blocked_reader_and_closes_every_gate(un):
     with pytest.raises(CancelTaskError):
         union.poll_next()
     union.close()  # idempotent
-    for p in (p0, p1):
-        p.finish()
-        p.close()
+    release_after_losing(p0, 0)
+    release_after_losing(p1, 1)
     assert un.manager.get_unreleased_partitions() == []
 
 
@@ -237,8 +249,8 @@ def test_a_finished_gate_does_not_hide_a_closed_one(un):
         union.get_next(timeout=JOIN)
     union.close()
     p0.close()
-    p1.finish()
-    p1.close()
+    assert p0.lost_consumers == {}   # g0 read its EndOfPartition: a normal end
+    release_after_losing(p1, 1)
 
 
 def test_producer_failure_in_one_gate_surfaces_through_the_union(un):
@@ -252,8 +264,8 @@ def test_producer_failure_in_one_gate_surfaces_through_the_union(un):
     assert info.value.__cause__ is cause
     union.close()
     p1.close()
-    p0.finish()
-    p0.close()
+    assert p1.lost_consumers == {}   # failed by its producer: no loss
+    release_after_losing(p0, 0)
 
 
 def test_end_of_data_across_gates(un):
@@ -328,8 +340,8 @@ def test_a_failed_gate_keeps_reporting_its_error(un):
         union.get_next(timeout=JOIN)
     union.close()
     p1.close()
-    p0.finish()
-    p0.close()
+    assert p1.lost_consumers == {}   # failed by its producer: no loss
+    release_after_losing(p0, 0)
 
 
 def test_priority_event_overtakes_other_gates_data(un):

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from flinknet import CancelTaskError, IllegalStateError
+from flinknet import CancelTaskError, ConsumerLostError, IllegalStateError
 from flinknet import events as ev
 from flinknet.core import DataType, RecordDeserializer
 from flinknet.partition import (
@@ -380,12 +380,45 @@ def test_release_on_consumption_without_manager(make_pool):
     s.close()
 
 
-def test_consumer_going_away_drops_its_queued_buffers(setup):
+def test_consumer_going_away_drops_its_queued_buffers_and_fails_the_producer(setup):
+    """The default policy ("fail"): a view released before EndOfPartition is a lost consumer;
+    its queued buffers go back at once and every later emit (whatever its target) and finish
+    raise ConsumerLostError naming the consumer; the producer then fails the partition."""
     p = setup.partition
     p.emit_record(pattern(3 * SEGMENT_SIZE), 1)
     assert p.buffer_pool.used_buffers == 4
     setup.views[1].release_all_resources()
     assert p.subpartitions[1].is_released
+    # Only the open builder is still held by the writer.
+    assert p.buffer_pool.used_buffers == 1
+    assert list(p.lost_consumers) == [1]
+    records_out = p.num_records_out
+    for target in (1, 0):
+        with pytest.raises(ConsumerLostError) as info:
+            p.emit_record(pattern(3 * SEGMENT_SIZE), target)
+        err = info.value
+        assert (err.partition_id, err.subpartition) == (p.partition_id, 1)
+        assert err.consumer == f"the reader {setup.listeners[1]!r}"
+        assert "released before the end of the partition" in err.reason
+        assert err.consumer in str(err) and str(p.partition_id) in str(err)
+    with pytest.raises(ConsumerLostError):
+        p.finish()
+    assert p.num_records_out == records_out
+    assert p.buffer_pool.used_buffers == 1
+    p.fail(err)
+    assert p.is_released and p.failure_cause is err
+
+
+def test_consumer_going_away_with_the_discard_policy_drops_its_queued_buffers(make_pool):
+    """``on_consumer_lost="discard"``: the loss is only recorded; the queued buffers go back at
+    once, later records for that subpartition are discarded and the others carry on."""
+    setup = Setup(make_pool(64, SEGMENT_SIZE), on_consumer_lost="discard")
+    p = setup.partition
+    p.emit_record(pattern(3 * SEGMENT_SIZE), 1)
+    assert p.buffer_pool.used_buffers == 4
+    setup.views[1].release_all_resources()
+    assert p.subpartitions[1].is_released
+    assert list(p.lost_consumers) == [1]
     # Only the open builder is still held by the writer; later records for 1 are discarded.
     assert p.buffer_pool.used_buffers == 1
     p.emit_record(pattern(3 * SEGMENT_SIZE), 1)
@@ -393,6 +426,7 @@ def test_consumer_going_away_drops_its_queued_buffers(setup):
     p.emit_record(b"still", 0)
     p.finish()
     assert read_all(setup.views[0]) == [b"still", ev.EndOfPartitionEvent()]
+    setup.close()
 
 
 # --- end of data, all records processed -----------------------------------------------------------

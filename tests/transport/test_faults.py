@@ -1,7 +1,9 @@
 """Fault injection on the TCP transport: real sockets on loopback, real processes.
 
-* a consumer process killed mid-stream (the other consumer and the producer carry on);
-* the connection cut by a proxy inside a frame header, a payload, a record spanning buffers;
+* a consumer process killed mid-stream (with ``on_consumer_lost="discard"``, the other consumer
+  and the producer carry on);
+* the connection cut by a proxy inside a frame header, a payload, a record spanning buffers (the
+  reader fails; the producer fails with ConsumerLostError naming the cut connection);
 * a fuzzed live server (random bytes, mutated frames) that must drop each bad connection, keep
   serving, and leak nothing (buffers, connections, threads, file descriptors, memory);
 * a zero-credit client (back-pressure, exact credit) and huge declared frame lengths;
@@ -34,7 +36,7 @@ from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, DataType, NetworkBuff
 from flinknet._core.memory import MemorySegment
 from flinknet.consumer import RecordReader
 from flinknet.environment import NetworkEnvironment
-from flinknet.errors import CancelTaskError
+from flinknet.errors import CancelTaskError, ConsumerLostError
 from flinknet.transport import RemoteTransportError
 from flinknet.transport.handshake import PROTOCOL_VERSION, HandshakeConfig, client_handshake
 from flinknet.writer import RecordWriter
@@ -148,13 +150,15 @@ def _read_reply(sock, timeout: float, stop_on_error_for: bytes | None = None):
 
 def test_consumer_process_killed_mid_stream_does_not_stop_the_other():
     """Two consumer processes read one subpartition each; one stops reading (the writer is
-    back-pressured by it) and is killed. The writer must get past the dead subpartition, the other
-    consumer must get every record of its subpartition in order, and the producer must give back
-    every buffer (queued in the dead subpartition or in flight on the dead connection)."""
+    back-pressured by it) and is killed. With ``on_consumer_lost="discard"`` (by default the
+    producer fails: tests/transport/test_consumer_lost.py) the writer must get past the dead
+    subpartition, the other consumer must get every record of its subpartition in order, and the
+    producer must give back every buffer (queued in the dead subpartition or in flight on the dead
+    connection)."""
     n = 3000
     stall_after = 300
     with NetworkEnvironment(SMALL) as prod:
-        p = prod.create_result_partition(2)
+        p = prod.create_result_partition(2, on_consumer_lost="discard")
         seg = prod.config.segment_size
         progress = [0]
 
@@ -190,6 +194,10 @@ def test_consumer_process_killed_mid_stream_does_not_stop_the_other():
             writer.finish(30)              # not blocked by the dead consumer's subpartition
             assert writer.error is None, writer.error
             assert progress[0] == n
+            lost = p.lost_consumers          # recorded, not raised
+            assert list(lost) == [1], lost
+            assert lost[1].consumer.startswith("remote consumer 127.0.0.1:"), lost[1]
+            assert "its connection was closed or reset" in lost[1].reason, lost[1]
 
             msg = q_live.get(timeout=30)
             assert msg[0] == "done", msg
@@ -227,6 +235,7 @@ class CuttingProxy:
         self.address = self.listener.getsockname()[:2]
         self.forwarded = 0
         self.handshake_ok = False
+        self.upstream_address: tuple[str, int] | None = None   # the producer's peer: this proxy
         self.cut_done = threading.Event()
         self.error: BaseException | None = None
         self._socks = [self.listener]
@@ -251,6 +260,7 @@ class CuttingProxy:
             self._socks.append(client)
             upstream = socket.create_connection(self.target, timeout=10)
             self._socks.append(upstream)
+            self.upstream_address = upstream.getsockname()[:2]
             seen = bytearray()
             while not self._stop:
                 readable, _, _ = select.select([client, upstream], [], [], 0.05)
@@ -310,6 +320,10 @@ CUTS = {
 @pytest.mark.parametrize("reset", [True, False], ids=["rst", "fin"])
 @pytest.mark.parametrize("cut", list(CUTS.values()), ids=list(CUTS))
 def test_connection_cut_mid_frame_fails_the_reader(cut, reset):
+    """The reader fails with RemoteTransportError after a correct prefix, whatever the cut. The
+    producer, which has far more to write than its pool holds, is woken by the cut too: its
+    consumer is lost, and it fails with ConsumerLostError naming the cut connection (after a cut
+    in the handshake no consumer ever came: the producer waits until it is failed)."""
     n = 200
     with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
         p = prod.create_result_partition(1)
@@ -320,6 +334,9 @@ def test_connection_cut_mid_frame_fails_the_reader(cut, reset):
                     for i in range(n):
                         w.emit(procs.record(0, i, REC_SIZE), 0)
                 p.finish()
+            except BaseException as err:
+                p.fail(err)        # as a failing task does: its consumers learn it
+                raise
             finally:
                 p.close()
 
@@ -358,9 +375,18 @@ def test_connection_cut_mid_frame_fails_the_reader(cut, reset):
                 p.fail(ValueError("no consumer came"))
                 writer.finish(20)
                 assert isinstance(writer.error, CancelTaskError), repr(writer.error)
+                assert p.lost_consumers == {}
             else:
-                writer.finish(20)      # the producer is not blocked by the lost consumer
-                assert writer.error is None, writer.error
+                writer.finish(20)      # the producer is not blocked by the lost consumer: it fails
+                err = writer.error
+                assert isinstance(err, ConsumerLostError), repr(err)
+                assert (err.partition_id, err.subpartition) == (p.partition_id, 0)
+                host, port = proxy.upstream_address
+                assert err.consumer.startswith(f"remote consumer {host}:{port} (receiver "), err.consumer
+                assert "its connection was closed or reset" in err.reason, err.reason
+                assert err.consumer in str(err) and err.reason in str(err)
+                assert p.failure_cause is err and list(p.lost_consumers) == [0]
+                assert p.num_records_out < n
             _assert_whole(prod, cons)
             assert _wait_for(lambda: _num_server_connections(prod) == 0)
             assert cons.connection_manager.num_connections == 0
@@ -770,7 +796,8 @@ def _fuzz_live_server():
 def test_zero_credit_client_is_back_pressured_and_gets_exactly_its_credit():
     """A raw client requests with initial credit 0 and never gives credit: the server only
     announces the backlog, sends no data buffer, and the writer blocks. AddCredit(3) then releases
-    exactly 3 data buffers (the first ones, in order). The client's hang-up unblocks the writer."""
+    exactly 3 data buffers (the first ones, in order). The client's hang-up wakes the writer with
+    ConsumerLostError naming the client: its consumer is lost."""
     n = 2000
     rec = 3000
     with NetworkEnvironment(SMALL) as prod:
@@ -785,6 +812,9 @@ def test_zero_credit_client_is_back_pressured_and_gets_exactly_its_credit():
                         w.emit(procs.record(0, i, rec), 0)
                         progress[0] = i + 1
                 p.finish()
+            except BaseException as err:
+                p.fail(err)        # as a failing task does
+                raise
             finally:
                 p.close()
 
@@ -823,8 +853,16 @@ def test_zero_credit_client_is_back_pressured_and_gets_exactly_its_credit():
                 assert all(m.receiver_id == rid and m.size == seg for m in data)
                 stream = b"".join(m.buffer.to_bytes() for m in data)
                 assert stream[:4 + rec] == struct.pack(">i", rec) + procs.record(0, 0, rec)
-            writer.finish(20)          # the hang-up released the subpartition
-            assert writer.error is None, writer.error
+                client = s.getsockname()[:2]
+                blocked_at = progress[0]
+            writer.finish(20)          # the hang-up released the subpartition: the writer fails
+            err = writer.error
+            assert isinstance(err, ConsumerLostError), repr(err)
+            assert err.subpartition == 0
+            assert err.consumer == f"remote consumer {client[0]}:{client[1]} (receiver {rid.hex()})"
+            assert "its connection was closed or reset" in err.reason, err.reason
+            assert p.failure_cause is err
+            assert progress[0] < n and p.num_records_out == progress[0] >= blocked_at
             _assert_whole(prod)
             assert _wait_for(lambda: _num_server_connections(prod) == 0)
             assert prod.partition_manager.get_unreleased_partitions() == []

@@ -24,7 +24,7 @@ import pytest
 from flinknet import NetworkEnvironment, PeerLimitError, RecordReader, RecordWriter
 from flinknet._core import protocol as P  # noqa: N812
 from flinknet.config import NetworkConfig
-from flinknet.errors import ConfigurationError
+from flinknet.errors import ConfigurationError, ConsumerLostError
 from flinknet.metrics import MetricRegistry, register_transport_metrics
 from flinknet.partition import ResultPartitionManager
 from flinknet.transport import ServerLimits
@@ -494,34 +494,45 @@ def test_at_the_descriptor_limit_the_server_backs_off_and_recovers():
 def test_a_peer_that_stops_reading_what_it_has_credit_for_is_dropped(native):
     """A consumer grants credit and then never reads (a frozen process: its kernel still answers,
     nothing reads the socket). Once its window stays closed for ``liveness-timeout`` the server
-    fails the connection (``TCP_USER_TIMEOUT``), the writer gets past that subpartition, and
-    every buffer comes back."""
+    fails the connection (``TCP_USER_TIMEOUT``), the writer, blocked by that subpartition, wakes
+    with ConsumerLostError naming the frozen peer, and every buffer comes back."""
     opts = _opts(native, **{"flinknet.network.liveness-timeout": "2 s"})
     with NetworkEnvironment(opts) as prod:
         p = prod.create_result_partition(1)
         seg = prod.config.segment_size
         errors: list[BaseException] = []
+        emitted = [0]
 
         def produce():
             try:
                 with RecordWriter(p, timeout=5) as w:
                     for _ in range(20_000):          # 80 MB: far beyond the socket buffers
                         w.emit(bytes(seg - 8), 0)
+                        emitted[0] += 1
                 p.finish()
             except BaseException as err:  # noqa: BLE001 (checked below)
                 errors.append(err)
+                p.fail(err)                          # as a failing task does
             finally:
                 p.close()
 
+        rid = os.urandom(16)
         with _connect(prod.address) as frozen:
             frozen.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            frozen.sendall(P.encode_partition_request(p.partition_id.to_bytes(), 0, 0, os.urandom(16),
-                                                      1_000_000))
+            peer = frozen.getsockname()[:2]
+            frozen.sendall(P.encode_partition_request(p.partition_id.to_bytes(), 0, 0, rid, 1_000_000))
             writer = threading.Thread(target=produce)
             writer.start()
             writer.join(60)
             assert not writer.is_alive(), "the writer is still blocked by a consumer that stopped reading"
-        assert not errors, errors
+        assert len(errors) == 1 and isinstance(errors[0], ConsumerLostError), errors
+        err = errors[0]
+        assert err.subpartition == 0
+        assert err.consumer == f"remote consumer {peer[0]}:{peer[1]} (receiver {rid.hex()})"
+        assert "its connection was closed or reset" in err.reason, err.reason
+        assert "timed out" in err.reason, err.reason        # TCP_USER_TIMEOUT: the liveness timeout
+        assert emitted[0] < 20_000 and p.num_records_out == emitted[0]
+        assert p.failure_cause is err and p.is_released
         assert _wait_for(lambda: _num_server_connections(prod) == 0)
         _exchange(prod)
         _assert_whole(prod)
