@@ -46,6 +46,7 @@ from typing import Any, NoReturn, Self, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from flinknet import aio as _aio
 from flinknet.errors import CancelTaskError, ConsumerLostError, FlinknetError, OutputFlusherError
 from flinknet.events import Event
 from flinknet.interfaces import WaitTimer
@@ -297,6 +298,14 @@ class RecordWriter:
         finally:
             if timer is not None:
                 timer.mark_end()
+
+    async def wait_available_async(self, timeout: float | None = None) -> bool:
+        """asyncio: :meth:`wait_available` without blocking a thread — the running loop waits
+        on the partition's availability future (see :func:`flinknet.aio.wait_writer_available`):
+        True once a buffer is available, False after ``timeout`` seconds; raises what an emit
+        would (a released partition, a lost consumer, a failed flusher)."""
+        self._check_errors()
+        return await _aio.wait_writer_available(self, timeout)
 
     def set_soft_back_pressure_timer(self, timer: WaitTimer | None) -> None:
         """The metrics hook: ``timer`` (a :class:`~flinknet.interfaces.WaitTimer`, e.g. the task's

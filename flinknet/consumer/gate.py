@@ -13,7 +13,8 @@ fails its channel with :class:`~flinknet.errors.CorruptEventError` or
 ``get_next(timeout=None)`` blocks (``TimeoutError`` after ``timeout`` seconds) and returns None
 once the gate is finished; ``poll_next()`` never blocks and returns None when nothing is ready.
 Frameworks with their own event loop wait on :meth:`~SingleInputGate.get_available_future` (a
-:class:`concurrent.futures.Future`; ``asyncio.wrap_future`` makes it awaitable) and then poll.
+:class:`concurrent.futures.Future`) and then poll; on asyncio, ``await gate.next()`` does that
+(:mod:`flinknet.aio`).
 
 Name map: ``getNext`` / ``pollNext`` → ``get_next`` / ``poll_next``; ``requestPartitions`` →
 ``request_partitions``; ``resumeConsumption(channelInfo)`` → ``resume_consumption``;
@@ -32,6 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, NoReturn, Protocol, Self, SupportsIndex, overload
 
+from flinknet import aio as _aio
 from flinknet import events as _events
 from flinknet._core.buffer import Buffer, DataType
 from flinknet._core.engine import GateSignal
@@ -146,8 +148,20 @@ class InputGate:
                 return
             yield boe
 
+    async def next(self, timeout: float | None = None) -> BufferOrEvent | None:
+        """asyncio: the next buffer or event, at once if one is ready, else when one arrives
+        (the running loop waits on :meth:`get_available_future`; no thread blocks); None once the
+        gate is finished; ``TimeoutError`` after ``timeout`` seconds. See
+        :func:`flinknet.aio.next_buffer_or_event`."""
+        return await _aio.next_buffer_or_event(self, timeout)
+
     def request_partitions(self) -> None:
         """Every channel requests its subpartition (once; done by the first poll otherwise)."""
+        raise NotImplementedError
+
+    @property
+    def partitions_requested(self) -> bool:
+        """:meth:`request_partitions` has run (or is running)."""
         raise NotImplementedError
 
     def resume_consumption(self, channel_info: InputChannelInfo) -> None:
@@ -346,6 +360,11 @@ class SingleInputGate(InputGate):
                 ch.request_subpartitions()
             except BaseException as err:  # noqa: BLE001 (stored on the channel)
                 ch.set_error(err)
+
+    @property
+    def partitions_requested(self) -> bool:
+        """:meth:`request_partitions` has run (or is running)."""
+        return self._requested
 
     def retrigger_partition_request(self, channel: InputChannel, delay_ms: float) -> None:
         """Re-request ``channel``'s subpartition after ``delay_ms`` (local channels' backoff)."""
@@ -848,6 +867,11 @@ class UnionInputGate(InputGate):
         self._requested = True
         for g in self.gates:
             g.request_partitions()
+
+    @property
+    def partitions_requested(self) -> bool:
+        """:meth:`request_partitions` has run (or is running)."""
+        return self._requested
 
     def get_next(self, timeout: float | None = None) -> BufferOrEvent | None:
         return self._get_next(True, timeout)

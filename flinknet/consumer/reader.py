@@ -1,16 +1,20 @@
 """Reading records from a gate (Flink's ``RecordReader`` / ``AbstractRecordReader``).
 
 One :class:`~flinknet._core.serialization.RecordDeserializer` per channel reassembles records
-that span buffers; the per-record work is in Cython, this layer runs once per buffer.
+that span buffers; the per-record work is in Cython, this layer runs once per buffer. On asyncio,
+``async for record in reader`` and ``await reader.read_batch_async()`` read without blocking a
+thread (:mod:`flinknet.aio`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, Self
 
 import numpy.typing as npt
 
+from flinknet import aio as _aio
 from flinknet._core.serialization import (
     DEFAULT_SPILLING_THRESHOLD,
     PayloadSerializer,
@@ -146,6 +150,64 @@ class RecordReader:
         read = self.read_batch
         while (batch := read()) is not None:
             yield from batch
+
+    async def read_batch_async(self, timeout: float | None = None) -> list[Any] | None:
+        """asyncio: :meth:`read_batch`'s records, at once if a buffer is ready, else when one
+        arrives (the running loop waits on the gate's availability future; no thread blocks);
+        None once the gate is finished. See :func:`flinknet.aio.read_batch`."""
+        return await _aio.read_batch(self, timeout)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """``async for record in reader``: every record (and event, with ``emit_events``) until
+        the gate is finished; one non-blocking batch per buffer, the loop awaited only when none
+        is ready. Records of a batch left by ``break`` go back to the reader when the iterator is
+        closed (at once with ``contextlib.aclosing``)."""
+        return self._records_async()
+
+    async def _records_async(self) -> AsyncIterator[Any]:
+        # the records left by next_record() / __anext__ first, then one batch per buffer
+        it = iter(self._pending[self._pending_pos:])
+        self._pending, self._pending_pos = [], 0
+        read = self.read_batch
+        gate = self.gate
+        batches = 0
+        try:
+            await _aio.request_partitions(gate)
+            while True:
+                for record in it:
+                    yield record
+                batches += 1
+                if batches % _aio.YIELD_EVERY == 0:
+                    await asyncio.sleep(0)   # a stream that is always ready must not starve the loop
+                batch = read(blocking=False)
+                if batch is None:
+                    if gate.is_finished:
+                        return
+                    batch = await _aio.read_batch(self)
+                    if batch is None:
+                        return
+                it = iter(batch)
+        finally:
+            rest = list(it)
+            if rest and not self._closed:
+                self._pending = rest + self._pending[self._pending_pos:]
+                self._pending_pos = 0
+
+    async def __anext__(self) -> Any:
+        """``await anext(reader)``: the next record (or event, with ``emit_events``), as
+        :meth:`next_record` without blocking a thread; ``StopAsyncIteration`` at the end."""
+        pending = self._pending
+        pos = self._pending_pos
+        while pos >= len(pending):
+            batch = await _aio.read_batch(self)
+            if batch is None:
+                self._pending = []
+                self._pending_pos = 0
+                raise StopAsyncIteration
+            pending = self._pending = batch
+            pos = 0
+        self._pending_pos = pos + 1
+        return pending[pos]
 
     def next_record(self, timeout: float | None = None) -> Any:
         """The next record (or event, with ``emit_events``); raises StopIteration at the end."""

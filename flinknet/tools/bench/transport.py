@@ -43,10 +43,18 @@ Latency (``latency.100B.*``): 10 000 records/s of 100 bytes with buffer timeout 
 flushed), each carrying its send time (``CLOCK_MONOTONIC``, shared by the processes); p50 and p99
 of the one-way delay against half the round trip of a 64-byte ping-pong between two processes
 over a raw socket (the physical floor) and Flink's recorded p50/p99.
+
+asyncio (``remote.100B.asyncio.*``, :func:`bench_asyncio_reading`): the same exchange read on an
+asyncio event loop (:mod:`flinknet.aio`) against the threaded reader, runs alternated in the same
+run: ``per-record`` is ``async for record in reader`` against ``for record in reader`` (the
+producer emitting per record), ``batch`` is ``await reader.read_batch_async()`` against
+``reader.read_batch()`` (the producer emitting lists). The ratio is asyncio / threaded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import multiprocessing as mp
 import socket
 import struct
@@ -80,6 +88,10 @@ FLIGHT_COLUMNAR = "flight columnar"
 
 _TS = struct.Struct("<q")
 
+#: the consumer APIs that read on an asyncio loop -> the producer's emit API for them
+ASYNC_APIS = {"asyncio": "per-record", "asyncio-batch": "batch"}
+THREADED_READER = "threaded reader (same run)"
+
 
 def _ctx():
     return mp.get_context("spawn")
@@ -101,7 +113,7 @@ def _producer(q_out, q_in, size: int, n: int, api: str, timeout_ms: float, rate:
                 q_in.get(timeout=120)   # go
                 cpu0 = time.process_time()   # every thread of this process (the I/O thread too)
                 if api != "latency":
-                    emit_records(writer, record, n, api)
+                    emit_records(writer, record, n, ASYNC_APIS.get(api, api))
                 else:  # paced, each record carries its send time
                     pad = bytes(size - _TS.size)
                     interval = 1.0 / rate
@@ -216,9 +228,26 @@ def raw_round_trip_us(count: int) -> list[float]:
             proc.kill()
 
 
+async def _count_async(reader) -> int:
+    count = 0
+    async for _ in reader:
+        count += 1
+    return count
+
+
+async def _count_batches_async(reader) -> int:
+    count = 0
+    read = reader.read_batch_async
+    while (batch := await read()) is not None:
+        count += len(batch)
+    return count
+
+
 def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float = 0.0,
                stats: dict[str, float] | None = None, options: dict[str, Any] | None = None):
     """Seconds to move ``n`` records (or, for api="latency", the list of one-way delays in µs).
+    ``api``: ``"per-record"``, ``"batch"``, ``"numpy"``, ``"latency"``, or read on an asyncio
+    loop: ``"asyncio"`` (``async for``) and ``"asyncio-batch"`` (``read_batch_async``).
     ``stats``, when given, receives the CPU seconds each process spent on the transfer:
     ``"consumer_cpu_s"`` (this process, from "go" to the last record read) and
     ``"producer_cpu_s"`` (the producer process, from "go" to the consumer being done), both all
@@ -243,11 +272,21 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
             gate.request_partitions()
             count = 0
             delays = []
-            with RecordReader(gate) as reader:
+            # the asyncio APIs' loop is made before the clock starts
+            loop_runner = asyncio.Runner() if api in ASYNC_APIS else contextlib.nullcontext()
+            with RecordReader(gate) as reader, loop_runner as runner:
+                if runner is not None:
+                    runner.get_loop()
                 cpu0 = time.process_time()
                 t0 = time.perf_counter()
                 q_in.put("go")
-                if api == "per-record":
+                if api == "asyncio":
+                    assert runner is not None
+                    count = runner.run(_count_async(reader))
+                elif api == "asyncio-batch":
+                    assert runner is not None
+                    count = runner.run(_count_batches_async(reader))
+                elif api == "per-record":
                     for _ in reader:
                         count += 1
                 elif api == "batch":
@@ -370,4 +409,29 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
     rows.append(Row("latency.100B.timeout0.p99", "us", _pct(delays, 99),
                     {"raw socket one-way p99": _pct(rtt, 99) / 2},
                     references={"flink-2.3 p99 (rec.)": sum(FLINK_LATENCY_P99_US) / 2}))
+    return rows + bench_asyncio_reading(quick=quick, repeats=repeats)
+
+
+def bench_asyncio_reading(quick: bool = False, repeats: int | None = None, size: int = 100,
+                          records: int | None = None):
+    """Rows ``remote.{size}B.asyncio.per-record`` and ``.batch``: the remote exchange read on an
+    asyncio event loop against the threaded reader, the two alternated (best of ``repeats``
+    each) in this run; ratio = asyncio / threaded, ns per record. ``records`` overrides the
+    records per transfer (per-record rows move half as many as batch rows)."""
+    repeats = repeats or 2
+    rows = []
+    for api, threaded_api, n in (("asyncio", "per-record", 1_000_000), ("asyncio-batch", "batch", 2_000_000)):
+        n = int(n * (0.5 if quick else 1.0)) if records is None else records * (n // 1_000_000)
+        n = max(BATCH, n - n % BATCH)
+        best_async, best_threaded = float("inf"), float("inf")
+        for _ in range(repeats):     # alternated, so load on a shared machine hits both
+            best_threaded = min(best_threaded, run_remote(size, n, threaded_api))
+            best_async = min(best_async, run_remote(size, n, api))
+        ns, base = best_async / n * 1e9, best_threaded / n * 1e9
+        kind = "per-record" if api == "asyncio" else "batch"
+        how = ("async for record in reader / for record in reader" if kind == "per-record"
+               else "await read_batch_async() / read_batch()")
+        rows.append(Row(f"remote.{size}B.asyncio.{kind}", "ns/rec", ns, {THREADED_READER: base},
+                        note=f"asyncio {1e3 / ns:.2f} M records/s, threaded {1e3 / base:.2f} M/s "
+                             f"({how}; asyncio / threaded {ns / base:.2f}x)"))
     return rows
