@@ -4,7 +4,8 @@
 the ``--json`` document, the environment header) and imports no suite; the suites
 (:mod:`~flinknet.tools.bench.kernels`, :mod:`~flinknet.tools.bench.exchange`,
 :mod:`~flinknet.tools.bench.transport`, :mod:`~flinknet.tools.bench.network`,
-:mod:`~flinknet.tools.bench.scale`, :mod:`~flinknet.tools.bench.floor`) import it;
+:mod:`~flinknet.tools.bench.scale`, :mod:`~flinknet.tools.bench.floor`,
+:mod:`~flinknet.tools.bench.runners`) import it;
 :mod:`~flinknet.tools.bench.runner` (``flinknet bench``, ``python -m flinknet.tools.bench``)
 imports the suites. ``_benchkit`` is compiled: C baselines (memcpy, raw builder loops).
 

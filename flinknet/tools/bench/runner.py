@@ -14,8 +14,10 @@ The groups and their suites:
 * ``remote`` (``remote.*`` / ``latency.*``): a producer process → a consumer process over loopback
   TCP (credit-based transport), against a raw Python socket and the socket ceiling measured in
   the same run and beside Flink 2.3's recorded two-TaskManager figures (see
-  :mod:`flinknet.tools.bench.transport`); full runs add a keyed job of two producer processes → one
-  consumer against pyzmq (``remote.keyed.2to1.100B``, :mod:`flinknet.tools.bench.keyed`).
+  :mod:`flinknet.tools.bench.transport`); the same exchange read on an asyncio event loop against
+  the threaded reader of the same run (``remote.100B.asyncio.*``); full runs add a keyed job of two
+  producer processes → one consumer against pyzmq (``remote.keyed.2to1.100B``,
+  :mod:`flinknet.tools.bench.keyed`).
 * ``metrics``: the local exchange with task metrics on, against metrics off in the same run (see
   :mod:`flinknet.tools.bench.exchange`).
 * ``network``: flink-benchmarks' network suite (throughput for writers x channels x buffer
@@ -23,6 +25,9 @@ The groups and their suites:
   TLS) between a producer process and this one, against a raw socket and ZeroMQ PUSH/PULL (when
   pyzmq is installed) measured around each row (see :mod:`flinknet.tools.bench.network`).
 * ``scale``: only with ``--only scale`` (see :func:`flinknet.tools.bench.scale.bench_scale`).
+* ``runners``: only with ``--only runners``: the same keyed job on ThreadRunner, ProcessRunner and
+  RayRunner, and the deployment time of jobs of 1, 8 and 64 subtasks (see
+  :mod:`flinknet.tools.bench.runners`).
 
 Groups ``kernels``, ``local``, ``remote``, ``metrics`` and ``network`` run by default; ``--only``
 picks some; ``--quick`` runs a reduced set (all default groups in a few minutes);
@@ -42,7 +47,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from flinknet.tools.bench import exchange, kernels, keyed, network, scale, transport
+from flinknet.tools.bench import exchange, kernels, keyed, network, runners, scale, transport
 from flinknet.tools.bench.report import Row, environment, format_table, write_json
 
 __all__ = ["EXTRA_GROUPS", "GROUPS", "main", "run"]
@@ -51,8 +56,9 @@ __all__ = ["EXTRA_GROUPS", "GROUPS", "main", "run"]
 GROUPS = ("kernels", "local", "remote", "metrics", "network")
 #: groups that run only when named with ``--only``: the scale experiments (channels 1 -> 1000
 #: with their set-up cost and memory, a hot key against the per-channel cap, hosts behind a
-#: delayed link in network namespaces) are minutes long and partly root-only
-EXTRA_GROUPS = ("scale",)
+#: delayed link in network namespaces) are minutes long and partly root-only; the runners (a
+#: local Ray cluster, 64 worker processes) are minutes long too
+EXTRA_GROUPS = ("scale", "runners")
 
 #: group -> the suite function that returns its rows, ``(quick) -> list[Row]``
 _SUITES: dict[str, Callable[[bool], list[Row]]] = {
@@ -64,6 +70,7 @@ _SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "metrics": lambda quick: exchange.bench_metrics_overhead(quick=quick),
     "network": lambda quick: network.bench_network(quick=quick),
     "scale": lambda quick: scale.bench_scale(quick=quick),
+    "runners": lambda quick: runners.bench_runners(quick=quick),
 }
 
 
