@@ -20,5 +20,5 @@ def test_readme_starts_with_the_two_setup_commands():
     assert first is not None and text.startswith("# flinknet\n\n```sh\n"), "README must open with them"
     commands = first.group(1).strip().splitlines()
     assert len(commands) == 2
-    assert commands[0].endswith("flinknet demo")
-    assert "pip install -e '.[test]'" in commands[1] and "pytest" in commands[1]
+    assert commands[0].endswith("flinknet demo") and "pip install -e '.[demo]'" in commands[0]
+    assert "pip install -e '.[test,ray]'" in commands[1] and "pytest" in commands[1]

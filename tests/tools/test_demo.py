@@ -1,13 +1,15 @@
 """``flinknet demo``: the real multi-process job, its views, its check and its clean shutdown.
 
 Each run is a subprocess with a generous timeout; assertions are on what the demo printed and on
-the processes and ports it left behind (none), never on timings.
+the processes and ports it left behind (none), never on timings. The runs use the default
+``--runner process``; one runs on Ray.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 import re
 import select
 import signal
@@ -21,6 +23,8 @@ import urllib.request
 
 import pytest
 
+from flinknet.core import StreamElementSerializer, StreamRecord
+from flinknet.graph import Partitioning
 from flinknet.tools import demo
 from flinknet.tools.demo import coordinator, job
 
@@ -66,22 +70,23 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _tasks(output: str) -> dict[str, tuple[int, int]]:
-    """``{task: (pid, port)}`` from the demo's start-up lines."""
-    return {m.group(1): (int(m.group(2)), int(m.group(4))) for m in LISTENING.finditer(output)}
+def _tasks(output: str) -> dict[str, tuple[int, str, int]]:
+    """``{task: (pid, host, port)}`` from the demo's start-up lines."""
+    return {m.group(1): (int(m.group(2)), m.group(3), int(m.group(4))) for m in LISTENING.finditer(output)}
 
 
 def _assert_all_gone(output: str, expected_tasks: int) -> None:
     """Every task process the demo started has exited and nothing listens on its port."""
     tasks = _tasks(output)
     assert len(tasks) == expected_tasks, output[-3000:]
+    assert len({pid for pid, _, _ in tasks.values()}) == expected_tasks     # one process per task
     deadline = time.monotonic() + 10
-    for name, (pid, port) in tasks.items():
+    for name, (pid, host, port) in tasks.items():
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(pid), f"{name} (pid {pid}) is still running"
         with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            socket.create_connection((host, port), timeout=2).close()
 
 
 def _free_port() -> int:
@@ -117,6 +122,21 @@ def test_no_live_run_passes_its_check_and_shows_backpressure(tmp_path):
     _assert_all_gone(out, 5)
 
 
+def test_the_demo_on_ray(tmp_path):
+    pytest.importorskip("ray")
+    code, out = _run(["--no-live", "--duration", "5", "--runner", "ray"], tmp_path)
+    assert code == 0, out[-4000:]
+    assert "on the ray runner: one Ray actor per task" in out
+    for phase in ("steady", "slow", "recovery", "finish", "done"):
+        assert f"=== phase {phase}:" in out
+    assert re.search(r"RESULT check=PASS keys=1000 produced=(\d+) aggregated=\1 at_sink=\1 "
+                     r"lost=0 duplicated=0", out), out[-4000:]
+    assert "CHECK PASSED" in out
+    # the actors report their pids and listen on the cluster's address (loopback)
+    assert {host for _, host, _ in _tasks(out).values()} == {"127.0.0.1"}
+    _assert_all_gone(out, 5)
+
+
 def test_lost_records_fail_the_check(tmp_path):
     code, out = _run(["--no-live", "--duration", "4", "--sources", "1", "--aggregators", "1",
                       "--inject-loss", "5"], tmp_path)
@@ -129,7 +149,7 @@ def test_lost_records_fail_the_check(tmp_path):
 def test_a_failing_task_fails_the_run_and_stops_every_process(tmp_path):
     code, out = _run(["--no-live", "--duration", "4", "--inject-failure", "aggregator"], tmp_path)
     assert code == 1, out[-3000:]
-    assert "FAILED: Aggregator[0]" in out and "injected failure" in out
+    assert "FAILED: Aggregator[0]" in out and "RuntimeError: injected failure" in out
     assert "RESULT check=NOT-RUN" in out
     _assert_all_gone(out, 5)
 
@@ -260,6 +280,8 @@ def test_prometheus_without_the_client_fails_before_starting(monkeypatch, capsys
     (["--network-memory", "12zz"], "cannot parse memory size"),
     (["--prometheus", "70000"], "port must be between 0 and 65535"),
     (["--live", "--no-live"], "not allowed with argument"),
+    (["--runner", "bogus"], "argument --runner: invalid choice: 'bogus'"),
+    (["--runner"], "argument --runner: expected one argument"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_arguments_exit_with_status_2(args, message, capsys):
@@ -268,13 +290,26 @@ def test_bad_arguments_exit_with_status_2(args, message, capsys):
     assert message in err, err
 
 
+def test_ray_runner_without_ray_fails_before_starting(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)                   # import raises ImportError
+    assert demo.main(["--no-live", "--runner", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "--runner ray" in err and "pip install 'flinknet[ray]'" in err
+
+
+def test_the_demo_without_rich_fails_before_starting(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "rich", None)
+    assert demo.main(["--no-live"]) == 2
+    assert "pip install 'flinknet[demo]'" in capsys.readouterr().err
+
+
 def test_help_lists_the_options(capsys):
     from flinknet.tools.cli import main
 
     assert main(["demo", "--help"]) == 0
     out = capsys.readouterr().out
     for flag in ("--duration", "--sources", "--aggregators", "--keys", "--record-size", "--buffer-timeout",
-                 "--rate", "--latency-interval", "--slow-factor", "--no-live", "--prometheus"):
+                 "--rate", "--latency-interval", "--slow-factor", "--no-live", "--prometheus", "--runner"):
         assert flag in out, flag
     assert "--inject-loss" not in out                        # testing options stay hidden
     assert main(["demo", "--sources", "0"]) == 2
@@ -284,8 +319,31 @@ def test_help_lists_the_options(capsys):
 
 def test_config_phases_and_defaults():
     cfg = coordinator.parse_config([])
-    assert cfg.duration <= 30 and cfg.sources >= 1 and cfg.aggregators >= 1
+    assert cfg.duration <= 30 and cfg.sources >= 1 and cfg.aggregators >= 1 and cfg.runner == "process"
+    assert coordinator.parse_config(["--runner", "thread"]).runner == "thread"
     assert [p for p, _ in cfg.phase_schedule()] == ["steady", "slow", "recovery"]
     starts = [t for _, t in cfg.phase_schedule()]
     assert starts == sorted(starts) and starts[0] == 0 and starts[-1] < cfg.duration
     assert job.record_dtype(100).itemsize == 100 and job.record_dtype(12).itemsize == 12
+
+
+def test_the_job_graph_and_its_functions_travel_to_workers():
+    cfg = coordinator.parse_config(["--sources", "3", "--aggregators", "4", "--buffer-timeout", "5"])
+    graph = job.build_graph(cfg)
+    assert [(v.name, v.parallelism) for v in graph.vertices] == [("Source", 3), ("Aggregator", 4), ("Sink", 1)]
+    assert graph.vertex("Aggregator").max_parallelism == job.MAX_PARALLELISM == 128
+    keyed, to_sink = graph.edges
+    assert keyed.partitioning is Partitioning.KEY_GROUPS and keyed.key_selector is job.record_key
+    assert to_sink.partitioning is Partitioning.REBALANCE and to_sink.target.name == "Sink"
+    assert keyed.buffer_timeout == to_sink.buffer_timeout == 5.0
+    # what the process and Ray runners send their workers: the graph (its serializers and key
+    # selector) and the task functions bound to the configuration
+    graph2, functions = pickle.loads(pickle.dumps((graph, job.task_functions(cfg))))
+    assert set(functions) == {"Source", "Aggregator", "Sink"}
+    assert all(f.args == (cfg,) for f in functions.values())
+    serializer = graph2.edges[0].serializer
+    assert isinstance(serializer, StreamElementSerializer)
+    record = StreamRecord(b"\x00\x00\x00\x07" + bytes(96), 42)
+    assert job.record_key(record) == 7
+    writer_side = pickle.loads(pickle.dumps(StreamElementSerializer("bytes")))
+    assert type(writer_side.value_serializer) is type(serializer.value_serializer)

@@ -1,10 +1,17 @@
-"""The coordinator of ``flinknet demo``: it starts the job's processes and drives the phases.
+"""The coordinator of ``flinknet demo``: it runs the job on a :mod:`flinknet.graph` runner and
+drives the phases.
 
-The coordinator (the ``flinknet demo`` process) starts every task of
-:mod:`flinknet.tools.demo.job` in its own process, hands each consumer its producers' ``(partition
-id, address)``, drives the scripted phases and collects each task's status through a bounded
-channel (one status message in flight per task: a newer status replaces an unsent one, nothing
-queues up), which the view (:mod:`flinknet.tools.demo.view`) shows:
+The coordinator (the ``flinknet demo`` process) builds the job's
+:class:`~flinknet.graph.JobGraph` (:func:`~flinknet.tools.demo.job.build_graph`) and starts it on
+the runner ``--runner`` names: ``process`` (:class:`~flinknet.graph.ProcessRunner`, one process
+per task, the default), ``ray`` (:class:`~flinknet.graph.RayRunner`, one Ray actor per task on a
+local Ray cluster the demo starts and stops) or ``thread`` (:class:`~flinknet.graph.ThreadRunner`,
+every task a thread of this process). The runner deploys the tasks (partitions, gates, the
+producers' addresses); the coordinator talks to them through the
+:class:`~flinknet.graph.JobHandle`: it drives the scripted phases with control messages and
+receives each task's status (``ctx.report`` → ``on_report`` → a bounded queue its loop drains; a
+status supersedes the previous one, so the oldest are dropped when it is full), which the view
+(:mod:`flinknet.tools.demo.view`) shows:
 
 1. **steady** (first 30 % of ``--duration``): everything keeps up, back-pressure OK;
 2. **slow** (next 35 %): ``Aggregator[--slow-aggregator]`` processes only ``--slow-factor`` (10 %)
@@ -15,18 +22,20 @@ queues up), which the view (:mod:`flinknet.tools.demo.view`) shows:
 4. **finish**: the sources stop and send EndOfPartition; the aggregators emit their final results
    and the sink finishes.
 
-At the end every key's count and sum at the sink is checked against what the sources produced
+At the end every key's count and sum at the sink (the tasks' return values, from the
+:class:`~flinknet.graph.JobResult`) is checked against what the sources produced
 (:func:`~flinknet.tools.demo.job.check_exactly_once`: nothing lost, nothing duplicated) and a
 summary is printed. The exit status is 0 when the check passes and every task succeeded, 1
-otherwise, 2 for bad arguments and 128 + the signal number when interrupted (130 for Ctrl-C, 143
-for SIGTERM).
+otherwise (a task failure is the :class:`~flinknet.graph.JobFailedError`'s root cause), 2 for bad
+arguments and 128 + the signal number when interrupted (130 for Ctrl-C, 143 for SIGTERM).
 
 The coordinator mirrors every task's metrics into its own
 :class:`~flinknet.metrics.MetricRegistry` under the same scopes, which ``--prometheus PORT``
 serves on 127.0.0.1 while the job runs.
 
-Every process the demo starts is stopped by the coordinator (also on Ctrl-C and on errors: asked
-to exit, then terminated and killed by PID if it does not).
+Nothing the demo starts outlives it (also on Ctrl-C, SIGTERM and errors): the job is cancelled
+and its workers are joined by the runner (worker processes that do not exit are terminated, then
+killed, by PID), and the Ray cluster is shut down.
 """
 
 from __future__ import annotations
@@ -34,20 +43,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import logging
 import math
-import multiprocessing as mp
-import os
+import multiprocessing
+import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
-from multiprocessing.connection import wait as wait_connections
-from multiprocessing.process import BaseProcess
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from multiprocessing import resource_tracker
 from typing import TYPE_CHECKING, Any, cast
 
 from flinknet.config import parse_memory_size
+from flinknet.errors import IllegalStateError
+from flinknet.graph import JobFailedError, JobHandle, JobResult, ProcessRunner, Runner, ThreadRunner
 from flinknet.metrics import Counter, Gauge, Histogram, MeterView, MetricRegistry
 from flinknet.tools.demo import view as views
 from flinknet.tools.demo.job import (
@@ -62,38 +73,43 @@ from flinknet.tools.demo.job import (
     ROLE_AGGREGATOR,
     ROLE_SINK,
     ROLE_SOURCE,
+    ROLES,
+    RUNNERS,
     AggregatorResult,
     CheckResult,
     DemoConfig,
     MetricEntry,
-    Peer,
     SinkResult,
     SourceResult,
     TaskResult,
     TaskStatus,
+    build_graph,
     check_exactly_once,
     rss_bytes,
+    task_functions,
     task_name,
-    task_process,
 )
 
 if TYPE_CHECKING:
-    import socket
-    from multiprocessing.connection import _ConnectionBase
-
+    from flinknet.graph import JobGraph
     from flinknet.metrics.prometheus import PrometheusReporter
-
-    #: What ``multiprocessing.connection.wait`` waits on and answers: the tasks' pipes and sentinels.
-    _Waitable = _ConnectionBase | socket.socket | int
 
 __all__ = ["DemoCoordinator", "UsageError", "build_parser", "main", "parse_config"]
 
-#: Seconds for every task to start (spawn, import, set up its environment).
+#: Seconds for every task to start (worker processes or actors started, tasks deployed and set up).
 STARTUP_TIMEOUT = 90.0
 #: Seconds for the job to drain after the sources stop.
 FINISH_TIMEOUT = 120.0
 #: Signals that stop the demo cleanly (exit status 128 + the signal number).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Signals a terminal sends to its whole foreground process group (Ctrl-C, hang-up): the worker
+#: processes ignore them (blocked) and leave the stopping to the coordinator.
+GROUP_SIGNALS = {signal.SIGINT, signal.SIGHUP}
+#: Task statuses the coordinator's queue holds (per task) before it drops the oldest.
+STATUS_QUEUE_PER_TASK = 16
+RUNNER_DESCRIPTIONS = {"process": "one process per task",
+                       "ray": "one Ray actor per task on a local Ray cluster",
+                       "thread": "one thread per task in this process"}
 
 
 # ==============================================================================================
@@ -165,9 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds from start to the sources stopping (default {d.duration:g}); "
                         "phases: steady 30%%, slow 35%%, recovery 35%%, then finish")
     p.add_argument("--sources", type=_int_in("sources", 1, 16), default=d.sources, metavar="N",
-                   help=f"source parallelism, one process each (default {d.sources})")
+                   help=f"source parallelism (default {d.sources})")
     p.add_argument("--aggregators", type=_int_in("aggregators", 1, 16), default=d.aggregators, metavar="N",
-                   help=f"aggregator parallelism, one process each (default {d.aggregators})")
+                   help=f"aggregator parallelism (default {d.aggregators})")
     p.add_argument("--keys", type=_int_in("keys", 1, 100_000), default=d.keys, metavar="N",
                    help=f"number of distinct keys (default {d.keys})")
     p.add_argument("--record-size", type=_int_in("record size", MIN_RECORD_SIZE, 1 << 20),
@@ -187,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
                    default=d.slow_factor, metavar="F",
                    help="fraction of its steady rate the slow aggregator keeps (default 0.1)")
     p.add_argument("--network-memory", type=_memory_size, default=d.network_memory, metavar="SIZE",
-                   help=f"network memory of each task process (default {d.network_memory})")
+                   help=f"network memory of each task (default {d.network_memory})")
+    p.add_argument("--runner", choices=RUNNERS, default=d.runner,
+                   help="where the tasks run: process = one process per task (the default), ray = one "
+                        "Ray actor per task on a local Ray cluster the demo starts (needs Ray: pip install "
+                        "'flinknet[ray]'), thread = one thread per task in this process")
     p.add_argument("--interval", type=_float_in("interval", 0.1, 60.0), default=d.interval, metavar="S",
                    help="seconds between two status lines per task with --no-live (default 1)")
     live = p.add_mutually_exclusive_group()
@@ -222,8 +242,8 @@ def parse_config(argv: Sequence[str] | None) -> DemoConfig:
         record_size=args.record_size, buffer_timeout=args.buffer_timeout, rate=args.rate,
         latency_interval=args.latency_interval, slow_aggregator=args.slow_aggregator,
         slow_factor=args.slow_factor, network_memory=args.network_memory, interval=args.interval,
-        live=args.live, prometheus=args.prometheus, seed=args.seed, inject_loss=args.inject_loss,
-        inject_failure=args.inject_failure)
+        live=args.live, prometheus=args.prometheus, runner=args.runner, seed=args.seed,
+        inject_loss=args.inject_loss, inject_failure=args.inject_failure)
 
 
 # ==============================================================================================
@@ -244,18 +264,15 @@ class _Interrupted(BaseException):
 
 @dataclasses.dataclass
 class TaskHandle:
-    """The coordinator's view of one task process."""
+    """The coordinator's view of one task (subtask ``index`` of vertex ``role``)."""
 
     role: str
     index: int
-    process: BaseProcess
-    conn: Connection
+    #: the process it runs in and its environment's address (from its first status)
     pid: int | None = None
     address: tuple[str, int] | None = None
-    partition: bytes | None = None
-    ready: bool = False
+    #: its function's return value (from the job's result)
     result: TaskResult | None = None
-    failure: str | None = None
     status: TaskStatus | None = None
     peak_rss: int = 0
     #: RSS when the first status of a phase arrived (``phase``) and at its latest (``phase.last``)
@@ -264,11 +281,15 @@ class TaskHandle:
     max_bp: dict[str, float] = dataclasses.field(default_factory=dict)
     #: per phase, the highest input pool usage of a one-second window within it
     max_in_pool: dict[str, float] = dataclasses.field(default_factory=dict)
-    conn_open: bool = True
 
     @property
     def name(self) -> str:
         return task_name(self.role, self.index)
+
+    @property
+    def finished(self) -> bool:
+        """The task returned its result (its last status says so, or the job's result has it)."""
+        return self.result is not None or (self.status is not None and self.status["state"] == "finished")
 
     def value(self, name: str, default: Any = 0.0) -> Any:
         """A value of the task group from the latest status (``numRecordsInPerSecond``)."""
@@ -406,18 +427,21 @@ class _MirroredHistogram(Histogram):
 
 
 class DemoCoordinator:
-    """Starts the task processes, drives the phases, renders the view and checks the result.
+    """Runs the job on the runner ``cfg.runner`` names, drives the phases, renders the view and
+    checks the result.
 
-    ``DemoCoordinator(cfg, view).run()`` returns the exit status; every process it started is
-    gone when it returns (or raises).
+    ``DemoCoordinator(cfg, view).run()`` returns the exit status; nothing it started (worker
+    processes, Ray actors, the Ray cluster, the metrics server) is left running when it returns
+    (or raises).
     """
 
     def __init__(self, cfg: DemoConfig, view: views.PlainView | views.LiveView, out: Any = None) -> None:
         self.cfg = cfg
         self.view = view
         self.out = out if out is not None else sys.stdout
-        self.ctx = mp.get_context("spawn")
-        self.tasks: list[TaskHandle] = []
+        counts = {ROLE_SOURCE: cfg.sources, ROLE_AGGREGATOR: cfg.aggregators, ROLE_SINK: 1}
+        self.tasks: list[TaskHandle] = [TaskHandle(role, i) for role in ROLES for i in range(counts[role])]
+        self._by_key = {(t.role, t.index): t for t in self.tasks}
         self.phase = "startup"
         self.phase_started = time.monotonic()
         self.t_start: float | None = None
@@ -430,6 +454,17 @@ class DemoCoordinator:
         self.check: CheckResult | None = None
         self.coordinator_peak_rss = 0
         self.interrupted = False
+        self.graph: JobGraph | None = None
+        self.runner: Runner | None = None
+        self.handle: JobHandle | None = None
+        self.job_result: JobResult | None = None
+        #: the tasks' statuses, from the runner's thread (on_report) to the coordinator's loop
+        self.statuses: queue.Queue[tuple[tuple[str, int], TaskStatus]] = queue.Queue(
+            STATUS_QUEUE_PER_TASK * len(self.tasks))
+        #: statuses dropped because the queue was full (a newer one of the same task followed)
+        self.dropped_statuses = 0
+        self._by_flink_name: dict[str, TaskHandle] = {}
+        self._ray: Any = None            # the ray module, while this demo runs a Ray cluster
         self._shut_down = False
 
     # -- public ----------------------------------------------------------------------------
@@ -441,8 +476,9 @@ class DemoCoordinator:
         try:
             try:
                 self._start_metrics()
-                self._spawn()
-                self._handshake()
+                self._start_job()
+                self._wait_until(lambda: all(t.status is not None for t in self.tasks), STARTUP_TIMEOUT,
+                                 "every task to start")
                 self._run_phases()
                 self._finish()
             except _Interrupted as err:
@@ -507,86 +543,127 @@ class DemoCoordinator:
                     f"cannot serve metrics on {HOST}:{self.cfg.prometheus}: {err}") from None
             self.view.event(f"metrics for Prometheus at http://{HOST}:{reporter.port}/metrics", self)
 
-    # -- processes -------------------------------------------------------------------------
+    # -- the job ---------------------------------------------------------------------------
 
-    def _spawn(self) -> None:
+    def _make_runner(self) -> Runner:
         cfg = self.cfg
-        roles = [(ROLE_SOURCE, i) for i in range(cfg.sources)] + \
-                [(ROLE_AGGREGATOR, i) for i in range(cfg.aggregators)] + [(ROLE_SINK, 0)]
-        for role, index in roles:
-            ours, theirs = self.ctx.Pipe(duplex=True)
-            process = self.ctx.Process(target=task_process, name=f"flinknet-demo-{task_name(role, index)}",
-                                       args=(theirs, role, index, cfg, os.getpid()), daemon=True)
-            self.tasks.append(TaskHandle(role, index, process, ours))
-            process.start()
-            theirs.close()
+        if cfg.runner == "thread":
+            # One environment for every task: the network memory of all of them.
+            return ThreadRunner(config=cfg.net_options(tasks=len(self.tasks)))
+        if cfg.runner == "ray":
+            return self._start_ray()
+        return ProcessRunner(config=cfg.net_options(), join_timeout=EXIT_GRACE)
 
-    def _by_role(self, role: str) -> list[TaskHandle]:
-        return [t for t in self.tasks if t.role == role]
+    def _start_ray(self) -> Runner:
+        import ray
 
-    def _send(self, task: TaskHandle, message: tuple[Any, ...]) -> None:
-        if not task.conn_open:
-            return
-        try:
-            task.conn.send(message)
-        except OSError:
-            task.conn_open = False
+        from flinknet.graph.ray import RayRunner
 
-    def _broadcast(self, message: tuple[Any, ...]) -> None:
-        for t in self.tasks:
-            self._send(t, message)
+        config = self.cfg.net_options()
+        if not ray.is_initialized():
+            self.view.event(f"starting a local Ray cluster ({len(self.tasks)} CPUs for {len(self.tasks)} "
+                            "actors)", self)
+            # A cluster on this host only: the actors' environments listen on loopback, as the
+            # other runners' do (the runner's default is the node's address, which Ray 2.60 takes
+            # from the host's outbound interface even with _node_ip_address="127.0.0.1").
+            config["taskmanager.network.bind-host"] = HOST
+            self._ray = ray
+            try:
+                ray.init(num_cpus=len(self.tasks), _node_ip_address=HOST, include_dashboard=False,
+                         logging_level=logging.WARNING, log_to_driver=False)
+            except SystemExit:
+                # ray.init installs a SIGTERM handler that exits: the demo stops as on any SIGTERM.
+                raise _Interrupted(signal.SIGTERM) from None
+            except Exception as err:  # noqa: BLE001 (whatever keeps Ray from starting)
+                raise DemoFailedError(f"cannot start a local Ray cluster: {err}") from None
+            self._install_signal_handlers()     # the demo's again (ray.init replaced SIGTERM's)
+        return RayRunner(config=config, num_cpus=1, join_timeout=EXIT_GRACE)
+
+    def _start_job(self) -> None:
+        cfg = self.cfg
+        self.runner = runner = self._make_runner()
+        self.graph = graph = build_graph(cfg)
+        self._by_flink_name = {graph.vertex(t.role).task_name(t.index): t for t in self.tasks}
+        self.view.event(f"starting {len(self.tasks)} tasks ({cfg.sources} sources, {cfg.aggregators} "
+                        f"aggregators, 1 sink) on the {cfg.runner} runner: {RUNNER_DESCRIPTIONS[cfg.runner]}",
+                        self)
+        # The runner's own deadline is a backstop: the coordinator's come first.
+        backstop = STARTUP_TIMEOUT + cfg.duration + FINISH_TIMEOUT + 4 * EXIT_GRACE
+        if isinstance(runner, ProcessRunner):
+            # multiprocessing's resource tracker, which spawned processes share, is started by the
+            # first spawn, which unblocks SIGINT in the spawning thread when done: start it here,
+            # so that the runner's thread keeps the mask its workers inherit (below).
+            resource_tracker.ensure_running()
+        with _group_signals_blocked():
+            self.handle = runner.start(graph, task_functions(cfg), timeout=backstop,
+                                       on_report=self._on_report)
+
+    def _on_report(self, key: tuple[str, int], status: TaskStatus) -> None:
+        """The runner's ``on_report`` (called from a runner thread): queue the status; when the
+        queue is full, drop the oldest (a newer status of the same task follows)."""
+        item = (key, status)
+        while True:
+            try:
+                self.statuses.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    self.statuses.get_nowait()
+                    self.dropped_statuses += 1
+                except queue.Empty:
+                    pass
 
     def _pump(self, timeout: float) -> None:
-        """Receive and handle whatever the tasks sent within ``timeout`` seconds; fail if a task
-        failed or died."""
-        conns: dict[_Waitable, TaskHandle] = {t.conn: t for t in self.tasks if t.conn_open}
-        sentinels: dict[_Waitable, TaskHandle] = {t.process.sentinel: t for t in self.tasks
-                                                  if t.process.exitcode is None}
-        ready = wait_connections(list(conns) + list(sentinels), timeout) if conns or sentinels else []
-        for obj in ready:
-            task = conns.get(obj)
-            if task is None:
-                continue
+        """Handle the statuses that arrive within ``timeout`` seconds; fail if the job failed."""
+        try:
+            item: tuple[tuple[str, int], TaskStatus] | None = (
+                self.statuses.get(timeout=timeout) if timeout > 0 else self.statuses.get_nowait())
+        except queue.Empty:
+            item = None
+        while item is not None:
+            key, status = item
+            task = self._by_key.get(key)
+            if task is not None:
+                self._on_status(task, status)
             try:
-                while task.conn_open and task.conn.poll():
-                    self._handle(task, task.conn.recv())
-            except (EOFError, OSError):
-                task.conn_open = False
-        for obj in ready:
-            task = sentinels.get(obj)
-            if task is not None and task.result is None and task.failure is None:
-                task.process.join(0.5)
-                # the last messages may still be in the pipe
-                try:
-                    while task.conn_open and task.conn.poll():
-                        self._handle(task, task.conn.recv())
-                except (EOFError, OSError):
-                    task.conn_open = False
-                if task.failure is None:
-                    task.failure = f"exited unexpectedly with status {task.process.exitcode}"
-        failed = [(t, t.failure) for t in self.tasks if t.failure is not None]
-        if failed:
-            t, failure = failed[0]
-            raise DemoFailedError(f"{t.name} (pid {t.pid or t.process.pid}) failed: {failure.strip()}")
+                item = self.statuses.get_nowait()
+            except queue.Empty:
+                item = None
+        self._check_job()
 
-    def _handle(self, task: TaskHandle, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "status":
-            self._on_status(task, message[1])
-            self._send(task, ("ack",))
-        elif kind == "hello":
-            info = message[1]
-            task.pid, task.address, task.partition = info["pid"], info["address"], info["partition"]
-            address = info["address"]
-            self.view.event(f"task={task.name} pid={task.pid} listening={address[0]}:{address[1]}", self)
-        elif kind == "ready":
-            task.ready = True
-        elif kind == "done":
-            task.result = message[1]
-        elif kind == "failed":
-            task.failure = message[1]
+    def _check_job(self) -> None:
+        """Take the job's result once it ended; :class:`DemoFailedError` if it failed."""
+        handle = self.handle
+        if handle is None or not handle.done or self.job_result is not None:
+            return
+        try:
+            result = handle.result(0)
+        except JobFailedError as err:
+            raise DemoFailedError(self._describe_failure(err)) from None
+        except Exception as err:  # noqa: BLE001 (the runner's backstop timeout, a deployment error)
+            raise DemoFailedError(f"the job failed: {err}") from None
+        for role in ROLES:
+            for index, value in enumerate(result.results(role)):
+                self._by_key[(role, index)].result = value
+        self.job_result = result
+
+    def _describe_failure(self, err: JobFailedError) -> str:
+        """The task that failed first with a root cause, as the demo names it, and its error."""
+        root = err.root_cause
+        if root is None:
+            return str(err).splitlines()[0]
+        task = self._by_flink_name.get(root.task_name)
+        who = root.task_name if task is None else f"{task.name} (pid {task.pid or '?'})"
+        text = f"{who} failed: {root.error_type.rsplit('.', 1)[-1]}: {root.message}"
+        if len(err.failures) > 1:
+            text += f" (then {len(err.failures) - 1} other task(s) stopped)"
+        return text
 
     def _on_status(self, task: TaskHandle, status: TaskStatus) -> None:
+        if task.pid is None:
+            host, port = status["address"]
+            task.pid, task.address = status["pid"], (host, port)
+            self.view.event(f"task={task.name} pid={task.pid} listening={host}:{port}", self)
         task.status = status
         rss = status.get("rss", 0)
         task.peak_rss = max(task.peak_rss, rss)
@@ -612,19 +689,20 @@ class DemoCoordinator:
             self._pump(min(left, 0.25))
             self.view.update(self)
 
-    def _handshake(self) -> None:
-        self.view.event(f"starting {len(self.tasks)} task processes "
-                        f"({self.cfg.sources} sources, {self.cfg.aggregators} aggregators, 1 sink)", self)
-        self._wait_until(lambda: all(t.pid is not None for t in self.tasks), STARTUP_TIMEOUT,
-                         "every task to start")
-        sources = [_peer(t) for t in self._by_role(ROLE_SOURCE)]
-        aggregators = [_peer(t) for t in self._by_role(ROLE_AGGREGATOR)]
-        for t in self._by_role(ROLE_AGGREGATOR):
-            self._send(t, ("peers", sources))
-        for t in self._by_role(ROLE_SINK):
-            self._send(t, ("peers", aggregators))
-        self._wait_until(lambda: all(t.ready for t in self.tasks), STARTUP_TIMEOUT,
-                         "every task to connect")
+    def _by_role(self, role: str) -> list[TaskHandle]:
+        return [t for t in self.tasks if t.role == role]
+
+    def _broadcast(self, message: tuple[Any, ...], vertex: str | None = None) -> None:
+        """Send a control message to every task (of ``vertex``)."""
+        handle = self.handle
+        assert handle is not None
+        try:
+            handle.broadcast(message, vertex)
+        except IllegalStateError as err:
+            # The job ended or lost a worker: its failure follows.
+            self._wait_until(lambda: handle.done, EXIT_GRACE, "the job to end")
+            self._check_job()
+            raise DemoFailedError(f"cannot reach the tasks: {err}") from None
 
     def _phase_params(self) -> dict[str, Any]:
         return {"slow": self.cfg.slow_aggregator, "factor": self.cfg.slow_factor}
@@ -651,55 +729,38 @@ class DemoCoordinator:
         self.t_stop = time.monotonic()
         self._enter_phase("finish")
         self._broadcast(("phase", "finish", self._phase_params()))
-        for t in self._by_role(ROLE_SOURCE):
-            self._send(t, ("stop",))
+        self._broadcast(("stop",), ROLE_SOURCE)
 
     def _finish(self) -> None:
-        self._wait_until(lambda: all(t.result is not None for t in self.tasks), FINISH_TIMEOUT,
-                         "the job to finish (EndOfPartition through every task)")
+        what = "the job to finish (EndOfPartition through every task)"
+        self._wait_until(lambda: self.job_result is not None or all(t.finished for t in self.tasks),
+                         FINISH_TIMEOUT, what)
         self.t_done = time.monotonic()
+        self._wait_until(lambda: self.job_result is not None, FINISH_TIMEOUT, what)
+        self._pump(0)                               # the tasks' last statuses
         self.phase = "done"
         self.view.phase(self, "done")
-        self._broadcast(("exit",))
-        deadline = time.monotonic() + EXIT_GRACE
-        for t in self.tasks:
-            t.process.join(max(0.0, deadline - time.monotonic()))
-        for t in self.tasks:
-            if t.process.exitcode not in (None, EXIT_OK):
-                self.failures.append(f"{t.name} exited with status {t.process.exitcode}")
+        assert self.job_result is not None
+        for worker in self.job_result.leaky_workers:
+            self.failures.append(f"{worker} did not get all its network memory back")
 
     def _shutdown(self) -> None:
-        """Stop every task process (ask, terminate, kill: by PID), then the metrics server.
-        Signals are ignored meanwhile so that a second Ctrl-C cannot leave orphans."""
+        """Stop the job (cancel it, wait for the runner to join its workers; terminate and kill
+        worker processes that do not end), the Ray cluster and the metrics server. Signals are
+        ignored meanwhile so that a second Ctrl-C cannot leave orphans."""
         if self._shut_down:
             return
         self._shut_down = True
         in_main = threading.current_thread() is threading.main_thread()
         previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS} if in_main else {}
         try:
-            alive = [t for t in self.tasks if t.process.exitcode is None and t.process.pid is not None]
-            for t in alive:
-                self._send(t, ("exit",))
-            deadline = time.monotonic() + EXIT_GRACE
-            for t in alive:
-                t.process.join(max(0.0, deadline - time.monotonic()))
-            for t in alive:
-                if t.process.exitcode is None:
-                    t.process.terminate()                 # SIGTERM to its PID
-            for t in alive:
-                t.process.join(3.0)
-            for t in alive:
-                if t.process.exitcode is None:
-                    t.process.kill()                      # SIGKILL to its PID
-                    t.process.join(5.0)
-            for t in self.tasks:
+            self._stop_job()
+            if self._ray is not None:
+                ray, self._ray = self._ray, None
                 try:
-                    t.conn.close()
-                except OSError:
+                    ray.shutdown()
+                except Exception:  # noqa: BLE001 (a cluster that did not start completely)
                     pass
-                t.conn_open = False
-                if t.process.exitcode is not None:
-                    t.process.close()
             if self.reporter is not None:
                 self.reporter.close()
                 self.reporter = None
@@ -710,6 +771,34 @@ class DemoCoordinator:
             for s, h in previous.items():
                 signal.signal(s, h)
 
+    def _stop_job(self) -> None:
+        handle = self.handle
+        if handle is None or handle.done:
+            return
+        handle.cancel("the demo is stopping")
+        # The runner joins its workers; it terminates and kills those that do not exit in EXIT_GRACE.
+        if _wait_done(handle, 2 * EXIT_GRACE + 5):
+            return
+        # A task that ignores the cancellation keeps its worker (and the runner) waiting.
+        self._kill_worker_processes()
+        if not _wait_done(handle, EXIT_GRACE):
+            self.view.event("the job did not stop in time: its threads end with this process", self)
+
+    def _kill_worker_processes(self) -> None:
+        """Terminate, then kill, the process runner's workers still running (by PID)."""
+        if not isinstance(self.runner, ProcessRunner):
+            return                      # Ray actors end with the cluster; threads with this process
+        pids = set(self.runner.last_pids)
+        workers = [p for p in multiprocessing.active_children() if p.pid in pids]
+        for p in workers:
+            p.terminate()
+        for p in workers:
+            p.join(3.0)
+        for p in workers:
+            if p.is_alive():
+                p.kill()
+                p.join(5.0)
+
     # -- the check -------------------------------------------------------------------------
 
     def _check(self) -> CheckResult | None:
@@ -719,8 +808,8 @@ class DemoCoordinator:
         if missing:
             self.failures.append(f"no result from {', '.join(missing)}: the results were not checked")
             return None
-        # Each role's tasks send that role's result (SourceTask.process, AggregatorTask.process,
-        # SinkTask.process), pickled through their pipes.
+        # Each role's tasks return that role's result (SourceTask.process, AggregatorTask.process,
+        # SinkTask.process), brought back by the runner.
         sources = [cast(SourceResult, t.result) for t in self._by_role(ROLE_SOURCE)]
         aggregators = [cast(AggregatorResult, t.result) for t in self._by_role(ROLE_AGGREGATOR)]
         sink = cast(SinkResult, self._by_role(ROLE_SINK)[0].result)
@@ -741,11 +830,29 @@ class DemoCoordinator:
         return emitted / max(end - self.t_start, 1e-9)
 
 
-def _peer(task: TaskHandle) -> Peer:
-    """A producer task as its consumers need it (the ``peers`` command), once it said hello."""
-    if task.partition is None or task.address is None:
-        raise DemoFailedError(f"{task.name} did not report its partition and address")
-    return {"name": task.name, "partition": task.partition, "address": task.address}
+def _wait_done(handle: JobHandle, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the job to end, however it ends; whether it did."""
+    try:
+        handle.result(timeout)
+    except Exception:  # noqa: BLE001 (a cancelled job fails: that is the point)
+        pass
+    return handle.done
+
+
+@contextmanager
+def _group_signals_blocked() -> Iterator[None]:
+    """Block Ctrl-C and hang-up (:data:`GROUP_SIGNALS`) in the threads started meanwhile, and so
+    in the worker processes they start (a signal mask is inherited): a terminal sends them to its
+    whole foreground process group, and the coordinator, not every worker, handles them (the
+    runner then stops the workers). Ray's own processes block SIGINT the same way."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # ==============================================================================================
@@ -764,12 +871,22 @@ def _check_prometheus_available() -> None:
         raise UsageError(f"--prometheus is not available in this build of flinknet: {err}") from None
 
 
+def _check_ray_available() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UsageError("--runner ray needs the optional package ray "
+                         "(pip install 'flinknet[ray]')") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``flinknet demo [options]``; returns the exit status."""
     try:
         cfg = parse_config(argv)
         if cfg.prometheus is not None:
             _check_prometheus_available()
+        if cfg.runner == "ray":
+            _check_ray_available()
     except UsageError as err:
         print(f"flinknet demo: error: {err}", file=sys.stderr)
         return EXIT_USAGE

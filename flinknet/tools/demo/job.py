@@ -1,11 +1,12 @@
-"""The job of ``flinknet demo``: a keyed streaming job whose tasks each run in their own process.
+"""The job of ``flinknet demo``: a keyed streaming job, deployed by a :mod:`flinknet.graph` runner.
 
-The job is Flink's classic keyed aggregation, each task in its own OS process (``multiprocessing``
-spawn) with its own :class:`~flinknet.environment.NetworkEnvironment`, connected by flinknet's TCP
-transport with credit-based flow control::
+The job is Flink's classic keyed aggregation as a :class:`~flinknet.graph.JobGraph`
+(:func:`build_graph`), each subtask with its own :class:`~flinknet.environment.NetworkEnvironment`
+(with the process and Ray runners: one process each, connected by flinknet's TCP transport with
+credit-based flow control)::
 
-    Source[0..S-1] --keyBy (KeyGroupStreamPartitioner, max parallelism 128)--> Aggregator[0..A-1]
-        --> Sink[0]
+    Source[0..S-1] --key_groups (KeyGroupStreamPartitioner, max parallelism 128)--> Aggregator[0..A-1]
+        --rebalance--> Sink[0]
 
 * **Sources** generate ``(key, value)`` events (``--keys`` keys, values 1..999, ``--record-size``
   bytes each, as Flink ``StreamRecord``\\ s with a timestamp) at ``--rate`` records/s, wait
@@ -16,42 +17,46 @@ transport with credit-based flow control::
   their input (EndOfPartition from every source) they send their final totals.
 * The **sink** keeps the latest totals per key and measures latency from the markers.
 
-Each task process (:func:`task_process`) talks to the coordinator
-(:mod:`flinknet.tools.demo.coordinator`) over a pipe: it reports its address, waits for its
-producers' addresses, follows the scripted phases it is told, and sends its status through a
-bounded channel (one status message in flight: a newer status replaces an unsent one) and its
-result at the end. :func:`check_exactly_once` is the end-of-job check: every key's count and sum
-at the sink against what the sources produced (nothing lost, nothing duplicated).
+The task functions (:func:`run_source`, :func:`run_aggregator`, :func:`run_sink`; bound to the
+:class:`DemoConfig` by :func:`task_functions`) take their writer and reader from the
+:class:`~flinknet.graph.TaskContext`, report a :class:`TaskStatus` every
+:data:`STATUS_INTERVAL` seconds (``ctx.report``), wait for the coordinator's ``("start", phase,
+params)`` message, follow its ``("phase", phase, params)`` and ``("stop",)`` messages
+(``ctx.next_message``) and return their result (:class:`SourceResult`, :class:`AggregatorResult`,
+:class:`SinkResult`), which the runner brings back to the coordinator
+(:mod:`flinknet.tools.demo.coordinator`). :func:`check_exactly_once` is the end-of-job check:
+every key's count and sum at the sink against what the sources produced (nothing lost, nothing
+duplicated).
 
-Metrics are flinknet's (Flink's names): each task registers :class:`~flinknet.metrics.task.TaskIOMetrics`
-for its writer and reader; the sink reports latency markers to
-:class:`~flinknet.metrics.latency.LatencyStats`. A task whose coordinator disappears shuts itself
-down.
+Metrics are flinknet's (Flink's names): each task registers
+:class:`~flinknet.metrics.task.TaskIOMetrics` over one-second windows for its writer and reader
+in its own :class:`~flinknet.metrics.MetricRegistry` (updated every second); the sink reports
+latency markers to :class:`~flinknet.metrics.latency.LatencyStats`.
 """
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
+import functools
 import os
-import signal
 import struct
-import sys
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
-from typing import Any, NotRequired, TypedDict, TypeVar
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
+from flinknet.config import parse_memory_size
 from flinknet.consumer import RecordReader, SingleInputGate
 from flinknet.consumer.remote import RemoteInputChannel
 from flinknet.core import LatencyMarker, StreamElementSerializer, StreamRecord, operator_indexes_array
 from flinknet.environment import NetworkEnvironment
 from flinknet.errors import CancelTaskError
-from flinknet.ids import OperatorID, ResultPartitionID
+from flinknet.graph import JobGraph, TaskContext, TaskFunction
+from flinknet.ids import OperatorID
 from flinknet.metrics import (
     Counter,
     Histogram,
@@ -63,13 +68,12 @@ from flinknet.metrics import (
 from flinknet.metrics.latency import LatencyMarkerEmitter, LatencyStats, forward_latency_marker
 from flinknet.metrics.registry import value_of
 from flinknet.metrics.task import TaskIOMetrics
-from flinknet.partition import ResultPartition
-from flinknet.partitioners import KeyGroupStreamPartitioner
 from flinknet.writer import RecordWriter
 
-__all__ = ["AggregatorResult", "AggregatorTask", "ChannelStatus", "CheckResult", "DemoConfig", "Peer",
-           "SinkResult", "SinkTask", "SourceResult", "SourceTask", "TaskResult", "TaskStatus",
-           "check_exactly_once", "latency_of", "record_dtype", "task_process"]
+__all__ = ["AggregatorResult", "AggregatorTask", "ChannelStatus", "CheckResult", "DemoConfig", "RUNNERS",
+           "SinkResult", "SinkTask", "SourceResult", "SourceTask", "TaskResult", "TaskStatus", "build_graph",
+           "check_exactly_once", "latency_of", "record_dtype", "run_aggregator", "run_sink", "run_source",
+           "task_functions"]
 
 #: Flink's max parallelism for the keyed edge (the number of key groups).
 MAX_PARALLELISM = 128
@@ -81,15 +85,20 @@ PHASES = ("steady", "slow", "recovery")
 PHASE_STARTS = {"steady": 0.0, "slow": 0.30, "recovery": 0.65}
 #: Seconds between two status messages of a task.
 STATUS_INTERVAL = 0.5
+#: Seconds a task's control thread waits for a message before it checks whether the task ended.
+CONTROL_POLL = 0.25
 #: Milliseconds between two batches of running totals from an aggregator to the sink.
 EMIT_INTERVAL_MS = 200
-#: Seconds a task gets to exit on its own before it is terminated, then killed.
+#: Seconds the job gets to end after it was cancelled before its workers are terminated, then killed.
 EXIT_GRACE = 10.0
 MIN_RECORD_SIZE = 12          # key (int32) + value (int64)
 UPDATE = np.dtype([("k", ">i4"), ("c", ">i8"), ("s", ">i8"), ("f", "u1")])   # aggregator → sink
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: Where the tasks run (``--runner``): flinknet.graph's ProcessRunner, RayRunner, ThreadRunner.
+RUNNERS = ("process", "ray", "thread")
 
 ROLE_SOURCE, ROLE_AGGREGATOR, ROLE_SINK = "Source", "Aggregator", "Sink"
+ROLES = (ROLE_SOURCE, ROLE_AGGREGATOR, ROLE_SINK)
 #: Operator ids (Flink's 128-bit OperatorID as two longs) of the three operators.
 OPERATOR_IDS = {ROLE_SOURCE: (0x5EED, 0x50C0), ROLE_AGGREGATOR: (0xA66, 0xA66), ROLE_SINK: (0x5111, 0x5111)}
 
@@ -117,33 +126,31 @@ class DemoConfig:
     interval: float = 1.0
     live: bool | None = None
     prometheus: int | None = None
+    runner: str = "process"
     seed: int = 0
     inject_loss: int = 0
     inject_failure: str | None = None
+
+    @property
+    def num_tasks(self) -> int:
+        """Subtasks of the job: the sources, the aggregators and the sink."""
+        return self.sources + self.aggregators + 1
 
     def phase_schedule(self) -> list[tuple[str, float]]:
         """``(phase, start second)`` of the scripted phases, in order."""
         return [(p, PHASE_STARTS[p] * self.duration) for p in PHASES]
 
-    def net_options(self) -> dict[str, Any]:
-        """The NetworkEnvironment options of every task process."""
-        return {"taskmanager.memory.network.max": self.network_memory,
-                "taskmanager.memory.network.min": self.network_memory}
+    def net_options(self, tasks: int = 1) -> dict[str, Any]:
+        """The NetworkEnvironment options of a worker running ``tasks`` subtasks
+        (``--network-memory`` per subtask)."""
+        size: int | str = self.network_memory if tasks == 1 else \
+            parse_memory_size(self.network_memory, "--network-memory") * tasks
+        return {"taskmanager.memory.network.max": size, "taskmanager.memory.network.min": size}
 
 
 # ==============================================================================================
-# What the processes tell each other (pickled through the pipes: plain dicts at run time)
+# What the tasks report (pickled by the runners: plain dicts at run time)
 # ==============================================================================================
-
-class Peer(TypedDict):
-    """A producer as the coordinator describes it to its consumers (the ``peers`` command)."""
-
-    name: str
-    #: its output partition's :class:`~flinknet.ids.ResultPartitionID`, as bytes
-    partition: bytes
-    #: where its environment's server listens
-    address: tuple[str, int]
-
 
 #: Credit and backlog of one remote input channel in a status (``from``: the producer task).
 ChannelStatus = TypedDict("ChannelStatus", {
@@ -155,9 +162,13 @@ MetricEntry = tuple[str, tuple[tuple[Any, ...], ...], str, str, Any]
 
 
 class TaskStatus(TypedDict):
-    """What a task reports every :data:`STATUS_INTERVAL` seconds (:meth:`_Task.status`)."""
+    """What a task reports every :data:`STATUS_INTERVAL` seconds (:meth:`_Task.status`), from the
+    moment it is set up (state ``ready``) to its end (state ``finished``)."""
 
     t: float
+    #: the process the task runs in and where its environment serves its partitions
+    pid: int
+    address: tuple[str, int]
     phase: str
     #: the phase the metrics' last one-second window lay in entirely (None: it spanned a change)
     window_phase: str | None
@@ -213,7 +224,7 @@ class SinkResult(TaskResult):
 
 
 # ==============================================================================================
-# Helpers shared by the processes
+# Helpers
 # ==============================================================================================
 
 def operator_id(role: str) -> OperatorID:
@@ -253,91 +264,80 @@ _KEY = struct.Struct(">i").unpack_from
 
 
 def record_key(record: StreamRecord) -> int:
-    """The key of a source event (a ``StreamRecord`` whose value starts with the key)."""
+    """The key of a source event (a ``StreamRecord`` whose value starts with the key): the key
+    selector of the keyed edge (module level, so the runners can pickle the graph)."""
     return _KEY(record.value)[0]
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to kill this process when the coordinator dies (best effort)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:      # the coordinator died before prctl
-        os._exit(EXIT_FAILED)
+def _stream_element_serializer(value_serializer: type) -> StreamElementSerializer:
+    return StreamElementSerializer(value_serializer())
 
 
-class _AbortedError(Exception):
-    """The coordinator asked this task to stop (or went away)."""
+def _reduce_stream_element_serializer(s: StreamElementSerializer) -> tuple[Any, ...]:
+    # StreamElementSerializer (Cython) does not pickle; the edges' serializers must, to reach the
+    # process and Ray workers with the graph. Rebuilt from its value serializer's class.
+    value_type = type(s.value_serializer)
+    try:
+        value_type()
+    except TypeError:
+        raise TypeError(f"cannot pickle a StreamElementSerializer over {s.value_serializer!r}") from None
+    return _stream_element_serializer, (value_type,)
 
 
-_V = TypeVar("_V")
+copyreg.pickle(StreamElementSerializer, _reduce_stream_element_serializer)
 
 
-def _set_up(value: _V | None, what: str) -> _V:
-    """``value``, which the task's lifecycle sets up before it is used (:meth:`_Task.run`); None
-    here is a bug in the task, reported as such rather than as an AttributeError on None."""
-    if value is None:
-        raise RuntimeError(f"{what} is used before it was set up")
-    return value
+def build_graph(cfg: DemoConfig) -> JobGraph:
+    """The demo's job: ``Source`` (``--sources``) → key groups (max parallelism 128) →
+    ``Aggregator`` (``--aggregators``) → rebalance → ``Sink`` (1), every edge carrying Flink
+    stream elements (records with timestamps and latency markers) with ``--buffer-timeout``."""
+    g = JobGraph(JOB_NAME)
+    sources = g.add_vertex(ROLE_SOURCE, cfg.sources)
+    aggregators = g.add_vertex(ROLE_AGGREGATOR, cfg.aggregators, max_parallelism=MAX_PARALLELISM)
+    sink = g.add_vertex(ROLE_SINK, 1)
+    g.connect(sources, aggregators, "key_groups", key_selector=record_key,
+              serializer=StreamElementSerializer("bytes"), buffer_timeout=cfg.buffer_timeout)
+    g.connect(aggregators, sink, "rebalance", serializer=StreamElementSerializer("bytes"),
+              buffer_timeout=cfg.buffer_timeout)
+    return g
+
+
+def task_functions(cfg: DemoConfig) -> dict[str, TaskFunction]:
+    """The task function of every vertex of :func:`build_graph`, bound to ``cfg`` (picklable)."""
+    return {ROLE_SOURCE: functools.partial(run_source, cfg),
+            ROLE_AGGREGATOR: functools.partial(run_aggregator, cfg),
+            ROLE_SINK: functools.partial(run_sink, cfg)}
+
+
+def run_source(cfg: DemoConfig, ctx: TaskContext) -> SourceResult:
+    """The task function of the sources."""
+    return SourceTask(ctx, cfg).run()
+
+
+def run_aggregator(cfg: DemoConfig, ctx: TaskContext) -> AggregatorResult:
+    """The task function of the aggregators."""
+    return AggregatorTask(ctx, cfg).run()
+
+
+def run_sink(cfg: DemoConfig, ctx: TaskContext) -> SinkResult:
+    """The task function of the sink."""
+    return SinkTask(ctx, cfg).run()
 
 
 # ==============================================================================================
-# Task processes
+# Tasks
 # ==============================================================================================
-
-class _Link:
-    """A task's end of its connection to the coordinator.
-
-    Commands come in on a control thread. Status goes out with one credit: a status is sent
-    only when the coordinator acknowledged the previous one, otherwise it replaces the unsent
-    one (so a slow coordinator sees fresh status and nothing queues up). Results and errors
-    are sent reliably.
-    """
-
-    def __init__(self, conn: Connection):
-        self._conn = conn
-        self._lock = threading.Lock()
-        self._credit = 1
-        self._pending: TaskStatus | None = None
-
-    def send(self, message: tuple[Any, ...]) -> None:
-        with self._lock:
-            self._conn.send(message)
-
-    def offer_status(self, status: TaskStatus) -> None:
-        with self._lock:
-            if self._credit:
-                self._credit = 0
-                self._conn.send(("status", status))
-            else:
-                self._pending = status
-
-    def on_ack(self) -> None:
-        with self._lock:
-            if self._pending is not None:
-                status, self._pending = self._pending, None
-                self._conn.send(("status", status))
-            else:
-                self._credit = 1
-
-    def recv(self) -> Any:
-        return self._conn.recv()
-
-    def close(self) -> None:
-        try:
-            self._conn.close()
-        except OSError:
-            pass
-
 
 class _TaskMetrics:
-    """A task process's metrics: its registry (1-second views), its task group with
-    :class:`~flinknet.metrics.task.TaskIOMetrics` and the process's network pool gauges."""
+    """A task's metrics: its registry (updated every second), its task group with
+    :class:`~flinknet.metrics.task.TaskIOMetrics` over one-second windows and its environment's
+    network pool gauges.
+
+    The task context's own ``ctx.metrics`` live in the worker's registry, which no thread updates
+    (their rates and timers stay at 0) and which averages over 60 s: the demo registers the
+    context's writer and reader here as well, which hooks their back-pressure and idle timers to
+    these metrics (a writer, partition or gate has one timer of each kind; the last registration
+    wins)."""
 
     def __init__(self, role: str, index: int, env: NetworkEnvironment) -> None:
         tm_id = f"tm-{os.getpid()}"
@@ -409,33 +409,33 @@ def _steps(root: MetricGroup, group: MetricGroup) -> tuple[tuple[Any, ...], ...]
 
 
 class _Task:
-    """What every task process does: set up, report, run, finish, wait to be told to exit.
+    """What every task does: set up its writer and reader, report, wait for the start, run its
+    loop (:meth:`process`), return its result.
 
-    Three threads: the task thread (:meth:`run`), the control thread (commands from the
-    coordinator, :meth:`control_loop`) and the status thread (:meth:`status_loop`)."""
+    Three threads: the task thread (:meth:`run`, called by the runner), the control thread
+    (the coordinator's messages, :meth:`control_loop`) and the status thread
+    (:meth:`status_loop`). A cancelled job fails the task's partitions and closes its gates (the
+    runner does): the task thread wakes wherever it waits on them, the control thread stops the
+    loop."""
 
     role = ""
-    #: whether the task reads from other tasks (it waits for their addresses)
-    needs_peers = False
 
-    def __init__(self, link: _Link, index: int, cfg: DemoConfig):
-        self.link = link
-        self.index = index
+    def __init__(self, ctx: TaskContext, cfg: DemoConfig):
+        self.ctx = ctx
+        self.index = ctx.subtask_index
         self.cfg = cfg
-        self.name = task_name(self.role, index)
+        self.name = task_name(self.role, self.index)
         self.phase = "startup"
         self.phase_params: dict[str, Any] = {}
         self.state = "starting"
-        self.peers: list[Peer] | None = None
         self.metrics: _TaskMetrics | None = None
         self.gate: SingleInputGate | None = None
-        self.partition: ResultPartition | None = None
-        self.peers_ready = threading.Event()
-        self.started = threading.Event()
+        #: the producer task of each input channel, in the gate's channel order
+        self.channel_sources: list[str] = []
         self.stop = threading.Event()
-        self.exit = threading.Event()
-        self.aborted = threading.Event()
-        self.finished = False
+        #: set when the task thread leaves :meth:`run`: the control and status threads end
+        self.ended = threading.Event()
+        self.cancelled = threading.Event()
         self.phase_since = time.monotonic()
         #: the phase the metrics' last one-second window lay in entirely (None: it spanned a change)
         self.window_phase: str | None = None
@@ -445,33 +445,21 @@ class _Task:
     # -- commands (control thread) ---------------------------------------------------------
 
     def control_loop(self) -> None:
-        while True:
+        while not self.ended.is_set():
             try:
-                message = self.link.recv()
-            except (EOFError, OSError):
-                self.abort()
+                message = self.ctx.next_message(timeout=CONTROL_POLL)
+            except CancelTaskError:
+                self.cancel()
                 return
-            kind = message[0]
-            if kind == "ack":
-                try:
-                    self.link.on_ack()
-                except OSError:
-                    self.abort()
-                    return
-            elif kind == "peers":
-                self.peers = message[1]
-                self.peers_ready.set()
-            elif kind in ("start", "phase"):
-                self.set_phase(message[1], message[2])
-                if kind == "start":
-                    self.started.set()
-            elif kind == "stop":
-                self.stop.set()
-            elif kind == "exit":
-                if not self.finished:
-                    self.abort()
-                self.exit.set()
-                return
+            if message is not None:
+                self.on_message(message)
+
+    def on_message(self, message: Any) -> None:
+        kind = message[0]
+        if kind in ("start", "phase"):
+            self.set_phase(message[1], message[2])
+        elif kind == "stop":
+            self.stop.set()
 
     def set_phase(self, phase: str, params: dict[str, Any]) -> None:
         self.phase_params = params
@@ -486,69 +474,61 @@ class _Task:
         self.window_phase = self.phase if start is not None and self.phase_since <= start else None
         self._updates += 1
 
-    def abort(self) -> None:
-        """Stop now: wake the task thread wherever it waits (from another thread)."""
-        if self.aborted.is_set():
-            return
-        self.aborted.set()
-        for event in (self.stop, self.peers_ready, self.started, self.exit):
-            event.set()
-        if self.partition is not None:
-            try:
-                self.partition.fail(CancelTaskError(f"{self.name} was cancelled by the demo"))
-            except Exception:  # noqa: BLE001 (already released)
-                pass
-        if self.gate is not None:
-            try:
-                self.gate.close()
-            except Exception:  # noqa: BLE001
-                pass
-        # A task thread stuck somewhere unexpected must not keep the process alive.
-        watchdog = threading.Timer(EXIT_GRACE / 2, os._exit, args=(EXIT_FAILED,))
-        watchdog.daemon = True
-        watchdog.start()
+    def cancel(self) -> None:
+        """The job was cancelled: end the task's loop (its partitions and gates are already
+        failed and closed by the runner, which wakes the task thread if it waits on them)."""
+        self.cancelled.set()
+        self.stop.set()
 
-    def wait_for(self, event: threading.Event) -> None:
-        event.wait()
-        if self.aborted.is_set():
-            raise _AbortedError
+    def wait_for_start(self) -> None:
+        """Wait for the coordinator's ``start`` message (raises
+        :class:`~flinknet.errors.CancelTaskError` if the job is cancelled meanwhile)."""
+        while True:
+            message = self.ctx.next_message(timeout=1.0)
+            if message is None:
+                continue
+            self.on_message(message)
+            if message[0] == "start":
+                return
 
     # -- status (status thread) ------------------------------------------------------------
 
     def status_loop(self) -> None:
         while True:
-            try:
-                self.link.offer_status(self.status())
-            except (OSError, EOFError, ValueError):
+            self.send_status()
+            if self.ended.wait(STATUS_INTERVAL):
                 return
-            except Exception:  # noqa: BLE001 (a status must never kill the task)
-                pass
-            if self.exit.wait(STATUS_INTERVAL):
-                return
+
+    def send_status(self) -> None:
+        try:
+            self.ctx.report(self.status())
+        except Exception:  # noqa: BLE001 (a status must never kill the task)
+            pass
 
     def status(self) -> TaskStatus:
         updates, window_phase = self._updates, self.window_phase
         metrics, values = self.metrics.describe() if self.metrics is not None else ([], {})
         if updates != self._updates:        # the views moved on while being read
             window_phase = None
-        return {"t": time.monotonic(), "phase": self.phase, "window_phase": window_phase,
-                "views_updated": updates > 0, "state": self.state, "rss": rss_bytes(),
-                "metrics": metrics, "values": values, "channels": self.channel_status(),
+        host, port = self.ctx.environment.address
+        return {"t": time.monotonic(), "pid": os.getpid(), "address": (host, port), "phase": self.phase,
+                "window_phase": window_phase, "views_updated": updates > 0, "state": self.state,
+                "rss": rss_bytes(), "metrics": metrics, "values": values, "channels": self.channel_status(),
                 **self.extra_status()}
 
     def extra_status(self) -> _ExtraStatus:
         return {}
 
     def channel_status(self) -> list[ChannelStatus]:
-        """Credit and backlog of every remote input channel."""
-        gate, peers = self.gate, self.peers or []
+        """Credit and backlog of every remote input channel (the thread runner has only local ones)."""
+        gate, sources = self.gate, self.channel_sources
         if gate is None:
             return []
         out: list[ChannelStatus] = []
         for i, ch in enumerate(list(gate.input_channels)):
             if not isinstance(ch, RemoteInputChannel):
                 continue
-            out.append({"from": peers[i]["name"] if i < len(peers) else str(i), "credit": ch.credit,
+            out.append({"from": sources[i] if i < len(sources) else str(i), "credit": ch.credit,
                         "backlog": ch.sender_backlog, "queued": ch.number_of_queued_buffers,
                         "exclusive_used": ch.exclusive_buffers_used, "exclusive": ch.initial_credit,
                         "floating": ch.floating_buffers_available})
@@ -556,50 +536,56 @@ class _Task:
 
     # -- lifecycle (task thread) -----------------------------------------------------------
 
-    def run(self) -> None:
-        with NetworkEnvironment(self.cfg.net_options()) as env:
-            try:
-                self.setup(env)
-                self.link.send(("hello", {"pid": os.getpid(), "address": tuple(env.address),
-                                          "partition": self.partition.partition_id.to_bytes()
-                                          if self.partition is not None else None}))
-                if self.needs_peers:
-                    self.wait_for(self.peers_ready)
-                self.connect(env)
-                self.metrics = _TaskMetrics(self.role, self.index, env)
-                self.register_metrics(self.metrics)
-                self.metrics.registry.subscribe(self.on_metrics_update)
-                self.link.send(("ready",))
-                self.wait_for(self.started)
-                self.state = "running"
-                threading.Thread(target=self.status_loop, name="demo-status", daemon=True).start()
-                result = self.process()
-                counters = self.metrics.io.counters
-                result["numRecordsIn"] = counters["numRecordsIn"].count
-                result["numRecordsOut"] = counters["numRecordsOut"].count
-                self.state = "finished"
-                self.finished = True
-                self.link.send(("done", result))
-                self.wait_for(self.exit)
-            finally:
-                self.close()
+    def run(self) -> Any:
+        """The task function's body: its result, or an exception (the runner fails the job)."""
+        self.setup()
+        self.metrics = metrics = _TaskMetrics(self.role, self.index, self.ctx.environment)
+        status_thread: threading.Thread | None = None
+        try:
+            self.register_metrics(metrics)
+            metrics.registry.subscribe(self.on_metrics_update)
+            self.state = "ready"
+            status_thread = threading.Thread(target=self.status_loop, name=f"demo status {self.name}",
+                                             daemon=True)
+            status_thread.start()
+            self.wait_for_start()
+            self.state = "running"
+            threading.Thread(target=self.control_loop, name=f"demo control {self.name}", daemon=True).start()
+            result = self.process()
+            if self.cancelled.is_set():
+                raise CancelTaskError(f"{self.name} was cancelled")
+            counters = metrics.io.counters
+            result["numRecordsIn"] = counters["numRecordsIn"].count
+            result["numRecordsOut"] = counters["numRecordsOut"].count
+            self.state = "finished"
+            return result
+        finally:
+            self.ended.set()
+            if status_thread is not None:
+                status_thread.join(5.0)
+                if self.state == "finished":
+                    self.send_status()          # the last word: finished, with the final counts
+            self.metrics = None
+            metrics.close()
 
-    def setup(self, env: NetworkEnvironment) -> None:
-        """Create the output partition (before the coordinator learns the address)."""
+    def setup(self) -> None:
+        """Take the writer and reader from the task context."""
 
-    def connect(self, env: NetworkEnvironment) -> None:
-        """Create gates and writers once the peers are known."""
+    def set_input(self) -> None:
+        """Read the only input: its reader, its gate and which producer each channel reads."""
+        ctx = self.ctx
+        self.reader: RecordReader = ctx.reader()
+        self.gate = ctx.gate()
+        self.channel_sources = [task_name(igd.producer_vertex, sd.producer_subtask_index)
+                                for igd in ctx.descriptor.input_gates for sd in igd.shuffle_descriptors
+                                for _ in igd.subpartition_index_range]
 
     def register_metrics(self, metrics: _TaskMetrics) -> None:
         """Register writers and readers."""
 
-    def process(self) -> TaskResult:
+    def process(self) -> Any:
         """Run the task; return its result for the coordinator."""
         raise NotImplementedError
-
-    def close(self) -> None:
-        if self.metrics is not None:
-            self.metrics.close()
 
     @staticmethod
     def rate_before(samples: deque[tuple[float, int]], when: float, window: float = 5.0) -> float:
@@ -645,18 +631,13 @@ class _Pacer:
 
 
 class SourceTask(_Task):
-    """Generates keyed events into a partition with one subpartition per aggregator."""
+    """Generates keyed events into the key-group edge (a partition with one subpartition per
+    aggregator)."""
 
     role = ROLE_SOURCE
 
-    def setup(self, env: NetworkEnvironment) -> None:
-        self.partition = env.create_result_partition(
-            self.cfg.aggregators, serializer=StreamElementSerializer("bytes"))
-
-    def connect(self, env: NetworkEnvironment) -> None:
-        self.writer = RecordWriter(_set_up(self.partition, "the output partition"),
-                                   KeyGroupStreamPartitioner(record_key, MAX_PARALLELISM),
-                                   timeout=self.cfg.buffer_timeout, task_name=self.name)
+    def setup(self) -> None:
+        self.writer: RecordWriter = self.ctx.writer()
         self.emitter: LatencyMarkerEmitter | None = None
         if self.cfg.latency_interval > 0:
             self.emitter = LatencyMarkerEmitter(self.writer, self.cfg.latency_interval,
@@ -684,7 +665,8 @@ class SourceTask(_Task):
         counts = np.zeros(num_keys, np.int64)
         sums = np.zeros(num_keys, np.int64)
         writer, emitter, stop = self.writer, self.emitter, self.stop
-        pacer = _Pacer(cfg.rate, _set_up(self.metrics, "the metrics").io.idle_time) if cfg.rate else None
+        metrics = self.metrics
+        pacer = _Pacer(cfg.rate, metrics.io.idle_time if metrics is not None else None) if cfg.rate else None
         to_lose = cfg.inject_loss if self.index == 0 else 0
         self.generated = self.emitted = 0
         clock = time.time_ns
@@ -713,29 +695,17 @@ class SourceTask(_Task):
             self.emitted += len(records)
             if pacer is not None:
                 pacer.pace(n)
-        self.state = "finishing"
-        writer.flush_all()
-        _set_up(self.partition, "the output partition").finish()     # EndOfPartition to every aggregator
+        self.state = "finishing"      # the task context flushes and finishes: EndOfPartition downstream
         return {"generated": self.generated, "emitted": self.emitted, "counts": counts, "sums": sums}
-
-    def close(self) -> None:
-        try:
-            if getattr(self, "writer", None) is not None:
-                self.writer.close()
-            if self.partition is not None:
-                self.partition.close()
-        finally:
-            super().close()
 
 
 class AggregatorTask(_Task):
     """Counts and sums per key; forwards latency markers; sends running and final totals."""
 
     role = ROLE_AGGREGATOR
-    needs_peers = True
 
-    def __init__(self, link: _Link, index: int, cfg: DemoConfig) -> None:
-        super().__init__(link, index, cfg)
+    def __init__(self, ctx: TaskContext, cfg: DemoConfig) -> None:
+        super().__init__(ctx, cfg)
         self.records_in = 0
         self.misrouted = 0
         self.slow_rate: float | None = None      # records/s while slowed
@@ -743,16 +713,9 @@ class AggregatorTask(_Task):
         self.slow_due = 0.0
         self._samples: deque[tuple[float, int]] = deque(maxlen=64)   # (time, records in), one per status
 
-    def setup(self, env: NetworkEnvironment) -> None:
-        self.partition = env.create_result_partition(1, serializer=StreamElementSerializer("bytes"))
-
-    def connect(self, env: NetworkEnvironment) -> None:
-        specs = [(ResultPartitionID.from_bytes(p["partition"]), self.index, p["address"])
-                 for p in _set_up(self.peers, "the peers")]
-        self.gate = gate = env.create_input_gate(specs, owning_task_name=self.name)
-        self.reader = RecordReader(gate, serializer=StreamElementSerializer("bytes"))
-        self.writer = RecordWriter(_set_up(self.partition, "the output partition"), None,
-                                   timeout=self.cfg.buffer_timeout, task_name=self.name)
+    def setup(self) -> None:
+        self.set_input()
+        self.writer: RecordWriter = self.ctx.writer()
 
     def register_metrics(self, metrics: _TaskMetrics) -> None:
         metrics.io.register_writer(self.writer)
@@ -788,7 +751,8 @@ class AggregatorTask(_Task):
         emit_every = EMIT_INTERVAL_MS / 1000
         next_emit = time.monotonic() + emit_every
         fail_in = cfg.inject_failure == "aggregator" and me == cfg.slow_aggregator
-        _set_up(self.gate, "the input gate").request_partitions()
+        assert self.gate is not None
+        self.gate.request_partitions()
         while True:
             try:
                 batch = reader.read_batch(timeout=emit_every)
@@ -816,19 +780,23 @@ class AggregatorTask(_Task):
                 slow_rate = self.slow_rate
                 if slow_rate is not None and self.phase == "slow":
                     self._throttle(len(values), slow_rate)
-            if fail_in and self.phase == "recovery":
-                raise RuntimeError("injected failure (--inject-failure aggregator)")
+            if fail_in and self.phase in ("recovery", "finish"):
+                self._fail()
             now = time.monotonic()
             if now >= next_emit:
                 next_emit = now + emit_every
                 self._emit(dirty, counts, sums, final=False)
+        if fail_in:
+            self._fail()            # the slow phase lasted to the end of the input (a loaded machine)
         self.state = "finishing"
         dirty[:] = counts > 0
         self._emit(dirty, counts, sums, final=True)
-        writer.flush_all()
-        _set_up(self.partition, "the output partition").finish()
         return {"records_in": self.records_in, "misrouted": self.misrouted,
                 "steady_rate": self.steady_rate, "slow_rate": self.slow_rate}
+
+    @staticmethod
+    def _fail() -> None:
+        raise RuntimeError("injected failure (--inject-failure aggregator)")
 
     def _throttle(self, n: int, slow_rate: float) -> None:
         """Processing ``n`` records takes ``n / slow_rate`` seconds in the slow phase."""
@@ -850,31 +818,20 @@ class AggregatorTask(_Task):
         raw, size = out.tobytes(), UPDATE.itemsize
         self.writer.emit_batch([raw[o:o + size] for o in range(0, len(raw), size)], 0)
 
-    def close(self) -> None:
-        try:
-            for obj in (getattr(self, "reader", None), getattr(self, "writer", None), self.partition):
-                if obj is not None:
-                    obj.close()
-        finally:
-            super().close()
 
 
 class SinkTask(_Task):
     """Keeps the latest totals per key and measures latency from the markers."""
 
     role = ROLE_SINK
-    needs_peers = True
 
-    def __init__(self, link: _Link, index: int, cfg: DemoConfig) -> None:
-        super().__init__(link, index, cfg)
+    def __init__(self, ctx: TaskContext, cfg: DemoConfig) -> None:
+        super().__init__(ctx, cfg)
         self.updates_in = 0
         self.latency_by_phase: dict[str, deque[int]] = {}
 
-    def connect(self, env: NetworkEnvironment) -> None:
-        specs = [(ResultPartitionID.from_bytes(p["partition"]), 0, p["address"])
-                 for p in _set_up(self.peers, "the peers")]
-        self.gate = gate = env.create_input_gate(specs, owning_task_name=self.name)
-        self.reader = RecordReader(gate, serializer=StreamElementSerializer("bytes"))
+    def setup(self) -> None:
+        self.set_input()
 
     def register_metrics(self, metrics: _TaskMetrics) -> None:
         metrics.io.register_reader(self.reader)
@@ -887,7 +844,8 @@ class SinkTask(_Task):
         final = np.zeros(num_keys, bool)
         reader, report = self.reader, self.latency.report_latency
         stream_record, latency_marker = StreamRecord, LatencyMarker
-        _set_up(self.gate, "the input gate").request_partitions()
+        assert self.gate is not None
+        self.gate.request_partitions()
         while (batch := reader.read_batch()) is not None:
             values: list[bytes] = []
             for element in batch:
@@ -910,45 +868,6 @@ class SinkTask(_Task):
         self.state = "finishing"
         return {"counts": counts, "sums": sums, "final": final, "updates_in": self.updates_in,
                 "latency_by_phase": {p: list(v) for p, v in self.latency_by_phase.items()}}
-
-    def close(self) -> None:
-        try:
-            if getattr(self, "reader", None) is not None:
-                self.reader.close()
-        finally:
-            super().close()
-
-
-_TASKS = {ROLE_SOURCE: SourceTask, ROLE_AGGREGATOR: AggregatorTask, ROLE_SINK: SinkTask}
-
-
-def task_process(conn: Connection, role: str, index: int, cfg: DemoConfig, parent_pid: int) -> None:
-    """Entry point of every task process (module level: spawn imports it)."""
-    # Ctrl-C and a closing terminal reach the whole process group: the coordinator handles them
-    # and stops the tasks in order (SIGTERM, its fallback, still ends a task at once).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _die_with_parent(parent_pid)
-    link = _Link(conn)
-    task = _TASKS[role](link, index, cfg)
-    threading.Thread(target=task.control_loop, name="demo-control", daemon=True).start()
-    code = EXIT_OK
-    try:
-        task.run()
-    except BaseException:  # noqa: BLE001 (reported to the coordinator)
-        code = EXIT_FAILED
-        if not task.aborted.is_set():
-            try:
-                link.send(("failed", traceback.format_exc()))
-            except OSError:
-                pass
-    finally:
-        link.close()
-    if task.aborted.is_set() and code == EXIT_OK:
-        code = EXIT_FAILED
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)   # daemon threads (I/O, flusher, metrics) end with the process
 
 
 # ==============================================================================================

@@ -2,8 +2,8 @@
 
 Both views read the coordinator they are given (a
 :class:`~flinknet.tools.demo.coordinator.DemoCoordinator`; this module does not import it): its
-tasks' latest status (Flink's metric names, as each task process registered them), the phase and
-the clock.
+tasks' latest status (Flink's metric names, as each task registered them), the phase and the
+clock.
 :class:`LiveView` redraws a terminal view four times a second; :class:`PlainView` prints one
 greppable ``key=value`` line per task per interval (``--no-live``, logs, CI). Both end with the
 same summary tables; the plain view adds ``RESULT`` lines.
@@ -46,11 +46,15 @@ _OUT_POOL = "Shuffle.Netty.Output.Buffers.outPoolUsage"
 def phase_description(cfg: DemoConfig, phase: str) -> str:
     """One sentence on what a phase shows."""
     slow = f"Aggregator[{cfg.slow_aggregator}]"
+    # With the thread runner every channel is local: no input buffers, no credit, the producers'
+    # subpartitions fill instead.
+    fills = ("the subpartitions it reads fill" if cfg.runner == "thread"
+             else "its input buffers fill, its channels run out of credit")
     return {
-        "startup": "starting the task processes and connecting them",
+        "startup": "starting the tasks: the runner deploys them and connects their channels",
         "steady": "steady state: every task keeps up, back-pressure OK",
-        "slow": f"{slow} processes only {cfg.slow_factor:.0%} of its steady rate: its input buffers fill, "
-                "its channels run out of credit, the sources block on it (back-pressure HIGH)",
+        "slow": f"{slow} processes only {cfg.slow_factor:.0%} of its steady rate: {fills}, "
+                "the sources block on it (back-pressure HIGH)",
         "recovery": f"{slow} is fast again: the backlog drains and back-pressure clears",
         "finish": "sources stopped: EndOfPartition flows downstream, aggregators emit final results",
         "done": "every task finished",
@@ -193,8 +197,10 @@ class LiveView(_View):
         return self._live
 
     def event(self, text: str, coordinator: DemoCoordinator | None = None) -> None:
-        live = self._ensure_live()
-        live.console.print(Text(f"{self._stamp(coordinator)} {text}", style="dim"))
+        # Before the first update there is nothing to draw yet: plain lines (what else writes to
+        # the terminal meanwhile, such as Ray starting, then stays above the view).
+        console = self.console if self._live is None else self._live.console
+        console.print(Text(f"{self._stamp(coordinator)} {text}", style="dim"))
 
     def phase(self, coordinator: DemoCoordinator, phase: str) -> None:
         live = self._ensure_live()
@@ -234,7 +240,7 @@ class LiveView(_View):
         grid.add_row(timeline, Text(""))
         grid.add_row(Text(phase_description(cfg, phase), style=PHASE_STYLES.get(phase, "")), Text(""))
         title = (f"flinknet demo: {cfg.sources} × Source → keyBy (128 key groups) → {cfg.aggregators} × "
-                 f"Aggregator → Sink")
+                 f"Aggregator → Sink ({cfg.runner} runner)")
         rate = f"{_rate(cfg.rate)} rec/s" if cfg.rate else "max rate"
         subtitle = (f"{cfg.keys} keys · {cfg.record_size} B records · {rate} per source · buffer timeout "
                     f"{cfg.buffer_timeout} ms · Ctrl-C stops")
@@ -263,8 +269,8 @@ class LiveView(_View):
                 continue
             bp = _bp_ratio(task)
             level = backpressure_level(bp)
-            phase = "finished" if task.result is not None else s["phase"]
-            if s.get("slowed_to") and task.result is None and not narrow:
+            phase = "finished" if task.finished else s["phase"]
+            if s.get("slowed_to") and not task.finished and not narrow:
                 phase += f" ({self.cfg.slow_factor:.0%})"
             cells = [task.name, *([str(task.pid)] if not narrow else []),
                 Text(phase, style=PHASE_STYLES.get(s["phase"], "")),
