@@ -267,8 +267,7 @@ class ClientConnection:
             except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 n = 0
             except OSError as err:
-                self._fail(RemoteTransportError(
-                    f"Lost connection to task manager '{_fmt(self.address)}': {err}", self.address))
+                self._fail(self._lost(err))
                 return
             if n == len(out[0]):
                 out.popleft()
@@ -277,6 +276,18 @@ class ClientConnection:
                 out[0] = out[0][n:]
             break
         self._update_interest()
+
+    def _lost(self, err: OSError) -> RemoteTransportError:
+        where = _fmt(self.address)
+        if isinstance(err, ssl.SSLError):
+            # With TLS 1.3 a server that refuses this side's certificate does so after the
+            # client finished its handshake: the client's next read or write meets the closed
+            # TLS session (SSLEOFError "EOF occurred in violation of protocol") or the alert.
+            return RemoteTransportError(
+                f"Lost the TLS connection to task manager '{where}': {err} (the peer closed the TLS "
+                "session; if it happens at once, it may have refused this side's certificate)",
+                self.address)
+        return RemoteTransportError(f"Lost connection to task manager '{where}': {err}", self.address)
 
     def _update_interest(self) -> None:
         """Read unless the decoder is paused (TCP mode); write while frames wait."""
@@ -323,8 +334,7 @@ class ClientConnection:
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return False
         except OSError as err:
-            self._fail(RemoteTransportError(
-                f"Lost connection to task manager '{_fmt(self.address)}': {err}", self.address))
+            self._fail(self._lost(err))
             return False
         if n == 0:
             self._fail(RemoteTransportError(
