@@ -24,14 +24,15 @@ def test_raw_socket_baselines():
     assert len(rtts) == 50 and min(rtts) > 0
 
 
-@pytest.mark.parametrize("api", ["asyncio", "asyncio-batch"])
+@pytest.mark.parametrize("api", ["asyncio", "asyncio-batch", "uvloop", "uvloop-batch"])
 def test_remote_run_read_on_an_asyncio_loop_moves_every_record(api):
     assert transport.run_remote(100, 5000, api) > 0
 
 
 def test_asyncio_rows_compare_with_the_threaded_reader_of_the_same_run():
     rows = transport.bench_asyncio_reading(quick=True, repeats=1, records=5000)
-    assert [r.name for r in rows] == ["remote.100B.asyncio.per-record", "remote.100B.asyncio.batch"]
+    assert [r.name for r in rows] == ["remote.100B.asyncio.per-record", "remote.100B.asyncio.batch",
+                                      "remote.100B.uvloop.per-record", "remote.100B.uvloop.batch"]
     for row in rows:
         assert row.unit == "ns/rec" and row.value > 0
         assert list(row.baselines) == [transport.THREADED_READER] and row.baselines[transport.THREADED_READER] > 0

@@ -59,6 +59,7 @@ import multiprocessing as mp
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -89,7 +90,8 @@ FLIGHT_COLUMNAR = "flight columnar"
 _TS = struct.Struct("<q")
 
 #: the consumer APIs that read on an asyncio loop -> the producer's emit API for them
-ASYNC_APIS = {"asyncio": "per-record", "asyncio-batch": "batch"}
+ASYNC_APIS = {"asyncio": "per-record", "asyncio-batch": "batch",
+              "uvloop": "per-record", "uvloop-batch": "batch"}
 THREADED_READER = "threaded reader (same run)"
 
 
@@ -228,6 +230,15 @@ def raw_round_trip_us(count: int) -> list[float]:
             proc.kill()
 
 
+def _loop_factory(api: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for the ``uvloop*`` consumer APIs, asyncio's default for the others."""
+    if not api.startswith("uvloop"):
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
 async def _count_async(reader) -> int:
     count = 0
     async for _ in reader:
@@ -273,17 +284,18 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
             count = 0
             delays = []
             # the asyncio APIs' loop is made before the clock starts
-            loop_runner = asyncio.Runner() if api in ASYNC_APIS else contextlib.nullcontext()
+            loop_runner = (asyncio.Runner(loop_factory=_loop_factory(api)) if api in ASYNC_APIS
+                           else contextlib.nullcontext())
             with RecordReader(gate) as reader, loop_runner as runner:
                 if runner is not None:
                     runner.get_loop()
                 cpu0 = time.process_time()
                 t0 = time.perf_counter()
                 q_in.put("go")
-                if api == "asyncio":
+                if api in ("asyncio", "uvloop"):
                     assert runner is not None
                     count = runner.run(_count_async(reader))
-                elif api == "asyncio-batch":
+                elif api in ("asyncio-batch", "uvloop-batch"):
                     assert runner is not None
                     count = runner.run(_count_batches_async(reader))
                 elif api == "per-record":
@@ -414,24 +426,34 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
 
 def bench_asyncio_reading(quick: bool = False, repeats: int | None = None, size: int = 100,
                           records: int | None = None):
-    """Rows ``remote.{size}B.asyncio.per-record`` and ``.batch``: the remote exchange read on an
-    asyncio event loop against the threaded reader, the two alternated (best of ``repeats``
-    each) in this run; ratio = asyncio / threaded, ns per record. ``records`` overrides the
+    """Rows ``remote.{size}B.{asyncio,uvloop}.{per-record,batch}``: the remote exchange read on
+    asyncio's default event loop and on uvloop's against the threaded reader, alternated (best
+    of ``repeats`` each) in this run; ratio = event loop / threaded, ns per record. ``records`` overrides the
     records per transfer (per-record rows move half as many as batch rows)."""
     repeats = repeats or 2
     rows = []
-    for api, threaded_api, n in (("asyncio", "per-record", 1_000_000), ("asyncio-batch", "batch", 2_000_000)):
-        n = int(n * (0.5 if quick else 1.0)) if records is None else records * (n // 1_000_000)
-        n = max(BATCH, n - n % BATCH)
-        best_async, best_threaded = float("inf"), float("inf")
-        for _ in range(repeats):     # alternated, so load on a shared machine hits both
-            best_threaded = min(best_threaded, run_remote(size, n, threaded_api))
-            best_async = min(best_async, run_remote(size, n, api))
-        ns, base = best_async / n * 1e9, best_threaded / n * 1e9
-        kind = "per-record" if api == "asyncio" else "batch"
-        how = ("async for record in reader / for record in reader" if kind == "per-record"
-               else "await read_batch_async() / read_batch()")
-        rows.append(Row(f"remote.{size}B.asyncio.{kind}", "ns/rec", ns, {THREADED_READER: base},
-                        note=f"asyncio {1e3 / ns:.2f} M records/s, threaded {1e3 / base:.2f} M/s "
-                             f"({how}; asyncio / threaded {ns / base:.2f}x)"))
+    loops: tuple[str, ...] = ("asyncio", "uvloop")
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        loops = ("asyncio",)
+        for kind in ("per-record", "batch"):
+            rows.append(Row(f"remote.{size}B.uvloop.{kind}", "ns/rec", float("nan"), {},
+                            note="uvloop is not installed (pip install uvloop): row skipped"))
+    for loop_name in loops:
+        for api, threaded_api, n in ((loop_name, "per-record", 1_000_000),
+                                     (f"{loop_name}-batch", "batch", 2_000_000)):
+            n = int(n * (0.5 if quick else 1.0)) if records is None else records * (n // 1_000_000)
+            n = max(BATCH, n - n % BATCH)
+            best_async, best_threaded = float("inf"), float("inf")
+            for _ in range(repeats):     # alternated, so load on a shared machine hits both
+                best_threaded = min(best_threaded, run_remote(size, n, threaded_api))
+                best_async = min(best_async, run_remote(size, n, api))
+            ns, base = best_async / n * 1e9, best_threaded / n * 1e9
+            kind = "per-record" if threaded_api == "per-record" else "batch"
+            how = ("async for record in reader / for record in reader" if kind == "per-record"
+                   else "await read_batch_async() / read_batch()")
+            rows.append(Row(f"remote.{size}B.{loop_name}.{kind}", "ns/rec", ns, {THREADED_READER: base},
+                            note=f"{loop_name} {1e3 / ns:.2f} M records/s, threaded {1e3 / base:.2f} M/s "
+                                 f"({how}; {loop_name} / threaded {ns / base:.2f}x)"))
     return rows
