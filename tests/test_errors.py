@@ -2,6 +2,7 @@
 configuration errors are FlinknetErrors that name the key (and the closest known key)."""
 
 import importlib
+import importlib.util
 import pickle
 import pkgutil
 
@@ -16,6 +17,10 @@ from flinknet.errors import ConfigurationError, FlinknetError, UnknownConfigurat
 _EXCLUDED_PACKAGES = ("flinknet.tools",)
 _EXCLUDED_PREFIXES = ("demo", "bench")
 _EXCLUDED_NAMES = ("cli", "__main__")
+
+
+# Modules that need an optional extra: walked only where the extra is installed.
+_OPTIONAL = {"flinknet.graph.ray": "ray"}
 
 
 def _excluded(name: str) -> bool:
@@ -34,6 +39,9 @@ def _library_modules():
         package = todo.pop()
         for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
             if _excluded(info.name):
+                continue
+            extra = _OPTIONAL.get(info.name)
+            if extra is not None and importlib.util.find_spec(extra) is None:
                 continue
             module = importlib.import_module(info.name)
             modules.append(module)
