@@ -158,11 +158,16 @@ def echo_source(ctx: TaskContext) -> list[Any]:
     return seen
 
 
-def stubborn(ctx: TaskContext) -> None:
-    """Ignores cancellation: sleeps in code that never touches flinknet."""
-    if ctx.subtask_index == 0:
-        raise ValueError("first")
-    time.sleep(600)
+def stubborn(ctx: TaskContext, flag: str) -> None:
+    """Subtask 1 marks ``flag`` (a file) once it runs, then sleeps in code that never touches
+    flinknet (so it ignores its cancellation); subtask 0 fails once subtask 1 is running."""
+    if ctx.subtask_index == 1:
+        open(flag, "w").close()
+        time.sleep(600)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise ValueError("first")
 
 
 def metered_source(ctx: TaskContext) -> None:

@@ -164,7 +164,9 @@ def test_cancel_task_error_is_a_consequence():
 
 
 @pytest.mark.parametrize("make", [RUNNERS[0], RUNNERS[1]])
-def test_a_task_that_ignores_its_cancellation_is_abandoned_after_the_grace(make, monkeypatch):
+def test_a_task_that_ignores_its_cancellation_is_abandoned_after_the_grace(make, monkeypatch, tmp_path):
+    import functools
+
     import flinknet.graph.runners as runners
 
     monkeypatch.setattr(runners, "CANCEL_GRACE_S", 1.0)   # the ThreadRunner reads it here
@@ -172,7 +174,7 @@ def test_a_task_that_ignores_its_cancellation_is_abandoned_after_the_grace(make,
     g.add_vertex("t", 2)
     started = time.monotonic()
     with pytest.raises(JobFailedError) as info:
-        make().run(g, {"t": jobs.stubborn}, timeout=120)
+        make().run(g, {"t": functools.partial(jobs.stubborn, flag=str(tmp_path / "running"))}, timeout=120)
     assert info.value.root_cause.error_type == "ValueError"
     stuck = [f for f in info.value.failures if f.task_name == "t (2/2)"]
     assert stuck and "did not stop within" in stuck[0].message
