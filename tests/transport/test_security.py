@@ -272,13 +272,14 @@ def test_out_of_descriptors_drops_a_handshake_instead_of_spinning():
     import sys
 
     code = """
-import resource, socket, time
+import os, resource, socket, time
 from flinknet.environment import NetworkEnvironment
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 with NetworkEnvironment({"taskmanager.memory.segment-size": "4kb",
                          "taskmanager.memory.network.max": "1mb",
                          "flinknet.network.handshake-timeout": "30 s"}) as env:
-    used = len(__import__("os").listdir("/proc/self/fd"))
+    server = env.server
+    used = len(os.listdir("/proc/self/fd"))
     resource.setrlimit(resource.RLIMIT_NOFILE, (used + 40, hard))
     socks = []
     for _ in range(60):     # each costs two descriptors here: the client's and the accepted one
@@ -286,6 +287,15 @@ with NetworkEnvironment({"taskmanager.memory.segment-size": "4kb",
             socks.append(socket.create_connection(env.address, timeout=5))
         except OSError:
             break
+        # paced: the server accepts (or drops) each connection before the next one, so that it
+        # meets EMFILE holding handshakes (a client that ran ahead would take every descriptor
+        # first and leave the server nothing to drop)
+        deadline = time.monotonic() + 10
+        while (server.num_handshaking + server.handshakes_failed < len(socks)
+               and time.monotonic() < deadline):
+            time.sleep(0.005)
+        if server.handshakes_failed and not server.num_handshaking:
+            break           # every handshake dropped for a client socket: accepting is paused
     time.sleep(0.5)
     cpu0 = time.process_time(); time.sleep(1.0); cpu = time.process_time() - cpu0
     print(env.server.handshakes_failed > 0, cpu < 0.5, env.server.num_handshaking)
