@@ -16,7 +16,7 @@ DEBUG = os.environ.get("FLINKNET_DEBUG", "0") not in ("", "0")
 ANNOTATE = os.environ.get("FLINKNET_ANNOTATE", "0") not in ("", "0")
 
 CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "protocol",
-                "engine"]
+                "engine", "cursor"]
 
 directives = {
     "language_level": 3,

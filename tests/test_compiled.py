@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 CORE_MODULES = ["memory", "buffer", "builder", "pool", "serialization", "elements", "keygroups", "protocol",
-                "engine"]
+                "engine", "cursor"]
 #: compiled modules outside the core (setup.py builds them as separate extensions)
 TOOL_EXTENSIONS = ["flinknet.tools.bench._benchkit", "flinknet.tools.bench._floorkit"]
 

@@ -9,12 +9,13 @@ thread (:mod:`flinknet.aio`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
 from typing import Any, Self
 
 import numpy.typing as npt
 
 from flinknet import aio as _aio
+from flinknet._core.cursor import RecordCursor
 from flinknet._core.serialization import (
     DEFAULT_SPILLING_THRESHOLD,
     PayloadSerializer,
@@ -65,8 +66,9 @@ class RecordReader:
         self._spilling_threshold = spilling_threshold
         self._tmp_dirs = tmp_dirs
         self._deserializers: dict[InputChannelInfo, RecordDeserializer] = {}
-        self._pending: list[Any] = []
-        self._pending_pos = 0
+        # the records read and not yet handed out (every read form takes from it), and the
+        # native async iterator over them
+        self._cursor = RecordCursor(self.read_batch, self._wait_next_record, _aio.YIELD_EVERY)
         self._closed = False
         self.num_records_in = 0
         #: the channel of the buffer or event the last batch came from.
@@ -141,12 +143,11 @@ class RecordReader:
 
     def __iter__(self) -> Iterator[Any]:
         """Every record (and event, with ``emit_events``) until the gate is finished."""
-        # Records left by next_record() first, then one batch per buffer: the per-record cost
-        # is a generator step, the per-buffer work is in read_batch.
-        pending, pos = self._pending, self._pending_pos
-        self._pending, self._pending_pos = [], 0
-        if pos < len(pending):
-            yield from pending[pos:]
+        # Records left by next_record() or an async read first, then one batch per buffer: the
+        # per-record cost is a generator step, the per-buffer work is in read_batch.
+        rest = self._cursor.take_rest()
+        if rest:
+            yield from rest
         read = self.read_batch
         while (batch := read()) is not None:
             yield from batch
@@ -159,75 +160,44 @@ class RecordReader:
 
     def __aiter__(self) -> AsyncIterator[Any]:
         """``async for record in reader``: every record (and event, with ``emit_events``) until
-        the gate is finished; one non-blocking batch per buffer, the loop awaited only when none
-        is ready. Records of a batch left by ``break`` go back to the reader when the iterator is
-        closed (at once with ``contextlib.aclosing``)."""
-        return self._records_async()
+        the gate is finished. Native (:class:`~flinknet._core.cursor.RecordCursor`): a record of
+        a buffer already read costs about a generator step; the next buffer is read without
+        blocking, and the loop is awaited only when none is ready (and every
+        :data:`~flinknet.aio.YIELD_EVERY` buffers, so that an always-ready stream cannot starve
+        it). Records left by ``break`` stay with the reader for its next read."""
+        return self._cursor
 
-    async def _records_async(self) -> AsyncIterator[Any]:
-        # the records left by next_record() / __anext__ first, then one batch per buffer
-        it = iter(self._pending[self._pending_pos:])
-        self._pending, self._pending_pos = [], 0
-        read = self.read_batch
-        gate = self.gate
-        batches = 0
-        try:
-            await _aio.request_partitions(gate)
-            while True:
-                for record in it:
-                    yield record
-                batches += 1
-                if batches % _aio.YIELD_EVERY == 0:
-                    await asyncio.sleep(0)   # a stream that is always ready must not starve the loop
-                batch = read(blocking=False)
-                if batch is None:
-                    if gate.is_finished:
-                        return
-                    batch = await _aio.read_batch(self)
-                    if batch is None:
-                        return
-                it = iter(batch)
-        finally:
-            rest = list(it)
-            if rest and not self._closed:
-                self._pending = rest + self._pending[self._pending_pos:]
-                self._pending_pos = 0
-
-    async def __anext__(self) -> Any:
+    def __anext__(self) -> Awaitable[Any]:
         """``await anext(reader)``: the next record (or event, with ``emit_events``), as
         :meth:`next_record` without blocking a thread; ``StopAsyncIteration`` at the end."""
-        pending = self._pending
-        pos = self._pending_pos
-        while pos >= len(pending):
+        return self._cursor.__anext__()
+
+    async def _wait_next_record(self, yield_first: bool) -> Any:
+        # The cursor's slow way: request the partitions off the loop (once), yield to the loop
+        # when the cursor says so, then wait for a buffer with records.
+        cursor = self._cursor
+        self._check_open()
+        if not cursor.partitions_requested:
+            await _aio.request_partitions(self.gate)
+            cursor.partitions_requested = True
+        if yield_first:
+            await asyncio.sleep(0)
+        while True:
             batch = await _aio.read_batch(self)
             if batch is None:
-                self._pending = []
-                self._pending_pos = 0
                 raise StopAsyncIteration
-            pending = self._pending = batch
-            pos = 0
-        self._pending_pos = pos + 1
-        return pending[pos]
+            if batch:
+                cursor.set_batch(batch, 1)
+                return batch[0]
 
     def next_record(self, timeout: float | None = None) -> Any:
         """The next record (or event, with ``emit_events``); raises StopIteration at the end."""
-        pending = self._pending
-        pos = self._pending_pos
-        while pos >= len(pending):
-            batch = self.read_batch(timeout)
-            if batch is None:
-                self._pending = []
-                self._pending_pos = 0
-                raise StopIteration
-            pending = self._pending = batch
-            pos = 0
-        self._pending_pos = pos + 1
-        return pending[pos]
+        return self._cursor.next_record(timeout)
 
     @property
     def is_finished(self) -> bool:
         """The gate is finished and every record was handed out."""
-        return self.gate.is_finished and self._pending_pos >= len(self._pending)
+        return self.gate.is_finished and not len(self._cursor)
 
     def channel_index(self, channel_info: InputChannelInfo) -> int:
         """The channel's index in the gate (a union gate's flat index)."""
@@ -243,7 +213,7 @@ class RecordReader:
         for d in self._deserializers.values():
             d.clear()
         self._deserializers.clear()
-        self._pending = []
+        self._cursor.clear()
 
     def __enter__(self) -> Self:
         return self
