@@ -6,6 +6,11 @@ the I/O thread). This module bridges them into the running loop: read without bl
 only when nothing is there, suspend until the future completes. No polling loop, no thread per
 wait: the thread that completes the future schedules the wake-up with
 ``loop.call_soon_threadsafe`` (the loop's self-pipe), and everything else runs on the loop.
+A gate with remote channels has a faster way: its native doorbell
+(:class:`~flinknet._core.engine.GateSignal`) writes an eventfd the loop selects on, without the
+GIL, from the I/O thread that received the buffer; the loop wakes straight from its selector,
+and the I/O thread never stops to run a Python callback. The future still wakes the wait for
+what Python code makes ready (local channels, the end of the partition, a close).
 
 * :func:`next_buffer_or_event` (``await gate.next()``) and :func:`read_batch`
   (``await reader.read_batch_async()``) return what is ready at once, else wait for it; ``async
@@ -153,14 +158,49 @@ async def wait_gate_available(gate: InputGate, timeout: float | None = None) -> 
     future = gate.get_available_future()
     if future.done():
         return True
+    signal = getattr(gate, "signal", None)
+    if signal is not None:
+        # Remote channels ring the gate's native doorbell: the loop selects on its eventfd,
+        # written without the GIL by whoever makes a channel ready, instead of the future's
+        # callback (which the I/O thread would run with the GIL, then hand to the loop).
+        signal.disarm()
+        if signal.arm_fd():
+            return True
     idle = gate.idle_timer
     if idle is not None:
         idle.mark_start()
     try:
+        if signal is not None:
+            return await _wait_fd_or_future(signal, future, timeout)
         return await _wait_any((future,), timeout)
     finally:
         if idle is not None:
             idle.mark_end()
+
+
+async def _wait_fd_or_future(signal: Any, future: concurrent.futures.Future[Any],
+                             timeout: float | None) -> bool:
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[bool] = loop.create_future()
+    wakeup = _Wakeup(loop, waiter)
+    fd = signal.wake_fd
+
+    def on_fd() -> None:
+        signal.clear_fd()
+        if not waiter.done():
+            waiter.set_result(True)
+
+    loop.add_reader(fd, on_fd)
+    timer = loop.call_later(timeout, _timed_out, waiter) if timeout is not None else None
+    try:
+        future.add_done_callback(wakeup)   # Python-side readiness: local channels, the end, close
+        return await waiter
+    finally:
+        loop.remove_reader(fd)
+        signal.disarm()
+        wakeup.detach()
+        if timer is not None:
+            timer.cancel()
 
 
 def _remaining(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:

@@ -7,6 +7,8 @@
 # * fn_signal (a gate's doorbell) is owned by its GateSignal object. `lock` guards every field.
 #   Any thread may ring it (fn_signal_ready, fn_signal_notify) without the GIL; a task thread waits
 #   on `cond` with the GIL released. A channel index is in `ready` at most once (`is_ready`).
+#   An event loop waits on `wake_fd` instead (an eventfd the loop selects on): whoever marks a
+#   channel ready while `fd_armed` writes it, under `lock` and without the GIL, and disarms it.
 #
 # * fn_channel (a remote channel's credit slots and received queue) is owned by its ChannelQueue
 #   object; `lock` guards every field below it. The I/O thread touches a channel only while the
@@ -83,6 +85,9 @@ cdef struct fn_signal:
     int count
     bint pending            # rung by Python code (fn_signal_notify) since the last wait
     bint armed              # someone waits on the gate's availability future: call back
+    bint fd_armed           # an event loop waits on wake_fd: write it at the next ready channel
+    int wake_fd             # the gate's eventfd for event loops (-1 until asked for); owned by
+                            # the GateSignal, written under `lock`, closed only in its dealloc
     int waiters
     void *owner             # the GateSignal (PyObject*), for the armed callback (GIL)
 

@@ -183,8 +183,24 @@ cdef bint fn_signal_ready(fn_signal *s, int index) noexcept nogil:
         if s.armed:
             s.armed = False
             call = True
+        if s.fd_armed:
+            s.fd_armed = False
+            _ring_fd(s.wake_fd)
     pthread_mutex_unlock(&s.lock)
     return call
+
+
+cdef inline void _ring_fd(int fd) noexcept nogil:
+    # an eventfd's counter: one write makes it readable (EAGAIN only at 2**64 - 2: ignored)
+    cdef uint64_t one = 1
+    FN_ASSERT(fd >= 0)
+    write(fd, &one, sizeof(one))
+
+
+cdef inline void _drain_fd(int fd) noexcept nogil:
+    cdef uint64_t value
+    if fd >= 0:
+        read(fd, &value, sizeof(value))
 
 
 cdef class GateSignal:
@@ -208,6 +224,7 @@ cdef class GateSignal:
             self.s.ready = NULL
             self.s.is_ready = NULL
             raise MemoryError()
+        self.s.wake_fd = -1
         pthread_mutex_init(&self.s.lock, NULL)
         pthread_cond_init(&self.s.cond, NULL)
         self.s.owner = <void *>self
@@ -216,6 +233,8 @@ cdef class GateSignal:
 
     def __dealloc__(self):
         if self._init_done:
+            if self.s.wake_fd >= 0:
+                close(self.s.wake_fd)
             pthread_mutex_destroy(&self.s.lock)
             pthread_cond_destroy(&self.s.cond)
             free(self.s.ready)
@@ -259,8 +278,44 @@ cdef class GateSignal:
         return ready
 
     def disarm(self):
+        """Cancel :meth:`arm` and :meth:`arm_fd`."""
         pthread_mutex_lock(&self.s.lock)
         self.s.armed = False
+        self.s.fd_armed = False
+        pthread_mutex_unlock(&self.s.lock)
+
+    @property
+    def wake_fd(self):
+        """The gate's eventfd for event loops (made at the first use, closed with the signal):
+        readable after :meth:`arm_fd` once a channel is ready. The loop selects on it; whoever
+        marks the channel ready writes it without the GIL (no callback, no thread hand-off)."""
+        cdef int fd
+        pthread_mutex_lock(&self.s.lock)
+        if self.s.wake_fd < 0:
+            self.s.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        fd = self.s.wake_fd
+        pthread_mutex_unlock(&self.s.lock)
+        if fd < 0:
+            raise OSError(errno, "eventfd failed")
+        return fd
+
+    def arm_fd(self):
+        """Write :attr:`wake_fd` at the next ready channel; True if one is ready already (then
+        nothing is armed: the caller drains now). Clears a wake-up left from before."""
+        cdef bint ready
+        if self.s.wake_fd < 0:
+            self.wake_fd
+        pthread_mutex_lock(&self.s.lock)
+        _drain_fd(self.s.wake_fd)
+        ready = self.s.count > 0
+        self.s.fd_armed = not ready
+        pthread_mutex_unlock(&self.s.lock)
+        return ready
+
+    def clear_fd(self):
+        """Consume a wake-up written to :attr:`wake_fd` (the loop's reader calls it)."""
+        pthread_mutex_lock(&self.s.lock)
+        _drain_fd(self.s.wake_fd)
         pthread_mutex_unlock(&self.s.lock)
 
     def wait(self, timeout=None):

@@ -620,6 +620,43 @@ def test_cancelling_a_waiting_reader_leaves_nothing_behind(run, make_pool, manag
     # make_pool checks every segment is back; no_buffer_leaks that no buffer is alive
 
 
+def test_a_remote_gate_wakes_the_loop_through_its_eventfd_and_cancelling_unregisters_it(run):
+    """Remote channels wake a waiting task through the gate doorbell's eventfd (no callback on the
+    I/O thread); a task cancelled while waiting leaves no reader on the loop and the doorbell
+    disarmed, and the next reader gets every record."""
+    n = 3000
+    with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
+        p = prod.create_result_partition(1)
+        gate = cons.create_input_gate([(p.partition_id, 0, prod.address)])
+        signal = None
+
+        async def main():
+            nonlocal signal
+            loop = asyncio.get_running_loop()
+            with gate, RecordReader(gate) as reader:
+                for waiter in (reader.read_batch_async, gate.next, lambda: anext(reader)):
+                    task = asyncio.create_task(waiter())
+                    assert await still_pending(task)
+                    signal = gate.signal
+                    assert signal is not None
+                    task.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await task
+                    # nothing left registered (uvloop's remove_reader returns None either way)
+                    assert loop.remove_reader(signal.wake_fd) is not True
+                producer = Worker(produce, p, 0, n)
+                producer.start()
+                async with asyncio.timeout(JOIN):
+                    got = [r async for r in reader]
+                producer.finish(JOIN)
+                assert producer.error is None
+                return got
+
+        assert by_producer(run(main())) == {0: list(range(n))}
+        p.close()
+    assert_whole(prod, cons)
+
+
 def test_cancelling_a_waiting_writer_leaves_the_pool_whole(run, make_pool, manager):
     nbp = make_pool(8, SEG)
     p = create_result_partition(nbp, 1, partition_manager=manager, max_overdraft_buffers=0)

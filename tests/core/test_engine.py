@@ -45,6 +45,89 @@ def test_signal_orders_and_deduplicates_ready_channels():
     assert s.drain() == [2]
 
 
+def _fd_readable(fd, timeout=0.0):
+    import select
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def test_signal_wake_fd_is_written_once_at_the_next_ready_channel_when_armed():
+    s = GateSignal(3)
+    fd = s.wake_fd
+    assert fd == s.wake_fd and fd >= 0          # made once, kept
+    assert not _fd_readable(fd)
+    s.ready(1)                                   # not armed: nothing written
+    assert not _fd_readable(fd)
+    assert s.arm_fd() is True                    # a channel is ready already: not armed
+    s.drain()
+    assert s.arm_fd() is False
+    s.ready(2)
+    assert _fd_readable(fd)
+    s.ready(0)                                   # one write per arming
+    s.clear_fd()
+    assert not _fd_readable(fd)
+    s.drain()
+    assert s.arm_fd() is False
+    s.disarm()
+    s.ready(1)
+    assert not _fd_readable(fd)                  # disarmed: nothing written
+    s.drain()
+
+
+def test_signal_arm_fd_clears_a_stale_wake_up_and_the_fd_closes_with_the_signal():
+    import os
+
+    s = GateSignal(1)
+    s.arm_fd()
+    s.ready(0)
+    fd = s.wake_fd
+    assert _fd_readable(fd)
+    s.drain()
+    assert s.arm_fd() is False and not _fd_readable(fd)   # the old wake-up is gone
+    del s
+    assert not os.path.exists(f"/proc/self/fd/{fd}") or os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[eventfd]"
+
+
+def test_signal_wake_fd_loses_no_wake_up_against_ringing_threads():
+    """Threads ring random channels while this one arms, selects and drains: every ready
+    channel is seen, and no wait outlives the ringing (a lost wake-up would time out)."""
+    n, rounds = 8, 2000
+    s = GateSignal(n)
+    fd = s.wake_fd
+    seen = [0] * n
+    rung = [0] * n
+    def ring(seed):
+        rnd = random.Random(seed)
+        for _ in range(rounds):
+            i = rnd.randrange(n)
+            rung[i] += 1
+            s.ready(i)
+            if rnd.random() < 0.1:
+                time.sleep(0.0001)
+
+    threads = [threading.Thread(target=ring, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    lost = 0
+    while True:
+        for i in s.drain():
+            seen[i] += 1
+        if not any(t.is_alive() for t in threads):
+            break
+        if not s.arm_fd():
+            # armed with nothing ready: a channel that turns ready writes the fd under the
+            # signal's lock, so "ready but not readable" is a lost wake-up
+            if not _fd_readable(fd, 0.5) and s.ready_count and not _fd_readable(fd):
+                lost += 1
+            s.clear_fd()
+            s.disarm()
+    for t in threads:
+        t.join()
+    for i in s.drain():
+        seen[i] += 1
+    assert lost == 0
+    assert all(rung[i] == 0 or seen[i] >= 1 for i in range(n))
+
+
 def test_signal_rejects_bad_arguments():
     with pytest.raises(ValueError):
         GateSignal(0)
