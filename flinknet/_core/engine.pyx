@@ -443,6 +443,26 @@ cdef inline int _ring_push(fn_channel *c, fn_entry *e) noexcept nogil:
     return 1 if c.count == 1 else 0
 
 
+cdef inline int _ring_push_priority(fn_channel *c, fn_entry *e) noexcept nogil:
+    """Insert a priority event under c.lock behind the priority events already queued, ahead of
+    everything else (Flink's ``PrioritizedDeque.addPriorityElement``): 1 if the queue was
+    empty, 0, or -1 (refused)."""
+    cdef int cap, i
+    FN_ASSERT(c.num_priority >= 0 and c.num_priority <= c.count)
+    if c.count == c.ring_capacity:
+        if c.count >= c.slot_capacity + _MAX_EXTRA_ENTRIES or _grow_ring(c) < 0:
+            return -1
+    cap = c.ring_capacity
+    c.head = (c.head + cap - 1) % cap
+    for i in range(c.num_priority):
+        c.ring[(c.head + i) % cap] = c.ring[(c.head + i + 1) % cap]
+    c.ring[(c.head + c.num_priority) % cap] = e[0]
+    c.num_priority += 1
+    c.count += 1
+    c.queued_bytes += e.size
+    return 1 if c.count == 1 else 0
+
+
 cdef enum:
     # fn_channel_put_slot results
     PUT_OK = 0
@@ -721,7 +741,7 @@ cdef class ChannelQueue:
 
     # -- received queue (GIL side) -------------------------------------------------------------
 
-    cdef int _push_object(self, object buffer, int seq, int backlog) except -1:
+    cdef int _push_object(self, object buffer, int seq, int backlog, bint priority=False) except -1:
         cdef fn_entry e
         cdef int r
         cdef bint call = False
@@ -739,7 +759,7 @@ cdef class ChannelQueue:
             r = -3
         else:
             Py_INCREF(buffer)
-            r = _ring_push(&self.c, &e)
+            r = _ring_push_priority(&self.c, &e) if priority else _ring_push(&self.c, &e)
             if r >= 0:
                 self.c.expected_seq += 1
             else:
@@ -751,11 +771,14 @@ cdef class ChannelQueue:
                 self._signal._call_back()
         return r
 
-    def push_buffer(self, Buffer buffer not None, int sequence_number, int backlog=-1):
-        """Queue a buffer the Python transport received. Returns ``"ok"``, ``"released"`` (the
+    def push_buffer(self, Buffer buffer not None, int sequence_number, int backlog=-1,
+                    bint priority=False):
+        """Queue a buffer the Python transport received (``priority``: a priority event, which
+        goes behind the priority events queued and ahead of everything else, as Flink's
+        ``RemoteInputChannel.onBuffer`` queues it). Returns ``"ok"``, ``"released"`` (the
         caller recycles it), ``"reordered"`` (out of sequence; the caller fails the channel) or
         ``"full"`` (too many entries beyond the credit)."""
-        cdef int r = self._push_object(buffer, sequence_number, backlog)
+        cdef int r = self._push_object(buffer, sequence_number, backlog, priority)
         if r >= 0:
             return "ok"
         return {-2: "released", -3: "reordered"}.get(r, "full")
@@ -791,8 +814,11 @@ cdef class ChannelQueue:
         e = self.c.ring[self.c.head]
         FN_ASSERT(e.kind == ENTRY_SLOT or e.kind == ENTRY_OBJECT)
         FN_ASSERT(self.c.queued_bytes >= e.size)
+        FN_ASSERT(self.c.num_priority <= self.c.count)
         self.c.head = (self.c.head + 1) % self.c.ring_capacity
         self.c.count -= 1
+        if self.c.num_priority > 0:
+            self.c.num_priority -= 1
         self.c.queued_bytes -= e.size
         if self.c.count:
             next_type = self.c.ring[self.c.head].data_type
@@ -822,6 +848,7 @@ cdef class ChannelQueue:
                 free_slots.append(e.slot)
         self.c.count = 0
         self.c.head = 0
+        self.c.num_priority = 0
         self.c.queued_bytes = 0
         for i in range(self.c.num_free):
             free_slots.append(self.c.free_slots[i])

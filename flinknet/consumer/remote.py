@@ -261,7 +261,11 @@ class RemoteInputChannel(InputChannel):
             self._release_floating()
         q = self.queue
         expected = q.expected_sequence_number
-        result = q.push_buffer(buffer, sequence_number, backlog)
+        # A priority event (an unaligned barrier) goes to the head of the queue, behind the
+        # priority events already there, as Flink's RemoteInputChannel.onBuffer queues it: the
+        # sender sent it ahead of its queued data, and the reader must see it before the data
+        # this channel already received.
+        result = q.push_buffer(buffer, sequence_number, backlog, data_type in _PRIORITY_TYPES)
         if result != "ok":
             buffer.recycle()
             if result == "reordered":

@@ -310,3 +310,39 @@ def test_process_priority_events_takes_the_unaligned_barrier_ahead_of_queued_dat
     h.step(0, barrier(1, UNALIGNED))
     assert h.captured(1) == {0: [1, 2]}     # channel 1's overtaken record is producer state
     assert h.seen == {0: [1, 2], 1: [3]}
+
+
+def test_a_remote_channel_hands_out_a_priority_barrier_before_the_data_it_already_received():
+    """Flink's RemoteInputChannel.onBuffer puts a priority event at the head of the received
+    queue: the unaligned barrier the sender sent ahead of its queued data is read before the
+    buffers this channel had received (and not yet handed out) when it arrived."""
+    with NetworkEnvironment(SMALL) as producer_env, NetworkEnvironment(SMALL) as consumer_env:
+        p = producer_env.create_result_partition(1)
+        gate = consumer_env.create_input_gate([(p.partition_id, 0, producer_env.address)])
+        gate.request_partitions()
+        channel = gate.input_channels[0]
+        n = 40
+        for i in range(n):
+            p.emit_record(encode(i), 0)
+            p.flush(0)                         # one buffer per record
+        deadline = time.monotonic() + 30
+        while channel.queue.queued_buffers < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        received_before = channel.queue.queued_buffers
+        assert received_before >= 1            # data waiting in the channel, not read
+        p.broadcast_event(barrier(7, UNALIGNED), is_priority=True)
+        priority = gate.get_priority_event_available_future()
+        priority.result(timeout=30)
+        boe = gate.get_next(timeout=30)
+        assert not boe.is_buffer and isinstance(boe.event, CheckpointBarrier), boe
+        assert boe.event.id == 7
+        got = []
+        p.finish()
+        while (boe := gate.get_next(timeout=30)) is not None:
+            if boe.is_buffer:
+                got += records_of(boe.buffer.to_bytes())
+                boe.buffer.recycle()
+        assert got == list(range(n))           # the data in order, none lost
+        gate.close()
+        p.close()
+    assert producer_env.network_buffer_pool.is_whole and consumer_env.network_buffer_pool.is_whole

@@ -223,6 +223,80 @@ def test_queue_exclusive_buffers_round_trip_as_credit():
     assert pool.is_whole
 
 
+def test_queue_puts_priority_events_ahead_of_the_received_data_in_their_own_order():
+    """Flink's RemoteInputChannel.onBuffer: a priority event goes to the head of the received
+    queue, behind the priority events already there (PrioritizedDeque.addPriorityElement)."""
+    pool = NetworkBufferPool(16, SEG)
+    signal, q = _queue(pool)
+    for seg in pool.request_unpooled_memory_segments(4):
+        q.add_exclusive(seg, announce=False)
+    pushed = []
+    seq = 0
+    for kind in ("d", "d", "p", "d", "p", "d", "p"):
+        if kind == "d":
+            b = q.pop_free_buffer()
+            b.size = 3
+        else:
+            b = NetworkBuffer(pool.request_unpooled_memory_segments(1)[0], _freeing(pool),
+                              DataType.PRIORITIZED_EVENT_BUFFER, 8)
+        assert q.push_buffer(b, seq, -1, priority=(kind == "p")) == "ok"
+        pushed.append((seq, kind))
+        seq += 1
+        if kind == "d" and q.free_slots == 0:
+            break
+    order = []
+    while (item := q.poll()) is not None:
+        buf, next_type, s_, _ = item
+        order.append(s_)
+        buf.recycle()
+    priority = [n for n, k in pushed if k == "p"]
+    data = [n for n, k in pushed if k == "d"]
+    assert order == priority + data
+    q.release()
+    assert pool.is_whole
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.sampled_from(["data", "priority", "poll"]), max_size=60))
+def test_queue_priority_order_against_a_model(ops):
+    """Random pushes of data buffers and priority events and polls, against a deque model:
+    priority events in arrival order ahead of data in arrival order."""
+    from collections import deque
+
+    pool = NetworkBufferPool(64, SEG)
+    signal, q = _queue(pool)
+    for seg in pool.request_unpooled_memory_segments(4):
+        q.add_exclusive(seg, announce=False)
+    model_p, model_d = deque(), deque()
+    seq = 0
+    for op in ops:
+        if op == "poll":
+            item = q.poll()
+            if model_p or model_d:
+                expected = model_p.popleft() if model_p else model_d.popleft()
+                assert item is not None and item[2] == expected[0]
+                next_expected = model_p[0][1] if model_p else (model_d[0][1] if model_d else DataType.NONE)
+                assert item[1] == next_expected
+                item[0].recycle()
+            else:
+                assert item is None
+            continue
+        if op == "data":
+            b = q.pop_free_buffer()
+            if b is None:
+                continue          # no credit: the sender would not send
+            b.size = 1
+            model_d.append((seq, DataType.DATA_BUFFER))
+        else:
+            b = NetworkBuffer(pool.request_unpooled_memory_segments(1)[0], _freeing(pool),
+                              DataType.PRIORITIZED_EVENT_BUFFER, 4)
+            model_p.append((seq, DataType.PRIORITIZED_EVENT_BUFFER))
+        assert q.push_buffer(b, seq, -1, priority=(op == "priority")) == "ok"
+        seq += 1
+    q.release()
+    assert pool.is_whole
+
+
 def test_queue_sequence_numbers_and_release():
     pool = NetworkBufferPool(8, SEG)
     signal, q = _queue(pool)
