@@ -150,6 +150,16 @@ OPTIONS: dict[str, tuple[_Parser, ConfigValue]] = {
     "taskmanager.network.memory.max-buffers-per-channel": (_int(1), 10),
     "taskmanager.network.memory.max-overdraft-buffers-per-gate": (_int(0), 20),
     "taskmanager.network.memory.buffers-request-timeout": (_duration, "30 s"),
+    # Buffer debloating (TaskManagerOptions.BUFFER_DEBLOAT_*): a consumer with it asks its
+    # producers for buffers that hold about `target` of data in flight (flinknet.consumer.debloat).
+    "taskmanager.network.memory.buffer-debloat.enabled": (_bool, False),
+    "taskmanager.network.memory.buffer-debloat.target": (_duration, "1 s"),
+    "taskmanager.network.memory.buffer-debloat.period": (_duration, "200 ms"),
+    "taskmanager.network.memory.buffer-debloat.samples": (_int(1), 20),
+    "taskmanager.network.memory.buffer-debloat.threshold-percentages": (_int(0), 25),
+    # The smallest size debloating asks for, and where its moving average starts (Flink 2.x).
+    "taskmanager.memory.min-segment-size": (_size, "256b"),
+    "taskmanager.memory.starting-segment-size": (_size, "1kb"),
     "taskmanager.network.request-backoff.initial": (_duration, "100 ms"),
     "taskmanager.network.request-backoff.max": (_duration, "10000 ms"),
     "taskmanager.network.partition-request-timeout": (_duration, "10 s"),
@@ -258,6 +268,36 @@ class NetworkConfig(Mapping[str, ConfigValue]):
                     "flinknet.network.close-timeout"):
             if self._float(key) < 0:
                 raise bad(key, "must be >= 0 (0: off)")
+        self._check_debloat(seg)
+
+    def _check_debloat(self, seg: int) -> None:
+        """The buffer-debloat options (Flink's BufferDebloatConfiguration checks). The sizes are
+        checked against each other only when debloating is enabled: a small segment size alone
+        must not fail on a default minimum it never uses."""
+        def bad(key: str, why: str) -> ConfigurationError:
+            return ConfigurationError(f"{key} {why}, got {self._values[key]!r}", key)
+
+        prefix = "taskmanager.network.memory.buffer-debloat."
+        if self._float(prefix + "target") < 1e-3:
+            raise bad(prefix + "target", "must be at least 1 ms")
+        if self._float(prefix + "period") <= 0:
+            raise bad(prefix + "period", "must be > 0")
+        lo_key, start_key = "taskmanager.memory.min-segment-size", "taskmanager.memory.starting-segment-size"
+        if self._int(lo_key) <= 0:
+            raise bad(lo_key, "must be > 0")
+        if self._int(start_key) <= 0:
+            raise bad(start_key, "must be > 0")
+        if not self._bool(prefix + "enabled"):
+            return
+        lo, start = self._int(lo_key), self._int(start_key)
+        if lo > seg:
+            raise ConfigurationError(
+                f"{lo_key} ({lo} bytes) is larger than taskmanager.memory.segment-size ({seg} bytes) "
+                f"with {prefix}enabled", lo_key)
+        if not lo <= start <= seg:
+            raise ConfigurationError(
+                f"{start_key} ({start} bytes) must be in [{lo_key}, taskmanager.memory.segment-size] "
+                f"= [{lo}, {seg}] bytes with {prefix}enabled", start_key)
 
     def __getitem__(self, key: str) -> ConfigValue:
         try:
@@ -421,6 +461,42 @@ class NetworkConfig(Mapping[str, ConfigValue]):
     def idle_timeout(self) -> float:
         """Seconds a server connection may stay without readers and input (0: forever)."""
         return self._float("flinknet.network.idle-timeout")
+
+    @property
+    def buffer_debloat_enabled(self) -> bool:
+        """``taskmanager.network.memory.buffer-debloat.enabled``: gates debloat their buffers."""
+        return self._bool("taskmanager.network.memory.buffer-debloat.enabled")
+
+    @property
+    def buffer_debloat_target(self) -> float:
+        """Seconds of data the buffers in flight should hold (``...buffer-debloat.target``)."""
+        return self._float("taskmanager.network.memory.buffer-debloat.target")
+
+    @property
+    def buffer_debloat_period(self) -> float:
+        """Seconds between two recalculations of the buffer size (``...buffer-debloat.period``)."""
+        return self._float("taskmanager.network.memory.buffer-debloat.period")
+
+    @property
+    def buffer_debloat_samples(self) -> int:
+        """The moving average's number of samples (``...buffer-debloat.samples``)."""
+        return self._int("taskmanager.network.memory.buffer-debloat.samples")
+
+    @property
+    def buffer_debloat_threshold_percentages(self) -> int:
+        """How much (percent of the last size) a new size must differ to be announced
+        (``...buffer-debloat.threshold-percentages``)."""
+        return self._int("taskmanager.network.memory.buffer-debloat.threshold-percentages")
+
+    @property
+    def min_segment_size(self) -> int:
+        """``taskmanager.memory.min-segment-size``: the smallest size debloating asks for."""
+        return self._int("taskmanager.memory.min-segment-size")
+
+    @property
+    def starting_segment_size(self) -> int:
+        """``taskmanager.memory.starting-segment-size``: where debloating's average starts."""
+        return self._int("taskmanager.memory.starting-segment-size")
 
     def __repr__(self) -> str:
         changed = {k: v for k, v in self._values.items() if k in self._given}

@@ -32,6 +32,7 @@ from flinknet._core.engine import ReceiveEngine
 from flinknet._core.pool import NetworkBufferPool
 from flinknet.config import NetworkConfig
 from flinknet.consumer.channels import InputChannel, LocalInputChannel
+from flinknet.consumer.debloat import BufferDebloatConfiguration
 from flinknet.consumer.gate import SingleInputGate
 from flinknet.consumer.remote import RemoteInputChannel
 from flinknet.errors import IllegalStateError
@@ -175,6 +176,7 @@ class NetworkEnvironment:
         elif options:
             raise TypeError("give either a NetworkConfig or option keywords, not both")
         self.config = config
+        self._debloat = BufferDebloatConfiguration.from_config(config)
         handshake = HandshakeConfig.from_config(config)   # bad SSL settings fail before allocating
         self.network_buffer_pool = NetworkBufferPool(
             config.num_network_buffers, config.segment_size, config.request_timeout)
@@ -257,7 +259,10 @@ class NetworkEnvironment:
         """A gate with one channel per ``(partition_id, subpartition_index[, address])`` (an
         :data:`InputChannelSpec`); ``address`` None (or this environment's) means a local
         channel, any other a remote one. ``address`` is ``(host, port)`` or ``"host:port"``
-        (``"[::1]:port"`` for IPv6). A malformed item is a TypeError or ValueError naming it."""
+        (``"[::1]:port"`` for IPv6). A malformed item is a TypeError or ValueError naming it.
+        With ``taskmanager.network.memory.buffer-debloat.enabled`` the gate debloats its buffers
+        and triggers itself every ``...buffer-debloat.period`` (see
+        :meth:`~flinknet.consumer.SingleInputGate.set_buffer_debloater`)."""
         self._check_open()
         specs = [_check_spec(i, spec) for i, spec in enumerate(partitions)]
         if not specs:
@@ -272,6 +277,11 @@ class NetworkEnvironment:
             pool = self.network_buffer_pool.create_buffer_pool(
                 1, max(1, cfg.floating_buffers_per_gate), max_overdraft_buffers=0)
         gate = SingleInputGate(gate_index, owning_task_name, pool)
+        debloat = self._debloat
+        if debloat.enabled:
+            # Flink's SingleInputGateFactory gives every gate a BufferDebloater; its task
+            # triggers it every period (here: the gate's own reads do, see set_buffer_debloater).
+            gate.set_buffer_debloater(debloat.create_debloater(gate_index, owning_task_name), debloat.period)
         channels: list[InputChannel] = []
         try:
             for i, (pid, index, address) in enumerate(specs):

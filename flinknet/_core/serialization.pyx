@@ -557,9 +557,9 @@ cdef class SpanningRecordSerializer:
         r.piece = 0
         r.off = 0
         b = self._broadcast_builder if target == BROADCAST else <BufferBuilder>self._builders[target]
-        if (b is not None and b._max_capacity - b._cached >= length + LENGTH_BYTES
+        if (b is not None and b._max_capacity - b._cached > length + LENGTH_BYTES
                 and not b._segment._freed):
-            # Fast path: the whole framed record fits in the open buffer.
+            # Fast path: the whole framed record fits in the open buffer, with room to spare.
             dst = b._segment._address + b._cached
             memcpy(dst, prefix, LENGTH_BYTES)
             if p.header_size:
@@ -578,6 +578,14 @@ cdef class SpanningRecordSerializer:
         if b is None:
             # A new record starts a new buffer: enqueue its consumer first (partial length 0).
             b = self._new_builder(target, 0, length + LENGTH_BYTES, True)
+        if (b._max_capacity < b._segment._size and length + LENGTH_BYTES >= b._max_capacity - b._cached
+                and not self._pool._availability._available):
+            # Buffer debloating's hint yields to hard back-pressure (Flink's
+            # BufferWritingResultPartition.append): the record does not fit the trimmed buffer
+            # and the pool has no buffer to give, so the buffer grows to take the record and one
+            # byte more (capped at its segment) instead of asking for the next buffer sooner. The
+            # hint applies again to the next buffer.
+            b.trim(b._max_capacity + (length + LENGTH_BYTES - (b._max_capacity - b._cached)) + 1)
         _append_pieces(b, &r)
         while r.piece < N_PIECES:
             self._finish_builder(target)

@@ -18,7 +18,9 @@ alternating handler fires on the reading thread: before every read, and a blocki
 Name map: ``pollNext`` / ``getNext`` → ``poll_next`` / ``get_next``;
 ``getAllBarriersReceivedFuture`` → ``get_all_barriers_received_future``;
 ``getAlignmentDurationNanos`` / ``getCheckpointStartDelayNanos`` / ``getLatestCheckpointId`` →
-``alignment_duration_nanos`` / ``checkpoint_start_delay_nanos`` / ``latest_checkpoint_id``.
+``alignment_duration_nanos`` / ``checkpoint_start_delay_nanos`` / ``latest_checkpoint_id``;
+``triggerDebloating`` → ``trigger_debloating`` (passed to the wrapped gate, as buffer debloating
+is: a wrapped gate that triggers itself keeps doing so through this one's reads).
 """
 
 from __future__ import annotations
@@ -229,6 +231,20 @@ class CheckpointedInputGate(InputGate):
 
     def set_idle_timer(self, timer: WaitTimer | None) -> None:
         self.input_gate.set_idle_timer(timer)
+
+    def trigger_debloating(self) -> None:
+        """Trigger buffer debloating on the wrapped gate (see
+        :meth:`SingleInputGate.trigger_debloating <flinknet.consumer.SingleInputGate.trigger_debloating>`);
+        a gate that triggers itself needs no call: reads go through it."""
+        self.input_gate.trigger_debloating()
+
+    def buffers_in_use_count(self) -> int:
+        """The wrapped gate's buffers in use."""
+        return self.input_gate.buffers_in_use_count()
+
+    def announce_buffer_size(self, size: int) -> None:
+        """Announce ``size`` through the wrapped gate."""
+        self.input_gate.announce_buffer_size(size)
 
     @property
     def idle_timer(self) -> WaitTimer | None:

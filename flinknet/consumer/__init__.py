@@ -10,6 +10,8 @@ Name map (Flink → flinknet):
 ``BufferOrEvent``                            :class:`BufferOrEvent`
 ``InputChannel.BufferAndAvailability``       :class:`~flinknet.interfaces.BufferAndBacklog`
 ``RecordReader``                             :class:`RecordReader`
+``BufferDebloater``                          :class:`BufferDebloater` (:mod:`flinknet.consumer.debloat`)
+``ThroughputCalculator``                     :class:`ThroughputCalculator`
 ==========================================  ===========================================
 """
 
@@ -20,13 +22,22 @@ from flinknet.consumer.channels import (
     InputChannelInfo,
     LocalInputChannel,
 )
+from flinknet.consumer.debloat import (
+    BufferDebloatConfiguration,
+    BufferDebloater,
+    BufferSizeEMA,
+    ThroughputCalculator,
+)
 from flinknet.consumer.gate import BufferOrEvent, InputGate, SingleInputGate, UnionInputGate
 from flinknet.consumer.reader import RecordOrEvent, RecordReader
 
 __all__ = [
     "DEFAULT_INITIAL_BACKOFF",
     "DEFAULT_MAX_BACKOFF",
+    "BufferDebloatConfiguration",
+    "BufferDebloater",
     "BufferOrEvent",
+    "BufferSizeEMA",
     "InputChannel",
     "InputChannelInfo",
     "InputGate",
@@ -34,5 +45,6 @@ __all__ = [
     "RecordOrEvent",
     "RecordReader",
     "SingleInputGate",
+    "ThroughputCalculator",
     "UnionInputGate",
 ]

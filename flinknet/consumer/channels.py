@@ -147,6 +147,17 @@ class InputChannel:
         raise NotImplementedError
 
     @property
+    def buffers_in_use_count(self) -> int:
+        """Buffers this channel holds or has queued (Flink's ``getBuffersInUseCount``), for
+        buffer debloating."""
+        raise NotImplementedError
+
+    def announce_buffer_size(self, size: int) -> None:
+        """Ask the producer to fill new buffers up to ``size`` bytes (buffer debloating; Flink's
+        ``announceBufferSize``)."""
+        raise NotImplementedError
+
+    @property
     def is_released(self) -> bool:
         """The channel was released."""
         raise NotImplementedError
@@ -308,6 +319,15 @@ class LocalInputChannel(InputChannel):
 
     @property
     def buffers_in_use_count(self) -> int:
-        """Buffers this channel holds or has queued (Flink's ``getBuffersInUseCount``)."""
+        """The producer's queue length (Flink's ``LocalInputChannel.getBuffersInUseCount``)."""
         view = self._view
         return 0 if view is None else view.number_of_queued_buffers
+
+    def announce_buffer_size(self, size: int) -> None:
+        """Tell the subpartition view directly (Flink's ``LocalInputChannel.announceBufferSize``);
+        nothing before the view is there (the next announcement reaches it) or once released."""
+        view = self._view
+        if self._released:
+            return
+        if view is not None:
+            view.notify_new_buffer_size(size)

@@ -20,11 +20,23 @@ Name map: ``getNext`` / ``pollNext`` → ``get_next`` / ``poll_next``; ``request
 ``request_partitions``; ``resumeConsumption(channelInfo)`` → ``resume_consumption``;
 ``acknowledgeAllRecordsProcessed`` → ``acknowledge_all_records_processed``; ``isFinished`` /
 ``hasReceivedEndOfData`` → ``is_finished`` / ``has_received_end_of_data``; ``getAvailableFuture``
-→ ``get_available_future``; ``close`` → ``close``.
+→ ``get_available_future``; ``close`` → ``close``; ``triggerDebloating`` /
+``getBuffersInUseCount`` / ``announceBufferSize`` → ``trigger_debloating`` /
+``buffers_in_use_count`` / ``announce_buffer_size``.
+
+Buffer debloating (:mod:`flinknet.consumer.debloat`): a gate given a
+:class:`~flinknet.consumer.debloat.BufferDebloater` with :meth:`SingleInputGate.set_buffer_debloater`
+measures its throughput (bytes handed out over the time it was not waiting for input) and, when
+given a period, recalculates and announces the buffer size itself: every read checks a
+monotonic deadline (one clock read per buffer), so a task that only reads its gate (a
+:class:`~flinknet.consumer.RecordReader`) debloats without code of its own. Frameworks with their
+own timers pass no period and call :meth:`~SingleInputGate.trigger_debloating` on the reading
+thread.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 import threading
 import time
@@ -40,6 +52,7 @@ from flinknet._core.engine import GateSignal
 from flinknet._core.pool import AvailabilityHelper, LocalBufferPool
 from flinknet._core.pool import complete_future as _complete
 from flinknet.consumer.channels import InputChannel, InputChannelInfo, LocalInputChannel
+from flinknet.consumer.debloat import BufferDebloater, ThroughputCalculator
 from flinknet.errors import (
     CancelTaskError,
     CorruptEventError,
@@ -55,6 +68,7 @@ if TYPE_CHECKING:
 __all__ = ["BufferOrEvent", "GateAvailabilityListener", "InputGate", "SingleInputGate", "UnionInputGate"]
 
 _INT_MIN = -(1 << 31)
+_monotonic = time.monotonic
 _DATA_BUFFER = DataType.DATA_BUFFER
 _PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
 
@@ -180,6 +194,20 @@ class InputGate:
         """The metrics hook: ``timer`` is marked around every wait of :meth:`get_next`."""
         raise NotImplementedError
 
+    def trigger_debloating(self) -> None:
+        """Recalculate the buffer size from the throughput since the last call and announce it
+        if it changed enough (Flink's ``triggerDebloating``; see :mod:`flinknet.consumer.debloat`).
+        Call it on the reading thread."""
+        raise NotImplementedError
+
+    def buffers_in_use_count(self) -> int:
+        """Buffers the channels hold or have queued (Flink's ``getBuffersInUseCount``)."""
+        raise NotImplementedError
+
+    def announce_buffer_size(self, size: int) -> None:
+        """Ask every producer for buffers of ``size`` bytes (Flink's ``announceBufferSize``)."""
+        raise NotImplementedError
+
     @property
     def idle_timer(self) -> WaitTimer | None:
         """The timer attached by :meth:`set_idle_timer`, or None."""
@@ -274,6 +302,15 @@ class SingleInputGate(InputGate):
         self.num_buffers_in_local = 0
         self.num_buffers_in_remote = 0
         self._idle_timer: WaitTimer | None = None
+        # Buffer debloating (set_buffer_debloater): the reading path checks _throughput for None
+        # and, when set, reads the clock once per buffer against _debloat_deadline.
+        self._debloater: BufferDebloater | None = None
+        self._throughput: ThroughputCalculator | None = None
+        self._throughput_paused = False
+        self._throughput_monotonic = True   # the calculator's clock is time.monotonic (ms)
+        self._debloat_period = math.inf
+        self._debloat_deadline = math.inf
+        self._debloat_bytes_mark = 0
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -287,6 +324,96 @@ class SingleInputGate(InputGate):
     def idle_timer(self) -> WaitTimer | None:
         """The timer attached by :meth:`set_idle_timer`, or None."""
         return self._idle_timer
+
+    # -- buffer debloating -----------------------------------------------------------------
+
+    def set_buffer_debloater(self, debloater: BufferDebloater | None, period: float | None = None,
+                             throughput_calculator: ThroughputCalculator | None = None) -> None:
+        """Debloat this gate's buffers with ``debloater`` (None: stop). With ``period`` (seconds,
+        e.g. ``taskmanager.network.memory.buffer-debloat.period``) the gate triggers itself: the
+        first read of a buffer at least ``period`` after the last trigger runs
+        :meth:`trigger_debloating`; without, whoever drives the task calls it.
+        ``throughput_calculator`` replaces the default one (tests give one with a manual clock).
+        Call before reading, or on the reading thread."""
+        if debloater is not None and not isinstance(debloater, BufferDebloater):
+            raise TypeError(f"expected a BufferDebloater, got {type(debloater).__name__}")
+        if period is not None and not period > 0:
+            raise ValueError(f"period must be > 0 seconds, got {period!r}")
+        if debloater is None:
+            self._debloater = None
+            self._throughput = None
+            self._debloat_period = self._debloat_deadline = math.inf
+            return
+        self._debloater = debloater
+        if throughput_calculator is None:
+            throughput_calculator = ThroughputCalculator()
+        self._throughput = throughput_calculator
+        # Nothing is measured until the first buffer arrives (its read resumes the measurement).
+        self._throughput_paused = True
+        self._throughput_monotonic = throughput_calculator.uses_monotonic_clock
+        throughput_calculator.pause_measurement()
+        self._debloat_bytes_mark = self.num_bytes_in
+        self._debloat_period = math.inf if period is None else float(period)
+        self._debloat_deadline = _monotonic() + self._debloat_period
+
+    @property
+    def buffer_debloater(self) -> BufferDebloater | None:
+        """The gate's :class:`~flinknet.consumer.debloat.BufferDebloater`, if debloating."""
+        return self._debloater
+
+    @property
+    def throughput_calculator(self) -> ThroughputCalculator | None:
+        """The gate's throughput measurement, if debloating."""
+        return self._throughput
+
+    @property
+    def debloat_period(self) -> float | None:
+        """Seconds between the gate's own triggers (None: triggered from outside only)."""
+        return None if self._debloat_period == math.inf else self._debloat_period
+
+    def buffers_in_use_count(self) -> int:
+        """Σ over the channels of the buffers each holds or has queued (remote: received
+        buffers plus the floating ones its sender's backlog asks for; local: the producer's
+        queue length). Flink's ``getBuffersInUseCount``."""
+        return sum(ch.buffers_in_use_count for ch in self.input_channels)
+
+    def announce_buffer_size(self, size: int) -> None:
+        """Tell every unreleased channel's producer to fill new buffers up to ``size`` bytes
+        (remote: a NewBufferSize message; local: the subpartition view directly)."""
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(f"the buffer size must be a positive int, got {size!r}")
+        for ch in self.input_channels:
+            if not ch.is_released:
+                ch.announce_buffer_size(size)
+
+    def trigger_debloating(self) -> None:
+        """Recalculate the buffer size from the throughput since the last trigger and the
+        buffers in use, and announce it if it changed enough (Flink's ``triggerDebloating``;
+        nothing once the gate is finished or closed). Call it on the reading thread.
+        :class:`IllegalStateError` if the gate has no debloater."""
+        self._trigger_debloating(_monotonic())
+
+    def _trigger_debloating(self, now: float) -> None:
+        debloater, calc = self._debloater, self._throughput
+        if debloater is None or calc is None:
+            raise IllegalStateError(f"{self} has no buffer debloater (see set_buffer_debloater)")
+        self._debloat_deadline = now + self._debloat_period
+        if self._all_eop or self._closed:
+            return
+        # The bytes this gate handed out since the last trigger (counted per buffer anyway).
+        total = self.num_bytes_in
+        calc.add_data_size(total - self._debloat_bytes_mark)
+        self._debloat_bytes_mark = total
+        new_size = debloater.recalculate_buffer_size(calc.calculate_throughput(), self.buffers_in_use_count())
+        if new_size is not None:
+            self.announce_buffer_size(new_size)
+
+    def _pause_throughput(self) -> None:
+        """The reader waits for input (or found none): stop measuring time."""
+        calc = self._throughput
+        if calc is not None and not self._throughput_paused:
+            self._throughput_paused = True
+            calc.pause_measurement(_monotonic() * 1000.0 if self._throughput_monotonic else None)
 
     def register_availability_listener(self, listener: GateAvailabilityListener) -> None:
         """Call ``listener(gate, has_priority)`` when the gate turns available (a channel became
@@ -495,6 +622,8 @@ class SingleInputGate(InputGate):
             with self._lock:
                 channel = self._get_channel(blocking, deadline)
                 if channel is None:
+                    if self._throughput is not None:
+                        self._pause_throughput()
                     return None
                 try:
                     result = channel.get_next_buffer()
@@ -535,6 +664,15 @@ class SingleInputGate(InputGate):
             else:
                 self.num_buffers_in_local += 1
                 self.num_bytes_in_local += size
+            calc = self._throughput
+            if calc is not None:
+                # Buffer debloating: one clock read per buffer (see set_buffer_debloater).
+                now = _monotonic()
+                if self._throughput_paused:
+                    self._throughput_paused = False
+                    calc.resume_measurement(now * 1000.0 if self._throughput_monotonic else None)
+                if now >= self._debloat_deadline:
+                    self._trigger_debloating(now)
             if data_type == _DATA_BUFFER:
                 return BufferOrEvent(buffer, None, channel.channel_info, more_available, buffer.size,
                                      more_priority, False)
@@ -585,6 +723,8 @@ class SingleInputGate(InputGate):
             idle = self._idle_timer if blocking else None
             if idle is not None:
                 idle.mark_start()       # idleTimeMsPerSecond: the task waits for input
+            if blocking and self._throughput is not None:
+                self._pause_throughput()     # waiting is not consuming
             try:
                 if not self._wait_for_channel(blocking, deadline):
                     return None
@@ -885,9 +1025,15 @@ class UnionInputGate(InputGate):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                idle = self._idle_timer if blocking and not self._queue else None
+                waits = blocking and not self._queue
+                idle = self._idle_timer if waits else None
                 if idle is not None:
                     idle.mark_start()
+                if waits:
+                    # The union waits for every member: none of them is consuming meanwhile.
+                    for g in self.gates:
+                        if g.throughput_calculator is not None:
+                            g._pause_throughput()
                 try:
                     gate = self._wait_for_gate(blocking, deadline)
                 finally:
@@ -946,6 +1092,24 @@ class UnionInputGate(InputGate):
                 fut = self._availability.get_unavailable_to_reset_available()
                 self._cond.notify_all()
         _complete(fut)
+
+    def trigger_debloating(self) -> None:
+        """Trigger debloating on every member gate that has a debloater (Flink's
+        ``UnionInputGate.triggerDebloating``); :class:`IllegalStateError` if none has."""
+        members = [g for g in self.gates if g.buffer_debloater is not None]
+        if not members:
+            raise IllegalStateError("no gate of this union has a buffer debloater")
+        for g in members:
+            g.trigger_debloating()
+
+    def buffers_in_use_count(self) -> int:
+        """Σ over the member gates (see :meth:`SingleInputGate.buffers_in_use_count`)."""
+        return sum(g.buffers_in_use_count() for g in self.gates)
+
+    def announce_buffer_size(self, size: int) -> None:
+        """Announce ``size`` through every member gate."""
+        for g in self.gates:
+            g.announce_buffer_size(size)
 
     def channel_index(self, boe: BufferOrEvent) -> int:
         """The flat channel index of ``boe`` in this union (gate offset + channel index)."""

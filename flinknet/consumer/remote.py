@@ -385,3 +385,10 @@ class RemoteInputChannel(InputChannel):
         """Received buffers plus the floating ones the backlog asks for (Flink's
         ``getBuffersInUseCount``)."""
         return self.queue.queued_buffers + max(0, self._num_required - self.initial_credit)
+
+    def announce_buffer_size(self, size: int) -> None:
+        """Send NewBufferSize (Flink's ``RemoteInputChannel.announceBufferSize``); nothing before
+        the partition request went out (the next announcement reaches the producer) or once
+        released."""
+        if not self._released:
+            self.notify_new_buffer_size(size)

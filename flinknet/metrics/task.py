@@ -22,6 +22,10 @@ Flink                                                  flinknet
 ``InputGateMetrics`` / ``ResultPartitionMetrics``      ``detailed=True``: per gate / partition queue
                                                        lengths (Flink's ``detailed-metrics``)
 ``Task.isBackPressured()``                             ``TaskIOMetrics.is_back_pressured``
+``debloatedBufferSize``                                per debloating gate (``Shuffle.Netty.Input.<i>``):
+                                                       its last announced buffer size
+``estimatedTimeToConsumeBuffersMs``                    per debloating gate, and for the task the
+                                                       maximum over its gates
 the REST handler's ratio and level                     ``TaskIOMetrics.back_pressured_ratio``,
                                                        ``TaskIOMetrics.back_pressure_level``
 =====================================================  =================================================
@@ -109,6 +113,7 @@ class TaskIOMetrics:
         self._gates: list[SingleInputGate] = []   # union members flattened
         # the gates whose waits are timed (a union, or single gates)
         self._waiting_gates: list[SingleInputGate | UnionInputGate] = []
+        self._debloating_gates: list[SingleInputGate] = []
         self._closed = False
         self._start_ms = time.monotonic_ns() // 1_000_000
         g = group
@@ -208,19 +213,53 @@ class TaskIOMetrics:
 
     def register_gate(self, gate: InputGate) -> None:
         """Count ``gate``'s buffers and bytes (local and remote), add it to the input buffer
-        gauges and time its blocking waits as idle time."""
-        if not isinstance(gate, (SingleInputGate, UnionInputGate)):
-            raise TypeError(f"expected a SingleInputGate or UnionInputGate, got {type(gate).__name__}")
+        gauges and time its blocking waits as idle time. ``gate`` is a SingleInputGate, a
+        UnionInputGate or a :class:`~flinknet.checkpointing.CheckpointedInputGate` (the gate it
+        wraps is registered). A member gate that debloats its buffers (see
+        :meth:`~flinknet.consumer.SingleInputGate.set_buffer_debloater`; set before
+        registering) gets ``debloatedBufferSize`` and ``estimatedTimeToConsumeBuffersMs`` under
+        ``Shuffle.Netty.Input.<i>`` (``i``: its position among the task's gates, as Flink's gate
+        index), and the task the maximum ``estimatedTimeToConsumeBuffersMs`` over its gates."""
+        # Imported here: flinknet.checkpointing imports the metrics registry.
+        from flinknet.checkpointing.gate import CheckpointedInputGate
+
+        inner = gate.input_gate if isinstance(gate, CheckpointedInputGate) else gate
+        if not isinstance(inner, (SingleInputGate, UnionInputGate)):
+            raise TypeError("expected a SingleInputGate, UnionInputGate or CheckpointedInputGate, "
+                            f"got {type(gate).__name__}")
         self._check_open()
-        if any(g is gate for g in self._waiting_gates):
+        if any(g is inner for g in self._waiting_gates):
             return
-        gate.set_idle_timer(self.idle_time)
-        self._waiting_gates.append(gate)
-        for member in _gates_of(gate):
+        inner.set_idle_timer(self.idle_time)
+        self._waiting_gates.append(inner)
+        for member in _gates_of(inner):
             if not any(g is member for g in self._gates):
                 self._gates.append(member)
                 if self.detailed:
                     self._register_gate_detail(member)
+                if member.buffer_debloater is not None:
+                    self._register_gate_debloat(member)
+
+    def _register_gate_debloat(self, gate: SingleInputGate) -> None:
+        """Flink's per-gate debloating gauges (SingleInputGateFactory) and the task's maximum."""
+        group = self._input_group.add_group(str(len(self._gates) - 1))
+
+        def debloated_size() -> int:
+            d = gate.buffer_debloater
+            return d.last_buffer_size if d is not None else 0
+
+        def time_to_consume() -> int:
+            d = gate.buffer_debloater
+            return d.last_estimated_time_to_consume_buffers_ms if d is not None else 0
+
+        group.gauge("debloatedBufferSize", debloated_size)
+        group.gauge("estimatedTimeToConsumeBuffersMs", time_to_consume)
+        if not self._debloating_gates:
+            gates = self._debloating_gates
+            self.group.gauge("estimatedTimeToConsumeBuffersMs", lambda: max(
+                (d.last_estimated_time_to_consume_buffers_ms for g in list(gates)
+                 if (d := g.buffer_debloater) is not None), default=0))
+        self._debloating_gates.append(gate)
 
     # -- detailed metrics (Flink's taskmanager.network.detailed-metrics) -------------------
 

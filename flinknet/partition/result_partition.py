@@ -251,7 +251,9 @@ class ResultPartition:
 
     def add_buffer_consumer(self, subpartition: int, consumer: BufferConsumer,
                             partial_record_length: int) -> int:
-        """The serializer's sink: enqueue a new buffer's consumer (the desired buffer size back)."""
+        """The serializer's sink: enqueue a new buffer's consumer (the desired buffer size back:
+        the serializer trims the new buffer to it, and lets it grow back while this partition's
+        pool is exhausted, as Flink's ``BufferWritingResultPartition.append`` does)."""
         return self.subpartitions[subpartition].add(consumer, partial_record_length)
 
     def buffer_finished(self, subpartition: int, num_bytes: int) -> None:
