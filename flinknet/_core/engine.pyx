@@ -124,6 +124,11 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t sendmsg(int fd, const msghdr *msg, int flags)
 
 
+cdef extern from "Python.h":
+    int PyGC_Disable()
+    int PyGC_Enable()
+
+
 cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void *buf, size_t n)
     ssize_t write(int fd, const void *buf, size_t n)
@@ -941,6 +946,59 @@ cdef class ChannelQueue:
         """Forget the unannounced credit (a ResumeConsumption re-announces it all)."""
         self.take_unannounced_credit()
 
+    def inflight_buffers(self, int after_seq, before_seq=None):
+        """``(buffers, last_seq)``: retained read-only slices of the queued data buffers behind the
+        priority events whose sequence number comes after ``after_seq`` and before ``before_seq``
+        (without it: before the oldest priority event queued, if any), stopping at the first one
+        that does not, oldest first, and the sequence number of the last one taken (``after_seq``
+        if none): the in-flight data an unaligned
+        barrier overtook in this channel (Flink's ``RemoteInputChannel.getInflightBuffersUnsafe``).
+        Comparisons are modulo 2**32, as the wire's sequence numbers wrap. Zero copy: a received
+        slot becomes a buffer object in the queue, which the task still reads; the caller
+        recycles the slices. Called on the task thread, the only one that takes from the queue."""
+        cdef list out = []
+        cdef fn_entry *e
+        cdef int i, bound = 0
+        cdef bint bounded = before_seq is not None
+        cdef int gc_was
+        cdef int32_t last = after_seq
+        cdef Buffer obj
+        if bounded:
+            bound = before_seq
+        # Nothing here may run a finalizer that recycles into this channel (its lock is held
+        # while the slot's buffer object is made): the cyclic GC is off meanwhile, and nothing
+        # is released.
+        gc_was = PyGC_Disable()
+        pthread_mutex_lock(&self.c.lock)
+        try:
+            if not bounded and self.c.num_priority > 0:
+                # a priority event queued (a barrier that overtook data): what came after it on
+                # the wire is not in flight
+                bounded = True
+                bound = self.c.ring[self.c.head].seq
+            for i in range(self.c.num_priority, self.c.count):
+                e = &self.c.ring[(self.c.head + i) % self.c.ring_capacity]
+                if not (data_type_flags(e.data_type) & DTF_BUFFER):
+                    continue
+                if <int32_t>(<uint32_t>e.seq - <uint32_t>after_seq) <= 0:
+                    continue                    # captured before
+                if bounded and <int32_t>(<uint32_t>e.seq - <uint32_t>bound) >= 0:
+                    break
+                if e.kind == ENTRY_SLOT:
+                    buf = self._hand_out(e.slot, e.data_type, e.size)
+                    Py_INCREF(buf)              # the queue's reference, as for a pushed buffer
+                    e.obj = <void *>buf
+                    e.kind = ENTRY_OBJECT
+                    e.slot = -1
+                obj = <Buffer>e.obj
+                out.append(obj.read_only_slice().retain())
+                last = e.seq
+        finally:
+            pthread_mutex_unlock(&self.c.lock)
+            if gc_was:
+                PyGC_Enable()
+        return out, last
+
     @property
     def expected_sequence_number(self):
         return self.c.expected_seq
@@ -1269,12 +1327,18 @@ cdef class OutputQueue:
         free(self.q.ring)
         pthread_mutex_destroy(&self.q.lock)
 
-    def push(self, Buffer buffer not None, bint priority=False):
+    def push(self, Buffer buffer not None, bint priority=False, list overtaken=None):
         """Queue ``buffer`` to be sent (taking over the caller's reference: do not recycle it);
         a priority event goes behind the priority events already queued, ahead of the rest. A
         slice continuing the last queued one (the same buffer's next bytes: a flush of the open
         buffer while its previous flush still waits) extends it: one frame, one credit.
-        False (and the buffer recycled) if it is empty or the queue was released."""
+        False (and the buffer recycled) if it is empty or the queue was released.
+
+        ``overtaken`` (a list; priority events only): receives a retained read-only slice of
+        every data buffer the event overtakes, taken under the queue's lock together with the
+        insertion, so that nothing is sent in between (Flink's
+        ``PipelinedSubpartition.processPriorityBuffer``: the in-flight output data of an
+        unaligned checkpoint). The caller recycles them."""
         cdef int size = buffer._writer_index - buffer._reader_index
         cdef int dt = buffer._data_type
         cdef int flags = data_type_flags(dt)
@@ -1284,6 +1348,10 @@ cdef class OutputQueue:
         cdef NetworkBuffer root
         cdef int cap, i, pos
         cdef fn_conn *conn = NULL
+        cdef void **cap_roots = NULL
+        cdef int *cap_off = NULL
+        cdef int *cap_len = NULL
+        cdef int n_cap = 0, n_taken = 0
         if size <= 0:
             buffer.recycle()
             return False
@@ -1336,12 +1404,45 @@ cdef class OutputQueue:
         self.q.count += 1
         if flags & DTF_BUFFER:
             self.q.backlog += 1
+        if priority and overtaken is not None and self.q.count > self.q.num_priority:
+            n_cap = self.q.count - self.q.num_priority
+            cap_roots = <void **>malloc(n_cap * sizeof(void *))
+            cap_off = <int *>malloc(n_cap * sizeof(int))
+            cap_len = <int *>malloc(n_cap * sizeof(int))
+            if cap_roots == NULL or cap_off == NULL or cap_len == NULL:
+                pthread_mutex_unlock(&self.q.lock)
+                free(cap_roots)
+                free(cap_off)
+                free(cap_len)
+                raise MemoryError()
+            for i in range(self.q.num_priority, self.q.count):
+                last = &self.q.ring[(self.q.head + i) % cap]
+                if not (last.flags & DTF_BUFFER):
+                    continue
+                root = <NetworkBuffer>last.root
+                # one reference for the caller, taken before anything can send and recycle it
+                # (only GIL holders change reference counts; this thread holds the GIL)
+                FN_ASSERT(root._ref_count > 0)
+                root._ref_count += 1
+                Py_INCREF(root)
+                cap_roots[n_taken] = last.root
+                cap_off[n_taken] = <int>(last.data - root.data())
+                cap_len[n_taken] = last.size
+                n_taken += 1
         if not self.q.in_ready and _outq_sendable(&self.q):
             self.q.in_ready = True
             conn = <fn_conn *>self.q.conn
         pthread_mutex_unlock(&self.q.lock)
         if conn != NULL:
             _outq_enqueue(&self.q, conn)
+        if cap_roots != NULL:
+            for i in range(n_taken):
+                root = <NetworkBuffer>cap_roots[i]
+                overtaken.append(root.slice(cap_off[i], cap_len[i]))
+                Py_DECREF(root)       # the slice holds its parent
+            free(cap_roots)
+            free(cap_off)
+            free(cap_len)
         return True
 
     def poll(self):

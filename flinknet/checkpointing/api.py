@@ -11,7 +11,8 @@ for the snapshot. :class:`InMemoryChannelStateWriter` is a ready one that keeps 
 Ownership: every buffer handed to :meth:`ChannelStateWriter.add_input_data` carries one
 reference that belongs to the writer, which must ``recycle()`` it when done (after persisting,
 or on :meth:`~ChannelStateWriter.abort`). A captured buffer of a local channel is a slice of the
-producer's memory: holding it holds one of the producer's buffers.
+producer's memory and one of a remote channel is one of its credit buffers: a writer should
+persist and recycle them promptly (:class:`InMemoryChannelStateWriter` copies them at once).
 
 Everything here runs on the task thread (the thread that reads the
 :class:`~flinknet.checkpointing.CheckpointedInputGate`), as in Flink.
@@ -28,9 +29,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from flinknet._core.buffer import Buffer
+from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, Buffer, NetworkBuffer
+from flinknet._core.memory import MemorySegment
 from flinknet.consumer.channels import InputChannelInfo
 from flinknet.events import CheckpointOptions
+from flinknet.partition.result_partition import SEQUENCE_NUMBER_UNKNOWN
+from flinknet.partition.subpartition import ResultSubpartitionInfo
 
 __all__ = [
     "SEQUENCE_NUMBER_RESTORED",
@@ -51,8 +55,8 @@ __all__ = [
     "TimerService",
 ]
 
-#: Flink's ``ChannelStateWriter.SEQUENCE_NUMBER_UNKNOWN`` / ``SEQUENCE_NUMBER_RESTORED``.
-SEQUENCE_NUMBER_UNKNOWN = -1
+#: Flink's ``ChannelStateWriter.SEQUENCE_NUMBER_RESTORED`` (``SEQUENCE_NUMBER_UNKNOWN``, -1, is
+#: defined with the partitions, whose unaligned barriers capture output data).
 SEQUENCE_NUMBER_RESTORED = -2
 
 
@@ -179,30 +183,39 @@ class ChannelStateWriter(Protocol):
 
 
 class ChannelStateWriteResult:
-    """The input channel state one :class:`InMemoryChannelStateWriter` collected for a
-    checkpoint: ``input_data[channel_info]`` is the list of captured buffers in channel order.
-    The holder owns the buffers: :meth:`recycle` gives them back (idempotent)."""
+    """The channel state one :class:`InMemoryChannelStateWriter` collected for a checkpoint:
+    ``input_data[channel_info]`` is the list of captured input buffers in channel order,
+    ``output_data[subpartition_info]`` the in-flight output an unaligned barrier overtook at a
+    producer. The holder owns the buffers: :meth:`recycle` gives them back (idempotent)."""
 
     def __init__(self, checkpoint_id: int, options: CheckpointOptions | None) -> None:
         self.checkpoint_id = checkpoint_id
         self.options = options
         self.input_data: dict[InputChannelInfo, list[Buffer]] = {}
         self.input_finished = False
+        self.output_data: dict[ResultSubpartitionInfo, list[Buffer]] = {}
+        self.output_finished = False
         self.aborted: CheckpointFailure | None = None
 
     @property
     def size(self) -> int:
-        """Bytes captured over all channels."""
-        return sum(b.size for bufs in self.input_data.values() for b in bufs)
+        """Bytes captured over all channels and subpartitions."""
+        return (sum(b.readable_bytes for bufs in self.input_data.values() for b in bufs)
+                + sum(b.readable_bytes for bufs in self.output_data.values() for b in bufs))
 
     def channel_bytes(self, channel_info: InputChannelInfo) -> bytes:
-        """The captured bytes of one channel, concatenated (a copy)."""
+        """The captured bytes of one input channel, concatenated (a copy)."""
         return b"".join(b.to_bytes() for b in self.input_data.get(channel_info, ()))
+
+    def subpartition_bytes(self, subpartition_info: ResultSubpartitionInfo) -> bytes:
+        """The captured output bytes of one subpartition, concatenated (a copy)."""
+        return b"".join(b.to_bytes() for b in self.output_data.get(subpartition_info, ()))
 
     def recycle(self) -> None:
         """Give every captured buffer back."""
         data, self.input_data = self.input_data, {}
-        for bufs in data.values():
+        out, self.output_data = self.output_data, {}
+        for bufs in (*data.values(), *out.values()):
             for b in bufs:
                 b.recycle()
 
@@ -211,9 +224,30 @@ class ChannelStateWriteResult:
                 f"{self.size} bytes, finished={self.input_finished})")
 
 
+def _detach(buffers: Sequence[Buffer]) -> list[Buffer]:
+    """Copies of ``buffers`` in memory of their own (freed when recycled); the originals are
+    recycled at once."""
+    out: list[Buffer] = []
+    try:
+        for b in buffers:
+            n = b.readable_bytes
+            with memoryview(b) as view:
+                segment = MemorySegment.wrap_copy(view) if n else MemorySegment(1)
+            out.append(NetworkBuffer(segment, FREEING_BUFFER_RECYCLER, b.data_type, n))
+    finally:
+        for b in buffers:
+            b.recycle()
+    return out
+
+
 class InMemoryChannelStateWriter:
-    """A :class:`ChannelStateWriter` that keeps the captured buffers in memory, one
-    :class:`ChannelStateWriteResult` per checkpoint. Take a result with
+    """A :class:`ChannelStateWriter` (and a partition's
+    :class:`~flinknet.partition.OutputChannelStateWriter`) that keeps the captured data in
+    memory, one :class:`ChannelStateWriteResult` per checkpoint. It copies each buffer it is
+    handed into memory of its own and recycles the network buffer at once, as Flink's writer
+    releases a buffer once written: a checkpoint in progress never holds a channel's credit or
+    a producer's buffer (a consumer whose captured buffers were its credit would otherwise
+    stall until the checkpoint is taken). Take a result with
     :meth:`get_and_remove_write_result` (then it is yours to recycle) for every checkpoint the
     task was triggered for (also aligned-with-timeout ones: they leave an empty, finished
     result); an aborted checkpoint's buffers are recycled at once, as are those of an
@@ -246,13 +280,32 @@ class InMemoryChannelStateWriter:
             result = self._results.get(checkpoint_id)
             if result is None:
                 result = self._results[checkpoint_id] = ChannelStateWriteResult(checkpoint_id, None)
-            result.input_data.setdefault(channel_info, []).extend(buffers)
+            result.input_data.setdefault(channel_info, []).extend(_detach(buffers))
 
     def finish_input(self, checkpoint_id: int) -> None:
         with self._lock:
             result = self._results.get(checkpoint_id)
             if result is not None:
                 result.input_finished = True
+
+    def add_output_data(self, checkpoint_id: int, subpartition_info: ResultSubpartitionInfo,
+                        sequence_number: int, buffers: Sequence[Buffer]) -> None:
+        """In-flight output an unaligned barrier overtook (see
+        :meth:`flinknet.partition.ResultPartition.set_channel_state_writer`); kept in order per
+        subpartition."""
+        with self._lock:
+            result = self._results.get(checkpoint_id)
+            if result is None:
+                result = self._results[checkpoint_id] = ChannelStateWriteResult(checkpoint_id, None)
+            result.output_data.setdefault(subpartition_info, []).extend(_detach(buffers))
+
+    def finish_output(self, checkpoint_id: int) -> None:
+        """No more output data for ``checkpoint_id`` (the task broadcast its barrier)."""
+        with self._lock:
+            result = self._results.get(checkpoint_id)
+            if result is None:
+                result = self._results[checkpoint_id] = ChannelStateWriteResult(checkpoint_id, None)
+            result.output_finished = True
 
     def abort(self, checkpoint_id: int, cause: CheckpointFailure, cleanup: bool) -> None:
         with self._lock:

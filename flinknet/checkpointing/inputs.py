@@ -17,10 +17,13 @@ task takes it from the gate (the :class:`~flinknet.checkpointing.CheckpointedInp
 it): once an unaligned checkpoint started, each data buffer of a channel whose barrier has not
 arrived yet is retained and handed to the :class:`~flinknet.checkpointing.ChannelStateWriter`
 (and still delivered to the task), until that channel's barrier is taken. This is what Flink's
-``LocalInputChannel`` does; it is exact for remote channels as long as they hand out a priority
-barrier in its stream position (today's ``RemoteInputChannel`` does). A remote channel that puts
-it at the head of its queue, as Flink's does, must capture the buffers it overtook itself (by
-sequence number, Flink's ``RemoteInputChannel.checkpointStarted``).
+``LocalInputChannel`` does. A remote channel puts a priority barrier at the head of its queue, as
+Flink's ``RemoteInputChannel`` does, ahead of data it received before the barrier; so for it the
+capture goes by sequence number (Flink's ``checkpointStarted`` / ``getInflightBuffersUnsafe``):
+when the checkpoint starts, the data it holds that belongs to the checkpoint (all of it if its
+barrier has not arrived, else what the barrier overtook); then what the task takes from it that
+was not captured yet; and when the task takes its barrier, what that barrier overtook and was not
+captured yet. Every in-flight buffer is captured once, in channel order.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from flinknet._core.buffer import Buffer
 from flinknet.checkpointing.api import SEQUENCE_NUMBER_UNKNOWN, ChannelStateWriter
 from flinknet.consumer.channels import InputChannelInfo
 from flinknet.consumer.gate import SingleInputGate
+from flinknet.consumer.remote import RemoteInputChannel
 from flinknet.events import CheckpointBarrier
 
 __all__ = ["ChannelStatePersister", "CheckpointableInput"]
@@ -49,9 +53,12 @@ class ChannelStatePersister:
     barrier is seen (:meth:`check_for_barrier`) or :meth:`stop_persisting`."""
 
     def __init__(self, channel_info: InputChannelInfo, writer: ChannelStateWriter | None,
-                 on_persisted: Callable[[int, int], None] | None = None) -> None:
+                 on_persisted: Callable[[int, int], None] | None = None,
+                 channel: object | None = None) -> None:
         self.channel_info = channel_info
         self.writer = writer
+        #: the remote channel whose overtaken data is captured by sequence number (else None)
+        self.remote: RemoteInputChannel | None = channel if isinstance(channel, RemoteInputChannel) else None
         #: called as ``on_persisted(checkpoint_id, nbytes)`` for every buffer captured (metrics).
         self.on_persisted = on_persisted
         self._status = _Status.COMPLETED
@@ -74,17 +81,36 @@ class ChannelStatePersister:
         if self._last_seen_barrier < barrier_id:
             self._status = _Status.BARRIER_PENDING
             self._last_seen_barrier = barrier_id
+        if self.remote is not None and self.writer is not None:
+            # what the remote channel holds for this checkpoint (all of its queue, or what the
+            # barrier already received there overtook)
+            self._write(barrier_id, self.remote.checkpoint_started(barrier_id))
+
+    def _write(self, checkpoint_id: int, buffers: list[Buffer]) -> None:
+        if not buffers:
+            return
+        assert self.writer is not None
+        sizes = [b.readable_bytes for b in buffers]
+        self.writer.add_input_data(checkpoint_id, self.channel_info, SEQUENCE_NUMBER_UNKNOWN, buffers)
+        if self.on_persisted is not None:
+            for size in sizes:
+                self.on_persisted(checkpoint_id, size)
 
     def stop_persisting(self, checkpoint_id: int) -> None:
         """Checkpoint ``checkpoint_id`` ended (all barriers in, or aborted)."""
         if checkpoint_id >= self._last_seen_barrier:
             self._status = _Status.COMPLETED
             self._last_seen_barrier = checkpoint_id
+        if self.remote is not None:
+            self.remote.checkpoint_stopped(checkpoint_id)
 
     def maybe_persist(self, buffer: Buffer) -> int:
         """Capture ``buffer`` (a data buffer the task just took) if a checkpoint waits for this
         channel's barrier: the writer gets one more reference. Returns the bytes captured."""
         if self._status is not _Status.BARRIER_PENDING or self.writer is None:
+            return 0
+        remote = self.remote
+        if remote is not None and remote.already_captured(remote.last_polled_sequence_number):
             return 0
         size = buffer.size
         self.writer.add_input_data(self._last_seen_barrier, self.channel_info, SEQUENCE_NUMBER_UNKNOWN,
@@ -99,8 +125,12 @@ class ChannelStatePersister:
         last = self._last_seen_barrier
         expected = last + 1 if self._status is _Status.COMPLETED else last
         if barrier.id >= expected:
+            pending = self._status is _Status.BARRIER_PENDING and last == barrier.id
             self._status = _Status.BARRIER_RECEIVED
             self._last_seen_barrier = barrier.id
+            if pending and self.remote is not None and self.writer is not None:
+                # taken from the head of the queue: the data it overtook there is in flight
+                self._write(barrier.id, self.remote.capture_overtaken(barrier.id))
             return barrier.id
         return None
 
@@ -121,7 +151,8 @@ class CheckpointableInput:
         self.gate_index = gate.gate_index
         self.channel_state_writer = channel_state_writer
         self.persisters: list[ChannelStatePersister] = [
-            ChannelStatePersister(InputChannelInfo(gate.gate_index, i), channel_state_writer, on_persisted)
+            ChannelStatePersister(InputChannelInfo(gate.gate_index, i), channel_state_writer, on_persisted,
+                                  gate.get_channel(i))
             for i in range(gate.number_of_input_channels)]
 
     @property

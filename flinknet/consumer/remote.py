@@ -74,6 +74,15 @@ class RemoteInputChannel(InputChannel):
         self._num_required = 0
         self._waiting_for_floating = False
         self._sender_backlog = 0
+        # Unaligned checkpoints (Flink's lastBarrierId / lastBarrierSequenceNumber): the newest
+        # priority barrier received and its sequence number (recorded by the receiving thread
+        # before the barrier is queued); the last sequence number the task took, and the last
+        # one captured as in-flight data (task thread).
+        self._last_barrier_id = -1
+        self._last_barrier_seq: int | None = None
+        self._last_polled_seq = -1                      # -1: just before the first (0)
+        self._last_data_seq = -1
+        self._captured_through: int | None = None
         self.num_bytes_in = 0
         self.num_buffers_in = 0
 
@@ -261,6 +270,8 @@ class RemoteInputChannel(InputChannel):
             self._release_floating()
         q = self.queue
         expected = q.expected_sequence_number
+        if data_type in _PRIORITY_TYPES:
+            self._note_priority_event(buffer, sequence_number)
         # A priority event (an unaligned barrier) goes to the head of the queue, behind the
         # priority events already there, as Flink's RemoteInputChannel.onBuffer queues it: the
         # sender sent it ahead of its queued data, and the reader must see it before the data
@@ -335,7 +346,77 @@ class RemoteInputChannel(InputChannel):
                 q.set_required(required)
         self.num_bytes_in += buffer.size
         self.num_buffers_in += 1
+        self._last_polled_seq = seq
+        if buffer.is_buffer:
+            # (a priority event is taken out of order: data behind it may have lower numbers)
+            self._last_data_seq = seq
         return BufferAndBacklog(buffer, 0, next_type, seq)
+
+    # -- unaligned checkpoints: the data a priority barrier overtook -------------------------
+
+    def _note_priority_event(self, buffer: Buffer, sequence_number: int) -> None:
+        from flinknet.events import CheckpointBarrier, from_buffer
+
+        try:
+            event = from_buffer(buffer)
+        except Exception:  # noqa: BLE001 (a corrupt event fails the read that takes it)
+            return
+        if isinstance(event, CheckpointBarrier):
+            with self._lock:
+                if event.id > self._last_barrier_id:
+                    self._last_barrier_id = event.id
+                    self._last_barrier_seq = sequence_number
+
+    def checkpoint_started(self, checkpoint_id: int) -> list[Buffer]:
+        """An unaligned checkpoint started: the data buffers received and not yet taken that
+        belong to it (all of them if its barrier has not arrived, else those the barrier
+        overtook), retained for the channel state writer (Flink's ``checkpointStarted`` /
+        ``getInflightBuffersUnsafe``). Task thread."""
+        with self._lock:
+            if checkpoint_id < self._last_barrier_id:
+                raise IllegalStateError(
+                    f"{self}: the sequence number of checkpoint {checkpoint_id}'s barrier is not known "
+                    f"(a newer barrier, of checkpoint {self._last_barrier_id}, arrived)")
+            if checkpoint_id > self._last_barrier_id:
+                self._last_barrier_seq = None      # an older barrier's number: not this one's
+            before = self._last_barrier_seq
+        buffers, self._captured_through = self.queue.inflight_buffers(self._last_data_seq, before)
+        return buffers
+
+    def already_captured(self, sequence_number: int) -> bool:
+        """Whether the buffer the task just took (``sequence_number``) was captured already
+        (when the checkpoint started); if not, it counts as captured from now on (the caller
+        captures it)."""
+        through = self._captured_through
+        if through is not None and (sequence_number == through
+                                    or ((sequence_number - through) & 0xFFFFFFFF) >= 0x80000000):
+            return True
+        self._captured_through = sequence_number
+        return False
+
+    @property
+    def last_polled_sequence_number(self) -> int:
+        """The sequence number of the buffer the task took last (-1 before the first)."""
+        return self._last_polled_seq
+
+    def capture_overtaken(self, checkpoint_id: int) -> list[Buffer]:
+        """The task took this channel's barrier of ``checkpoint_id`` while the checkpoint waited
+        for it: the data buffers the barrier overtook and not captured yet, retained."""
+        with self._lock:
+            before = self._last_barrier_seq if self._last_barrier_id == checkpoint_id else None
+        if before is None:
+            return []
+        through = self._captured_through
+        buffers, self._captured_through = self.queue.inflight_buffers(
+            self._last_data_seq if through is None else through, before)
+        return buffers
+
+    def checkpoint_stopped(self, checkpoint_id: int) -> None:
+        """The unaligned checkpoint ended (Flink's ``checkpointStopped``)."""
+        with self._lock:
+            if self._last_barrier_id == checkpoint_id:
+                self._last_barrier_seq = None
+        self._captured_through = None
 
     def resume_consumption(self) -> None:
         """Send ResumeConsumption (after an aligned barrier was consumed)."""

@@ -41,6 +41,7 @@ from flinknet.partition.manager import ResultPartitionManager
 from flinknet.partition.result_partition import (
     ConsumerLostPolicy,
     LostConsumer,
+    OutputChannelStateWriter,
     PipelinedResultPartition,
     ResultPartition,
     ResultSubpartition,
@@ -53,6 +54,7 @@ from flinknet.partition.subpartition import (
     BufferAvailabilityListener,
     PipelinedSubpartition,
     PipelinedSubpartitionView,
+    ResultSubpartitionInfo,
 )
 
 if TYPE_CHECKING:
@@ -69,10 +71,12 @@ __all__ = [
     "ConsumerLostPolicy",
     "CorruptPartitionFileError",
     "LostConsumer",
+    "OutputChannelStateWriter",
     "PipelinedResultPartition",
     "PipelinedSubpartition",
     "PipelinedSubpartitionView",
     "ResultPartition",
+    "ResultSubpartitionInfo",
     "ResultPartitionManager",
     "ResultSubpartition",
     "create_result_partition",

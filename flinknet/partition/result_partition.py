@@ -47,15 +47,18 @@ from flinknet._core.serialization import PayloadSerializer, SpanningRecordSerial
 from flinknet.errors import CancelTaskError, ConsumerLostError, IllegalStateError
 from flinknet.ids import ResultPartitionID
 from flinknet.interfaces import BufferAvailabilityListener, ResultSubpartitionView, WaitTimer
-from flinknet.partition.subpartition import PipelinedSubpartition
+from flinknet.partition.subpartition import PipelinedSubpartition, ResultSubpartitionInfo
 from flinknet.types import ResultPartitionType, SerializerSpec
 
 if TYPE_CHECKING:
+    from flinknet._core.buffer import Buffer
     from flinknet.partition.manager import ResultPartitionManager
 
 __all__ = [
     "ConsumerLostPolicy",
     "LostConsumer",
+    "OutputChannelStateWriter",
+    "SEQUENCE_NUMBER_UNKNOWN",
     "ResultPartition",
     "ResultSubpartition",
     "PipelinedResultPartition",
@@ -76,6 +79,27 @@ log = logging.getLogger(__name__)
 #: :class:`~flinknet.errors.ConsumerLostError`) or ``"discard"`` (record the loss, drop what is
 #: written for that subpartition and go on; Flink has no such mode).
 ConsumerLostPolicy: TypeAlias = Literal["fail", "discard"]
+
+
+
+#: Flink's ``ChannelStateWriter.SEQUENCE_NUMBER_UNKNOWN``.
+SEQUENCE_NUMBER_UNKNOWN = -1
+
+
+class OutputChannelStateWriter(Protocol):
+    """The output side of Flink's ``ChannelStateWriter`` (``addOutputData`` /
+    ``finishOutput``): what a partition hands an unaligned barrier's in-flight output to
+    (:class:`flinknet.checkpointing.InMemoryChannelStateWriter` is one)."""
+
+    def add_output_data(self, checkpoint_id: int, subpartition_info: ResultSubpartitionInfo,
+                        sequence_number: int, buffers: Sequence[Buffer]) -> None:
+        """In-flight output of ``subpartition_info`` for ``checkpoint_id``: retained buffers the
+        writer now owns (and recycles)."""
+        ...
+
+    def finish_output(self, checkpoint_id: int) -> None:
+        """No more output data for ``checkpoint_id``."""
+        ...
 
 
 class LostConsumer(NamedTuple):
@@ -213,6 +237,7 @@ class ResultPartition:
         self._all_data_processed_acks: set[int] = set()
         self.num_bytes_produced = [0] * num_subpartitions  # per-subpartition finished bytes
         self._event_bytes_written = 0  # events enqueued (× subpartitions), for outputQueueSize
+        self._channel_state_writer: OutputChannelStateWriter | None = None
 
     @classmethod
     def create(cls, network_buffer_pool: NetworkBufferPool, num_subpartitions: int, *,
@@ -470,28 +495,79 @@ class ResultPartition:
                 self.check_consumers()   # woken by the pool a lost consumer destroyed
             raise
 
+    # -- channel state (unaligned checkpoints) ---------------------------------------------
+
+    def set_channel_state_writer(self, writer: OutputChannelStateWriter | None) -> None:
+        """Where an unaligned barrier's in-flight output data goes (Flink's
+        ``ChannelStateHolder.setChannelStateWriter``): when a priority
+        :class:`~flinknet.events.CheckpointBarrier` of an unaligned checkpoint is enqueued, every
+        data buffer it overtakes in a subpartition (the bytes not yet sent) is handed to
+        ``writer.add_output_data(checkpoint_id, ResultSubpartitionInfo(partition_index,
+        subpartition), SEQUENCE_NUMBER_UNKNOWN, buffers)``, retained: the writer recycles them.
+        The task calls the writer's ``finish_output(checkpoint_id)`` once the barrier is out.
+        None: nothing is captured."""
+        if writer is not None and not callable(getattr(writer, "add_output_data", None)):
+            raise TypeError(f"{writer!r} has no add_output_data(checkpoint_id, subpartition_info, "
+                            f"sequence_number, buffers)")
+        self._channel_state_writer = writer
+
+    @property
+    def channel_state_writer(self) -> OutputChannelStateWriter | None:
+        """The writer set by :meth:`set_channel_state_writer`, or None."""
+        return self._channel_state_writer
+
+    def _capture_for(self, event: _events.Event, is_priority: bool) -> int | None:
+        """The checkpoint id whose in-flight output ``event`` captures, or None."""
+        if (is_priority and self._channel_state_writer is not None
+                and isinstance(event, _events.CheckpointBarrier) and event.options.is_unaligned):
+            return event.id
+        return None
+
+    def _add_event(self, sp: ResultSubpartition, consumer: BufferConsumer, checkpoint_id: int | None) -> None:
+        if checkpoint_id is None or not isinstance(sp, PipelinedSubpartition):
+            sp.add(consumer, 0)
+            return
+        overtaken: list[Buffer] = []
+        sp.add(consumer, 0, overtaken=overtaken)
+        if not overtaken:
+            return
+        writer = self._channel_state_writer
+        try:
+            assert writer is not None
+            writer.add_output_data(checkpoint_id, ResultSubpartitionInfo(self.partition_index, sp.index),
+                                   SEQUENCE_NUMBER_UNKNOWN, overtaken)
+        except BaseException:
+            for b in overtaken:
+                b.recycle()
+            raise
+
     def broadcast_event(self, event: _events.Event, is_priority: bool = False) -> None:
-        """Finish all builders and enqueue ``event`` (one standalone buffer) everywhere."""
+        """Finish all builders and enqueue ``event`` (one standalone buffer) everywhere. A
+        priority barrier of an unaligned checkpoint hands the data it overtakes to the channel
+        state writer (:meth:`set_channel_state_writer`)."""
         self.check_producing()
         self._serializer.finish_all()
         consumer = _events.to_buffer_consumer(event, is_priority)
+        checkpoint_id = self._capture_for(event, is_priority)
         try:
             for sp in self.subpartitions:
-                sp.add(consumer.copy(), 0)
+                self._add_event(sp, consumer.copy(), checkpoint_id)
             # Flink counts events in totalWrittenBytes (× subpartitions) for outputQueueSize.
             self._event_bytes_written += consumer.written_bytes * self._num_subpartitions
         finally:
             consumer.close()
 
     def emit_event(self, event: _events.Event, target_subpartition: int, is_priority: bool = False) -> None:
-        """Enqueue ``event`` into one subpartition (its open builder is finished first)."""
+        """Enqueue ``event`` into one subpartition (its open builder is finished first); a
+        priority unaligned barrier captures what it overtakes, as :meth:`broadcast_event`."""
         self.check_producing()
         self._check_target(target_subpartition)
         self._serializer.finish_unicast_builder(target_subpartition)
         self._serializer.finish_broadcast_builder()
         consumer = _events.to_buffer_consumer(event, is_priority)
         size = consumer.written_bytes
-        self.subpartitions[target_subpartition].add(consumer, 0)
+        self._add_event(self.subpartitions[target_subpartition], consumer,
+                        self._capture_for(event, is_priority))
         self._event_bytes_written += size
 
     def notify_end_of_data(self, stop_mode: _events.StopMode | int = _events.StopMode.NO_DRAIN) -> None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from flinknet._core.buffer import DataType, ReadOnlySlicedNetworkBuffer
+from flinknet._core.buffer import Buffer, DataType, ReadOnlySlicedNetworkBuffer
 from flinknet._core.builder import BufferConsumer
 from flinknet._core.engine import OutputQueue
 from flinknet.errors import IllegalStateError
@@ -34,6 +34,7 @@ __all__ = [
     "BufferAvailabilityListener",
     "PipelinedSubpartition",
     "PipelinedSubpartitionView",
+    "ResultSubpartitionInfo",
 ]
 
 #: What :meth:`PipelinedSubpartition.add` returns when the subpartition is finished or released.
@@ -43,6 +44,29 @@ _NONE = DataType.NONE
 _DATA_BUFFER = DataType.DATA_BUFFER
 _PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
 _BLOCKING_TYPES = frozenset(t for t in DataType if t.is_blocking_upstream)
+
+
+class ResultSubpartitionInfo(NamedTuple):
+    """Identifies a subpartition within a task (Flink's ``ResultSubpartitionInfo``): the
+    partition's index among the task's outputs and the subpartition's index in it."""
+
+    partition_idx: int
+    subpartition_idx: int
+
+
+def _overtaken_data(consumers: list[BufferConsumer]) -> list[Buffer]:
+    """Retained slices of what ``consumers`` (data buffers and events) hold unread, data only:
+    the in-flight output a priority event overtook (Flink builds them from copies too)."""
+    out: list[Buffer] = []
+    for c in consumers:
+        if c.is_buffer:
+            with c.copy() as cp:
+                b = cp.build()
+            if b.readable_bytes:
+                out.append(b)
+            else:
+                b.recycle()
+    return out
 
 
 class PipelinedSubpartition:
@@ -87,9 +111,15 @@ class PipelinedSubpartition:
 
     # -- producer side ---------------------------------------------------------------------
 
-    def add(self, consumer: BufferConsumer, partial_record_length: int = 0, finish: bool = False) -> int:
+    def add(self, consumer: BufferConsumer, partial_record_length: int = 0, finish: bool = False,
+            overtaken: list[Buffer] | None = None) -> int:
         """Enqueue ``consumer`` (taking it over); returns the desired buffer size, or
-        :data:`ADD_BUFFER_ERROR_CODE` (and closes the consumer) if finished or released."""
+        :data:`ADD_BUFFER_ERROR_CODE` (and closes the consumer) if finished or released.
+
+        ``overtaken`` (a list; priority events only): receives, atomically with the insertion,
+        a retained slice of the unsent bytes of every data buffer the event overtakes, oldest
+        first (Flink's ``processPriorityBuffer``: an unaligned barrier's in-flight output
+        data). The caller recycles them."""
         notify = False
         priority_seq = -1
         with self._lock:
@@ -98,7 +128,7 @@ class PipelinedSubpartition:
                 return ADD_BUFFER_ERROR_CODE
             data_type = consumer.data_type
             if self._outq is not None:
-                self._add_native(consumer, data_type)
+                self._add_native(consumer, data_type, overtaken)
                 self.total_number_of_buffers += 1
                 if finish:
                     self._is_finished = True
@@ -107,6 +137,8 @@ class PipelinedSubpartition:
                 # Priority events go behind the priority events already queued, ahead of data.
                 self._buffers.insert(self._num_priority, consumer)
                 self._num_priority += 1
+                if overtaken is not None:
+                    overtaken.extend(_overtaken_data(list(self._buffers)[self._num_priority:]))
                 if self._num_priority == 1 and not self._is_blocked and self._view is not None:
                     priority_seq = self._sequence_number
             else:
@@ -125,12 +157,19 @@ class PipelinedSubpartition:
             view.notify_data_available()
         return size
 
-    def _add_native(self, consumer: BufferConsumer, data_type: DataType) -> None:
+    def _add_native(self, consumer: BufferConsumer, data_type: DataType,
+                    overtaken: list[Buffer] | None = None) -> None:
         """add() of a natively served subpartition (under the lock): the open tail is finished
-        now (a writer finishes its buffer before it adds the next), so it goes to the queue."""
+        now (a writer finishes its buffer before it adds the next), so it goes to the queue. A
+        priority event overtakes the queue's data and the tail."""
         outq = self._outq
         assert outq is not None
         buffers = self._buffers
+        if data_type in _PRIORITY_TYPES and overtaken is not None:
+            outq.push(consumer.build(), True, overtaken)    # the queue's data, under its lock
+            consumer.close()
+            overtaken.extend(_overtaken_data(list(buffers)))
+            return
         if data_type not in _PRIORITY_TYPES and buffers:
             tail = buffers[0]
             outq.push(tail.build())     # build() also refreshes is_finished

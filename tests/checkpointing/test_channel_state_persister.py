@@ -30,7 +30,7 @@ def test_persists_until_the_barrier():
     p.start_persisting(1)
     assert p.is_persisting
     assert p.maybe_persist(b) == 4
-    assert b.ref_count == 2                          # the writer holds its own reference
+    assert b.ref_count == 1                          # the writer copied it and gave its reference back
     assert p.check_for_barrier(barrier(1, UNALIGNED)) == 1
     assert p.maybe_persist(b) == 0
     b.recycle()
