@@ -314,7 +314,7 @@ cdef class ChannelQueue:
     cdef void _forget_slot(self, int slot)
     cdef object _hand_out(self, int slot, int data_type, int size)
     cdef _give_back(self, list buffers, list free_slots)
-    cdef int _push_object(self, object buffer, int seq, int backlog, bint priority=*) except -1
+    cdef int _push_object(self, object buffer, int seq, int backlog, bint priority=*, bint announcement=*) except -1
     cdef object _wrap(self, fn_entry *e)
     cdef int _recycle_slot(self, int slot) except -1
     cdef int _recycle_floating(self, int slot) except -1

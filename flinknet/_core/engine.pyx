@@ -45,6 +45,7 @@ from libc.string cimport memcpy, memmove, memset, strerror
 from libc.stdio cimport snprintf
 
 from flinknet._core.buffer cimport (Buffer, BufferRecycler, NetworkBuffer, DT_DATA_BUFFER, DT_NONE,
+                                    DT_PRIORITIZED_EVENT_BUFFER,
                                     DTF_BLOCKING_UPSTREAM, DTF_BUFFER, DTF_PRIORITY, data_type_flags)
 from flinknet._core.memory cimport MemorySegment
 from flinknet._core.pool cimport LocalBufferPool
@@ -746,7 +747,8 @@ cdef class ChannelQueue:
 
     # -- received queue (GIL side) -------------------------------------------------------------
 
-    cdef int _push_object(self, object buffer, int seq, int backlog, bint priority=False) except -1:
+    cdef int _push_object(self, object buffer, int seq, int backlog, bint priority=False,
+                          bint announcement=False) except -1:
         cdef fn_entry e
         cdef int r
         cdef bint call = False
@@ -760,6 +762,13 @@ cdef class ChannelQueue:
         pthread_mutex_lock(&self.c.lock)
         if self.c.released:
             r = -2
+        elif announcement:
+            # an EventAnnouncement carries the number of the barrier it announces (queued just
+            # before it): no number of its own
+            Py_INCREF(buffer)
+            r = _ring_push_priority(&self.c, &e)
+            if r < 0:
+                Py_DECREF(buffer)
         elif seq != self.c.expected_seq:
             r = -3
         else:
@@ -775,6 +784,45 @@ cdef class ChannelQueue:
             if call:
                 self._signal._call_back()
         return r
+
+    def push_announcement(self, Buffer buffer not None, int sequence_number):
+        """Queue an ``EventAnnouncement`` of the barrier just queued with ``sequence_number``
+        as a priority event (Flink's ``RemoteInputChannel.announce``): it does not advance the
+        sequence. ``"ok"``, ``"released"`` or ``"full"`` as :meth:`push_buffer`."""
+        cdef int r = self._push_object(buffer, sequence_number, -1, True, True)
+        if r >= 0:
+            return "ok"
+        return "released" if r == -2 else "full"
+
+    def prioritize(self, int sequence_number):
+        """Move the queued event with ``sequence_number`` (an announced barrier) into the
+        priority section, behind the priority events there, and mark it a priority event
+        (Flink's ``convertToPriorityEvent``). False if it is not queued (taken already)."""
+        cdef int i, j, cap, pos = -1
+        cdef fn_entry e
+        pthread_mutex_lock(&self.c.lock)
+        cap = self.c.ring_capacity
+        for i in range(self.c.num_priority, self.c.count):
+            if (self.c.ring[(self.c.head + i) % cap].seq == sequence_number
+                    and not (data_type_flags(self.c.ring[(self.c.head + i) % cap].data_type) & DTF_BUFFER)):
+                pos = i
+                break
+        if pos < 0:
+            pthread_mutex_unlock(&self.c.lock)
+            return False
+        e = self.c.ring[(self.c.head + pos) % cap]
+        FN_ASSERT(e.kind == ENTRY_OBJECT)
+        # shift the entries between the priority section and pos one place back
+        j = pos
+        while j > self.c.num_priority:
+            self.c.ring[(self.c.head + j) % cap] = self.c.ring[(self.c.head + j - 1) % cap]
+            j -= 1
+        e.data_type = DT_PRIORITIZED_EVENT_BUFFER
+        (<Buffer>e.obj)._data_type = DT_PRIORITIZED_EVENT_BUFFER
+        self.c.ring[(self.c.head + self.c.num_priority) % cap] = e
+        self.c.num_priority += 1
+        pthread_mutex_unlock(&self.c.lock)
+        return True
 
     def push_buffer(self, Buffer buffer not None, int sequence_number, int backlog=-1,
                     bint priority=False):

@@ -520,11 +520,19 @@ class SingleInputGate(InputGate):
         """``channel``'s first readable item is a priority event: queue it in the priority section."""
         self._queue_channel(channel, sequence_number)
 
-    def _queue_channel(self, channel: InputChannel, priority_seq: int | None) -> None:
+    def notify_priority_event_force(self, channel: InputChannel) -> None:
+        """``channel``'s first readable item became a priority event whose sequence number the
+        gate may have seen already (a barrier converted after its announcement was taken):
+        queue it in the priority section regardless (Flink's ``notifyPriorityEventForce``)."""
+        self._queue_channel(channel, None, force_priority=True)
+
+    def _queue_channel(self, channel: InputChannel, priority_seq: int | None,
+                       force_priority: bool = False) -> None:
         futures: list[Future[None] | None] = []
+        priority = force_priority or priority_seq is not None
         with self._lock:
-            was_empty = self._queue_channel_unsafe(channel, priority_seq is not None, priority_seq, futures)
-            has_priority = priority_seq is not None and self._num_priority > 0
+            was_empty = self._queue_channel_unsafe(channel, priority, priority_seq, futures)
+            has_priority = priority and self._num_priority > 0
         # The priority future may have been collected even if the queue was not empty.
         for f in futures:
             _complete(f)

@@ -41,6 +41,7 @@ __all__ = ["BufferReorderingError", "RemoteInputChannel"]
 
 _BLOCKING_TYPES = frozenset(t for t in DataType if t.is_blocking_upstream)
 _PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
+_TIMEOUTABLE_BARRIER = DataType.TIMEOUTABLE_ALIGNED_CHECKPOINT_BARRIER
 
 
 class RemoteInputChannel(InputChannel):
@@ -270,8 +271,13 @@ class RemoteInputChannel(InputChannel):
             self._release_floating()
         q = self.queue
         expected = q.expected_sequence_number
+        announcement: Buffer | None = None
         if data_type in _PRIORITY_TYPES:
             self._note_priority_event(buffer, sequence_number)
+        elif data_type is _TIMEOUTABLE_BARRIER:
+            self._note_priority_event(buffer, sequence_number)
+            # read the barrier before it is queued (the task may take it at once)
+            announcement = self._announcement(buffer, sequence_number)
         # A priority event (an unaligned barrier) goes to the head of the queue, behind the
         # priority events already there, as Flink's RemoteInputChannel.onBuffer queues it: the
         # sender sent it ahead of its queued data, and the reader must see it before the data
@@ -279,6 +285,8 @@ class RemoteInputChannel(InputChannel):
         result = q.push_buffer(buffer, sequence_number, backlog, data_type in _PRIORITY_TYPES)
         if result != "ok":
             buffer.recycle()
+            if announcement is not None:
+                announcement.recycle()
             if result == "reordered":
                 self.on_reordered(expected, sequence_number)
             elif result == "full":
@@ -287,8 +295,35 @@ class RemoteInputChannel(InputChannel):
             return
         if data_type in _PRIORITY_TYPES:
             self.notify_priority_event(sequence_number)
+        elif announcement is not None:
+            # Flink's RemoteInputChannel.onBuffer: a barrier whose alignment may time out is
+            # queued in order and announced ahead of the data (an EventAnnouncement with its
+            # sequence number), so the handler can make it overtake (convert_to_priority_event)
+            if q.push_announcement(announcement, sequence_number) == "ok":
+                self.notify_priority_event(sequence_number)
+            else:
+                announcement.recycle()
         if backlog >= 0:
             self.on_sender_backlog(backlog)
+
+    @staticmethod
+    def _announcement(buffer: Buffer, sequence_number: int) -> Buffer | None:
+        from flinknet.events import CheckpointBarrier, EventAnnouncement, from_buffer, to_buffer
+
+        try:
+            barrier = from_buffer(buffer)
+        except Exception:  # noqa: BLE001 (a corrupt event fails the read that takes it)
+            return None
+        if not isinstance(barrier, CheckpointBarrier):
+            return None
+        return to_buffer(EventAnnouncement(barrier, sequence_number), True)
+
+    def convert_to_priority_event(self, sequence_number: int) -> None:
+        """Make the announced barrier with ``sequence_number`` overtake the data queued before
+        it (Flink's ``convertToPriorityEvent``): the handler's alignment timed out. A barrier
+        already taken is left alone."""
+        if self.queue.prioritize(sequence_number):
+            self.input_gate.notify_priority_event_force(self)
 
     def on_reordered(self, expected: int, sequence_number: int) -> None:
         """A buffer arrived out of sequence: the channel fails."""

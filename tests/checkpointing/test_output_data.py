@@ -298,3 +298,85 @@ def test_unaligned_checkpoint_over_tcp_captures_every_in_flight_record_exactly_o
         for p in parts:
             p.close()
     assert pe.network_buffer_pool.is_whole and ce.network_buffer_pool.is_whole
+
+
+def test_a_timed_out_alignment_over_tcp_makes_the_announced_barrier_overtake_and_captures_by_sequence():
+    """Flink's announcement path: a barrier whose alignment may time out is queued in order at
+    a remote channel and announced ahead of the data (EventAnnouncement). Once the alignment
+    timed out, the handler converts it to a priority event: it overtakes the channel's queued
+    data, which is captured by sequence number as in-flight input; nothing lost, nothing twice."""
+    from flinknet.checkpointing import SystemClock, create_checkpointed_input_gate
+    from flinknet.consumer import InputChannelInfo
+    from flinknet.events import EventAnnouncement
+    from tests.checkpointing.harness import timeoutable
+
+    with NetworkEnvironment(SMALL) as pe, NetworkEnvironment(SMALL) as ce:
+        parts = [pe.create_result_partition(1, partition_index=k) for k in range(2)]
+        gate = ce.create_input_gate([(p.partition_id, 0, pe.address) for p in parts])
+        task = _CutTask()
+        writer = InMemoryChannelStateWriter()
+        cgate = create_checkpointed_input_gate(gate, task, "unaligned", channel_state_writer=writer,
+                                               clock=SystemClock())
+        cgate.request_partitions()
+        n = 1500
+        try:
+            for i in range(n):                       # channel 1: data queued at the consumer
+                parts[1].emit_record(encode(100_000 + i), 0)
+                if i % 150 == 149:
+                    parts[1].flush(0)
+            time.sleep(0.3)
+            now = int(time.time() * 1000)
+            options = timeoutable(50)
+            for p in parts:
+                p.broadcast_event(barrier(2, options, now))
+                p.flush(0)
+            gate.get_priority_event_available_future().result(timeout=30)   # the announcement
+            time.sleep(0.2)                          # past the 50 ms alignment timeout
+            seen_announcement = False
+            while 2 not in task.cuts:
+                boe = cgate.get_next(timeout=30)
+                assert boe is not None
+                if boe.is_buffer:
+                    ch = boe.channel_info.input_channel_idx
+                    task.processed += [(ch, r) for r in records_of(boe.buffer.to_bytes())]
+                    boe.buffer.recycle()
+                elif isinstance(boe.event, EventAnnouncement):
+                    seen_announcement = True
+            cut = task.cuts[2][1]
+            assert cut < n                            # the snapshot came before channel 1's data
+            assert seen_announcement
+            # converted, channel 1's barrier overtook its queued data: it is the next thing
+            # channel 1 gives (else the checkpoint would wait for that data to be read)
+            while True:
+                boe = cgate.get_next(timeout=30)
+                assert boe is not None
+                if boe.channel_info.input_channel_idx != 1:
+                    if boe.is_buffer:
+                        boe.buffer.recycle()
+                    continue
+                assert not boe.is_buffer and isinstance(boe.event, CheckpointBarrier), boe
+                break
+            for p in parts:
+                p.finish()
+            while not cgate.is_finished:
+                boe = cgate.get_next(timeout=30)
+                if boe is not None and boe.is_buffer:
+                    ch = boe.channel_info.input_channel_idx
+                    task.processed += [(ch, r) for r in records_of(boe.buffer.to_bytes())]
+                    boe.buffer.recycle()
+            got = task.by_channel()
+            assert got[1] == [100_000 + i for i in range(n)]
+            result = writer.get_and_remove_write_result(2)
+            try:
+                assert result.options is not None and result.options.is_unaligned
+                in_state = records_of(result.channel_bytes(InputChannelInfo(0, 1)))
+                assert got[1][:cut] + in_state == [100_000 + i for i in range(n)]
+                assert in_state
+            finally:
+                result.recycle()
+        finally:
+            cgate.close()
+            writer.close()
+        for p in parts:
+            p.close()
+    assert pe.network_buffer_pool.is_whole and ce.network_buffer_pool.is_whole

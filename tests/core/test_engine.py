@@ -297,6 +297,73 @@ def test_queue_priority_order_against_a_model(ops):
     assert pool.is_whole
 
 
+def test_queue_announcement_and_conversion_to_a_priority_event():
+    """Flink's announce / convertToPriorityEvent: the announcement shares its barrier's number
+    and jumps the queue; converting moves the barrier itself ahead of the data before it."""
+    pool = NetworkBufferPool(16, SEG)
+    signal, q = _queue(pool)
+    for seg in pool.request_unpooled_memory_segments(2):
+        q.add_exclusive(seg, announce=False)
+
+    def event(dt):
+        return NetworkBuffer(pool.request_unpooled_memory_segments(1)[0], _freeing(pool), dt, 8)
+
+    for seq in (0, 1):
+        b = q.pop_free_buffer()
+        b.size = 2
+        assert q.push_buffer(b, seq) == "ok"
+    assert q.push_buffer(event(DataType.TIMEOUTABLE_ALIGNED_CHECKPOINT_BARRIER), 2) == "ok"
+    assert q.push_announcement(event(DataType.PRIORITIZED_EVENT_BUFFER), 2) == "ok"
+    assert q.expected_sequence_number == 3                  # the announcement took no number
+    ann = q.poll()
+    assert ann[2] == 2 and ann[0].data_type == DataType.PRIORITIZED_EVENT_BUFFER
+    ann[0].recycle()
+    assert q.prioritize(1) is False                         # a data buffer: not an event
+    assert q.prioritize(2) is True
+    assert q.prioritize(2) is False                         # already in the priority section
+    order = []
+    while (item := q.poll()) is not None:
+        order.append((item[2], item[0].data_type))
+        item[0].recycle()
+    assert order == [(2, DataType.PRIORITIZED_EVENT_BUFFER), (0, DataType.DATA_BUFFER),
+                     (1, DataType.DATA_BUFFER)]
+    assert q.prioritize(2) is False                         # taken
+    q.release()
+    assert pool.is_whole
+
+
+def test_queue_inflight_buffers_by_sequence_number():
+    """Flink's getInflightBuffersUnsafe: the data after ``after_seq`` and before the barrier's
+    number (or before the oldest priority event queued); the slices are retained and the task
+    still reads every buffer."""
+    pool = NetworkBufferPool(16, SEG)
+    signal, q = _queue(pool)
+    for seg in pool.request_unpooled_memory_segments(4):
+        q.add_exclusive(seg, announce=False)
+    for seq in range(3):
+        b = q.pop_free_buffer()
+        b.size = 1
+        b.memory_segment.put_bytes(0, bytes([seq]))
+        assert q.push_buffer(b, seq) == "ok"
+    prio = NetworkBuffer(pool.request_unpooled_memory_segments(1)[0], _freeing(pool),
+                         DataType.PRIORITIZED_EVENT_BUFFER, 8)
+    assert q.push_buffer(prio, 3, -1, priority=True) == "ok"
+    b = q.pop_free_buffer()
+    b.size = 1
+    assert q.push_buffer(b, 4) == "ok"                      # after the barrier on the wire
+    got, last = q.inflight_buffers(-1)                      # bounded by the queued barrier
+    assert [x.to_bytes() for x in got] == [b"\x00", b"\x01", b"\x02"] and last == 2
+    got2, last2 = q.inflight_buffers(0, 2)                  # (0, 2): just seq 1
+    assert [x.to_bytes() for x in got2] == [b"\x01"] and last2 == 1
+    for x in got + got2:
+        x.recycle()
+    while (item := q.poll()) is not None:                   # the task still reads all of it
+        item[0].recycle()
+    assert q.free_slots == 4
+    q.release()
+    assert pool.is_whole
+
+
 def test_queue_sequence_numbers_and_release():
     pool = NetworkBufferPool(8, SEG)
     signal, q = _queue(pool)
