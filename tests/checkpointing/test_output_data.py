@@ -202,6 +202,16 @@ class _CutTask:
     def abort_checkpoint_on_barrier(self, checkpoint_id, cause):
         raise AssertionError(f"checkpoint {checkpoint_id} aborted: {cause}")
 
+    def take(self, cgate):
+        """Read the next buffer or event; a buffer's records are processed (and it recycled)."""
+        boe = cgate.get_next(timeout=30)
+        assert boe is not None
+        if boe.is_buffer:
+            ch = boe.channel_info.input_channel_idx
+            self.processed += [(ch, r) for r in records_of(boe.buffer.to_bytes())]
+            boe.buffer.recycle()
+        return boe
+
     def by_channel(self):
         out = {0: [], 1: []}
         for ch, r in self.processed:
@@ -239,13 +249,7 @@ def test_unaligned_checkpoint_over_tcp_captures_every_in_flight_record_exactly_o
             time.sleep(0.3)
 
             def read_one():
-                boe = cgate.get_next(timeout=30)
-                assert boe is not None
-                if boe.is_buffer:
-                    ch = boe.channel_info.input_channel_idx
-                    task.processed += [(ch, r) for r in records_of(boe.buffer.to_bytes())]
-                    boe.buffer.recycle()
-                return boe
+                return task.take(cgate)
 
             def barrier_arrived():
                 gate.get_priority_event_available_future().result(timeout=30)
@@ -334,13 +338,8 @@ def test_a_timed_out_alignment_over_tcp_makes_the_announced_barrier_overtake_and
             time.sleep(0.2)                          # past the 50 ms alignment timeout
             seen_announcement = False
             while 2 not in task.cuts:
-                boe = cgate.get_next(timeout=30)
-                assert boe is not None
-                if boe.is_buffer:
-                    ch = boe.channel_info.input_channel_idx
-                    task.processed += [(ch, r) for r in records_of(boe.buffer.to_bytes())]
-                    boe.buffer.recycle()
-                elif isinstance(boe.event, EventAnnouncement):
+                boe = task.take(cgate)
+                if not boe.is_buffer and isinstance(boe.event, EventAnnouncement):
                     seen_announcement = True
             cut = task.cuts[2][1]
             assert cut < n                            # the snapshot came before channel 1's data
@@ -359,11 +358,7 @@ def test_a_timed_out_alignment_over_tcp_makes_the_announced_barrier_overtake_and
             for p in parts:
                 p.finish()
             while not cgate.is_finished:
-                boe = cgate.get_next(timeout=30)
-                if boe is not None and boe.is_buffer:
-                    ch = boe.channel_info.input_channel_idx
-                    task.processed += [(ch, r) for r in records_of(boe.buffer.to_bytes())]
-                    boe.buffer.recycle()
+                task.take(cgate)
             got = task.by_channel()
             assert got[1] == [100_000 + i for i in range(n)]
             result = writer.get_and_remove_write_result(2)
