@@ -208,6 +208,36 @@ def test_register_checkpoint_metrics(harness):
         registry.close()
 
 
+def test_alignment_metrics_reach_the_prometheus_export(harness):
+    """The alignment gauges of a task group, as Prometheus scrapes them (Flink's names under
+    the task scope, with the task's labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from flinknet.metrics.prometheus import render_prometheus_text
+
+    h = harness(2)
+    registry = MetricRegistry(start=False)
+    try:
+        register_checkpoint_metrics(registry.task_group("map", 1, host="127.0.0.1"), h.cgate)
+        t0 = h.clock.absolute_time_millis()
+        h.clock.advance_millis(3)
+        h.step(0, barrier(1, ts=t0))
+        h.clock.advance_millis(2)
+        h.step(1, 1, barrier(1, ts=t0))
+        fams = {f.name: f for f in text_string_to_metric_families(render_prometheus_text(registry))}
+        prefix = "flinknet_taskmanager_job_task_"
+        values = {name: fams[prefix + name].samples[0] for name in (
+            "checkpointAlignmentTime", "checkpointStartDelayNanos",
+            "checkpointBytesProcessedDuringAlignment", "checkpointBytesPersistedDuringAlignment")}
+        assert values["checkpointAlignmentTime"].value == 2_000_000
+        assert values["checkpointStartDelayNanos"].value == 3_000_000
+        assert values["checkpointBytesProcessedDuringAlignment"].value == RECORD_BYTES
+        sample = values["checkpointAlignmentTime"]
+        assert sample.labels["task_name"] == "map" and sample.labels["subtask_index"] == "1"
+    finally:
+        registry.close()
+
+
 def test_close_cancels_the_alignment_timer(harness):
     h = harness(2, "alternating", clock=ManualClock(0))
     h.step(0, barrier(1, timeoutable(5), ts=0))
