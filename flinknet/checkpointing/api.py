@@ -151,6 +151,12 @@ class CheckpointableTask(Protocol):
         """Checkpoint ``checkpoint_id`` is given up at this task."""
         ...
 
+    # Optional (called when the task has it; not part of the protocol's isinstance check):
+    # ``prepare_input_snapshot(channel_state_writer, checkpoint_id)``, Flink's
+    # ``prepareInflightDataSnapshot``: when an unaligned checkpoint starts, before the channels
+    # capture their in-flight buffers, the task hands over what its readers hold of records not
+    # yet complete (:meth:`flinknet.consumer.RecordReader.prepare_snapshot` does it for a reader).
+
 
 @runtime_checkable
 class ChannelStateWriter(Protocol):

@@ -320,6 +320,11 @@ class SingleCheckpointBarrierHandler(CheckpointBarrierHandler):
         if options.is_unaligned:
             writer.start(barrier.id, options)
             self._channel_state_started = barrier.id
+            # the task's partial records first (Flink's prepareInflightDataSnapshot): they come
+            # before the in-flight buffers the channels capture next
+            prepare = getattr(self.task, "prepare_input_snapshot", None)
+            if prepare is not None:
+                prepare(writer, barrier.id)
         elif options.is_timeoutable:
             writer.start(barrier.id, options)
             writer.finish_input(barrier.id)

@@ -194,6 +194,27 @@ class RecordReader:
         """The next record (or event, with ``emit_events``); raises StopIteration at the end."""
         return self._cursor.next_record(timeout)
 
+    def prepare_snapshot(self, channel_state_writer: Any, checkpoint_id: int) -> int:
+        """An unaligned checkpoint starts: hand ``channel_state_writer`` (``add_input_data``)
+        what each channel's deserializer holds and has not returned as records yet — a record
+        that spans buffers, as Flink's ``StreamTaskNetworkInput.prepareSnapshot`` writes
+        ``getUnconsumedBuffer()`` — so that the channel's state, restored, starts at a record
+        boundary. Call it from the task's ``prepare_input_snapshot``. Returns the bytes written."""
+        from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, DataType, NetworkBuffer
+        from flinknet._core.memory import MemorySegment
+
+        total = 0
+        for channel_info, d in self._deserializers.items():
+            if not d.has_unfinished_data:
+                continue
+            data = d.get_unconsumed_bytes()
+            buffer = NetworkBuffer(MemorySegment.wrap_copy(data), FREEING_BUFFER_RECYCLER,
+                                   DataType.DATA_BUFFER, len(data))
+            # -1: Flink's ChannelStateWriter.SEQUENCE_NUMBER_UNKNOWN
+            channel_state_writer.add_input_data(checkpoint_id, channel_info, -1, [buffer])
+            total += len(data)
+        return total
+
     @property
     def is_finished(self) -> bool:
         """The gate is finished and every record was handed out."""

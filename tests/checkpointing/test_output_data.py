@@ -375,3 +375,65 @@ def test_a_timed_out_alignment_over_tcp_makes_the_announced_barrier_overtake_and
         for p in parts:
             p.close()
     assert pe.network_buffer_pool.is_whole and ce.network_buffer_pool.is_whole
+
+
+def test_a_record_spanning_the_cut_is_in_the_channel_state_whole(make_pool):
+    """Flink's prepareInflightDataSnapshot / getUnconsumedBuffer: when an unaligned checkpoint
+    starts while a reader holds part of a record that spans buffers, that part goes to the
+    channel state first and the rest follows as captured data: restored, the channel's state
+    starts at a record boundary and gives the record whole."""
+    import struct
+
+    from flinknet import RecordReader
+    from flinknet.checkpointing import create_checkpointed_input_gate
+    from flinknet.consumer import InputChannelInfo, SingleInputGate
+    from flinknet.partition import ResultPartitionManager
+
+    nbp = make_pool(32, 128)
+    manager = ResultPartitionManager()
+    p = create_result_partition(nbp, 2, partition_manager=manager)
+    p.setup()
+    gate = SingleInputGate.create_local(manager, [(p.partition_id, 0), (p.partition_id, 1)])
+    writer = InMemoryChannelStateWriter()
+
+    class Task:
+        reader = None
+        triggered = []
+
+        def trigger_checkpoint_on_barrier(self, metadata, options, metrics):
+            self.triggered.append(metadata.checkpoint_id)
+
+        def abort_checkpoint_on_barrier(self, checkpoint_id, cause):
+            raise AssertionError(cause)
+
+        def prepare_input_snapshot(self, channel_state_writer, checkpoint_id):
+            self.reader.prepare_snapshot(channel_state_writer, checkpoint_id)
+
+    task = Task()
+    cgate = create_checkpointed_input_gate(gate, task, "unaligned", channel_state_writer=writer)
+    reader = task.reader = RecordReader(cgate)
+    record = bytes(i % 251 for i in range(300))      # spans three 128-byte buffers
+    try:
+        p.emit_record(record, 0)                     # two buffers finished, the third open
+        assert reader.read_batch(timeout=5) == [] and reader.read_batch(timeout=5) == []
+        p.emit_event(barrier(1, UNALIGNED), 1, is_priority=True)
+        assert reader.read_batch(timeout=5) == []    # the barrier: the checkpoint starts
+        assert task.triggered == [1]
+        p.flush(0)
+        assert reader.read_batch(timeout=5) == [record]
+        p.emit_event(barrier(1, UNALIGNED), 0, is_priority=True)
+        assert reader.read_batch(timeout=5) == []
+        result = writer.get_and_remove_write_result(1)
+        try:
+            assert result.input_finished
+            assert result.channel_bytes(InputChannelInfo(0, 0)) == struct.pack(">i", 300) + record
+            assert result.channel_bytes(InputChannelInfo(0, 1)) == b""
+        finally:
+            result.recycle()
+    finally:
+        reader.close()
+        cgate.close()
+        writer.close()
+        p.release()
+        p.close()
+        manager.shutdown()
