@@ -207,6 +207,20 @@ def _remaining(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float
     return None if deadline is None else deadline - loop.time()
 
 
+async def _wait_input_or_timer(gate: InputGate, loop: asyncio.AbstractEventLoop,
+                               deadline: float | None) -> bool:
+    """Wait for input until ``deadline``; a gate with timers (a
+    :class:`~flinknet.checkpointing.CheckpointedInputGate`'s alignment timeout) is waited on no
+    longer than until its next timer is due, as its threaded ``get_next`` does: True when the
+    caller should poll (input, or a timer to fire through the poll), False at the deadline."""
+    wait = _remaining(loop, deadline)
+    timer: float | None = getattr(gate, "next_timer_due_in", None)
+    if timer is not None and (wait is None or timer < wait):
+        await wait_gate_available(gate, timer)
+        return True             # input, or the timer is due: the poll fires it
+    return await wait_gate_available(gate, wait)
+
+
 async def next_buffer_or_event(gate: InputGate, timeout: float | None = None) -> BufferOrEvent | None:
     """The next buffer or event of ``gate`` (``await gate.next()``): at once if one is ready,
     else when one arrives; None once the gate is finished. ``TimeoutError`` after ``timeout``
@@ -223,7 +237,7 @@ async def next_buffer_or_event(gate: InputGate, timeout: float | None = None) ->
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     while True:
-        if not await wait_gate_available(gate, _remaining(loop, deadline)):
+        if not await _wait_input_or_timer(gate, loop, deadline):
             raise TimeoutError("no buffer or event arrived before the timeout")
         boe = gate.poll_next()
         if boe is not None or gate.is_finished:
@@ -247,7 +261,7 @@ async def read_batch(reader: RecordReader, timeout: float | None = None) -> list
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     while True:
-        if not await wait_gate_available(gate, _remaining(loop, deadline)):
+        if not await _wait_input_or_timer(gate, loop, deadline):
             raise TimeoutError("no buffer or event arrived before the timeout")
         batch = reader.read_batch(blocking=False)
         if batch is not None or gate.is_finished:

@@ -150,6 +150,14 @@ class CheckpointedInputGate(InputGate):
             more = boe.more_priority_events
         return taken
 
+    @property
+    def next_timer_due_in(self) -> float | None:
+        """Seconds until the handler's next timer (the alignment timeout) is due, 0 if one is
+        due now, None without one: how long a wait for input may last (the asyncio readers
+        bound their waits by it)."""
+        timers = self._timers
+        return timers.next_due_in_seconds if timers is not None else None
+
     def fire_due_timers(self) -> int:
         """Run the handler's due timers (the alignment timeout) on this thread; how many ran."""
         timers = self._timers

@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from flinknet.checkpointing import (
     CheckpointFailureReason,
     InMemoryChannelStateWriter,
@@ -264,3 +266,57 @@ def test_aligned_barrier_with_aligned_options_never_times_out(harness):
     h.step(1, barrier(1, ALIGNED))
     assert h.task.triggers[0].options == ALIGNED
     assert rec_entries(h.log) == []
+
+
+@pytest.mark.parametrize("how", ["gate.next", "async for"])
+def test_the_alignment_timeout_fires_while_an_asyncio_reader_waits(make_pool, how):
+    """On asyncio the wait for input is bounded by the handler's next timer, as the threaded
+    get_next's is: the alignment times out (and the checkpoint is taken unaligned) while the
+    task waits, with no input arriving."""
+    import asyncio
+
+    from flinknet import RecordReader
+    from flinknet.consumer import SingleInputGate
+    from flinknet.partition import ResultPartitionManager, create_result_partition
+    nbp = make_pool(32, 128)
+    manager = ResultPartitionManager()
+    p = create_result_partition(nbp, 2, partition_manager=manager)
+    p.setup()
+    gate = SingleInputGate.create_local(manager, [(p.partition_id, 0), (p.partition_id, 1)])
+    task = RecordingTask()
+    writer = InMemoryChannelStateWriter()
+    cgate = create_checkpointed_input_gate(gate, task, "unaligned", channel_state_writer=writer,
+                                           clock=SystemClock())
+    reader = RecordReader(cgate, emit_events=True)
+
+    async def main():
+        p.emit_event(barrier(1, timeoutable(50), int(time.time() * 1000)), 0)
+        if how == "gate.next":
+            boe = await cgate.next()
+            assert boe is not None and boe.is_event
+            waiting = asyncio.ensure_future(cgate.next())
+        else:
+            it = aiter(reader)
+            assert isinstance((await anext(it)).event, type(barrier(1)))
+            waiting = asyncio.ensure_future(anext(it))
+        for _ in range(10_000):               # no input arrives: only the timer can trigger
+            if task.triggered_ids:
+                break
+            await asyncio.sleep(0.001)
+        assert task.triggered_ids == [1] and task.triggers[0].options.is_unaligned
+        assert not waiting.done()
+        waiting.cancel()
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            pass
+
+    try:
+        asyncio.run(main())
+    finally:
+        reader.close()
+        writer.close()
+        cgate.close()
+        p.release()
+        p.close()
+        manager.shutdown()
