@@ -15,7 +15,9 @@ from typing import Any, Self
 import numpy.typing as npt
 
 from flinknet import aio as _aio
+from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, DataType, NetworkBuffer
 from flinknet._core.cursor import RecordCursor
+from flinknet._core.memory import MemorySegment
 from flinknet._core.serialization import (
     DEFAULT_SPILLING_THRESHOLD,
     PayloadSerializer,
@@ -200,9 +202,6 @@ class RecordReader:
         that spans buffers, as Flink's ``StreamTaskNetworkInput.prepareSnapshot`` writes
         ``getUnconsumedBuffer()`` — so that the channel's state, restored, starts at a record
         boundary. Call it from the task's ``prepare_input_snapshot``. Returns the bytes written."""
-        from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, DataType, NetworkBuffer
-        from flinknet._core.memory import MemorySegment
-
         total = 0
         for channel_info, d in self._deserializers.items():
             if not d.has_unfinished_data:

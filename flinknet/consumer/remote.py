@@ -29,6 +29,7 @@ from flinknet.errors import (
     IllegalStateError,
     PartitionNotFoundError,
 )
+from flinknet.events import CheckpointBarrier, EventAnnouncement, from_buffer, to_buffer
 from flinknet.ids import InputChannelID, ResultPartitionID
 from flinknet.interfaces import BufferAndBacklog, PartitionRequestClient
 from flinknet.types import Address
@@ -42,6 +43,16 @@ __all__ = ["BufferReorderingError", "RemoteInputChannel"]
 _BLOCKING_TYPES = frozenset(t for t in DataType if t.is_blocking_upstream)
 _PRIORITY_TYPES = frozenset(t for t in DataType if t.has_priority)
 _TIMEOUTABLE_BARRIER = DataType.TIMEOUTABLE_ALIGNED_CHECKPOINT_BARRIER
+
+
+def _barrier_of(buffer: Buffer) -> CheckpointBarrier | None:
+    """The checkpoint barrier in an event buffer, or None (a corrupt event fails the read that
+    takes it, not the receiving thread)."""
+    try:
+        event = from_buffer(buffer)
+    except Exception:  # noqa: BLE001
+        return None
+    return event if isinstance(event, CheckpointBarrier) else None
 
 
 class RemoteInputChannel(InputChannel):
@@ -272,12 +283,13 @@ class RemoteInputChannel(InputChannel):
         q = self.queue
         expected = q.expected_sequence_number
         announcement: Buffer | None = None
-        if data_type in _PRIORITY_TYPES:
-            self._note_priority_event(buffer, sequence_number)
-        elif data_type is _TIMEOUTABLE_BARRIER:
-            self._note_priority_event(buffer, sequence_number)
-            # read the barrier before it is queued (the task may take it at once)
-            announcement = self._announcement(buffer, sequence_number)
+        if data_type in _PRIORITY_TYPES or data_type is _TIMEOUTABLE_BARRIER:
+            # read the barrier before it is queued (the task may take and recycle it at once)
+            barrier = _barrier_of(buffer)
+            if barrier is not None:
+                self._note_barrier(barrier, sequence_number)
+                if data_type is _TIMEOUTABLE_BARRIER:
+                    announcement = to_buffer(EventAnnouncement(barrier, sequence_number), True)
         # A priority event (an unaligned barrier) goes to the head of the queue, behind the
         # priority events already there, as Flink's RemoteInputChannel.onBuffer queues it: the
         # sender sent it ahead of its queued data, and the reader must see it before the data
@@ -305,18 +317,6 @@ class RemoteInputChannel(InputChannel):
                 announcement.recycle()
         if backlog >= 0:
             self.on_sender_backlog(backlog)
-
-    @staticmethod
-    def _announcement(buffer: Buffer, sequence_number: int) -> Buffer | None:
-        from flinknet.events import CheckpointBarrier, EventAnnouncement, from_buffer, to_buffer
-
-        try:
-            barrier = from_buffer(buffer)
-        except Exception:  # noqa: BLE001 (a corrupt event fails the read that takes it)
-            return None
-        if not isinstance(barrier, CheckpointBarrier):
-            return None
-        return to_buffer(EventAnnouncement(barrier, sequence_number), True)
 
     def convert_to_priority_event(self, sequence_number: int) -> None:
         """Make the announced barrier with ``sequence_number`` overtake the data queued before
@@ -389,18 +389,11 @@ class RemoteInputChannel(InputChannel):
 
     # -- unaligned checkpoints: the data a priority barrier overtook -------------------------
 
-    def _note_priority_event(self, buffer: Buffer, sequence_number: int) -> None:
-        from flinknet.events import CheckpointBarrier, from_buffer
-
-        try:
-            event = from_buffer(buffer)
-        except Exception:  # noqa: BLE001 (a corrupt event fails the read that takes it)
-            return
-        if isinstance(event, CheckpointBarrier):
-            with self._lock:
-                if event.id > self._last_barrier_id:
-                    self._last_barrier_id = event.id
-                    self._last_barrier_seq = sequence_number
+    def _note_barrier(self, barrier: CheckpointBarrier, sequence_number: int) -> None:
+        with self._lock:
+            if barrier.id > self._last_barrier_id:
+                self._last_barrier_id = barrier.id
+                self._last_barrier_seq = sequence_number
 
     def checkpoint_started(self, checkpoint_id: int) -> list[Buffer]:
         """An unaligned checkpoint started: the data buffers received and not yet taken that

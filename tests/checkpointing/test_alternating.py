@@ -218,8 +218,10 @@ def test_metrics_alternation(harness):
     assert h.cgate.alignment_duration_nanos == 6_000_000
 
 
-def test_get_next_waits_no_longer_than_the_alignment_timer(make_pool):
-    """With the real clock, a reader blocked in get_next sees the timeout fire while it waits."""
+@pytest.fixture
+def real_clock_gate(make_pool):
+    """A two-channel local partition read through an alternating handler on the real clock:
+    ``(partition, checkpointed gate, task, writer)``; everything released after the test."""
     from flinknet.consumer import SingleInputGate
     from flinknet.partition import ResultPartitionManager, create_result_partition
     nbp = make_pool(32, 128)
@@ -231,30 +233,34 @@ def test_get_next_waits_no_longer_than_the_alignment_timer(make_pool):
     writer = InMemoryChannelStateWriter()
     cgate = create_checkpointed_input_gate(gate, task, "unaligned", channel_state_writer=writer,
                                            clock=SystemClock())
-    try:
-        now = int(time.time() * 1000)
-        p.emit_event(barrier(1, timeoutable(50), now), 0)
-        boe = cgate.get_next(timeout=5)
-        assert boe is not None and boe.is_event
-        timer = threading.Timer(0.3, lambda: (p.emit_record(encode(7), 1), p.flush(1)))
-        timer.start()
-        boe = cgate.get_next(timeout=5)
-        timer.join()
-        assert boe is not None and boe.is_buffer
-        boe.buffer.recycle()
-        assert task.triggered_ids == [1] and task.triggers[0].options.is_unaligned
-        p.emit_event(barrier(1, timeoutable(50), now), 1)
-        assert cgate.get_next(timeout=5).is_event
-        result = writer.get_and_remove_write_result(1)
-        assert result.input_finished and result.size == RECORD_BYTES
-        result.recycle()
-        assert not p.subpartitions[0].is_blocked
-    finally:
-        writer.close()
-        cgate.close()
-        p.release()
-        p.close()
-        manager.shutdown()
+    yield p, cgate, task, writer
+    writer.close()
+    cgate.close()
+    p.release()
+    p.close()
+    manager.shutdown()
+
+
+def test_get_next_waits_no_longer_than_the_alignment_timer(real_clock_gate):
+    """With the real clock, a reader blocked in get_next sees the timeout fire while it waits."""
+    p, cgate, task, writer = real_clock_gate
+    now = int(time.time() * 1000)
+    p.emit_event(barrier(1, timeoutable(50), now), 0)
+    boe = cgate.get_next(timeout=5)
+    assert boe is not None and boe.is_event
+    timer = threading.Timer(0.3, lambda: (p.emit_record(encode(7), 1), p.flush(1)))
+    timer.start()
+    boe = cgate.get_next(timeout=5)
+    timer.join()
+    assert boe is not None and boe.is_buffer
+    boe.buffer.recycle()
+    assert task.triggered_ids == [1] and task.triggers[0].options.is_unaligned
+    p.emit_event(barrier(1, timeoutable(50), now), 1)
+    assert cgate.get_next(timeout=5).is_event
+    result = writer.get_and_remove_write_result(1)
+    assert result.input_finished and result.size == RECORD_BYTES
+    result.recycle()
+    assert not p.subpartitions[0].is_blocked
 
 
 def test_aligned_barrier_with_aligned_options_never_times_out(harness):
@@ -269,24 +275,14 @@ def test_aligned_barrier_with_aligned_options_never_times_out(harness):
 
 
 @pytest.mark.parametrize("how", ["gate.next", "async for"])
-def test_the_alignment_timeout_fires_while_an_asyncio_reader_waits(make_pool, how):
+def test_the_alignment_timeout_fires_while_an_asyncio_reader_waits(real_clock_gate, how):
     """On asyncio the wait for input is bounded by the handler's next timer, as the threaded
     get_next's is: the alignment times out (and the checkpoint is taken unaligned) while the
     task waits, with no input arriving."""
     import asyncio
 
     from flinknet import RecordReader
-    from flinknet.consumer import SingleInputGate
-    from flinknet.partition import ResultPartitionManager, create_result_partition
-    nbp = make_pool(32, 128)
-    manager = ResultPartitionManager()
-    p = create_result_partition(nbp, 2, partition_manager=manager)
-    p.setup()
-    gate = SingleInputGate.create_local(manager, [(p.partition_id, 0), (p.partition_id, 1)])
-    task = RecordingTask()
-    writer = InMemoryChannelStateWriter()
-    cgate = create_checkpointed_input_gate(gate, task, "unaligned", channel_state_writer=writer,
-                                           clock=SystemClock())
+    p, cgate, task, writer = real_clock_gate
     reader = RecordReader(cgate, emit_events=True)
 
     async def main():
@@ -315,8 +311,3 @@ def test_the_alignment_timeout_fires_while_an_asyncio_reader_waits(make_pool, ho
         asyncio.run(main())
     finally:
         reader.close()
-        writer.close()
-        cgate.close()
-        p.release()
-        p.close()
-        manager.shutdown()
