@@ -241,6 +241,10 @@ class NetworkEnvironment:
             # ResultPartitionFactory passes the configured buffers-per-channel): with 0, a
             # receiver reads with floating buffers only and the sender announces its backlog.
             kwargs.setdefault("receiver_exclusive_buffers_per_channel", self.config.buffers_per_channel)
+        # The pool is sized from the configured buffers-per-channel and floating-buffers-per-gate
+        # (Flink's ResultPartitionFactory), not from the defaults.
+        kwargs.setdefault("buffers_per_channel", self.config.buffers_per_channel)
+        kwargs.setdefault("floating_buffers_per_gate", self.config.floating_buffers_per_gate)
         partition = create_result_partition(
             self.network_buffer_pool, num_subpartitions, partition_type,
             partition_id=partition_id, serializer=serializer, partition_manager=self.partition_manager,

@@ -243,14 +243,23 @@ class ResultPartition:
     def create(cls, network_buffer_pool: NetworkBufferPool, num_subpartitions: int, *,
                partition_type: ResultPartitionType | None = None,
                max_buffers_per_channel: int = DEFAULT_MAX_BUFFERS_PER_CHANNEL,
-               max_overdraft_buffers: int | None = None, **kwargs: Any) -> Self:
+               max_overdraft_buffers: int | None = None,
+               buffers_per_channel: int = DEFAULT_BUFFERS_PER_CHANNEL,
+               floating_buffers_per_gate: int = DEFAULT_FLOATING_BUFFERS_PER_GATE,
+               **kwargs: Any) -> Self:
         """A partition whose pool is sized from ``network_buffer_pool`` as Flink sizes it
-        (``NettyShuffleUtils``); ``kwargs`` go to the constructor."""
+        (``NettyShuffleUtils``, from ``buffers_per_channel`` and ``floating_buffers_per_gate``:
+        ``taskmanager.network.memory.buffers-per-channel`` and ``.floating-buffers-per-gate``);
+        ``kwargs`` go to the constructor."""
         if not isinstance(network_buffer_pool, NetworkBufferPool):
             raise TypeError("network_buffer_pool must be a NetworkBufferPool")
+        for name, value in (("buffers_per_channel", buffers_per_channel),
+                            ("floating_buffers_per_gate", floating_buffers_per_gate)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         partition_type = cls._partition_type_default if partition_type is None else partition_type
         minimum, maximum = get_min_max_network_buffers_per_result_partition(
-            partition_type, num_subpartitions)
+            partition_type, num_subpartitions, buffers_per_channel, floating_buffers_per_gate)
         if max_overdraft_buffers is None:
             max_overdraft_buffers = (DEFAULT_MAX_OVERDRAFT_BUFFERS_PER_GATE
                                      if partition_type.is_pipelined else 0)

@@ -16,6 +16,12 @@ from flinknet.partition import ResultSubpartitionInfo, create_result_partition
 from tests.checkpointing.harness import ALIGNED, UNALIGNED, barrier, encode, records_of
 
 SMALL = {"taskmanager.memory.segment-size": "4kb", "taskmanager.memory.network.max": "2mb"}
+# The producers' environment: a partition's pool (1 x 2 + 30 buffers, 64 per subpartition) holds
+# all the data these tests emit, so emitting never blocks. These tests produce and consume on one
+# thread: with Flink's default pool of 10, a producer whose receiver held back its credits
+# blocked the thread that would have read (how the debug pass hung in CI).
+PRODUCER = {**SMALL, "taskmanager.network.memory.floating-buffers-per-gate": 30,
+            "taskmanager.network.memory.max-buffers-per-channel": 64}
 
 
 class _Listener:
@@ -146,14 +152,14 @@ def test_a_failing_writer_gets_nothing_and_leaks_nothing(partition):
 def test_over_tcp_the_native_queue_hands_over_the_data_the_barrier_overtakes():
     """The subpartition is served by the engine's output queue: the consumer holds back (no
     credit), data waits in the queue, the priority barrier jumps it and captures it."""
-    with NetworkEnvironment(SMALL) as pe, NetworkEnvironment(SMALL) as ce:
+    with NetworkEnvironment(PRODUCER) as pe, NetworkEnvironment(SMALL) as ce:
         p = pe.create_result_partition(1)
         writer = InMemoryChannelStateWriter()
         p.set_channel_state_writer(writer)
         gate = ce.create_input_gate([(p.partition_id, 0, pe.address)])
         gate.request_partitions()
         # 48 KiB in 2.4 KiB flushes: the consumer's 10 credits take 24 KiB, the rest waits in
-        # the producer's queue (6 of its 10 buffers: emitting never blocks)
+        # the producer's queue (its pool holds it all: emitting never blocks)
         n = 3000
         for i in range(n):
             p.emit_record(encode(i), 0)
@@ -229,7 +235,7 @@ def test_unaligned_checkpoint_over_tcp_captures_every_in_flight_record_exactly_o
     from flinknet.checkpointing import create_checkpointed_input_gate
     from flinknet.consumer import InputChannelInfo
 
-    with NetworkEnvironment(SMALL) as pe, NetworkEnvironment(SMALL) as ce:
+    with NetworkEnvironment(PRODUCER) as pe, NetworkEnvironment(SMALL) as ce:
         parts = [pe.create_result_partition(1, partition_index=k) for k in range(2)]
         out_writer = InMemoryChannelStateWriter()
         for p in parts:
@@ -314,7 +320,7 @@ def test_a_timed_out_alignment_over_tcp_makes_the_announced_barrier_overtake_and
     from flinknet.events import EventAnnouncement
     from tests.checkpointing.harness import timeoutable
 
-    with NetworkEnvironment(SMALL) as pe, NetworkEnvironment(SMALL) as ce:
+    with NetworkEnvironment(PRODUCER) as pe, NetworkEnvironment(SMALL) as ce:
         parts = [pe.create_result_partition(1, partition_index=k) for k in range(2)]
         gate = ce.create_input_gate([(p.partition_id, 0, pe.address) for p in parts])
         task = _CutTask()

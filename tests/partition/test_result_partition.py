@@ -506,6 +506,42 @@ def test_create_sizes_pool_as_flink(make_pool, partition_type, n, maximum):
         partition.close()
 
 
+def test_create_sizes_pool_from_the_given_buffers_per_channel_and_floating_buffers(make_pool):
+    nbp = make_pool(128, SEGMENT_SIZE)
+    partition = create_result_partition(nbp, 3, PIPELINED_BOUNDED, buffers_per_channel=4,
+                                        floating_buffers_per_gate=20)
+    try:
+        assert (partition.buffer_pool.min_buffers, partition.buffer_pool.max_buffers) == (4, 3 * 4 + 20)
+    finally:
+        partition.release()
+        partition.close()
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="buffers_per_channel"):
+            create_result_partition(nbp, 3, PIPELINED_BOUNDED, buffers_per_channel=bad)
+        with pytest.raises(ValueError, match="floating_buffers_per_gate"):
+            create_result_partition(nbp, 3, PIPELINED_BOUNDED, floating_buffers_per_gate=bad)
+    assert nbp.number_of_registered_buffer_pools == 0
+
+
+def test_an_environment_sizes_its_partitions_pools_from_its_configuration():
+    """Flink's ResultPartitionFactory sizes a partition's pool from the configured
+    buffers-per-channel and floating-buffers-per-gate, not from their defaults."""
+    from flinknet import NetworkEnvironment
+
+    config = {"taskmanager.memory.segment-size": "4kb", "taskmanager.memory.network.max": "2mb",
+              "taskmanager.network.memory.buffers-per-channel": 3,
+              "taskmanager.network.memory.floating-buffers-per-gate": 30}
+    with NetworkEnvironment(config) as env:
+        p = env.create_result_partition(2)
+        assert (p.buffer_pool.min_buffers, p.buffer_pool.max_buffers) == (3, 2 * 3 + 30)
+        p.close()
+    with NetworkEnvironment({"taskmanager.memory.segment-size": "4kb",
+                             "taskmanager.memory.network.max": "2mb"}) as default_env:
+        p = default_env.create_result_partition(2)
+        assert (p.buffer_pool.min_buffers, p.buffer_pool.max_buffers) == (3, 2 * 2 + 8)
+        p.close()
+
+
 def test_create_rejects_a_blocking_type_for_pipelined_partition(make_pool):
     nbp = make_pool(16, SEGMENT_SIZE)
     with pytest.raises(ValueError):

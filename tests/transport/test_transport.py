@@ -303,7 +303,12 @@ def test_a_receiver_without_exclusive_buffers_reads_on_floating_credit():
     opts = {"taskmanager.memory.network.max": "8mb", "taskmanager.memory.segment-size": "4kb",
             "taskmanager.network.memory.buffers-per-channel": 0,
             "taskmanager.network.memory.floating-buffers-per-gate": 4}
-    with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
+    # The producer's partition pool is sized from its own environment's configuration (Flink's
+    # 2 x 0 + 4 with these options): with only 4 buffers a blocked producer can leave all the
+    # receiver's floating credit on the channel it is not writing to. Its own 8 floating buffers
+    # keep that out of what this test is about: the receiver's side.
+    prod_opts = dict(opts, **{"taskmanager.network.memory.floating-buffers-per-gate": 8})
+    with NetworkEnvironment(prod_opts) as prod, NetworkEnvironment(opts) as cons:
         p = prod.create_result_partition(2)
         gate = cons.create_input_gate([(p.partition_id, i, prod.address) for i in range(2)])
 
