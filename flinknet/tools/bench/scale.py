@@ -1224,9 +1224,9 @@ def run_host_transfer(topo: NetnsTopology, exclusive: int, floating: int = 0, du
         # The producer's partition pool (exclusive + floating-buffers-per-gate, as Flink sizes
         # it) keeps 8 floating buffers: what is measured is the receiver's credit, not a starved
         # sender.
-        prod = _Child(f"host-producer-{exclusive}", _host_producer,
-                      dict(common, **{"taskmanager.network.bind-host": topo.PRODUCER_ADDR,
-                                      "taskmanager.network.memory.floating-buffers-per-gate": max(8, floating)}),
+        prod_opts = dict(common, **{"taskmanager.network.bind-host": topo.PRODUCER_ADDR,
+                                    "taskmanager.network.memory.floating-buffers-per-gate": max(8, floating)})
+        prod = _Child(f"host-producer-{exclusive}", _host_producer, prod_opts,
                       size, duration, netns=topo.ns_producer).start()
         children.append(prod)
         _, pid_bytes, addr = prod.get(60)
