@@ -16,7 +16,13 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``flinknet demo [options]``; returns the exit status."""
+    """``flinknet demo [options]``; returns the exit status. With ``--checkpointing MODE``:
+    the checkpointed job (:mod:`flinknet.tools.demo.checkpoint`)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--checkpointing" or a.startswith("--checkpointing=") for a in args):
+        from flinknet.tools.demo.checkpoint import main as run_checkpointed
+
+        return run_checkpointed(args)
     # Imported here, not at module level: every worker process or actor imports this package (it
     # loads the task functions of flinknet.tools.demo.job by name), and a task needs neither the
     # coordinator nor rich.
