@@ -132,7 +132,7 @@ def expected_totals(cfg: CheckpointDemoConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _encode(keys: np.ndarray, values: np.ndarray) -> list[bytes]:
-    arr = np.empty(len(keys), np.dtype([("k", ">i4"), ("v", ">i8")]))
+    arr = np.empty(len(keys), RECORD_DTYPE)
     arr["k"] = keys
     arr["v"] = values
     raw = arr.tobytes()
@@ -153,14 +153,18 @@ def split_records(data: bytes) -> list[bytes]:
     return out
 
 
-def _add_records(records: Sequence[bytes], counts: np.ndarray, sums: np.ndarray) -> int:
+RECORD_DTYPE = np.dtype([("k", ">i4"), ("v", ">i8")])
+
+
+def _add_records(records: Sequence[bytes], counts: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """Count and sum ``records`` per key; returns their keys."""
     if not records:
-        return 0
-    arr = np.frombuffer(b"".join(records), np.dtype([("k", ">i4"), ("v", ">i8")]))
-    keys = arr["k"].astype(np.intp)
+        return np.empty(0, np.int32)
+    arr = np.frombuffer(b"".join(records), RECORD_DTYPE)
+    keys = arr["k"].astype(np.int32)
     np.add.at(counts, keys, 1)
     np.add.at(sums, keys, arr["v"].astype(np.int64))
-    return len(arr)
+    return keys
 
 
 def _options(cfg: CheckpointDemoConfig) -> Any:
@@ -266,7 +270,7 @@ class _AggregatorState:
             self.counts += restore["counts"]
             self.sums += restore["sums"]
             for data in restore["channels"].values():          # the in-flight data first
-                self.replayed += _add_records(split_records(data), self.counts, self.sums)
+                self.replayed += len(_add_records(split_records(data), self.counts, self.sums))
         self.pending: dict[int, tuple[np.ndarray, np.ndarray, Any]] = {}
         self.aborted: list[int] = []
         self.reader: Any = None
@@ -291,6 +295,7 @@ def _aggregator_main(conn: multiprocessing.connection.Connection, cfg: Checkpoin
     from flinknet import NetworkEnvironment
     from flinknet.checkpointing import InMemoryChannelStateWriter, SystemClock, create_checkpointed_input_gate
     from flinknet.consumer import RecordReader
+    from flinknet.core import operator_indexes_array
 
     state = _AggregatorState(cfg.keys, restore)
     with NetworkEnvironment(cfg.net_options(debloat)) as env:
@@ -326,13 +331,12 @@ def _aggregator_main(conn: multiprocessing.connection.Connection, cfg: Checkpoin
                 if batch is None:
                     break
                 if batch:
-                    n = _add_records(batch, state.counts, state.sums)
+                    keys = _add_records(batch, state.counts, state.sums)
+                    n = len(keys)
                     records_in += n
-                    if owners_ok:
-                        keys = np.frombuffer(b"".join(batch[:8]), np.dtype([("k", ">i4"), ("v", ">i8")]))["k"]
-                        from flinknet.core import operator_indexes_array
-                        owners_ok = bool(np.all(operator_indexes_array(
-                            keys.astype(np.int32), MAX_PARALLELISM, cfg.aggregators) == index))
+                    # every record of this aggregator's key groups (one vectorised call per buffer)
+                    owners_ok &= bool(np.all(operator_indexes_array(keys, MAX_PARALLELISM, cfg.aggregators)
+                                             == index))
                     if slow_rate is not None:
                         slow_due = max(slow_due, time.monotonic() - 0.05) + n / slow_rate
                         delay = slow_due - time.monotonic()
@@ -445,29 +449,27 @@ class _Job:
         self.procs: list[Any] = []
         self.sources: list[multiprocessing.connection.Connection] = []
         self.aggregators: list[multiprocessing.connection.Connection] = []
+        def spawn(target: Any, name: str, *args: Any) -> multiprocessing.connection.Connection:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=target, args=(child, cfg, *args), name=name, daemon=True)
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            return parent
+
+        def restored(role: str, i: int) -> dict[str, Any] | None:
+            return None if restore is None else restore[role][i]
+
         try:
+            self.sources = [spawn(_source_main, f"Source[{i}]", i, restored("sources", i), debloat)
+                            for i in range(cfg.sources)]
             inputs = []
-            for i in range(cfg.sources):
-                parent, child = ctx.Pipe()
-                r = None if restore is None else restore["sources"][i]
-                proc = ctx.Process(target=_source_main, args=(child, cfg, i, r, debloat),
-                                   name=f"Source[{i}]", daemon=True)
-                proc.start()
-                child.close()
-                self.procs.append(proc)
-                self.sources.append(parent)
             for conn in self.sources:
                 kind, address, pid = _recv(conn, START_TIMEOUT, "a source to start")
                 inputs.append((pid, address))
-            for i in range(cfg.aggregators):
-                parent, child = ctx.Pipe()
-                r = None if restore is None else restore["aggregators"][i]
-                proc = ctx.Process(target=_aggregator_main, args=(child, cfg, i, inputs, r, debloat),
-                                   name=f"Aggregator[{i}]", daemon=True)
-                proc.start()
-                child.close()
-                self.procs.append(proc)
-                self.aggregators.append(parent)
+            self.aggregators = [spawn(_aggregator_main, f"Aggregator[{i}]", i, inputs,
+                                      restored("aggregators", i), debloat)
+                                for i in range(cfg.aggregators)]
             for conn in self.aggregators:
                 _recv(conn, START_TIMEOUT, "an aggregator to start")
             for conn in self.sources + self.aggregators:
@@ -782,8 +784,6 @@ def parse_config(argv: Sequence[str] | None) -> CheckpointDemoConfig:
     """A validated :class:`CheckpointDemoConfig` (argparse exits with status 2 on bad arguments)."""
     args = build_parser().parse_args(argv)
     mode, timeout_ms = args.checkpointing
-    if args.aggregators < 1 or args.sources < 1:
-        raise SystemExit(EXIT_USAGE)
     return CheckpointDemoConfig(
         mode=mode, aligned_timeout_ms=timeout_ms, sources=args.sources, aggregators=args.aggregators,
         keys=args.keys, records=args.records, rate=args.rate, checkpoint_interval_ms=args.checkpoint_interval,
