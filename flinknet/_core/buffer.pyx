@@ -34,6 +34,7 @@ from flinknet._core.defs cimport FLINKNET_DEBUG
 from flinknet._core.memory cimport MemorySegment
 
 import enum
+import sys
 import warnings
 
 from flinknet.errors import IllegalReferenceCountError, IllegalStateError
@@ -148,16 +149,33 @@ def leaked_buffer_count():
 
 
 def debug_live_buffer_origins():
-    """Debug builds: ``{id: stack}`` of every live NetworkBuffer; empty in release builds."""
-    return dict(_debug_origins)
+    """Debug builds: ``{id: stack}`` of every live NetworkBuffer (where it was created, innermost
+    frame last, as ``traceback.format_stack`` prints it); empty in release builds."""
+    import traceback
+    return {key: "".join(traceback.format_list(
+                [traceback.FrameSummary(code.co_filename, line, code.co_name) for code, line in reversed(stack)]))
+            for key, stack in list(_debug_origins.items())}
+
+
+cdef int _ORIGIN_DEPTH = 10
+
+
+cdef tuple _capture_origin():
+    """The calling Python frames, innermost first, as (code, line) pairs: cheap enough to take
+    for every buffer of a debug build (formatting waits until a leak is reported)."""
+    frames = []
+    frame = sys._getframe(0)
+    while frame is not None and len(frames) < _ORIGIN_DEPTH:
+        frames.append((frame.f_code, frame.f_lineno))
+        frame = frame.f_back
+    return tuple(frames)
 
 
 cdef inline void _on_created(NetworkBuffer buf):
     global _live_buffers
     _live_buffers += 1
     if FLINKNET_DEBUG:
-        import traceback
-        _debug_origins[id(buf)] = "".join(traceback.format_stack(limit=10)[:-1])
+        _debug_origins[id(buf)] = _capture_origin()
 
 
 cdef inline void _on_released(NetworkBuffer buf):

@@ -153,3 +153,34 @@ def test_memoryview_keeps_its_buffer_alive():
     view.release()
     owner.recycle()
     assert len(recycler.segments) == 1
+
+
+def _a_buffer_made_here(pool):
+    return pool.request_buffer()
+
+
+def test_debug_builds_remember_where_each_live_buffer_was_created():
+    """What the leak check prints: the creating frames, innermost last, formatted on demand
+    (a release build keeps nothing)."""
+    from flinknet._core.buffer import debug_live_buffer_origins, is_debug_build
+
+    pool = NetworkBufferPool(2, 64)
+    local = pool.create_buffer_pool(1, 2)
+    try:
+        buf = _a_buffer_made_here(local)
+        origins = debug_live_buffer_origins()
+        if not is_debug_build():
+            assert origins == {}
+            buf.recycle()
+            return
+        stack = origins[id(buf)]
+        lines = [line for line in stack.splitlines() if line.startswith("  File ")]
+        assert __file__ in lines[-1] and "_a_buffer_made_here" in lines[-1]
+        assert "test_debug_builds_remember_where_each_live_buffer_was_created" in lines[-2]
+        assert "return pool.request_buffer()" in stack              # the source line, read lazily
+        buf.recycle()
+        assert id(buf) not in debug_live_buffer_origins()
+    finally:
+        local.lazy_destroy()
+        assert pool.is_whole
+        pool.destroy()
