@@ -5,6 +5,7 @@ count and sum must come out exact, in aligned, unaligned and timed-out-alignment
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import struct
@@ -15,8 +16,12 @@ import pytest
 
 from flinknet.tools.demo.checkpoint import (
     CheckpointDemoConfig,
+    CheckpointStats,
+    JobProgress,
+    LineView,
     compare_debloating,
     expected_totals,
+    parse_args,
     parse_config,
     run_checkpoint_demo,
     split_records,
@@ -127,6 +132,97 @@ def test_modes_parse():
     assert (cfg.mode, cfg.aligned_timeout_ms, cfg.kill, cfg.label) == ("aligned", 30, False, "timeout:30")
 
 
+def test_live_and_no_live_parse():
+    assert parse_args(["--checkpointing", "aligned"])[1] is None          # a terminal decides
+    assert parse_args(["--checkpointing", "aligned", "--live"])[1] is True
+    assert parse_args(["--checkpointing", "aligned", "--no-live"])[1] is False
+    with pytest.raises(SystemExit):
+        parse_args(["--checkpointing", "aligned", "--live", "--no-live"])
+
+
+class _Snapshots(LineView):
+    """A line view that also keeps, at every completed checkpoint, what each task showed."""
+
+    def __init__(self, out):
+        super().__init__(out)
+        self.seen = []
+
+    def checkpoint(self, job, stats):
+        super().checkpoint(job, stats)
+        self.seen.append((stats, job.phase, [dataclasses.replace(t) for t in job.tasks]))
+
+
+def test_the_progress_board_follows_every_task_through_checkpoints_the_kill_and_the_restore():
+    """What the live view draws: per task its last acked checkpoint with that checkpoint's start
+    delay, alignment time and in-flight bytes; the phase; the killed task; the restore."""
+    view = _Snapshots(io.StringIO())
+    result = run_checkpoint_demo(small("unaligned"), view=view)
+    assert result.ok, view.out.getvalue()
+    for stats, _phase, tasks in view.seen:
+        sources, aggregators = tasks[:2], tasks[2:]
+        assert [t.name for t in tasks] == ["Source[0]", "Source[1]", "Aggregator[0]", "Aggregator[1]"]
+        # every task acked the completed checkpoint, with what it measured for it
+        assert all(t.checkpoint_id == stats.checkpoint_id for t in tasks)
+        assert [t.alignment_ms for t in aggregators] == stats.alignment_ms
+        assert [t.start_delay_ms for t in aggregators] == stats.start_delay_ms
+        assert sum(t.in_flight_bytes for t in sources) == stats.output_state_bytes
+        assert (sum(t.in_flight_bytes for t in aggregators)
+                == stats.input_state_bytes + sum(stats.processed_bytes))
+        assert all(t.pid is not None and t.state in ("running", "finished") for t in tasks)
+    phases = [phase for _, phase, _ in view.seen]
+    assert "slow" in phases and "restored" in phases, phases
+    slow = [tasks for stats, phase, tasks in view.seen if phase == "slow"]
+    assert any(t.in_flight_bytes for tasks in slow for t in tasks), "nothing in flight while slowed"
+    # the restored attempt runs in new processes
+    first = next(tasks for _, phase, tasks in view.seen if phase != "restored")
+    after = next(tasks for _, phase, tasks in view.seen if phase == "restored")
+    assert result.killed_pid == first[2].pid
+    assert {t.pid for t in first}.isdisjoint({t.pid for t in after})
+    assert all(t.records > 0 for t in after)           # progress reports arrived
+
+
+def _board() -> JobProgress:
+    job = JobProgress.for_config(small("unaligned"), debloat=True)
+    job.running([101, 102, 103, 104])
+    job.phase, job.attempt, job.restored_from = "slow", 1, 7
+    job.status("source", 0, 51_200, 0.0)
+    job.tasks[0].last_report = (job.tasks[0].last_report[0] - 1.0, 25_600, 0.0)
+    job.status("source", 0, 51_200, 0.9)
+    job.acked("source", 0, 9, {"out_bytes": 421_800})
+    job.acked("aggregator", 1, 9, {"alignment_ms": 12.5, "start_delay_ms": 61.0, "in_bytes": 318_100,
+                                   "processed_during_alignment": 0})
+    job.tasks[2].state = "killed"
+    job.checkpoints.append(CheckpointStats(9, 1, 65.0, [3.0, 12.5], [5.0, 61.0], [0, 0], [0, 318_100],
+                                           421_800, 318_100, True))
+    return job
+
+
+def test_a_progress_report_gives_the_rate_and_the_back_pressured_share():
+    task = _board().tasks[0]
+    assert task.records == 51_200
+    assert 20_000 < task.rate < 30_000                      # 25,600 records in about a second
+    assert 0.8 < task.backpressured <= 0.9
+
+
+def test_the_live_view_renders_checkpoint_alignment_and_in_flight_per_task():
+    from rich.console import Console
+
+    from flinknet.tools.demo.checkpoint_view import render
+
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    console.print(render(_board(), ["[  1.00s] killed Aggregator[0]"]))
+    text = console.file.getvalue()
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in text          # fits a terminal of 80 columns
+    assert "attempt 2 (restored from checkpoint 7)" in text and "slow" in text
+    row = next(line for line in lines if line.startswith("Aggregator[1]"))
+    assert "61 ms" in row and "12 ms" in row and "310.6 KiB" in row
+    src = next(line for line in lines if line.startswith("Source[0]"))
+    assert "411.9 KiB" in src and "51.2k" in src and "90%" in src
+    assert "killed" in next(line for line in lines if line.startswith("Aggregator[0]"))
+    assert "killed Aggregator[0]" in text
+
+
 def test_flinknet_demo_checkpointing_from_the_command_line():
     proc = subprocess.run(
         [sys.executable, "-m", "flinknet.tools.cli", "demo", "--checkpointing", "unaligned",
@@ -137,3 +233,14 @@ def test_flinknet_demo_checkpointing_from_the_command_line():
     assert "every key exact" in proc.stdout
     assert "restored from checkpoint" in proc.stdout
     assert "checkpoint 1 complete" in proc.stdout
+    assert "Traceback" not in proc.stderr          # the sources that lose their consumer fail quietly
+
+
+def test_flinknet_demo_checkpointing_live_view_from_the_command_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "flinknet.tools.cli", "demo", "--checkpointing", "aligned", "--live",
+         "--records", "30000", "--rate", "30000", "--checkpoint-interval", "200", "--no-kill"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "100"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "flinknet demo --checkpointing aligned" in proc.stdout      # the panel's title
+    assert "Aggregator[1]" in proc.stdout and "every key exact" in proc.stdout

@@ -4,7 +4,10 @@
 functions, the exactly-once check); :mod:`~flinknet.tools.demo.view` shows it (live ``rich``
 view, ``--no-live`` lines, summary tables); :mod:`~flinknet.tools.demo.coordinator` runs it on a
 :mod:`flinknet.graph` runner (``--runner process|ray|thread``), drives the phases and collects
-the tasks' status. ``python -m flinknet.tools.demo`` is ``flinknet demo``.
+the tasks' status. ``flinknet demo --checkpointing MODE`` runs the checkpointed job instead
+(:mod:`~flinknet.tools.demo.checkpoint`: periodic checkpoints, a killed aggregator, the restore;
+:mod:`~flinknet.tools.demo.checkpoint_view`: its live view; :mod:`~flinknet.tools.demo.checkpoint_cli`:
+its command line). ``python -m flinknet.tools.demo`` is ``flinknet demo``.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``flinknet demo [options]``; returns the exit status. With ``--checkpointing MODE``:
-    the checkpointed job (:mod:`flinknet.tools.demo.checkpoint`)."""
+    the checkpointed job (:mod:`flinknet.tools.demo.checkpoint_cli`)."""
     args = sys.argv[1:] if argv is None else list(argv)
     if any(a == "--checkpointing" or a.startswith("--checkpointing=") for a in args):
-        from flinknet.tools.demo.checkpoint import main as run_checkpointed
+        from flinknet.tools.demo.checkpoint_cli import main as run_checkpointed
 
         return run_checkpointed(args)
     # Imported here, not at module level: every worker process or actor imports this package (it

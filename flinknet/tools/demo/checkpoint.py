@@ -30,6 +30,11 @@ The job runs in real processes, one per task, connected by flinknet's TCP transp
 * The **check**: every key's count and sum over the aggregators equals what the sources'
   generators produce, regenerated here from the seed — nothing lost, nothing counted twice.
 
+The coordinator keeps a :class:`JobProgress` (per task: its process, progress, back-pressure and
+the last checkpoint it acked with that checkpoint's start delay, alignment time and in-flight
+bytes) that a :class:`CheckpointView` shows: :class:`LineView` prints lines,
+:class:`~flinknet.tools.demo.checkpoint_view.CheckpointLiveView` draws it live.
+
 ``--debloat compare`` runs the slow phase twice more, buffer debloating off and on, and prints
 the checkpoints' alignment time and in-flight bytes side by side.
 """
@@ -50,9 +55,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CheckpointDemoConfig", "CheckpointDemoResult", "CheckpointStats", "build_parser",
-           "compare_debloating", "expected_totals", "format_debloat_comparison", "generate_block", "main",
-           "parse_config", "restore_plan", "run_checkpoint_demo", "split_records"]
+__all__ = ["CheckpointDemoConfig", "CheckpointDemoResult", "CheckpointStats", "CheckpointView", "JobProgress",
+           "LineView", "TaskProgress", "build_parser", "compare_debloating", "describe_checkpoint",
+           "expected_totals", "format_bytes", "format_debloat_comparison", "generate_block",
+           "parse_args", "parse_config", "restore_plan", "run_checkpoint_demo", "split_records"]
 
 MAX_PARALLELISM = 128
 #: records per generated block (a source's offset counts blocks)
@@ -62,6 +68,8 @@ MODES = ("aligned", "unaligned")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: seconds a process gets to start (spawn and import) or to end when told to
 START_TIMEOUT = 60.0
+#: seconds between two progress reports of a task
+STATUS_INTERVAL = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +186,20 @@ def _options(cfg: CheckpointDemoConfig) -> Any:
     return CheckpointOptions()
 
 
+class _StatusClock:
+    """When a task reports its progress to the coordinator (every ``STATUS_INTERVAL`` s)."""
+
+    def __init__(self) -> None:
+        self.next = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        self.next = now + STATUS_INTERVAL
+        return True
+
+
 # ==============================================================================================
 # The source process
 # ==============================================================================================
@@ -190,6 +212,7 @@ def _source_main(conn: multiprocessing.connection.Connection, cfg: CheckpointDem
     from flinknet import NetworkEnvironment
     from flinknet.checkpointing import InMemoryChannelStateWriter
     from flinknet.core import operator_indexes_array
+    from flinknet.errors import ConsumerLostError
     from flinknet.events import CheckpointBarrier
 
     options = _options(cfg)
@@ -205,45 +228,58 @@ def _source_main(conn: multiprocessing.connection.Connection, cfg: CheckpointDem
         period = BLOCK / cfg.rate
         due = time.monotonic()
         last_flush = due
-        while block < cfg.blocks:
-            while conn.poll(0):
-                message = conn.recv()
-                if message[0] == "trigger":
-                    cid = message[1]
-                    barrier = CheckpointBarrier(cid, int(time.time() * 1000), options)
-                    p.broadcast_event(barrier, is_priority=priority)
-                    writer.finish_output(cid)
-                    result = writer.get_and_remove_write_result(cid)
+        status = _StatusClock()
+        backpressured = 0.0         # seconds this source waited for a buffer
+        try:
+            while block < cfg.blocks:
+                if status.due():
+                    conn.send(("status", "source", index, block * BLOCK, backpressured))
+                while conn.poll(0):
+                    message = conn.recv()
+                    if message[0] == "trigger":
+                        cid = message[1]
+                        barrier = CheckpointBarrier(cid, int(time.time() * 1000), options)
+                        p.broadcast_event(barrier, is_priority=priority)
+                        writer.finish_output(cid)
+                        result = writer.get_and_remove_write_result(cid)
+                        try:
+                            out_state = {info.subpartition_idx: result.subpartition_bytes(info)
+                                         for info in result.output_data}
+                            size = result.size
+                        finally:
+                            result.recycle()
+                        conn.send(("ack", "source", index, cid, {"offset": block, "out_state": out_state,
+                                                                 "out_bytes": size}))
+                    elif message[0] == "exit":
+                        return
+                if not p.is_available:
+                    # back-pressured: wait for a buffer, but answer a trigger meanwhile (a source's
+                    # mailbox takes the checkpoint between records, not inside a blocked write)
+                    waited = time.monotonic()
                     try:
-                        out_state = {info.subpartition_idx: result.subpartition_bytes(info)
-                                     for info in result.output_data}
-                        size = result.size
-                    finally:
-                        result.recycle()
-                    conn.send(("ack", "source", index, cid, {"offset": block, "out_state": out_state,
-                                                             "out_bytes": size}))
-                elif message[0] == "exit":
-                    return
-            if not p.is_available:
-                # back-pressured: wait for a buffer, but answer a trigger meanwhile (a source's
-                # mailbox takes the checkpoint between records, not inside a blocked write)
-                try:
-                    p.get_available_future().result(timeout=0.01)
-                except TimeoutError:
-                    pass
-                continue
-            keys, values = generate_block(cfg.seed, index, block, cfg.keys)
-            targets = operator_indexes_array(keys.astype(np.int32), MAX_PARALLELISM, cfg.aggregators)
-            p.emit_records(_encode(keys, values), targets)     # may still block (hard back-pressure)
-            block += 1
-            now = time.monotonic()
-            if now - last_flush >= cfg.buffer_timeout_ms / 1000:
-                p.flush_all()
-                last_flush = now
-            due = max(due + period, now - 0.05)
-            if due > now:
-                time.sleep(due - now)
-        p.finish()
+                        p.get_available_future().result(timeout=0.01)
+                    except TimeoutError:
+                        pass
+                    backpressured += time.monotonic() - waited
+                    continue
+                keys, values = generate_block(cfg.seed, index, block, cfg.keys)
+                targets = operator_indexes_array(keys.astype(np.int32), MAX_PARALLELISM, cfg.aggregators)
+                p.emit_records(_encode(keys, values), targets)     # may still block (hard back-pressure)
+                block += 1
+                now = time.monotonic()
+                if now - last_flush >= cfg.buffer_timeout_ms / 1000:
+                    p.flush_all()
+                    last_flush = now
+                due = max(due + period, now - 0.05)
+                if due > now:
+                    time.sleep(due - now)
+            p.finish()
+        except ConsumerLostError as e:
+            # a consumer went away (an aggregator was killed): the source fails, as Flink's task
+            # does; the coordinator cancels and restores the job
+            conn.send(("failed", "source", index, str(e)))
+            return
+        conn.send(("status", "source", index, block * BLOCK, backpressured))
         conn.send(("finished", "source", index))
         # serve what is queued until the coordinator says the job is over
         while True:
@@ -313,8 +349,11 @@ def _aggregator_main(conn: multiprocessing.connection.Connection, cfg: Checkpoin
         slow_due = 0.0
         records_in = 0
         owners_ok = True
+        status = _StatusClock()
         try:
             while True:
+                if status.due():
+                    conn.send(("status", "aggregator", index, int(state.counts.sum()), 0.0))
                 while conn.poll(0):
                     message = conn.recv()
                     if message[0] == "slow":
@@ -344,6 +383,7 @@ def _aggregator_main(conn: multiprocessing.connection.Connection, cfg: Checkpoin
                             time.sleep(delay)
                 _ack_complete(conn, index, state, writer)
             _ack_complete(conn, index, state, writer)
+            conn.send(("status", "aggregator", index, int(state.counts.sum()), 0.0))
             conn.send(("result", index, {"counts": state.counts, "sums": state.sums, "records_in": records_in,
                                          "replayed": state.replayed, "owners_ok": owners_ok,
                                          "aborted": state.aborted}))
@@ -417,6 +457,139 @@ class CheckpointDemoResult:
     mismatched_keys: int
     declined: int
     elapsed: float
+    #: seconds from the last attempt's start to its end (the job's run, without spawning)
+    run_seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class TaskProgress:
+    """One task as the coordinator last heard of it: what the views show per task."""
+
+    name: str
+    role: str
+    pid: int | None = None
+    #: starting | running | finished | killed | cancelled
+    state: str = "starting"
+    #: a source's position (records generated, restored offset included); an aggregator's
+    #: records counted (restored counts included)
+    records: int = 0
+    #: records/s over the last report interval
+    rate: float = 0.0
+    #: fraction of the last report interval a source waited for a buffer (back-pressure)
+    backpressured: float = 0.0
+    #: the last checkpoint this task acknowledged, and what it measured for it
+    checkpoint_id: int | None = None
+    alignment_ms: float | None = None
+    start_delay_ms: float | None = None
+    #: in-flight bytes at the cut: a source's captured output; an aggregator's captured input
+    #: plus what it processed while aligning
+    in_flight_bytes: int | None = None
+    last_report: tuple[float, int, float] | None = None
+
+    def report(self, records: int, backpressured_s: float, now: float) -> None:
+        """A task's progress report: cumulative records and seconds back-pressured."""
+        if self.last_report is not None:
+            t, n, bp = self.last_report
+            dt = now - t
+            if dt > 0:
+                self.rate = max(records - n, 0) / dt
+                self.backpressured = min(max(backpressured_s - bp, 0.0) / dt, 1.0)
+        self.last_report = (now, records, backpressured_s)
+        self.records = records
+
+
+@dataclasses.dataclass
+class JobProgress:
+    """The checkpointed job as the coordinator sees it (what the views show)."""
+
+    cfg: CheckpointDemoConfig
+    debloat: bool
+    started: float
+    tasks: list[TaskProgress]
+    #: starting | steady | slow | recovery | restored | finishing | done
+    phase: str = "starting"
+    attempt: int = 0
+    restored_from: int | None = None
+    #: the checkpoint triggered and not yet complete
+    pending_id: int | None = None
+    checkpoints: list[CheckpointStats] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def for_config(cls, cfg: CheckpointDemoConfig, debloat: bool) -> JobProgress:
+        tasks = ([TaskProgress(f"Source[{i}]", "source") for i in range(cfg.sources)]
+                 + [TaskProgress(f"Aggregator[{i}]", "aggregator") for i in range(cfg.aggregators)])
+        return cls(cfg=cfg, debloat=debloat, started=time.monotonic(), tasks=tasks)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def running(self, pids: Sequence[int | None]) -> None:
+        """A new attempt's processes started."""
+        for task, pid in zip(self.tasks, pids, strict=True):
+            task.pid, task.state, task.last_report = pid, "running", None
+            task.rate = task.backpressured = 0.0
+
+    def cancelled(self) -> None:
+        for task in self.tasks:
+            if task.state != "killed":
+                task.state = "cancelled"
+        self.pending_id = None
+
+    def status(self, role: str, index: int, records: int, backpressured_s: float) -> None:
+        self.tasks[self._index(role, index)].report(records, backpressured_s, time.monotonic())
+
+    def acked(self, role: str, index: int, checkpoint_id: int, data: dict[str, Any]) -> None:
+        task = self.tasks[self._index(role, index)]
+        task.checkpoint_id = checkpoint_id
+        if role == "source":
+            task.in_flight_bytes = data["out_bytes"]
+        else:
+            task.alignment_ms = data["alignment_ms"]
+            task.start_delay_ms = data["start_delay_ms"]
+            task.in_flight_bytes = (data["in_bytes"] + data["processed_during_alignment"])
+
+    def _index(self, role: str, index: int) -> int:
+        return index if role == "source" else self.cfg.sources + index
+
+
+class CheckpointView:
+    """What :func:`run_checkpoint_demo` tells as the job runs (the default does nothing)."""
+
+    def event(self, job: JobProgress, text: str) -> None:
+        """Something happened: a phase began, a task was killed, the job restored."""
+
+    def checkpoint(self, job: JobProgress, stats: CheckpointStats) -> None:
+        """A checkpoint completed."""
+
+    def update(self, job: JobProgress) -> None:
+        """Called every loop of the coordinator (a view redraws at its own pace)."""
+
+    def close(self) -> None:
+        """The run is over."""
+
+
+class LineView(CheckpointView):
+    """A line per event and per completed checkpoint, to ``out`` (``--no-live``, logs, tests)."""
+
+    def __init__(self, out: Any = None) -> None:
+        self.out = sys.stdout if out is None else out
+
+    def event(self, job: JobProgress, text: str) -> None:
+        print(f"[{job.elapsed:6.2f}s] {text}", file=self.out)
+
+    def checkpoint(self, job: JobProgress, stats: CheckpointStats) -> None:
+        print(f"[{job.elapsed:6.2f}s] {describe_checkpoint(stats)}", file=self.out)
+
+
+def describe_checkpoint(s: CheckpointStats) -> str:
+    """One completed checkpoint in a sentence (what the line view prints)."""
+    per_task = ", ".join(f"Aggregator[{i}] delay {s.start_delay_ms[i]:.0f} ms, align {ms:.0f} ms, in-flight "
+                         f"{format_bytes(s.processed_bytes[i] + s.persisted_bytes[i])}"
+                         for i, ms in enumerate(s.alignment_ms))
+    return (f"checkpoint {s.checkpoint_id} complete in {s.duration_ms:.0f} ms"
+            f"{' (slow phase)' if s.slow else ''}: {per_task}; channel state "
+            f"{format_bytes(s.input_state_bytes)} in + {format_bytes(s.output_state_bytes)} out")
 
 
 def restore_plan(cfg: CheckpointDemoConfig, completed: dict[str, Any],
@@ -478,6 +651,9 @@ class _Job:
             self.kill()
             raise
 
+    def pids(self) -> list[int | None]:
+        return [proc.pid for proc in self.procs]
+
     def aggregator_process(self, index: int) -> Any:
         return self.procs[self.cfg.sources + index]
 
@@ -509,7 +685,8 @@ def _recv(conn: multiprocessing.connection.Connection, timeout: float, what: str
     return conn.recv()
 
 
-def _fmt_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
+    """``n`` bytes for people: B, KiB or MiB."""
     for unit in ("B", "KiB", "MiB"):
         if n < 1024 or unit == "MiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -519,33 +696,40 @@ def _fmt_bytes(n: float) -> str:
 
 def run_checkpoint_demo(cfg: CheckpointDemoConfig, out: Any = None, debloat: bool | None = None,
                         kill: bool | None = None, slow_from: float = 0.25, slow_until: float = 0.75,
-                        timeout: float = 600.0, drop_channel_state: bool = False) -> CheckpointDemoResult:
-    """Run the checkpointed job once (kill and restore when ``kill``); print a line per completed
-    checkpoint to ``out``. ``slow_from``/``slow_until``: the slow phase, as fractions of the
-    sources' nominal run time (records / rate). ``drop_channel_state`` (for tests: the check
-    must then fail whenever in-flight data was captured) restores without the captured data."""
-    out = sys.stdout if out is None else out
+                        timeout: float = 600.0, drop_channel_state: bool = False,
+                        view: CheckpointView | None = None) -> CheckpointDemoResult:
+    """Run the checkpointed job once (kill and restore when ``kill``). ``view`` sees the job's
+    progress (default: a :class:`LineView` printing a line per event and completed checkpoint to
+    ``out``). ``slow_from``/``slow_until``: the slow phase, as fractions of the sources' nominal
+    run time (records / rate). ``drop_channel_state`` (for tests: the check must then fail
+    whenever in-flight data was captured) restores without the captured data. A
+    ``checkpoint_interval_ms`` of 0 takes no checkpoint (the baseline of the cost benchmark)."""
+    view = LineView(out) if view is None else view
     debloat = cfg.debloat == "on" if debloat is None else debloat
     kill = cfg.kill if kill is None else kill
     nominal = cfg.blocks * BLOCK / cfg.rate
-    t0 = time.monotonic()
+    board = JobProgress.for_config(cfg, debloat)
+    t0 = board.started
     deadline = t0 + timeout
     completed: dict[str, Any] | None = None
     completed_id: int | None = None
-    restored_from: int | None = None
     killed_pid: int | None = None
-    stats: list[CheckpointStats] = []
     next_id = 1
-    attempt = 0
     declined = 0
     replayed = 0
+    run_seconds = 0.0
     results: dict[int, dict[str, Any]] = {}
     while True:
+        board.phase = "starting"
+        view.update(board)
         job = _Job(cfg, None if completed is None else restore_plan(cfg, completed, drop_channel_state),
                    debloat)
         started = time.monotonic()
+        board.running(job.pids())
+        board.phase = "steady" if board.attempt == 0 else "restored"
         pending: dict[int, dict[str, Any]] = {}
-        next_trigger = started + cfg.checkpoint_interval_ms / 1000
+        interval = cfg.checkpoint_interval_ms / 1000
+        next_trigger = started + interval if interval else float("inf")
         slow_state = "before"
         kill_after = float("inf")
         sources_done: set[int] = set()
@@ -556,38 +740,40 @@ def run_checkpoint_demo(cfg: CheckpointDemoConfig, out: Any = None, debloat: boo
                 now = time.monotonic()
                 if now > deadline:
                     raise RuntimeError(f"the job did not finish within {timeout:g} s")
-                phase_t = (now - started) / nominal if attempt == 0 else 1.0
+                phase_t = (now - started) / nominal if board.attempt == 0 else 1.0
                 if slow_state == "before" and slow_from <= phase_t < slow_until:
-                    slow_state = "slow"
+                    slow_state = board.phase = "slow"
                     # the kill waits for a checkpoint taken once the slow phase has had time to
                     # fill the buffers (a third of it in)
                     kill_after = now + (slow_until - slow_from) * nominal / 3
-                    rate = cfg.slow_rate
-                    job.aggregators[cfg.slow_aggregator].send(("slow", rate))
-                    print(f"[{now - t0:6.2f}s] slow phase: Aggregator[{cfg.slow_aggregator}] slowed to "
-                          f"{rate} records/s", file=out)
+                    job.aggregators[cfg.slow_aggregator].send(("slow", cfg.slow_rate))
+                    view.event(board, f"slow phase: Aggregator[{cfg.slow_aggregator}] slowed to "
+                                      f"{cfg.slow_rate} records/s")
                 elif slow_state == "slow" and phase_t >= slow_until:
                     slow_state = "after"
+                    board.phase = "recovery"
                     job.aggregators[cfg.slow_aggregator].send(("fast",))
-                    print(f"[{now - t0:6.2f}s] slow phase over", file=out)
+                    view.event(board, "slow phase over")
                 # the kill: in the slow phase, once a checkpoint taken in it completed (or, if
                 # none did by the slow phase's middle, from the last one before it)
-                if (kill and attempt == 0 and slow_state == "slow" and completed is not None
+                if (kill and board.attempt == 0 and slow_state == "slow" and completed is not None
                         and (completed["t"] >= kill_after or phase_t >= (slow_from + slow_until) / 2)):
                     proc = job.aggregator_process(cfg.slow_aggregator)
                     killed_pid = proc.pid
                     os.kill(proc.pid, signal.SIGKILL)
                     proc.join(10)
-                    print(f"[{time.monotonic() - t0:6.2f}s] killed Aggregator[{cfg.slow_aggregator}] "
-                          f"(pid {killed_pid}, SIGKILL); cancelling the job", file=out)
+                    board.tasks[cfg.sources + cfg.slow_aggregator].state = "killed"
+                    view.event(board, f"killed Aggregator[{cfg.slow_aggregator}] (pid {killed_pid}, "
+                                      f"SIGKILL); cancelling the job")
                     killed = True
                     break
                 if not pending and now >= next_trigger and not sources_done:
                     cid, next_id = next_id, next_id + 1
                     pending[cid] = {"t": now, "sources": {}, "aggregators": {}, "slow": slow_state == "slow"}
+                    board.pending_id = cid
                     for conn in job.sources:
                         conn.send(("trigger", cid))
-                    next_trigger = now + cfg.checkpoint_interval_ms / 1000
+                    next_trigger = now + interval
                 conns = job.sources + job.aggregators
                 ready = multiprocessing.connection.wait(conns + [p.sentinel for p in job.procs], timeout=0.05)
                 for item in ready:
@@ -602,9 +788,12 @@ def run_checkpoint_demo(cfg: CheckpointDemoConfig, out: Any = None, debloat: boo
                     except EOFError:
                         continue
                     kind = message[0]
-                    if kind == "ack":
+                    if kind == "status":
+                        board.status(*message[1:])
+                    elif kind == "ack":
                         _, role, index, cid, data = message
                         if cid in pending:
+                            board.acked(role, index, cid, data)
                             pending[cid]["sources" if role == "source" else "aggregators"][index] = data
                             entry = pending[cid]
                             if (len(entry["sources"]) == cfg.sources
@@ -612,34 +801,47 @@ def run_checkpoint_demo(cfg: CheckpointDemoConfig, out: Any = None, debloat: boo
                                 del pending[cid]
                                 completed = entry
                                 completed_id = cid
-                                s = _stats(cid, attempt, entry, time.monotonic())
-                                stats.append(s)
-                                _print_checkpoint(out, time.monotonic() - t0, s)
+                                s = _stats(cid, board.attempt, entry, time.monotonic())
+                                board.checkpoints.append(s)
+                                board.pending_id = None
+                                view.checkpoint(board, s)
                     elif kind == "decline":
                         cid = message[3]
                         if pending.pop(cid, None) is not None:
                             declined += 1
+                            board.pending_id = None
+                    elif kind == "failed":
+                        raise RuntimeError(f"Source[{message[2]}] failed: {message[3]}")
                     elif kind == "finished":
                         sources_done.add(message[2])
+                        board.tasks[message[2]].state = "finished"
+                        if len(sources_done) == cfg.sources:
+                            board.phase = "finishing"
                     elif kind == "result":
                         results[message[1]] = message[2]
+                        board.tasks[cfg.sources + message[1]].state = "finished"
+                view.update(board)
         except BaseException:
             job.kill()
             raise
         if killed:
             job.kill()
-            attempt += 1
+            board.cancelled()
             assert completed is not None and completed_id is not None
-            restored_from = completed_id
+            board.attempt += 1
+            board.restored_from = completed_id
             out_bytes = sum(len(b) for v in completed["sources"].values() for b in v["out_state"].values())
             in_bytes = sum(len(b) for v in completed["aggregators"].values() for b in v["in_state"].values())
             offsets = [completed["sources"][i]["offset"] * BLOCK for i in range(cfg.sources)]
-            print(f"[{time.monotonic() - t0:6.2f}s] restoring every task from checkpoint {completed_id}: "
-                  f"sources rewound to records {offsets}, aggregators' counts restored, their channels "
-                  f"replay {_fmt_bytes(in_bytes)} of captured input and {_fmt_bytes(out_bytes)} of "
-                  f"captured output" + (" (dropped: testing)" if drop_channel_state else ""), file=out)
+            view.event(board, f"restoring every task from checkpoint {completed_id}: sources rewound to "
+                              f"records {offsets}, aggregators' counts restored, their channels replay "
+                              f"{format_bytes(in_bytes)} of captured input and {format_bytes(out_bytes)} of "
+                              f"captured output" + (" (dropped: testing)" if drop_channel_state else ""))
             continue
+        run_seconds = time.monotonic() - started
         job.stop()
+        board.phase = "done"
+        view.update(board)
         break
     counts = np.zeros(cfg.keys, np.int64)
     sums = np.zeros(cfg.keys, np.int64)
@@ -652,11 +854,12 @@ def run_checkpoint_demo(cfg: CheckpointDemoConfig, out: Any = None, debloat: boo
     want_counts, want_sums = expected_totals(cfg)
     bad = int(np.count_nonzero((counts != want_counts) | (sums != want_sums)))
     counts_ok = bad == 0 and owners_ok
-    ok = counts_ok and (not kill or restored_from is not None)
-    return CheckpointDemoResult(ok=ok, counts_ok=counts_ok, restored_from=restored_from,
-                                killed_pid=killed_pid, checkpoints=stats, records=int(want_counts.sum()),
-                                replayed_records=replayed, mismatched_keys=bad, declined=declined,
-                                elapsed=time.monotonic() - t0)
+    ok = counts_ok and (not kill or board.restored_from is not None)
+    return CheckpointDemoResult(ok=ok, counts_ok=counts_ok, restored_from=board.restored_from,
+                                killed_pid=killed_pid, checkpoints=board.checkpoints,
+                                records=int(want_counts.sum()), replayed_records=replayed,
+                                mismatched_keys=bad, declined=declined, elapsed=time.monotonic() - t0,
+                                run_seconds=run_seconds)
 
 
 def _stats(cid: int, attempt: int, entry: dict[str, Any], now: float) -> CheckpointStats:
@@ -671,26 +874,22 @@ def _stats(cid: int, attempt: int, entry: dict[str, Any], now: float) -> Checkpo
         input_state_bytes=sum(a["in_bytes"] for a in aggs), slow=entry["slow"])
 
 
-def _print_checkpoint(out: Any, t: float, s: CheckpointStats) -> None:
-    per_task = ", ".join(f"Aggregator[{i}] delay {s.start_delay_ms[i]:.0f} ms, align {ms:.0f} ms, in-flight "
-                         f"{_fmt_bytes(s.processed_bytes[i] + s.persisted_bytes[i])}"
-                         for i, ms in enumerate(s.alignment_ms))
-    print(f"[{t:6.2f}s] checkpoint {s.checkpoint_id} complete in {s.duration_ms:.0f} ms"
-          f"{' (slow phase)' if s.slow else ''}: {per_task}; channel state "
-          f"{_fmt_bytes(s.input_state_bytes)} in + {_fmt_bytes(s.output_state_bytes)} out", file=out)
-
-
-def compare_debloating(cfg: CheckpointDemoConfig, out: Any = None) -> dict[bool, list[CheckpointStats]]:
+def compare_debloating(cfg: CheckpointDemoConfig, out: Any = None,
+                       view: CheckpointView | None = None) -> dict[bool, list[CheckpointStats]]:
     """The slow phase twice, debloating off then on (no kill): the checkpoints taken while an
-    aggregator is slowed, side by side."""
+    aggregator is slowed, side by side (``view`` sees both runs; the table goes to ``out``)."""
     out = sys.stdout if out is None else out
     found: dict[bool, list[CheckpointStats]] = {}
     for debloat in (False, True):
-        print(f"-- slow phase with buffer debloating {'on' if debloat else 'off'}", file=out)
-        result = run_checkpoint_demo(cfg, out, debloat=debloat, kill=False, slow_from=0.0, slow_until=2.0)
+        if view is None:
+            print(f"-- slow phase with buffer debloating {'on' if debloat else 'off'}", file=out)
+        result = run_checkpoint_demo(cfg, out, debloat=debloat, kill=False, slow_from=0.0, slow_until=2.0,
+                                     view=view)
         if not result.counts_ok:
             raise RuntimeError(f"the debloat={debloat} run lost or duplicated records")
         found[debloat] = [s for s in result.checkpoints if s.slow]
+    if view is not None:
+        view.close()
     print(format_debloat_comparison(found), file=out)
     return found
 
@@ -714,7 +913,7 @@ def format_debloat_comparison(found: dict[bool, list[CheckpointStats]]) -> str:
                      f"{ms(median([s.duration_ms for s in cps])):>13}"
                      f"{ms(median([max(s.start_delay_ms) for s in cps])):>16}"
                      f"{ms(median([max(s.alignment_ms) for s in cps])):>14}"
-                     f"{'-' if flight is None else _fmt_bytes(flight):>12}")
+                     f"{'-' if flight is None else format_bytes(flight):>12}")
     return "\n".join(lines)
 
 
@@ -776,40 +975,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debloat", choices=("off", "on", "compare"), default=d.debloat,
                    help="buffer debloating; compare: two more runs of the slow phase, off and on")
     p.add_argument("--network-memory", default=d.network_memory, metavar="SIZE")
+    live = p.add_mutually_exclusive_group()
+    live.add_argument("--live", dest="live", action="store_true", default=None,
+                      help="live terminal view: per task its checkpoint, alignment time and in-flight "
+                           "bytes (the default when stdout is a terminal)")
+    live.add_argument("--no-live", dest="live", action="store_false",
+                      help="a line per event and completed checkpoint instead")
     p.add_argument("--seed", type=_positive("seed", 0), default=d.seed, help=argparse.SUPPRESS)
     return p
 
 
 def parse_config(argv: Sequence[str] | None) -> CheckpointDemoConfig:
     """A validated :class:`CheckpointDemoConfig` (argparse exits with status 2 on bad arguments)."""
+    return parse_args(argv)[0]
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[CheckpointDemoConfig, bool | None]:
+    """The run's configuration and ``--live`` (True), ``--no-live`` (False) or neither (None)."""
     args = build_parser().parse_args(argv)
     mode, timeout_ms = args.checkpointing
     return CheckpointDemoConfig(
         mode=mode, aligned_timeout_ms=timeout_ms, sources=args.sources, aggregators=args.aggregators,
         keys=args.keys, records=args.records, rate=args.rate, checkpoint_interval_ms=args.checkpoint_interval,
         slow_rate=args.slow_rate, kill=args.kill, debloat=args.debloat, network_memory=args.network_memory,
-        seed=args.seed)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``flinknet demo --checkpointing MODE [options]``; returns the exit status."""
-    try:
-        cfg = parse_config(argv)
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-    print(f"checkpointed job: {cfg.sources} sources -> key groups -> {cfg.aggregators} aggregators, "
-          f"{cfg.label} checkpoints every {cfg.checkpoint_interval_ms} ms, {cfg.blocks * BLOCK} records "
-          f"per source at {cfg.rate}/s, debloating {cfg.debloat}")
-    result = run_checkpoint_demo(cfg)
-    print(f"check: {result.records} records, {'every key exact' if result.counts_ok else 'MISMATCH'} "
-          f"({result.mismatched_keys} keys differ); {len(result.checkpoints)} checkpoints completed"
-          + (f"; restored from checkpoint {result.restored_from} after killing pid {result.killed_pid}, "
-             f"{result.replayed_records} in-flight records replayed"
-             if result.restored_from is not None else "")
-          + f"; {result.elapsed:.1f} s")
-    if cfg.kill and result.restored_from is None:
-        print("the aggregator was not killed: no checkpoint completed in the slow phase "
-              "(a longer run or a shorter --checkpoint-interval)")
-    if result.ok and cfg.debloat == "compare":
-        compare_debloating(cfg)
-    return EXIT_OK if result.ok else EXIT_FAILED
+        seed=args.seed), args.live
