@@ -28,6 +28,10 @@ The groups and their suites:
 * ``runners``: only with ``--only runners``: the same keyed job on ThreadRunner, ProcessRunner and
   RayRunner, and the deployment time of jobs of 1, 8 and 64 subtasks (see
   :mod:`flinknet.tools.bench.runners`).
+* ``checkpoint``: only with ``--only checkpoint``: alignment time, start delay and in-flight bytes
+  of checkpoints under back-pressure, aligned vs unaligned, debloating off vs on, side by side;
+  the cost of checkpointing on a job's throughput (on vs off, same run) (see
+  :mod:`flinknet.tools.bench.checkpoint`).
 
 Groups ``kernels``, ``local``, ``remote``, ``metrics`` and ``network`` run by default; ``--only``
 picks some; ``--quick`` runs a reduced set (all default groups in a few minutes);
@@ -47,7 +51,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from flinknet.tools.bench import exchange, kernels, keyed, network, runners, scale, transport
+from flinknet.tools.bench import checkpoint, exchange, kernels, keyed, network, runners, scale, transport
 from flinknet.tools.bench.report import Row, environment, format_table, write_json
 
 __all__ = ["EXTRA_GROUPS", "GROUPS", "main", "run"]
@@ -57,8 +61,9 @@ GROUPS = ("kernels", "local", "remote", "metrics", "network")
 #: groups that run only when named with ``--only``: the scale experiments (channels 1 -> 1000
 #: with their set-up cost and memory, a hot key against the per-channel cap, hosts behind a
 #: delayed link in network namespaces) are minutes long and partly root-only; the runners (a
-#: local Ray cluster, 64 worker processes) are minutes long too
-EXTRA_GROUPS = ("scale", "runners")
+#: local Ray cluster, 64 worker processes) are minutes long too; the checkpoint runs take a minute
+#: of real processes
+EXTRA_GROUPS = ("scale", "runners", "checkpoint")
 
 #: group -> the suite function that returns its rows, ``(quick) -> list[Row]``
 _SUITES: dict[str, Callable[[bool], list[Row]]] = {
@@ -71,6 +76,7 @@ _SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "network": lambda quick: network.bench_network(quick=quick),
     "scale": lambda quick: scale.bench_scale(quick=quick),
     "runners": lambda quick: runners.bench_runners(quick=quick),
+    "checkpoint": lambda quick: checkpoint.bench_checkpoint(quick=quick),
 }
 
 

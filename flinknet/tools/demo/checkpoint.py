@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -50,15 +51,16 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CheckpointDemoConfig", "CheckpointDemoResult", "CheckpointStats", "CheckpointView", "JobProgress",
-           "LineView", "TaskProgress", "build_parser", "compare_debloating", "describe_checkpoint",
-           "expected_totals", "format_bytes", "format_debloat_comparison", "generate_block",
-           "parse_args", "parse_config", "restore_plan", "run_checkpoint_demo", "split_records"]
+__all__ = ["CheckpointDemoConfig", "CheckpointDemoResult", "CheckpointStats", "CheckpointSummary",
+           "CheckpointView", "JobProgress", "LineView", "TaskProgress", "build_parser",
+           "compare_debloating", "describe_checkpoint", "expected_totals", "format_bytes",
+           "format_checkpoint_comparison", "format_debloat_comparison", "generate_block", "parse_args",
+           "parse_config", "restore_plan", "run_checkpoint_demo", "split_records"]
 
 MAX_PARALLELISM = 128
 #: records per generated block (a source's offset counts blocks)
@@ -129,13 +131,19 @@ def generate_block(seed: int, source: int, block: int, keys: int) -> tuple[np.nd
 
 def expected_totals(cfg: CheckpointDemoConfig) -> tuple[np.ndarray, np.ndarray]:
     """Count and sum per key of everything the sources generate."""
-    counts = np.zeros(cfg.keys, np.int64)
-    sums = np.zeros(cfg.keys, np.int64)
-    for s in range(cfg.sources):
-        for b in range(cfg.blocks):
-            k, v = generate_block(cfg.seed, s, b, cfg.keys)
-            np.add.at(counts, k, 1)
-            np.add.at(sums, k, v)
+    counts, sums = _expected_totals(cfg.seed, cfg.sources, cfg.blocks, cfg.keys)
+    return counts.copy(), sums.copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _expected_totals(seed: int, sources: int, blocks: int, keys: int) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.zeros(keys, np.int64)
+    sums = np.zeros(keys, np.int64)
+    for s in range(sources):
+        for b in range(blocks):
+            k, v = generate_block(seed, s, b, keys)
+            counts += np.bincount(k, minlength=keys)
+            sums += np.bincount(k, weights=v, minlength=keys).astype(np.int64)
     return counts, sums
 
 
@@ -894,27 +902,52 @@ def compare_debloating(cfg: CheckpointDemoConfig, out: Any = None,
     return found
 
 
-def format_debloat_comparison(found: dict[bool, list[CheckpointStats]]) -> str:
-    """The slow-phase checkpoints of the two runs side by side (medians): how long a checkpoint
-    took, how long its barrier travelled behind the queued data to the slowed aggregator
-    (``checkpointStartDelayNanos``), its alignment time and the in-flight bytes at the cut."""
-    def median(values: list[float]) -> float | None:
-        return float(np.median(values)) if values else None
+@dataclasses.dataclass(frozen=True)
+class CheckpointSummary:
+    """Medians over some checkpoints (those taken in a slow phase): how long a checkpoint took,
+    how long its barrier travelled behind the queued data to the slowest aggregator
+    (``checkpointStartDelayNanos``, the largest over the aggregators), its alignment time (the
+    largest) and the in-flight bytes at the cut (:attr:`CheckpointStats.in_flight_bytes`). None
+    where no checkpoint was taken."""
 
+    checkpoints: int
+    duration_ms: float | None
+    start_delay_ms: float | None
+    alignment_ms: float | None
+    in_flight_bytes: float | None
+
+    @classmethod
+    def of(cls, stats: Sequence[CheckpointStats]) -> CheckpointSummary:
+        def median(values: list[float]) -> float | None:
+            return float(np.median(values)) if values else None
+
+        return cls(len(stats), median([s.duration_ms for s in stats]),
+                   median([max(s.start_delay_ms) for s in stats]),
+                   median([max(s.alignment_ms) for s in stats]),
+                   median([s.in_flight_bytes for s in stats]))
+
+
+def format_checkpoint_comparison(found: Mapping[str, Sequence[CheckpointStats]], label: str = "run") -> str:
+    """Runs side by side, one line per run (``found``: its name -> its checkpoints), with the
+    medians of :class:`CheckpointSummary`."""
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.0f}"
 
-    lines = [f"{'debloating':<11}{'checkpoints':>12}{'duration ms':>13}{'start delay ms':>16}"
+    width = max([len(label), *map(len, found)]) + 2
+    lines = [f"{label:<{width}}{'checkpoints':>12}{'duration ms':>13}{'start delay ms':>16}"
              f"{'alignment ms':>14}{'in-flight':>12}"]
-    for debloat in (False, True):
-        cps = found.get(debloat, [])
-        flight = median([s.in_flight_bytes for s in cps])
-        lines.append(f"{'on' if debloat else 'off':<11}{len(cps):>12}"
-                     f"{ms(median([s.duration_ms for s in cps])):>13}"
-                     f"{ms(median([max(s.start_delay_ms) for s in cps])):>16}"
-                     f"{ms(median([max(s.alignment_ms) for s in cps])):>14}"
-                     f"{'-' if flight is None else format_bytes(flight):>12}")
+    for name, stats in found.items():
+        m = CheckpointSummary.of(stats)
+        lines.append(f"{name:<{width}}{m.checkpoints:>12}{ms(m.duration_ms):>13}{ms(m.start_delay_ms):>16}"
+                     f"{ms(m.alignment_ms):>14}"
+                     f"{'-' if m.in_flight_bytes is None else format_bytes(m.in_flight_bytes):>12}")
     return "\n".join(lines)
+
+
+def format_debloat_comparison(found: dict[bool, list[CheckpointStats]]) -> str:
+    """The slow-phase checkpoints of the two runs of :func:`compare_debloating` side by side."""
+    return format_checkpoint_comparison({"off": found.get(False, []), "on": found.get(True, [])},
+                                        label="debloating")
 
 
 # ==============================================================================================
