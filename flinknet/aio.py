@@ -9,8 +9,10 @@ wait: the thread that completes the future schedules the wake-up with
 A gate with remote channels has a faster way: its native doorbell
 (:class:`~flinknet._core.engine.GateSignal`) writes an eventfd the loop selects on, without the
 GIL, from the I/O thread that received the buffer; the loop wakes straight from its selector,
-and the I/O thread never stops to run a Python callback. The future still wakes the wait for
-what Python code makes ready (local channels, the end of the partition, a close).
+and the I/O thread never stops to run a Python callback. The eventfd is added to the loop once
+per gate (at its first wait there) and stays until the gate is read to its end or collected; it
+is written only while a wait armed it. The future still wakes the wait for what Python code
+makes ready (local channels, the end of the partition, a close).
 
 * :func:`next_buffer_or_event` (``await gate.next()``) and :func:`read_batch`
   (``await reader.read_batch_async()``) return what is ready at once, else wait for it; ``async
@@ -40,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -171,32 +174,98 @@ async def wait_gate_available(gate: InputGate, timeout: float | None = None) -> 
         idle.mark_start()
     try:
         if signal is not None:
-            return await _wait_fd_or_future(signal, future, timeout)
+            return await _wait_fd_or_future(gate, signal, future, timeout)
         return await _wait_any((future,), timeout)
     finally:
         if idle is not None:
             idle.mark_end()
 
 
-async def _wait_fd_or_future(signal: Any, future: concurrent.futures.Future[Any],
-                             timeout: float | None) -> bool:
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[bool] = loop.create_future()
-    wakeup = _Wakeup(loop, waiter)
-    fd = signal.wake_fd
+class _Doorbell:
+    """A gate's eventfd registered with one event loop for as long as the gate is read there.
 
-    def on_fd() -> None:
-        signal.clear_fd()
-        if not waiter.done():
+    Registering once (not per wait) saves each wait an ``add_reader`` and a ``remove_reader``
+    (two ``epoll_ctl`` calls and their handles). The fd is written only while armed (during a
+    wait), so between waits the registration costs the loop nothing. It ends when the gate is
+    read to its end, when the gate is read on another loop, or when the gate is collected
+    (``weakref.finalize``, from whatever thread: the loop removes it on its own thread). The
+    signal (whose collection closes the eventfd) stays alive while the registration does, so the
+    loop never holds a stale fd number."""
+
+    __slots__ = ("__weakref__", "fd", "finalizer", "loop", "signal", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, signal: Any) -> None:
+        self.loop = loop
+        self.signal = signal
+        self.fd: int = signal.wake_fd
+        self.waiter: asyncio.Future[bool] | None = None
+        self.finalizer: weakref.finalize[Any, Any] | None = None
+        loop.add_reader(self.fd, self.on_fd)
+
+    def on_fd(self) -> None:
+        """On the loop: the gate rang (a channel turned ready while armed)."""
+        self.signal.clear_fd()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
             waiter.set_result(True)
 
-    loop.add_reader(fd, on_fd)
+    def close(self) -> None:
+        """End the registration (on the loop's thread, or from any thread once it stopped)."""
+        if self.finalizer is not None:
+            self.finalizer.detach()
+            self.finalizer = None
+        loop = self.loop
+        if loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop or not loop.is_running():
+            loop.remove_reader(self.fd)
+        else:
+            try:
+                loop.call_soon_threadsafe(loop.remove_reader, self.fd)
+            except RuntimeError:
+                pass            # the loop closed meanwhile: its selector went with it
+
+
+_doorbells: weakref.WeakKeyDictionary[Any, _Doorbell] = weakref.WeakKeyDictionary()
+
+
+def _doorbell(gate: Any, signal: Any, loop: asyncio.AbstractEventLoop) -> _Doorbell:
+    bell = _doorbells.get(gate)
+    if bell is not None:
+        if bell.loop is loop and bell.signal is signal and not loop.is_closed():
+            return bell
+        bell.close()
+    bell = _Doorbell(loop, signal)
+    _doorbells[gate] = bell
+    bell.finalizer = weakref.finalize(gate, bell.close)
+    return bell
+
+
+def _release_doorbell(gate: Any) -> None:
+    """The gate was read to its end (or closed): its eventfd leaves the loop."""
+    bell = _doorbells.pop(gate, None)
+    if bell is not None:
+        bell.close()
+
+
+async def _wait_fd_or_future(gate: Any, signal: Any, future: concurrent.futures.Future[Any],
+                             timeout: float | None) -> bool:
+    loop = asyncio.get_running_loop()
+    bell = _doorbell(gate, signal, loop)
+    waiter: asyncio.Future[bool] = loop.create_future()
+    wakeup = _Wakeup(loop, waiter)
+    bell.waiter = waiter
     timer = loop.call_later(timeout, _timed_out, waiter) if timeout is not None else None
     try:
         future.add_done_callback(wakeup)   # Python-side readiness: local channels, the end, close
         return await waiter
     finally:
-        loop.remove_reader(fd)
+        if bell.waiter is waiter:
+            bell.waiter = None
         signal.disarm()
         wakeup.detach()
         if timer is not None:
@@ -233,6 +302,8 @@ async def next_buffer_or_event(gate: InputGate, timeout: float | None = None) ->
         await request_partitions(gate)
     boe = gate.poll_next()
     if boe is not None or gate.is_finished:
+        if boe is None:
+            _release_doorbell(gate)
         return boe
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
@@ -241,6 +312,8 @@ async def next_buffer_or_event(gate: InputGate, timeout: float | None = None) ->
             raise TimeoutError("no buffer or event arrived before the timeout")
         boe = gate.poll_next()
         if boe is not None or gate.is_finished:
+            if boe is None:
+                _release_doorbell(gate)
             return boe
 
 
@@ -257,6 +330,8 @@ async def read_batch(reader: RecordReader, timeout: float | None = None) -> list
         await request_partitions(gate)
     batch = reader.read_batch(blocking=False)
     if batch is not None or gate.is_finished:
+        if batch is None:
+            _release_doorbell(gate)
         return batch
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
@@ -265,6 +340,8 @@ async def read_batch(reader: RecordReader, timeout: float | None = None) -> list
             raise TimeoutError("no buffer or event arrived before the timeout")
         batch = reader.read_batch(blocking=False)
         if batch is not None or gate.is_finished:
+            if batch is None:
+                _release_doorbell(gate)
             return batch
 
 

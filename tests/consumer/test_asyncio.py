@@ -620,10 +620,11 @@ def test_cancelling_a_waiting_reader_leaves_nothing_behind(run, make_pool, manag
     # make_pool checks every segment is back; no_buffer_leaks that no buffer is alive
 
 
-def test_a_remote_gate_wakes_the_loop_through_its_eventfd_and_cancelling_unregisters_it(run):
+def test_a_remote_gate_wakes_the_loop_through_its_eventfd_and_unregisters_it_at_the_end(run):
     """Remote channels wake a waiting task through the gate doorbell's eventfd (no callback on the
-    I/O thread); a task cancelled while waiting leaves no reader on the loop and the doorbell
-    disarmed, and the next reader gets every record."""
+    I/O thread). The eventfd stays registered with the loop while the gate is read there (one
+    add_reader per gate, not per wait); a task cancelled while waiting leaves it disarmed, the
+    next reader gets every record, and the end of the gate takes it off the loop."""
     n = 3000
     with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
         p = prod.create_result_partition(1)
@@ -642,17 +643,83 @@ def test_a_remote_gate_wakes_the_loop_through_its_eventfd_and_cancelling_unregis
                     task.cancel()
                     with pytest.raises(asyncio.CancelledError):
                         await task
-                    # nothing left registered (uvloop's remove_reader returns None either way)
-                    assert loop.remove_reader(signal.wake_fd) is not True
+                    # disarmed: a channel turning ready now does not write the eventfd
+                    signal.clear_fd()
+                    assert not signal.arm_fd()
+                    signal.disarm()
                 producer = Worker(produce, p, 0, n)
                 producer.start()
                 async with asyncio.timeout(JOIN):
                     got = [r async for r in reader]
                 producer.finish(JOIN)
                 assert producer.error is None
+                # read to its end: nothing left registered (uvloop's remove_reader returns None
+                # either way, asyncio's False)
+                assert loop.remove_reader(signal.wake_fd) is not True
                 return got
 
         assert by_producer(run(main())) == {0: list(range(n))}
+        p.close()
+    assert_whole(prod, cons)
+
+
+def test_one_registration_of_the_eventfd_serves_every_wait_of_a_gate():
+    """The gate's eventfd is added to the loop once, however many times the reader waits, and
+    removed when the gate is read to its end."""
+    class CountingLoop(asyncio.SelectorEventLoop):
+        def __init__(self):
+            super().__init__()
+            self.added: list[int] = []
+            self.removed: list[int] = []
+
+        def add_reader(self, fd, callback, *args):
+            self.added.append(fd)
+            return super().add_reader(fd, callback, *args)
+
+        def remove_reader(self, fd):
+            self.removed.append(fd)
+            return super().remove_reader(fd)
+
+    def paced(partition, batches: int):
+        with RecordWriter(partition, timeout=2) as w:
+            for b in range(batches):
+                time.sleep(0.03)                 # the reader waits for every batch
+                for i in range(10):
+                    w.emit(record(0, b * 10 + i))
+                w.flush_all()
+        partition.finish()
+
+    with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
+        p = prod.create_result_partition(1)
+        gate = cons.create_input_gate([(p.partition_id, 0, prod.address)])
+        batches = 0
+
+        async def main():
+            nonlocal batches
+            got = []
+            with gate, RecordReader(gate) as reader:
+                await aio.request_partitions(gate)
+                producer = Worker(paced, p, 8)
+                producer.start()
+                async with asyncio.timeout(JOIN):
+                    # each batch comes 30 ms after the last was read: every read waits
+                    while (batch := await reader.read_batch_async()) is not None:
+                        got += batch
+                        batches += bool(batch)
+                producer.finish(JOIN)
+                assert producer.error is None
+            return got
+
+        loop = CountingLoop()
+        try:
+            got = loop.run_until_complete(main())
+        finally:
+            loop.close()
+        fd = gate.signal.wake_fd
+        assert by_producer(got) == {0: list(range(80))}
+        assert batches >= 8
+        assert loop.added.count(fd) == 1, (loop.added, fd)
+        assert fd in loop.removed
         p.close()
     assert_whole(prod, cons)
 
