@@ -191,6 +191,10 @@ cdef class StreamElementSerializer(PayloadSerializer):
     def __init__(self, value_serializer="byte_array"):
         self.value_serializer = get_serializer(value_serializer)
 
+    def __reduce__(self):
+        # the value serializer travels with it; the latency-marker counters start again at 0
+        return (StreamElementSerializer, (self.value_serializer,))
+
     cdef object prepare(self, object value, Payload *p):
         cdef char *h = p.header + p.header_size
         cdef StreamRecord r

@@ -141,6 +141,12 @@ cdef class PayloadSerializer:
         finally:
             PyBuffer_Release(&view)
 
+    def __reduce__(self):
+        # Picklable, so that a job's serializers travel to worker processes and Ray actors: made
+        # again from the constructor's arguments (none here; a serializer with constructor state
+        # returns them).
+        return (type(self), ())
+
 
 @cython.final
 cdef class BytesSerializer(PayloadSerializer):
@@ -286,6 +292,9 @@ cdef class NumpyRecordSerializer(PayloadSerializer):
             raise ValueError(f"a {self.dtype} record has {self.fixed_size} bytes, got {p.body_size}")
         return hold
 
+    def __reduce__(self):
+        return (NumpyRecordSerializer, (self.dtype,))
+
     cdef object read(self, const char *data, Py_ssize_t size):
         if size != self.fixed_size:
             raise _wrong_size(f"NumpyRecordSerializer({self.dtype})", self.fixed_size, size)
@@ -301,6 +310,9 @@ cdef class PickleSerializer(PayloadSerializer):
 
     def __init__(self, int protocol=pickle.HIGHEST_PROTOCOL):
         self._protocol = protocol
+
+    def __reduce__(self):
+        return (PickleSerializer, (self._protocol,))
 
     cdef object prepare(self, object value, Payload *p):
         data = pickle.dumps(value, protocol=self._protocol)

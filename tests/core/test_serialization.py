@@ -1258,3 +1258,40 @@ def test_base_payload_serializer_is_abstract():
         PayloadSerializer().serialize(b"x")
     with pytest.raises(NotImplementedError):
         PayloadSerializer().deserialize(b"x")
+
+
+_PICKLE_CASES = [
+    ("bytes", b"\x00payload"),
+    ("byte_array", b"\x01\x02"),
+    ("str", "grüße"),
+    ("int32", -7),
+    ("int64", 1 << 40),
+    ("float64", 2.5),
+    ("pickle", {"a": (1, 2)}),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), _PICKLE_CASES)
+def test_serializers_pickle_to_an_equal_serializer(name, value):
+    """A job's serializers travel to worker processes and Ray actors by pickle."""
+    s = get_serializer(name)
+    t = pickle.loads(pickle.dumps(s))
+    assert type(t) is type(s) and t is not s
+    assert t.serialize(value) == s.serialize(value)
+    assert t.deserialize(s.serialize(value)) == value
+
+
+def test_stateful_serializers_pickle_with_their_state():
+    from flinknet.core import StreamElementSerializer, StreamRecord
+
+    dtype = np.dtype([("k", ">i4"), ("v", "<f8")])
+    numpy_s = pickle.loads(pickle.dumps(NumpyRecordSerializer(dtype)))
+    assert numpy_s.dtype == dtype and numpy_s.fixed_size == dtype.itemsize
+    p0 = pickle.loads(pickle.dumps(PickleSerializer(0)))
+    assert p0.serialize([1]) == PickleSerializer(0).serialize([1]) != PickleSerializer().serialize([1])
+    elements = StreamElementSerializer(NumpyRecordSerializer(dtype))
+    record = StreamRecord(np.array((3, 1.5), dtype)[()], 42)
+    copy = pickle.loads(pickle.dumps(elements))
+    assert type(copy.value_serializer) is NumpyRecordSerializer and copy.value_serializer.dtype == dtype
+    assert copy.serialize(record) == elements.serialize(record)
+    assert copy.deserialize(elements.serialize(record)).timestamp == 42
