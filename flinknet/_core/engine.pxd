@@ -124,6 +124,10 @@ cdef struct fn_channel:
     # GIL) for floating buffers once per such stall; a slot added ends the stall.
     bint stall_notified
     bint floating_blocked   # the gate pool is empty: no use asking until it offers one
+    # The sender's backlog as the newest arrival reported it (a received buffer or a
+    # BacklogAnnouncement, in arrival order); -1 before the first. What the task acts on when
+    # it takes a buffer: that buffer's own figure may be older than an arrival after it.
+    int32_t latest_backlog
 
 
 cdef struct fn_oentry:

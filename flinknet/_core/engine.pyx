@@ -531,6 +531,7 @@ cdef class ChannelQueue:
         self._unused_ids = []
         self._on_exclusive_free = on_exclusive_free
         self.c.expected_seq = 0
+        self.c.latest_backlog = -1
         self._required = 2147483647
 
     def __dealloc__(self):
@@ -686,6 +687,20 @@ cdef class ChannelQueue:
             except BaseException:  # noqa: BLE001 (the I/O thread must go on)
                 log.exception("asking for floating buffers failed")
 
+    def note_backlog(self, int backlog):
+        """A backlog that arrived without a buffer (a BacklogAnnouncement, an empty buffer):
+        the newest figure from now on (see :meth:`poll`)."""
+        if backlog < 0:
+            return
+        pthread_mutex_lock(&self.c.lock)
+        self.c.latest_backlog = backlog
+        pthread_mutex_unlock(&self.c.lock)
+
+    @property
+    def latest_backlog(self):
+        """The sender's backlog as the newest arrival reported it (-1 before the first)."""
+        return self.c.latest_backlog
+
     def set_required(self, int required):
         """Free slots the sender's backlog asks for (backlog + initial credit)."""
         self._required = required
@@ -776,6 +791,8 @@ cdef class ChannelQueue:
             r = _ring_push_priority(&self.c, &e) if priority else _ring_push(&self.c, &e)
             if r >= 0:
                 self.c.expected_seq += 1
+                if backlog >= 0:
+                    self.c.latest_backlog = backlog
             else:
                 Py_DECREF(buffer)
         pthread_mutex_unlock(&self.c.lock)
@@ -857,9 +874,11 @@ cdef class ChannelQueue:
     def poll(self):
         """The next received buffer as ``(buffer, next_data_type, sequence_number, backlog)``,
         or None. ``next_data_type`` is the following entry's DataType (NONE if
-        there is none); the caller owns the buffer."""
+        there is none); ``backlog`` is the sender's backlog as the newest
+        arrival (a buffer or :meth:`note_backlog`) reported it; the caller owns the buffer."""
         cdef fn_entry e
         cdef int next_type = DT_NONE
+        cdef int32_t backlog
         pthread_mutex_lock(&self.c.lock)
         if self.c.count == 0:
             pthread_mutex_unlock(&self.c.lock)
@@ -873,11 +892,18 @@ cdef class ChannelQueue:
         if self.c.num_priority > 0:
             self.c.num_priority -= 1
         self.c.queued_bytes -= e.size
+        # The sender's backlog as the newest arrival reported it, not as this (older) buffer
+        # did: Flink acts on each backlog when it arrives, so by the time the task takes a
+        # buffer the channel has followed every later buffer and BacklogAnnouncement. Acting on
+        # a stale figure would borrow floating buffers for data that already arrived (to sit
+        # as credit on a channel with nothing more to send), or forget an announced backlog
+        # and refuse the floating buffer it waits for (the producer then waits forever).
+        backlog = self.c.latest_backlog if self.c.latest_backlog >= 0 else e.backlog
         if self.c.count:
             next_type = self.c.ring[self.c.head].data_type
         pthread_mutex_unlock(&self.c.lock)
         buf = self._wrap(&e)
-        return (buf, _DATA_TYPES[next_type], e.seq, e.backlog)
+        return (buf, _DATA_TYPES[next_type], e.seq, backlog)
 
     def release(self):
         """Release (idempotent): every free slot and queued buffer goes back to its owner.
@@ -1873,6 +1899,8 @@ cdef void _slot_done(fn_conn *conn, fn_channel *ch, int slot, fn_entry *e) noexc
                 ch.expected_seq += 1
                 ch.buffers_received += 1
                 ch.bytes_received += e.size
+                if e.backlog >= 0:
+                    ch.latest_backlog = e.backlog
                 if (ch.num_free == 0 and e.backlog > 0 and not ch.stall_notified
                         and not ch.floating_blocked):
                     ch.stall_notified = True

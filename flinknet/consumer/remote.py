@@ -177,6 +177,12 @@ class RemoteInputChannel(InputChannel):
         buf: NetworkBuffer | None = self.queue.pop_free_buffer()
         return buf
 
+    def on_backlog_announcement(self, backlog: int) -> None:
+        """A BacklogAnnouncement arrived (the sender has ``backlog`` buffers and no credit):
+        the newest backlog from now on, and floating buffers for it."""
+        self.queue.note_backlog(backlog)
+        self.on_sender_backlog(backlog)
+
     def on_sender_backlog(self, backlog: int) -> None:
         """Ask the gate pool for floating buffers up to backlog + initial credit."""
         announce = False
@@ -339,6 +345,7 @@ class RemoteInputChannel(InputChannel):
             self.on_reordered(expected, sequence_number)
             return
         if backlog >= 0:
+            q.note_backlog(backlog)
             self.on_sender_backlog(backlog)
 
     def on_error(self, error: BaseException) -> None:
@@ -368,9 +375,11 @@ class RemoteInputChannel(InputChannel):
                 raise CancelTaskError(f"{self} has been released")
             return None
         buffer, next_type, seq, backlog = result
-        # The sender's backlog of a natively received buffer: ask for floating buffers now if
-        # the free slots fall short of it (Flink does it on arrival; the I/O thread leaves it to
-        # the task's thread); else only record it (no lock, no pool: the common case).
+        # The sender's backlog as the newest received buffer reported it (the queue returns that
+        # one, not this buffer's older figure): ask for floating buffers now if the free slots
+        # fall short of it (Flink does it on arrival; the I/O thread leaves it to the task's
+        # thread, asking itself only when a buffer took the last free slot); else only record it
+        # (no lock, no pool: the common case).
         if backlog >= 0:
             required = backlog + self.initial_credit
             if q.free_slots < required:

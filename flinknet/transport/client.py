@@ -428,7 +428,7 @@ class ClientConnection:
         elif type(msg) is P.BacklogAnnouncement:
             channel = self.channels.get(msg.receiver_id)
             if channel is not None and not channel.is_released:
-                channel.on_sender_backlog(msg.backlog)
+                channel.on_backlog_announcement(msg.backlog)
         elif type(msg) is P.ErrorResponse:
             if msg.receiver_id is None:
                 self._fail(RemoteTransportError(

@@ -567,7 +567,9 @@ def test_data_buffers_are_received_natively_and_credit_is_announced(wire):
         buf, _, seq, backlog = r
         got.append((buf.to_bytes(), seq, backlog))
         buf.recycle()
-    assert got == [(payloads[0], 0, 0), (payloads[1], 1, 1)]
+    # each poll reports the sender's backlog as the newest received buffer gave it (1), not
+    # the polled buffer's older figure: Flink acts on a backlog when the buffer arrives
+    assert got == [(payloads[0], 0, 1), (payloads[1], 1, 1)]
     # two recycled slots -> AddCredit frames (coalesced: one or two), 2 credits in total
     server.settimeout(5)
     dec = P.FrameDecoder(side="server")
@@ -831,3 +833,29 @@ def test_recycled_floating_buffer_stays_while_the_backlog_needs_it():
     q.release()
     gate_pool.lazy_destroy()
     assert nbp.is_whole
+
+
+def test_poll_reports_the_backlog_of_the_newest_arrival_announcements_included(wire):
+    """The backlog a taken buffer reports is the newest one that arrived (a later buffer's, or
+    a BacklogAnnouncement's noted after it), never the taken buffer's own older figure: Flink
+    acts on each backlog on arrival."""
+    engine, handler, conn, server = wire
+    pool = NetworkBufferPool(16, SEG)
+    signal, q, rid = _attach(conn, pool)
+    assert q.latest_backlog == -1
+    payloads = [bytes([i]) * 100 for i in range(2)]
+    server.sendall(b"".join(_br(rid, i, p, backlog=5 - i) for i, p in enumerate(payloads)))
+    assert _wait_for(lambda: q.queued_buffers == 2)
+    assert q.latest_backlog == 4
+    q.note_backlog(11)                           # an announcement after both buffers
+    q.note_backlog(-1)                           # no figure: ignored
+    assert q.latest_backlog == 11
+    got = []
+    while (r := q.poll()) is not None:
+        buf, _, seq, backlog = r
+        got.append((seq, backlog))
+        buf.recycle()
+    assert got == [(0, 11), (1, 11)]
+    conn.unregister(q)
+    q.release()
+    assert _wait_for(lambda: pool.is_whole)
