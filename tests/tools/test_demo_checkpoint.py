@@ -244,3 +244,13 @@ def test_flinknet_demo_checkpointing_live_view_from_the_command_line():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "flinknet demo --checkpointing aligned" in proc.stdout      # the panel's title
     assert "Aggregator[1]" in proc.stdout and "every key exact" in proc.stdout
+
+
+def test_a_task_that_cannot_start_fails_the_run_with_a_clear_error():
+    """A source whose environment cannot be made (too little network memory for a buffer pool)
+    ends before it is ready: the run stops at once and says so, and leaves no process behind."""
+    import multiprocessing
+
+    with pytest.raises(RuntimeError, match="a source to start: the process ended first"):
+        run_checkpoint_demo(small(network_memory="16kb"), io.StringIO(), timeout=60)
+    assert not multiprocessing.active_children()

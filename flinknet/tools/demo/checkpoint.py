@@ -690,7 +690,10 @@ class _Job:
 def _recv(conn: multiprocessing.connection.Connection, timeout: float, what: str) -> Any:
     if not conn.poll(timeout):
         raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
-    return conn.recv()
+    try:
+        return conn.recv()
+    except EOFError:
+        raise RuntimeError(f"waiting for {what}: the process ended first (its error is above)") from None
 
 
 def format_bytes(n: float) -> str:
