@@ -227,7 +227,13 @@ class CreditBasedInputChannel(Protocol):
         ...
 
     def on_sender_backlog(self, backlog: int) -> None:
-        """The sender announced its backlog (``BacklogAnnouncement``)."""
+        """Ask for floating buffers for the sender's ``backlog`` (a buffer's or an
+        announcement's figure)."""
+        ...
+
+    def on_backlog_announcement(self, backlog: int) -> None:
+        """The sender announced its backlog (``BacklogAnnouncement``): the newest figure from
+        now on, then :meth:`on_sender_backlog`."""
         ...
 
     def on_error(self, error: BaseException) -> None:

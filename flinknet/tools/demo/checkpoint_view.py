@@ -28,6 +28,7 @@ from flinknet.tools.demo.checkpoint import (
     JobProgress,
     format_bytes,
 )
+from flinknet.tools.demo.view import format_count
 
 __all__ = ["CheckpointLiveView", "render"]
 
@@ -108,7 +109,7 @@ def _tasks(job: JobProgress) -> Table:
               if t.role == "source" else Text("-"))
         table.add_row(t.name, "-" if t.pid is None else str(t.pid),
                       Text(t.state, style=STATE_STYLES.get(t.state, "")),
-                      _count(t.records), _count(t.rate, 0), bp,
+                      format_count(t.records), format_count(t.rate, 0), bp,
                       "-" if t.checkpoint_id is None else str(t.checkpoint_id),
                       _ms(t.start_delay_ms), _ms(t.alignment_ms),
                       "-" if t.in_flight_bytes is None else format_bytes(t.in_flight_bytes))
@@ -134,14 +135,6 @@ def _events(events: Any) -> list[RenderableType]:
     if not events:
         return []
     return [Text("\n".join(events), style="dim")]
-
-
-def _count(x: float, decimals: int = 1) -> str:
-    if x >= 1e6:
-        return f"{x / 1e6:.2f}M"
-    if x >= 1e4:
-        return f"{x / 1e3:.{decimals}f}k"
-    return f"{x:.0f}"
 
 
 def _ms(v: float | None) -> str:

@@ -31,7 +31,8 @@ from flinknet.tools.demo.job import ROLE_SINK, ROLE_SOURCE, DemoConfig, SinkResu
 if TYPE_CHECKING:
     from flinknet.tools.demo.coordinator import DemoCoordinator, TaskHandle
 
-__all__ = ["LiveView", "PlainView", "for_config", "phase_description", "render_summary", "result_lines"]
+__all__ = ["LiveView", "PlainView", "for_config", "format_count", "phase_description", "render_summary",
+           "result_lines"]
 
 LEVEL_STYLES = {"OK": "bold green", "LOW": "bold yellow", "HIGH": "bold red"}
 PHASE_STYLES = {"startup": "dim", "steady": "green", "slow": "red", "recovery": "yellow",
@@ -70,11 +71,13 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f}MiB"
 
 
-def _rate(x: float) -> str:
+def format_count(x: float, decimals: int = 1) -> str:
+    """A count or rate for a narrow column: ``1.23M``, ``45.6k`` (``decimals`` after the point
+    in thousands), ``999``."""
     if x >= 1e6:
         return f"{x / 1e6:.2f}M"
     if x >= 1e4:
-        return f"{x / 1e3:.1f}k"
+        return f"{x / 1e3:.{decimals}f}k"
     return f"{x:.0f}"
 
 
@@ -241,7 +244,7 @@ class LiveView(_View):
         grid.add_row(Text(phase_description(cfg, phase), style=PHASE_STYLES.get(phase, "")), Text(""))
         title = (f"flinknet demo: {cfg.sources} × Source → keyBy (128 key groups) → {cfg.aggregators} × "
                  f"Aggregator → Sink ({cfg.runner} runner)")
-        rate = f"{_rate(cfg.rate)} rec/s" if cfg.rate else "max rate"
+        rate = f"{format_count(cfg.rate)} rec/s" if cfg.rate else "max rate"
         subtitle = (f"{cfg.keys} keys · {cfg.record_size} B records · {rate} per source · buffer timeout "
                     f"{cfg.buffer_timeout} ms · Ctrl-C stops")
         return Panel(grid, title=title, title_align="left", subtitle=subtitle, subtitle_align="right",
@@ -274,7 +277,8 @@ class LiveView(_View):
                 phase += f" ({self.cfg.slow_factor:.0%})"
             cells = [task.name, *([str(task.pid)] if not narrow else []),
                 Text(phase, style=PHASE_STYLES.get(s["phase"], "")),
-                _rate(task.value("numRecordsInPerSecond")), _rate(task.value("numRecordsOutPerSecond")),
+                format_count(task.value("numRecordsInPerSecond")),
+                format_count(task.value("numRecordsOutPerSecond")),
                 _usage(task.value(_OUT_POOL)), _usage(task.value(_IN_POOL)),
                 Text.assemble((f"{level:<4}", LEVEL_STYLES[level]), f" {bp:.2f}")]
             if not narrow:
@@ -304,7 +308,7 @@ class LiveView(_View):
         grid.add_row("Latency at the sink",
                      _latency_text(lat) + (f"  ({lat['count']} markers)" if lat else ""))
         grid.add_row("Source throughput",
-                     f"{_rate(coordinator.throughput())} records/s (average since start)")
+                     f"{format_count(coordinator.throughput())} records/s (average since start)")
         return grid
 
     def close(self) -> None:
@@ -369,7 +373,7 @@ def render_summary(console: Console, coordinator: DemoCoordinator) -> None:
         delta = ("-" if slow_first is None or slow_last is None
                  else f"{(slow_last - slow_first) / (1 << 20):+.1f}MiB")
         in_pool = task.max_in_pool.get("slow")
-        rows.append(([task.name, str(task.pid or "-"), f"{rin:,}", f"{rout:,}", _rate(rate)],
+        rows.append(([task.name, str(task.pid or "-"), f"{rin:,}", f"{rout:,}", format_count(rate)],
                      [*[_level_text(task.max_bp.get(p)) for p in MEASURED_PHASES],
                       "-" if in_pool is None else f"{in_pool:.2f}", _mib(task.peak_rss), delta]))
     task_column: list[tuple[str, JustifyMethod]] = [("Task", "left")]
@@ -414,7 +418,7 @@ def render_summary(console: Console, coordinator: DemoCoordinator) -> None:
         console.print(lt)
 
     if coordinator.t_start is not None:
-        console.print(f"Sources emitted {_rate(coordinator.throughput())} records/s on average "
+        console.print(f"Sources emitted {format_count(coordinator.throughput())} records/s on average "
                       f"({coordinator.cfg.sources} sources, {coordinator.cfg.record_size} B records); "
                       f"coordinator peak RSS {_mib(coordinator.coordinator_peak_rss)}")
     check = coordinator.check
