@@ -36,7 +36,6 @@ latency markers to :class:`~flinknet.metrics.latency.LatencyStats`.
 
 from __future__ import annotations
 
-import copyreg
 import dataclasses
 import functools
 import os
@@ -267,24 +266,6 @@ def record_key(record: StreamRecord) -> int:
     """The key of a source event (a ``StreamRecord`` whose value starts with the key): the key
     selector of the keyed edge (module level, so the runners can pickle the graph)."""
     return _KEY(record.value)[0]
-
-
-def _stream_element_serializer(value_serializer: type) -> StreamElementSerializer:
-    return StreamElementSerializer(value_serializer())
-
-
-def _reduce_stream_element_serializer(s: StreamElementSerializer) -> tuple[Any, ...]:
-    # StreamElementSerializer (Cython) does not pickle; the edges' serializers must, to reach the
-    # process and Ray workers with the graph. Rebuilt from its value serializer's class.
-    value_type = type(s.value_serializer)
-    try:
-        value_type()
-    except TypeError:
-        raise TypeError(f"cannot pickle a StreamElementSerializer over {s.value_serializer!r}") from None
-    return _stream_element_serializer, (value_type,)
-
-
-copyreg.pickle(StreamElementSerializer, _reduce_stream_element_serializer)
 
 
 def build_graph(cfg: DemoConfig) -> JobGraph:
