@@ -102,6 +102,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from flinknet.graph.runners import TaskFailure
     from flinknet.types import Address
 
 __all__ = [
@@ -412,11 +413,11 @@ class JobFailedError(FlinknetError):
     were reported (:class:`flinknet.graph.TaskFailure` s); ``__cause__`` is the root cause's
     exception when it could be brought back from its worker."""
 
-    def __init__(self, job_name: str, failures: Iterable[Any]) -> None:
+    def __init__(self, job_name: str, failures: Iterable[TaskFailure]) -> None:
         self.job_name = job_name
-        self.failures = list(failures)
+        self.failures: list[TaskFailure] = list(failures)
         causes = [f for f in self.failures if not f.is_consequence] or self.failures
-        self.root_cause: Any = min(causes, key=lambda f: f.at) if causes else None
+        self.root_cause: TaskFailure | None = min(causes, key=lambda f: f.at) if causes else None
         lines = [f"job {job_name!r} failed: {self.root_cause}" if self.root_cause
                  else f"job {job_name!r} failed"]
         others = [f for f in self.failures if f is not self.root_cause]
