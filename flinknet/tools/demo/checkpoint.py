@@ -56,6 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from flinknet.tools.demo.args import int_in
+
 __all__ = ["CheckpointDemoConfig", "CheckpointDemoResult", "CheckpointStats", "CheckpointSummary",
            "CheckpointView", "JobProgress", "LineView", "TaskProgress", "build_parser",
            "compare_debloating", "describe_checkpoint", "expected_totals", "format_bytes",
@@ -971,18 +973,6 @@ def _mode(text: str) -> tuple[str, int | None]:
         f"--checkpointing must be aligned, unaligned or timeout:MS (MS >= 0), got {text!r}")
 
 
-def _positive(name: str, lo: int = 1) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {lo}, got {value}")
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``flinknet demo --checkpointing MODE``."""
     d = CheckpointDemoConfig()
@@ -995,16 +985,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpointing", type=_mode, required=True, metavar="MODE",
                    help="aligned | unaligned | timeout:MS (aligned barriers that turn unaligned "
                         "after MS ms of alignment)")
-    p.add_argument("--sources", type=_positive("sources"), default=d.sources, metavar="N")
-    p.add_argument("--aggregators", type=_positive("aggregators"), default=d.aggregators, metavar="N")
-    p.add_argument("--keys", type=_positive("keys"), default=d.keys, metavar="N")
-    p.add_argument("--records", type=_positive("records"), default=d.records, metavar="N",
+    p.add_argument("--sources", type=int_in("sources", 1), default=d.sources, metavar="N")
+    p.add_argument("--aggregators", type=int_in("aggregators", 1), default=d.aggregators, metavar="N")
+    p.add_argument("--keys", type=int_in("keys", 1), default=d.keys, metavar="N")
+    p.add_argument("--records", type=int_in("records", 1), default=d.records, metavar="N",
                    help=f"records per source (default {d.records})")
-    p.add_argument("--rate", type=_positive("rate"), default=d.rate, metavar="R",
+    p.add_argument("--rate", type=int_in("rate", 1), default=d.rate, metavar="R",
                    help=f"records/s per source (default {d.rate})")
-    p.add_argument("--checkpoint-interval", type=_positive("checkpoint interval", 10),
+    p.add_argument("--checkpoint-interval", type=int_in("checkpoint interval", 10),
                    default=d.checkpoint_interval_ms, metavar="MS")
-    p.add_argument("--slow-rate", type=_positive("slow rate"), default=d.slow_rate, metavar="R",
+    p.add_argument("--slow-rate", type=int_in("slow rate", 1), default=d.slow_rate, metavar="R",
                    help=f"records/s the slowed aggregator keeps (default {d.slow_rate})")
     p.add_argument("--no-kill", dest="kill", action="store_false",
                    help="do not kill and restore an aggregator")
@@ -1017,7 +1007,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "bytes (the default when stdout is a terminal)")
     live.add_argument("--no-live", dest="live", action="store_false",
                       help="a line per event and completed checkpoint instead")
-    p.add_argument("--seed", type=_positive("seed", 0), default=d.seed, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int_in("seed", 0), default=d.seed, help=argparse.SUPPRESS)
     return p
 
 

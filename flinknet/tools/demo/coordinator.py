@@ -44,7 +44,6 @@ import argparse
 import dataclasses
 import functools
 import logging
-import math
 import multiprocessing
 import queue
 import signal
@@ -61,6 +60,7 @@ from flinknet.errors import IllegalStateError
 from flinknet.graph import JobFailedError, JobHandle, JobResult, ProcessRunner, Runner, ThreadRunner
 from flinknet.metrics import Counter, Gauge, Histogram, MeterView, MetricRegistry
 from flinknet.tools.demo import view as views
+from flinknet.tools.demo.args import float_in, int_in
 from flinknet.tools.demo.job import (
     EXIT_FAILED,
     EXIT_GRACE,
@@ -116,34 +116,6 @@ RUNNER_DESCRIPTIONS = {"process": "one process per task",
 # Arguments
 # ==============================================================================================
 
-def _int_in(name: str, lo: int, hi: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < lo or (hi is not None and value > hi):
-            bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {value}")
-        return value
-    return parse
-
-
-def _float_in(name: str, lo: float, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if (not math.isfinite(value) or value < lo or (lo_open and value == lo)
-                or (hi is not None and value > hi)):
-            low = f"> {lo}" if lo_open else f">= {lo}"
-            bound = low if hi is None else f"{low} and <= {hi}"
-            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text}")
-        return value
-    return parse
-
-
 def _buffer_timeout(text: str) -> int:
     try:
         value = int(text, 10)
@@ -177,29 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
                     "exactly-once check at the end.",
         epilog="Exit status: 0 the check passed and every task succeeded, 1 records were lost or "
                "a task failed, 2 bad arguments, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).")
-    p.add_argument("--duration", type=_float_in("duration", 4.0, 3600.0), default=d.duration, metavar="S",
+    p.add_argument("--duration", type=float_in("duration", 4.0, 3600.0), default=d.duration, metavar="S",
                    help=f"seconds from start to the sources stopping (default {d.duration:g}); "
                         "phases: steady 30%%, slow 35%%, recovery 35%%, then finish")
-    p.add_argument("--sources", type=_int_in("sources", 1, 16), default=d.sources, metavar="N",
+    p.add_argument("--sources", type=int_in("sources", 1, 16), default=d.sources, metavar="N",
                    help=f"source parallelism (default {d.sources})")
-    p.add_argument("--aggregators", type=_int_in("aggregators", 1, 16), default=d.aggregators, metavar="N",
+    p.add_argument("--aggregators", type=int_in("aggregators", 1, 16), default=d.aggregators, metavar="N",
                    help=f"aggregator parallelism (default {d.aggregators})")
-    p.add_argument("--keys", type=_int_in("keys", 1, 100_000), default=d.keys, metavar="N",
+    p.add_argument("--keys", type=int_in("keys", 1, 100_000), default=d.keys, metavar="N",
                    help=f"number of distinct keys (default {d.keys})")
-    p.add_argument("--record-size", type=_int_in("record size", MIN_RECORD_SIZE, 1 << 20),
+    p.add_argument("--record-size", type=int_in("record size", MIN_RECORD_SIZE, 1 << 20),
                    default=d.record_size, metavar="BYTES",
                    help=f"payload bytes per event (default {d.record_size}, minimum {MIN_RECORD_SIZE})")
     p.add_argument("--buffer-timeout", type=_buffer_timeout, default=d.buffer_timeout, metavar="MS",
                    help=f"Flink's buffer timeout: -1 only full buffers, 0 flush every record, > 0 flush "
                         f"every MS ms (default {d.buffer_timeout})")
-    p.add_argument("--rate", type=_int_in("rate", 0), default=d.rate, metavar="R",
+    p.add_argument("--rate", type=int_in("rate", 0), default=d.rate, metavar="R",
                    help=f"records/s per source, 0 = as fast as possible (default {d.rate})")
-    p.add_argument("--latency-interval", type=_int_in("latency interval", 0), default=d.latency_interval,
+    p.add_argument("--latency-interval", type=int_in("latency interval", 0), default=d.latency_interval,
                    metavar="MS", help=f"ms between latency markers of each source, 0 = off "
                                       f"(default {d.latency_interval})")
-    p.add_argument("--slow-aggregator", type=_int_in("slow aggregator", 0), default=d.slow_aggregator,
+    p.add_argument("--slow-aggregator", type=int_in("slow aggregator", 0), default=d.slow_aggregator,
                    metavar="I", help="index of the aggregator slowed in the slow phase (default 0)")
-    p.add_argument("--slow-factor", type=_float_in("slow factor", 0.0, 1.0, lo_open=True),
+    p.add_argument("--slow-factor", type=float_in("slow factor", 0.0, 1.0, lo_open=True),
                    default=d.slow_factor, metavar="F",
                    help="fraction of its steady rate the slow aggregator keeps (default 0.1)")
     p.add_argument("--network-memory", type=_memory_size, default=d.network_memory, metavar="SIZE",
@@ -208,19 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the tasks run: process = one process per task (the default), ray = one "
                         "Ray actor per task on a local Ray cluster the demo starts (needs Ray: pip install "
                         "'flinknet[ray]'), thread = one thread per task in this process")
-    p.add_argument("--interval", type=_float_in("interval", 0.1, 60.0), default=d.interval, metavar="S",
+    p.add_argument("--interval", type=float_in("interval", 0.1, 60.0), default=d.interval, metavar="S",
                    help="seconds between two status lines per task with --no-live (default 1)")
     live = p.add_mutually_exclusive_group()
     live.add_argument("--live", dest="live", action="store_true", default=None,
                       help="live terminal view (the default when stdout is a terminal)")
     live.add_argument("--no-live", dest="live", action="store_false",
                       help="plain periodic lines, one per task per interval (for logs and CI)")
-    p.add_argument("--prometheus", type=_int_in("port", 0, 65535), default=None, metavar="PORT",
+    p.add_argument("--prometheus", type=int_in("port", 0, 65535), default=None, metavar="PORT",
                    help="serve the tasks' metrics for Prometheus on 127.0.0.1:PORT while the job runs "
                         "(0 = any free port; needs prometheus_client: pip install 'flinknet[prometheus]')")
-    p.add_argument("--seed", type=_int_in("seed", 0), default=d.seed, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int_in("seed", 0), default=d.seed, help=argparse.SUPPRESS)
     # Testing: make source 0 count records it never emits (the check must fail) or a task fail.
-    p.add_argument("--inject-loss", type=_int_in("inject-loss", 0), default=0, help=argparse.SUPPRESS)
+    p.add_argument("--inject-loss", type=int_in("inject-loss", 0), default=0, help=argparse.SUPPRESS)
     p.add_argument("--inject-failure", choices=[ROLE_AGGREGATOR.lower()], default=None,
                    help=argparse.SUPPRESS)
     return p
