@@ -117,7 +117,7 @@ def _tasks(job: JobProgress) -> Table:
 
 
 def _checkpoints(job: JobProgress) -> Table:
-    table = Table(title="completed checkpoints · max over the aggregators, channel state captured",
+    table = Table(title="completed checkpoints (max over aggregators)",
                   box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     for name in ("id", "attempt", "duration", "delay", "align", "state in", "state out", "phase"):
         table.add_column(name, justify="left" if name == "phase" else "right", no_wrap=True)
