@@ -6,13 +6,16 @@ the I/O thread). This module bridges them into the running loop: read without bl
 only when nothing is there, suspend until the future completes. No polling loop, no thread per
 wait: the thread that completes the future schedules the wake-up with
 ``loop.call_soon_threadsafe`` (the loop's self-pipe), and everything else runs on the loop.
-A gate with remote channels has a faster way: its native doorbell
-(:class:`~flinknet._core.engine.GateSignal`) writes an eventfd the loop selects on, without the
-GIL, from the I/O thread that received the buffer; the loop wakes straight from its selector,
-and the I/O thread never stops to run a Python callback. The eventfd is added to the loop once
-per gate (at its first wait there) and stays until the gate is read to its end or collected; it
-is written only while a wait armed it. The future still wakes the wait for what Python code
-makes ready (local channels, the end of the partition, a close).
+A :class:`~flinknet.consumer.SingleInputGate` has a faster way, with no future at all: its
+native doorbell (:class:`~flinknet._core.engine.GateSignal`) writes an eventfd the loop selects
+on, without the GIL, from the I/O thread that received the buffer; the loop wakes straight from
+its selector, and the I/O thread never stops to run a Python callback. What Python code makes
+ready (a local channel's data, a failure, the end of the partition, a close) rings the same fd
+through the gate's notify, the wake-up a thread blocked in ``get_next`` relies on; a notify
+before the wait is armed counts once (the wait polls at once). The eventfd is added to the loop
+once per gate (at its first wait there) and stays until the gate is read to its end or
+collected; it is written only while a wait armed it. Union and checkpointed gates wait on their
+availability futures.
 
 * :func:`next_buffer_or_event` (``await gate.next()``) and :func:`read_batch`
   (``await reader.read_batch_async()``) return what is ready at once, else wait for it; ``async
@@ -158,24 +161,38 @@ async def wait_gate_available(gate: InputGate, timeout: float | None = None) -> 
     after ``timeout`` seconds. The gate's idle timer (``idleTimeMsPerSecond``), if attached, is
     marked around the wait, as around a blocking :meth:`~flinknet.consumer.InputGate.get_next`."""
     _check_timeout(timeout)
-    future = gate.get_available_future()
-    if future.done():
-        return True
     signal = getattr(gate, "signal", None)
-    if signal is not None:
-        # Remote channels ring the gate's native doorbell: the loop selects on its eventfd,
-        # written without the GIL by whoever makes a channel ready, instead of the future's
-        # callback (which the I/O thread would run with the GIL, then hand to the loop).
-        signal.disarm()
-        if signal.arm_fd():
+    if signal is None:
+        future = gate.get_available_future()
+        if future.done():
             return True
+    elif gate.is_available or getattr(gate, "is_closed", False):
+        return True
     idle = gate.idle_timer
     if idle is not None:
         idle.mark_start()
     try:
-        if signal is not None:
-            return await _wait_fd_or_future(gate, signal, future, timeout)
-        return await _wait_any((future,), timeout)
+        if signal is None:
+            return await _wait_any((future,), timeout)
+        # A SingleInputGate's native doorbell: the loop selects on its eventfd, written without
+        # the GIL by whoever makes a remote channel ready, and by the gate's own notify for all
+        # that is Python-side (a local channel's data, a failure, the end, a close): the wake-ups
+        # a thread blocked in get_next relies on. No future, no callback, no thread hand-off.
+        loop = asyncio.get_running_loop()
+        bell = _doorbell(gate, signal, loop)
+        if signal.arm_fd():
+            return True
+        waiter: asyncio.Future[bool] = loop.create_future()
+        bell.waiter = waiter
+        timer = loop.call_later(timeout, _timed_out, waiter) if timeout is not None else None
+        try:
+            return await waiter
+        finally:
+            if bell.waiter is waiter:
+                bell.waiter = None
+            signal.disarm()
+            if timer is not None:
+                timer.cancel()
     finally:
         if idle is not None:
             idle.mark_end()
@@ -252,26 +269,6 @@ def _release_doorbell(gate: Any) -> None:
         bell.close()
 
 
-async def _wait_fd_or_future(gate: Any, signal: Any, future: concurrent.futures.Future[Any],
-                             timeout: float | None) -> bool:
-    loop = asyncio.get_running_loop()
-    bell = _doorbell(gate, signal, loop)
-    waiter: asyncio.Future[bool] = loop.create_future()
-    wakeup = _Wakeup(loop, waiter)
-    bell.waiter = waiter
-    timer = loop.call_later(timeout, _timed_out, waiter) if timeout is not None else None
-    try:
-        future.add_done_callback(wakeup)   # Python-side readiness: local channels, the end, close
-        return await waiter
-    finally:
-        if bell.waiter is waiter:
-            bell.waiter = None
-        signal.disarm()
-        wakeup.detach()
-        if timer is not None:
-            timer.cancel()
-
-
 def _remaining(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
     return None if deadline is None else deadline - loop.time()
 
@@ -328,11 +325,12 @@ async def read_batch(reader: RecordReader, timeout: float | None = None) -> list
     gate = reader.gate
     if not gate.partitions_requested:
         await request_partitions(gate)
-    batch = reader.read_batch(blocking=False)
-    if batch is not None or gate.is_finished:
-        if batch is None:
-            _release_doorbell(gate)
-        return batch
+    if gate.is_available:         # else no poll: it would find nothing (and cost a failed poll)
+        batch = reader.read_batch(blocking=False)
+        if batch is not None or gate.is_finished:
+            if batch is None:
+                _release_doorbell(gate)
+            return batch
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     while True:

@@ -8,7 +8,8 @@
 #   Any thread may ring it (fn_signal_ready, fn_signal_notify) without the GIL; a task thread waits
 #   on `cond` with the GIL released. A channel index is in `ready` at most once (`is_ready`).
 #   An event loop waits on `wake_fd` instead (an eventfd the loop selects on): whoever marks a
-#   channel ready while `fd_armed` writes it, under `lock` and without the GIL, and disarms it.
+#   channel ready, or notifies, while `fd_armed` writes it, under `lock` and without the GIL,
+#   disarms it and sets `fd_rung`; whoever reads it (clear_fd, arm_fd) clears `fd_rung`.
 #
 # * fn_channel (a remote channel's credit slots and received queue) is owned by its ChannelQueue
 #   object; `lock` guards every field below it. The I/O thread touches a channel only while the
@@ -86,6 +87,8 @@ cdef struct fn_signal:
     bint pending            # rung by Python code (fn_signal_notify) since the last wait
     bint armed              # someone waits on the gate's availability future: call back
     bint fd_armed           # an event loop waits on wake_fd: write it at the next ready channel
+                            # or notify
+    bint fd_rung            # wake_fd was written and not read since (arm_fd reads it only then)
     int wake_fd             # the gate's eventfd for event loops (-1 until asked for); owned by
                             # the GateSignal, written under `lock`, closed only in its dealloc
     int waiters

@@ -191,6 +191,7 @@ cdef bint fn_signal_ready(fn_signal *s, int index) noexcept nogil:
             call = True
         if s.fd_armed:
             s.fd_armed = False
+            s.fd_rung = True
             _ring_fd(s.wake_fd)
     pthread_mutex_unlock(&s.lock)
     return call
@@ -266,11 +267,20 @@ cdef class GateSignal:
                 log.exception("gate availability callback failed")
 
     def notify(self):
-        """Wake every waiter (something Python-side changed: a queued channel, a close)."""
+        """Wake every waiter (something Python-side changed: a queued channel, a close): the
+        threads in :meth:`wait`, and an event loop armed by :meth:`arm_fd` (its eventfd is
+        written). Remembered until the next wait or ``arm_fd`` if nobody waits."""
         pthread_mutex_lock(&self.s.lock)
-        self.s.pending = True
         if self.s.waiters:
+            self.s.pending = True
             pthread_cond_broadcast(&self.s.cond)
+        if self.s.fd_armed:
+            # delivered: the loop polls when it reads the fd (no pending left to poll once more)
+            self.s.fd_armed = False
+            self.s.fd_rung = True
+            _ring_fd(self.s.wake_fd)
+        else:
+            self.s.pending = True
         pthread_mutex_unlock(&self.s.lock)
 
     def arm(self):
@@ -306,14 +316,18 @@ cdef class GateSignal:
         return fd
 
     def arm_fd(self):
-        """Write :attr:`wake_fd` at the next ready channel; True if one is ready already (then
-        nothing is armed: the caller drains now). Clears a wake-up left from before."""
+        """Write :attr:`wake_fd` at the next ready channel or :meth:`notify`; True if a channel
+        is ready or a notify came since the last wait already (then nothing is armed, the notify
+        is consumed, and the caller polls now). Clears a wake-up left from before."""
         cdef bint ready
         if self.s.wake_fd < 0:
             self.wake_fd
         pthread_mutex_lock(&self.s.lock)
-        _drain_fd(self.s.wake_fd)
-        ready = self.s.count > 0
+        if self.s.fd_rung:          # (a wake-up nobody consumed: the fd is read only if written)
+            self.s.fd_rung = False
+            _drain_fd(self.s.wake_fd)
+        ready = self.s.count > 0 or self.s.pending
+        self.s.pending = False
         self.s.fd_armed = not ready
         pthread_mutex_unlock(&self.s.lock)
         return ready
@@ -321,6 +335,7 @@ cdef class GateSignal:
     def clear_fd(self):
         """Consume a wake-up written to :attr:`wake_fd` (the loop's reader calls it)."""
         pthread_mutex_lock(&self.s.lock)
+        self.s.fd_rung = False
         _drain_fd(self.s.wake_fd)
         pthread_mutex_unlock(&self.s.lock)
 

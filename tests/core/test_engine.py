@@ -87,6 +87,36 @@ def test_signal_arm_fd_clears_a_stale_wake_up_and_the_fd_closes_with_the_signal(
     assert not os.path.exists(f"/proc/self/fd/{fd}") or os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[eventfd]"
 
 
+def test_signal_notify_rings_an_armed_wake_fd_and_a_notify_before_arming_counts_once():
+    """Python-side readiness (a local channel, a failure, the end, a close) reaches an event
+    loop through the same notify a blocked thread wakes on: no future needed beside the fd."""
+    s = GateSignal(2)
+    fd = s.wake_fd
+    s.notify()                                   # nobody waits: remembered
+    assert not _fd_readable(fd)
+    assert s.arm_fd() is True                    # the notify counts: poll now, nothing armed
+    assert s.arm_fd() is False                   # ... once
+    s.notify()
+    assert _fd_readable(fd)                      # armed: the notify writes the fd ...
+    s.clear_fd()
+    assert s.arm_fd() is False                   # ... and is delivered by it (nothing pending)
+    s.notify()
+    s.notify()                                   # one write per arming; this one is pending
+    s.clear_fd()
+    assert not _fd_readable(fd)
+    assert s.arm_fd() is True                    # the second notify is still pending
+    assert s.arm_fd() is False
+    s.disarm()
+    s.notify()
+    assert not _fd_readable(fd)                  # disarmed: nothing written
+    assert s.wait(0) is True                     # a thread's wait consumes it instead
+    assert s.arm_fd() is False
+    s.ready(1)
+    assert _fd_readable(fd)
+    assert s.arm_fd() is True and not _fd_readable(fd)   # the unread wake-up is read here
+    assert s.drain() == [1]
+
+
 def test_signal_wake_fd_loses_no_wake_up_against_ringing_threads():
     """Threads ring random channels while this one arms, selects and drains: every ready
     channel is seen, and no wait outlives the ringing (a lost wake-up would time out)."""
