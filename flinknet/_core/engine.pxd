@@ -22,12 +22,24 @@
 #   - Ring entries of kind ENTRY_OBJECT carry an owned PyObject* (a Buffer pushed by Python code);
 #     only GIL holders push or pop them; the I/O thread never reads `obj`.
 #   - `expected_seq` is checked and advanced under `lock` by whoever pushes.
+#   - Credit: a freed slot adds to `unannounced`. A registered channel announces it natively
+#     only when its ring is empty (at that put, or at the poll that empties the ring): credit
+#     freed while the task still has received entries to take waits for them and goes out as
+#     one AddCredit. `in_credit_list` says an announcement is under way (at most one).
 #
 # * fn_conn (one TCP connection) is owned by the engine's I/O thread once registered: its read
 #   state and receiver map are touched by that thread alone. `out_lock` guards `out` (frames any
 #   thread queues for writing) and `credit_list` (channels with unannounced credit). The socket
 #   fd is owned by the Python socket object the NativeConnection keeps; the I/O thread only
 #   reads/writes it and never closes it.
+#   - Inline AddCredit: a GIL holder announcing credit while nothing is queued on the
+#     connection (`out` and the credit list empty) writes the AddCredit itself, one
+#     non-blocking `send` (no wake-up of the I/O thread, which is a hop of tens of µs). It holds
+#     `out_lock`, then the channel's `lock` (the order `_flush` takes them) across the send,
+#     and sends only while the channel is registered with this connection: the socket closes
+#     only after the connection's removal, which unregisters every channel under its lock
+#     first, so the fd is this connection's throughout. A short or failed send leaves the
+#     rest in `out` for the I/O thread (which meets the error itself and fails the connection).
 #
 # * fn_outq (one reader's queue of buffers to send: the native part of a pipelined subpartition
 #   served over a server-role connection) is owned by its OutputQueue object; `lock` guards every
@@ -270,14 +282,20 @@ cdef struct fn_cmd:
 cdef struct fn_engine:
     int epfd
     int efd
-    pthread_mutex_t lock      # guards cmds, pending_writes, stop
+    pthread_mutex_t lock      # guards cmds, writes, stop, tfd, timer_armed, deferred
     fn_cmd *cmds
     int num_cmds
     int cap_cmds
-    fn_conn **writes          # connections with something to write
+    fn_conn **writes          # connections with something to write (flushed every iteration)
     int num_writes
     int cap_writes
     bint stop
+    int tfd                   # the credit timer (a timerfd): wakes the I/O thread for writes
+                              # listed without waking it (_defer_write); closed under `lock`
+    bint timer_armed          # `lock`: the timer is set and has not fired yet
+    fn_conn **deferred        # `lock`: connections to flush when the timer fires
+    int num_deferred
+    int cap_deferred
     fn_conn **conns           # I/O thread only
     int num_conns
     int cap_conns
@@ -350,5 +368,6 @@ cdef class ReceiveEngine:
     cdef int _command(self, int op, fn_conn *conn, fn_channel *ch, void *obj) except? -1
 
 
-# Put a channel with fresh credit on its connection's credit list (any thread, no GIL).
-cdef int _announce_native(fn_channel *c, void *conn) noexcept nogil
+# Put a channel with fresh credit on its connection's credit list and have it written (soon,
+# or now; a GIL holder, without holding the GIL's lock order beyond `out_lock` -> channel lock).
+cdef int _announce_native(fn_channel *c, void *conn, int how) noexcept nogil

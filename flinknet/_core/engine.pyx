@@ -13,7 +13,10 @@ Three pieces (their ownership and locking rules are in ``engine.pxd``):
   floating buffers it borrowed) and its queue of received buffers. The I/O thread pops a free
   slot, receives a BufferResponse's payload straight into it (the one copy) and queues it; the
   task thread polls it and gets a :class:`~flinknet._core.buffer.NetworkBuffer` whose recycling
-  puts the slot back as one credit, announced by a coalesced AddCredit.
+  puts the slot back as one credit. Credit freed while the channel still has received buffers
+  queued waits for them; once the queue runs dry it goes out as one AddCredit, written by the
+  recycling thread itself when nothing else is queued on the connection (else the I/O thread
+  coalesces it with the rest).
 * :class:`OutputQueue` — the send side: one receiver's queue of finished buffers (read-only
   slices of the producer's segments) that a pipelined subpartition pushes into; the I/O thread
   sends them as BufferResponses straight from the segments (gather writes, up to 64 frames per
@@ -80,6 +83,7 @@ cdef extern from "<time.h>" nogil:
         time_t tv_sec
         long tv_nsec
     int CLOCK_REALTIME
+    int CLOCK_MONOTONIC
     int clock_gettime(int clk, timespec *ts)
 
 
@@ -103,6 +107,15 @@ cdef extern from "<sys/eventfd.h>" nogil:
     int EFD_NONBLOCK, EFD_CLOEXEC
 
 
+cdef extern from "<sys/timerfd.h>" nogil:
+    cdef struct itimerspec:
+        timespec it_interval
+        timespec it_value
+    int timerfd_create(int clockid, int flags)
+    int timerfd_settime(int fd, int flags, const itimerspec *new_value, itimerspec *old_value)
+    int TFD_NONBLOCK, TFD_CLOEXEC
+
+
 cdef extern from "<sys/uio.h>" nogil:
     cdef struct iovec:
         void *iov_base
@@ -114,6 +127,9 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void *buf, size_t n, int flags)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     int MSG_NOSIGNAL
+    int MSG_DONTWAIT
+    int SHUT_RDWR
+    int shutdown(int fd, int how)
     cdef struct msghdr:
         void *msg_name
         int msg_namelen
@@ -153,6 +169,12 @@ cdef enum:
     _MAGIC = 0xBADC0FFE
     _MAX_EVENTS = 64
     _ADD_CREDIT_LEN = 29
+    # AddCredit frames a task thread writes itself at most (more listed: the I/O thread does)
+    _INLINE_CREDITS = 32
+    # The longest an AddCredit listed while the task still had buffers queued waits for the
+    # I/O thread to run (it runs sooner, at the next frame it receives): a consumer that stops
+    # reading with buffers queued still returns the credit of those it recycled, as Flink does
+    _CREDIT_DELAY_NS = 5000000
     # Entries a channel queues beyond its slots (events do not take credit); a sender exceeding
     # this is refused (the channel fails) instead of growing the queue without bound.
     _MAX_EXTRA_ENTRIES = 4096
@@ -488,6 +510,10 @@ cdef enum:
     # fn_channel_put_slot results
     PUT_OK = 0
     PUT_ANNOUNCE = 1      # the channel's unannounced credit went 0 -> > 0 (not handled natively)
+    # how _announce_native announces
+    ANNOUNCE_SOON = 1     # list the channel; the I/O thread writes it when it next runs
+    ANNOUNCE_NOW = 2      # list it and write the list now
+    ANNOUNCE_LISTED = 3   # it is listed already: write the list now
 
 
 
@@ -495,7 +521,7 @@ cdef enum:
 cdef int fn_channel_put_slot(fn_channel *c, int slot, bint announce) noexcept nogil:
     """A slot becomes free (under nothing; takes c.lock): one more credit."""
     cdef int result = PUT_OK
-    cdef bint native_announce = False
+    cdef int how = 0
     cdef void *conn = NULL
     pthread_mutex_lock(&c.lock)
     FN_ASSERT(c.num_free < c.slot_capacity)
@@ -504,16 +530,19 @@ cdef int fn_channel_put_slot(fn_channel *c, int slot, bint announce) noexcept no
     c.stall_notified = False
     if announce:
         c.unannounced += 1
-        if c.unannounced == 1:
-            if c.conn != NULL and c.requested:
-                native_announce = not c.in_credit_list
+        if c.conn != NULL and c.requested:
+            if not c.in_credit_list:
+                # Listed for the connection's next AddCredit: at once if the task has nothing
+                # queued (it waits for data), else by the I/O thread when it next runs (within
+                # _CREDIT_DELAY_NS) or by the poll that empties the queue, whichever is first.
                 c.in_credit_list = True
+                how = ANNOUNCE_NOW if c.count == 0 else ANNOUNCE_SOON
                 conn = c.conn
-            else:
-                result = PUT_ANNOUNCE
+        elif c.unannounced == 1:
+            result = PUT_ANNOUNCE
     pthread_mutex_unlock(&c.lock)
-    if native_announce:
-        _announce_native(c, conn)
+    if how:
+        _announce_native(c, conn, how)
     return result
 
 
@@ -894,6 +923,8 @@ cdef class ChannelQueue:
         cdef fn_entry e
         cdef int next_type = DT_NONE
         cdef int32_t backlog
+        cdef void *conn
+        cdef bint listed = False
         pthread_mutex_lock(&self.c.lock)
         if self.c.count == 0:
             pthread_mutex_unlock(&self.c.lock)
@@ -914,9 +945,17 @@ cdef class ChannelQueue:
         # as credit on a channel with nothing more to send), or forget an announced backlog
         # and refuse the floating buffer it waits for (the producer then waits forever).
         backlog = self.c.latest_backlog if self.c.latest_backlog >= 0 else e.backlog
+        conn = NULL
         if self.c.count:
             next_type = self.c.ring[self.c.head].data_type
+        elif self.c.unannounced > 0 and self.c.conn != NULL and self.c.requested:
+            # the queue ran dry: the credit that waited for it goes out now
+            conn = self.c.conn
+            listed = self.c.in_credit_list
+            self.c.in_credit_list = True
         pthread_mutex_unlock(&self.c.lock)
+        if conn != NULL:
+            _announce_native(&self.c, conn, ANNOUNCE_LISTED if listed else ANNOUNCE_NOW)
         buf = self._wrap(&e)
         return (buf, _DATA_TYPES[next_type], e.seq, backlog)
 
@@ -1162,22 +1201,169 @@ cdef int _push_write(fn_conn *conn) noexcept nogil:
     return 0
 
 
-cdef int _announce_native(fn_channel *c, void *connp) noexcept nogil:
-    """Put ``c`` on its connection's credit list (its unannounced credit went 0 -> > 0)."""
+cdef void _take_deferred(fn_engine *eng) noexcept nogil:
+    """The credit timer fired (I/O thread): the deferred connections join the writes."""
+    cdef fn_conn *conn
+    cdef fn_conn **w
+    cdef int i, k
+    pthread_mutex_lock(&eng.lock)
+    eng.timer_armed = False
+    for i in range(eng.num_deferred):
+        conn = eng.deferred[i]
+        for k in range(eng.num_writes):
+            if eng.writes[k] == conn:
+                break
+        else:
+            if eng.num_writes == eng.cap_writes:
+                w = <fn_conn **>realloc(eng.writes, (eng.cap_writes * 2 + 4) * sizeof(fn_conn *))
+                if w == NULL:
+                    break          # out of memory: the rest stay deferred (re-armed below)
+                eng.writes = w
+                eng.cap_writes = eng.cap_writes * 2 + 4
+            eng.writes[eng.num_writes] = conn
+            eng.num_writes += 1
+    else:
+        i = eng.num_deferred
+    memmove(eng.deferred, eng.deferred + i, (eng.num_deferred - i) * sizeof(fn_conn *))
+    eng.num_deferred -= i
+    pthread_mutex_unlock(&eng.lock)
+
+
+cdef int _defer_write(fn_conn *conn) noexcept nogil:
+    """Have the I/O thread flush ``conn`` when the engine's credit timer fires
+    (_CREDIT_DELAY_NS; armed here if it is not), without waking it now: by then the task has
+    usually emptied the channel's queue, and its poll wrote the credit (with what was freed
+    since) in one AddCredit."""
+    cdef fn_engine *eng = <fn_engine *>conn.engine
+    cdef fn_conn **w
+    cdef int i
+    cdef bint listed = False
+    cdef itimerspec ts
+    pthread_mutex_lock(&eng.lock)
+    if conn.removed:
+        pthread_mutex_unlock(&eng.lock)
+        return 0
+    for i in range(eng.num_deferred):
+        if eng.deferred[i] == conn:
+            listed = True
+            break
+    if not listed:
+        if eng.num_deferred == eng.cap_deferred:
+            w = <fn_conn **>realloc(eng.deferred, (eng.cap_deferred * 2 + 4) * sizeof(fn_conn *))
+            if w == NULL:
+                pthread_mutex_unlock(&eng.lock)
+                return -1
+            eng.deferred = w
+            eng.cap_deferred = eng.cap_deferred * 2 + 4
+        eng.deferred[eng.num_deferred] = conn
+        eng.num_deferred += 1
+    if not eng.timer_armed and eng.tfd >= 0:
+        eng.timer_armed = True
+        memset(&ts, 0, sizeof(ts))
+        ts.it_value.tv_nsec = _CREDIT_DELAY_NS
+        timerfd_settime(eng.tfd, 0, &ts, NULL)
+    pthread_mutex_unlock(&eng.lock)
+    return 0
+
+
+cdef inline void _credit_frame(char *frame, int credit, const char *receiver_id) noexcept nogil:
+    """An AddCredit frame (Flink's NettyMessage.AddCredit, id 6) into ``frame``."""
+    fn_store_be_i32(frame, _ADD_CREDIT_LEN)
+    fn_store_be_i32(frame + 4, <int32_t>_MAGIC)
+    frame[8] = 6
+    fn_store_be_i32(frame + 9, credit)
+    memcpy(frame + 13, receiver_id, 16)
+
+
+cdef int _take_credit_frames(fn_conn *conn, char *out, int cap) noexcept nogil:
+    """Under ``out_lock``: the AddCredit frames of every listed channel with credit into
+    ``out`` (``cap`` frames at most: the caller checked that the list fits), the list emptied.
+    Returns the bytes written."""
+    cdef fn_channel *ch
+    cdef int i, credit, n = 0
+    cdef bint released
+    for i in range(conn.credit_len):
+        ch = conn.credit[i]
+        pthread_mutex_lock(&ch.lock)
+        credit = ch.unannounced
+        ch.unannounced = 0
+        ch.in_credit_list = False
+        released = ch.released
+        pthread_mutex_unlock(&ch.lock)
+        if credit > 0 and not released and n < cap:
+            _credit_frame(out + n * _ADD_CREDIT_LEN, credit, ch.receiver_id)
+            n += 1
+    conn.credit_len = 0
+    return n * _ADD_CREDIT_LEN
+
+
+cdef int _write_credit_now(fn_channel *c, fn_conn *conn) noexcept nogil:
+    """Under ``out_lock``, nothing else queued on the connection: write the listed credit
+    (``c``'s among it) on the calling thread, one non-blocking ``send``. 1 if written (or
+    nothing was due), 2 if (some of) it was left in ``out`` for the I/O thread.
+
+    The caller holds the GIL, and ``c``'s lock is held across the ``send``, which happens only
+    while ``c`` is registered with ``conn``: the socket closes only after the engine removed
+    the connection, which unregisters every channel under its lock first, so the descriptor
+    is this connection's for the whole call. An error or a short write leaves the rest in
+    ``out`` for the I/O thread, which meets the error on its own send and fails the
+    connection there."""
+    cdef char frames[_INLINE_CREDITS * _ADD_CREDIT_LEN]
+    cdef ssize_t sent = -1
+    cdef int n = _take_credit_frames(conn, frames, _INLINE_CREDITS)
+    if n == 0:
+        return 1
+    pthread_mutex_lock(&c.lock)
+    if c.conn == <void *>conn:
+        while True:
+            sent = send(conn.fd, frames, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+            if sent < 0 and errno == EINTR:
+                continue
+            break
+    pthread_mutex_unlock(&c.lock)
+    if sent == n:
+        conn.bytes_out += n
+        return 1
+    if sent < 0:
+        sent = 0
+    conn.bytes_out += sent
+    if _append_out(conn, frames + sent, n - sent) < 0:
+        # out of memory with part of a frame on the wire: end the connection (the I/O thread
+        # reads the shutdown and fails it, naming the peer) rather than corrupt the stream
+        shutdown(conn.fd, SHUT_RDWR)
+    return 2
+
+
+cdef int _announce_native(fn_channel *c, void *connp, int how) noexcept nogil:
+    """``c`` has unannounced credit and its caller (a GIL holder that freed a slot or emptied
+    the queue) marked it listed. ``ANNOUNCE_SOON``: it joins the connection's credit list,
+    written when the I/O thread next runs (not woken for it; a timer bounds the wait).
+    ``ANNOUNCE_NOW`` / ``ANNOUNCE_LISTED``: the list goes out now, written by the calling
+    thread itself when nothing else is queued on the connection (no hop through the I/O
+    thread: the credit reaches the sender a wake-up sooner), else by the woken I/O thread."""
     cdef fn_conn *conn = <fn_conn *>connp
     cdef fn_channel **cl
+    cdef int r
     if conn == NULL:
         return 0
     pthread_mutex_lock(&conn.out_lock)
-    if conn.credit_len == conn.credit_cap:
-        cl = <fn_channel **>realloc(conn.credit, (conn.credit_cap * 2 + 8) * sizeof(fn_channel *))
-        if cl == NULL:
-            pthread_mutex_unlock(&conn.out_lock)
-            return -1
-        conn.credit = cl
-        conn.credit_cap = conn.credit_cap * 2 + 8
-    conn.credit[conn.credit_len] = c
-    conn.credit_len += 1
+    if how != ANNOUNCE_LISTED:
+        if conn.credit_len == conn.credit_cap:
+            cl = <fn_channel **>realloc(conn.credit, (conn.credit_cap * 2 + 8) * sizeof(fn_channel *))
+            if cl == NULL:
+                pthread_mutex_unlock(&conn.out_lock)
+                return -1
+            conn.credit = cl
+            conn.credit_cap = conn.credit_cap * 2 + 8
+        conn.credit[conn.credit_len] = c
+        conn.credit_len += 1
+    if how == ANNOUNCE_SOON:
+        pthread_mutex_unlock(&conn.out_lock)
+        return _defer_write(conn)
+    if conn.out_len == 0 and conn.credit_len <= _INLINE_CREDITS and not conn.failed:
+        r = _write_credit_now(c, conn)
+        pthread_mutex_unlock(&conn.out_lock)
+        return _push_write(conn) if r == 2 else 0
     pthread_mutex_unlock(&conn.out_lock)
     return _push_write(conn)
 
@@ -2267,11 +2453,7 @@ cdef void _flush(fn_conn *conn) noexcept nogil:
         released = ch.released
         pthread_mutex_unlock(&ch.lock)
         if credit > 0 and not released:
-            fn_store_be_i32(frame, _ADD_CREDIT_LEN)
-            fn_store_be_i32(frame + 4, <int32_t>_MAGIC)
-            frame[8] = 6
-            fn_store_be_i32(frame + 9, credit)
-            memcpy(frame + 13, ch.receiver_id, 16)
+            _credit_frame(frame, credit, ch.receiver_id)
             if _append_out(conn, frame, _ADD_CREDIT_LEN) < 0:
                 overflow = True
     conn.credit_len = 0
@@ -2650,6 +2832,12 @@ cdef void _remove_conn(fn_engine *eng, fn_conn *conn) noexcept nogil:
             eng.writes[j] = eng.writes[i]
             j += 1
     eng.num_writes = j
+    j = 0
+    for i in range(eng.num_deferred):
+        if eng.deferred[i] != conn:
+            eng.deferred[j] = eng.deferred[i]
+            j += 1
+    eng.num_deferred = j
     pthread_mutex_unlock(&eng.lock)
     with gil:
         owner = <NativeConnection>conn.owner
@@ -2740,6 +2928,11 @@ cdef void _loop(fn_engine *eng) noexcept nogil:
             if events[i].data.ptr == NULL:
                 read(eng.efd, &value, 8)
                 continue
+            if events[i].data.ptr == <void *>&eng.tfd:
+                # the credit timer: the deferred connections are flushed with the writes below
+                read(eng.tfd, &value, 8)
+                _take_deferred(eng)
+                continue
             conn = <fn_conn *>events[i].data.ptr
             if conn.failed or conn.removed:
                 continue
@@ -2785,6 +2978,14 @@ cdef class ReceiveEngine:
         ev.events = EPOLLIN
         ev.data.ptr = NULL
         epoll_ctl(self.e.epfd, EPOLL_CTL_ADD, self.e.efd, &ev)
+        self.e.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
+        if self.e.tfd < 0:
+            close(self.e.epfd)
+            close(self.e.efd)
+            raise OSError(errno, "timerfd_create failed")
+        ev.events = EPOLLIN
+        ev.data.ptr = <void *>&self.e.tfd
+        epoll_ctl(self.e.epfd, EPOLL_CTL_ADD, self.e.tfd, &ev)
         pthread_mutex_init(&self.e.lock, NULL)
         pthread_mutex_init(&self.e.done_lock, NULL)
         pthread_cond_init(&self.e.done_cond, NULL)
@@ -2795,8 +2996,10 @@ cdef class ReceiveEngine:
             if self.e.epfd >= 0:
                 close(self.e.epfd)
                 close(self.e.efd)
+                close(self.e.tfd)
             free(self.e.cmds)
             free(self.e.writes)
+            free(self.e.deferred)
             free(self.e.conns)
             if self.e.num_done:
                 _recycle_objects(self.e.done, self.e.num_done)
@@ -2905,6 +3108,10 @@ cdef class ReceiveEngine:
             self.reap()
             close(self.e.epfd)
             close(self.e.efd)
+            pthread_mutex_lock(&self.e.lock)
+            close(self.e.tfd)
+            self.e.tfd = -1
+            pthread_mutex_unlock(&self.e.lock)
             self.e.epfd = -1
             self.e.efd = -1
 

@@ -614,6 +614,40 @@ def test_data_buffers_are_received_natively_and_credit_is_announced(wire):
     assert _wait_for(lambda: pool.is_whole)
 
 
+def _add_credits(server, want, timeout=5.0):
+    """The AddCredit frames on ``server`` until ``want`` credits arrived: their credits."""
+    server.settimeout(timeout)
+    dec = P.FrameDecoder(side="server")
+    got = []
+    while sum(got) < want:
+        for m in dec.feed(server.recv(4096)):
+            assert type(m) is P.AddCredit
+            got.append(m.credit)
+    return got
+
+
+def test_credit_of_a_reader_that_stops_with_buffers_queued_still_reaches_the_sender(wire):
+    """Credit freed while buffers are still queued is listed for the I/O thread without waking
+    it (it goes out at the I/O thread's next run, within the engine's credit timer), so a
+    reader that stops with buffers queued still returns the credit of those it recycled, as
+    Flink does; once nothing is queued, a recycle writes its AddCredit at once."""
+    engine, handler, conn, server = wire
+    pool = NetworkBufferPool(16, SEG)
+    signal, q, rid = _attach(conn, pool, n_exclusive=4)
+    server.sendall(b"".join(_br(rid, i, bytes([i]) * 64, backlog=0) for i in range(4)))
+    assert _wait_for(lambda: q.queued_buffers == 4)
+    for _ in range(3):
+        q.poll()[0].recycle()          # one buffer stays queued: the reader stops here
+    assert sum(_add_credits(server, 3)) == 3
+    assert q.unannounced_credit == 0 and q.queued_buffers == 1
+    last = q.poll()[0]                 # held (a record spanning into the next buffer)
+    last.recycle()                     # nothing queued: written by this thread, at once
+    assert _add_credits(server, 1) == [1]
+    conn.unregister(q)
+    q.release()
+    assert _wait_for(lambda: pool.is_whole)
+
+
 def test_events_unknown_receivers_and_no_credit_go_to_python(wire):
     engine, handler, conn, server = wire
     pool = NetworkBufferPool(16, SEG)
