@@ -383,7 +383,10 @@ class RemoteInputChannel(InputChannel):
         if backlog >= 0:
             required = backlog + self.initial_credit
             if q.free_slots < required:
-                self.on_sender_backlog(backlog)
+                # (already waiting for the gate pool with this requirement: nothing to ask; the
+                # pool's offer asks again, see notify_buffer_available)
+                if not (self._waiting_for_floating and required == self._num_required):
+                    self.on_sender_backlog(backlog)
             elif required != self._num_required:
                 self._sender_backlog = backlog
                 self._num_required = required
