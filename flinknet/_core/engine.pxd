@@ -53,7 +53,12 @@
 #
 # * A server-role fn_conn's map holds fn_outq pointers (cast to fn_channel*) instead of channels;
 #   `ready` (guarded by `out_lock`) is its FIFO of readers that can send, served round-robin; the
-#   `wire` queue of frames being written is the I/O thread's alone.
+#   `wire` queue of frames being written, and the socket's writes, are guarded by `send_lock`:
+#   the I/O thread holds it while it flushes the connection and when it drops the wire at the
+#   removal; a GIL holder that pushes a small frame into an idle connection (nothing on the
+#   wire, in `out` or on the ready list) may take it with a trylock and send the frame itself
+#   (write-through), leaving any unsent rest on the wire for the I/O thread. Lock order:
+#   `send_lock`, then `out_lock` or a queue's lock (never both of those together).
 #
 # * The I/O thread takes the GIL only for the control path: frames it hands to Python (every frame
 #   but a plain data BufferResponse for a registered channel or an AddCredit for a registered
@@ -254,7 +259,8 @@ cdef struct fn_conn:
     int ready_len
     int ready_cap
     bint write_scheduled # out_lock: the I/O thread will flush this connection
-    fn_wentry *wire      # I/O thread: frames being written, in order
+    pthread_mutex_t send_lock  # server role: held by whoever writes the socket and `wire`
+    fn_wentry *wire      # send_lock: frames being written, in order
     int wire_head
     int wire_len
     int wire_cap

@@ -68,6 +68,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_trylock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
     int pthread_cond_init(pthread_cond_t *c, const void *attr)
     int pthread_cond_destroy(pthread_cond_t *c)
@@ -171,6 +172,10 @@ cdef enum:
     _ADD_CREDIT_LEN = 29
     # AddCredit frames a task thread writes itself at most (more listed: the I/O thread does)
     _INLINE_CREDITS = 32
+    # Frames (header and payload) a pushing task thread writes into an idle connection itself
+    # (_write_through): the small frames a flush makes; full buffers go through the I/O thread,
+    # which keeps their kernel copy off the task's thread
+    _WRITE_THROUGH_MAX = 4096
     # The longest an AddCredit listed while the task still had buffers queued waits for the
     # I/O thread to run (it runs sooner, at the next frame it receives): a consumer that stops
     # reading with buffers queued still returns the credit of those it recycled, as Flink does
@@ -1174,59 +1179,73 @@ cdef inline void _wake(int efd) noexcept nogil:
         write(efd, &one, 8)
 
 
+cdef int _conn_set_add(fn_conn ***items, int *num, int *cap, fn_conn *conn) noexcept nogil:
+    """Add ``conn`` to an array of connections unless it is in it (under the engine's lock):
+    1 if added, 0 if it was there, -1 out of memory."""
+    cdef fn_conn **w
+    cdef int i
+    for i in range(num[0]):
+        if items[0][i] == conn:
+            return 0
+    if num[0] == cap[0]:
+        w = <fn_conn **>realloc(items[0], (cap[0] * 2 + 4) * sizeof(fn_conn *))
+        if w == NULL:
+            return -1
+        items[0] = w
+        cap[0] = cap[0] * 2 + 4
+    items[0][num[0]] = conn
+    num[0] += 1
+    return 1
+
+
+cdef void _conn_set_remove(fn_conn **items, int *num, fn_conn *conn) noexcept nogil:
+    """Drop ``conn`` from an array of connections, keeping the others' order."""
+    cdef int i, j = 0
+    for i in range(num[0]):
+        if items[i] != conn:
+            items[j] = items[i]
+            j += 1
+    num[0] = j
+
+
 cdef int _push_write(fn_conn *conn) noexcept nogil:
     """Ask the I/O thread to flush ``conn`` (any thread)."""
     cdef fn_engine *eng = <fn_engine *>conn.engine
-    cdef fn_conn **w
-    cdef int i
+    cdef int r = 0
     pthread_mutex_lock(&eng.lock)
-    if conn.removed:
-        pthread_mutex_unlock(&eng.lock)
-        return 0
-    for i in range(eng.num_writes):
-        if eng.writes[i] == conn:
-            pthread_mutex_unlock(&eng.lock)
-            return 0
-    if eng.num_writes == eng.cap_writes:
-        w = <fn_conn **>realloc(eng.writes, (eng.cap_writes * 2 + 4) * sizeof(fn_conn *))
-        if w == NULL:
-            pthread_mutex_unlock(&eng.lock)
-            return -1
-        eng.writes = w
-        eng.cap_writes = eng.cap_writes * 2 + 4
-    eng.writes[eng.num_writes] = conn
-    eng.num_writes += 1
+    if not conn.removed:
+        r = _conn_set_add(&eng.writes, &eng.num_writes, &eng.cap_writes, conn)
     pthread_mutex_unlock(&eng.lock)
-    _wake(eng.efd)
-    return 0
+    if r == 1:
+        _wake(eng.efd)
+    return -1 if r < 0 else 0
 
 
 cdef void _take_deferred(fn_engine *eng) noexcept nogil:
     """The credit timer fired (I/O thread): the deferred connections join the writes."""
-    cdef fn_conn *conn
-    cdef fn_conn **w
-    cdef int i, k
+    cdef int i
     pthread_mutex_lock(&eng.lock)
     eng.timer_armed = False
     for i in range(eng.num_deferred):
-        conn = eng.deferred[i]
-        for k in range(eng.num_writes):
-            if eng.writes[k] == conn:
-                break
-        else:
-            if eng.num_writes == eng.cap_writes:
-                w = <fn_conn **>realloc(eng.writes, (eng.cap_writes * 2 + 4) * sizeof(fn_conn *))
-                if w == NULL:
-                    break          # out of memory: the rest stay deferred (re-armed below)
-                eng.writes = w
-                eng.cap_writes = eng.cap_writes * 2 + 4
-            eng.writes[eng.num_writes] = conn
-            eng.num_writes += 1
-    else:
-        i = eng.num_deferred
-    memmove(eng.deferred, eng.deferred + i, (eng.num_deferred - i) * sizeof(fn_conn *))
-    eng.num_deferred -= i
+        if _conn_set_add(&eng.writes, &eng.num_writes, &eng.cap_writes, eng.deferred[i]) < 0:
+            # out of memory: the rest wait for the timer's next round
+            memmove(eng.deferred, eng.deferred + i, (eng.num_deferred - i) * sizeof(fn_conn *))
+            eng.num_deferred -= i
+            _arm_credit_timer(eng)
+            pthread_mutex_unlock(&eng.lock)
+            return
+    eng.num_deferred = 0
     pthread_mutex_unlock(&eng.lock)
+
+
+cdef void _arm_credit_timer(fn_engine *eng) noexcept nogil:
+    """Set the credit timer unless it is set (under the engine's lock)."""
+    cdef itimerspec ts
+    if not eng.timer_armed and eng.tfd >= 0:
+        eng.timer_armed = True
+        memset(&ts, 0, sizeof(ts))
+        ts.it_value.tv_nsec = _CREDIT_DELAY_NS
+        timerfd_settime(eng.tfd, 0, &ts, NULL)
 
 
 cdef int _defer_write(fn_conn *conn) noexcept nogil:
@@ -1235,35 +1254,14 @@ cdef int _defer_write(fn_conn *conn) noexcept nogil:
     usually emptied the channel's queue, and its poll wrote the credit (with what was freed
     since) in one AddCredit."""
     cdef fn_engine *eng = <fn_engine *>conn.engine
-    cdef fn_conn **w
-    cdef int i
-    cdef bint listed = False
-    cdef itimerspec ts
+    cdef int r = 0
     pthread_mutex_lock(&eng.lock)
-    if conn.removed:
-        pthread_mutex_unlock(&eng.lock)
-        return 0
-    for i in range(eng.num_deferred):
-        if eng.deferred[i] == conn:
-            listed = True
-            break
-    if not listed:
-        if eng.num_deferred == eng.cap_deferred:
-            w = <fn_conn **>realloc(eng.deferred, (eng.cap_deferred * 2 + 4) * sizeof(fn_conn *))
-            if w == NULL:
-                pthread_mutex_unlock(&eng.lock)
-                return -1
-            eng.deferred = w
-            eng.cap_deferred = eng.cap_deferred * 2 + 4
-        eng.deferred[eng.num_deferred] = conn
-        eng.num_deferred += 1
-    if not eng.timer_armed and eng.tfd >= 0:
-        eng.timer_armed = True
-        memset(&ts, 0, sizeof(ts))
-        ts.it_value.tv_nsec = _CREDIT_DELAY_NS
-        timerfd_settime(eng.tfd, 0, &ts, NULL)
+    if not conn.removed:
+        r = _conn_set_add(&eng.deferred, &eng.num_deferred, &eng.cap_deferred, conn)
+        if r >= 0:
+            _arm_credit_timer(eng)
     pthread_mutex_unlock(&eng.lock)
-    return 0
+    return -1 if r < 0 else 0
 
 
 cdef inline void _credit_frame(char *frame, int credit, const char *receiver_id) noexcept nogil:
@@ -1551,6 +1549,104 @@ cdef void _outq_enqueue(fn_outq *q, fn_conn *conn) noexcept nogil:
         _push_write(conn)
 
 
+cdef bint _write_through(fn_outq *q, fn_conn *conn) noexcept nogil:
+    """A GIL holder just made ``q`` sendable with a small frame at its head (``q.in_ready`` set,
+    not on the ready ring yet). If the connection is idle -- nobody writing (``send_lock`` free),
+    nothing on the wire, no control frame, no other queue waiting -- send the head frame from
+    this thread, one non-blocking ``sendmsg``: a flushed record reaches the receiver without a
+    wake-up of the I/O thread on the way (the latency path). True if handled here (sent, or
+    left on the wire for the I/O thread to finish); False: the caller enqueues ``q`` as usual.
+
+    ``send_lock`` is held across the send, so the I/O thread's writes and its removal of the
+    connection (``_drop_wire`` takes it) wait; the socket closes only after that removal, so the
+    descriptor is this connection's for the whole call. The caller holds the GIL (the written
+    buffer is recycled here)."""
+    cdef fn_oentry e
+    cdef fn_wentry *w
+    cdef int32_t seq, backlog
+    cdef bint idle, got, again = False
+    cdef iovec iov[2]
+    cdef msghdr msg
+    cdef ssize_t n
+    cdef int total
+    if pthread_mutex_trylock(&conn.send_lock) != 0:
+        return False
+    if conn.wire_len or conn.failed or conn.removed:
+        pthread_mutex_unlock(&conn.send_lock)
+        return False
+    if conn.wire == NULL:
+        conn.wire = <fn_wentry *>malloc(_WIRE_FRAMES * sizeof(fn_wentry))
+        if conn.wire == NULL:
+            pthread_mutex_unlock(&conn.send_lock)
+            return False
+        conn.wire_cap = _WIRE_FRAMES
+    pthread_mutex_lock(&conn.out_lock)
+    idle = conn.out_len == 0 and conn.ready_len == 0
+    pthread_mutex_unlock(&conn.out_lock)
+    if not idle:
+        pthread_mutex_unlock(&conn.send_lock)
+        return False
+    pthread_mutex_lock(&q.lock)
+    FN_ASSERT(q.in_ready)
+    got = q.conn == <void *>conn and _outq_pop(q, &e, &seq, &backlog)
+    if got:
+        again = _outq_sendable(q)
+    if not again:
+        q.in_ready = False
+    pthread_mutex_unlock(&q.lock)
+    if not got:
+        pthread_mutex_unlock(&conn.send_lock)
+        return True
+    conn.wire_head = 0
+    w = &conn.wire[0]
+    fn_store_be_i32(w.hdr, <int32_t>(_BR_LEN + e.size))
+    fn_store_be_i32(w.hdr + 4, <int32_t>_MAGIC)
+    w.hdr[8] = 0
+    memcpy(w.hdr + 9, q.receiver_id, 16)
+    fn_store_be_i32(w.hdr + 25, q.subpartition)
+    fn_store_be_i32(w.hdr + 29, 0)           # numOfPartialBuffers
+    fn_store_be_i32(w.hdr + 33, seq)
+    fn_store_be_i32(w.hdr + 37, backlog)
+    w.hdr[41] = <char>e.data_type
+    w.hdr[42] = 0                             # not compressed
+    fn_store_be_i32(w.hdr + 43, e.size)
+    w.size = e.size
+    w.off = 0
+    w.data = e.data
+    w.obj = e.obj
+    total = _BR_LEN + e.size
+    iov[0].iov_base = w.hdr
+    iov[0].iov_len = _BR_LEN
+    iov[1].iov_base = e.data
+    iov[1].iov_len = e.size
+    memset(&msg, 0, sizeof(msg))
+    msg.msg_iov = iov
+    msg.msg_iovlen = 2
+    while True:
+        n = sendmsg(conn.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if n < 0 and errno == EINTR:
+            continue
+        break
+    if n == total:
+        conn.bytes_out += n
+        conn.frames_sent += 1
+        pthread_mutex_unlock(&conn.send_lock)
+        _recycle_objects(&e.obj, 1)
+    else:
+        # the rest (all of it after an error: the I/O thread meets the error itself) is the
+        # wire's first frame, for the I/O thread
+        if n > 0:
+            conn.bytes_out += n
+            w.off = <int32_t>n
+        conn.wire_len = 1
+        conn.wire_bytes = total
+        pthread_mutex_unlock(&conn.send_lock)
+        _push_write(conn)
+    if again:
+        _outq_enqueue(q, conn)
+    return True
+
+
 cdef void _outq_add_credit(fn_outq *q, int credit) noexcept nogil:
     cdef fn_conn *conn = NULL
     pthread_mutex_lock(&q.lock)
@@ -1708,7 +1804,7 @@ cdef class OutputQueue:
             self.q.in_ready = True
             conn = <fn_conn *>self.q.conn
         pthread_mutex_unlock(&self.q.lock)
-        if conn != NULL:
+        if conn != NULL and not (size <= _WRITE_THROUGH_MAX and _write_through(&self.q, conn)):
             _outq_enqueue(&self.q, conn)
         if cap_roots != NULL:
             for i in range(n_taken):
@@ -1877,6 +1973,7 @@ cdef class NativeConnection:
         if self.c == NULL:
             raise MemoryError()
         pthread_mutex_init(&self.c.out_lock, NULL)
+        pthread_mutex_init(&self.c.send_lock, NULL)
         self.c.fd = fd
         self.c.owner = <void *>self
         self.c.max_frame_length = max_frame_length
@@ -1899,6 +1996,7 @@ cdef class NativeConnection:
                 free(self.c.ready)
                 free(self.c.wire)
                 pthread_mutex_destroy(&self.c.out_lock)
+                pthread_mutex_destroy(&self.c.send_lock)
                 free(self.c)
             # else: still owned by a live I/O thread (cannot happen: the engine holds a
             # reference while registered)
@@ -2601,6 +2699,7 @@ cdef void _drop_wire(fn_conn *conn) noexcept nogil:
     """The connection is gone: its unwritten frames' buffers go to the done list."""
     cdef void *done[_WIRE_FRAMES]
     cdef int i
+    pthread_mutex_lock(&conn.send_lock)
     for i in range(conn.wire_len):
         done[i] = conn.wire[conn.wire_head + i].obj
     if conn.wire_len:
@@ -2608,12 +2707,19 @@ cdef void _drop_wire(fn_conn *conn) noexcept nogil:
     conn.wire_len = 0
     conn.wire_head = 0
     conn.wire_bytes = 0
+    pthread_mutex_unlock(&conn.send_lock)
 
 
 cdef void _flush_server(fn_conn *conn) noexcept nogil:
     """Write a server-role connection: the frames on the wire queue, then the control frames
     Python queued (errors), then more from the ready queues, until the kernel is full or nothing
-    is left."""
+    is left (holding ``send_lock``: a write-through waits, see _write_through)."""
+    pthread_mutex_lock(&conn.send_lock)
+    _flush_server_locked(conn)
+    pthread_mutex_unlock(&conn.send_lock)
+
+
+cdef void _flush_server_locked(fn_conn *conn) noexcept nogil:
     cdef fn_engine *eng = <fn_engine *>conn.engine
     cdef int r, err = 0
     cdef bint want
@@ -2826,18 +2932,8 @@ cdef void _remove_conn(fn_engine *eng, fn_conn *conn) noexcept nogil:
     eng.num_conns = j
     pthread_mutex_lock(&eng.lock)
     conn.removed = True
-    j = 0
-    for i in range(eng.num_writes):
-        if eng.writes[i] != conn:
-            eng.writes[j] = eng.writes[i]
-            j += 1
-    eng.num_writes = j
-    j = 0
-    for i in range(eng.num_deferred):
-        if eng.deferred[i] != conn:
-            eng.deferred[j] = eng.deferred[i]
-            j += 1
-    eng.num_deferred = j
+    _conn_set_remove(eng.writes, &eng.num_writes, conn)
+    _conn_set_remove(eng.deferred, &eng.num_deferred, conn)
     pthread_mutex_unlock(&eng.lock)
     with gil:
         owner = <NativeConnection>conn.owner

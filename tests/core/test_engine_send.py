@@ -171,6 +171,42 @@ def test_credit_sequence_and_backlog_on_the_wire(served):
     assert q.release() == 0
 
 
+def test_a_small_frame_pushed_into_an_idle_connection_is_written_by_the_pushing_thread(served):
+    """Write-through, the latency path: a flushed small frame that finds the connection idle is
+    on the wire (and counted, and its buffer recycled) before push returns -- no wake-up of the
+    I/O thread on its way; frames queued for credit still go through the I/O thread, in order."""
+    engine, conn, handler, client, pool = served
+    q = OutputQueue(RID, 0, 4)
+    conn.register_output(q)
+    assert _wait_for(lambda: q.is_registered)
+    for i in range(20):
+        before = conn.frames_sent
+        assert q.push(_data(pool, bytes([i]) * (50 + i)))
+        assert conn.frames_sent == before + 1          # written by this thread
+        assert engine.buffers_to_recycle == 0           # and recycled here, not by the reaper
+        rid, sp, seq, backlog, dt, payload = _read_response(client)
+        assert (rid, seq, backlog, dt, payload) == (RID, i, 0, DataType.DATA_BUFFER, bytes([i]) * (50 + i))
+        _add_credit(client, 1)
+        assert _wait_for(lambda: q.credit == 4)
+    # without credit the frames wait in the queue; the I/O thread sends them when credit comes,
+    # and the next push after them finds the connection idle again
+    q.set_credit(0)
+    for i in range(3):
+        assert q.push(_data(pool, b"w" * (10 + i)))
+    assert _nothing_to_read(client)
+    _add_credit(client, 4)
+    got = [_read_response(client) for _ in range(3)]
+    assert [(g[2], g[5]) for g in got] == [(20 + i, b"w" * (10 + i)) for i in range(3)]
+    assert _wait_for(lambda: conn.frames_sent == 23)
+    assert q.push(_data(pool, b"z"))
+    assert _read_response(client)[2:] == (23, 0, DataType.DATA_BUFFER, b"z")
+    assert handler.failures == []
+    assert _wait_for(lambda: engine.buffers_to_recycle == 0)
+    conn.unregister_output(q)
+    assert _wait_for(lambda: not q.is_registered)
+    assert q.release() == 0
+
+
 def test_priority_event_overtakes_queued_data_without_credit(served):
     engine, conn, handler, client, pool = served
     q = OutputQueue(RID, 0, 0)
