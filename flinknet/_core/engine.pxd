@@ -48,8 +48,9 @@
 #   segment and hands the object to the engine's `done` list, whose reaper (a thread that takes the
 #   GIL once per batch) or a task thread recycles it. The I/O thread touches an fn_outq only while
 #   it is registered with one of its connections (the map holds a strong reference). `in_ready`
-#   says the queue is on its connection's ready list (at most once); lock order: never hold an
-#   fn_outq's lock and a connection's `out_lock` together.
+#   says the queue is on its connection's ready list (at most once); lock order: a connection's
+#   `out_lock` before an fn_outq's lock, nested only where a queue joins the ready ring
+#   (_outq_enqueue checks there that the queue is still registered); never the other way.
 #
 # * A server-role fn_conn's map holds fn_outq pointers (cast to fn_channel*) instead of channels;
 #   `ready` (guarded by `out_lock`) is its FIFO of readers that can send, served round-robin; the
@@ -58,7 +59,7 @@
 #   removal; a GIL holder that pushes a small frame into an idle connection (nothing on the
 #   wire, in `out` or on the ready list) may take it with a trylock and send the frame itself
 #   (write-through), leaving any unsent rest on the wire for the I/O thread. Lock order:
-#   `send_lock`, then `out_lock` or a queue's lock (never both of those together).
+#   `send_lock` before `out_lock` and any queue's lock.
 #
 # * The I/O thread takes the GIL only for the control path: frames it hands to Python (every frame
 #   but a plain data BufferResponse for a registered channel or an AddCredit for a registered

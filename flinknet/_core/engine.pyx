@@ -1346,6 +1346,16 @@ cdef int _announce_native(fn_channel *c, void *connp, int how) noexcept nogil:
         return 0
     pthread_mutex_lock(&conn.out_lock)
     if how != ANNOUNCE_LISTED:
+        # Still registered? The I/O thread unregisters a channel (its conn cleared under its
+        # lock) before it drops it from the credit list (under out_lock, held here): a channel
+        # unregistered since the caller looked must not be listed after that drop.
+        pthread_mutex_lock(&c.lock)
+        if c.conn != <void *>conn:
+            c.in_credit_list = False
+            pthread_mutex_unlock(&c.lock)
+            pthread_mutex_unlock(&conn.out_lock)
+            return 0
+        pthread_mutex_unlock(&c.lock)
         if conn.credit_len == conn.credit_cap:
             cl = <fn_channel **>realloc(conn.credit, (conn.credit_cap * 2 + 8) * sizeof(fn_channel *))
             if cl == NULL:
@@ -1539,8 +1549,17 @@ cdef void _outq_enqueue(fn_outq *q, fn_conn *conn) noexcept nogil:
     ready ring and make sure the I/O thread flushes the connection. Called with q.lock released,
     by the I/O thread or by a GIL holder (the GIL keeps ``conn`` alive: it is freed only with
     the GIL, after the queue was unregistered)."""
-    cdef bint schedule
+    cdef bint schedule, registered
     pthread_mutex_lock(&conn.out_lock)
+    # Still served by ``conn``? The I/O thread takes an unregistered queue off the ready ring
+    # (under out_lock, held here) before it clears ``q.conn``: a queue unregistered since the
+    # caller looked must not join the ring after that (it may be freed once off the map).
+    pthread_mutex_lock(&q.lock)
+    registered = q.conn == <void *>conn
+    pthread_mutex_unlock(&q.lock)
+    if not registered:
+        pthread_mutex_unlock(&conn.out_lock)
+        return
     _ready_push(conn, q)
     schedule = not conn.write_scheduled
     conn.write_scheduled = True
