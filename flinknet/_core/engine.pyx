@@ -1618,21 +1618,7 @@ cdef bint _write_through(fn_outq *q, fn_conn *conn) noexcept nogil:
         return True
     conn.wire_head = 0
     w = &conn.wire[0]
-    fn_store_be_i32(w.hdr, <int32_t>(_BR_LEN + e.size))
-    fn_store_be_i32(w.hdr + 4, <int32_t>_MAGIC)
-    w.hdr[8] = 0
-    memcpy(w.hdr + 9, q.receiver_id, 16)
-    fn_store_be_i32(w.hdr + 25, q.subpartition)
-    fn_store_be_i32(w.hdr + 29, 0)           # numOfPartialBuffers
-    fn_store_be_i32(w.hdr + 33, seq)
-    fn_store_be_i32(w.hdr + 37, backlog)
-    w.hdr[41] = <char>e.data_type
-    w.hdr[42] = 0                             # not compressed
-    fn_store_be_i32(w.hdr + 43, e.size)
-    w.size = e.size
-    w.off = 0
-    w.data = e.data
-    w.obj = e.obj
+    _wire_entry(w, q, &e, seq, backlog)
     total = _BR_LEN + e.size
     iov[0].iov_base = w.hdr
     iov[0].iov_len = _BR_LEN
@@ -2592,6 +2578,27 @@ cdef void _flush(fn_conn *conn) noexcept nogil:
 
 # -- the send side of a server-role connection (I/O thread) --
 
+cdef inline void _wire_entry(fn_wentry *w, fn_outq *q, fn_oentry *e, int32_t seq,
+                             int32_t backlog) noexcept nogil:
+    """``e`` as a BufferResponse on the wire: its 47-byte header (Flink's layout; the queue's
+    receiver id and subpartition never change, so no lock is needed for them) and its payload."""
+    fn_store_be_i32(w.hdr, <int32_t>(_BR_LEN + e.size))
+    fn_store_be_i32(w.hdr + 4, <int32_t>_MAGIC)
+    w.hdr[8] = 0
+    memcpy(w.hdr + 9, q.receiver_id, 16)
+    fn_store_be_i32(w.hdr + 25, q.subpartition)
+    fn_store_be_i32(w.hdr + 29, 0)           # numOfPartialBuffers
+    fn_store_be_i32(w.hdr + 33, seq)
+    fn_store_be_i32(w.hdr + 37, backlog)
+    w.hdr[41] = <char>e.data_type
+    w.hdr[42] = 0                             # not compressed
+    fn_store_be_i32(w.hdr + 43, e.size)
+    w.size = e.size
+    w.off = 0
+    w.data = e.data
+    w.obj = e.obj
+
+
 cdef int _fill_wire(fn_conn *conn) noexcept nogil:
     """Take one entry from each ready queue in turn (round-robin, Flink's PartitionRequestQueue)
     onto the wire queue, up to _WIRE_FRAMES frames or _WIRE_BYTES bytes. Returns the number
@@ -2630,23 +2637,9 @@ cdef int _fill_wire(fn_conn *conn) noexcept nogil:
         again = _outq_sendable(q)
         if not again:
             q.in_ready = False
-        w = &conn.wire[conn.wire_head + conn.wire_len]
-        fn_store_be_i32(w.hdr, <int32_t>(_BR_LEN + e.size))
-        fn_store_be_i32(w.hdr + 4, <int32_t>_MAGIC)
-        w.hdr[8] = 0
-        memcpy(w.hdr + 9, q.receiver_id, 16)
-        fn_store_be_i32(w.hdr + 25, q.subpartition)
         pthread_mutex_unlock(&q.lock)
-        fn_store_be_i32(w.hdr + 29, 0)           # numOfPartialBuffers
-        fn_store_be_i32(w.hdr + 33, seq)
-        fn_store_be_i32(w.hdr + 37, backlog)
-        w.hdr[41] = <char>e.data_type
-        w.hdr[42] = 0                             # not compressed
-        fn_store_be_i32(w.hdr + 43, e.size)
-        w.size = e.size
-        w.off = 0
-        w.data = e.data
-        w.obj = e.obj
+        w = &conn.wire[conn.wire_head + conn.wire_len]
+        _wire_entry(w, q, &e, seq, backlog)
         conn.wire_len += 1
         conn.wire_bytes += _BR_LEN + e.size
         taken += 1
