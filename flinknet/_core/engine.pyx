@@ -1273,22 +1273,28 @@ cdef inline void _credit_frame(char *frame, int credit, const char *receiver_id)
     memcpy(frame + 13, receiver_id, 16)
 
 
+cdef inline int _take_credit(fn_channel *ch) noexcept nogil:
+    """A listed channel's unannounced credit, taken off it (0 if none, or released); it is no
+    longer listed. Under its connection's out_lock."""
+    cdef int credit
+    pthread_mutex_lock(&ch.lock)
+    credit = 0 if ch.released else ch.unannounced
+    ch.unannounced = 0
+    ch.in_credit_list = False
+    pthread_mutex_unlock(&ch.lock)
+    return credit
+
+
 cdef int _take_credit_frames(fn_conn *conn, char *out, int cap) noexcept nogil:
     """Under ``out_lock``: the AddCredit frames of every listed channel with credit into
     ``out`` (``cap`` frames at most: the caller checked that the list fits), the list emptied.
     Returns the bytes written."""
     cdef fn_channel *ch
     cdef int i, credit, n = 0
-    cdef bint released
     for i in range(conn.credit_len):
         ch = conn.credit[i]
-        pthread_mutex_lock(&ch.lock)
-        credit = ch.unannounced
-        ch.unannounced = 0
-        ch.in_credit_list = False
-        released = ch.released
-        pthread_mutex_unlock(&ch.lock)
-        if credit > 0 and not released and n < cap:
+        credit = _take_credit(ch)
+        if credit > 0 and n < cap:
             _credit_frame(out + n * _ADD_CREDIT_LEN, credit, ch.receiver_id)
             n += 1
     conn.credit_len = 0
@@ -2549,13 +2555,8 @@ cdef void _flush(fn_conn *conn) noexcept nogil:
     pthread_mutex_lock(&conn.out_lock)
     for i in range(conn.credit_len):
         ch = conn.credit[i]
-        pthread_mutex_lock(&ch.lock)
-        credit = ch.unannounced
-        ch.unannounced = 0
-        ch.in_credit_list = False
-        released = ch.released
-        pthread_mutex_unlock(&ch.lock)
-        if credit > 0 and not released:
+        credit = _take_credit(ch)
+        if credit > 0:
             _credit_frame(frame, credit, ch.receiver_id)
             if _append_out(conn, frame, _ADD_CREDIT_LEN) < 0:
                 overflow = True
