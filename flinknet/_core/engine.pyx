@@ -176,9 +176,9 @@ cdef enum:
     # (_write_through): the small frames a flush makes; full buffers go through the I/O thread,
     # which keeps their kernel copy off the task's thread
     _WRITE_THROUGH_MAX = 4096
-    # The longest an AddCredit listed while the task still had buffers queued waits for the
-    # I/O thread to run (it runs sooner, at the next frame it receives): a consumer that stops
-    # reading with buffers queued still returns the credit of those it recycled, as Flink does
+    # The longest an AddCredit listed while the task still had buffers queued waits (the poll
+    # that empties the queue usually writes it sooner): a consumer that stops reading with
+    # buffers queued still returns the credit of those it recycled, as Flink does
     _CREDIT_DELAY_NS = 5000000
     # Entries a channel queues beyond its slots (events do not take credit); a sender exceeding
     # this is refused (the channel fails) instead of growing the queue without bound.
@@ -516,7 +516,7 @@ cdef enum:
     PUT_OK = 0
     PUT_ANNOUNCE = 1      # the channel's unannounced credit went 0 -> > 0 (not handled natively)
     # how _announce_native announces
-    ANNOUNCE_SOON = 1     # list the channel; the I/O thread writes it when it next runs
+    ANNOUNCE_SOON = 1     # list the channel; the I/O thread writes it when the credit timer fires
     ANNOUNCE_NOW = 2      # list it and write the list now
     ANNOUNCE_LISTED = 3   # it is listed already: write the list now
 
@@ -538,8 +538,8 @@ cdef int fn_channel_put_slot(fn_channel *c, int slot, bint announce) noexcept no
         if c.conn != NULL and c.requested:
             if not c.in_credit_list:
                 # Listed for the connection's next AddCredit: at once if the task has nothing
-                # queued (it waits for data), else by the I/O thread when it next runs (within
-                # _CREDIT_DELAY_NS) or by the poll that empties the queue, whichever is first.
+                # queued (it waits for data), else by the poll that empties the queue or by the
+                # I/O thread when the credit timer fires (_CREDIT_DELAY_NS), whichever is first.
                 c.in_credit_list = True
                 how = ANNOUNCE_NOW if c.count == 0 else ANNOUNCE_SOON
                 conn = c.conn
@@ -1341,7 +1341,8 @@ cdef int _write_credit_now(fn_channel *c, fn_conn *conn) noexcept nogil:
 cdef int _announce_native(fn_channel *c, void *connp, int how) noexcept nogil:
     """``c`` has unannounced credit and its caller (a GIL holder that freed a slot or emptied
     the queue) marked it listed. ``ANNOUNCE_SOON``: it joins the connection's credit list,
-    written when the I/O thread next runs (not woken for it; a timer bounds the wait).
+    written by the I/O thread when the credit timer fires (not woken for it now), unless the
+    poll that empties the channel's queue writes it first.
     ``ANNOUNCE_NOW`` / ``ANNOUNCE_LISTED``: the list goes out now, written by the calling
     thread itself when nothing else is queued on the connection (no hop through the I/O
     thread: the credit reaches the sender a wake-up sooner), else by the woken I/O thread."""
