@@ -198,3 +198,23 @@ def test_flinknet_bench_json_has_the_schema_the_gate_reads(gate, tmp_path):
     assert len(ratios) == sum(len(r["baselines"]) for r in doc["results"])
     # and the gate accepts it against itself
     assert gate.compare(ratios, ratios).passed
+
+
+def test_committed_tolerances_are_the_ones_ci_readme_documents():
+    """ci/README.md's table says why each tolerance pattern is wider than the threshold; the
+    reference file must hold exactly those (a refresh once dropped them all, gating every ratio
+    at 30%)."""
+    import re
+
+    ref = json.loads((ROOT / "ci" / "reference_ratios.json").read_text())
+    documented = {}
+    for line in (ROOT / "ci" / "README.md").read_text().splitlines():
+        line = line.strip()
+        if not line.startswith("| `"):
+            continue
+        cells = re.split(r"(?<!\\)\|", line)   # a pattern's own pipe is written \|
+        patterns, value = cells[1], cells[2].strip()
+        for pattern in re.findall(r"`([^`]+)`", patterns):
+            documented[pattern.replace("\\|", "|")] = float(value)
+    assert documented, "ci/README.md lost its tolerance table"
+    assert ref["tolerance"] == documented
