@@ -180,7 +180,7 @@ async def wait_gate_available(gate: InputGate, timeout: float | None = None) -> 
         # a thread blocked in get_next relies on. No future, no callback, no thread hand-off.
         loop = asyncio.get_running_loop()
         bell = _doorbell(gate, signal, loop)
-        if signal.arm_fd():
+        if gate.arm_wake_fd():  # type: ignore[attr-defined]  # a SingleInputGate (it has a signal)
             return True
         waiter: asyncio.Future[bool] = loop.create_future()
         bell.waiter = waiter

@@ -310,6 +310,15 @@ cdef class GateSignal:
             self.s.pending = True
         pthread_mutex_unlock(&self.s.lock)
 
+    def clear_pending(self):
+        """Forget a :meth:`notify` nobody waited for. The gate calls it before it waits, under
+        the lock every notifier holds, having seen its queue empty: such a notify's news (a
+        queued channel, the end, a close) was already read, and the wait would otherwise end at
+        once with a poll that finds nothing."""
+        pthread_mutex_lock(&self.s.lock)
+        self.s.pending = False
+        pthread_mutex_unlock(&self.s.lock)
+
     def arm(self):
         """Call the callback at the next ready channel; True if one is ready already (then the
         callback is not armed: the caller drains now)."""

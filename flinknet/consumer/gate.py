@@ -533,6 +533,10 @@ class SingleInputGate(InputGate):
         with self._lock:
             was_empty = self._queue_channel_unsafe(channel, priority, priority_seq, futures)
             has_priority = priority and self._num_priority > 0
+            if was_empty:
+                # Ready Python-side (a local channel's data, a failure, the end): wake a reader
+                # blocked on the doorbell or an event loop armed on its eventfd.
+                self._wake()
         # The priority future may have been collected even if the queue was not empty.
         for f in futures:
             _complete(f)
@@ -575,7 +579,10 @@ class SingleInputGate(InputGate):
             queue.append(channel)
         if was_empty:
             futures.append(self._availability.get_unavailable_to_reset_available())
-            self._wake()
+        # No doorbell notify here: what the reader queues itself (a channel with more, the
+        # doorbell's channels it drains) wakes nobody, and the native ring that made a drained
+        # channel ready woke every waiter already. A notify here would leave a stale wake-up that
+        # the reader's next wait answers with a poll that finds nothing. queue_channel notifies.
         return was_empty
 
     def _wake(self) -> None:
@@ -713,7 +720,9 @@ class SingleInputGate(InputGate):
                     if remaining <= 0:
                         raise TimeoutError("no buffer or event arrived before the timeout")
                 # Wait with the lock and the GIL released; a channel made ready meanwhile, or a
-                # notify, ends the wait at once.
+                # notify, ends the wait at once. A notify from before (every notifier holds the
+                # lock) is news this loop has read already: forgotten, not answered with a poll.
+                signal.clear_pending()
                 self._lock.release()
                 try:
                     signal.wait(remaining)
@@ -856,6 +865,26 @@ class SingleInputGate(InputGate):
         """Done while a priority event is queued."""
         with self._lock:
             return self._priority_availability.get_future()
+
+    def arm_wake_fd(self) -> bool:
+        """For an event loop about to wait on :attr:`signal`'s ``wake_fd`` (:mod:`flinknet.aio`):
+        True if a buffer or event is ready (or the gate is finished or closed), so the caller polls
+        now; else arm the eventfd (written at the next ready channel or notify; ``signal.disarm()``
+        ends the wait) and return False. Under the gate's lock, so a notify from before, whose news
+        the reader has seen, does not end the wait at once."""
+        signal = self.signal
+        if signal is None:
+            raise IllegalStateError("the gate has no channels yet (setup_channels was not called)")
+        futures: list[Future[None] | None] = []
+        with self._lock:
+            self._drain_signal_unsafe(futures)
+            ready = bool(self._queue) or self._all_eop or self._closed
+            if not ready:
+                signal.clear_pending()
+                ready = signal.arm_fd()
+        for f in futures:
+            _complete(f)
+        return ready
 
     @property
     def is_available(self) -> bool:

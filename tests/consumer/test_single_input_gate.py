@@ -8,6 +8,7 @@ are recycled by the gate. Threads are joined with generous deadlines; nothing as
 
 from __future__ import annotations
 
+import select
 import struct
 import threading
 
@@ -320,6 +321,36 @@ def test_blocking_get_next_wakes_on_data_from_a_producer_thread(ex):
     reader.finish()
     assert reader.error is None
     assert reader.result == [b"hello"]
+    p.finish()
+    p.close()
+
+
+def test_what_the_reader_queues_itself_leaves_no_wake_up_behind(ex):
+    """Reading a channel that has more buffers re-queues it, and draining the doorbell queues
+    the channels it names: the reader's own doing. Neither may leave a wake-up for its next wait,
+    which would answer it at once with a poll that finds nothing; data made ready by another
+    thread still wakes it."""
+    p = ex.partition(2)
+    gate = ex.gate_of(p)
+    for i in range(3):                       # three buffers on channel 0: it is re-queued twice
+        p.emit_record(bytes([i]) * FULL_RECORD, 0)
+    p.emit_record(b"y", 1)
+    p.flush_all()
+    got = drain(gate)
+    assert sorted(idx for idx, _ in got) == [0, 0, 0, 1]
+    signal = gate.signal
+    # nothing ready: an event loop waits (the producer's notifies before the reads are stale)
+    assert not gate.arm_wake_fd()
+    assert select.select([signal.wake_fd], [], [], 0)[0] == []
+    p.emit_record(b"z", 1)
+    p.flush(1)                               # ready from the producer's side: the eventfd is rung
+    assert select.select([signal.wake_fd], [], [], JOIN)[0] == [signal.wake_fd]
+    signal.clear_fd()
+    signal.disarm()
+    assert gate.arm_wake_fd()                # ready now: poll, nothing armed
+    assert drain(gate) == [(1, [b"z"])]
+    with pytest.raises(TimeoutError):        # and a thread's wait ends only at its timeout
+        gate.get_next(timeout=0.01)
     p.finish()
     p.close()
 

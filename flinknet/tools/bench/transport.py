@@ -48,7 +48,8 @@ asyncio (``remote.100B.asyncio.*``, :func:`bench_asyncio_reading`): the same exc
 asyncio event loop (:mod:`flinknet.aio`) against the threaded reader, runs alternated in the same
 run: ``per-record`` is ``async for record in reader`` against ``for record in reader`` (the
 producer emitting per record), ``batch`` is ``await reader.read_batch_async()`` against
-``reader.read_batch()`` (the producer emitting lists). The ratio is asyncio / threaded.
+``reader.read_batch()`` (the producer emitting lists). The ratio is asyncio / threaded, each the
+median of at least three alternated runs.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import socket
+import statistics
 import struct
 import time
 from collections.abc import Callable
@@ -421,16 +423,18 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
     rows.append(Row("latency.100B.timeout0.p99", "us", _pct(delays, 99),
                     {"raw socket one-way p99": _pct(rtt, 99) / 2},
                     references={"flink-2.3 p99 (rec.)": sum(FLINK_LATENCY_P99_US) / 2}))
-    return rows + bench_asyncio_reading(quick=quick, repeats=repeats)
+    return rows + bench_asyncio_reading(quick=quick, repeats=max(3, repeats))
 
 
 def bench_asyncio_reading(quick: bool = False, repeats: int | None = None, size: int = 100,
                           records: int | None = None):
     """Rows ``remote.{size}B.{asyncio,uvloop}.{per-record,batch}``: the remote exchange read on
-    asyncio's default event loop and on uvloop's against the threaded reader, alternated (best
-    of ``repeats`` each) in this run; ratio = event loop / threaded, ns per record. ``records`` overrides the
-    records per transfer (per-record rows move half as many as batch rows)."""
-    repeats = repeats or 2
+    asyncio's default event loop and on uvloop's against the threaded reader, alternated in this
+    run (``repeats`` pairs, 3 by default; each side's **median**: the best of two swung 0.8-1.2x between
+    runs of the same code, the luckier run of either side deciding); ratio = event loop /
+    threaded, ns per record. ``records`` overrides the records per transfer (per-record rows move
+    half as many as batch rows)."""
+    repeats = 3 if repeats is None else repeats
     rows = []
     loops: tuple[str, ...] = ("asyncio", "uvloop")
     try:
@@ -445,11 +449,12 @@ def bench_asyncio_reading(quick: bool = False, repeats: int | None = None, size:
                                      (f"{loop_name}-batch", "batch", 2_000_000)):
             n = int(n * (0.5 if quick else 1.0)) if records is None else records * (n // 1_000_000)
             n = max(BATCH, n - n % BATCH)
-            best_async, best_threaded = float("inf"), float("inf")
+            times_async, times_threaded = [], []
             for _ in range(repeats):     # alternated, so load on a shared machine hits both
-                best_threaded = min(best_threaded, run_remote(size, n, threaded_api))
-                best_async = min(best_async, run_remote(size, n, api))
-            ns, base = best_async / n * 1e9, best_threaded / n * 1e9
+                times_threaded.append(run_remote(size, n, threaded_api))
+                times_async.append(run_remote(size, n, api))
+            ns = statistics.median(times_async) / n * 1e9
+            base = statistics.median(times_threaded) / n * 1e9
             kind = "per-record" if threaded_api == "per-record" else "batch"
             how = ("async for record in reader / for record in reader" if kind == "per-record"
                    else "await read_batch_async() / read_batch()")
