@@ -35,11 +35,14 @@
 #   - Inline AddCredit: a GIL holder announcing credit while nothing is queued on the
 #     connection (`out` and the credit list empty) writes the AddCredit itself, one
 #     non-blocking `send` (no wake-up of the I/O thread, which is a hop of tens of µs). It holds
-#     `out_lock`, then the channel's `lock` (the order `_flush` takes them) across the send,
-#     and sends only while the channel is registered with this connection: the socket closes
-#     only after the connection's removal, which unregisters every channel under its lock
-#     first, so the fd is this connection's throughout. A short or failed send leaves the
-#     rest in `out` for the I/O thread (which meets the error itself and fails the connection).
+#     `out_lock`, then `send_lock` (a trylock: if busy, the I/O thread writes the credit) across
+#     the send, and sends only while the channel is registered with this connection (checked
+#     under the channel's `lock`, held for the check alone, so the I/O thread delivering the
+#     next buffer never waits for the syscall): the connection's removal unregisters every
+#     channel under its lock, then takes `send_lock` (_drop_wire), and only then may the socket
+#     close, so the fd is this connection's throughout. On a client-role connection nothing
+#     else nests `send_lock` with `out_lock`. A short or failed send leaves the rest in `out`
+#     for the I/O thread (which meets the error itself and fails the connection).
 #
 # * fn_outq (one reader's queue of buffers to send: the native part of a pipelined subpartition
 #   served over a server-role connection) is owned by its OutputQueue object; `lock` guards every
@@ -260,7 +263,8 @@ cdef struct fn_conn:
     int ready_len
     int ready_cap
     bint write_scheduled # out_lock: the I/O thread will flush this connection
-    pthread_mutex_t send_lock  # server role: held by whoever writes the socket and `wire`
+    pthread_mutex_t send_lock  # server role: held by whoever writes the socket and `wire`;
+                               # client role: by an inline AddCredit's send (and _drop_wire)
     fn_wentry *wire      # send_lock: frames being written, in order
     int wire_head
     int wire_len

@@ -1315,25 +1315,31 @@ cdef int _write_credit_now(fn_channel *c, fn_conn *conn) noexcept nogil:
     (``c``'s among it) on the calling thread, one non-blocking ``send``. 1 if written (or
     nothing was due), 2 if (some of) it was left in ``out`` for the I/O thread.
 
-    The caller holds the GIL, and ``c``'s lock is held across the ``send``, which happens only
-    while ``c`` is registered with ``conn``: the socket closes only after the engine removed
-    the connection, which unregisters every channel under its lock first, so the descriptor
-    is this connection's for the whole call. An error or a short write leaves the rest in
-    ``out`` for the I/O thread, which meets the error on its own send and fails the
-    connection there."""
+    The caller holds the GIL. The ``send`` happens only while ``c`` is registered with
+    ``conn`` and under the connection's ``send_lock`` (taken with a trylock: busy, the I/O
+    thread writes it all): the socket closes only after the engine removed the connection,
+    which unregisters every channel first and then takes ``send_lock`` (_drop_wire), so the
+    descriptor is this connection's for the whole call. ``c``'s own lock is held only for the
+    check: the I/O thread, delivering the next buffer into ``c``, does not wait for the
+    syscall. An error or a short write leaves the rest in ``out`` for the I/O thread, which
+    meets the error on its own send and fails the connection there."""
     cdef char frames[_INLINE_CREDITS * _ADD_CREDIT_LEN]
     cdef ssize_t sent = -1
+    cdef bint registered
     cdef int n = _take_credit_frames(conn, frames, _INLINE_CREDITS)
     if n == 0:
         return 1
-    pthread_mutex_lock(&c.lock)
-    if c.conn == <void *>conn:
-        while True:
-            sent = send(conn.fd, frames, n, MSG_NOSIGNAL | MSG_DONTWAIT)
-            if sent < 0 and errno == EINTR:
-                continue
-            break
-    pthread_mutex_unlock(&c.lock)
+    if pthread_mutex_trylock(&conn.send_lock) == 0:
+        pthread_mutex_lock(&c.lock)
+        registered = c.conn == <void *>conn
+        pthread_mutex_unlock(&c.lock)
+        if registered:
+            while True:
+                sent = send(conn.fd, frames, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+                if sent < 0 and errno == EINTR:
+                    continue
+                break
+        pthread_mutex_unlock(&conn.send_lock)
     if sent == n:
         conn.bytes_out += n
         return 1
