@@ -257,22 +257,27 @@ async def _count_batches_async(reader) -> int:
 
 
 def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float = 0.0,
-               stats: dict[str, float] | None = None, options: dict[str, Any] | None = None):
+               stats: dict[str, float] | None = None, options: dict[str, Any] | None = None,
+               producer_options: dict[str, Any] | None = None,
+               consumer_options: dict[str, Any] | None = None):
     """Seconds to move ``n`` records (or, for api="latency", the list of one-way delays in µs).
     ``api``: ``"per-record"``, ``"batch"``, ``"numpy"``, ``"latency"``, or read on an asyncio
     loop: ``"asyncio"`` (``async for``) and ``"asyncio-batch"`` (``read_batch_async``).
     ``stats``, when given, receives the CPU seconds each process spent on the transfer:
     ``"consumer_cpu_s"`` (this process, from "go" to the last record read) and
     ``"producer_cpu_s"`` (the producer process, from "go" to the consumer being done), both all
-    threads (``time.process_time``). ``options`` configure both environments
-    (:class:`~flinknet.config.NetworkConfig` keys)."""
+    threads (``time.process_time``), and ``"consumer_gate_max_floating"``, the most floating
+    buffers the consumer's gate pool may hold. ``options`` configure both environments
+    (:class:`~flinknet.config.NetworkConfig` keys); ``producer_options`` and
+    ``consumer_options`` add to them (and override them) for one side only."""
     from flinknet.consumer import RecordReader
     from flinknet.environment import NetworkEnvironment
     from flinknet.ids import ResultPartitionID
 
     ctx = _ctx()
     q_out, q_in = ctx.Queue(), ctx.Queue()
-    proc = ctx.Process(target=_producer, args=(q_out, q_in, size, n, api, timeout_ms, rate, options),
+    proc = ctx.Process(target=_producer, args=(q_out, q_in, size, n, api, timeout_ms, rate,
+                                               {**(options or {}), **(producer_options or {})}),
                        daemon=True)
     proc.start()
     try:
@@ -280,9 +285,11 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
         if first[0] == "error":
             raise RuntimeError(f"producer failed: {first[1]}")
         pid, addr = first
-        with NetworkEnvironment(options or {}) as env:
+        with NetworkEnvironment({**(options or {}), **(consumer_options or {})}) as env:
             gate = env.create_input_gate([(ResultPartitionID.from_bytes(pid), 0, addr)])
             gate.request_partitions()
+            gate_pool = gate.buffer_pool
+            max_floating = gate_pool.max_buffers if gate_pool is not None else 0
             count = 0
             delays = []
             # the asyncio APIs' loop is made before the clock starts
@@ -331,7 +338,8 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
         if count != n:
             raise AssertionError(f"read {count} records, expected {n}")
         if stats is not None:
-            stats.update(consumer_cpu_s=consumer_cpu, producer_cpu_s=last[2])
+            stats.update(consumer_cpu_s=consumer_cpu, producer_cpu_s=last[2],
+                         consumer_gate_max_floating=max_floating)
         return delays if api == "latency" else elapsed
     finally:
         proc.join(60)
