@@ -878,3 +878,68 @@ def test_a_failed_producer_surfaces_as_in_the_threaded_reader_over_tcp(run):
             g.close()
         p.close()
     assert_whole(prod, cons)
+
+
+# -- no lost wake-up: readiness from producer threads while the reader reads and waits ------------
+
+def stalling_producer(partition, producer: int, n: int, seed: int) -> None:
+    """Emit ``n`` records in bursts with random flushes and stalls, so that the reader's queue
+    runs empty and refills from this thread at random points of its reads and waits."""
+    rng = random.Random(seed)
+    with RecordWriter(partition, timeout=-1) as w:
+        for i in range(n):
+            w.emit(record(producer, i, 300))
+            if rng.random() < 0.2:
+                w.flush_all()
+            if rng.random() < 0.02:
+                time.sleep(rng.random() * 0.003)
+    partition.finish()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("reader_kind", ["threaded", "asyncio", "uvloop"])
+def test_no_wake_up_is_lost_to_producers_racing_the_reader(reader_kind, seed, make_pool, manager):
+    """Producer threads make local channels ready (the gate's Python-side notify) at random
+    points of the reader's reads and waits; the reader forgets a notify only once it has seen its
+    news (GateSignal.clear_pending under the gate lock). A lost wake-up would leave the reader
+    asleep with data queued: every record must arrive, in order per producer, before the
+    deadline, and the pools end whole."""
+    nbp = make_pool(96, SEG)
+    producers, n = 3, 1500
+    partitions = [create_result_partition(nbp, 1, partition_manager=manager) for _ in range(producers)]
+    for p in partitions:
+        p.setup()
+    gate = SingleInputGate.create_local(manager, [(p.partition_id, 0) for p in partitions])
+    workers = [Worker(stalling_producer, p, i, n, seed * 100 + i) for i, p in enumerate(partitions)]
+    got: list[bytes] = []
+    with gate, RecordReader(gate) as reader:
+        if reader_kind == "threaded":
+            gate.request_partitions()
+            for t in workers:
+                t.start()
+            deadline = time.monotonic() + JOIN
+            while (batch := reader.read_batch(timeout=max(0.001, deadline - time.monotonic()))) is not None:
+                got.extend(batch)
+        else:
+            loop_factory = (pytest.importorskip("uvloop").new_event_loop if reader_kind == "uvloop"
+                            else asyncio.new_event_loop)
+
+            async def consume():
+                for t in workers:
+                    t.start()
+                async with asyncio.timeout(JOIN):
+                    while (batch := await reader.read_batch_async()) is not None:
+                        got.extend(batch)
+
+            problems: list[dict] = []
+            with asyncio.Runner(loop_factory=loop_factory) as r:
+                r.get_loop().set_exception_handler(lambda loop, context: problems.append(context))
+                r.run(consume())
+            assert not problems, problems
+        assert reader.is_finished
+    for t in workers:
+        t.finish(JOIN)
+        assert t.error is None
+    assert by_producer(got, 300) == {i: list(range(n)) for i in range(producers)}
+    for p in partitions:
+        p.close()
