@@ -102,6 +102,10 @@ cdef class RecordDeserializer:
     cdef int64_t _accumulated
     cdef char *_span
     cdef Py_ssize_t _span_capacity
+    # With the plain "bytes" serializer, a spanning record is gathered straight into the bytes
+    # object handed out (one copy, not two); None until its first bytes arrive.
+    cdef bint _direct_bytes
+    cdef object _span_bytes
     cdef object _spill_file
     cdef object _spill_path
     # Bytes of the channel stream consumed so far (for error messages).

@@ -985,6 +985,8 @@ cdef class RecordDeserializer:
         if not 0 <= max_record_length <= 2147483647:
             raise ValueError("max_record_length must be in [0, 2**31 - 1]")
         self._serializer = get_serializer(serializer)
+        self._direct_bytes = type(self._serializer) is BytesSerializer
+        self._span_bytes = None
         self._spill_threshold = spilling_threshold
         self._max_record_length = max_record_length
         self._tmp_dirs = list(tmp_dirs) if tmp_dirs is not None else [tempfile.gettempdir()]
@@ -1047,6 +1049,7 @@ cdef class RecordDeserializer:
         self._record_length = -1
         self._length_bytes_read = 0
         self._accumulated = 0
+        self._span_bytes = None
         if self._spill_file is not None:
             f, path = self._spill_file, self._spill_path
             self._spill_file = self._spill_path = None
@@ -1138,6 +1141,11 @@ cdef class RecordDeserializer:
                 if self._spill_file is None:
                     self._open_spill_file()
                 self._spill_file.write(PyBytes_FromStringAndSize(data + consumed, take))
+            elif self._direct_bytes:
+                # the record's own bytes object, filled in place before anyone else sees it
+                if self._span_bytes is None:
+                    self._span_bytes = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>self._record_length)
+                copy_memory(PyBytes_AS_STRING(self._span_bytes) + self._accumulated, data + consumed, take)
             else:
                 needed = <Py_ssize_t>self._record_length
                 if needed > self._span_capacity:
@@ -1187,6 +1195,11 @@ cdef class RecordDeserializer:
                         except CorruptRecordError as e:
                             e.channel, e.offset = self._channel, record_offset
                             raise
+                elif self._direct_bytes:
+                    # gathered in place (a record of 0 bytes never got its object)
+                    value = self._span_bytes if self._span_bytes is not None else b""
+                    if as_view:
+                        value = memoryview(value)
                 elif as_view:
                     v = _RecordView.__new__(_RecordView)
                     v.owner = self
@@ -1402,6 +1415,10 @@ cdef class RecordDeserializer:
                 self._spill_file.seek(0)
                 parts.append(self._spill_file.read())
                 self._spill_file.seek(0, 2)
+            elif self._direct_bytes:
+                if self._accumulated:
+                    parts.append(PyBytes_FromStringAndSize(PyBytes_AS_STRING(self._span_bytes),
+                                                           <Py_ssize_t>self._accumulated))
             else:
                 parts.append(PyBytes_FromStringAndSize(self._span, <Py_ssize_t>self._accumulated))
         elif self._length_bytes_read > 0:

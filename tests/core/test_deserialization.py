@@ -538,6 +538,26 @@ def test_view_of_a_spanning_record(pool):
     assert pool.used_buffers == 0
 
 
+@pytest.mark.parametrize("serializer", ["bytes", "byte_array"])
+def test_a_spanning_record_in_pieces_and_an_empty_one_behind_a_split_prefix(pool, serializer):
+    """With the "bytes" serializer a spanning record is gathered straight into the bytes object
+    handed out; with any other into the deserializer's own memory. Either way: the record whole,
+    the unconsumed bytes mid-record as Flink lays them out, and an empty record whose length
+    prefix is split across buffers."""
+    d = RecordDeserializer(serializer)
+    wrap = (lambda b: b) if serializer == "bytes" else (lambda b: struct.pack(">i", len(b)) + b)
+    big = bytes(range(256)) * 12
+    stream = frame(wrap(big)) + frame(wrap(b""))
+    cuts = [0, 7, 900, 1800, 2700, len(stream) - 2, len(stream)]   # pieces of at most 1 KiB
+    got = []
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        got += d.read_records(make_buffer(pool, stream[a:b]))
+        if i == 1:   # mid-record: [len][bytes gathered so far]
+            assert d.get_unconsumed_bytes() == stream[:b]
+    assert got == [big, b""]
+    assert not d.has_unfinished_data and pool.used_buffers == 0
+
+
 @pytest.mark.parametrize("derive", ["slice", "numpy"])
 def test_a_derived_view_still_alive_makes_the_next_call_fail(pool, derive):
     """The next call releases the view and raises BufferError while views derived from it are
