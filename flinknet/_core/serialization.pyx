@@ -1310,12 +1310,35 @@ cdef class RecordDeserializer:
         cdef list out = []
         cdef object record
         cdef int status
+        cdef const char *base
+        cdef Py_ssize_t pos, limit
+        cdef int32_t length
         if buffer is not None:
             self.set_next_buffer(buffer)
         elif self._buffer is None:
             self._settle()
             return out
         while True:
+            if (self._direct_bytes and self._record_length < 0 and self._length_bytes_read == 0
+                    and self._buffer is not None):
+                # The common case, in one tight loop: whole "bytes" records inside the buffer
+                # (no state machine per record). What it stops at (a record that spans on, a
+                # length to reject, the buffer's end) is _next's, as before.
+                base = self._buffer.data()
+                pos = self._pos
+                limit = self._limit
+                while limit - pos >= LENGTH_BYTES:
+                    length = fn_load_be_i32(base + pos)
+                    if length < 0 or length > self._max_record_length or length > limit - pos - LENGTH_BYTES:
+                        break
+                    out.append(PyBytes_FromStringAndSize(base + pos + LENGTH_BYTES, length))
+                    pos += LENGTH_BYTES + length
+                    self._pos = pos
+                    self._stream_offset += LENGTH_BYTES + length
+                    self._num_records += 1
+                if pos == limit:
+                    self._finish_buffer(False)
+                    return out
             status = self._next(False)
             record = self._out
             self._out = None
