@@ -9,13 +9,21 @@ and of flinknet's native engine, with nothing else in it — no framing, no buff
 no Python. What it reaches is the most any native engine with that structure can reach on this
 machine; ``python -m flinknet.tools.bench.floor`` prints it beside the raw socket and flinknet.
 
+**Credit mode** (``relay_send(..., credits=N)`` with ``relay_receive(..., credits=True)``) adds
+Flink's credit loop and nothing else: the sender's I/O thread sends a record only against a
+credit (``N`` at the start: the receiver's window), and the consumer thread gives each slot it
+frees back as credit, in a 4-byte message it writes itself when its queue is empty (else the
+take that empties the queue writes what was freed before it) — flinknet's announcement rule.
+It measures what a native engine with Flink's credit window reaches on this machine, so that
+the window's share of a gap can be told from the engine's.
+
 Ownership: each relay's state is a C struct owned by the calling function for its whole life;
 its slots move free → queued → in flight → free under the struct's one mutex; the threads it
 starts are joined before it returns. No Python object is touched between ``with nogil`` and the
 join.
 """
 
-from libc.errno cimport EAGAIN, EINTR, errno
+from libc.errno cimport EAGAIN, ECONNRESET, EINTR, errno
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
@@ -80,6 +88,9 @@ cdef extern from "<sys/uio.h>" nogil:
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    int MSG_DONTWAIT
+    int MSG_NOSIGNAL
 
 
 cdef extern from "<unistd.h>" nogil:
@@ -135,6 +146,14 @@ cdef struct Relay:
     bint eof
     int error            # errno of a failed system call, 0 if none
     Py_ssize_t moved     # records through the I/O thread
+    # Credit mode. Sender: `credit` (records it may still send) and the partial credit message
+    # being read are the I/O thread's alone. Receiver: `unannounced` is the consumer thread's.
+    bint credit_mode
+    Py_ssize_t credit
+    char credit_buf[4]
+    int credit_got
+    Py_ssize_t unannounced
+    Py_ssize_t credit_messages
 
 
 cdef int _relay_init(Relay *r, int sock, Py_ssize_t chunk, Py_ssize_t window, Py_ssize_t count,
@@ -241,6 +260,36 @@ cdef void *_producer_main(void *arg) noexcept nogil:
     return NULL
 
 
+cdef int _read_credits(Relay *r) noexcept nogil:
+    # Credit mode, sender's I/O thread: add every whole 4-byte credit message readable now.
+    # -1 (with r.error set) on a failed read or an end of stream before the sending is done.
+    cdef char buf[4096]
+    cdef ssize_t rc, i
+    cdef uint32_t value
+    while True:
+        rc = recv(r.sock, buf, sizeof(buf), MSG_DONTWAIT)
+        if rc < 0:
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                return 0
+            r.error = errno
+            return -1
+        if rc == 0:
+            if r.moved >= r.count:
+                return 0           # the receiver has everything and closed its side
+            r.error = ECONNRESET
+            return -1
+        for i in range(rc):
+            r.credit_buf[r.credit_got] = buf[i]
+            r.credit_got += 1
+            if r.credit_got == 4:
+                memcpy(&value, r.credit_buf, 4)
+                r.credit += value
+                r.credit_messages += 1
+                r.credit_got = 0
+
+
 cdef void _sender_io(Relay *r) noexcept nogil:
     # The I/O thread: sleep in epoll until woken, then gather-write every queued slot (from where
     # the last partial write stopped), give written slots back, wait for EPOLLOUT when full.
@@ -250,14 +299,18 @@ cdef void _sender_io(Relay *r) noexcept nogil:
     cdef ssize_t sent
     cdef bint want_out = False, done, freed_from_empty
     ev.data.fd = r.sock
-    ev.events = 0
+    ev.events = EPOLLIN if r.credit_mode else 0      # credit messages
     epoll_ctl(r.epfd, EPOLL_CTL_ADD, r.sock, &ev)
     while True:
         if _wait(r) < 0:
             break
+        if r.credit_mode and _read_credits(r) < 0:
+            break
         while True:
             pthread_mutex_lock(&r.lock)
             n = r.queued if r.queued < MAX_IOV else MAX_IOV
+            if r.credit_mode and n > r.credit:
+                n = r.credit
             for k in range(n):
                 slot = r.ring[(r.head + k) % r.window]
                 iov[k].iov_base = r.slots + slot * r.chunk
@@ -287,6 +340,8 @@ cdef void _sender_io(Relay *r) noexcept nogil:
                 r.queued -= 1
                 r.moved += 1
                 k += 1
+                if r.credit_mode:
+                    r.credit -= 1
             freed_from_empty = k > 0 and r.num_free == k
             pthread_mutex_unlock(&r.lock)
             offset = left
@@ -302,9 +357,11 @@ cdef void _sender_io(Relay *r) noexcept nogil:
         pthread_mutex_unlock(&r.lock)
         if done:
             break
+        if r.credit_mode and r.credit == 0:
+            n = 0                  # nothing sendable: wait for credit (EPOLLIN), not the socket
         if (n > 0) != want_out:    # something left unsent: wait for the socket, not the producer
             want_out = n > 0
-            ev.events = EPOLLOUT if want_out else 0
+            ev.events = (EPOLLOUT if want_out else 0) | (EPOLLIN if r.credit_mode else 0)
             epoll_ctl(r.epfd, EPOLL_CTL_MOD, r.sock, &ev)
     if r.error:
         pthread_mutex_lock(&r.lock)
@@ -312,18 +369,23 @@ cdef void _sender_io(Relay *r) noexcept nogil:
         pthread_mutex_unlock(&r.lock)
 
 
-def relay_send(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t window, double rate=0.0):
+def relay_send(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t window, double rate=0.0,
+               Py_ssize_t credits=0):
     """Send ``count`` records of ``chunk`` bytes through a producer thread and an I/O thread (the
     calling thread, GIL released) on the connected socket ``sock``; each record starts with its
-    send time (``CLOCK_MONOTONIC`` ns). ``rate`` > 0 paces the producer. Returns records sent."""
+    send time (``CLOCK_MONOTONIC`` ns). ``rate`` > 0 paces the producer. ``credits`` > 0: credit
+    mode, starting with that many (the receiver's window; it must run ``relay_receive`` with
+    ``credits=True``). Returns records sent."""
     cdef Relay r
     cdef pthread_t producer
     cdef int rc
-    if chunk < 8 or window < 1 or count < 0:
-        raise ValueError("chunk must be >= 8, window >= 1, count >= 0")
+    if chunk < 8 or window < 1 or count < 0 or credits < 0:
+        raise ValueError("chunk must be >= 8, window >= 1, count >= 0, credits >= 0")
     if _relay_init(&r, sock, chunk, window, count, rate) != 0:
         _relay_destroy(&r)
         raise MemoryError()
+    r.credit_mode = credits > 0
+    r.credit = credits
     with nogil:
         rc = pthread_create(&producer, NULL, _producer_main, &r)
         if rc == 0:
@@ -400,17 +462,39 @@ cdef void *_receiver_io_main(void *arg) noexcept nogil:
     return NULL
 
 
-def relay_receive(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t window, bint stamps=False):
+cdef int _announce(Relay *r) noexcept nogil:
+    # Credit mode, consumer thread: write the unannounced credit as one 4-byte message (a full
+    # socket buffer, which 4 bytes against a window of records never meet, is retried).
+    cdef uint32_t value = <uint32_t>r.unannounced
+    cdef ssize_t sent
+    cdef int done = 0
+    while done < 4:
+        sent = send(r.sock, (<char *>&value) + done, 4 - done, MSG_DONTWAIT | MSG_NOSIGNAL)
+        if sent < 0:
+            if errno == EINTR or errno == EAGAIN:
+                continue
+            r.error = errno
+            return -1
+        done += <int>sent
+    r.unannounced = 0
+    r.credit_messages += 1
+    return 0
+
+
+def relay_receive(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t window, bint stamps=False,
+                  bint credits=False):
     """Receive records of ``chunk`` bytes from ``sock`` until end of stream through an I/O thread
     and a consumer (the calling thread, GIL released) that copies each record out of its slot.
     Returns ``(records, seconds from the first record to the last, delays)`` where ``delays`` is
-    a float64 array of one-way delays in µs (from each record's stamp) when ``stamps``."""
+    a float64 array of one-way delays in µs (from each record's stamp) when ``stamps``.
+    ``credits``: credit mode (the sender runs ``relay_send`` with ``credits=window``): each slot
+    the consumer frees goes back to the sender as credit."""
     cdef Relay r
     cdef pthread_t io
     cdef int rc
     cdef Py_ssize_t slot, received = 0
     cdef int64_t t0 = 0, t1 = 0, stamp
-    cdef bint wake
+    cdef bint wake, emptied
     cdef double[::1] delays
     cdef char *out
     if chunk < 8 or window < 1 or count < 0:
@@ -424,6 +508,7 @@ def relay_receive(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t windo
         _relay_destroy(&r)
         free(out)
         raise MemoryError()
+    r.credit_mode = credits
     with nogil:
         rc = pthread_create(&io, NULL, _receiver_io_main, &r)
         while rc == 0:
@@ -436,7 +521,12 @@ def relay_receive(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t windo
             slot = r.ring[r.head]
             r.head = (r.head + 1) % r.window
             r.queued -= 1
+            emptied = r.queued == 0
             pthread_mutex_unlock(&r.lock)
+            if r.credit_mode and emptied and r.unannounced:
+                # the take that empties the queue writes the credit freed before it
+                if _announce(&r) < 0:
+                    break
             memcpy(out, r.slots + slot * r.chunk, r.chunk)       # the consumer's copy
             t1 = _now_ns()
             if received == 0:
@@ -450,9 +540,16 @@ def relay_receive(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t windo
             r.num_free += 1
             wake = r.io_waits_for_slot
             r.io_waits_for_slot = False
+            emptied = r.queued == 0
             pthread_mutex_unlock(&r.lock)
             if wake:
                 _wake(r.efd)
+            if r.credit_mode:
+                # a freed slot is one credit: written now when nothing is queued, else by the
+                # take that empties the queue
+                r.unannounced += 1
+                if emptied and _announce(&r) < 0:
+                    break
         if rc == 0:
             pthread_join(io, NULL)
     error = r.error
