@@ -424,6 +424,97 @@ cdef class GateSignal:
         pthread_mutex_unlock(&self.s.lock)
         return out
 
+    def requeue(self, int index):
+        """Put channel ``index`` back at the end of the ready order (the reader took a buffer
+        from it and it has more): wakes nobody and calls nothing back (the reader itself is
+        the one who reads next). A channel already ready stays where it is."""
+        if index < 0 or index >= self.s.capacity:
+            raise IndexError(f"channel index {index} out of range [0, {self.s.capacity})")
+        pthread_mutex_lock(&self.s.lock)
+        if not self.s.is_ready[index]:
+            self.s.is_ready[index] = 1
+            self.s.ready[(self.s.head + self.s.count) % self.s.capacity] = index
+            self.s.count += 1
+        pthread_mutex_unlock(&self.s.lock)
+
+    def poll_data(self, list queues not None):
+        """The gate's fast lane (:meth:`~flinknet.consumer.SingleInputGate.poll_data_buffer`):
+        the next data buffer a ready channel received natively, taken in the doorbell's order
+        without draining it. ``queues[i]`` is channel ``i``'s :class:`ChannelQueue` (None for a
+        channel without one). Returns ``(buffer, channel_index, sequence_number, backlog,
+        more_ready)`` (``backlog`` as :meth:`ChannelQueue.poll` gives it; ``more_ready``: a
+        channel is still ready), None when no channel is ready, or False when the first ready
+        channel's next entry needs the gate's general path (an event, a priority event, a
+        compressed buffer, a released channel, a channel without a native queue); then nothing
+        was taken.
+
+        A channel that has more after its buffer goes to the back of the doorbell's order (round
+        robin), else it leaves it; both under the channel's lock, so an arrival racing with the
+        take either sees the channel still ready or marks it ready again. Task thread (the GIL
+        held: no other thread takes from the doorbell meanwhile)."""
+        cdef int idx, next_type = DT_NONE
+        cdef fn_entry e
+        cdef fn_entry *head
+        cdef int32_t backlog
+        cdef void *conn = NULL
+        cdef bint listed = False, more
+        cdef object obj
+        cdef ChannelQueue q
+        while True:
+            pthread_mutex_lock(&self.s.lock)
+            if self.s.count == 0:
+                pthread_mutex_unlock(&self.s.lock)
+                return None
+            idx = self.s.ready[self.s.head]
+            pthread_mutex_unlock(&self.s.lock)
+            if idx >= len(queues):
+                return False
+            obj = queues[idx]
+            if type(obj) is not ChannelQueue:
+                return False
+            q = <ChannelQueue>obj
+            if q.c.signal != &self.s:
+                return False
+            # lock order: the channel's, then the doorbell's (an arrival takes them one after
+            # the other, never nested the other way)
+            pthread_mutex_lock(&q.c.lock)
+            pthread_mutex_lock(&self.s.lock)
+            FN_ASSERT(self.s.count > 0 and self.s.ready[self.s.head] == idx)
+            if q.c.released:
+                pthread_mutex_unlock(&self.s.lock)
+                pthread_mutex_unlock(&q.c.lock)
+                return False
+            if q.c.count == 0:
+                # a stale mark (what it named was taken by the general path): forget it
+                self.s.head = (self.s.head + 1) % self.s.capacity
+                self.s.count -= 1
+                self.s.is_ready[idx] = 0
+                pthread_mutex_unlock(&self.s.lock)
+                pthread_mutex_unlock(&q.c.lock)
+                continue
+            head = &q.c.ring[q.c.head]
+            if (head.data_type != DT_DATA_BUFFER or q.c.num_priority
+                    or (head.kind == ENTRY_OBJECT and (<Buffer>head.obj)._compressed)):
+                pthread_mutex_unlock(&self.s.lock)
+                pthread_mutex_unlock(&q.c.lock)
+                return False
+            _pop_head(&q.c, &e, &next_type, &backlog, &conn, &listed)
+            more = q.c.count > 0
+            self.s.head = (self.s.head + 1) % self.s.capacity
+            if more:
+                # to the back of the order (the count stays)
+                self.s.ready[(self.s.head + self.s.count - 1) % self.s.capacity] = idx
+            else:
+                self.s.count -= 1
+                self.s.is_ready[idx] = 0
+            more = self.s.count > 0
+            pthread_mutex_unlock(&self.s.lock)
+            pthread_mutex_unlock(&q.c.lock)
+            if conn != NULL:
+                _announce_native(&q.c, conn, ANNOUNCE_LISTED if listed else ANNOUNCE_NOW)
+            buf = q._wrap(&e)
+            return (buf, idx, e.seq, backlog, more)
+
     @property
     def ready_count(self):
         """Channels ready and not drained yet."""
@@ -435,6 +526,38 @@ cdef class GateSignal:
 
 
 # -- a channel's slots and received queue -------------------------------------------------------
+
+cdef inline void _pop_head(fn_channel *c, fn_entry *e, int *next_type, int32_t *backlog,
+                           void **conn, bint *listed) noexcept nogil:
+    """Under ``c.lock`` with ``c.count > 0``: take the head entry into ``e``. ``next_type``:
+    the following entry's data type (left alone if none); ``backlog``: the sender's backlog the
+    task acts on; ``conn`` set (and ``listed``: the channel was on its credit list already)
+    when the queue ran dry with credit waiting for that: the caller announces it after
+    unlocking (``_announce_native``)."""
+    e[0] = c.ring[c.head]
+    FN_ASSERT(e.kind == ENTRY_SLOT or e.kind == ENTRY_OBJECT)
+    FN_ASSERT(c.queued_bytes >= e.size)
+    FN_ASSERT(c.num_priority <= c.count)
+    c.head = (c.head + 1) % c.ring_capacity
+    c.count -= 1
+    if c.num_priority > 0:
+        c.num_priority -= 1
+    c.queued_bytes -= e.size
+    # The sender's backlog as the newest arrival reported it, not as this (older) buffer did:
+    # Flink acts on each backlog when it arrives, so by the time the task takes a buffer the
+    # channel has followed every later buffer and BacklogAnnouncement. Acting on a stale
+    # figure would borrow floating buffers for data that already arrived (to sit as credit on
+    # a channel with nothing more to send), or forget an announced backlog and refuse the
+    # floating buffer it waits for (the producer then waits forever).
+    backlog[0] = c.latest_backlog if c.latest_backlog >= 0 else e.backlog
+    if c.count:
+        next_type[0] = c.ring[c.head].data_type
+    elif c.unannounced > 0 and c.conn != NULL and c.requested:
+        # the queue ran dry: the credit that waited for it goes out now
+        conn[0] = c.conn
+        listed[0] = c.in_credit_list
+        c.in_credit_list = True
+
 
 cdef class _SlotRecycler(BufferRecycler):
     """Recycler of an exclusive slot's buffers: the slot goes back as one credit."""
@@ -937,36 +1060,13 @@ cdef class ChannelQueue:
         cdef fn_entry e
         cdef int next_type = DT_NONE
         cdef int32_t backlog
-        cdef void *conn
+        cdef void *conn = NULL
         cdef bint listed = False
         pthread_mutex_lock(&self.c.lock)
         if self.c.count == 0:
             pthread_mutex_unlock(&self.c.lock)
             return None
-        e = self.c.ring[self.c.head]
-        FN_ASSERT(e.kind == ENTRY_SLOT or e.kind == ENTRY_OBJECT)
-        FN_ASSERT(self.c.queued_bytes >= e.size)
-        FN_ASSERT(self.c.num_priority <= self.c.count)
-        self.c.head = (self.c.head + 1) % self.c.ring_capacity
-        self.c.count -= 1
-        if self.c.num_priority > 0:
-            self.c.num_priority -= 1
-        self.c.queued_bytes -= e.size
-        # The sender's backlog as the newest arrival reported it, not as this (older) buffer
-        # did: Flink acts on each backlog when it arrives, so by the time the task takes a
-        # buffer the channel has followed every later buffer and BacklogAnnouncement. Acting on
-        # a stale figure would borrow floating buffers for data that already arrived (to sit
-        # as credit on a channel with nothing more to send), or forget an announced backlog
-        # and refuse the floating buffer it waits for (the producer then waits forever).
-        backlog = self.c.latest_backlog if self.c.latest_backlog >= 0 else e.backlog
-        conn = NULL
-        if self.c.count:
-            next_type = self.c.ring[self.c.head].data_type
-        elif self.c.unannounced > 0 and self.c.conn != NULL and self.c.requested:
-            # the queue ran dry: the credit that waited for it goes out now
-            conn = self.c.conn
-            listed = self.c.in_credit_list
-            self.c.in_credit_list = True
+        _pop_head(&self.c, &e, &next_type, &backlog, &conn, &listed)
         pthread_mutex_unlock(&self.c.lock)
         if conn != NULL:
             _announce_native(&self.c, conn, ANNOUNCE_LISTED if listed else ANNOUNCE_NOW)

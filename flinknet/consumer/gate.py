@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, Self, SupportsIndex, overl
 from flinknet import aio as _aio
 from flinknet import events as _events
 from flinknet._core.buffer import Buffer, DataType
-from flinknet._core.engine import GateSignal
+from flinknet._core.engine import ChannelQueue, GateSignal
 from flinknet._core.pool import AvailabilityHelper, LocalBufferPool
 from flinknet._core.pool import complete_future as _complete
 from flinknet.consumer.channels import InputChannel, InputChannelInfo, LocalInputChannel
@@ -311,6 +311,9 @@ class SingleInputGate(InputGate):
         self._debloat_period = math.inf
         self._debloat_deadline = math.inf
         self._debloat_bytes_mark = 0
+        # The fast lane's view of the channels (poll_data_buffer): channel index -> its native
+        # ChannelQueue (None for a channel without one); made at its first use after the request.
+        self._native_queues: list[ChannelQueue | None] | None = None
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -624,6 +627,51 @@ class SingleInputGate(InputGate):
         """The next buffer or event if one is ready now, else None (see :attr:`is_finished`)."""
         return self._get_next(False, None)
 
+    def poll_data_buffer(self) -> tuple[Buffer, InputChannelInfo] | None:
+        """The fast lane of a :class:`~flinknet.consumer.RecordReader`: the next data buffer a
+        remote channel received natively and its channel, if one is ready and nothing needs the
+        general path; else None (then :meth:`get_next` / :meth:`poll_next`, which read what is
+        left in order). The general path serves what Python code made ready (local channels,
+        failures, priority events), events and buffers of the Python transport; the fast lane
+        takes the buffers of the doorbell's channels in its order, round robin, without the
+        gate's lock or a :class:`BufferOrEvent`, and counts them as :meth:`get_next` does
+        (gate and channel). Not with buffer debloating (the general path measures each
+        buffer), before the partitions were requested, or once the gate is closed or finished.
+        The caller owns (recycles) the buffer. Task thread, as :meth:`get_next`."""
+        if (self._queue or self._num_priority or not self._requested or self._all_eop
+                or self._closed or self._throughput is not None):
+            return None
+        queues = self._native_queues
+        signal = self.signal
+        if queues is None:
+            if signal is None:
+                return None
+            queues = self._native_queues = [
+                q if isinstance(q := getattr(ch, "queue", None), ChannelQueue) else None
+                for ch in self.input_channels]
+        got = signal.poll_data(queues)  # type: ignore[union-attr]  # set with the channels
+        if not got:
+            return None
+        buffer, index, sequence_number, backlog, more_ready = got
+        channel = self.input_channels[index]
+        if channel.failure_cause is not None:
+            # failed meanwhile: what it received is dropped, the reader gets the failure (and
+            # the channel stays readable with it, as on the general path)
+            buffer.recycle()
+            self.notify_channel_non_empty(channel)
+            channel.check_error()
+        # (a channel with a native queue is a RemoteInputChannel)
+        channel.note_polled(buffer, sequence_number, backlog)  # type: ignore[attr-defined]
+        size = buffer.size
+        self.num_buffers_in += 1
+        self.num_bytes_in += size
+        self.num_buffers_in_remote += 1
+        self.num_bytes_in_remote += size
+        if not more_ready and not self._queue:
+            with self._lock:
+                self._check_unavailability()
+        return buffer, channel.channel_info
+
     def _get_next(self, blocking: bool, timeout: float | None) -> BufferOrEvent | None:
         if not self._requested:
             self.request_partitions()
@@ -652,7 +700,13 @@ class SingleInputGate(InputGate):
                     self._check_unavailability()
                     continue
                 if result.more_available:
-                    self._queue_channel_unsafe(channel, result.more_priority_events, None, futures)
+                    native = self._native_queues
+                    if (native is not None and native[channel.channel_index] is not None
+                            and not result.more_priority_events):
+                        # back to the doorbell's order, where the fast lane reads on
+                        self.signal.requeue(channel.channel_index)  # type: ignore[union-attr]
+                    else:
+                        self._queue_channel_unsafe(channel, result.more_priority_events, None, futures)
                 more_priority = self._num_priority > 0
                 buffer = result.buffer
                 data_type = buffer.data_type

@@ -9,13 +9,13 @@ thread (:mod:`flinknet.aio`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Self
 
 import numpy.typing as npt
 
 from flinknet import aio as _aio
-from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, DataType, NetworkBuffer
+from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, Buffer, DataType, NetworkBuffer
 from flinknet._core.cursor import RecordCursor
 from flinknet._core.memory import MemorySegment
 from flinknet._core.serialization import (
@@ -25,7 +25,7 @@ from flinknet._core.serialization import (
     get_serializer,
 )
 from flinknet.consumer.channels import InputChannelInfo
-from flinknet.consumer.gate import BufferOrEvent, InputGate, UnionInputGate
+from flinknet.consumer.gate import BufferOrEvent, InputGate, SingleInputGate, UnionInputGate
 from flinknet.errors import IllegalStateError
 from flinknet.events import Event
 from flinknet.types import SerializerSpec
@@ -72,6 +72,10 @@ class RecordReader:
         # native async iterator over them
         self._cursor = RecordCursor(self.read_batch, self._wait_next_record, _aio.YIELD_EVERY)
         self._closed = False
+        # the gate's fast lane (SingleInputGate.poll_data_buffer), where the gate is exactly one
+        # (a subclass may read differently)
+        self._fast_lane: Callable[[], tuple[Buffer, InputChannelInfo] | None] | None = (
+            gate.poll_data_buffer if type(gate) is SingleInputGate else None)
         self.num_records_in = 0
         #: the channel of the buffer or event the last batch came from.
         self.last_channel_info: InputChannelInfo | None = None
@@ -98,6 +102,14 @@ class RecordReader:
         spanning record), or with ``emit_events`` a one-element list of an event. None when the
         gate is finished (or, with ``blocking=False``, when nothing is ready)."""
         self._check_open()
+        fast = self._fast_lane
+        if fast is not None and (got := fast()) is not None:
+            buffer, info = got
+            self.last_channel_info = info
+            d = self._deserializers.get(info)
+            records = (d if d is not None else self._deserializer(info)).read_records(buffer)
+            self.num_records_in += len(records)
+            return records
         boe = self.gate.get_next(timeout) if blocking else self.gate.poll_next()
         if boe is None:
             return None
@@ -115,6 +127,14 @@ class RecordReader:
         """The fixed-width records of the next data buffer as one numpy array of ``dtype``
         (events are skipped); None when the gate is finished."""
         self._check_open()
+        fast = self._fast_lane
+        if fast is not None and (got := fast()) is not None:
+            buffer, info = got
+            self.last_channel_info = info
+            d = self._deserializers.get(info)
+            arr = (d if d is not None else self._deserializer(info)).read_array(buffer, dtype)
+            self.num_records_in += len(arr)
+            return arr
         while True:
             boe = self.gate.get_next(timeout)
             if boe is None:

@@ -375,6 +375,13 @@ class RemoteInputChannel(InputChannel):
                 raise CancelTaskError(f"{self} has been released")
             return None
         buffer, next_type, seq, backlog = result
+        self.note_polled(buffer, seq, backlog)
+        return BufferAndBacklog(buffer, 0, next_type, seq)
+
+    def note_polled(self, buffer: Buffer, sequence_number: int, backlog: int) -> None:
+        """The task took ``buffer`` from the channel's queue (:meth:`get_next_buffer`, or the
+        gate's fast lane, :meth:`~flinknet.consumer.SingleInputGate.poll_data_buffer`): count it
+        and act on the sender's ``backlog`` as the queue reported it. Task thread."""
         # The sender's backlog as the newest received buffer reported it (the queue returns that
         # one, not this buffer's older figure): ask for floating buffers now if the free slots
         # fall short of it (Flink does it on arrival; the I/O thread leaves it to the task's
@@ -382,6 +389,7 @@ class RemoteInputChannel(InputChannel):
         # (no lock, no pool: the common case).
         if backlog >= 0:
             required = backlog + self.initial_credit
+            q = self.queue
             if q.free_slots < required:
                 # (already waiting for the gate pool with this requirement: nothing to ask; the
                 # pool's offer asks again, see notify_buffer_available)
@@ -393,11 +401,10 @@ class RemoteInputChannel(InputChannel):
                 q.set_required(required)
         self.num_bytes_in += buffer.size
         self.num_buffers_in += 1
-        self._last_polled_seq = seq
+        self._last_polled_seq = sequence_number
         if buffer.is_buffer:
             # (a priority event is taken out of order: data behind it may have lower numbers)
-            self._last_data_seq = seq
-        return BufferAndBacklog(buffer, 0, next_type, seq)
+            self._last_data_seq = sequence_number
 
     # -- unaligned checkpoints: the data a priority barrier overtook -------------------------
 

@@ -923,3 +923,119 @@ def test_poll_reports_the_backlog_of_the_newest_arrival_announcements_included(w
     conn.unregister(q)
     q.release()
     assert _wait_for(lambda: pool.is_whole)
+
+
+# -- the gate's fast lane (GateSignal.poll_data / requeue) ------------------------------------
+
+def _obj_buffer(pool, payload=b"x", dt=DataType.DATA_BUFFER, compressed=False):
+    seg = pool.request_unpooled_memory_segments(1)[0]
+    seg.put_bytes(0, payload)
+    b = NetworkBuffer(seg, _GiveBack(pool), dt, len(payload))
+    b.is_compressed = compressed
+    return b
+
+
+class _GiveBack(BufferRecycler):
+    def __init__(self, pool):
+        self.pool = pool
+
+    def recycle(self, segment):
+        self.pool.recycle_unpooled_memory_segments([segment])
+
+
+def test_fast_lane_takes_native_data_round_robin_in_the_doorbells_order(wire):
+    engine, handler, conn, server = wire
+    pool = NetworkBufferPool(16, SEG)
+    signal = GateSignal(2)
+    _, q0, rid0 = _attach(conn, pool, index=0, signal=signal)
+    _, q1, rid1 = _attach(conn, pool, index=1, signal=signal)
+    server.sendall(_br(rid0, 0, b"a0") + _br(rid0, 1, b"a1"))
+    assert _wait_for(lambda: q0.queued_buffers == 2)
+    server.sendall(_br(rid1, 0, b"b0") + _br(rid1, 1, b"b1"))
+    assert _wait_for(lambda: q1.queued_buffers == 2)
+    got = []
+    while (r := signal.poll_data([q0, q1])) is not None:
+        buf, idx, seq, backlog, more = r
+        got.append((idx, seq, buf.to_bytes(), more))
+        buf.recycle()
+    # channel 0 became ready first; a channel with more goes to the back of the order
+    assert got == [(0, 0, b"a0", True), (1, 0, b"b0", True), (0, 1, b"a1", True), (1, 1, b"b1", False)]
+    assert signal.ready_count == 0 and q0.queued_buffers == q1.queued_buffers == 0
+    # the credit of the four recycled slots reaches the sender, as after poll()
+    assert sum(_add_credits(server, 4)) == 4
+    for q in (q0, q1):
+        conn.unregister(q)
+        q.release()
+    assert _wait_for(lambda: pool.is_whole)
+
+
+def test_fast_lane_leaves_events_priority_and_compressed_buffers_to_the_general_path(wire):
+    engine, handler, conn, server = wire
+    pool = NetworkBufferPool(16, SEG)
+    signal, q, rid = _attach(conn, pool)
+    server.sendall(_br(rid, 0, b"data"))
+    assert _wait_for(lambda: q.queued_buffers == 1)
+    q.push_buffer(_obj_buffer(pool, b"event", DataType.EVENT_BUFFER), 1)
+    q.push_buffer(_obj_buffer(pool, b"more"), 2)
+    r = signal.poll_data([q])
+    assert r[0].to_bytes() == b"data" and r[1:4] == (0, 0, 0) and r[4] is True
+    r[0].recycle()
+    # an event at the head: nothing taken, the channel stays ready for the general path
+    assert signal.poll_data([q]) is False
+    assert q.queued_buffers == 2 and signal.ready_count == 1
+    event, _, seq, _ = q.poll()
+    assert event.data_type == DataType.EVENT_BUFFER and seq == 1
+    event.recycle()
+    # a buffer the Python transport queued is taken too (not compressed)
+    r = signal.poll_data([q])
+    assert r[0].to_bytes() == b"more" and r[2] == 2 and r[4] is False
+    r[0].recycle()
+    # a compressed one, and a priority event ahead of data, are the general path's
+    q.push_buffer(_obj_buffer(pool, b"zz", compressed=True), 3)
+    assert signal.poll_data([q]) is False
+    q.push_buffer(_obj_buffer(pool, b"prio", DataType.PRIORITIZED_EVENT_BUFFER), 4, priority=True)
+    assert signal.poll_data([q]) is False
+    while (r := q.poll()) is not None:
+        r[0].recycle()
+    conn.unregister(q)
+    q.release()
+    assert _wait_for(lambda: pool.is_whole)
+
+
+def test_fast_lane_forgets_stale_marks_and_refuses_what_is_not_its_own():
+    pool = NetworkBufferPool(8, SEG)
+    signal, q = _queue(pool, 0, 2)
+    signal.ready(0)                              # a mark for an empty queue (taken meanwhile)
+    assert signal.poll_data([q, None]) is None and signal.ready_count == 0
+    q.push_buffer(_obj_buffer(pool), 0)
+    assert signal.ready_count == 1
+    assert signal.poll_data([]) is False         # no queue for the channel
+    assert signal.poll_data([None]) is False
+    assert signal.poll_data(["not a queue"]) is False
+    other_signal, other = _queue(pool)
+    assert signal.poll_data([other]) is False    # a queue of another gate
+    assert signal.ready_count == 1 and q.queued_buffers == 1
+    q.release()                                  # released: the general path raises there
+    assert signal.poll_data([q]) is False
+    other.release()
+    with pytest.raises(TypeError):
+        signal.poll_data(None)
+    assert pool.is_whole
+
+
+def test_requeue_puts_a_channel_at_the_back_once_and_calls_nobody_back():
+    calls = []
+    signal = GateSignal(3, lambda: calls.append(1))
+    signal.ready(1)
+    assert signal.arm() is True                  # a channel is ready: nothing armed
+    signal.drain()
+    assert signal.arm() is False                 # armed: the next ready() calls back
+    signal.requeue(2)
+    signal.requeue(0)
+    signal.requeue(2)                            # already ready: stays where it is
+    assert calls == [] and signal.ready_count == 2
+    assert signal.drain() == [2, 0]
+    with pytest.raises(IndexError):
+        signal.requeue(3)
+    signal.ready(1)                              # the armed callback still fires for arrivals
+    assert calls == [1]
