@@ -660,8 +660,12 @@ class SingleInputGate(InputGate):
             buffer.recycle()
             self.notify_channel_non_empty(channel)
             channel.check_error()
-        # (a channel with a native queue is a RemoteInputChannel)
-        channel.note_polled(buffer, sequence_number, backlog)  # type: ignore[attr-defined]
+        try:
+            # (a channel with a native queue is a RemoteInputChannel)
+            channel.note_polled(buffer, sequence_number, backlog)  # type: ignore[attr-defined]
+        except BaseException:
+            buffer.recycle()
+            raise
         size = buffer.size
         self.num_buffers_in += 1
         self.num_bytes_in += size

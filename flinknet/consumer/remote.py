@@ -375,7 +375,11 @@ class RemoteInputChannel(InputChannel):
                 raise CancelTaskError(f"{self} has been released")
             return None
         buffer, next_type, seq, backlog = result
-        self.note_polled(buffer, seq, backlog)
+        try:
+            self.note_polled(buffer, seq, backlog)
+        except BaseException:
+            buffer.recycle()
+            raise
         return BufferAndBacklog(buffer, 0, next_type, seq)
 
     def note_polled(self, buffer: Buffer, sequence_number: int, backlog: int) -> None:

@@ -141,3 +141,34 @@ def test_a_debloating_gate_reads_every_buffer_on_the_general_path():
             assert worker.error is None and got == 500
         partition.close()
     assert_whole(prod, cons)
+
+
+@pytest.mark.parametrize("path", ["fast lane", "general path"])
+def test_a_failing_backlog_request_gives_the_taken_buffer_back(path):
+    # note_polled (the sender's backlog: floating buffers from the gate pool) raising after the
+    # buffer left the channel's queue: the buffer is recycled, the error reaches the reader
+    with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
+        partition = prod.create_result_partition(1)
+        gate = cons.create_input_gate([(partition.partition_id, 0, prod.address)])
+        with RecordWriter(partition, timeout=0) as w:
+            with gate, RecordReader(gate) as reader:
+                w.emit(b"first", 0)
+                assert reader.read_batch() == [b"first"]
+                channel = gate.input_channels[0]
+
+                def broken(*args):
+                    raise RuntimeError("the gate pool broke")
+
+                channel.note_polled = broken
+                w.emit(b"second", 0)
+                deadline = time.monotonic() + JOIN
+                while channel.queue.queued_buffers < 1 and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                with pytest.raises(RuntimeError, match="the gate pool broke"):
+                    if path == "fast lane":
+                        gate.poll_data_buffer()
+                    else:
+                        gate.poll_next()
+                del channel.note_polled
+        partition.close()
+    assert_whole(prod, cons)
