@@ -172,3 +172,80 @@ def test_a_failing_backlog_request_gives_the_taken_buffer_back(path):
                 del channel.note_polled
         partition.close()
     assert_whole(prod, cons)
+
+
+def _produce_randomly(partition, producer: int, n: int, seed: int) -> None:
+    """``n`` records of random sizes with random pauses, flushes and markers (seeded)."""
+    rng = random.Random(seed * 7919 + producer)
+    with RecordWriter(partition, timeout=rng.choice([0, 1, 100])) as w:
+        for i in range(n):
+            w.emit(record(producer, i), 0)
+            roll = rng.random()
+            if roll < 0.02:
+                partition.broadcast_event(ev.CancelCheckpointMarker(i))
+            elif roll < 0.05:
+                partition.flush_all()
+            elif roll < 0.06:
+                time.sleep(rng.random() * 0.003)
+    partition.finish()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fast_lane_under_random_producers_and_a_stalling_reader(seed):
+    # Randomized: producers with random pauses, flushes and events; a reader that stalls at
+    # random points, reads through the lane and, now and then, through poll_next (the general
+    # path) on the same gate. Every channel's records and markers arrive in order, the counts
+    # agree, and the pools are whole.
+    rng = random.Random(seed)
+    n, channels = 2000, 4
+    with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
+        partitions = [prod.create_result_partition(1) for _ in range(channels)]
+        gate = cons.create_input_gate([(p.partition_id, 0, prod.address) for p in partitions])
+        workers = [Worker(_produce_randomly, p, i, n, seed) for i, p in enumerate(partitions)]
+        for w in workers:
+            w.start()
+        seen: dict[int, list] = {i: [] for i in range(channels)}
+        with gate, RecordReader(gate, emit_events=True) as reader:
+            while True:
+                if rng.random() < 0.01:
+                    time.sleep(rng.random() * 0.002)
+                if rng.random() < 0.1:
+                    boe = gate.poll_next()
+                    if boe is None:
+                        if gate.is_finished:
+                            break
+                        continue
+                    if boe.buffer is not None:
+                        batch = reader._deserializer(boe.channel_info).read_records(boe.buffer)
+                    else:
+                        batch = [RecordOrEvent(boe.event, boe.channel_info)]
+                else:
+                    batch = reader.read_batch(timeout=JOIN)
+                    if batch is None:
+                        break
+                for item in batch:
+                    if isinstance(item, RecordOrEvent):
+                        seen[item.channel_info.input_channel_idx].append(("event", item.event))
+                    else:
+                        producer, seq = HEADER.unpack_from(item)
+                        assert item == record(producer, seq)
+                        seen[producer].append(seq)
+            for w in workers:
+                w.finish(JOIN)
+                assert w.error is None
+            for i in range(channels):
+                records = [x for x in seen[i] if not isinstance(x, tuple)]
+                assert records == list(range(n))
+                markers = [x[1] for x in seen[i] if isinstance(x, tuple)
+                           and isinstance(x[1], ev.CancelCheckpointMarker)]
+                # each marker right after the record it names
+                for m in markers:
+                    pos = seen[i].index(("event", m))
+                    assert seen[i][pos - 1] == m.checkpoint_id
+                assert seen[i][-1] == ("event", ev.EndOfPartitionEvent())
+            chans = gate.input_channels
+            assert gate.num_buffers_in == sum(c.num_buffers_in for c in chans)
+            assert gate.num_bytes_in == sum(c.num_bytes_in for c in chans)
+        for p in partitions:
+            p.close()
+    assert_whole(prod, cons)
