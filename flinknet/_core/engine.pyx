@@ -424,6 +424,19 @@ cdef class GateSignal:
         pthread_mutex_unlock(&self.s.lock)
         return out
 
+    def pop(self):
+        """The first ready channel's index, taken out of the order (as :meth:`drain` takes all),
+        or -1 if none is ready."""
+        cdef int idx = -1
+        pthread_mutex_lock(&self.s.lock)
+        if self.s.count:
+            idx = self.s.ready[self.s.head]
+            self.s.is_ready[idx] = 0
+            self.s.head = (self.s.head + 1) % self.s.capacity
+            self.s.count -= 1
+        pthread_mutex_unlock(&self.s.lock)
+        return idx
+
     def requeue(self, int index):
         """Put channel ``index`` back at the end of the ready order (the reader took a buffer
         from it and it has more): wakes nobody and calls nothing back (the reader itself is

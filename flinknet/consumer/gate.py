@@ -154,6 +154,12 @@ class InputGate:
         """The next buffer or event if one is ready now, else None."""
         raise NotImplementedError
 
+    def poll_data_buffer(self) -> tuple[Buffer, InputChannelInfo] | None:
+        """The gate's fast lane for a record reader, if it has one: the next data buffer and
+        its channel when the gate can hand it out without its general path; else None (then
+        :meth:`get_next` / :meth:`poll_next`). A gate without a lane always says None."""
+        return None
+
     def __iter__(self) -> Iterator[BufferOrEvent]:
         """Every BufferOrEvent until the gate is finished (blocking)."""
         while True:
@@ -594,11 +600,18 @@ class SingleInputGate(InputGate):
             signal.notify()
 
     def _drain_signal_unsafe(self, futures: list[Future[None] | None]) -> None:
-        """Queue the channels the doorbell names (under the lock)."""
+        """Queue the channels the doorbell names (under the lock). Once a reader takes the fast
+        lane only the first of them: the others stay in the doorbell's order, where the lane
+        reads them, and the general path takes the next one when it comes back here."""
         signal = self.signal
         if signal is None or not signal.ready_count:
             return
         channels = self.input_channels
+        if self._native_queues is not None:
+            idx = signal.pop()
+            if idx >= 0:
+                self._queue_channel_unsafe(channels[idx], False, None, futures)
+            return
         for idx in signal.drain():
             self._queue_channel_unsafe(channels[idx], False, None, futures)
 
@@ -608,8 +621,14 @@ class SingleInputGate(InputGate):
         futures: list[Future[None] | None] = []
         with self._lock:
             was_empty = not self._queue
-            self._drain_signal_unsafe(futures)
-            became_available = was_empty and bool(self._queue)
+            if self._native_queues is None:
+                self._drain_signal_unsafe(futures)
+                became_available = was_empty and bool(self._queue)
+            else:
+                # a reader takes the fast lane: the doorbell's channels stay where it reads them
+                became_available = was_empty and self.signal is not None and self.signal.ready_count > 0
+                if became_available:
+                    futures.append(self._availability.get_unavailable_to_reset_available())
         for f in futures:
             _complete(f)
         listener = self._availability_listener
@@ -638,17 +657,19 @@ class SingleInputGate(InputGate):
         (gate and channel). Not with buffer debloating (the general path measures each
         buffer), before the partitions were requested, or once the gate is closed or finished.
         The caller owns (recycles) the buffer. Task thread, as :meth:`get_next`."""
-        if (self._queue or self._num_priority or not self._requested or self._all_eop
-                or self._closed or self._throughput is not None):
-            return None
         queues = self._native_queues
         signal = self.signal
         if queues is None:
-            if signal is None:
+            if signal is None or not self._requested:
                 return None
+            # from now on the general path puts a channel with more back into the doorbell's
+            # order (requeue), where this lane finds it
             queues = self._native_queues = [
                 q if isinstance(q := getattr(ch, "queue", None), ChannelQueue) else None
                 for ch in self.input_channels]
+        if (self._queue or self._num_priority or self._all_eop or self._closed
+                or self._throughput is not None):
+            return None
         got = signal.poll_data(queues)  # type: ignore[union-attr]  # set with the channels
         if not got:
             return None
@@ -1113,6 +1134,38 @@ class UnionInputGate(InputGate):
 
     def poll_next(self) -> BufferOrEvent | None:
         return self._get_next(False, None)
+
+    def poll_data_buffer(self) -> tuple[Buffer, InputChannelInfo] | None:
+        """The union's fast lane (see :meth:`SingleInputGate.poll_data_buffer`): the head gate
+        of the union's round robin offers its next data buffer through its own lane; that gate
+        then goes to the back of the order if it has more. None when no gate is queued, a
+        priority event is (the general path's order), or the head gate's lane declines (the gate
+        keeps its turn for :meth:`get_next`)."""
+        if not self._requested:
+            return None
+        with self._lock:
+            if not self._queue or self._priority:
+                return None
+            gate = self._queue.popleft()
+            self._enqueued.discard(gate.gate_index)
+        try:
+            got = gate.poll_data_buffer()
+        except BaseException:
+            self._on_gate_available(gate)    # readable with its error, as on the general path
+            raise
+        if got is None:
+            with self._lock:
+                if gate.gate_index not in self._enqueued:
+                    self._queue.appendleft(gate)
+                    self._enqueued.add(gate.gate_index)
+            return None
+        if gate.is_available:
+            self._on_gate_available(gate)
+        else:
+            with self._lock:
+                if not self._queue and len(self._finished) != len(self.gates):
+                    self._availability.reset_unavailable()
+        return got
 
     def _get_next(self, blocking: bool, timeout: float | None) -> BufferOrEvent | None:
         if not self._requested:

@@ -72,10 +72,11 @@ class RecordReader:
         # native async iterator over them
         self._cursor = RecordCursor(self.read_batch, self._wait_next_record, _aio.YIELD_EVERY)
         self._closed = False
-        # the gate's fast lane (SingleInputGate.poll_data_buffer), where the gate is exactly one
-        # (a subclass may read differently)
-        self._fast_lane: Callable[[], tuple[Buffer, InputChannelInfo] | None] | None = (
-            gate.poll_data_buffer if type(gate) is SingleInputGate else None)
+        # the gate's fast lane (poll_data_buffer), where the gate is exactly a SingleInputGate or
+        # a UnionInputGate (a subclass may read differently)
+        self._fast_lane: Callable[[], tuple[Buffer, InputChannelInfo] | None] | None = None
+        if type(gate) is SingleInputGate or type(gate) is UnionInputGate:
+            self._fast_lane = gate.poll_data_buffer
         self.num_records_in = 0
         #: the channel of the buffer or event the last batch came from.
         self.last_channel_info: InputChannelInfo | None = None

@@ -249,3 +249,52 @@ def test_fast_lane_under_random_producers_and_a_stalling_reader(seed):
         for p in partitions:
             p.close()
     assert_whole(prod, cons)
+
+
+def test_union_fast_lane_delivers_every_record_and_event_of_every_member_in_order():
+    from flinknet.consumer import UnionInputGate
+
+    n, every = 2000, 300
+    with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
+        partitions = [prod.create_result_partition(1) for _ in range(4)]
+        gates = [cons.create_input_gate([(p.partition_id, 0, prod.address) for p in partitions[2 * g:2 * g + 2]],
+                                        gate_index=g) for g in range(2)]
+        union = UnionInputGate(*gates)
+        hits = {"fast": 0}
+        lane = union.poll_data_buffer
+
+        def counting():
+            got = lane()
+            hits["fast"] += got is not None
+            return got
+
+        union.poll_data_buffer = counting
+        workers = [Worker(produce, p, i, n, every) for i, p in enumerate(partitions)]
+        for w in workers:
+            w.start()
+        seen: dict[int, list] = {i: [] for i in range(4)}
+        with union, RecordReader(union, emit_events=True) as reader:
+            for item in reader:
+                if isinstance(item, RecordOrEvent):
+                    info = item.channel_info
+                    seen[2 * info.gate_idx + info.input_channel_idx].append(item.event)
+                else:
+                    producer, seq = HEADER.unpack_from(item)
+                    assert item == record(producer, seq)
+                    seen[producer].append(seq)
+            for w in workers:
+                w.finish(JOIN)
+                assert w.error is None
+            want: list = []
+            for seq in range(n):
+                want.append(seq)
+                if seq % every == every - 1:
+                    want.append(ev.CancelCheckpointMarker(seq))
+            want.append(ev.EndOfPartitionEvent())
+            assert all(seen[i] == want for i in range(4))
+            assert hits["fast"] > 0
+            for g in gates:
+                assert g.num_buffers_in == sum(c.num_buffers_in for c in g.input_channels)
+        for p in partitions:
+            p.close()
+    assert_whole(prod, cons)
