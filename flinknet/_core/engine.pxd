@@ -10,8 +10,8 @@
 #   An event loop waits on `wake_fd` instead (an eventfd the loop selects on): whoever marks a
 #   channel ready, or notifies, while `fd_armed` writes it, under `lock` and without the GIL,
 #   disarms it and sets `fd_rung`; whoever reads it (clear_fd, arm_fd) clears `fd_rung`.
-#   Only GIL holders take from `ready` (drain, poll_data: the gate's reader); other threads only
-#   append. poll_data (the gate's fast lane) takes a buffer from the first ready channel and
+#   Only GIL holders take from `ready` (drain, pop, poll_data: the gate's reader); other threads
+#   only append (requeue appends too, from the reader). poll_data (the gate's fast lane) takes a buffer from the first ready channel and
 #   moves that channel to the back of `ready` (it has more) or out of it, holding the channel's
 #   `lock` and then this `lock`: the one nesting of the two, in that order (an arrival pushes
 #   under the channel's lock and marks the channel ready after releasing it).

@@ -1023,6 +1023,17 @@ def test_fast_lane_forgets_stale_marks_and_refuses_what_is_not_its_own():
     assert pool.is_whole
 
 
+def test_pop_takes_the_first_ready_channel_only():
+    signal = GateSignal(3)
+    assert signal.pop() == -1
+    for i in (2, 0, 1):
+        signal.ready(i)
+    assert signal.pop() == 2 and signal.ready_count == 2
+    signal.ready(2)                              # ready again: to the back
+    assert signal.drain() == [0, 1, 2]
+    assert signal.pop() == -1
+
+
 def test_requeue_puts_a_channel_at_the_back_once_and_calls_nobody_back():
     calls = []
     signal = GateSignal(3, lambda: calls.append(1))
