@@ -39,6 +39,28 @@ def produce(partition, producer: int, n: int, every: int) -> None:
     partition.finish()
 
 
+def collect(item, seen: dict[int, list], channel_of=None) -> None:
+    """File a record (checked, as its sequence number, under its producer) or an event (under
+    its channel: ``channel_of(info)``, by default the channel index)."""
+    if isinstance(item, RecordOrEvent):
+        key = channel_of(item.channel_info) if channel_of else item.channel_info.input_channel_idx
+        seen[key].append(item.event)
+    else:
+        producer, seq = HEADER.unpack_from(item)
+        assert item == record(producer, seq)
+        seen[producer].append(seq)
+
+
+def expected(n: int, every: int) -> list:
+    """A channel's items: its records, each marker right after the record it names, the end."""
+    want: list = []
+    for seq in range(n):
+        want.append(seq)
+        if seq % every == every - 1:
+            want.append(ev.CancelCheckpointMarker(seq))
+    return [*want, ev.EndOfPartitionEvent()]
+
+
 def assert_whole(*envs) -> None:
     deadline = time.monotonic() + 10
     while not all(e.network_buffer_pool.is_whole for e in envs) and time.monotonic() < deadline:
@@ -70,23 +92,12 @@ def test_fast_lane_delivers_every_record_and_event_in_order_and_counts_alike(api
             items = iter(reader) if api == "iterate" else (
                 x for batch in iter(reader.read_batch, None) for x in batch)
             for item in items:
-                if isinstance(item, RecordOrEvent):
-                    seen[item.channel_info.input_channel_idx].append(item.event)
-                else:
-                    producer, seq = HEADER.unpack_from(item)
-                    assert item == record(producer, seq)
-                    seen[producer].append(seq)
+                collect(item, seen)
             for w in workers:
                 w.finish(JOIN)
                 assert w.error is None
-            # every channel: its records in order, each marker right after the record it names
+            want = expected(n, every)
             for i in range(channels):
-                want: list = []
-                for seq in range(n):
-                    want.append(seq)
-                    if seq % every == every - 1:
-                        want.append(ev.CancelCheckpointMarker(seq))
-                want.append(ev.EndOfPartitionEvent())
                 assert seen[i] == want, (i, seen[i][-3:])
             assert hits["fast"] > 0                # the lane was taken, events went around it
             # gate and channels count what both paths took, alike
@@ -224,25 +235,17 @@ def test_fast_lane_under_random_producers_and_a_stalling_reader(seed):
                     if batch is None:
                         break
                 for item in batch:
-                    if isinstance(item, RecordOrEvent):
-                        seen[item.channel_info.input_channel_idx].append(("event", item.event))
-                    else:
-                        producer, seq = HEADER.unpack_from(item)
-                        assert item == record(producer, seq)
-                        seen[producer].append(seq)
+                    collect(item, seen)
             for w in workers:
                 w.finish(JOIN)
                 assert w.error is None
             for i in range(channels):
-                records = [x for x in seen[i] if not isinstance(x, tuple)]
-                assert records == list(range(n))
-                markers = [x[1] for x in seen[i] if isinstance(x, tuple)
-                           and isinstance(x[1], ev.CancelCheckpointMarker)]
+                assert [x for x in seen[i] if isinstance(x, int)] == list(range(n))
                 # each marker right after the record it names
-                for m in markers:
-                    pos = seen[i].index(("event", m))
-                    assert seen[i][pos - 1] == m.checkpoint_id
-                assert seen[i][-1] == ("event", ev.EndOfPartitionEvent())
+                for pos, x in enumerate(seen[i]):
+                    if isinstance(x, ev.CancelCheckpointMarker):
+                        assert seen[i][pos - 1] == x.checkpoint_id
+                assert seen[i][-1] == ev.EndOfPartitionEvent()
             chans = gate.input_channels
             assert gate.num_buffers_in == sum(c.num_buffers_in for c in chans)
             assert gate.num_bytes_in == sum(c.num_bytes_in for c in chans)
@@ -275,22 +278,11 @@ def test_union_fast_lane_delivers_every_record_and_event_of_every_member_in_orde
         seen: dict[int, list] = {i: [] for i in range(4)}
         with union, RecordReader(union, emit_events=True) as reader:
             for item in reader:
-                if isinstance(item, RecordOrEvent):
-                    info = item.channel_info
-                    seen[2 * info.gate_idx + info.input_channel_idx].append(item.event)
-                else:
-                    producer, seq = HEADER.unpack_from(item)
-                    assert item == record(producer, seq)
-                    seen[producer].append(seq)
+                collect(item, seen, lambda info: 2 * info.gate_idx + info.input_channel_idx)
             for w in workers:
                 w.finish(JOIN)
                 assert w.error is None
-            want: list = []
-            for seq in range(n):
-                want.append(seq)
-                if seq % every == every - 1:
-                    want.append(ev.CancelCheckpointMarker(seq))
-            want.append(ev.EndOfPartitionEvent())
+            want = expected(n, every)
             assert all(seen[i] == want for i in range(4))
             assert hits["fast"] > 0
             for g in gates:
