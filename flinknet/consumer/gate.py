@@ -648,15 +648,16 @@ class SingleInputGate(InputGate):
 
     def poll_data_buffer(self) -> tuple[Buffer, InputChannelInfo] | None:
         """The fast lane of a :class:`~flinknet.consumer.RecordReader`: the next data buffer a
-        remote channel received natively and its channel, if one is ready and nothing needs the
-        general path; else None (then :meth:`get_next` / :meth:`poll_next`, which read what is
-        left in order). The general path serves what Python code made ready (local channels,
-        failures, priority events), events and buffers of the Python transport; the fast lane
-        takes the buffers of the doorbell's channels in its order, round robin, without the
-        gate's lock or a :class:`BufferOrEvent`, and counts them as :meth:`get_next` does
-        (gate and channel). Not with buffer debloating (the general path measures each
-        buffer), before the partitions were requested, or once the gate is closed or finished.
-        The caller owns (recycles) the buffer. Task thread, as :meth:`get_next`."""
+        remote channel received (natively, or through the Python transport) and its channel,
+        if one is ready and nothing needs the general path; else None (then :meth:`get_next` /
+        :meth:`poll_next`, which read what is left in order). The general path serves what
+        Python code made ready (local channels, failures, priority events), events and
+        compressed buffers; the fast lane takes the data buffers of the doorbell's channels in
+        its order, round robin, without the gate's lock or a :class:`BufferOrEvent`, and counts
+        them as :meth:`get_next` does (gate and channel). Not with buffer debloating (the
+        general path measures each buffer), before the partitions were requested, or once the
+        gate is closed or finished. The caller owns (recycles) the buffer. Task thread, as
+        :meth:`get_next`."""
         queues = self._native_queues
         signal = self.signal
         if queues is None:
