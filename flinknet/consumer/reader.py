@@ -81,6 +81,17 @@ class RecordReader:
         #: the channel of the buffer or event the last batch came from.
         self.last_channel_info: InputChannelInfo | None = None
 
+    def _take_fast(self) -> tuple[RecordDeserializer, Buffer] | None:
+        """The gate's fast lane: the next data buffer with its channel's deserializer, or None
+        (then the general path)."""
+        fast = self._fast_lane
+        if fast is None or (got := fast()) is None:
+            return None
+        buffer, info = got
+        self.last_channel_info = info
+        d = self._deserializers.get(info)
+        return (d if d is not None else self._deserializer(info)), buffer
+
     def _deserializer(self, channel_info: InputChannelInfo) -> RecordDeserializer:
         d = self._deserializers.get(channel_info)
         if d is None:
@@ -103,12 +114,8 @@ class RecordReader:
         spanning record), or with ``emit_events`` a one-element list of an event. None when the
         gate is finished (or, with ``blocking=False``, when nothing is ready)."""
         self._check_open()
-        fast = self._fast_lane
-        if fast is not None and (got := fast()) is not None:
-            buffer, info = got
-            self.last_channel_info = info
-            d = self._deserializers.get(info)
-            records = (d if d is not None else self._deserializer(info)).read_records(buffer)
+        if (taken := self._take_fast()) is not None:
+            records = taken[0].read_records(taken[1])
             self.num_records_in += len(records)
             return records
         boe = self.gate.get_next(timeout) if blocking else self.gate.poll_next()
@@ -128,12 +135,8 @@ class RecordReader:
         """The fixed-width records of the next data buffer as one numpy array of ``dtype``
         (events are skipped); None when the gate is finished."""
         self._check_open()
-        fast = self._fast_lane
-        if fast is not None and (got := fast()) is not None:
-            buffer, info = got
-            self.last_channel_info = info
-            d = self._deserializers.get(info)
-            arr = (d if d is not None else self._deserializer(info)).read_array(buffer, dtype)
+        if (taken := self._take_fast()) is not None:
+            arr = taken[0].read_array(taken[1], dtype)
             self.num_records_in += len(arr)
             return arr
         while True:

@@ -61,6 +61,14 @@ def expected(n: int, every: int) -> list:
     return [*want, ev.EndOfPartitionEvent()]
 
 
+def wait_queued(channel, n: int) -> None:
+    """Until ``channel`` has ``n`` buffers received and not taken (bounded by JOIN)."""
+    deadline = time.monotonic() + JOIN
+    while channel.queue.queued_buffers < n and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert channel.queue.queued_buffers == n
+
+
 def assert_whole(*envs) -> None:
     deadline = time.monotonic() + 10
     while not all(e.network_buffer_pool.is_whole for e in envs) and time.monotonic() < deadline:
@@ -121,10 +129,7 @@ def test_a_channel_failed_meanwhile_raises_through_the_fast_lane_and_stays_faile
                 w.emit(b"second", 0)
                 w.emit(b"third", 0)
                 channel = gate.input_channels[0]
-                deadline = time.monotonic() + JOIN
-                while channel.queue.queued_buffers < 2 and time.monotonic() < deadline:
-                    time.sleep(0.001)
-                assert channel.queue.queued_buffers == 2
+                wait_queued(channel, 2)
                 # the failure lands between the arrival and the reader's next take (set without
                 # the gate hearing of it yet: the race the fast lane checks for)
                 channel._cause = FlinknetError("the connection broke")
@@ -172,9 +177,7 @@ def test_a_failing_backlog_request_gives_the_taken_buffer_back(path):
 
                 channel.note_polled = broken
                 w.emit(b"second", 0)
-                deadline = time.monotonic() + JOIN
-                while channel.queue.queued_buffers < 1 and time.monotonic() < deadline:
-                    time.sleep(0.001)
+                wait_queued(channel, 1)
                 with pytest.raises(RuntimeError, match="the gate pool broke"):
                     if path == "fast lane":
                         gate.poll_data_buffer()
