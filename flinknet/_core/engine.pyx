@@ -2606,12 +2606,16 @@ cdef void _on_readable(fn_conn *conn) noexcept nogil:
     while not conn.failed and not conn.removed and rounds < 16:
         rounds += 1
         if conn.state == RS_SLOT:
-            # the payload straight into the slot, and what follows into the staging area
+            # the payload straight into the slot, and what follows into the staging area: after
+            # a large payload only the next frame's header (a BufferResponse's), so that the
+            # next payload too is read straight into its slot rather than copied out of staging
+            # (the same one system call a buffer); after a small one a whole staging area, which
+            # takes many small frames in one call
             rest = conn.br_size - conn.have
             iov[0].iov_base = conn.dst + conn.have
             iov[0].iov_len = rest
             iov[1].iov_base = conn.staging
-            iov[1].iov_len = _STAGING
+            iov[1].iov_len = _BR_LEN if conn.br_size >= _STAGING else _STAGING
             n = readv(conn.fd, iov, 2)
             if n > 0:
                 conn.bytes_in += n

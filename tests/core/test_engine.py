@@ -763,6 +763,70 @@ def test_released_channel_mid_payload_gets_its_slot_back(wire):
     assert handler.failures == []
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_large_and_small_frames_cut_anywhere_arrive_whole_and_in_order(seed):
+    """After a large payload (at least the staging area) the I/O thread reads only the next
+    frame's header behind it, after a small one a whole staging area: a stream mixing both with
+    frames for Python, cut at random points (inside headers too), arrives byte for byte and in
+    order."""
+    rng = random.Random(seed)
+    seg = 32768
+    engine = ReceiveEngine()
+    engine.start()
+    lst = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(lst.getsockname())
+    server, _ = lst.accept()
+    lst.close()
+    client.setblocking(False)
+    handler = Handler()
+    handler.sock = client
+    conn = NativeConnection(engine, client, handler, 1 << 20, seg)
+    conn.start()
+    pool = NetworkBufferPool(8, seg)
+    try:
+        signal, q, rid = _attach(conn, pool, n_exclusive=4)
+        other = bytes(16)
+        seq = 0
+        events = 0
+        for _ in range(25):
+            sizes = [rng.choice((seg, seg - 1, 20000, 16384, 16383, 3000, 47, 1))
+                     for _ in range(rng.randint(1, 4))]
+            frames, payloads = [], []
+            for size in sizes:
+                if rng.random() < 0.25:
+                    # a frame for a receiver the connection does not know goes to Python whole
+                    frames.append(_br(other, 0, b"o" * rng.choice((0, 5, 40, 3000, 20000))))
+                    events += 1
+                payload = bytes(rng.getrandbits(8) for _ in range(64)) * (size // 64)
+                payload += bytes(size - len(payload))
+                frames.append(_br(rid, seq, payload))
+                payloads.append((seq, payload))
+                seq += 1
+            stream = b"".join(frames)
+            cuts = sorted(rng.sample(range(1, len(stream)), min(6, len(stream) - 1)))
+            for a, b in zip([0, *cuts], [*cuts, len(stream)]):
+                server.sendall(stream[a:b])
+                time.sleep(rng.choice((0, 0, 0.001)))
+            assert _wait_for(lambda: q.queued_buffers >= len(payloads))
+            got = []
+            while (r := q.poll()) is not None:
+                buf, _, s, _ = r
+                got.append((s, buf.to_bytes()))
+                buf.recycle()
+            assert got == payloads
+            assert _wait_for(lambda: len(handler.frames) == events)
+        assert conn.frames_native == seq
+        assert handler.failures == [] and handler.channel_errors == []
+        conn.unregister(q)
+        q.release()
+    finally:
+        conn.remove()
+        assert handler.removed.wait(10)
+        engine.close()
+        server.close()
+    assert _wait_for(lambda: pool.is_whole)
+
+
 def test_send_writes_frames_in_order_and_bounds_unwritten_bytes():
     engine = ReceiveEngine()
     engine.start()
