@@ -302,7 +302,10 @@ cdef struct fn_engine:
     fn_cmd *cmds
     int num_cmds
     int cap_cmds
-    fn_conn **writes          # connections with something to write (flushed every iteration)
+    fn_conn **writes          # connections with something to write (flushed every iteration);
+                              # adding one wakes the I/O thread (efd) unless the adder is that
+                              # thread handling its events (fn_io_handling, a thread-local): it
+                              # takes the writes later in the same iteration
     int num_writes
     int cap_writes
     bint stop

@@ -166,6 +166,16 @@ cdef extern from *:
     void FN_ASSERT(bint cond) nogil
 
 
+cdef extern from *:
+    """
+    /* The engine whose epoll events the calling thread is handling (its I/O thread, between
+       epoll_wait and taking the writes), else NULL: what that thread asks to flush it flushes
+       in the same iteration, so it need not wake itself through the eventfd. */
+    static __thread void *fn_io_handling = NULL;
+    """
+    void *fn_io_handling
+
+
 cdef enum:
     _MAGIC = 0xBADC0FFE
     _MAX_EVENTS = 64
@@ -1338,7 +1348,7 @@ cdef int _push_write(fn_conn *conn) noexcept nogil:
     if not conn.removed:
         r = _conn_set_add(&eng.writes, &eng.num_writes, &eng.cap_writes, conn)
     pthread_mutex_unlock(&eng.lock)
-    if r == 1:
+    if r == 1 and fn_io_handling != <void *>eng:
         _wake(eng.efd)
     return -1 if r < 0 else 0
 
@@ -3153,6 +3163,7 @@ cdef int _run_commands(fn_engine *eng) noexcept nogil:
 
 
 cdef void _loop(fn_engine *eng) noexcept nogil:
+    global fn_io_handling
     cdef epoll_event events[_MAX_EVENTS]
     cdef int n, i, k
     cdef fn_conn *conn
@@ -3166,6 +3177,8 @@ cdef void _loop(fn_engine *eng) noexcept nogil:
             if errno == EINTR:
                 continue
             break
+        # writes asked for while handling these events are flushed below, in this iteration
+        fn_io_handling = <void *>eng
         for i in range(n):
             if events[i].data.ptr == NULL:
                 read(eng.efd, &value, 8)
@@ -3186,6 +3199,8 @@ cdef void _loop(fn_engine *eng) noexcept nogil:
         # removal flushes its connection's writes itself (CloseRequest)
         _run_commands(eng)
         pthread_mutex_lock(&eng.lock)
+        # from here on a write asked for (by a flush below) needs the next iteration: a wake-up
+        fn_io_handling = NULL
         writes = eng.writes
         num_writes = eng.num_writes
         eng.writes = NULL
