@@ -2639,6 +2639,10 @@ cdef void _on_readable(fn_conn *conn) noexcept nogil:
                         return
                 else:
                     conn.have += <int32_t>n
+                if n < <ssize_t>rest + <ssize_t>iov[1].iov_len:
+                    # a short read drained the socket: back to epoll (level-triggered, it
+                    # reports what arrives later) without a read that only says EAGAIN
+                    return
                 continue
         else:
             n = recv(conn.fd, conn.staging, _STAGING, 0)
@@ -2648,6 +2652,8 @@ cdef void _on_readable(fn_conn *conn) noexcept nogil:
                 conn.s_end = <int>n
                 if _consume(conn) < 0:
                     return
+                if n < _STAGING:
+                    return          # drained (as above)
                 continue
         if n == 0:
             _fail_fmt(conn, False, "Connection unexpectedly closed by remote task manager. This "
