@@ -36,3 +36,16 @@ def test_asyncio_rows_compare_with_the_threaded_reader_of_the_same_run():
     for row in rows:
         assert row.unit == "ns/rec" and row.value > 0
         assert list(row.baselines) == [transport.THREADED_READER] and row.baselines[transport.THREADED_READER] > 0
+
+
+def test_window_rows_compare_with_flinks_window_of_the_same_run_and_the_peers():
+    peers = {100: ({"hand-written loop": 50.0}, {"flight columnar": 20.0})}
+    rows = transport.bench_credit_window(repeats=1, floating=16, peer_baselines=peers, records=3000)
+    assert [r.name for r in rows] == ["remote.100B.batch.floating16", "remote.100B.numpy.floating16",
+                                      "remote.1000B.batch.floating16", "remote.32768B.batch.floating16"]
+    for row in rows:
+        assert row.unit == "ns/rec" and row.value > 0 and row.baselines[transport.FLINK_WINDOW] > 0
+        assert "2 + 16 buffers" in row.note
+    assert rows[0].baselines["hand-written loop"] == 50.0 and "flight columnar" not in rows[0].baselines
+    assert rows[1].baselines["flight columnar"] == 20.0 and "hand-written loop" not in rows[1].baselines
+    assert list(rows[2].baselines) == [transport.FLINK_WINDOW]

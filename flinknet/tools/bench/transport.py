@@ -44,6 +44,10 @@ flushed), each carrying its send time (``CLOCK_MONOTONIC``, shared by the proces
 of the one-way delay against half the round trip of a 64-byte ping-pong between two processes
 over a raw socket (the physical floor) and Flink's recorded p50/p99.
 
+A wider credit window (``remote.*.floating32``, :func:`bench_credit_window`, full runs only): the
+batch and numpy exchanges with 32 floating buffers on the consumer's gate instead of Flink's 8,
+against the same exchange with Flink's window (alternated in the same run) and the peers.
+
 asyncio (``remote.100B.asyncio.*``, :func:`bench_asyncio_reading`): the same exchange read on an
 asyncio event loop (:mod:`flinknet.aio`) against the threaded reader, runs alternated in the same
 run: ``per-record`` is ``async for record in reader`` against ``for record in reader`` (the
@@ -95,6 +99,11 @@ _TS = struct.Struct("<q")
 ASYNC_APIS = {"asyncio": "per-record", "asyncio-batch": "batch",
               "uvloop": "per-record", "uvloop-batch": "batch"}
 THREADED_READER = "threaded reader (same run)"
+#: The configuration key of a gate's floating buffers (Flink's, default 8).
+FLOATING_KEY = "taskmanager.network.memory.floating-buffers-per-gate"
+#: Floating buffers per gate of the ``*.floating32`` rows (:func:`bench_credit_window`).
+WIDE_FLOATING = 32
+FLINK_WINDOW = "Flink's window, 2 + 8 buffers (same run)"
 
 
 def _ctx():
@@ -380,6 +389,7 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
     repeats = repeats or 2
     scale = 0.5 if quick else 2.0
     rows = []
+    peer_baselines: dict[int, tuple[dict[str, float], dict[str, float]]] = {}
     volume = (1 << 30) if not quick else (512 << 20)
     raw = min(raw_socket_ns_per_byte(volume, CHUNK) for _ in range(repeats + 1))
     ceiling = min(raw_socket_ns_per_byte(volume, BIG) for _ in range(repeats + 1))
@@ -392,6 +402,7 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
         apis = ["per-record", "batch"] + (["numpy"] if size <= 1000 else [])
         objects, columnar, missing = _peer_baselines(size, int(PEER_RECORDS[size] * scale),
                                                      int(base_n * scale) if "numpy" in apis else 0, repeats)
+        peer_baselines[size] = (objects, columnar)
         for api in apis:
             n = int(base_n * scale / (3 if api == "per-record" else 1))
             n -= n % BATCH
@@ -431,7 +442,48 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
     rows.append(Row("latency.100B.timeout0.p99", "us", _pct(delays, 99),
                     {"raw socket one-way p99": _pct(rtt, 99) / 2},
                     references={"flink-2.3 p99 (rec.)": sum(FLINK_LATENCY_P99_US) / 2}))
+    if not quick:
+        rows += bench_credit_window(repeats=max(3, repeats), peer_baselines=peer_baselines)
     return rows + bench_asyncio_reading(quick=quick, repeats=max(3, repeats))
+
+
+def bench_credit_window(repeats: int = 3, floating: int = WIDE_FLOATING,
+                        peer_baselines: dict[int, tuple[dict[str, float], dict[str, float]]] | None = None,
+                        records: int | None = None):
+    """Rows ``remote.{size}B.{api}.floating{floating}``: the batch (and, at 100 B, numpy)
+    exchange with the consumer's gate given ``floating`` floating buffers instead of Flink's 8
+    (``taskmanager.network.memory.floating-buffers-per-gate``; 2 exclusive buffers per channel
+    either way, credit-based flow control unchanged), against the same exchange with Flink's
+    window, alternated in this run (``repeats`` pairs, medians), and against the peers measured
+    for the default rows (``peer_baselines``: size -> (objects, columnar) ns per record). On two
+    cores the ten buffers of Flink's window bound a single channel's transfer (bench/RESULTS.md
+    §1h); this shows what a wider window buys. ``records`` overrides the records per transfer."""
+    counts = {100: 4_000_000, 1000: 1_000_000, 32768: 40_000}
+    rows = []
+    for size, apis in ((100, ("batch", "numpy")), (1000, ("batch",)), (32768, ("batch",))):
+        for api in apis:
+            n = counts[size] if records is None else records
+            n = max(BATCH, n - n % BATCH)
+            wide, flinks = [], []
+            wide_cpu = []
+            for _ in range(repeats):     # alternated, so load on a shared machine hits both
+                flinks.append(run_remote(size, n, api))
+                stats: dict[str, float] = {}
+                wide.append(run_remote(size, n, api, stats=stats,
+                                       consumer_options={FLOATING_KEY: floating}))
+                wide_cpu.append(stats["consumer_cpu_s"])
+            ns = statistics.median(wide) / n * 1e9
+            base = statistics.median(flinks) / n * 1e9
+            baselines = {FLINK_WINDOW: base}
+            objects, columnar = (peer_baselines or {}).get(size, ({}, {}))
+            baselines.update(columnar if api == "numpy" else objects)
+            gb = n * size / 1e9
+            note = (f"{1e3 / ns:.2f} M records/s with 2 + {floating} buffers, {1e3 / base:.2f} M/s "
+                    f"with Flink's 2 + 8 ({base / ns:.2f}x); consumer CPU per GB "
+                    f"{statistics.median(wide_cpu) / gb:.2f} s")
+            rows.append(Row(f"remote.{size}B.{api}.floating{floating}", "ns/rec", ns, baselines,
+                            note=note))
+    return rows
 
 
 def bench_asyncio_reading(quick: bool = False, repeats: int | None = None, size: int = 100,
