@@ -5,6 +5,7 @@ credit announcements, removal — with the pools whole after each."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import struct
@@ -545,9 +546,10 @@ class Handler:
             self.sock.close()
 
 
-@pytest.fixture
-def wire():
-    """(engine, client socket handler, NativeConnection, server-side socket)."""
+@contextlib.contextmanager
+def _open_wire(segment_size=SEG):
+    """(engine, client socket handler, NativeConnection, server-side socket) over loopback,
+    everything removed and closed at the end."""
     engine = ReceiveEngine()
     engine.start()
     lst = socket.create_server(("127.0.0.1", 0))
@@ -557,14 +559,23 @@ def wire():
     client.setblocking(False)
     handler = Handler()
     handler.sock = client
-    conn = NativeConnection(engine, client, handler, 1 << 20, SEG)
+    conn = NativeConnection(engine, client, handler, 1 << 20, segment_size)
     conn.start()
-    yield engine, handler, conn, server
-    conn.remove()
-    assert handler.removed.wait(10)
-    engine.close()
-    assert not engine.is_alive
-    server.close()
+    try:
+        yield engine, handler, conn, server
+    finally:
+        conn.remove()
+        assert handler.removed.wait(10)
+        engine.close()
+        assert not engine.is_alive
+        server.close()
+
+
+@pytest.fixture
+def wire():
+    """(engine, client socket handler, NativeConnection, server-side socket)."""
+    with _open_wire() as w:
+        yield w
 
 
 def _attach(conn, pool, n_exclusive=2, index=0, signal=None):
@@ -771,23 +782,12 @@ def test_large_and_small_frames_cut_anywhere_arrive_whole_and_in_order(seed):
     order."""
     rng = random.Random(seed)
     seg = 32768
-    engine = ReceiveEngine()
-    engine.start()
-    lst = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(lst.getsockname())
-    server, _ = lst.accept()
-    lst.close()
-    client.setblocking(False)
-    handler = Handler()
-    handler.sock = client
-    conn = NativeConnection(engine, client, handler, 1 << 20, seg)
-    conn.start()
     pool = NetworkBufferPool(8, seg)
-    try:
+    with _open_wire(seg) as (_, handler, conn, server):
         signal, q, rid = _attach(conn, pool, n_exclusive=4)
         other = bytes(16)
         seq = 0
-        events = 0
+        to_python = 0
         for _ in range(25):
             sizes = [rng.choice((seg, seg - 1, 20000, 16384, 16383, 3000, 47, 1))
                      for _ in range(rng.randint(1, 4))]
@@ -796,7 +796,7 @@ def test_large_and_small_frames_cut_anywhere_arrive_whole_and_in_order(seed):
                 if rng.random() < 0.25:
                     # a frame for a receiver the connection does not know goes to Python whole
                     frames.append(_br(other, 0, b"o" * rng.choice((0, 5, 40, 3000, 20000))))
-                    events += 1
+                    to_python += 1
                 payload = bytes(rng.getrandbits(8) for _ in range(64)) * (size // 64)
                 payload += bytes(size - len(payload))
                 frames.append(_br(rid, seq, payload))
@@ -814,16 +814,11 @@ def test_large_and_small_frames_cut_anywhere_arrive_whole_and_in_order(seed):
                 got.append((s, buf.to_bytes()))
                 buf.recycle()
             assert got == payloads
-            assert _wait_for(lambda: len(handler.frames) == events)
+            assert _wait_for(lambda: len(handler.frames) == to_python)
         assert conn.frames_native == seq
         assert handler.failures == [] and handler.channel_errors == []
         conn.unregister(q)
         q.release()
-    finally:
-        conn.remove()
-        assert handler.removed.wait(10)
-        engine.close()
-        server.close()
     assert _wait_for(lambda: pool.is_whole)
 
 
