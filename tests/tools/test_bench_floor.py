@@ -135,3 +135,18 @@ def test_native_credit_relay_rejects_negative_credit():
     a, b = socket.socketpair()
     with a, b, pytest.raises(ValueError):
         _floorkit.relay_send(a.fileno(), 1, 64, 1, 0.0, -1)
+
+
+def test_floor_baselines_join_the_rows_they_bound_and_skip_absent_ones():
+    from flinknet.tools.bench.report import Row
+
+    rows = [Row("remote.32768B.batch", "ns/rec", 20_000.0), Row("remote.100B.batch", "ns/rec", 90.0),
+            Row("latency.100B.timeout0.p50", "us", 60.0), Row("latency.100B.timeout0.p99", "us", 130.0)]
+    floor.add_floor_baselines(rows, total=8 << 20, latency_records=500)
+    big, small, p50, p99 = rows
+    assert big.baselines[floor.NATIVE_FLOOR] > 0 and big.baselines[floor.CREDIT_FLOOR] > 0
+    assert small.baselines == {}
+    assert 0 < p50.baselines[floor.NATIVE_FLOOR_P50] <= p99.baselines[floor.NATIVE_FLOOR_P99]
+    untouched = [Row("remote.1000B.batch", "ns/rec", 700.0)]
+    floor.add_floor_baselines(untouched, total=8 << 20, latency_records=500)
+    assert untouched[0].baselines == {}

@@ -14,8 +14,11 @@ The groups and their suites:
 * ``remote`` (``remote.*`` / ``latency.*``): a producer process → a consumer process over loopback
   TCP (credit-based transport), against a raw Python socket and the socket ceiling measured in
   the same run and beside Flink 2.3's recorded two-TaskManager figures (see
-  :mod:`flinknet.tools.bench.transport`); the same exchange read on an asyncio event loop against
-  the threaded reader of the same run (``remote.100B.asyncio.*``); full runs add a keyed job of two
+  :mod:`flinknet.tools.bench.transport`); the native floors (the same thread structure in C
+  without the GIL, with and without Flink's credit window: :mod:`flinknet.tools.bench.floor`)
+  measured in the same run beside the 32 KiB and latency rows; the same exchange read on an
+  asyncio event loop against the threaded reader of the same run (``remote.100B.asyncio.*``);
+  full runs add 32 floating buffers per gate (``remote.*.floating32``) and a keyed job of two
   producer processes → one consumer against pyzmq (``remote.keyed.2to1.100B``,
   :mod:`flinknet.tools.bench.keyed`).
 * ``metrics``: the local exchange with task metrics on, against metrics off in the same run (see
@@ -51,7 +54,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from flinknet.tools.bench import checkpoint, exchange, kernels, keyed, network, runners, scale, transport
+from flinknet.tools.bench import (
+    checkpoint,
+    exchange,
+    floor,
+    kernels,
+    keyed,
+    network,
+    runners,
+    scale,
+    transport,
+)
 from flinknet.tools.bench.report import Row, environment, format_table, write_json
 
 __all__ = ["EXTRA_GROUPS", "GROUPS", "main", "run"]
@@ -70,14 +83,22 @@ _SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "kernels": kernels.bench_kernels,
     "local": lambda quick: exchange.bench_local_exchange(quick=quick),
     # the keyed 2 -> 1 job (remote.keyed.*) only in full runs: it keeps the quick run short
-    "remote": lambda quick: transport.bench_remote_exchange(quick=quick)
-    + ([] if quick else keyed.bench_keyed(quick=False, repeats=2)),
+    "remote": lambda quick: _remote_rows(quick),
     "metrics": lambda quick: exchange.bench_metrics_overhead(quick=quick),
     "network": lambda quick: network.bench_network(quick=quick),
     "scale": lambda quick: scale.bench_scale(quick=quick),
     "runners": lambda quick: runners.bench_runners(quick=quick),
     "checkpoint": lambda quick: checkpoint.bench_checkpoint(quick=quick),
 }
+
+
+def _remote_rows(quick: bool) -> list[Row]:
+    """The ``remote`` group: the exchange's rows with the native floors measured beside the rows
+    they bound, then (full runs) the keyed job."""
+    rows = transport.bench_remote_exchange(quick=quick)
+    floor.add_floor_baselines(rows, total=(256 << 20) if quick else (1 << 30),
+                              latency_records=5_000 if quick else 20_000)
+    return rows + ([] if quick else keyed.bench_keyed(quick=False, repeats=2))
 
 
 def run(quick: bool = False, groups: Sequence[str] = GROUPS) -> list[Row]:
