@@ -5,6 +5,7 @@ failures, debloating) stays the general path's. Pools whole after each."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import struct
 import time
@@ -118,7 +119,10 @@ def test_fast_lane_delivers_every_record_and_event_in_order_and_counts_alike(api
     assert_whole(prod, cons)
 
 
-def test_a_channel_failed_meanwhile_raises_through_the_fast_lane_and_stays_failed():
+@contextlib.contextmanager
+def first_record_read():
+    """A one-channel remote exchange whose first record the reader has read: ``(writer, gate,
+    reader, channel)``; the pools are checked whole at the end."""
     with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
         partition = prod.create_result_partition(1)
         gate = cons.create_input_gate([(partition.partition_id, 0, prod.address)])
@@ -126,19 +130,23 @@ def test_a_channel_failed_meanwhile_raises_through_the_fast_lane_and_stays_faile
             with gate, RecordReader(gate) as reader:
                 w.emit(b"first", 0)
                 assert reader.read_batch() == [b"first"]
-                w.emit(b"second", 0)
-                w.emit(b"third", 0)
-                channel = gate.input_channels[0]
-                wait_queued(channel, 2)
-                # the failure lands between the arrival and the reader's next take (set without
-                # the gate hearing of it yet: the race the fast lane checks for)
-                channel._cause = FlinknetError("the connection broke")
-                with pytest.raises(FlinknetError, match="the connection broke"):
-                    reader.read_batch()
-                with pytest.raises(FlinknetError, match="the connection broke"):
-                    reader.read_batch()           # readable with its failure from now on
+                yield w, gate, reader, gate.input_channels[0]
         partition.close()
     assert_whole(prod, cons)
+
+
+def test_a_channel_failed_meanwhile_raises_through_the_fast_lane_and_stays_failed():
+    with first_record_read() as (w, gate, reader, channel):
+        w.emit(b"second", 0)
+        w.emit(b"third", 0)
+        wait_queued(channel, 2)
+        # the failure lands between the arrival and the reader's next take (set without the gate
+        # hearing of it yet: the race the fast lane checks for)
+        channel._cause = FlinknetError("the connection broke")
+        with pytest.raises(FlinknetError, match="the connection broke"):
+            reader.read_batch()
+        with pytest.raises(FlinknetError, match="the connection broke"):
+            reader.read_batch()           # readable with its failure from now on
 
 
 def test_a_debloating_gate_reads_every_buffer_on_the_general_path():
@@ -163,29 +171,20 @@ def test_a_debloating_gate_reads_every_buffer_on_the_general_path():
 def test_a_failing_backlog_request_gives_the_taken_buffer_back(path):
     # note_polled (the sender's backlog: floating buffers from the gate pool) raising after the
     # buffer left the channel's queue: the buffer is recycled, the error reaches the reader
-    with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
-        partition = prod.create_result_partition(1)
-        gate = cons.create_input_gate([(partition.partition_id, 0, prod.address)])
-        with RecordWriter(partition, timeout=0) as w:
-            with gate, RecordReader(gate) as reader:
-                w.emit(b"first", 0)
-                assert reader.read_batch() == [b"first"]
-                channel = gate.input_channels[0]
+    with first_record_read() as (w, gate, reader, channel):
 
-                def broken(*args):
-                    raise RuntimeError("the gate pool broke")
+        def broken(*args):
+            raise RuntimeError("the gate pool broke")
 
-                channel.note_polled = broken
-                w.emit(b"second", 0)
-                wait_queued(channel, 1)
-                with pytest.raises(RuntimeError, match="the gate pool broke"):
-                    if path == "fast lane":
-                        gate.poll_data_buffer()
-                    else:
-                        gate.poll_next()
-                del channel.note_polled
-        partition.close()
-    assert_whole(prod, cons)
+        channel.note_polled = broken
+        w.emit(b"second", 0)
+        wait_queued(channel, 1)
+        with pytest.raises(RuntimeError, match="the gate pool broke"):
+            if path == "fast lane":
+                gate.poll_data_buffer()
+            else:
+                gate.poll_next()
+        del channel.note_polled
 
 
 def _produce_randomly(partition, producer: int, n: int, seed: int) -> None:
