@@ -160,6 +160,15 @@ class InputGate:
         :meth:`get_next` / :meth:`poll_next`). A gate without a lane always says None."""
         return None
 
+    def wait_for_lane(self, timeout: float | None = None) -> bool:
+        """The fast lane's wait, for a record reader whose :meth:`poll_data_buffer` found nothing:
+        block until the lane may have a buffer, then True (poll the lane again; if it still
+        finds nothing, something else woke the wait and :meth:`get_next` reads it). False at
+        once, without waiting, when the lane cannot serve the gate now (then :meth:`get_next`).
+        ``TimeoutError`` after ``timeout`` seconds, as :meth:`get_next` raises it. A gate
+        without a lane always says False."""
+        return False
+
     def __iter__(self) -> Iterator[BufferOrEvent]:
         """Every BufferOrEvent until the gate is finished (blocking)."""
         while True:
@@ -320,6 +329,8 @@ class SingleInputGate(InputGate):
         # The fast lane's view of the channels (poll_data_buffer): channel index -> its native
         # ChannelQueue (None for a channel without one); made at its first use after the request.
         self._native_queues: list[ChannelQueue | None] | None = None
+        # wait_for_lane waits only where the lane can serve (a channel with a native queue)
+        self._lane_waits = False
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -668,6 +679,7 @@ class SingleInputGate(InputGate):
             queues = self._native_queues = [
                 q if isinstance(q := getattr(ch, "queue", None), ChannelQueue) else None
                 for ch in self.input_channels]
+            self._lane_waits = any(q is not None for q in queues)
         if (self._queue or self._num_priority or self._all_eop or self._closed
                 or self._throughput is not None):
             return None
@@ -697,6 +709,45 @@ class SingleInputGate(InputGate):
             with self._lock:
                 self._check_unavailability()
         return buffer, channel.channel_info
+
+    def wait_for_lane(self, timeout: float | None = None) -> bool:
+        """Block until the doorbell names a ready channel or a notify says something Python-side
+        changed (a local channel's data, a failure, the end, a close), with the GIL released:
+        True. The wait :meth:`get_next` would do, without its general path around it: after it
+        the reader's next buffer comes through the fast lane, not through a
+        :class:`BufferOrEvent` (a reader that caught up with its producers waits about once
+        every eight buffers). False at once when the lane is not in use, no channel has a native
+        queue (local channels only), or the lane cannot serve now
+        (something is queued for the general path, the gate is closed or finished, buffer
+        debloating measures the waits); True at once when a channel is ready already. The
+        idle timer is marked around the wait, as around :meth:`get_next`'s. Task thread."""
+        signal = self.signal
+        if (not self._lane_waits or signal is None or self._queue or self._num_priority
+                or self._all_eop or self._closed or self._throughput is not None):
+            return False
+        if signal.ready_count:
+            return True
+        if timeout is not None and not timeout > 0:
+            if timeout != timeout:
+                raise ValueError(f"timeout must be None or a number of seconds, got {timeout!r}")
+            raise TimeoutError("no buffer or event arrived before the timeout")
+        with self._lock:
+            # every notifier holds the lock: a notify from before is news the lane's poll has
+            # read (what it queued is seen here), not a reason to end the wait at once
+            if self._queue or self._all_eop or self._closed:
+                return False
+            signal.clear_pending()
+        idle = self._idle_timer
+        if idle is not None:
+            idle.mark_start()       # idleTimeMsPerSecond: the task waits for input
+        try:
+            woken = signal.wait(timeout)
+        finally:
+            if idle is not None:
+                idle.mark_end()
+        if not woken:
+            raise TimeoutError("no buffer or event arrived before the timeout")
+        return True
 
     def _get_next(self, blocking: bool, timeout: float | None) -> BufferOrEvent | None:
         if not self._requested:

@@ -9,6 +9,7 @@ thread (:mod:`flinknet.aio`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Self
 
@@ -92,6 +93,16 @@ class RecordReader:
         d = self._deserializers.get(info)
         return (d if d is not None else self._deserializer(info)), buffer
 
+    def _wait_fast(self, timeout: float | None) -> tuple[RecordDeserializer, Buffer] | None:
+        """The lane found nothing and the caller blocks: wait on the gate's doorbell
+        (``wait_for_lane``) and take the lane again, so that a reader that caught up with its
+        producers reads on through the lane after the wait instead of the general path. None
+        when the lane cannot serve now or still has nothing (what woke the wait is the general
+        path's)."""
+        if self.gate.wait_for_lane(timeout):
+            return self._take_fast()
+        return None
+
     def _deserializer(self, channel_info: InputChannelInfo) -> RecordDeserializer:
         d = self._deserializers.get(channel_info)
         if d is None:
@@ -118,6 +129,14 @@ class RecordReader:
             records = taken[0].read_records(taken[1])
             self.num_records_in += len(records)
             return records
+        if blocking and self._fast_lane is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if (taken := self._wait_fast(timeout)) is not None:
+                records = taken[0].read_records(taken[1])
+                self.num_records_in += len(records)
+                return records
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
         boe = self.gate.get_next(timeout) if blocking else self.gate.poll_next()
         if boe is None:
             return None
@@ -135,7 +154,13 @@ class RecordReader:
         """The fixed-width records of the next data buffer as one numpy array of ``dtype``
         (events are skipped); None when the gate is finished."""
         self._check_open()
-        if (taken := self._take_fast()) is not None:
+        taken = self._take_fast()
+        if taken is None and self._fast_lane is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            taken = self._wait_fast(timeout)
+            if taken is None and deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+        if taken is not None:
             arr = taken[0].read_array(taken[1], dtype)
             self.num_records_in += len(arr)
             return arr

@@ -187,6 +187,111 @@ def test_a_failing_backlog_request_gives_the_taken_buffer_back(path):
         del channel.note_polled
 
 
+def _counting(gate, name: str, counts: dict) -> None:
+    """Count the calls of ``gate.<name>`` (an instance attribute over the method: the reader
+    looks it up at every call)."""
+    method = getattr(gate, name)
+
+    def counted(*args):
+        counts[name] = counts.get(name, 0) + 1
+        return method(*args)
+
+    setattr(gate, name, counted)
+
+
+def test_a_reader_that_caught_up_reads_on_through_the_lane_after_its_waits():
+    # A producer slower than the reader: the reader finds the gate empty before nearly every
+    # buffer and waits on the doorbell (wait_for_lane); the buffer that ends the wait comes
+    # through the lane too, not through get_next's BufferOrEvent. Only the end goes around.
+    n = 60
+    with first_record_read() as (w, gate, reader, channel):
+        counts: dict = {}
+        _counting(gate, "get_next", counts)
+        _counting(gate, "wait_for_lane", counts)
+
+        def slowly():
+            for i in range(n):
+                time.sleep(0.002)
+                w.emit(i.to_bytes(4, "big"), 0)     # the writer's timeout 0: one buffer each
+
+        worker = Worker(slowly)
+        worker.start()
+        got = []
+        while len(got) < n:
+            got.extend(reader.read_batch(timeout=JOIN))
+        worker.finish(JOIN)
+        assert worker.error is None
+        assert got == [i.to_bytes(4, "big") for i in range(n)]
+        assert counts.get("wait_for_lane", 0) >= n // 4      # it waited, on the doorbell
+        assert counts.get("get_next", 0) == 0                 # and never took the general path
+        assert channel.num_buffers_in == gate.num_buffers_in == n + 1
+
+
+def test_a_timed_read_on_the_lane_times_out_and_the_lane_reads_on_after_it():
+    with first_record_read() as (w, gate, reader, channel):
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            reader.read_batch(timeout=0.05)
+        assert 0.04 <= time.monotonic() - t0 < JOIN
+        with pytest.raises(TimeoutError):
+            reader.read_batch(timeout=0)
+        with pytest.raises(TimeoutError):
+            reader.read_array("V5", timeout=0.01)
+        with pytest.raises(ValueError, match="timeout"):
+            gate.wait_for_lane(float("nan"))
+        w.emit(b"later", 0)
+        assert reader.read_batch(timeout=JOIN) == [b"later"]
+        w.emit(b"array", 0)
+        assert reader.read_array("V5", timeout=JOIN).tobytes() == b"array"
+
+
+@pytest.mark.parametrize("what", ["a channel failure", "the gate's close"])
+def test_a_wait_on_the_lane_ends_at_a_failure_or_a_close(what):
+    # Python-side news (a failed channel, a closed gate) rings the doorbell's waiters: the
+    # reader waiting on the lane wakes within the test's patience and gets it from get_next.
+    from flinknet.errors import CancelTaskError
+    with first_record_read() as (w, gate, reader, channel):
+        def later():
+            time.sleep(0.1)
+            if what == "a channel failure":
+                channel.on_error(FlinknetError("the producer failed"))
+            else:
+                gate.close()
+
+        worker = Worker(later)
+        worker.start()
+        expected_error = FlinknetError if what == "a channel failure" else CancelTaskError
+        t0 = time.monotonic()
+        with pytest.raises(expected_error):
+            reader.read_batch()
+        assert time.monotonic() - t0 < JOIN
+        worker.finish(JOIN)
+
+
+def test_wait_for_lane_declines_where_the_lane_cannot_serve():
+    from flinknet.consumer import UnionInputGate
+    with NetworkEnvironment(SMALL) as env:
+        partitions = [env.create_result_partition(1) for _ in range(2)]
+        local, other = (env.create_input_gate([(p.partition_id, 0, None)], gate_index=i)
+                        for i, p in enumerate(partitions))
+        with local, other:
+            local.request_partitions()
+            assert local.poll_data_buffer() is None
+            assert local.wait_for_lane(0.01) is False           # local channels only
+            union = UnionInputGate([local, other])
+            assert union.wait_for_lane(0.01) is False           # a union has no lane wait
+        for p in partitions:
+            p.close()
+    with first_record_read() as (w, gate, reader, channel):
+        assert gate.poll_data_buffer() is None                  # the lane in use, empty
+        w.emit(b"ready", 0)
+        wait_queued(channel, 1)
+        assert gate.wait_for_lane(0) is True                    # ready already: no wait
+        assert reader.read_batch() == [b"ready"]
+        gate.close()
+        assert gate.wait_for_lane(0.01) is False                # closed: the general path's
+
+
 def _produce_randomly(partition, producer: int, n: int, seed: int) -> None:
     """``n`` records of random sizes with random pauses, flushes and markers (seeded)."""
     rng = random.Random(seed * 7919 + producer)
