@@ -186,6 +186,59 @@ def test_async_for_reads_every_record_over_tcp(run):
     assert_whole(prod, cons)
 
 
+def test_read_batch_async_takes_a_ready_lane_buffer_at_once_and_still_checks_its_timeout(run):
+    # A buffer ready on a remote gate's fast lane is read without suspending (no trip through the
+    # loop, the gate's availability check skipped); a malformed timeout is refused even then, and
+    # what it refused stays for the next read.
+    with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
+        p = prod.create_result_partition(1)
+        gate = cons.create_input_gate([(p.partition_id, 0, prod.address)])
+        checks = {"is_available": 0}
+        original = type(gate).is_available
+
+        class Counting(type(gate)):
+            @property
+            def is_available(self):
+                checks["is_available"] += 1
+                return original.fget(self)
+
+        async def main():
+            with RecordWriter(p, timeout=0) as w, gate, RecordReader(gate) as reader:
+                w.emit(b"first", 0)
+                assert await reader.read_batch_async(timeout=JOIN) == [b"first"]   # the slow way
+                for i in range(2):               # the channel's two exclusive credits
+                    w.emit(i.to_bytes(2, "big"), 0)
+                channel = gate.input_channels[0]
+                deadline = time.monotonic() + JOIN
+                while channel.queue.queued_buffers < 2 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.001)
+                for bad in (float("nan"), True, "1"):
+                    with pytest.raises(ValueError, match="timeout"):
+                        await reader.read_batch_async(timeout=bad)
+                gate.__class__ = Counting
+                steps = 0
+
+                async def ticker():
+                    nonlocal steps
+                    while True:
+                        steps += 1
+                        await asyncio.sleep(0)
+
+                tick = asyncio.create_task(ticker())
+                await asyncio.sleep(0)
+                before = steps
+                got = [await reader.read_batch_async(), await reader.read_batch_async(timeout=1.0)]
+                assert steps == before               # read at once: the loop did not run
+                tick.cancel()
+                gate.__class__ = Counting.__mro__[1]
+                assert got == [[i.to_bytes(2, "big")] for i in range(2)]
+                assert checks["is_available"] == 0
+            p.close()
+
+        run(main())
+    assert_whole(prod, cons)
+
+
 def test_read_batch_async_over_a_union_gate_over_tcp(run):
     n = 3000
     with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
