@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "YIELD_EVERY",
+    "is_timeout",
     "next_buffer_or_event",
     "read_batch",
     "request_partitions",
@@ -110,9 +111,15 @@ def _timed_out(waiter: asyncio.Future[bool]) -> None:
         waiter.set_result(False)
 
 
+def is_timeout(timeout: object) -> bool:
+    """Whether ``timeout`` is a number of seconds the readers here accept (an int or float, not
+    a bool, not NaN)."""
+    return (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+            and not math.isnan(timeout))
+
+
 def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or math.isnan(timeout)):
+    if timeout is not None and not is_timeout(timeout):
         raise ValueError(f"timeout must be None or a number of seconds, got {timeout!r}")
 
 

@@ -34,12 +34,6 @@ from flinknet.types import SerializerSpec
 __all__ = ["RecordReader", "RecordOrEvent"]
 
 
-def _valid_timeout(timeout: object) -> bool:
-    """A number of seconds (not a bool, not NaN): what :func:`flinknet.aio.read_batch` accepts."""
-    return (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
-            and timeout == timeout)
-
-
 class RecordOrEvent:
     """What :meth:`RecordReader.read_batch` returns when asked for events too: an event with the
     channel it came from (records come as plain values)."""
@@ -99,15 +93,18 @@ class RecordReader:
         d = self._deserializers.get(info)
         return (d if d is not None else self._deserializer(info)), buffer
 
-    def _wait_fast(self, timeout: float | None) -> tuple[RecordDeserializer, Buffer] | None:
+    def _wait_fast(self, timeout: float | None
+                   ) -> tuple[tuple[RecordDeserializer, Buffer] | None, float | None]:
         """The lane found nothing and the caller blocks: wait on the gate's doorbell
         (``wait_for_lane``) and take the lane again, so that a reader that caught up with its
-        producers reads on through the lane after the wait instead of the general path. None
-        when the lane cannot serve now or still has nothing (what woke the wait is the general
-        path's)."""
-        if self.gate.wait_for_lane(timeout):
-            return self._take_fast()
-        return None
+        producers reads on through the lane after the wait instead of the general path. Returns
+        what the lane took (None when it cannot serve now or still has nothing: what woke the
+        wait is the general path's) and what is left of ``timeout`` for the general path."""
+        if timeout is None:
+            return (self._take_fast() if self.gate.wait_for_lane(None) else None), None
+        deadline = time.monotonic() + timeout
+        taken = self._take_fast() if self.gate.wait_for_lane(timeout) else None
+        return taken, max(0.0, deadline - time.monotonic())
 
     def _deserializer(self, channel_info: InputChannelInfo) -> RecordDeserializer:
         d = self._deserializers.get(channel_info)
@@ -131,18 +128,13 @@ class RecordReader:
         spanning record), or with ``emit_events`` a one-element list of an event. None when the
         gate is finished (or, with ``blocking=False``, when nothing is ready)."""
         self._check_open()
-        if (taken := self._take_fast()) is not None:
+        taken = self._take_fast()
+        if taken is None and blocking and self._fast_lane is not None:
+            taken, timeout = self._wait_fast(timeout)
+        if taken is not None:
             records = taken[0].read_records(taken[1])
             self.num_records_in += len(records)
             return records
-        if blocking and self._fast_lane is not None:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            if (taken := self._wait_fast(timeout)) is not None:
-                records = taken[0].read_records(taken[1])
-                self.num_records_in += len(records)
-                return records
-            if deadline is not None:
-                timeout = max(0.0, deadline - time.monotonic())
         boe = self.gate.get_next(timeout) if blocking else self.gate.poll_next()
         if boe is None:
             return None
@@ -162,10 +154,7 @@ class RecordReader:
         self._check_open()
         taken = self._take_fast()
         if taken is None and self._fast_lane is not None:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            taken = self._wait_fast(timeout)
-            if taken is None and deadline is not None:
-                timeout = max(0.0, deadline - time.monotonic())
+            taken, timeout = self._wait_fast(timeout)
         if taken is not None:
             arr = taken[0].read_array(taken[1], dtype)
             self.num_records_in += len(arr)
@@ -216,7 +205,7 @@ class RecordReader:
         # A buffer ready on the gate's fast lane is read here, without a second coroutine or
         # the gate's availability check (which takes the doorbell's lock); a timeout is
         # checked first, as the slow way checks it.
-        if (timeout is None or _valid_timeout(timeout)) and not self._closed \
+        if (timeout is None or _aio.is_timeout(timeout)) and not self._closed \
                 and (taken := self._take_fast()) is not None:
             records = taken[0].read_records(taken[1])
             self.num_records_in += len(records)

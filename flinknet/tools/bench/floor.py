@@ -31,11 +31,18 @@ import sys
 import threading
 import time
 
-from flinknet.tools.bench.transport import raw_round_trip_us, raw_socket_ns_per_byte
+from flinknet.tools.bench.transport import (
+    WIDE_FLOATING,
+    drop_warmup,
+    percentile,
+    raw_round_trip_us,
+    raw_socket_ns_per_byte,
+)
 
-__all__ = ["native_credit_relay_bandwidth_gbps", "native_relay_bandwidth_gbps",
-           "native_relay_one_way_us", "paced_raw_one_way_us", "relay_bandwidth_gbps",
-           "relay_one_way_us", "thread_handoff_us"]
+__all__ = ["CREDIT_FLOOR", "FLOOR_BANDWIDTH_ROWS", "NATIVE_FLOOR", "NATIVE_FLOOR_P50",
+           "NATIVE_FLOOR_P99", "add_floor_baselines", "native_credit_relay_bandwidth_gbps",
+           "native_relay_bandwidth_gbps", "native_relay_one_way_us", "paced_raw_one_way_us",
+           "relay_bandwidth_gbps", "relay_one_way_us", "thread_handoff_us"]
 
 _TS = struct.Struct("<q")
 _SIZE = 100
@@ -369,7 +376,7 @@ NATIVE_FLOOR_P50 = "native floor one-way p50 (same run)"
 NATIVE_FLOOR_P99 = "native floor one-way p99 (same run)"
 #: The rows each floor bounds: 32 KiB records (bandwidth) and the paced 100 B latency.
 FLOOR_BANDWIDTH_ROWS = ("remote.32768B.per-record", "remote.32768B.batch",
-                        "remote.32768B.batch.floating32")
+                        f"remote.32768B.batch.floating{WIDE_FLOATING}")
 
 
 def add_floor_baselines(rows: list, total: int = 1 << 30, latency_records: int = 20_000) -> None:
@@ -392,14 +399,11 @@ def add_floor_baselines(rows: list, total: int = 1 << 30, latency_records: int =
     p50_row = by_name.get("latency.100B.timeout0.p50")
     p99_row = by_name.get("latency.100B.timeout0.p99")
     if p50_row is not None or p99_row is not None:
-        import numpy as np
-
-        delays = native_relay_one_way_us(latency_records)
-        delays = delays[len(delays) // 10:]        # the first 10 % warm up, as flinknet's
+        delays = drop_warmup(native_relay_one_way_us(latency_records))
         if p50_row is not None:
-            p50_row.baselines[NATIVE_FLOOR_P50] = float(np.percentile(delays, 50))
+            p50_row.baselines[NATIVE_FLOOR_P50] = percentile(delays, 50)
         if p99_row is not None:
-            p99_row.baselines[NATIVE_FLOOR_P99] = float(np.percentile(delays, 99))
+            p99_row.baselines[NATIVE_FLOOR_P99] = percentile(delays, 99)
 
 
 def thread_handoff_us(n: int = 20_000) -> list[float]:

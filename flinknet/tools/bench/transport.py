@@ -380,8 +380,15 @@ def _peer_baselines(size: int, n: int, n_columnar: int, repeats: int):
     return objects, columnar, missing
 
 
-def _pct(values, p):
+def percentile(values, p: float) -> float:
+    """The ``p``-th percentile (0-100) of ``values``."""
     return float(np.percentile(np.asarray(values), p))
+
+
+def drop_warmup(delays: list[float]) -> list[float]:
+    """A latency run's delays without its first 10 % (the warm-up), as the latency rows and
+    their native floor count them."""
+    return delays[len(delays) // 10:]
 
 
 def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
@@ -431,16 +438,16 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
     # latency: 10 000 records/s, buffer timeout 0
     n_lat = 10_000 if quick else 30_000
     delays = run_remote(100, n_lat, "latency", timeout_ms=0, rate=10_000)
-    delays = delays[len(delays) // 10:]          # the first 10% warm up
+    delays = drop_warmup(delays)
     rtt = raw_round_trip_us(n_lat // 3)
-    one_way_p50 = _pct(rtt, 50) / 2
-    rows.append(Row("latency.100B.timeout0.p50", "us", _pct(delays, 50),
+    one_way_p50 = percentile(rtt, 50) / 2
+    rows.append(Row("latency.100B.timeout0.p50", "us", percentile(delays, 50),
                     {"raw socket one-way p50": one_way_p50},
-                    note=f"p50 {_pct(delays, 50):.0f} us, p99 {_pct(delays, 99):.0f} us, max "
+                    note=f"p50 {percentile(delays, 50):.0f} us, p99 {percentile(delays, 99):.0f} us, max "
                          f"{max(delays):.0f} us over {len(delays)} records at 10 000/s",
                     references={"flink-2.3 p50 (rec.)": sum(FLINK_LATENCY_P50_US) / 2}))
-    rows.append(Row("latency.100B.timeout0.p99", "us", _pct(delays, 99),
-                    {"raw socket one-way p99": _pct(rtt, 99) / 2},
+    rows.append(Row("latency.100B.timeout0.p99", "us", percentile(delays, 99),
+                    {"raw socket one-way p99": percentile(rtt, 99) / 2},
                     references={"flink-2.3 p99 (rec.)": sum(FLINK_LATENCY_P99_US) / 2}))
     if not quick:
         rows += bench_credit_window(repeats=max(3, repeats), peer_baselines=peer_baselines)
