@@ -206,12 +206,15 @@ def test_read_batch_async_takes_a_ready_lane_buffer_at_once_and_still_checks_its
             with RecordWriter(p, timeout=0) as w, gate, RecordReader(gate) as reader:
                 w.emit(b"first", 0)
                 assert await reader.read_batch_async(timeout=JOIN) == [b"first"]   # the slow way
-                for i in range(2):               # the channel's two exclusive credits
-                    w.emit(i.to_bytes(2, "big"), 0)
                 channel = gate.input_channels[0]
                 deadline = time.monotonic() + JOIN
-                while channel.queue.queued_buffers < 2 and time.monotonic() < deadline:
-                    await asyncio.sleep(0.001)
+                for i in range(2):               # the channel's two exclusive credits
+                    w.emit(i.to_bytes(2, "big"), 0)
+                    # one buffer each: a record emitted before the sender took the last one's
+                    # flush joins it in the same buffer
+                    while channel.queue.queued_buffers < i + 1 and time.monotonic() < deadline:
+                        await asyncio.sleep(0.001)
+                assert channel.queue.queued_buffers == 2
                 for bad in (float("nan"), True, "1"):
                     with pytest.raises(ValueError, match="timeout"):
                         await reader.read_batch_async(timeout=bad)
