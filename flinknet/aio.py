@@ -65,6 +65,7 @@ __all__ = [
     "request_partitions",
     "wait_future",
     "wait_gate_available",
+    "wait_lane",
     "wait_writer_available",
 ]
 
@@ -201,6 +202,36 @@ async def wait_gate_available(gate: InputGate, timeout: float | None = None) -> 
             if timer is not None:
                 timer.cancel()
     finally:
+        if idle is not None:
+            idle.mark_end()
+
+
+async def wait_lane(gate: InputGate) -> None:
+    """The fast lane's wait on the running loop (:meth:`~flinknet.consumer.RecordReader.read_batch_async`
+    after :meth:`~flinknet.consumer.InputGate.poll_data_buffer` found nothing): suspend until the
+    gate's doorbell rings, or return at once when a channel is ready already or the lane cannot
+    serve now (:meth:`~flinknet.consumer.InputGate.arm_lane_wake_fd`). The caller then polls the
+    lane, and reads through the general path what the lane does not hold (a local channel's
+    data, a failure, the end, a close: each also rings). No timeout: a timed read takes
+    :func:`read_batch`. The gate's idle timer is marked around the wait."""
+    signal = getattr(gate, "signal", None)
+    if signal is None:
+        return
+    loop = asyncio.get_running_loop()
+    bell = _doorbell(gate, signal, loop)
+    if gate.arm_lane_wake_fd():
+        return
+    waiter: asyncio.Future[bool] = loop.create_future()
+    bell.waiter = waiter
+    idle = gate.idle_timer
+    if idle is not None:
+        idle.mark_start()
+    try:
+        await waiter
+    finally:
+        if bell.waiter is waiter:
+            bell.waiter = None
+        signal.disarm()
         if idle is not None:
             idle.mark_end()
 

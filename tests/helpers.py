@@ -1,7 +1,9 @@
 """Small real helpers shared by the test modules (no mocks)."""
 
+import contextlib
 import random
 import threading
+import time
 
 from flinknet._core.buffer import BufferRecycler
 from flinknet._core.memory import MemorySegment
@@ -56,3 +58,58 @@ def segment_with(data: bytes) -> MemorySegment:
 
 def contents(seg: MemorySegment) -> bytes:
     return seg.get_bytes(0, seg.size)
+
+
+def assert_whole(*envs, timeout: float = 10.0) -> None:
+    """Every network buffer of every environment is back in its pool (within ``timeout``
+    seconds: an I/O thread may still be recycling what it sent)."""
+    deadline = time.monotonic() + timeout
+    while not all(e.network_buffer_pool.is_whole for e in envs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(e.network_buffer_pool.is_whole for e in envs), [
+        e.network_buffer_pool.total_segments - e.network_buffer_pool.available_segments for e in envs]
+
+
+def wait_queued(channel, n: int, timeout: float = 30.0) -> None:
+    """Until ``channel`` has ``n`` buffers received and not taken (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while channel.queue.queued_buffers < n and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert channel.queue.queued_buffers == n
+
+
+@contextlib.contextmanager
+def first_record_read(config: dict):
+    """A one-channel remote exchange (both environments configured by ``config``) whose first
+    record the threaded reader has read, so the gate's fast lane is in use: ``(writer, gate,
+    reader, channel)``, the writer's timeout 0. The pools are checked whole at the end."""
+    from flinknet.consumer import RecordReader
+    from flinknet.environment import NetworkEnvironment
+    from flinknet.writer import RecordWriter
+
+    with NetworkEnvironment(config) as prod, NetworkEnvironment(config) as cons:
+        partition = prod.create_result_partition(1)
+        gate = cons.create_input_gate([(partition.partition_id, 0, prod.address)])
+        with RecordWriter(partition, timeout=0) as w:
+            with gate, RecordReader(gate) as reader:
+                w.emit(b"first", 0)
+                assert reader.read_batch() == [b"first"]
+                yield w, gate, reader, gate.input_channels[0]
+        partition.close()
+    assert_whole(prod, cons)
+
+
+def count_calls(obj, name: str, counts: dict, results: bool = False) -> None:
+    """Count the calls of ``obj.<name>`` in ``counts[name]`` (an instance attribute over the
+    method: callers look it up at every call); with ``results``, also each result in
+    ``counts[(name, result)]``."""
+    method = getattr(obj, name)
+
+    def counted(*args):
+        counts[name] = counts.get(name, 0) + 1
+        out = method(*args)
+        if results:
+            counts[(name, out)] = counts.get((name, out), 0) + 1
+        return out
+
+    setattr(obj, name, counted)

@@ -169,6 +169,14 @@ class InputGate:
         without a lane always says False."""
         return False
 
+    def arm_lane_wake_fd(self) -> bool:
+        """The fast lane's wait on an event loop (:func:`flinknet.aio.wait_lane`), for a reader
+        whose :meth:`poll_data_buffer` found nothing: arm the doorbell's ``wake_fd`` and return
+        False (the loop then waits for the fd); True instead when the caller should poll now: a
+        channel is ready already, or the lane cannot serve the gate now (then the general path
+        reads). A gate without a lane always says True."""
+        return True
+
     def __iter__(self) -> Iterator[BufferOrEvent]:
         """Every BufferOrEvent until the gate is finished (blocking)."""
         while True:
@@ -748,6 +756,26 @@ class SingleInputGate(InputGate):
         if not woken:
             raise TimeoutError("no buffer or event arrived before the timeout")
         return True
+
+    def arm_lane_wake_fd(self) -> bool:
+        """:meth:`wait_for_lane` for an event loop (:func:`flinknet.aio.wait_lane`): arm
+        :attr:`signal`'s ``wake_fd`` and return False, the loop waits for the fd (written at the
+        next ready channel, or by a notify for what is Python-side: a local channel's data, a
+        failure, the end, a close; ``signal.disarm()`` ends the wait). True, with nothing armed,
+        when a channel is ready already or the lane cannot serve now (as :meth:`wait_for_lane`
+        declines): the caller polls the lane, then the general path. Unlike
+        :meth:`arm_wake_fd`, no ready channel moves to the general path's queue, so the buffer
+        that ends the wait comes through the lane. Task thread."""
+        signal = self.signal
+        if (not self._lane_waits or signal is None or self._queue or self._num_priority
+                or self._all_eop or self._closed or self._throughput is not None):
+            return True
+        with self._lock:
+            # as in wait_for_lane: a notify from before is news the lane's poll has read
+            if self._queue or self._all_eop or self._closed:
+                return True
+            signal.clear_pending()
+            return bool(signal.arm_fd())
 
     def _get_next(self, blocking: bool, timeout: float | None) -> BufferOrEvent | None:
         if not self._requested:

@@ -78,6 +78,8 @@ class RecordReader:
         self._fast_lane: Callable[[], tuple[Buffer, InputChannelInfo] | None] | None = None
         if type(gate) is SingleInputGate or type(gate) is UnionInputGate:
             self._fast_lane = gate.poll_data_buffer
+        #: a SingleInputGate's lane, whose non-blocking miss may skip the general path's poll
+        self._lane_gate: SingleInputGate | None = gate if type(gate) is SingleInputGate else None
         self.num_records_in = 0
         #: the channel of the buffer or event the last batch came from.
         self.last_channel_info: InputChannelInfo | None = None
@@ -135,7 +137,17 @@ class RecordReader:
             records = taken[0].read_records(taken[1])
             self.num_records_in += len(records)
             return records
-        boe = self.gate.get_next(timeout) if blocking else self.gate.poll_next()
+        if blocking:
+            boe = self.gate.get_next(timeout)
+        else:
+            lane = self._lane_gate
+            if lane is not None and lane.partitions_requested and not lane.is_closed \
+                    and not lane.is_available:
+                # the lane found nothing and nothing waits for the general path either: no poll
+                # (the gate's lock), which would also move a channel turning ready meanwhile
+                # off the lane (async for polls so before every wait)
+                return None
+            boe = self.gate.poll_next()
         if boe is None:
             return None
         self.last_channel_info = boe.channel_info
@@ -204,12 +216,18 @@ class RecordReader:
         thread blocks); None once the gate is finished. See :func:`flinknet.aio.read_batch`."""
         # A buffer ready on the gate's fast lane is read here, without a second coroutine or
         # the gate's availability check (which takes the doorbell's lock); a timeout is
-        # checked first, as the slow way checks it.
-        if (timeout is None or _aio.is_timeout(timeout)) and not self._closed \
-                and (taken := self._take_fast()) is not None:
-            records = taken[0].read_records(taken[1])
-            self.num_records_in += len(records)
-            return records
+        # checked first, as the slow way checks it. Without a timeout, a reader that caught up
+        # waits on the lane's doorbell (aio.wait_lane) and reads on through the lane, as the
+        # threaded read_batch does; what the lane does not hold, the slow way reads.
+        if (timeout is None or _aio.is_timeout(timeout)) and not self._closed:
+            taken = self._take_fast()
+            if taken is None and timeout is None and self._fast_lane is not None:
+                await _aio.wait_lane(self.gate)
+                taken = None if self._closed else self._take_fast()   # closed meanwhile: raise
+            if taken is not None:
+                records = taken[0].read_records(taken[1])
+                self.num_records_in += len(records)
+                return records
         return await _aio.read_batch(self, timeout)
 
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -237,7 +255,7 @@ class RecordReader:
         if yield_first:
             await asyncio.sleep(0)
         while True:
-            batch = await _aio.read_batch(self)
+            batch = await self.read_batch_async()   # the lane, and its wait, where it serves
             if batch is None:
                 raise StopAsyncIteration
             if batch:

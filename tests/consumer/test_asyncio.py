@@ -28,7 +28,7 @@ from flinknet.partition import ResultPartitionManager, create_result_partition
 from flinknet.transport import RemoteTransportError
 from flinknet.types import ResultPartitionType
 from flinknet.writer import RecordWriter
-from tests.helpers import Worker
+from tests.helpers import Worker, assert_whole, count_calls, first_record_read
 
 JOIN = 30.0
 SEG = 256
@@ -115,14 +115,6 @@ def produce(partition, producer: int, n: int, subpartitions: int = 1, timeout: f
                 return
             w.emit(record(producer, i, max_size), i % subpartitions)
     partition.finish()
-
-
-def assert_whole(*envs, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(e.network_buffer_pool.is_whole for e in envs) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert all(e.network_buffer_pool.is_whole for e in envs), [
-        e.network_buffer_pool.total_segments - e.network_buffer_pool.available_segments for e in envs]
 
 
 # -- async for: every record, exactly once, in order -----------------------------------------------
@@ -240,6 +232,129 @@ def test_read_batch_async_takes_a_ready_lane_buffer_at_once_and_still_checks_its
 
         run(main())
     assert_whole(prod, cons)
+
+
+@pytest.mark.parametrize("api", ["read_batch_async", "async for"])
+def test_a_reader_on_the_loop_that_caught_up_reads_on_through_the_lane_after_its_waits(run, api):
+    # A producer slower than the reader: the reader finds the lane empty before nearly every
+    # buffer and waits on the doorbell's eventfd (aio.wait_lane), the loop free meanwhile; the
+    # buffer that ends the wait comes through the lane too, never through the general path
+    # (poll_next, get_next, or arm_wake_fd, which would move the ready channel to its queue).
+    n = 60
+    with first_record_read(SMALL) as (w, gate, reader, channel):
+        counts: dict = {}
+        for name in ("poll_next", "get_next", "arm_wake_fd"):
+            count_calls(gate, name, counts)
+        count_calls(gate, "arm_lane_wake_fd", counts, results=True)
+
+        def slowly():
+            for i in range(n):
+                time.sleep(0.002)
+                w.emit(i.to_bytes(4, "big"), 0)     # the writer's timeout 0: one buffer each
+
+        async def main():
+            steps = 0
+
+            async def ticker():
+                nonlocal steps
+                while True:
+                    steps += 1
+                    await asyncio.sleep(0.001)
+
+            tick = asyncio.create_task(ticker())
+            worker = Worker(slowly)
+            worker.start()
+            got = []
+            async with asyncio.timeout(JOIN):
+                if api == "read_batch_async":
+                    while len(got) < n:
+                        got.extend(await reader.read_batch_async())
+                else:
+                    async for r in reader:
+                        got.append(r)
+                        if len(got) == n:
+                            break
+            tick.cancel()
+            worker.finish(JOIN)
+            assert worker.error is None
+            return got, steps
+
+        got, steps = run(main())
+        assert got == [i.to_bytes(4, "big") for i in range(n)]
+        assert counts.get(("arm_lane_wake_fd", False), 0) >= n // 4   # it waited, on the lane
+        assert steps >= 10                                  # and the loop ran other tasks
+        assert counts.get("poll_next", 0) == counts.get("get_next", 0) == 0
+        assert counts.get("arm_wake_fd", 0) == 0
+        # (about a buffer per record: one emitted before the sender took the last may join it)
+        assert n // 2 < channel.num_buffers_in == gate.num_buffers_in <= n + 1
+
+
+@pytest.mark.parametrize("what", ["cancel", "a channel failure", "the gate's close"])
+def test_a_lane_wait_on_the_loop_ends_at_a_cancel_a_failure_or_a_close(run, what):
+    # A task cancelled in its lane wait leaves the doorbell disarmed and loses nothing: the next
+    # read gets the next record through the lane. Python-side news (a failed channel, a closed
+    # gate) rings the armed eventfd: the waiting read wakes and raises the typed error.
+    with first_record_read(SMALL) as (w, gate, reader, channel):
+        counts: dict = {}
+        count_calls(gate, "arm_lane_wake_fd", counts, results=True)
+
+        async def main():
+            task = asyncio.create_task(reader.read_batch_async())
+            assert await still_pending(task)
+            assert counts[("arm_lane_wake_fd", False)] == 1     # armed, waiting on the lane
+            signal = gate.signal
+            if what == "cancel":
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                signal.clear_fd()
+                assert not signal.arm_fd()          # was disarmed: nothing rang, nothing pending
+                signal.disarm()
+                w.emit(b"after", 0)
+                async with asyncio.timeout(JOIN):
+                    assert await reader.read_batch_async() == [b"after"]
+                return
+            if what == "a channel failure":
+                threading.Thread(target=channel.on_error,
+                                 args=(RemoteTransportError("the producer failed"),)).start()
+                expected = RemoteTransportError
+            else:
+                threading.Thread(target=gate.close).start()
+                expected = CancelTaskError
+            with pytest.raises(expected):
+                await asyncio.wait_for(task, JOIN)
+
+        run(main())
+
+
+def test_arm_lane_wake_fd_declines_where_the_lane_cannot_serve(run):
+    with NetworkEnvironment(SMALL) as env:
+        partitions = [env.create_result_partition(1) for _ in range(2)]
+        local, other = (env.create_input_gate([(p.partition_id, 0, None)], gate_index=i)
+                        for i, p in enumerate(partitions))
+        with local, other:
+            local.request_partitions()
+            assert local.poll_data_buffer() is None
+            assert local.arm_lane_wake_fd() is True             # local channels only: poll
+            assert UnionInputGate([local, other]).arm_lane_wake_fd() is True
+        for p in partitions:
+            p.close()
+    with first_record_read(SMALL) as (w, gate, reader, channel):
+        assert gate.poll_data_buffer() is None                  # the lane in use, empty
+        w.emit(b"ready", 0)
+        deadline = time.monotonic() + JOIN
+        while channel.queue.queued_buffers < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert gate.arm_lane_wake_fd() is True                  # ready already: nothing armed
+
+        async def read():
+            return await reader.read_batch_async()
+
+        assert run(read()) == [b"ready"]
+        assert gate.arm_lane_wake_fd() is False                 # empty: armed
+        gate.signal.disarm()
+        gate.close()
+        assert gate.arm_lane_wake_fd() is True                  # closed: the general path's
 
 
 def test_read_batch_async_over_a_union_gate_over_tcp(run):

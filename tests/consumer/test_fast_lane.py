@@ -5,7 +5,6 @@ failures, debloating) stays the general path's. Pools whole after each."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 import struct
 import time
@@ -17,7 +16,7 @@ from flinknet.consumer import RecordOrEvent, RecordReader
 from flinknet.environment import NetworkEnvironment
 from flinknet.errors import FlinknetError
 from flinknet.writer import RecordWriter
-from tests.helpers import Worker
+from tests.helpers import Worker, assert_whole, count_calls, first_record_read, wait_queued
 
 JOIN = 30.0
 SMALL = {"taskmanager.memory.segment-size": "4kb", "taskmanager.memory.network.max": "4mb"}
@@ -62,21 +61,6 @@ def expected(n: int, every: int) -> list:
     return [*want, ev.EndOfPartitionEvent()]
 
 
-def wait_queued(channel, n: int) -> None:
-    """Until ``channel`` has ``n`` buffers received and not taken (bounded by JOIN)."""
-    deadline = time.monotonic() + JOIN
-    while channel.queue.queued_buffers < n and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert channel.queue.queued_buffers == n
-
-
-def assert_whole(*envs) -> None:
-    deadline = time.monotonic() + 10
-    while not all(e.network_buffer_pool.is_whole for e in envs) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert all(e.network_buffer_pool.is_whole for e in envs)
-
-
 @pytest.mark.parametrize("api", ["read_batch", "iterate"])
 def test_fast_lane_delivers_every_record_and_event_in_order_and_counts_alike(api):
     n, every, channels = 3000, 700, 3
@@ -119,24 +103,8 @@ def test_fast_lane_delivers_every_record_and_event_in_order_and_counts_alike(api
     assert_whole(prod, cons)
 
 
-@contextlib.contextmanager
-def first_record_read():
-    """A one-channel remote exchange whose first record the reader has read: ``(writer, gate,
-    reader, channel)``; the pools are checked whole at the end."""
-    with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
-        partition = prod.create_result_partition(1)
-        gate = cons.create_input_gate([(partition.partition_id, 0, prod.address)])
-        with RecordWriter(partition, timeout=0) as w:
-            with gate, RecordReader(gate) as reader:
-                w.emit(b"first", 0)
-                assert reader.read_batch() == [b"first"]
-                yield w, gate, reader, gate.input_channels[0]
-        partition.close()
-    assert_whole(prod, cons)
-
-
 def test_a_channel_failed_meanwhile_raises_through_the_fast_lane_and_stays_failed():
-    with first_record_read() as (w, gate, reader, channel):
+    with first_record_read(SMALL) as (w, gate, reader, channel):
         w.emit(b"second", 0)
         w.emit(b"third", 0)
         wait_queued(channel, 2)
@@ -171,7 +139,7 @@ def test_a_debloating_gate_reads_every_buffer_on_the_general_path():
 def test_a_failing_backlog_request_gives_the_taken_buffer_back(path):
     # note_polled (the sender's backlog: floating buffers from the gate pool) raising after the
     # buffer left the channel's queue: the buffer is recycled, the error reaches the reader
-    with first_record_read() as (w, gate, reader, channel):
+    with first_record_read(SMALL) as (w, gate, reader, channel):
 
         def broken(*args):
             raise RuntimeError("the gate pool broke")
@@ -187,27 +155,15 @@ def test_a_failing_backlog_request_gives_the_taken_buffer_back(path):
         del channel.note_polled
 
 
-def _counting(gate, name: str, counts: dict) -> None:
-    """Count the calls of ``gate.<name>`` (an instance attribute over the method: the reader
-    looks it up at every call)."""
-    method = getattr(gate, name)
-
-    def counted(*args):
-        counts[name] = counts.get(name, 0) + 1
-        return method(*args)
-
-    setattr(gate, name, counted)
-
-
 def test_a_reader_that_caught_up_reads_on_through_the_lane_after_its_waits():
     # A producer slower than the reader: the reader finds the gate empty before nearly every
     # buffer and waits on the doorbell (wait_for_lane); the buffer that ends the wait comes
     # through the lane too, not through get_next's BufferOrEvent. Only the end goes around.
     n = 60
-    with first_record_read() as (w, gate, reader, channel):
+    with first_record_read(SMALL) as (w, gate, reader, channel):
         counts: dict = {}
-        _counting(gate, "get_next", counts)
-        _counting(gate, "wait_for_lane", counts)
+        count_calls(gate, "get_next", counts)
+        count_calls(gate, "wait_for_lane", counts)
 
         def slowly():
             for i in range(n):
@@ -224,11 +180,12 @@ def test_a_reader_that_caught_up_reads_on_through_the_lane_after_its_waits():
         assert got == [i.to_bytes(4, "big") for i in range(n)]
         assert counts.get("wait_for_lane", 0) >= n // 4      # it waited, on the doorbell
         assert counts.get("get_next", 0) == 0                 # and never took the general path
-        assert channel.num_buffers_in == gate.num_buffers_in == n + 1
+        # (about a buffer per record: one emitted before the sender took the last may join it)
+        assert n // 2 < channel.num_buffers_in == gate.num_buffers_in <= n + 1
 
 
 def test_a_timed_read_on_the_lane_times_out_and_the_lane_reads_on_after_it():
-    with first_record_read() as (w, gate, reader, channel):
+    with first_record_read(SMALL) as (w, gate, reader, channel):
         t0 = time.monotonic()
         with pytest.raises(TimeoutError):
             reader.read_batch(timeout=0.05)
@@ -250,7 +207,7 @@ def test_a_wait_on_the_lane_ends_at_a_failure_or_a_close(what):
     # Python-side news (a failed channel, a closed gate) rings the doorbell's waiters: the
     # reader waiting on the lane wakes within the test's patience and gets it from get_next.
     from flinknet.errors import CancelTaskError
-    with first_record_read() as (w, gate, reader, channel):
+    with first_record_read(SMALL) as (w, gate, reader, channel):
         def later():
             time.sleep(0.1)
             if what == "a channel failure":
@@ -282,7 +239,7 @@ def test_wait_for_lane_declines_where_the_lane_cannot_serve():
             assert union.wait_for_lane(0.01) is False           # a union has no lane wait
         for p in partitions:
             p.close()
-    with first_record_read() as (w, gate, reader, channel):
+    with first_record_read(SMALL) as (w, gate, reader, channel):
         assert gate.poll_data_buffer() is None                  # the lane in use, empty
         w.emit(b"ready", 0)
         wait_queued(channel, 1)
