@@ -29,13 +29,29 @@ def test_remote_run_read_on_an_asyncio_loop_moves_every_record(api):
     assert transport.run_remote(100, 5000, api) > 0
 
 
+def test_a_paced_run_of_any_api_moves_every_record_and_reports_the_reading_threads_cpu():
+    stats: dict = {}
+    assert transport.run_remote(100, 300, "asyncio-batch", timeout_ms=0, rate=5000, stats=stats) > 0.05
+    assert 0 < stats["consumer_task_cpu_s"] <= stats["consumer_cpu_s"]
+    with pytest.raises(ValueError, match="rate"):
+        transport.run_remote(100, 10, "latency")
+
+
 def test_asyncio_rows_compare_with_the_threaded_reader_of_the_same_run():
-    rows = transport.bench_asyncio_reading(quick=True, repeats=1, records=5000)
-    assert [r.name for r in rows] == ["remote.100B.asyncio.per-record", "remote.100B.asyncio.batch",
-                                      "remote.100B.uvloop.per-record", "remote.100B.uvloop.batch"]
+    rows = transport.bench_asyncio_reading(quick=True, repeats=1, records=2000)
+    assert [r.name for r in rows] == [
+        "remote.100B.asyncio.per-record", "remote.100B.asyncio.batch", "remote.100B.asyncio.wait",
+        "remote.100B.uvloop.per-record", "remote.100B.uvloop.batch", "remote.100B.uvloop.wait"]
     for row in rows:
-        assert row.unit == "ns/rec" and row.value > 0
-        assert list(row.baselines) == [transport.THREADED_READER] and row.baselines[transport.THREADED_READER] > 0
+        wait = row.name.endswith(".wait")
+        assert row.unit == ("us/rec" if wait else "ns/rec") and row.value > 0
+        assert list(row.baselines) == [transport.THREADED_READER, *([transport.LOOP_WAKE_FLOOR] if wait else [])]
+        assert all(b > 0 for b in row.baselines.values())
+
+
+@pytest.mark.parametrize("loop_name", [None, "asyncio", "uvloop"])
+def test_a_bare_wake_up_costs_the_waiting_thread_some_cpu(loop_name):
+    assert 0 < transport.bare_wake_us(loop_name, 200) < 1e5
 
 
 def test_window_rows_compare_with_flinks_window_of_the_same_run_and_the_peers():

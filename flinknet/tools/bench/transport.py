@@ -125,9 +125,9 @@ def _producer(q_out, q_in, size: int, n: int, api: str, timeout_ms: float, rate:
             with RecordWriter(p, timeout=timeout_ms) as writer:
                 q_in.get(timeout=120)   # go
                 cpu0 = time.process_time()   # every thread of this process (the I/O thread too)
-                if api != "latency":
+                if not rate:
                     emit_records(writer, record, n, ASYNC_APIS.get(api, api))
-                else:  # paced, each record carries its send time
+                else:  # paced, each record carries its send time (read by api="latency")
                     pad = bytes(size - _TS.size)
                     interval = 1.0 / rate
                     now = time.perf_counter
@@ -275,14 +275,19 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
     ``stats``, when given, receives the CPU seconds each process spent on the transfer:
     ``"consumer_cpu_s"`` (this process, from "go" to the last record read) and
     ``"producer_cpu_s"`` (the producer process, from "go" to the consumer being done), both all
-    threads (``time.process_time``), and ``"consumer_gate_max_floating"``, the most floating
-    buffers the consumer's gate pool may hold. ``options`` configure both environments
+    threads (``time.process_time``), ``"consumer_task_cpu_s"`` (the reading thread alone, the
+    event loop's for the asyncio APIs), and ``"consumer_gate_max_floating"``, the most floating
+    buffers the consumer's gate pool may hold. ``rate`` > 0 paces the producer at that many
+    records per second, each carrying its send time (``"latency"`` needs it; with the other APIs
+    a reader that keeps up waits for every flushed buffer). ``options`` configure both environments
     (:class:`~flinknet.config.NetworkConfig` keys); ``producer_options`` and
     ``consumer_options`` add to them (and override them) for one side only."""
     from flinknet.consumer import RecordReader
     from flinknet.environment import NetworkEnvironment
     from flinknet.ids import ResultPartitionID
 
+    if api == "latency" and not rate > 0:
+        raise ValueError("api='latency' needs a rate > 0 (records per second)")
     ctx = _ctx()
     q_out, q_in = ctx.Queue(), ctx.Queue()
     proc = ctx.Process(target=_producer, args=(q_out, q_in, size, n, api, timeout_ms, rate,
@@ -308,6 +313,7 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
                 if runner is not None:
                     runner.get_loop()
                 cpu0 = time.process_time()
+                task_cpu0 = time.thread_time()
                 t0 = time.perf_counter()
                 q_in.put("go")
                 if api in ("asyncio", "uvloop"):
@@ -335,6 +341,7 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
                     count = len(delays)
                 elapsed = time.perf_counter() - t0
                 consumer_cpu = time.process_time() - cpu0
+                task_cpu = time.thread_time() - task_cpu0
             gate.close()
             if not env.network_buffer_pool.is_whole:
                 raise AssertionError("the benchmark leaked network buffers")
@@ -348,7 +355,7 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
             raise AssertionError(f"read {count} records, expected {n}")
         if stats is not None:
             stats.update(consumer_cpu_s=consumer_cpu, producer_cpu_s=last[2],
-                         consumer_gate_max_floating=max_floating)
+                         consumer_task_cpu_s=task_cpu, consumer_gate_max_floating=max_floating)
         return delays if api == "latency" else elapsed
     finally:
         proc.join(60)
@@ -499,8 +506,10 @@ def bench_asyncio_reading(quick: bool = False, repeats: int | None = None, size:
     asyncio's default event loop and on uvloop's against the threaded reader, alternated in this
     run (``repeats`` pairs, 3 by default; each side's **median**: the best of two swung 0.8-1.2x between
     runs of the same code, the luckier run of either side deciding); ratio = event loop /
-    threaded, ns per record. ``records`` overrides the records per transfer (per-record rows move
-    half as many as batch rows)."""
+    threaded, ns per record. And ``remote.{size}B.{loop}.wait`` (:func:`_wait_row`): the reading
+    thread's CPU per record when every read waits, the cost of a wake-up on the loop. ``records``
+    overrides the records per transfer (per-record rows move half as many as batch rows, wait
+    rows exactly that many)."""
     repeats = 3 if repeats is None else repeats
     rows = []
     loops: tuple[str, ...] = ("asyncio", "uvloop")
@@ -508,8 +517,9 @@ def bench_asyncio_reading(quick: bool = False, repeats: int | None = None, size:
         import uvloop  # noqa: F401
     except ImportError:
         loops = ("asyncio",)
-        for kind in ("per-record", "batch"):
-            rows.append(Row(f"remote.{size}B.uvloop.{kind}", "ns/rec", float("nan"), {},
+        for kind in ("per-record", "batch", "wait"):
+            rows.append(Row(f"remote.{size}B.uvloop.{kind}", "us/rec" if kind == "wait" else "ns/rec",
+                            float("nan"), {},
                             note="uvloop is not installed (pip install uvloop): row skipped"))
     for loop_name in loops:
         for api, threaded_api, n in ((loop_name, "per-record", 1_000_000),
@@ -528,4 +538,100 @@ def bench_asyncio_reading(quick: bool = False, repeats: int | None = None, size:
             rows.append(Row(f"remote.{size}B.{loop_name}.{kind}", "ns/rec", ns, {THREADED_READER: base},
                             note=f"{loop_name} {1e3 / ns:.2f} M records/s, threaded {1e3 / base:.2f} M/s "
                                  f"({how}; {loop_name} / threaded {ns / base:.2f}x)"))
+        rows.append(_wait_row(loop_name, size, repeats,
+                              records if records is not None else WAIT_RECORDS // (2 if quick else 1)))
     return rows
+
+
+#: records per second and records per transfer of the ``remote.*.{asyncio,uvloop}.wait`` rows
+WAIT_RATE = 5_000
+WAIT_RECORDS = 5_000
+
+
+def _wait_row(loop_name: str, size: int, repeats: int, n: int) -> Row:
+    """``remote.{size}B.{loop}.wait``: what a wake-up costs the reading thread. The producer is
+    paced (:data:`WAIT_RATE` records/s, buffer timeout 0: a buffer per record), so a reader that
+    keeps up waits before every buffer; the row is the reading thread's CPU per record
+    (``time.thread_time``: the event loop's thread, or the threaded reader's), ``await
+    read_batch_async()`` against ``read_batch()``, alternated in this run, medians."""
+    cpu_async: list[float] = []
+    cpu_threaded: list[float] = []
+    for _ in range(repeats):
+        for api, out in (("batch", cpu_threaded), (f"{loop_name}-batch", cpu_async)):
+            stats: dict[str, float] = {}
+            run_remote(size, n, api, timeout_ms=0, rate=WAIT_RATE, stats=stats)
+            out.append(stats["consumer_task_cpu_s"] / n * 1e6)
+    us, base = statistics.median(cpu_async), statistics.median(cpu_threaded)
+    loop_wake = statistics.median(bare_wake_us(loop_name, n) for _ in range(repeats))
+    thread_wake = statistics.median(bare_wake_us(None, n) for _ in range(repeats))
+    floor = base + loop_wake - thread_wake
+    return Row(f"remote.{size}B.{loop_name}.wait", "us/rec", us,
+               {THREADED_READER: base, LOOP_WAKE_FLOOR: floor},
+               note=f"reading thread's CPU per record when every read waits ({WAIT_RATE} records/s, "
+                    f"timeout 0): {loop_name} {us:.1f} µs, threaded {base:.1f} µs; a bare wake-up "
+                    f"costs {loop_wake:.1f} µs on {loop_name}'s loop, {thread_wake:.1f} µs to a "
+                    f"thread (same run)")
+
+
+#: the wait rows' second baseline: the threaded reader plus what a bare wake-up costs the loop
+#: more than a thread (:func:`bare_wake_us`), both measured in the same run
+LOOP_WAKE_FLOOR = "threaded reader + the loop's bare wake-up (same run)"
+
+
+def bare_wake_us(loop_name: str | None, n: int, period: float = 1.0 / WAIT_RATE) -> float:
+    """CPU µs a waiting thread spends per wake-up with nothing else to do: another thread writes
+    an eventfd every ``period`` seconds and the waiter (``loop_name`` None) blocks in ``read``
+    on it, or an event loop (``"asyncio"``, ``"uvloop"``) waits for it as :mod:`flinknet.aio`
+    does (the fd registered once; per wake-up a future awaited by a task, completed by the fd's
+    reader callback). ``time.thread_time`` of the waiting thread over ``n`` wake-ups."""
+    import os
+    import threading
+
+    fd = os.eventfd(0, os.EFD_NONBLOCK if loop_name else 0)
+    stop = threading.Event()
+
+    def ring() -> None:
+        while not stop.is_set():
+            os.eventfd_write(fd, 1)
+            time.sleep(period)
+
+    ringer = threading.Thread(target=ring, daemon=True)
+    try:
+        if loop_name is None:
+            ringer.start()
+            c0 = time.thread_time()
+            for _ in range(n):
+                os.eventfd_read(fd)
+            return (time.thread_time() - c0) / n * 1e6
+
+        async def wait_n() -> float:
+            loop = asyncio.get_running_loop()
+            current: list[asyncio.Future[None] | None] = [None]
+
+            def on_fd() -> None:
+                try:
+                    os.eventfd_read(fd)
+                except BlockingIOError:
+                    return
+                waiter = current[0]
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+            loop.add_reader(fd, on_fd)
+            try:
+                ringer.start()
+                c0 = time.thread_time()
+                for _ in range(n):
+                    waiter = current[0] = loop.create_future()
+                    await waiter
+                return (time.thread_time() - c0) / n * 1e6
+            finally:
+                loop.remove_reader(fd)
+
+        with asyncio.Runner(loop_factory=_loop_factory(loop_name)) as runner:
+            return runner.run(wait_n())
+    finally:
+        stop.set()
+        if ringer.is_alive():
+            ringer.join()
+        os.close(fd)
