@@ -113,3 +113,21 @@ def count_calls(obj, name: str, counts: dict, results: bool = False) -> None:
         return out
 
     setattr(obj, name, counted)
+
+
+@contextlib.contextmanager
+def two_local_gates(config: dict):
+    """Two gates of one environment (configured by ``config``), each reading a partition of
+    that environment through a local channel, so neither has a fast lane: ``(first, second)``,
+    the first's partitions requested."""
+    from flinknet.environment import NetworkEnvironment
+
+    with NetworkEnvironment(config) as env:
+        partitions = [env.create_result_partition(1) for _ in range(2)]
+        first, second = (env.create_input_gate([(p.partition_id, 0, None)], gate_index=i)
+                         for i, p in enumerate(partitions))
+        with first, second:
+            first.request_partitions()
+            yield first, second
+        for p in partitions:
+            p.close()

@@ -28,7 +28,7 @@ from flinknet.partition import ResultPartitionManager, create_result_partition
 from flinknet.transport import RemoteTransportError
 from flinknet.types import ResultPartitionType
 from flinknet.writer import RecordWriter
-from tests.helpers import Worker, assert_whole, count_calls, first_record_read
+from tests.helpers import Worker, assert_whole, count_calls, first_record_read, two_local_gates
 
 JOIN = 30.0
 SEG = 256
@@ -97,6 +97,31 @@ async def still_pending(task: asyncio.Task, rounds: int = 50) -> bool:
     for _ in range(rounds):
         await asyncio.sleep(0)
     return not task.done()
+
+
+class LoopSteps:
+    """``async with LoopSteps(interval) as ticks``: a task that counts its steps in ``ticks.steps``
+    (one per ``asyncio.sleep(interval)``) while the block runs: whether, and how often, the loop
+    ran other tasks."""
+
+    def __init__(self, interval: float = 0.0):
+        self.interval = interval
+        self.steps = 0
+        self._task: asyncio.Task | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            self.steps += 1
+            await asyncio.sleep(self.interval)
+
+    async def __aenter__(self) -> LoopSteps:
+        self._task = asyncio.create_task(self._tick())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self._task is not None
+        self._task.cancel()
 
 
 def produce(partition, producer: int, n: int, subpartitions: int = 1, timeout: float = 2, fail_after=None,
@@ -211,20 +236,10 @@ def test_read_batch_async_takes_a_ready_lane_buffer_at_once_and_still_checks_its
                     with pytest.raises(ValueError, match="timeout"):
                         await reader.read_batch_async(timeout=bad)
                 gate.__class__ = Counting
-                steps = 0
-
-                async def ticker():
-                    nonlocal steps
-                    while True:
-                        steps += 1
-                        await asyncio.sleep(0)
-
-                tick = asyncio.create_task(ticker())
-                await asyncio.sleep(0)
-                before = steps
-                got = [await reader.read_batch_async(), await reader.read_batch_async(timeout=1.0)]
-                assert steps == before               # read at once: the loop did not run
-                tick.cancel()
+                async with LoopSteps() as ticks:
+                    before = ticks.steps
+                    got = [await reader.read_batch_async(), await reader.read_batch_async(timeout=1.0)]
+                    assert ticks.steps == before     # read at once: the loop did not run
                 gate.__class__ = Counting.__mro__[1]
                 assert got == [[i.to_bytes(2, "big")] for i in range(2)]
                 assert checks["is_available"] == 0
@@ -253,19 +268,10 @@ def test_a_reader_on_the_loop_that_caught_up_reads_on_through_the_lane_after_its
                 w.emit(i.to_bytes(4, "big"), 0)     # the writer's timeout 0: one buffer each
 
         async def main():
-            steps = 0
-
-            async def ticker():
-                nonlocal steps
-                while True:
-                    steps += 1
-                    await asyncio.sleep(0.001)
-
-            tick = asyncio.create_task(ticker())
             worker = Worker(slowly)
             worker.start()
             got = []
-            async with asyncio.timeout(JOIN):
+            async with LoopSteps(0.001) as ticks, asyncio.timeout(JOIN):
                 if api == "read_batch_async":
                     while len(got) < n:
                         got.extend(await reader.read_batch_async())
@@ -274,10 +280,9 @@ def test_a_reader_on_the_loop_that_caught_up_reads_on_through_the_lane_after_its
                         got.append(r)
                         if len(got) == n:
                             break
-            tick.cancel()
             worker.finish(JOIN)
             assert worker.error is None
-            return got, steps
+            return got, ticks.steps
 
         got, steps = run(main())
         assert got == [i.to_bytes(4, "big") for i in range(n)]
@@ -328,17 +333,10 @@ def test_a_lane_wait_on_the_loop_ends_at_a_cancel_a_failure_or_a_close(run, what
 
 
 def test_arm_lane_wake_fd_declines_where_the_lane_cannot_serve(run):
-    with NetworkEnvironment(SMALL) as env:
-        partitions = [env.create_result_partition(1) for _ in range(2)]
-        local, other = (env.create_input_gate([(p.partition_id, 0, None)], gate_index=i)
-                        for i, p in enumerate(partitions))
-        with local, other:
-            local.request_partitions()
-            assert local.poll_data_buffer() is None
-            assert local.arm_lane_wake_fd() is True             # local channels only: poll
-            assert UnionInputGate([local, other]).arm_lane_wake_fd() is True
-        for p in partitions:
-            p.close()
+    with two_local_gates(SMALL) as (local, other):
+        assert local.poll_data_buffer() is None
+        assert local.arm_lane_wake_fd() is True                 # local channels only: poll
+        assert UnionInputGate([local, other]).arm_lane_wake_fd() is True
     with first_record_read(SMALL) as (w, gate, reader, channel):
         assert gate.poll_data_buffer() is None                  # the lane in use, empty
         w.emit(b"ready", 0)

@@ -16,7 +16,7 @@ from flinknet.consumer import RecordOrEvent, RecordReader
 from flinknet.environment import NetworkEnvironment
 from flinknet.errors import FlinknetError
 from flinknet.writer import RecordWriter
-from tests.helpers import Worker, assert_whole, count_calls, first_record_read, wait_queued
+from tests.helpers import Worker, assert_whole, count_calls, first_record_read, two_local_gates, wait_queued
 
 JOIN = 30.0
 SMALL = {"taskmanager.memory.segment-size": "4kb", "taskmanager.memory.network.max": "4mb"}
@@ -227,18 +227,11 @@ def test_a_wait_on_the_lane_ends_at_a_failure_or_a_close(what):
 
 def test_wait_for_lane_declines_where_the_lane_cannot_serve():
     from flinknet.consumer import UnionInputGate
-    with NetworkEnvironment(SMALL) as env:
-        partitions = [env.create_result_partition(1) for _ in range(2)]
-        local, other = (env.create_input_gate([(p.partition_id, 0, None)], gate_index=i)
-                        for i, p in enumerate(partitions))
-        with local, other:
-            local.request_partitions()
-            assert local.poll_data_buffer() is None
-            assert local.wait_for_lane(0.01) is False           # local channels only
-            union = UnionInputGate([local, other])
-            assert union.wait_for_lane(0.01) is False           # a union has no lane wait
-        for p in partitions:
-            p.close()
+    with two_local_gates(SMALL) as (local, other):
+        assert local.poll_data_buffer() is None
+        assert local.wait_for_lane(0.01) is False               # local channels only
+        union = UnionInputGate([local, other])
+        assert union.wait_for_lane(0.01) is False               # a union has no lane wait
     with first_record_read(SMALL) as (w, gate, reader, channel):
         assert gate.poll_data_buffer() is None                  # the lane in use, empty
         w.emit(b"ready", 0)
