@@ -31,6 +31,14 @@
 #     only when its ring is empty (at that put, or at the poll that empties the ring): credit
 #     freed while the task still has received entries to take waits for them and goes out as
 #     one AddCredit. `in_credit_list` says an announcement is under way (at most one).
+#   - Deferred credit: on a thread whose `fn_defer_credit` is set (a record reader reading a
+#     buffer it took through the lane), a put with the ring empty lists the credit (as with
+#     entries queued: the credit timer writes it within _CREDIT_DELAY_NS at the latest) and
+#     pushes the channel's index on its gate's `deferred` stack (under the signal's `lock`,
+#     taken after the channel's is released). The gate's reader pops them before it waits
+#     (GateSignal.flush_credit, GIL) and writes each still-listed channel's connection list,
+#     reaching the ChannelQueue through the gate's list of queues (never through a stored
+#     pointer): so the AddCredit's `send` falls after the records are handed out.
 #
 # * fn_conn (one TCP connection) is owned by the engine's I/O thread once registered: its read
 #   state and receiver map are touched by that thread alone. `out_lock` guards `out` (frames any
@@ -119,6 +127,13 @@ cdef struct fn_signal:
                             # the GateSignal, written under `lock`, closed only in its dealloc
     int waiters
     void *owner             # the GateSignal (PyObject*), for the armed callback (GIL)
+    # Channels whose credit a reader's read deferred (fn_defer_credit): listed on their
+    # connection (the I/O thread's credit timer writes it at the latest), written by the
+    # reader before it waits (GateSignal.flush_credit). A stack of indexes (capacity entries,
+    # each at most once: is_deferred), under `lock`.
+    int *deferred
+    char *is_deferred
+    int num_deferred
 
 
 cdef struct fn_channel:
@@ -360,6 +375,7 @@ cdef class ChannelQueue:
     cdef _give_back(self, list buffers, list free_slots)
     cdef int _push_object(self, object buffer, int seq, int backlog, bint priority=*, bint announcement=*) except -1
     cdef object _wrap(self, fn_entry *e)
+    cdef void _announce_listed(self)
     cdef int _recycle_slot(self, int slot) except -1
     cdef int _recycle_floating(self, int slot) except -1
 

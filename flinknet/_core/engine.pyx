@@ -172,8 +172,15 @@ cdef extern from *:
        epoll_wait and taking the writes), else NULL: what that thread asks to flush it flushes
        in the same iteration, so it need not wake itself through the eventfd. */
     static __thread void *fn_io_handling = NULL;
+    /* Set by a record reader on its own thread while it reads a buffer it took through the
+       gate's lane (defer_credit): a slot that buffer frees is listed on its connection and
+       marked in its gate's doorbell instead of announced by an inline send, so the AddCredit
+       goes out after the records are handed out (the reader flushes before it waits:
+       GateSignal.flush_credit; the credit timer writes it at the latest). */
+    static __thread int fn_defer_credit = 0;
     """
     void *fn_io_handling
+    int fn_defer_credit
 
 
 cdef enum:
@@ -262,11 +269,18 @@ cdef class GateSignal:
         self.s.capacity = num_channels
         self.s.ready = <int *>calloc(num_channels, sizeof(int))
         self.s.is_ready = <char *>calloc(num_channels, 1)
-        if self.s.ready == NULL or self.s.is_ready == NULL:
+        self.s.deferred = <int *>calloc(num_channels, sizeof(int))
+        self.s.is_deferred = <char *>calloc(num_channels, 1)
+        if (self.s.ready == NULL or self.s.is_ready == NULL or self.s.deferred == NULL
+                or self.s.is_deferred == NULL):
             free(self.s.ready)
             free(self.s.is_ready)
+            free(self.s.deferred)
+            free(self.s.is_deferred)
             self.s.ready = NULL
             self.s.is_ready = NULL
+            self.s.deferred = NULL
+            self.s.is_deferred = NULL
             raise MemoryError()
         self.s.wake_fd = -1
         pthread_mutex_init(&self.s.lock, NULL)
@@ -283,6 +297,37 @@ cdef class GateSignal:
             pthread_cond_destroy(&self.s.cond)
             free(self.s.ready)
             free(self.s.is_ready)
+            free(self.s.deferred)
+            free(self.s.is_deferred)
+
+    def flush_credit(self, list queues not None):
+        """Announce the credit that reads on the lane deferred (:func:`defer_credit`): each
+        channel still listed has its connection's credit list written now (inline when the
+        connection is idle, else by its I/O thread). ``queues`` is the gate's list of
+        :class:`ChannelQueue` (None for channels without one), by channel index. A reader calls
+        it before it waits; cheap when nothing was deferred. GIL."""
+        cdef int idx
+        cdef object q
+        if self.s.num_deferred == 0:     # (a racy peek: only this gate's reader defers)
+            return
+        while True:
+            pthread_mutex_lock(&self.s.lock)
+            if self.s.num_deferred == 0:
+                pthread_mutex_unlock(&self.s.lock)
+                return
+            self.s.num_deferred -= 1
+            idx = self.s.deferred[self.s.num_deferred]
+            self.s.is_deferred[idx] = 0
+            pthread_mutex_unlock(&self.s.lock)
+            if idx < len(queues):
+                q = queues[idx]
+                if q is not None:
+                    (<ChannelQueue>q)._announce_listed()
+
+    @property
+    def deferred_credit_count(self):
+        """Channels whose deferred credit :meth:`flush_credit` has yet to write."""
+        return self.s.num_deferred
 
     def ready(self, int index):
         """Mark channel ``index`` ready (what the I/O thread does natively)."""
@@ -683,6 +728,8 @@ cdef int fn_channel_put_slot(fn_channel *c, int slot, bint announce) noexcept no
     cdef int result = PUT_OK
     cdef int how = 0
     cdef void *conn = NULL
+    cdef bint defer = False
+    cdef fn_signal *s
     pthread_mutex_lock(&c.lock)
     FN_ASSERT(c.num_free < c.slot_capacity)
     c.free_slots[c.num_free] = slot
@@ -695,15 +742,40 @@ cdef int fn_channel_put_slot(fn_channel *c, int slot, bint announce) noexcept no
                 # Listed for the connection's next AddCredit: at once if the task has nothing
                 # queued (it waits for data), else by the poll that empties the queue or by the
                 # I/O thread when the credit timer fires (_CREDIT_DELAY_NS), whichever is first.
+                # A reader reading a lane buffer on this thread (fn_defer_credit) writes it
+                # itself before it waits: after the records are handed out.
                 c.in_credit_list = True
-                how = ANNOUNCE_NOW if c.count == 0 else ANNOUNCE_SOON
+                if c.count == 0 and not (fn_defer_credit and c.signal != NULL):
+                    how = ANNOUNCE_NOW
+                else:
+                    how = ANNOUNCE_SOON
+                    defer = c.count == 0
                 conn = c.conn
         elif c.unannounced == 1:
             result = PUT_ANNOUNCE
     pthread_mutex_unlock(&c.lock)
+    if defer:
+        s = c.signal
+        pthread_mutex_lock(&s.lock)
+        FN_ASSERT(c.index >= 0 and c.index < s.capacity)
+        FN_ASSERT(s.num_deferred < s.capacity or s.is_deferred[c.index])
+        if not s.is_deferred[c.index]:
+            s.is_deferred[c.index] = 1
+            s.deferred[s.num_deferred] = c.index
+            s.num_deferred += 1
+        pthread_mutex_unlock(&s.lock)
     if how:
         _announce_native(c, conn, how)
     return result
+
+
+def defer_credit(bint on):
+    """On the calling thread: while on, a slot a buffer frees is announced by the reader's
+    :meth:`GateSignal.flush_credit` before it waits, instead of by an inline AddCredit at the
+    recycle (see ``fn_defer_credit``). A record reader turns it on around the reading of a lane
+    buffer, so the AddCredit's ``send`` falls after the records are handed out."""
+    global fn_defer_credit
+    fn_defer_credit = on
 
 
 cdef class ChannelQueue:
@@ -1074,6 +1146,16 @@ cdef class ChannelQueue:
             Py_DECREF(obj)   # the queue's reference, now the caller's (obj holds one more)
             return obj
         return self._hand_out(e.slot, e.data_type, e.size)
+
+    cdef void _announce_listed(self):
+        """Write the connection's credit list now if this channel is still on it (GIL)."""
+        cdef void *conn = NULL
+        pthread_mutex_lock(&self.c.lock)
+        if self.c.in_credit_list and self.c.conn != NULL and not self.c.released:
+            conn = self.c.conn
+        pthread_mutex_unlock(&self.c.lock)
+        if conn != NULL:
+            _announce_native(&self.c, conn, ANNOUNCE_LISTED)
 
     def poll(self):
         """The next received buffer as ``(buffer, next_data_type, sequence_number, backlog)``,

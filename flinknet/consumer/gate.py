@@ -169,6 +169,10 @@ class InputGate:
         without a lane always says False."""
         return False
 
+    def flush_credit(self) -> None:
+        """Announce the credit a record reader's lane reads deferred (see
+        :meth:`SingleInputGate.flush_credit`); a gate without a lane has none."""
+
     def arm_lane_wake_fd(self) -> bool:
         """The fast lane's wait on an event loop (:func:`flinknet.aio.wait_lane`), for a reader
         whose :meth:`poll_data_buffer` found nothing: arm the doorbell's ``wake_fd`` and return
@@ -745,6 +749,7 @@ class SingleInputGate(InputGate):
             if self._queue or self._all_eop or self._closed:
                 return False
             signal.clear_pending()
+        self.flush_credit()
         idle = self._idle_timer
         if idle is not None:
             idle.mark_start()       # idleTimeMsPerSecond: the task waits for input
@@ -756,6 +761,22 @@ class SingleInputGate(InputGate):
         if not woken:
             raise TimeoutError("no buffer or event arrived before the timeout")
         return True
+
+    def flush_credit(self) -> None:
+        """Announce now the credit freed by the buffers a record reader read through the lane
+        (:func:`~flinknet._core.engine.defer_credit`): listed on their connections, not written
+        inline at the recycle, so that the AddCredit's ``send`` falls after the records are handed
+        out. Every wait of this gate calls it first (the reader waits only after handing its
+        records out), and the reader's close; the connection's credit timer writes what is left
+        within 5 ms. Task thread."""
+        signal = self.signal
+        if signal is None or not signal.deferred_credit_count:
+            return
+        queues = self._native_queues
+        if queues is None:      # (deferred before the lane's first poll: a thread's own choice)
+            queues = [q if isinstance(q := getattr(ch, "queue", None), ChannelQueue) else None
+                      for ch in self.input_channels]
+        signal.flush_credit(queues)
 
     def arm_lane_wake_fd(self) -> bool:
         """:meth:`wait_for_lane` for an event loop (:func:`flinknet.aio.wait_lane`): arm
@@ -770,6 +791,7 @@ class SingleInputGate(InputGate):
         if (not self._lane_waits or signal is None or self._queue or self._num_priority
                 or self._all_eop or self._closed or self._throughput is not None):
             return True
+        self.flush_credit()
         with self._lock:
             # as in wait_for_lane: a notify from before is news the lane's poll has read
             if self._queue or self._all_eop or self._closed:
@@ -884,6 +906,7 @@ class SingleInputGate(InputGate):
                 signal.clear_pending()
                 self._lock.release()
                 try:
+                    self.flush_credit()
                     signal.wait(remaining)
                 finally:
                     self._lock.acquire()
@@ -1035,6 +1058,7 @@ class SingleInputGate(InputGate):
         if signal is None:
             raise IllegalStateError("the gate has no channels yet (setup_channels was not called)")
         futures: list[Future[None] | None] = []
+        self.flush_credit()
         with self._lock:
             self._drain_signal_unsafe(futures)
             ready = bool(self._queue) or self._all_eop or self._closed

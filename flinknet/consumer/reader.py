@@ -18,6 +18,7 @@ import numpy.typing as npt
 from flinknet import aio as _aio
 from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, Buffer, DataType, NetworkBuffer
 from flinknet._core.cursor import RecordCursor
+from flinknet._core.engine import defer_credit
 from flinknet._core.memory import MemorySegment
 from flinknet._core.serialization import (
     DEFAULT_SPILLING_THRESHOLD,
@@ -30,6 +31,9 @@ from flinknet.consumer.gate import BufferOrEvent, InputGate, SingleInputGate, Un
 from flinknet.errors import IllegalStateError
 from flinknet.events import Event
 from flinknet.types import SerializerSpec
+
+#: _read_lane's default: the buffer's records as a list (not an array)
+_RECORDS: Any = object()
 
 __all__ = ["RecordReader", "RecordOrEvent"]
 
@@ -95,6 +99,20 @@ class RecordReader:
         d = self._deserializers.get(info)
         return (d if d is not None else self._deserializer(info)), buffer
 
+    def _read_lane(self, taken: tuple[RecordDeserializer, Buffer], dtype: Any = _RECORDS) -> Any:
+        """The records (or, given a ``dtype``, the array) of a buffer the lane took. On a
+        SingleInputGate the credit its recycle frees is deferred (``defer_credit``) and announced
+        before the reader next waits (``flush_credit``): the AddCredit's ``send`` falls after
+        the records are handed out, not between their arrival and their hand-out."""
+        d, buffer = taken
+        if self._lane_gate is None:
+            return d.read_records(buffer) if dtype is _RECORDS else d.read_array(buffer, dtype)
+        defer_credit(True)
+        try:
+            return d.read_records(buffer) if dtype is _RECORDS else d.read_array(buffer, dtype)
+        finally:
+            defer_credit(False)
+
     def _wait_fast(self, timeout: float | None
                    ) -> tuple[tuple[RecordDeserializer, Buffer] | None, float | None]:
         """The lane found nothing and the caller blocks: wait on the gate's doorbell
@@ -134,7 +152,7 @@ class RecordReader:
         if taken is None and blocking and self._fast_lane is not None:
             taken, timeout = self._wait_fast(timeout)
         if taken is not None:
-            records = taken[0].read_records(taken[1])
+            records: list[Any] = self._read_lane(taken)
             self.num_records_in += len(records)
             return records
         if blocking:
@@ -168,7 +186,7 @@ class RecordReader:
         if taken is None and self._fast_lane is not None:
             taken, timeout = self._wait_fast(timeout)
         if taken is not None:
-            arr = taken[0].read_array(taken[1], dtype)
+            arr: npt.NDArray[Any] = self._read_lane(taken, dtype)
             self.num_records_in += len(arr)
             return arr
         while True:
@@ -225,7 +243,7 @@ class RecordReader:
                 await _aio.wait_lane(self.gate)
                 taken = None if self._closed else self._take_fast()   # closed meanwhile: raise
             if taken is not None:
-                records = taken[0].read_records(taken[1])
+                records: list[Any] = self._read_lane(taken)
                 self.num_records_in += len(records)
                 return records
         return await _aio.read_batch(self, timeout)
@@ -300,6 +318,7 @@ class RecordReader:
         if self._closed:
             return
         self._closed = True
+        self.gate.flush_credit()     # what this reader's last reads deferred
         for d in self._deserializers.values():
             d.clear()
         self._deserializers.clear()

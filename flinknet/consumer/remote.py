@@ -390,11 +390,17 @@ class RemoteInputChannel(InputChannel):
         # one, not this buffer's older figure): ask for floating buffers now if the free slots
         # fall short of it (Flink does it on arrival; the I/O thread leaves it to the task's
         # thread, asking itself only when a buffer took the last free slot); else only record it
-        # (no lock, no pool: the common case).
+        # (no lock, no pool: the common case). With no backlog and a free slot left, the
+        # shortfall is this buffer, whose recycle (as soon as its records are read) gives its
+        # slot back: the sender has credit meanwhile and nothing queued, so no floating buffer is
+        # asked for only to go back at that recycle (Flink asks, and gives it back, at every
+        # buffer of a stream that keeps its sender idle: here a pool request and an AddCredit
+        # on the task thread before the records are handed out).
         if backlog >= 0:
             required = backlog + self.initial_credit
             q = self.queue
-            if q.free_slots < required:
+            free = q.free_slots
+            if free < required and (backlog > 0 or free == 0):
                 # (already waiting for the gate pool with this requirement: nothing to ask; the
                 # pool's offer asks again, see notify_buffer_available)
                 if not (self._waiting_for_floating and required == self._num_required):

@@ -347,3 +347,97 @@ def test_union_fast_lane_delivers_every_record_and_event_of_every_member_in_orde
         for p in partitions:
             p.close()
     assert_whole(prod, cons)
+
+
+# -- the credit a lane read frees goes out after the records are handed out ------------------------
+
+def read_one_on_the_lane(w, gate, reader, channel) -> None:
+    """Start clean (nothing deferred), then emit one record and read it through the lane."""
+    gate.flush_credit()                                  # (what the first read deferred)
+    assert channel.unannounced_credit == 0
+    w.emit(b"one", 0)
+    wait_queued(channel, 1)
+    assert reader.read_batch() == [b"one"]
+
+
+def test_a_lane_reads_credit_is_announced_before_the_reader_waits_not_inside_the_read():
+    # The recycle inside read_batch frees a slot with nothing queued: instead of an inline
+    # AddCredit there (between the record's arrival and its hand-out), the credit is listed and
+    # marked in the doorbell; the reader's next wait writes it first, so the sender can send.
+    with first_record_read(SMALL) as (w, gate, reader, channel):
+        signal = gate.signal
+        read_one_on_the_lane(w, gate, reader, channel)
+        assert signal.deferred_credit_count == 1         # listed, not written
+        assert channel.unannounced_credit == 1
+        assert channel.credit == 2                       # the slot itself is free at once
+
+        def later():
+            time.sleep(0.05)
+            w.emit(b"two", 0)
+
+        worker = Worker(later)
+        worker.start()
+        assert reader.read_batch(timeout=JOIN) == [b"two"]   # waited: flushed first
+        worker.finish(JOIN)
+        assert signal.deferred_credit_count == 1             # ("two"'s own, deferred again)
+        reader.close()                                       # the reader's close flushes
+        assert signal.deferred_credit_count == 0
+        assert channel.unannounced_credit == 0
+
+
+def test_deferred_credit_reaches_the_sender_even_if_the_reader_never_comes_back():
+    # The connection's credit timer writes a listed credit within 5 ms: a reader that stops
+    # after a read never strands its channel's sender.
+    with first_record_read(SMALL) as (w, gate, reader, channel):
+        read_one_on_the_lane(w, gate, reader, channel)
+        assert channel.unannounced_credit == 1
+        deadline = time.monotonic() + JOIN
+        while channel.unannounced_credit and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert channel.unannounced_credit == 0
+
+
+def test_without_a_reader_defers_nothing_and_a_recycle_announces_at_once():
+    from flinknet._core.engine import defer_credit
+    with first_record_read(SMALL) as (w, gate, reader, channel):
+        gate.flush_credit()
+        w.emit(b"one", 0)
+        wait_queued(channel, 1)
+        boe = gate.get_next(JOIN)                        # the general path: no deferral
+        boe.buffer.recycle()
+        assert gate.signal.deferred_credit_count == 0 and channel.unannounced_credit == 0
+        defer_credit(True)
+        try:
+            w.emit(b"two", 0)
+            wait_queued(channel, 1)
+            gate.get_next(JOIN).buffer.recycle()         # deferred on this thread
+        finally:
+            defer_credit(False)
+        assert gate.signal.deferred_credit_count == 1 and channel.unannounced_credit == 1
+        gate.flush_credit()
+        assert gate.signal.deferred_credit_count == 0 and channel.unannounced_credit == 0
+
+
+def test_no_floating_buffer_is_borrowed_for_a_buffer_whose_own_recycle_refills_the_credit():
+    # backlog 0 with a free slot left: the shortfall is the buffer being read (Flink borrows a
+    # floating buffer and gives it back at its recycle); with a backlog, or no slot left, the
+    # channel borrows as Flink does.
+    with first_record_read(SMALL) as (w, gate, reader, channel):
+        counts: dict = {}
+        count_calls(channel, "on_sender_backlog", counts)
+        for i in range(5):
+            w.emit(i.to_bytes(2, "big"), 0)
+            wait_queued(channel, 1)
+            assert reader.read_batch() == [i.to_bytes(2, "big")]
+        assert counts.get("on_sender_backlog", 0) == 0
+        assert channel.floating_buffers_available == 0
+        # the sender reports a backlog (as its next buffer would): borrow for it
+        from flinknet._core.buffer import FREEING_BUFFER_RECYCLER, NetworkBuffer
+        from flinknet._core.memory import MemorySegment
+        buffer = NetworkBuffer(MemorySegment(16), FREEING_BUFFER_RECYCLER)
+        try:
+            channel.note_polled(buffer, 0, 3)
+        finally:
+            buffer.recycle()
+        assert counts.get("on_sender_backlog", 0) == 1
+        assert channel.credit >= 3 + channel.initial_credit - 1
