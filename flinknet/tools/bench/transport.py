@@ -53,7 +53,10 @@ asyncio event loop (:mod:`flinknet.aio`) against the threaded reader, runs alter
 run: ``per-record`` is ``async for record in reader`` against ``for record in reader`` (the
 producer emitting per record), ``batch`` is ``await reader.read_batch_async()`` against
 ``reader.read_batch()`` (the producer emitting lists). The ratio is asyncio / threaded, each the
-median of at least three alternated runs.
+median of at least three alternated runs. ``wait`` paces the producer so that every read waits
+and compares the reading thread's CPU per record, against the threaded reader and against the
+threaded reader plus what a bare wake-up costs the event loop more than a thread
+(:func:`bare_wake_us`, same run): the floor an event loop sets.
 """
 
 from __future__ import annotations
