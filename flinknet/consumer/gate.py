@@ -688,9 +688,7 @@ class SingleInputGate(InputGate):
                 return None
             # from now on the general path puts a channel with more back into the doorbell's
             # order (requeue), where this lane finds it
-            queues = self._native_queues = [
-                q if isinstance(q := getattr(ch, "queue", None), ChannelQueue) else None
-                for ch in self.input_channels]
+            queues = self._native_queues = self._channel_queues()
             self._lane_waits = any(q is not None for q in queues)
         if (self._queue or self._num_priority or self._all_eop or self._closed
                 or self._throughput is not None):
@@ -722,6 +720,13 @@ class SingleInputGate(InputGate):
                 self._check_unavailability()
         return buffer, channel.channel_info
 
+    def _lane_declines(self) -> bool:
+        """The lane cannot serve a wait now (wait_for_lane, arm_lane_wake_fd): no channel has a
+        native queue, something is queued for the general path, the gate is finished or closed,
+        or buffer debloating measures the waits."""
+        return (not self._lane_waits or bool(self._queue) or bool(self._num_priority)
+                or self._all_eop or self._closed or self._throughput is not None)
+
     def wait_for_lane(self, timeout: float | None = None) -> bool:
         """Block until the doorbell names a ready channel or a notify says something Python-side
         changed (a local channel's data, a failure, the end, a close), with the GIL released:
@@ -734,8 +739,7 @@ class SingleInputGate(InputGate):
         debloating measures the waits); True at once when a channel is ready already. The
         idle timer is marked around the wait, as around :meth:`get_next`'s. Task thread."""
         signal = self.signal
-        if (not self._lane_waits or signal is None or self._queue or self._num_priority
-                or self._all_eop or self._closed or self._throughput is not None):
+        if signal is None or self._lane_declines():
             return False
         if signal.ready_count:
             return True
@@ -774,9 +778,13 @@ class SingleInputGate(InputGate):
             return
         queues = self._native_queues
         if queues is None:      # (deferred before the lane's first poll: a thread's own choice)
-            queues = [q if isinstance(q := getattr(ch, "queue", None), ChannelQueue) else None
-                      for ch in self.input_channels]
+            queues = self._channel_queues()
         signal.flush_credit(queues)
+
+    def _channel_queues(self) -> list[ChannelQueue | None]:
+        """Channel index -> its native ChannelQueue (None for a channel without one)."""
+        return [q if isinstance(q := getattr(ch, "queue", None), ChannelQueue) else None
+                for ch in self.input_channels]
 
     def arm_lane_wake_fd(self) -> bool:
         """:meth:`wait_for_lane` for an event loop (:func:`flinknet.aio.wait_lane`): arm
@@ -788,8 +796,7 @@ class SingleInputGate(InputGate):
         :meth:`arm_wake_fd`, no ready channel moves to the general path's queue, so the buffer
         that ends the wait comes through the lane. Task thread."""
         signal = self.signal
-        if (not self._lane_waits or signal is None or self._queue or self._num_priority
-                or self._all_eop or self._closed or self._throughput is not None):
+        if signal is None or self._lane_declines():
             return True
         self.flush_credit()
         with self._lock:

@@ -105,13 +105,14 @@ class RecordReader:
         before the reader next waits (``flush_credit``): the AddCredit's ``send`` falls after
         the records are handed out, not between their arrival and their hand-out."""
         d, buffer = taken
-        if self._lane_gate is None:
-            return d.read_records(buffer) if dtype is _RECORDS else d.read_array(buffer, dtype)
-        defer_credit(True)
+        defer = self._lane_gate is not None
+        if defer:
+            defer_credit(True)
         try:
             return d.read_records(buffer) if dtype is _RECORDS else d.read_array(buffer, dtype)
         finally:
-            defer_credit(False)
+            if defer:
+                defer_credit(False)
 
     def _wait_fast(self, timeout: float | None
                    ) -> tuple[tuple[RecordDeserializer, Buffer] | None, float | None]:

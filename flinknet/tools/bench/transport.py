@@ -64,9 +64,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing as mp
+import os
 import socket
 import statistics
 import struct
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -587,9 +589,6 @@ def bare_wake_us(loop_name: str | None, n: int, period: float = 1.0 / WAIT_RATE)
     on it, or an event loop (``"asyncio"``, ``"uvloop"``) waits for it as :mod:`flinknet.aio`
     does (the fd registered once; per wake-up a future awaited by a task, completed by the fd's
     reader callback). ``time.thread_time`` of the waiting thread over ``n`` wake-ups."""
-    import os
-    import threading
-
     fd = os.eventfd(0, os.EFD_NONBLOCK if loop_name else 0)
     stop = threading.Event()
 
