@@ -175,8 +175,8 @@ cdef extern from *:
     /* Set by a record reader on its own thread while it reads a buffer it took through the
        gate's lane (defer_credit): a slot that buffer frees is listed on its connection and
        marked in its gate's doorbell instead of announced by an inline send, so the AddCredit
-       goes out after the records are handed out (the reader flushes before it waits:
-       GateSignal.flush_credit; the credit timer writes it at the latest). */
+       goes out after the records are handed out (the reader flushes at its next read and before
+       it waits: GateSignal.flush_credit; the credit timer writes it at the latest). */
     static __thread int fn_defer_credit = 0;
     """
     void *fn_io_handling

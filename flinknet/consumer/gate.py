@@ -770,8 +770,9 @@ class SingleInputGate(InputGate):
         """Announce now the credit freed by the buffers a record reader read through the lane
         (:func:`~flinknet._core.engine.defer_credit`): listed on their connections, not written
         inline at the recycle, so that the AddCredit's ``send`` falls after the records are handed
-        out. Every wait of this gate calls it first (the reader waits only after handing its
-        records out), and the reader's close; the connection's credit timer writes what is left
+        out. A record reader calls it at its next read, before the lane's poll (after the caller had
+        the records; a reader reading on from other channels does not wait), every wait of this
+        gate calls it first, and so does the reader's close; the connection's credit timer writes what is left
         within 5 ms. Task thread."""
         signal = self.signal
         if signal is None or not signal.deferred_credit_count:

@@ -397,6 +397,34 @@ def test_deferred_credit_reaches_the_sender_even_if_the_reader_never_comes_back(
         assert channel.unannounced_credit == 0
 
 
+def test_a_deferred_credit_goes_out_at_the_next_read_while_the_reader_reads_other_channels():
+    # A reader that reads on from another channel never waits, so the next read, not only the
+    # next wait, writes what the last one deferred: a channel whose queue ran dry is not left
+    # to the credit timer while its neighbours keep the reader busy.
+    with NetworkEnvironment(SMALL) as prod, NetworkEnvironment(SMALL) as cons:
+        partition = prod.create_result_partition(2)
+        gate = cons.create_input_gate([(partition.partition_id, i, prod.address) for i in range(2)])
+        with RecordWriter(partition, timeout=0) as w, gate, RecordReader(gate) as reader:
+            first, second = gate.input_channels
+            for sub in range(2):
+                w.emit(b"first", sub)
+                assert reader.read_batch(timeout=JOIN) == [b"first"]
+            read_one_on_the_lane(w, gate, reader, first)      # first's credit: deferred
+            signal = gate.signal
+            assert signal.deferred_credit_count == 1
+            w.emit(b"next", 1)
+            wait_queued(second, 1)
+            assert reader.read_batch(blocking=False) == [b"next"]   # no wait in between
+            assert reader.last_channel_info == second.channel_info
+            # first's deferred credit went out before that read; only second's is deferred now
+            assert signal.deferred_credit_count == 1
+            assert first.unannounced_credit == 0
+            reader.close()
+            assert signal.deferred_credit_count == 0 and second.unannounced_credit == 0
+        partition.close()
+    assert_whole(prod, cons)
+
+
 def test_without_a_reader_defers_nothing_and_a_recycle_announces_at_once():
     from flinknet._core.engine import defer_credit
     with first_record_read(SMALL) as (w, gate, reader, channel):
