@@ -45,8 +45,10 @@ from flinknet._core.keygroups import (
     compute_operator_index_for_key_group,
     key_groups_array,
     key_groups_of,
+    key_groups_of_slices,
     operator_indexes_array,
     operator_indexes_of,
+    operator_indexes_of_slices,
 )
 from flinknet._core.memory import MemorySegment
 from flinknet._core.pool import UNBOUNDED, AvailabilityHelper, LocalBufferPool, NetworkBufferPool
@@ -107,6 +109,8 @@ __all__ = [
     "compute_operator_index_for_key_group",
     "key_groups_array",
     "key_groups_of",
+    "key_groups_of_slices",
     "operator_indexes_array",
     "operator_indexes_of",
+    "operator_indexes_of_slices",
 ]

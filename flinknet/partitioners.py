@@ -37,6 +37,7 @@ from flinknet._core.keygroups import (
     compute_default_max_parallelism,
     operator_indexes_array,
     operator_indexes_of,
+    operator_indexes_of_slices,
 )
 from flinknet._core.typedefs import KeyType
 
@@ -198,15 +199,28 @@ class BroadcastPartitioner(ChannelSelector):
 
 class KeyGroupStreamPartitioner(ChannelSelector):
     """Hash partitioning by key groups, as Flink's keyBy: ``key_selector(record)`` is hashed with
-    Java's ``hashCode`` (see :mod:`flinknet._core.keygroups`), then murmur, key group and operator."""
+    Java's ``hashCode`` (see :mod:`flinknet._core.keygroups`), then murmur, key group and operator.
+
+    ``key_selector`` is a callable, or a ``slice`` (step 1): the key is then ``record[key_selector]``,
+    Flink's positional key (``keyBy(0)``) for records with the key at a fixed place. Routing a batch
+    (:meth:`select_channels`) then makes no key object and no Python call per record for ``bytes``
+    and ``bytearray`` records: their key bytes are hashed in place
+    (:func:`~flinknet._core.keygroups.operator_indexes_of_slices`); the channels are those of the
+    callable ``lambda record: record[key_selector]``."""
 
     name = "HASH"
 
-    def __init__(self, key_selector: Callable[[Any], Any], max_parallelism: int | None = None,
+    def __init__(self, key_selector: Callable[[Any], Any] | slice, max_parallelism: int | None = None,
                  key_type: KeyType | None = None) -> None:
         super().__init__()
-        if not callable(key_selector):
-            raise TypeError("key_selector must be callable")
+        if isinstance(key_selector, slice):
+            if key_selector.step is not None and key_selector.step != 1:
+                raise ValueError(f"a key slice needs a step of 1, got {key_selector!r}")
+            for bound in (key_selector.start, key_selector.stop):
+                if bound is not None and not isinstance(bound, int):
+                    raise TypeError(f"a key slice's bounds must be int or None, got {key_selector!r}")
+        elif not callable(key_selector):
+            raise TypeError("key_selector must be callable or a slice")
         if max_parallelism is not None and not 0 < max_parallelism <= 32768:
             raise ValueError(f"max_parallelism must be in (0, 32768], got {max_parallelism}")
         self.key_selector = key_selector
@@ -229,13 +243,18 @@ class KeyGroupStreamPartitioner(ChannelSelector):
 
     def select_channel(self, record: Any) -> int:
         n = self._check_setup()
-        key = self.key_selector(record)
+        selector = self.key_selector
+        key = record[selector] if isinstance(selector, slice) else selector(record)
         if key is None:
             raise ValueError("Assigned key must not be null!")
         return assign_key_to_parallel_operator(key, self._max_parallelism(), n, self.key_type)
 
     def select_channels(self, records: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
-        return self.select_channels_for_keys(list(map(self.key_selector, records)))
+        selector = self.key_selector
+        if isinstance(selector, slice):
+            n = self._check_setup()
+            return operator_indexes_of_slices(records, selector, self._max_parallelism(), n, self.key_type)
+        return self.select_channels_for_keys(list(map(selector, records)))
 
     def select_channels_for_keys(self, keys: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
         """The channel of every key, in order, as an ``int32`` array: :meth:`select_channels` for

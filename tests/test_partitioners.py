@@ -123,6 +123,41 @@ def test_keys_routed_in_one_call_equal_single_selection(keys, parallelism):
     assert selector.select_channels_for_keys(tuple(keys)).tolist() == expected
 
 
+@given(st.lists(st.one_of(st.binary(max_size=40), st.binary(max_size=40).map(bytearray),
+                         st.text(max_size=12)), max_size=50),
+       st.one_of(st.none(), st.integers(-20, 20)), st.one_of(st.none(), st.integers(-20, 20)),
+       st.integers(1, 16))
+def test_a_slice_key_routes_as_the_callable_that_slices(records, start, stop, parallelism):
+    # Flink's positional key: KeyGroupStreamPartitioner(slice(a, b)) is lambda r: r[a:b], with the
+    # batch routed natively (bytes and bytearray keys hashed in place)
+    by_slice = KeyGroupStreamPartitioner(slice(start, stop), 256)
+    by_callable = KeyGroupStreamPartitioner(lambda record: record[start:stop], 256)
+    for selector in (by_slice, by_callable):
+        selector.setup(parallelism)
+    expected = by_callable.select_channels(records).tolist()
+    assert by_slice.select_channels(records).tolist() == expected
+    assert [by_slice.select_channel(r) for r in records] == expected
+    copied = by_slice.copy()
+    copied.setup(parallelism)
+    assert copied.select_channels(records).tolist() == expected
+
+
+def test_a_slice_key_needs_step_1_and_int_bounds_and_setup():
+    for bad in (slice(0, 8, 2), slice(8, 0, -1)):
+        with pytest.raises(ValueError, match="step of 1"):
+            KeyGroupStreamPartitioner(bad)
+    with pytest.raises(TypeError, match="bounds"):
+        KeyGroupStreamPartitioner(slice(0, 8.5))
+    with pytest.raises(TypeError, match="callable or a slice"):
+        KeyGroupStreamPartitioner(8)            # type: ignore[arg-type]
+    selector = KeyGroupStreamPartitioner(slice(0, 8), 128)
+    with pytest.raises(RuntimeError):
+        selector.select_channels([b"12345678"])
+    selector.setup(4)
+    with pytest.raises(TypeError):
+        selector.select_channels([b"12345678", 17])   # an int record has no byte range
+
+
 def test_select_channels_for_keys_of_an_int_array_uses_the_array_rule():
     selector = KeyGroupStreamPartitioner(lambda record: record, 128)
     selector.setup(3)

@@ -18,11 +18,14 @@ Name map (Flink → flinknet):
 ``KeyGroupRangeAssignment.computeDefaultMaxParallelism(p)``     :func:`compute_default_max_parallelism`
 ``Integer/Long/String/Boolean.hashCode()``, ``Arrays.hashCode(byte[])``  :func:`java_hash_code` (``key_type``)
 ``KeyGroupRange`` / ``computeKeyGroupRangeForOperatorIndex``    :class:`KeyGroupRange` / :func:`compute_key_group_range_for_operator_index`
+a positional key (``keyBy(0)``) over a batch of records          :func:`key_groups_of_slices` / :func:`operator_indexes_of_slices`
 =============================================================  =========================================
 
 The ``*_array`` functions do the same over numpy int32/int64 arrays in one call, without the GIL;
 :func:`key_groups_of` and :func:`operator_indexes_of` over a list of keys (``bytes``, ``str``,
-``int`` hashed in C).
+``int`` hashed in C); :func:`key_groups_of_slices` and :func:`operator_indexes_of_slices` over a
+list of records whose key is ``record[key_slice]`` (Flink's positional key, ``keyBy(0)``): a
+``bytes`` or ``bytearray`` record's key bytes are hashed in place, no key object is made.
 """
 
 cimport cython
@@ -30,6 +33,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.number cimport PyNumber_Index
+from cpython.slice cimport PySlice_Unpack, PySlice_AdjustIndices
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
 import numpy as np
@@ -244,6 +248,71 @@ def operator_indexes_of(keys, Py_ssize_t max_parallelism, Py_ssize_t parallelism
     _check_max_parallelism(max_parallelism)
     _check_parallelism(parallelism, max_parallelism)
     out = key_groups_of(keys, max_parallelism, key_type)
+    groups = out
+    _operator_indexes(groups, <int32_t>max_parallelism, <int32_t>parallelism)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def key_groups_of_slices(records, slice key_slice not None, Py_ssize_t max_parallelism, key_type=None):
+    """Key groups of ``record[key_slice]`` for every record of a sequence (a list or tuple; other
+    iterables are listed first), as an int32 array: :func:`key_groups_of` over the records'
+    keys, without making them. The key of a ``bytes`` or ``bytearray`` record is hashed in place
+    as a ``bytes`` key (Python's slice rules for its bounds: negative indexes count from the
+    end, out-of-range bounds clip); any other record is sliced and its key hashed as
+    :func:`key_groups_of` hashes it. ``key_slice`` needs a step of 1."""
+    cdef Py_ssize_t i, n, start, stop, step, first, last, size
+    cdef int32_t[::1] out_view
+    cdef int32_t maxp, h
+    cdef const char *data
+    cdef type t
+    cdef bint in_place
+    _check_max_parallelism(max_parallelism)
+    _check_key_type(key_type)
+    if key_slice.step is not None and PyNumber_Index(key_slice.step) != 1:
+        raise ValueError(f"a key slice needs a step of 1, got {key_slice!r}")
+    PySlice_Unpack(key_slice, &start, &stop, &step)
+    in_place = key_type is None or key_type == "bytes"
+    maxp = <int32_t>max_parallelism
+    seq = records if type(records) is list or type(records) is tuple else list(records)
+    n = len(seq)
+    out = np.empty(n, dtype=np.int32)
+    out_view = out
+    for i in range(n):
+        record = seq[i]
+        t = type(record)
+        if in_place and t is bytes:
+            data = PyBytes_AS_STRING(record)
+            size = PyBytes_GET_SIZE(record)
+        elif in_place and t is bytearray:
+            data = PyByteArray_AS_STRING(record)
+            size = PyByteArray_GET_SIZE(record)
+        else:
+            key = record[key_slice]
+            if key is None:
+                raise ValueError(f"Assigned key must not be null! (record {i}'s key is None)")
+            out_view[i] = key_group_for_hash(_fast_hash(key, key_type), maxp)
+            continue
+        first = start
+        last = stop
+        PySlice_AdjustIndices(size, &first, &last, 1)
+        h = <int32_t>_bytes_hash(data + first, last - first if last > first else 0)
+        out_view[i] = key_group_for_hash(h, maxp)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def operator_indexes_of_slices(records, slice key_slice not None, Py_ssize_t max_parallelism,
+                               Py_ssize_t parallelism, key_type=None):
+    """Subtask indexes of ``record[key_slice]`` for every record (see
+    :func:`key_groups_of_slices`): the routing of a keyed edge whose key is a byte range of each
+    record, for a batch of records."""
+    cdef int32_t[::1] groups
+    _check_max_parallelism(max_parallelism)
+    _check_parallelism(parallelism, max_parallelism)
+    out = key_groups_of_slices(records, key_slice, max_parallelism, key_type)
     groups = out
     _operator_indexes(groups, <int32_t>max_parallelism, <int32_t>parallelism)
     return out

@@ -151,7 +151,7 @@ class JobEdge:
     target: JobVertex
     partitioning: Partitioning
     serializer: SerializerSpec
-    key_selector: Callable[[Any], Any] | None = None
+    key_selector: Callable[[Any], Any] | slice | None = None
     partitioner: Callable[[Any, int], int] | None = None
     buffer_timeout: float = 100.0
 
@@ -200,9 +200,11 @@ class JobEdge:
             assert self.key_selector is not None
             return KeyGroupStreamPartitioner(self.key_selector, self.target.max_parallelism)
         assert self.partitioner is not None
-        if self.key_selector is None:
+        selector = self.key_selector
+        if selector is None:
             return CustomPartitionerWrapper(self.partitioner)
-        return CustomPartitionerWrapper(self.partitioner, self.key_selector)
+        assert not isinstance(selector, slice)     # connect() takes a slice for key groups only
+        return CustomPartitionerWrapper(self.partitioner, selector)
 
     def __repr__(self) -> str:
         named = f", name={self.name!r}" if self.name is not None else ""
@@ -274,7 +276,7 @@ class JobGraph:
 
     def connect(self, source: JobVertex | str, target: JobVertex | str,
                 partitioning: Partitioning | str = Partitioning.REBALANCE, *,
-                key_selector: Callable[[Any], Any] | None = None,
+                key_selector: Callable[[Any], Any] | slice | None = None,
                 partitioner: Callable[[Any, int], int] | None = None,
                 result_partition_type: ResultPartitionType = ResultPartitionType.PIPELINED_BOUNDED,
                 serializer: SerializerSpec = "pickle", name: str | None = None,
@@ -282,17 +284,21 @@ class JobGraph:
         """A new edge from ``source`` to ``target`` (Flink's
         ``target.connectNewDataSetAsInput(source, pattern, type)``) routing records by
         ``partitioning`` (a :class:`Partitioning` or its name). ``key_groups`` needs
-        ``key_selector``, ``custom`` needs ``partitioner(key, n)`` (its key is the record, or
-        ``key_selector(record)`` when given). ``name`` names the edge for both tasks (default: the
-        target's name on the producer side, the source's on the consumer side; two edges between
-        the same vertices need names). ``buffer_timeout`` is the producers' buffer
-        timeout in milliseconds."""
+        ``key_selector`` (a callable, or a ``slice`` of each record: see
+        :class:`~flinknet.partitioners.KeyGroupStreamPartitioner`), ``custom`` needs
+        ``partitioner(key, n)`` (its key is the record, or ``key_selector(record)`` when given).
+        ``name`` names the edge for both tasks (default: the target's name on the producer side,
+        the source's on the consumer side; two edges between the same vertices need names).
+        ``buffer_timeout`` is the producers' buffer timeout in milliseconds."""
         src, dst = self.vertex(source), self.vertex(target)
         p = Partitioning.parse(partitioning)
         if not isinstance(result_partition_type, ResultPartitionType):
             raise TypeError("result_partition_type must be a ResultPartitionType")
-        if p is Partitioning.KEY_GROUPS and not callable(key_selector):
-            raise TypeError(f"the key_groups edge {src.name!r} → {dst.name!r} needs a callable key_selector")
+        if p is Partitioning.KEY_GROUPS and not (callable(key_selector) or isinstance(key_selector, slice)):
+            raise TypeError(f"the key_groups edge {src.name!r} → {dst.name!r} needs a key_selector "
+                            "(a callable or a slice)")
+        if p is Partitioning.CUSTOM and key_selector is not None and not callable(key_selector):
+            raise TypeError(f"the custom edge {src.name!r} → {dst.name!r} needs a callable key_selector")
         if p is Partitioning.CUSTOM and not callable(partitioner):
             raise TypeError(f"the custom edge {src.name!r} → {dst.name!r} needs a callable partitioner")
         if key_selector is not None and p not in (Partitioning.KEY_GROUPS, Partitioning.CUSTOM):

@@ -45,9 +45,11 @@ from flinknet._core.keygroups import (
     java_hash_code,
     key_groups_array,
     key_groups_of,
+    key_groups_of_slices,
     murmur_hash,
     operator_indexes_array,
     operator_indexes_of,
+    operator_indexes_of_slices,
 )
 
 VECTORS = json.loads(
@@ -1163,6 +1165,77 @@ def test_key_groups_of_with_a_key_type_is_the_scalar_function_per_key(data, key_
 def test_key_groups_of_edge_keys(key):
     # Empty keys, a hash of -1 (the C error value), the Integer/Long boundary, surrogate pairs.
     assert key_groups_of([key], 32768).tolist() == [assign_to_key_group(key, 32768)]
+
+
+# ------------------------------------------------------------------------------------------------
+# key_groups_of_slices / operator_indexes_of_slices: the key is record[key_slice], never made for
+# bytes and bytearray records; the result is key_groups_of over the sliced keys
+# ------------------------------------------------------------------------------------------------
+
+bounds = st.one_of(st.none(), st.integers(-120, 120), st.sampled_from([-(2**70), 2**70]))
+slice_records = st.one_of(st.binary(max_size=100), st.binary(max_size=30).map(bytearray),
+                          st.binary(max_size=30).map(memoryview), st.text(max_size=20))
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=st.lists(slice_records, max_size=30), start=bounds, stop=bounds,
+       step=st.sampled_from([None, 1]), max_parallelism=st.integers(1, 32768), data=st.data())
+def test_key_groups_of_slices_is_key_groups_of_the_sliced_keys(records, start, stop, step,
+                                                               max_parallelism, data):
+    key = slice(start, stop, step)
+    expected = key_groups_of([r[key] for r in records], max_parallelism).tolist()
+    for container in (list, tuple, iter):
+        out = key_groups_of_slices(container(records), key, max_parallelism)
+        assert out.dtype == np.int32
+        assert out.tolist() == expected
+    parallelism = data.draw(st.integers(1, max_parallelism))
+    assert operator_indexes_of_slices(records, key, max_parallelism, parallelism).tolist() == \
+        operator_indexes_of([r[key] for r in records], max_parallelism, parallelism).tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(records=st.lists(st.binary(max_size=40), max_size=20), start=bounds, stop=bounds,
+       key_type=st.sampled_from(["bytes", "int", "string"]))
+def test_key_groups_of_slices_with_a_key_type_hashes_as_key_groups_of(records, start, stop, key_type):
+    # "bytes" hashes in place; any other key type takes the slice and hashes (or rejects) it the
+    # way key_groups_of does
+    key = slice(start, stop)
+    keys = [r[key] for r in records]
+    try:
+        expected = key_groups_of(keys, 128, key_type).tolist()
+    except TypeError:
+        with pytest.raises(TypeError):
+            key_groups_of_slices(records, key, 128, key_type)
+        return
+    assert key_groups_of_slices(records, key, 128, key_type).tolist() == expected
+
+
+@pytest.mark.parametrize(("key", "error"), [
+    (slice(0, 8, 2), ValueError), (slice(8, 0, -1), ValueError), (slice(0, 8, 0), ValueError),
+    (slice("a", 8), TypeError), (slice(0, 8.0), TypeError)])
+def test_key_groups_of_slices_refuses_a_slice_it_cannot_take_in_place(key, error):
+    with pytest.raises(error):
+        key_groups_of_slices([b"abcdefgh"], key, 128)
+
+
+def test_key_groups_of_slices_checks_its_arguments_and_the_keys():
+    with pytest.raises(TypeError):
+        key_groups_of_slices([b"ab"], None, 128)          # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        key_groups_of_slices([b"ab"], slice(0, 1), 0)
+    with pytest.raises(ValueError):
+        key_groups_of_slices([b"ab"], slice(0, 1), 128, "float")   # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        operator_indexes_of_slices([b"ab"], slice(0, 1), 128, 129)
+
+    class NoneKey:
+        def __getitem__(self, item):
+            return None
+    with pytest.raises(ValueError, match="null"):
+        key_groups_of_slices([b"ok", NoneKey()], slice(0, 1), 128)
+    with pytest.raises(TypeError):
+        key_groups_of_slices([b"ok", 5], slice(0, 1), 128)       # an int cannot be sliced
+    assert key_groups_of_slices([], slice(0, 1), 128).tolist() == []
 
 
 @pytest.mark.parametrize("key_type", ["int", "long", "string"])

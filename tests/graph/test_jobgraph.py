@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 
+from flinknet.core import assign_key_to_parallel_operator
 from flinknet.graph import GraphValidationError, JobGraph, Partitioning
 from flinknet.ids import JobID
 from flinknet.partitioners import (
@@ -71,6 +72,20 @@ def test_each_partitioning_builds_its_selector(name, cls):
     assert Partitioning.parse(name).is_pointwise == (name in ("forward", "rescale"))
 
 
+def test_a_key_groups_edge_takes_a_slice_key_and_routes_as_its_callable():
+    g = JobGraph("slice")
+    e = g.connect(g.add_vertex("a", 2), g.add_vertex("b", 4, max_parallelism=32), "key_groups",
+                  key_selector=slice(2, 6))
+    h = pickle.loads(pickle.dumps(g))                       # shipped to processes and actors
+    assert h.edges[0].key_selector == slice(2, 6)
+    selector = e.create_channel_selector()
+    selector.setup(4)
+    records = [bytes([i, i, i * 7 % 256, i * 13 % 256, i, 0, 9]) for i in range(100)]
+    assert type(selector) is KeyGroupStreamPartitioner
+    assert selector.select_channels(records).tolist() == [
+        assign_key_to_parallel_operator(r[2:6], 32, 4) for r in records]
+
+
 def test_forward_between_different_parallelisms_is_refused_with_flinks_message():
     g = JobGraph("fwd")
     g.connect(g.add_vertex("up", 2), g.add_vertex("down", 3), "forward")
@@ -124,10 +139,12 @@ def test_bad_vertices():
 def test_bad_edges():
     g = JobGraph("e")
     a, b = g.add_vertex("a", 2), g.add_vertex("b", 2)
-    with pytest.raises(TypeError, match="needs a callable key_selector"):
+    with pytest.raises(TypeError, match=r"needs a key_selector \(a callable or a slice\)"):
         g.connect(a, b, "key_groups")
     with pytest.raises(TypeError, match="needs a callable partitioner"):
         g.connect(a, b, "custom")
+    with pytest.raises(TypeError, match="custom edge 'a' → 'b' needs a callable key_selector"):
+        g.connect(a, b, "custom", partitioner=_mod, key_selector=slice(0, 8))
     with pytest.raises(ValueError, match="a key_selector has no use on a rebalance edge"):
         g.connect(a, b, "rebalance", key_selector=jobs.key_of)
     with pytest.raises(ValueError, match="a partitioner has no use on a key_groups edge"):
