@@ -19,7 +19,10 @@ machine, and the ratio between them, so the numbers mean something on a shared, 
 ``Arrays.hashCode``, murmur, key group, operator index), given the keys
 (``KeyGroupStreamPartitioner.select_channels_for_keys``) and from the records through a key selector
 (``select_channels``), against one C-level pass over the same list (``list(map(len, keys))``) and
-the per-key scalar function (``assign_key_to_parallel_operator`` in a comprehension).
+the per-key scalar function (``assign_key_to_parallel_operator`` in a comprehension);
+``route.bytes16B.slice`` routes 100-byte ``bytes`` records whose key is their first 16 bytes,
+given as ``slice(0, 16)`` (the key bytes hashed in place), against the same partitioner with
+``lambda r: r[:16]``.
 
 ``serialize.*.per_record_targets`` rows time the serializer given one target per record (a
 channel selector's choice), the path a ``RecordWriter`` routing records one by one takes.
@@ -466,11 +469,17 @@ def bench_routing(n: int, repeats: int) -> list[Row]:
     rng = random.Random(7)
     keys = [rng.randbytes(16) for _ in range(n)]
     records = [(k, 0) for k in keys]
+    byte_records = [k + bytes(84) for k in keys]
     selector = KeyGroupStreamPartitioner(operator.itemgetter(0), 128)
-    selector.setup(4)
+    by_slice = KeyGroupStreamPartitioner(slice(0, 16), 128)
+    by_lambda = KeyGroupStreamPartitioner(lambda r: r[:16], 128)
+    for s in (selector, by_slice, by_lambda):
+        s.setup(4)
     expected = [assign_key_to_parallel_operator(k, 128, 4) for k in keys]
     if selector.select_channels_for_keys(keys).tolist() != expected or \
-            selector.select_channels(records).tolist() != expected:
+            selector.select_channels(records).tolist() != expected or \
+            by_slice.select_channels(byte_records).tolist() != expected or \
+            by_lambda.select_channels(byte_records).tolist() != expected:
         raise AssertionError("batch routing differs from the scalar function")
 
     def keyed() -> int:
@@ -479,6 +488,14 @@ def bench_routing(n: int, repeats: int) -> list[Row]:
 
     def from_records() -> int:
         selector.select_channels(records)
+        return n
+
+    def sliced() -> int:
+        by_slice.select_channels(byte_records)
+        return n
+
+    def lambda_sliced() -> int:
+        by_lambda.select_channels(byte_records)
         return n
 
     def c_pass() -> int:
@@ -493,12 +510,17 @@ def bench_routing(n: int, repeats: int) -> list[Row]:
         return lambda: _once_ns(fn)
 
     t = _interleaved({"keys": measure(keyed), "records": measure(from_records), "c": measure(c_pass),
-                      "scalar": measure(scalar)}, repeats)
+                      "scalar": measure(scalar), "slice": measure(sliced),
+                      "lambda": measure(lambda_sliced)}, repeats)
     base = {"list(map(len, keys))": t["c"], "scalar function per key": t["scalar"]}
     return [Row("route.bytes16B.keys", "ns/key", t["keys"], dict(base),
                 note=f"{t['keys']:.1f} ns per bytes key (select_channels_for_keys)"),
             Row("route.bytes16B.records", "ns/rec", t["records"], dict(base),
-                note=f"{t['records']:.1f} ns per record (select_channels with itemgetter(0))")]
+                note=f"{t['records']:.1f} ns per record (select_channels with itemgetter(0))"),
+            Row("route.bytes16B.slice", "ns/rec", t["slice"],
+                {**base, "lambda r: r[:16] (same partitioner)": t["lambda"]},
+                note=f"{t['slice']:.1f} ns per 100-byte record keyed by slice(0, 16), "
+                     f"{t['lambda']:.1f} with lambda r: r[:16]")]
 
 
 def bench_kernels(quick: bool = False) -> list[Row]:
