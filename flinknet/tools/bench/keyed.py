@@ -9,14 +9,16 @@ the consumer's "go" to the last record read (best of the repeats).
 * flinknet (:func:`run_keyed_flinknet`): each producer has its own
   :class:`~flinknet.environment.NetworkEnvironment` (Flink's defaults) and a
   :class:`~flinknet.writer.RecordWriter` with a
-  :class:`~flinknet.partitioners.KeyGroupStreamPartitioner` (key = the first 8 bytes,
-  ``max_parallelism`` 128) over one subpartition (the consumer's parallelism is 1), fed by
-  ``emit_batch`` in lists of 1000 records (the partitioner's batch routing, ``select_channels``:
-  a key group per record). The consumer's input gate has one remote channel per producer and is
+  :class:`~flinknet.partitioners.KeyGroupStreamPartitioner` (key = the first 8 bytes, given as
+  ``slice(0, 8)``: Flink's positional key; ``max_parallelism`` 128) over one subpartition (the
+  consumer's parallelism is 1), fed by ``emit_batch`` in lists of 1000 records (the
+  partitioner's batch routing, ``select_channels``: a key group per record, the key bytes hashed
+  in place). The consumer's input gate has one remote channel per producer and is
   read with ``RecordReader.read_batch``.
 * ``pyzmq joined`` (:func:`run_keyed_pyzmq`): the same job with pyzmq PUSH/PULL: each producer
-  routes every batch of 1000 records by key the same way (``operator_indexes_of`` over the
-  batch's keys: the per-batch call, what flinknet's partitioner does) and joins the records, each
+  routes every batch of 1000 records by key the same way
+  (``operator_indexes_of_slices`` over the batch with the same key slice: the per-batch call
+  flinknet's partitioner makes) and joins the records, each
   behind its 4-byte little-endian length, into messages of at most 32 KiB (a record never split:
   :func:`join_records`); both PUSH sockets connect to one PULL socket bound by the consumer,
   which deframes every record into a Python ``bytes`` object
@@ -37,13 +39,15 @@ from typing import Any
 from flinknet.tools.bench.peers import CHUNK, Deframer, check_count, missing
 from flinknet.tools.bench.report import Row
 
-__all__ = ["BATCH", "KEYED_ROW", "MAX_PARALLELISM", "PYZMQ_JOINED", "bench_keyed", "join_records",
+__all__ = ["BATCH", "KEY", "KEYED_ROW", "MAX_PARALLELISM", "PYZMQ_JOINED", "bench_keyed", "join_records",
            "key_batches", "run_keyed_flinknet", "run_keyed_pyzmq"]
 
 #: records per ``emit_batch`` call (and per routing call of the pyzmq producer)
 BATCH = 1000
 #: the keyed edge's max parallelism (key groups)
 MAX_PARALLELISM = 128
+#: every record's key: its first 8 bytes (Flink's positional key)
+KEY = slice(0, 8)
 #: the row's name and its pyzmq baseline
 KEYED_ROW = "remote.keyed.2to1.100B"
 PYZMQ_JOINED = "pyzmq joined"
@@ -122,7 +126,7 @@ def _flinknet_producer(q_out, q_in, size: int, n: int, keys: int, seed: int) -> 
         with NetworkEnvironment() as env:
             p = env.create_result_partition(1)
             q_out.put((p.partition_id.to_bytes(), env.address))
-            selector = KeyGroupStreamPartitioner(lambda r: r[:8], max_parallelism=MAX_PARALLELISM)
+            selector = KeyGroupStreamPartitioner(KEY, max_parallelism=MAX_PARALLELISM)
             with RecordWriter(p, selector) as writer:
                 emit_batch = writer.emit_batch
                 q_in.get(timeout=_WAIT)   # go
@@ -141,7 +145,7 @@ def _zmq_producer(q_out, q_in, endpoint: str, size: int, n: int, keys: int, seed
     try:
         import zmq  # type: ignore[import-not-found,unused-ignore]  # optional: flinknet[bench]
 
-        from flinknet.core import operator_indexes_of
+        from flinknet.core import operator_indexes_of_slices
 
         batches = key_batches(size, keys, seed)
         ctx = zmq.Context()
@@ -158,7 +162,7 @@ def _zmq_producer(q_out, q_in, endpoint: str, size: int, n: int, keys: int, seed
             q_in.get(timeout=_WAIT)   # go
             for batch in _batches_of(batches, n):
                 # route by key as flinknet's partitioner does (one consumer: every target is 0)
-                operator_indexes_of([r[:8] for r in batch], MAX_PARALLELISM, 1)
+                operator_indexes_of_slices(batch, KEY, MAX_PARALLELISM, 1)
                 pos = join_records(batch, send, buf, pos)
             if pos:
                 send(memoryview(buf)[:pos])
@@ -241,7 +245,7 @@ def run_keyed_flinknet(n_per_producer: int, size: int = 100, keys: int = 1000) -
 
 def run_keyed_pyzmq(n_per_producer: int, size: int = 100, keys: int = 1000) -> float:
     """Seconds for the same job over pyzmq: two PUSH producers (records routed by key per batch
-    with ``operator_indexes_of``, joined into messages of at most 32 KiB) → one PULL socket bound
+    with ``operator_indexes_of_slices``, joined into messages of at most 32 KiB) → one PULL socket bound
     here, every record deframed into ``bytes``. Raises unless exactly ``2 * n_per_producer``
     records arrived; ImportError without pyzmq."""
     import zmq  # type: ignore[import-not-found,unused-ignore]  # optional: flinknet[bench]
