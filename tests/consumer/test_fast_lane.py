@@ -418,6 +418,9 @@ def test_a_deferred_credit_goes_out_at_the_next_read_while_the_reader_reads_othe
             assert reader.last_channel_info == second.channel_info
             # first's deferred credit went out before that read; only second's is deferred now
             assert signal.deferred_credit_count == 1
+            deadline = time.monotonic() + JOIN       # (written inline, or by the I/O thread
+            while first.unannounced_credit and time.monotonic() < deadline:   # if it is busy)
+                time.sleep(0.001)
             assert first.unannounced_credit == 0
             reader.close()
             assert signal.deferred_credit_count == 0 and second.unannounced_credit == 0
