@@ -35,10 +35,11 @@
 #     buffer it took through the lane), a put with the ring empty lists the credit (as with
 #     entries queued: the credit timer writes it within _CREDIT_DELAY_NS at the latest) and
 #     pushes the channel's index on its gate's `deferred` stack (under the signal's `lock`,
-#     taken after the channel's is released). The gate's reader pops them at its next read and
-#     before it waits (GateSignal.flush_credit, GIL) and writes each still-listed channel's connection list,
-#     reaching the ChannelQueue through the gate's list of queues (never through a stored
-#     pointer): so the AddCredit's `send` falls after the records are handed out.
+#     taken after the channel's is released). The gate pops them at the lane's next poll and
+#     before a wait (GateSignal.flush_credit, GIL) and writes each still-listed channel's
+#     connection list, reaching the ChannelQueue through the gate's list of queues (never
+#     through a stored pointer): so the AddCredit's `send` falls after the records are handed
+#     out.
 #
 # * fn_conn (one TCP connection) is owned by the engine's I/O thread once registered: its read
 #   state and receiver map are touched by that thread alone. `out_lock` guards `out` (frames any
@@ -129,8 +130,8 @@ cdef struct fn_signal:
     void *owner             # the GateSignal (PyObject*), for the armed callback (GIL)
     # Channels whose credit a reader's read deferred (fn_defer_credit): listed on their
     # connection (the I/O thread's credit timer writes it at the latest), written by the
-    # reader at its next read or wait (GateSignal.flush_credit). A stack of indexes (capacity entries,
-    # each at most once: is_deferred), under `lock`.
+    # gate at the lane's next poll or a wait (GateSignal.flush_credit). A stack of indexes
+    # (capacity entries, each at most once: is_deferred), under `lock`.
     int *deferred
     char *is_deferred
     int num_deferred

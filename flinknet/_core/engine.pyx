@@ -175,8 +175,8 @@ cdef extern from *:
     /* Set by a record reader on its own thread while it reads a buffer it took through the
        gate's lane (defer_credit): a slot that buffer frees is listed on its connection and
        marked in its gate's doorbell instead of announced by an inline send, so the AddCredit
-       goes out after the records are handed out (the reader flushes at its next read and before
-       it waits: GateSignal.flush_credit; the credit timer writes it at the latest). */
+       goes out after the records are handed out (the gate flushes at the lane's next poll and
+       before a wait: GateSignal.flush_credit; the credit timer writes it at the latest). */
     static __thread int fn_defer_credit = 0;
     """
     void *fn_io_handling
@@ -304,8 +304,8 @@ cdef class GateSignal:
         """Announce the credit that reads on the lane deferred (:func:`defer_credit`): each
         channel still listed has its connection's credit list written now (inline when the
         connection is idle, else by its I/O thread). ``queues`` is the gate's list of
-        :class:`ChannelQueue` (None for channels without one), by channel index. A reader calls
-        it before it waits; cheap when nothing was deferred. GIL."""
+        :class:`ChannelQueue` (None for channels without one), by channel index. The gate calls
+        it at the lane's next poll and before it waits; cheap when nothing was deferred. GIL."""
         cdef int idx
         cdef object q
         if self.s.num_deferred == 0:     # (a racy peek: only this gate's reader defers)
@@ -770,10 +770,11 @@ cdef int fn_channel_put_slot(fn_channel *c, int slot, bint announce) noexcept no
 
 
 def defer_credit(bint on):
-    """On the calling thread: while on, a slot a buffer frees is announced by the reader's
-    :meth:`GateSignal.flush_credit` before it waits, instead of by an inline AddCredit at the
-    recycle (see ``fn_defer_credit``). A record reader turns it on around the reading of a lane
-    buffer, so the AddCredit's ``send`` falls after the records are handed out."""
+    """On the calling thread: while on, a slot a buffer frees is announced by the gate's
+    :meth:`GateSignal.flush_credit` at the lane's next poll or before a wait, instead of by an
+    inline AddCredit at the recycle (see ``fn_defer_credit``). A record reader turns it on around
+    the reading of a lane buffer, so the AddCredit's ``send`` falls after the records are handed
+    out."""
     global fn_defer_credit
     fn_defer_credit = on
 

@@ -679,8 +679,10 @@ class SingleInputGate(InputGate):
         its order, round robin, without the gate's lock or a :class:`BufferOrEvent`, and counts
         them as :meth:`get_next` does (gate and channel). Not with buffer debloating (the
         general path measures each buffer), before the partitions were requested, or once the
-        gate is closed or finished. The caller owns (recycles) the buffer. Task thread, as
-        :meth:`get_next`."""
+        gate is closed or finished. The caller owns (recycles) the buffer. First it writes the
+        credit the reader's last lane read deferred (:meth:`flush_credit`): after the caller had
+        those records, and without waiting for a wait, which a reader reading on from other
+        channels never does. Task thread, as :meth:`get_next`."""
         queues = self._native_queues
         signal = self.signal
         if queues is None:
@@ -690,6 +692,8 @@ class SingleInputGate(InputGate):
             # order (requeue), where this lane finds it
             queues = self._native_queues = self._channel_queues()
             self._lane_waits = any(q is not None for q in queues)
+        elif signal.deferred_credit_count:  # type: ignore[union-attr]  # set with the channels
+            signal.flush_credit(queues)     # type: ignore[union-attr]
         if (self._queue or self._num_priority or self._all_eop or self._closed
                 or self._throughput is not None):
             return None
@@ -770,10 +774,9 @@ class SingleInputGate(InputGate):
         """Announce now the credit freed by the buffers a record reader read through the lane
         (:func:`~flinknet._core.engine.defer_credit`): listed on their connections, not written
         inline at the recycle, so that the AddCredit's ``send`` falls after the records are handed
-        out. A record reader calls it at its next read, before the lane's poll (after the caller had
-        the records; a reader reading on from other channels does not wait), every wait of this
-        gate calls it first, and so does the reader's close; the connection's credit timer writes what is left
-        within 5 ms. Task thread."""
+        out. The lane's next poll (:meth:`poll_data_buffer`) writes it, every wait of this gate
+        first, and the reader's close; the connection's credit timer what is left within 5 ms.
+        Task thread."""
         signal = self.signal
         if signal is None or not signal.deferred_credit_count:
             return

@@ -92,12 +92,6 @@ class RecordReader:
         """The gate's fast lane: the next data buffer with its channel's deserializer, or None
         (then the general path)."""
         fast = self._fast_lane
-        lane = self._lane_gate
-        if lane is not None:
-            # the credit the last lane read deferred goes out now, after the caller had its
-            # records: before this poll, not only before a wait, so that a channel whose
-            # queue ran dry gets its credit while the reader reads on from other channels
-            lane.flush_credit()
         if fast is None or (got := fast()) is None:
             return None
         buffer, info = got
@@ -108,7 +102,7 @@ class RecordReader:
     def _read_lane(self, taken: tuple[RecordDeserializer, Buffer], dtype: Any = _RECORDS) -> Any:
         """The records (or, given a ``dtype``, the array) of a buffer the lane took. On a
         SingleInputGate the credit its recycle frees is deferred (``defer_credit``) and announced
-        at the reader's next read (``flush_credit`` in :meth:`_take_fast`): the AddCredit's
+        by the lane's next poll (``poll_data_buffer``, or a wait's ``flush_credit``): the AddCredit's
         ``send`` falls after the records are handed out, not between their arrival and their
         hand-out."""
         d, buffer = taken
