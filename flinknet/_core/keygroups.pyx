@@ -243,14 +243,10 @@ def key_groups_of(keys, Py_ssize_t max_parallelism, key_type=None):
 def operator_indexes_of(keys, Py_ssize_t max_parallelism, Py_ssize_t parallelism, key_type=None):
     """Subtask indexes of a sequence of keys (see :func:`key_groups_of`): the routing of a keyed
     edge for a batch of records whose keys are already extracted."""
-    cdef int32_t[::1] groups
-    cdef Py_ssize_t i
     _check_max_parallelism(max_parallelism)
     _check_parallelism(parallelism, max_parallelism)
-    out = key_groups_of(keys, max_parallelism, key_type)
-    groups = out
-    _operator_indexes(groups, <int32_t>max_parallelism, <int32_t>parallelism)
-    return out
+    return _to_operator_indexes(key_groups_of(keys, max_parallelism, key_type), max_parallelism,
+                                parallelism)
 
 
 @cython.boundscheck(False)
@@ -309,13 +305,10 @@ def operator_indexes_of_slices(records, slice key_slice not None, Py_ssize_t max
     """Subtask indexes of ``record[key_slice]`` for every record (see
     :func:`key_groups_of_slices`): the routing of a keyed edge whose key is a byte range of each
     record, for a batch of records."""
-    cdef int32_t[::1] groups
     _check_max_parallelism(max_parallelism)
     _check_parallelism(parallelism, max_parallelism)
-    out = key_groups_of_slices(records, key_slice, max_parallelism, key_type)
-    groups = out
-    _operator_indexes(groups, <int32_t>max_parallelism, <int32_t>parallelism)
-    return out
+    return _to_operator_indexes(key_groups_of_slices(records, key_slice, max_parallelism, key_type),
+                                max_parallelism, parallelism)
 
 
 def compute_key_group_for_key_hash(int32_t key_hash, Py_ssize_t max_parallelism):
@@ -393,6 +386,19 @@ cdef void _operator_indexes(int32_t[::1] groups, int32_t maxp, int32_t p) noexce
         groups[i] = operator_index_for_key_group(maxp, p, groups[i])
 
 
+cdef object _to_operator_indexes(object out, Py_ssize_t max_parallelism, Py_ssize_t parallelism):
+    """Key groups (an int32 array, checked bounds) turned into subtask indexes in place: what
+    every ``operator_indexes_*`` function returns. Large arrays without the GIL."""
+    cdef int32_t[::1] groups = out
+    cdef int32_t maxp = <int32_t>max_parallelism, p = <int32_t>parallelism
+    if groups.shape[0] >= NOGIL_KEYS:
+        with nogil:
+            _operator_indexes(groups, maxp, p)
+    else:
+        _operator_indexes(groups, maxp, p)
+    return out
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def key_groups_array(keys, Py_ssize_t max_parallelism, key_type=None):
@@ -450,19 +456,10 @@ def key_groups_array(keys, Py_ssize_t max_parallelism, key_type=None):
 @cython.wraparound(False)
 def operator_indexes_array(keys, Py_ssize_t max_parallelism, Py_ssize_t parallelism, key_type=None):
     """Subtask indexes of a numpy array of int keys (see :func:`key_groups_array`)."""
-    cdef int32_t[::1] groups
-    cdef Py_ssize_t i
-    cdef int32_t maxp = <int32_t>max_parallelism, p = <int32_t>parallelism
     _check_max_parallelism(max_parallelism)
     _check_parallelism(parallelism, max_parallelism)
-    out = key_groups_array(keys, max_parallelism, key_type)
-    groups = out
-    if groups.shape[0] >= NOGIL_KEYS:
-        with nogil:
-            _operator_indexes(groups, maxp, p)
-    else:
-        _operator_indexes(groups, maxp, p)
-    return out
+    return _to_operator_indexes(key_groups_array(keys, max_parallelism, key_type), max_parallelism,
+                                parallelism)
 
 
 class KeyGroupRange:
