@@ -49,6 +49,35 @@ def test_asyncio_rows_compare_with_the_threaded_reader_of_the_same_run():
         assert all(b > 0 for b in row.baselines.values())
 
 
+def test_an_asyncio_rows_ratio_is_the_median_of_its_alternated_pairs_ratios(monkeypatch):
+    # run_remote replaced by a clock whose load changes between pairs: the pairs' ratios are
+    # 1.0, 1.2 and 1.1 (median 1.1), while the medians of each side would give 60/50 = 1.2
+    times = iter([50.0, 50.0, 72.0, 60.0, 30.0, 33.0])     # pair 2 runs the loop first
+    calls = []
+
+    def fake_run_remote(size, n, api, **kw):
+        calls.append((size, n, api))
+        return next(times)
+
+    monkeypatch.setattr(transport, "run_remote", fake_run_remote)
+    row = transport._async_pair_row("asyncio", "asyncio-batch", "batch", 1000, 3000, 3)
+    assert [c[2] for c in calls] == ["batch", "asyncio-batch", "asyncio-batch", "batch",
+                                     "batch", "asyncio-batch"]
+    assert {c[:2] for c in calls} == {(1000, 3000)}
+    assert row.name == "remote.1000B.asyncio.batch"
+    base = row.baselines[transport.THREADED_READER]
+    assert base == pytest.approx(50.0 / 3000 * 1e9)
+    assert row.value / base == pytest.approx(1.1)
+    assert "median of 3 alternated pairs 1.10x, pairs 1.00-1.20x" in row.note
+
+
+def test_full_asyncio_rows_add_the_batch_row_of_each_extra_size():
+    rows = transport.bench_asyncio_reading(repeats=1, records=1000, sizes=(1000,))
+    names = [r.name for r in rows]
+    assert "remote.1000B.asyncio.batch" in names and "remote.1000B.uvloop.batch" in names
+    assert all(r.value > 0 for r in rows if r.name.startswith("remote.1000B."))
+
+
 @pytest.mark.parametrize("loop_name", [None, "asyncio", "uvloop"])
 def test_a_bare_wake_up_costs_the_waiting_thread_some_cpu(loop_name):
     assert 0 < transport.bare_wake_us(loop_name, 200) < 1e5

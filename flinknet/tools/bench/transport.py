@@ -52,8 +52,9 @@ asyncio (``remote.100B.asyncio.*``, :func:`bench_asyncio_reading`): the same exc
 asyncio event loop (:mod:`flinknet.aio`) against the threaded reader, runs alternated in the same
 run: ``per-record`` is ``async for record in reader`` against ``for record in reader`` (the
 producer emitting per record), ``batch`` is ``await reader.read_batch_async()`` against
-``reader.read_batch()`` (the producer emitting lists). The ratio is asyncio / threaded, each the
-median of at least three alternated runs. ``wait`` paces the producer so that every read waits
+``reader.read_batch()`` (the producer emitting lists). The ratio is asyncio / threaded, the
+median of the ratios of five alternated pairs (three in quick runs); full runs add the batch row
+at 1000 B. ``wait`` paces the producer so that every read waits
 and compares the reading thread's CPU per record, against the threaded reader and against the
 threaded reader plus what a bare wake-up costs the event loop more than a thread
 (:func:`bare_wake_us`, same run): the floor an event loop sets.
@@ -463,7 +464,7 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
                     references={"flink-2.3 p99 (rec.)": sum(FLINK_LATENCY_P99_US) / 2}))
     if not quick:
         rows += bench_credit_window(repeats=max(3, repeats), peer_baselines=peer_baselines)
-    return rows + bench_asyncio_reading(quick=quick, repeats=max(3, repeats))
+    return rows + bench_asyncio_reading(quick=quick)
 
 
 def bench_credit_window(repeats: int = 3, floating: int = WIDE_FLOATING,
@@ -506,16 +507,20 @@ def bench_credit_window(repeats: int = 3, floating: int = WIDE_FLOATING,
 
 
 def bench_asyncio_reading(quick: bool = False, repeats: int | None = None, size: int = 100,
-                          records: int | None = None):
+                          records: int | None = None, sizes: tuple[int, ...] | None = None):
     """Rows ``remote.{size}B.{asyncio,uvloop}.{per-record,batch}``: the remote exchange read on
-    asyncio's default event loop and on uvloop's against the threaded reader, alternated in this
-    run (``repeats`` pairs, 3 by default; each side's **median**: the best of two swung 0.8-1.2x between
-    runs of the same code, the luckier run of either side deciding); ratio = event loop /
-    threaded, ns per record. And ``remote.{size}B.{loop}.wait`` (:func:`_wait_row`): the reading
-    thread's CPU per record when every read waits, the cost of a wake-up on the loop. ``records``
-    overrides the records per transfer (per-record rows move half as many as batch rows, wait
-    rows exactly that many)."""
-    repeats = 3 if repeats is None else repeats
+    asyncio's default event loop and on uvloop's against the threaded reader, in ``repeats``
+    alternated pairs (5 by default, 3 in quick runs; the side that runs first alternates too).
+    The ratio is the **median of the pairs' ratios** (event loop / threaded, ns per record): a
+    pair shares its minute of the shared machine's load, so the load cancels in its ratio,
+    where a ratio of two medians of three swung 0.9-1.2x between runs of the same code. And
+    ``remote.{size}B.{loop}.wait`` (:func:`_wait_row`): the reading thread's CPU per record when
+    every read waits, the cost of a wake-up on the loop. ``records`` overrides the records per
+    transfer (per-record rows move half as many as batch rows, wait rows exactly that many).
+    ``sizes`` adds ``remote.{s}B.{loop}.batch`` rows for more record sizes (full runs: 1000 B,
+    where Flink's credit window makes the exchange run in lock-step rounds and the reader waits
+    once per round, so the loop's wake-up is on every round's critical path)."""
+    repeats = (3 if quick else 5) if repeats is None else repeats
     rows = []
     loops: tuple[str, ...] = ("asyncio", "uvloop")
     try:
@@ -526,26 +531,44 @@ def bench_asyncio_reading(quick: bool = False, repeats: int | None = None, size:
             rows.append(Row(f"remote.{size}B.uvloop.{kind}", "us/rec" if kind == "wait" else "ns/rec",
                             float("nan"), {},
                             note="uvloop is not installed (pip install uvloop): row skipped"))
+    extra = tuple(sizes if sizes is not None else (() if quick else (1000,)))
     for loop_name in loops:
         for api, threaded_api, n in ((loop_name, "per-record", 1_000_000),
                                      (f"{loop_name}-batch", "batch", 2_000_000)):
             n = int(n * (0.5 if quick else 1.0)) if records is None else records * (n // 1_000_000)
-            n = max(BATCH, n - n % BATCH)
-            times_async, times_threaded = [], []
-            for _ in range(repeats):     # alternated, so load on a shared machine hits both
-                times_threaded.append(run_remote(size, n, threaded_api))
-                times_async.append(run_remote(size, n, api))
-            ns = statistics.median(times_async) / n * 1e9
-            base = statistics.median(times_threaded) / n * 1e9
-            kind = "per-record" if threaded_api == "per-record" else "batch"
-            how = ("async for record in reader / for record in reader" if kind == "per-record"
-                   else "await read_batch_async() / read_batch()")
-            rows.append(Row(f"remote.{size}B.{loop_name}.{kind}", "ns/rec", ns, {THREADED_READER: base},
-                            note=f"{loop_name} {1e3 / ns:.2f} M records/s, threaded {1e3 / base:.2f} M/s "
-                                 f"({how}; {loop_name} / threaded {ns / base:.2f}x)"))
+            rows.append(_async_pair_row(loop_name, api, threaded_api, size, n, repeats))
         rows.append(_wait_row(loop_name, size, repeats,
                               records if records is not None else WAIT_RECORDS // (2 if quick else 1)))
+        for other in extra:
+            n = records if records is not None else max(BATCH, 32_000_000 // other)
+            rows.append(_async_pair_row(loop_name, f"{loop_name}-batch", "batch", other, n, repeats))
     return rows
+
+
+def _async_pair_row(loop_name: str, api: str, threaded_api: str, size: int, n: int,
+                    repeats: int) -> Row:
+    """One ``remote.{size}B.{loop}.{per-record,batch}`` row: ``repeats`` alternated pairs of
+    ``run_remote`` on the event loop and on a thread; the row's ns per record is the threaded
+    median times the median of the pairs' ratios, so that its ratio is that median."""
+    n = max(BATCH, n - n % BATCH)
+    times_async, times_threaded, ratios = [], [], []
+    for i in range(repeats):
+        order = (threaded_api, api) if i % 2 == 0 else (api, threaded_api)
+        times = {a: run_remote(size, n, a) for a in order}
+        times_async.append(times[api])
+        times_threaded.append(times[threaded_api])
+        ratios.append(times[api] / times[threaded_api])
+    base = statistics.median(times_threaded) / n * 1e9
+    ratio = statistics.median(ratios)
+    ns = base * ratio
+    kind = "per-record" if threaded_api == "per-record" else "batch"
+    how = ("async for record in reader / for record in reader" if kind == "per-record"
+           else "await read_batch_async() / read_batch()")
+    speed = n / statistics.median(times_async) / 1e6
+    return Row(f"remote.{size}B.{loop_name}.{kind}", "ns/rec", ns, {THREADED_READER: base},
+               note=f"{loop_name} {speed:.2f} M records/s, threaded {1e3 / base:.2f} M/s ({how}; "
+                    f"{loop_name} / threaded: median of {repeats} alternated pairs {ratio:.2f}x, "
+                    f"pairs {min(ratios):.2f}-{max(ratios):.2f}x)")
 
 
 #: records per second and records per transfer of the ``remote.*.{asyncio,uvloop}.wait`` rows
