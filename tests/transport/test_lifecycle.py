@@ -95,6 +95,9 @@ def test_partly_read_partitions_and_explicit_timeouts():
 # -- addressing ----------------------------------------------------------------------------
 
 
+# the point of the test is a fork of a process with threads (the environment's): Python 3.12+
+# warns about exactly that
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_an_environment_used_after_fork_raises_a_clear_error():
     """A child forked from a process with an environment has none of its threads: every use of
     the environment (closing too) raises IllegalStateError naming both processes, at once."""
