@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
+import pytest
+
 from flinknet.tools.bench import floor
 
 
@@ -150,3 +152,58 @@ def test_floor_baselines_join_the_rows_they_bound_and_skip_absent_ones():
     untouched = [Row("remote.1000B.batch", "ns/rec", 700.0)]
     floor.add_floor_baselines(untouched, total=8 << 20, latency_records=500)
     assert untouched[0].baselines == {}
+
+
+def test_floor_pairs_alternate_and_take_the_median_of_the_pairs_ratios(monkeypatch):
+    # stand-ins whose load changes from pair to pair: the pairs' ratios are what the rows show
+    calls: list[str] = []
+    ours_ns = iter([200.0, 300.0, 260.0])          # ns per 32 KiB record, pair by pair
+    plain_ns = iter([100.0, 250.0, 200.0])         # ratios 2.0, 1.2, 1.3 -> median 1.3
+    lat = iter([(50.0, 150.0), (80.0, 100.0), (60.0, 300.0)])
+    floor_lat = iter([(40.0, 100.0), (40.0, 100.0), (60.0, 100.0)])   # p50 1.25, 2.0, 1.0
+
+    def fake_run_remote(size, n, api, **kw):
+        calls.append(api)
+        if api == "latency":
+            p50, p99 = next(lat)
+            return [p50] * 98 + [p99] * 2 + [p50] * 11     # 10 % dropped: p99 still p99
+        return next(ours_ns) * n / 1e9
+
+    def fake_plain(total, chunk):
+        calls.append("plain")
+        return chunk / next(plain_ns)
+
+    def fake_credit(total, chunk):
+        calls.append("credit")
+        return chunk / 100.0
+
+    def fake_one_way(n):
+        calls.append("floor-latency")
+        p50, p99 = next(floor_lat)
+        return [p50] * 98 + [p99] * 2 + [p50] * 11
+
+    monkeypatch.setattr(floor, "run_remote", fake_run_remote)
+    monkeypatch.setattr(floor, "native_relay_bandwidth_gbps", fake_plain)
+    monkeypatch.setattr(floor, "native_credit_relay_bandwidth_gbps", fake_credit)
+    monkeypatch.setattr(floor, "native_relay_one_way_us", fake_one_way)
+    rows = floor.bench_floor_pairs(pairs=3, records=16, latency_records=111)
+    forward = ["batch", "plain", "credit", "latency", "floor-latency"]
+    assert calls == forward + forward[::-1] + forward
+    bw, p50, p99 = rows
+    assert [r.name for r in rows] == ["remote.32768B.batch.floor_pairs",
+                                      "latency.100B.timeout0.floor_pairs.p50",
+                                      "latency.100B.timeout0.floor_pairs.p99"]
+    assert bw.value == pytest.approx(260.0)
+    assert bw.ratio(floor.NATIVE_FLOOR) == pytest.approx(1.3)
+    assert bw.ratio(floor.CREDIT_FLOOR) == pytest.approx(2.6)       # 2.0, 3.0, 2.6
+    assert "median of 3 alternated pairs 1.30x / 2.60x, pairs 1.20-2.00x / 2.00-3.00x" in bw.note
+    assert p50.value == pytest.approx(60.0) and p50.ratio(floor.NATIVE_FLOOR_P50) == pytest.approx(1.25)
+    assert p99.value == pytest.approx(150.0) and p99.ratio(floor.NATIVE_FLOOR_P99) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="pairs"):
+        floor.bench_floor_pairs(pairs=0)
+
+
+def test_floor_pairs_run_for_real():
+    rows = floor.bench_floor_pairs(pairs=1, records=64, latency_records=300)
+    assert [r.unit for r in rows] == ["ns/rec", "us", "us"]
+    assert all(r.value > 0 and all(b > 0 for b in r.baselines.values()) for r in rows)

@@ -26,22 +26,26 @@ import collections
 import multiprocessing as mp
 import selectors
 import socket
+import statistics
 import struct
 import sys
 import threading
 import time
 
+from flinknet.tools.bench.report import Row
 from flinknet.tools.bench.transport import (
     WIDE_FLOATING,
     drop_warmup,
     percentile,
     raw_round_trip_us,
     raw_socket_ns_per_byte,
+    run_remote,
 )
 
 __all__ = ["CREDIT_FLOOR", "FLOOR_BANDWIDTH_ROWS", "NATIVE_FLOOR", "NATIVE_FLOOR_P50",
-           "NATIVE_FLOOR_P99", "add_floor_baselines", "native_credit_relay_bandwidth_gbps",
-           "native_relay_bandwidth_gbps", "native_relay_one_way_us", "paced_raw_one_way_us",
+           "NATIVE_FLOOR_P99", "add_floor_baselines", "bench_floor_pairs",
+           "native_credit_relay_bandwidth_gbps", "native_relay_bandwidth_gbps", "native_relay_one_way_us",
+           "paced_raw_one_way_us",
            "relay_bandwidth_gbps", "relay_one_way_us", "thread_handoff_us"]
 
 _TS = struct.Struct("<q")
@@ -404,6 +408,82 @@ def add_floor_baselines(rows: list, total: int = 1 << 30, latency_records: int =
             p50_row.baselines[NATIVE_FLOOR_P50] = percentile(delays, 50)
         if p99_row is not None:
             p99_row.baselines[NATIVE_FLOOR_P99] = percentile(delays, 99)
+
+
+def bench_floor_pairs(quick: bool = False, pairs: int | None = None, records: int | None = None,
+                      latency_records: int | None = None) -> list[Row]:
+    """Issue 14's acceptance, measured in alternated pairs. :func:`add_floor_baselines` measures
+    each floor once, after all of flinknet's rows, minutes away from the row it bounds; on a
+    shared machine the floor itself then moves 1.5x from one run to the next. Here flinknet and
+    the floors run in turn, ``pairs`` times (5; 3 in quick runs; the order reverses every
+    other pair), and each ratio is the **median of the pairs' ratios**:
+
+    - ``remote.32768B.batch.floor_pairs``: ``run_remote(32768, records, "batch")`` (1 GiB, a
+      quarter in quick runs) against :func:`native_relay_bandwidth_gbps` and
+      :func:`native_credit_relay_bandwidth_gbps` moving the same bytes, ns per 32 KiB record;
+    - ``latency.100B.timeout0.floor_pairs.p50`` / ``.p99``: the latency row's exchange
+      (``latency_records`` at 10 000/s, buffer timeout 0, the first 10 % dropped) against
+      :func:`native_relay_one_way_us`, µs.
+
+    A row's value is flinknet's median; each baseline is that value over the median ratio, so
+    the printed ratio is the median ratio (the note gives the pairs' range)."""
+    pairs = (3 if quick else 5) if pairs is None else pairs
+    if pairs < 1:
+        raise ValueError(f"pairs must be at least 1, got {pairs}")
+    chunk = 32 * 1024
+    n = (8192 if quick else 32768) if records is None else records
+    n_lat = (5_000 if quick else 20_000) if latency_records is None else latency_records
+    ns: list[float] = []
+    plain: list[float] = []
+    credit: list[float] = []
+    lat: list[tuple[float, float]] = []
+    floor_lat: list[tuple[float, float]] = []
+
+    def flinknet_bandwidth() -> None:
+        ns.append(run_remote(chunk, n, "batch") / n * 1e9)
+
+    def plain_floor() -> None:
+        plain.append(chunk / native_relay_bandwidth_gbps(n * chunk, chunk))
+
+    def credit_floor() -> None:
+        credit.append(chunk / native_credit_relay_bandwidth_gbps(n * chunk, chunk))
+
+    def flinknet_latency() -> None:
+        d = drop_warmup(run_remote(100, n_lat, "latency", timeout_ms=0, rate=10_000))
+        lat.append((percentile(d, 50), percentile(d, 99)))
+
+    def floor_latency() -> None:
+        d = drop_warmup(native_relay_one_way_us(n_lat))
+        floor_lat.append((percentile(d, 50), percentile(d, 99)))
+
+    for i in range(pairs):
+        steps = [flinknet_bandwidth, plain_floor, credit_floor, flinknet_latency, floor_latency]
+        for step in (steps if i % 2 == 0 else steps[::-1]):
+            step()
+    rows = []
+    value = statistics.median(ns)
+    r_plain = [a / b for a, b in zip(ns, plain, strict=True)]
+    r_credit = [a / b for a, b in zip(ns, credit, strict=True)]
+    m_plain, m_credit = statistics.median(r_plain), statistics.median(r_credit)
+    rows.append(Row("remote.32768B.batch.floor_pairs", "ns/rec", value,
+                    {NATIVE_FLOOR: value / m_plain, CREDIT_FLOOR: value / m_credit},
+                    note=f"flinknet {chunk / value:.2f} GB/s, plain floor "
+                         f"{chunk / statistics.median(plain):.2f}, credit floor "
+                         f"{chunk / statistics.median(credit):.2f} GB/s (medians); time against the "
+                         f"floors: median of {pairs} alternated pairs {m_plain:.2f}x / {m_credit:.2f}x, "
+                         f"pairs {min(r_plain):.2f}-{max(r_plain):.2f}x / "
+                         f"{min(r_credit):.2f}-{max(r_credit):.2f}x"))
+    for k, (q, name) in enumerate(((50, NATIVE_FLOOR_P50), (99, NATIVE_FLOOR_P99))):
+        ours = [x[k] for x in lat]
+        ratios = [a / b[k] for a, b in zip(ours, floor_lat, strict=True)]
+        value = statistics.median(ours)
+        m = statistics.median(ratios)
+        rows.append(Row(f"latency.100B.timeout0.floor_pairs.p{q}", "us", value, {name: value / m},
+                        note=f"p{q}: flinknet {value:.1f} µs, native floor "
+                             f"{statistics.median(x[k] for x in floor_lat):.1f} µs (medians of {n_lat} "
+                             f"records at 10 000/s); median of {pairs} alternated pairs {m:.2f}x, "
+                             f"pairs {min(ratios):.2f}-{max(ratios):.2f}x"))
+    return rows
 
 
 def thread_handoff_us(n: int = 20_000) -> list[float]:

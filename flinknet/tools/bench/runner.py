@@ -94,10 +94,12 @@ _SUITES: dict[str, Callable[[bool], list[Row]]] = {
 
 def _remote_rows(quick: bool) -> list[Row]:
     """The ``remote`` group: the exchange's rows with the native floors measured beside the rows
-    they bound, then (full runs) the keyed job."""
+    they bound, the floors again in alternated pairs with flinknet (issue 14's acceptance), then
+    (full runs) the keyed job."""
     rows = transport.bench_remote_exchange(quick=quick)
     floor.add_floor_baselines(rows, total=(256 << 20) if quick else (1 << 30),
                               latency_records=5_000 if quick else 20_000)
+    rows += floor.bench_floor_pairs(quick=quick)
     return rows + ([] if quick else keyed.bench_keyed(quick=False, repeats=2))
 
 
