@@ -30,7 +30,12 @@
 #   - Credit: a freed slot adds to `unannounced`. A registered channel announces it natively
 #     only when its ring is empty (at that put, or at the poll that empties the ring): credit
 #     freed while the task still has received entries to take waits for them and goes out as
-#     one AddCredit. `in_credit_list` says an announcement is under way (at most one).
+#     one AddCredit. `in_credit_list` says an announcement is under way (at most one). The
+#     gate's lane poll (GateSignal.poll_data) that empties a ring with credit waiting does not
+#     write it: it lists the credit (the credit timer armed) and pushes the channel on the
+#     gate's `deferred` stack (under the signal's `lock`, inside the channel's, the one nesting
+#     of the two), so the gate's next flush writes it after the buffer's records are handed
+#     out, as for a deferred put below.
 #   - Deferred credit: on a thread whose `fn_defer_credit` is set (a record reader reading a
 #     buffer it took through the lane), a put with the ring empty lists the credit (as with
 #     entries queued: the credit timer writes it within _CREDIT_DELAY_NS at the latest) and

@@ -576,10 +576,19 @@ cdef class GateSignal:
                 self.s.count -= 1
                 self.s.is_ready[idx] = 0
             more = self.s.count > 0
+            if conn != NULL and not self.s.is_deferred[idx]:
+                # The queue ran dry with credit waiting for that: the gate's next flush_credit
+                # writes it (the lane's next poll, or before the reader waits), after this
+                # buffer's records are handed out, not before (an inline send costs the
+                # loopback's receive path, 10-20 µs); the credit timer at the latest.
+                FN_ASSERT(self.s.num_deferred < self.s.capacity)
+                self.s.is_deferred[idx] = 1
+                self.s.deferred[self.s.num_deferred] = idx
+                self.s.num_deferred += 1
             pthread_mutex_unlock(&self.s.lock)
             pthread_mutex_unlock(&q.c.lock)
-            if conn != NULL:
-                _announce_native(&q.c, conn, ANNOUNCE_LISTED if listed else ANNOUNCE_NOW)
+            if conn != NULL and not listed:
+                _announce_native(&q.c, conn, ANNOUNCE_SOON)     # listed, the timer armed
             buf = q._wrap(&e)
             return (buf, idx, e.seq, backlog, more)
 

@@ -428,6 +428,63 @@ def test_a_deferred_credit_goes_out_at_the_next_read_while_the_reader_reads_othe
     assert_whole(prod, cons)
 
 
+def emit_queued(w, channel, records: list[bytes]) -> None:
+    """Emit each record once the one before it is queued at the consumer: a buffer each (an
+    emit into a buffer not yet sent would join it)."""
+    for i, rec in enumerate(records):
+        w.emit(rec, 0)
+        wait_queued(channel, i + 1)
+
+
+def test_the_lane_poll_that_empties_a_channel_defers_the_credit_that_waited_for_it():
+    # Two records queued: the first one's recycle lists its credit (the queue is not empty),
+    # and the poll that takes the second one empties the queue. That credit goes out after
+    # the second record is handed out (the gate's next flush), not by an inline AddCredit in
+    # the poll before it.
+    with first_record_read(SMALL) as (w, gate, reader, channel):
+        signal = gate.signal
+        gate.flush_credit()
+        assert channel.unannounced_credit == 0
+        emit_queued(w, channel, [b"one", b"two"])
+        assert reader.read_batch() == [b"one"]
+        assert channel.unannounced_credit == 1 and signal.deferred_credit_count == 0
+        assert reader.read_batch() == [b"two"]
+        # the first credit (listed when the poll emptied the queue) and the second (freed by
+        # the read): both still to be written, by the gate's next flush
+        assert channel.unannounced_credit == 2
+        assert signal.deferred_credit_count == 1
+        assert reader.read_batch(blocking=False) is None       # the next poll writes them
+        assert signal.deferred_credit_count == 0
+        deadline = time.monotonic() + JOIN       # (written inline, or by the I/O thread)
+        while channel.unannounced_credit and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert channel.unannounced_credit == 0
+
+
+def test_no_floating_buffer_is_borrowed_for_buffers_still_queued_but_one_is_for_buffers_held():
+    # Backlog 0 and no free slot: while the buffer behind the one polled is still queued, the
+    # reader is about to take it (and recycle both), so nothing is borrowed; when the task
+    # holds both buffers (none will come back), the poll borrows a floating buffer, so that
+    # the sender gets credit, as Flink's channel does.
+    with first_record_read(SMALL) as (w, gate, reader, channel):
+        counts: dict = {}
+        count_calls(channel, "on_sender_backlog", counts)
+        emit_queued(w, channel, [b"one", b"two"])
+        assert reader.read_batch() == [b"one"]      # free 0, one queued: no request
+        assert reader.read_batch() == [b"two"]
+        assert counts.get("on_sender_backlog", 0) == 0
+        reader.close()                              # (its close writes the credit)
+        emit_queued(w, channel, [b"three", b"four"])
+        held = [gate.get_next(JOIN), gate.get_next(JOIN)]   # the general path: the task keeps them
+        try:
+            assert [bytes(b.buffer.get_nio_buffer_readable()[4:]) for b in held] == [b"three", b"four"]
+            assert counts.get("on_sender_backlog", 0) == 1  # at the second: free 0, none queued
+            assert channel.floating_buffers_available + channel.queue.free_slots >= 1
+        finally:
+            for boe in held:
+                boe.buffer.recycle()
+
+
 def test_without_a_reader_defers_nothing_and_a_recycle_announces_at_once():
     from flinknet._core.engine import defer_credit
     with first_record_read(SMALL) as (w, gate, reader, channel):
