@@ -381,7 +381,7 @@ cdef class ChannelQueue:
     cdef _give_back(self, list buffers, list free_slots)
     cdef int _push_object(self, object buffer, int seq, int backlog, bint priority=*, bint announcement=*) except -1
     cdef object _wrap(self, fn_entry *e)
-    cdef void _announce_listed(self)
+    cdef void _announce_listed(self, bint idle_only)
     cdef int _recycle_slot(self, int slot) except -1
     cdef int _recycle_floating(self, int slot) except -1
 

@@ -300,12 +300,16 @@ cdef class GateSignal:
             free(self.s.deferred)
             free(self.s.is_deferred)
 
-    def flush_credit(self, list queues not None):
+    def flush_credit(self, list queues not None, bint idle_only=False):
         """Announce the credit that reads on the lane deferred (:func:`defer_credit`): each
         channel still listed has its connection's credit list written now (inline when the
         connection is idle, else by its I/O thread). ``queues`` is the gate's list of
         :class:`ChannelQueue` (None for channels without one), by channel index. The gate calls
-        it at the lane's next poll and before it waits; cheap when nothing was deferred. GIL."""
+        it at the lane's next poll and before it waits; cheap when nothing was deferred. With
+        ``idle_only`` (the lane's poll) a channel that received more meanwhile is left listed:
+        its credit waits for its queue to run dry, as credit freed while a channel has
+        buffers queued does (the poll that empties it defers it again; the credit timer at the
+        latest), instead of a ``send`` before the reader takes that buffer. GIL."""
         cdef int idx
         cdef object q
         if self.s.num_deferred == 0:     # (a racy peek: only this gate's reader defers)
@@ -322,7 +326,7 @@ cdef class GateSignal:
             if idx < len(queues):
                 q = queues[idx]
                 if q is not None:
-                    (<ChannelQueue>q)._announce_listed()
+                    (<ChannelQueue>q)._announce_listed(idle_only)
 
     @property
     def deferred_credit_count(self):
@@ -1157,11 +1161,13 @@ cdef class ChannelQueue:
             return obj
         return self._hand_out(e.slot, e.data_type, e.size)
 
-    cdef void _announce_listed(self):
-        """Write the connection's credit list now if this channel is still on it (GIL)."""
+    cdef void _announce_listed(self, bint idle_only):
+        """Write the connection's credit list now if this channel is still on it (GIL); with
+        ``idle_only``, only if nothing is queued on the channel (else it stays listed)."""
         cdef void *conn = NULL
         pthread_mutex_lock(&self.c.lock)
-        if self.c.in_credit_list and self.c.conn != NULL and not self.c.released:
+        if (self.c.in_credit_list and self.c.conn != NULL and not self.c.released
+                and not (idle_only and self.c.count)):
             conn = self.c.conn
         pthread_mutex_unlock(&self.c.lock)
         if conn != NULL:

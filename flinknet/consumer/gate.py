@@ -682,7 +682,10 @@ class SingleInputGate(InputGate):
         gate is closed or finished. The caller owns (recycles) the buffer. First it writes the
         credit the reader's last lane read deferred (:meth:`flush_credit`): after the caller had
         those records, and without waiting for a wait, which a reader reading on from other
-        channels never does. Task thread, as :meth:`get_next`."""
+        channels never does; not that of a channel that received more meanwhile (its credit
+        waits for its queue to run dry, rather than a ``send`` before its next buffer is handed
+        out). The poll that empties a channel's queue defers the credit that waited for that
+        the same way. Task thread, as :meth:`get_next`."""
         queues = self._native_queues
         signal = self.signal
         if queues is None:
@@ -693,7 +696,7 @@ class SingleInputGate(InputGate):
             queues = self._native_queues = self._channel_queues()
             self._lane_waits = any(q is not None for q in queues)
         elif signal.deferred_credit_count:  # type: ignore[union-attr]  # set with the channels
-            signal.flush_credit(queues)     # type: ignore[union-attr]
+            signal.flush_credit(queues, True)   # type: ignore[union-attr]  # (not a channel with more)
         if (self._queue or self._num_priority or self._all_eop or self._closed
                 or self._throughput is not None):
             return None
@@ -774,9 +777,10 @@ class SingleInputGate(InputGate):
         """Announce now the credit freed by the buffers a record reader read through the lane
         (:func:`~flinknet._core.engine.defer_credit`): listed on their connections, not written
         inline at the recycle, so that the AddCredit's ``send`` falls after the records are handed
-        out. The lane's next poll (:meth:`poll_data_buffer`) writes it, every wait of this gate
-        first, and the reader's close; the connection's credit timer what is left within 5 ms.
-        Task thread."""
+        out. The lane's next poll (:meth:`poll_data_buffer`) writes it (but for a channel that
+        received more meanwhile: its credit waits for its queue to run dry, and the poll that
+        empties it defers it again), every wait of this gate first, and the reader's close; the
+        connection's credit timer what is left within 5 ms. Task thread."""
         signal = self.signal
         if signal is None or not signal.deferred_credit_count:
             return

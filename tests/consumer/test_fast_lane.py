@@ -461,6 +461,33 @@ def test_the_lane_poll_that_empties_a_channel_defers_the_credit_that_waited_for_
         assert channel.unannounced_credit == 0
 
 
+def test_the_next_poll_leaves_a_channel_that_received_more_to_its_queue_running_dry():
+    # A read defers its credit; the next record arrives before the next read. That read's poll
+    # does not write the deferred credit before handing the new buffer out (a channel with
+    # buffers queued keeps its credit listed until its queue runs dry): both credits go out
+    # together after it. The connection's 5 ms credit timer may write the first one between
+    # the two reads on a slow machine, so the scenario runs five times and most must show it.
+    with first_record_read(SMALL) as (w, gate, reader, channel):
+        signal = gate.signal
+        together = 0
+        for _ in range(5):
+            gate.flush_credit()
+            emit_queued(w, channel, [b"one"])
+            assert reader.read_batch() == [b"one"]
+            assert signal.deferred_credit_count == 1
+            emit_queued(w, channel, [b"two"])
+            assert reader.read_batch() == [b"two"]
+            assert signal.deferred_credit_count == 1
+            together += channel.unannounced_credit == 2
+        assert together >= 3
+        reader.close()
+        assert signal.deferred_credit_count == 0
+        deadline = time.monotonic() + JOIN
+        while channel.unannounced_credit and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert channel.unannounced_credit == 0
+
+
 def test_no_floating_buffer_is_borrowed_for_buffers_still_queued_but_one_is_for_buffers_held():
     # Backlog 0 and no free slot: while the buffer behind the one polled is still queued, the
     # reader is about to take it (and recycle both), so nothing is borrowed; when the task
