@@ -351,6 +351,15 @@ def test_union_fast_lane_delivers_every_record_and_event_of_every_member_in_orde
 
 # -- the credit a lane read frees goes out after the records are handed out ------------------------
 
+def wait_credit_written(channel) -> None:
+    """Until ``channel`` has no unannounced credit left (written inline, or by the I/O thread
+    if the connection was busy; bounded by JOIN)."""
+    deadline = time.monotonic() + JOIN
+    while channel.unannounced_credit and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert channel.unannounced_credit == 0
+
+
 def read_one_on_the_lane(w, gate, reader, channel) -> None:
     """Start clean (nothing deferred), then emit one record and read it through the lane."""
     gate.flush_credit()                                  # (what the first read deferred)
@@ -391,10 +400,7 @@ def test_deferred_credit_reaches_the_sender_even_if_the_reader_never_comes_back(
     with first_record_read(SMALL) as (w, gate, reader, channel):
         read_one_on_the_lane(w, gate, reader, channel)
         assert channel.unannounced_credit == 1
-        deadline = time.monotonic() + JOIN
-        while channel.unannounced_credit and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert channel.unannounced_credit == 0
+        wait_credit_written(channel)
 
 
 def test_a_deferred_credit_goes_out_at_the_next_read_while_the_reader_reads_other_channels():
@@ -418,10 +424,7 @@ def test_a_deferred_credit_goes_out_at_the_next_read_while_the_reader_reads_othe
             assert reader.last_channel_info == second.channel_info
             # first's deferred credit went out before that read; only second's is deferred now
             assert signal.deferred_credit_count == 1
-            deadline = time.monotonic() + JOIN       # (written inline, or by the I/O thread
-            while first.unannounced_credit and time.monotonic() < deadline:   # if it is busy)
-                time.sleep(0.001)
-            assert first.unannounced_credit == 0
+            wait_credit_written(first)
             reader.close()
             assert signal.deferred_credit_count == 0 and second.unannounced_credit == 0
         partition.close()
@@ -455,10 +458,7 @@ def test_the_lane_poll_that_empties_a_channel_defers_the_credit_that_waited_for_
         assert signal.deferred_credit_count == 1
         assert reader.read_batch(blocking=False) is None       # the next poll writes them
         assert signal.deferred_credit_count == 0
-        deadline = time.monotonic() + JOIN       # (written inline, or by the I/O thread)
-        while channel.unannounced_credit and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert channel.unannounced_credit == 0
+        wait_credit_written(channel)
 
 
 def test_the_next_poll_leaves_a_channel_that_received_more_to_its_queue_running_dry():
@@ -482,10 +482,7 @@ def test_the_next_poll_leaves_a_channel_that_received_more_to_its_queue_running_
         assert together >= 3
         reader.close()
         assert signal.deferred_credit_count == 0
-        deadline = time.monotonic() + JOIN
-        while channel.unannounced_credit and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert channel.unannounced_credit == 0
+        wait_credit_written(channel)
 
 
 def test_no_floating_buffer_is_borrowed_for_buffers_still_queued_but_one_is_for_buffers_held():
