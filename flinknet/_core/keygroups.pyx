@@ -214,6 +214,15 @@ cdef inline int _check_key_type(object key_type) except -1:
     return 0
 
 
+cdef tuple _batch_and_output(keys, Py_ssize_t max_parallelism, key_type):
+    """The checked arguments of a batch routing call: ``(seq, out)``, the keys (or records) as a
+    list or tuple (other iterables listed) and an int32 array for their key groups."""
+    _check_max_parallelism(max_parallelism)
+    _check_key_type(key_type)
+    seq = keys if type(keys) is list or type(keys) is tuple else list(keys)
+    return seq, np.empty(len(seq), dtype=np.int32)
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def key_groups_of(keys, Py_ssize_t max_parallelism, key_type=None):
@@ -222,14 +231,10 @@ def key_groups_of(keys, Py_ssize_t max_parallelism, key_type=None):
     keys are hashed in C without a Python call per key; a ``None`` key raises ``ValueError``."""
     cdef Py_ssize_t i, n
     cdef int32_t[::1] out_view
-    cdef int32_t maxp
-    _check_max_parallelism(max_parallelism)
-    _check_key_type(key_type)
-    maxp = <int32_t>max_parallelism
-    seq = keys if type(keys) is list or type(keys) is tuple else list(keys)
-    n = len(seq)
-    out = np.empty(n, dtype=np.int32)
+    cdef int32_t maxp = <int32_t>max_parallelism
+    seq, out = _batch_and_output(keys, max_parallelism, key_type)
     out_view = out
+    n = len(seq)
     for i in range(n):
         key = seq[i]
         if key is None:
@@ -264,17 +269,14 @@ def key_groups_of_slices(records, slice key_slice not None, Py_ssize_t max_paral
     cdef const char *data
     cdef type t
     cdef bint in_place
-    _check_max_parallelism(max_parallelism)
-    _check_key_type(key_type)
+    seq, out = _batch_and_output(records, max_parallelism, key_type)
     if key_slice.step is not None and PyNumber_Index(key_slice.step) != 1:
         raise ValueError(f"a key slice needs a step of 1, got {key_slice!r}")
     PySlice_Unpack(key_slice, &start, &stop, &step)
     in_place = key_type is None or key_type == "bytes"
     maxp = <int32_t>max_parallelism
-    seq = records if type(records) is list or type(records) is tuple else list(records)
-    n = len(seq)
-    out = np.empty(n, dtype=np.int32)
     out_view = out
+    n = len(seq)
     for i in range(n):
         record = seq[i]
         t = type(record)
