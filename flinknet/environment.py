@@ -249,6 +249,11 @@ class NetworkEnvironment:
             self.network_buffer_pool, num_subpartitions, partition_type,
             partition_id=partition_id, serializer=serializer, partition_manager=self.partition_manager,
             max_buffers_per_channel=self.config.max_buffers_per_channel, **kwargs)
+        engine = self.receive_engine
+        if engine is not None:
+            # the engine's I/O thread writes this partition's buffers to remote readers: a
+            # writer whose pool ran dry recycles the written ones itself (no reaper hop)
+            partition.buffer_pool.set_reclaimer(engine)
         partition.setup()
         self._partitions.append(partition)
         if len(self._partitions) >= self._prune_at[0]:

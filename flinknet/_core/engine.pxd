@@ -87,11 +87,22 @@
 #   but a plain data BufferResponse for a registered channel or an AddCredit for a registered
 #   output queue), connection failures, an armed gate availability callback, and dropping
 #   references on (un)registration. The reaper thread takes it once per batch of written buffers.
+#
+# * The done list (buffers the I/O thread wrote, owned references; `done_lock` guards it and
+#   `hungry`, `poke_seq`) is taken whole, with the GIL, by the reaper thread or by a task thread
+#   whose pool ran dry (ReceiveEngine.reclaim: the engine is the SegmentReclaimer of the pools
+#   of its environment's partitions). Such a thread counts itself in `hungry` while it waits on
+#   `hungry_cond` with the GIL released, and takes the list in the same critical section that
+#   ends its wait. The I/O thread adding to the list wakes the hungry threads (all: any of them
+#   may take it) instead of the reaper, else the reaper if the list was empty: so a non-empty
+#   list always has a thread woken to take it. A pool turning available on another path pokes
+#   (`poke_seq`, with the GIL). done_lock is never held while waiting for the GIL.
 
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
 from flinknet._core.buffer cimport BufferRecycler
 from flinknet._core.memory cimport MemorySegment
+from flinknet._core.pool cimport SegmentReclaimer
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -346,6 +357,11 @@ cdef struct fn_engine:
     int num_done
     int cap_done
     bint reaper_stop
+    pthread_cond_t hungry_cond   # task threads waiting in reclaim() for the done list or a poke
+    int hungry                   # how many wait there
+    uint64_t poke_seq            # bumped by poke(): a pool turned available or was destroyed
+    int64_t reclaimed            # buffers recycled by reclaim() on task threads (statistics)
+    int64_t reclaim_timeouts     # waits in reclaim() that ended by their timeout (statistics)
 
 
 cdef class GateSignal:
@@ -399,7 +415,7 @@ cdef class NativeConnection:
     cdef bint _added
 
 
-cdef class ReceiveEngine:
+cdef class ReceiveEngine(SegmentReclaimer):
     cdef fn_engine e
     cdef object _thread
     cdef object _reaper

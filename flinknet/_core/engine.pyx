@@ -20,8 +20,11 @@ Three pieces (their ownership and locking rules are in ``engine.pxd``):
 * :class:`OutputQueue` — the send side: one receiver's queue of finished buffers (read-only
   slices of the producer's segments) that a pipelined subpartition pushes into; the I/O thread
   sends them as BufferResponses straight from the segments (gather writes, up to 64 frames per
-  system call), a data buffer per credit, and hands each written buffer to the reaper thread,
-  which recycles them in batches with the GIL.
+  system call), a data buffer per credit, and puts each written buffer on the engine's done
+  list. A writer whose pool ran dry takes that list and recycles it on its own thread (the engine
+  is the :class:`~flinknet._core.pool.SegmentReclaimer` of its environment's partition pools: the
+  I/O thread wakes the waiting writer, not a reaper that would then wake it); else the reaper
+  thread recycles it in batches with the GIL.
 * :class:`ReceiveEngine` / :class:`NativeConnection` — one I/O thread per engine, epoll over its
   connections and an eventfd. Per frame it checks the header (length, magic, id, sizes, sequence
   number) before using anything of it; a plain data BufferResponse for a registered channel (a
@@ -3039,7 +3042,11 @@ cdef void _hand_done(fn_engine *eng, void **objs, int n) noexcept nogil:
         eng.done[eng.num_done + i] = objs[i]
     wake = eng.num_done == 0
     eng.num_done += n
-    if wake:
+    FN_ASSERT(eng.hungry >= 0)
+    if eng.hungry > 0:
+        # a task thread waits for its pool: it recycles them itself (no reaper hop)
+        pthread_cond_broadcast(&eng.hungry_cond)
+    elif wake:
         pthread_cond_signal(&eng.done_cond)
     pthread_mutex_unlock(&eng.done_lock)
 
@@ -3055,6 +3062,18 @@ cdef void _recycle_objects(void **objs, int n) noexcept nogil:
             except BaseException:  # noqa: BLE001 (every buffer goes back)
                 log.exception("recycling a sent buffer failed")
             obj = None
+
+
+cdef inline int _take_done_locked(fn_engine *eng, void ***objs) noexcept nogil:
+    """Under done_lock, for a task thread whose pool ran dry (ReceiveEngine.reclaim): take the
+    whole done list."""
+    cdef int n = eng.num_done
+    objs[0] = eng.done
+    eng.done = NULL
+    eng.num_done = 0
+    eng.cap_done = 0
+    eng.reclaimed += n
+    return n
 
 
 cdef int _take_done(fn_engine *eng, void ***objs, bint wait) noexcept nogil:
@@ -3323,7 +3342,7 @@ cdef void _loop(fn_engine *eng) noexcept nogil:
         _remove_conn(eng, eng.conns[0])
 
 
-cdef class ReceiveEngine:
+cdef class ReceiveEngine(SegmentReclaimer):
     """One native I/O thread (``flinknet-native-io``) serving any number of
     :class:`NativeConnection` s; start it with :meth:`start`, stop it with :meth:`close`."""
 
@@ -3350,6 +3369,7 @@ cdef class ReceiveEngine:
         pthread_mutex_init(&self.e.lock, NULL)
         pthread_mutex_init(&self.e.done_lock, NULL)
         pthread_cond_init(&self.e.done_cond, NULL)
+        pthread_cond_init(&self.e.hungry_cond, NULL)
         self._init_done = True
 
     def __dealloc__(self):
@@ -3368,6 +3388,7 @@ cdef class ReceiveEngine:
             pthread_mutex_destroy(&self.e.lock)
             pthread_mutex_destroy(&self.e.done_lock)
             pthread_cond_destroy(&self.e.done_cond)
+            pthread_cond_destroy(&self.e.hungry_cond)
 
     cdef int _command(self, int op, fn_conn *conn, fn_channel *ch, void *obj) except? -1:
         cdef fn_cmd *cmds
@@ -3412,6 +3433,7 @@ cdef class ReceiveEngine:
             pthread_mutex_lock(&eng.done_lock)
             eng.reaper_stop = True
             pthread_cond_signal(&eng.done_cond)
+            pthread_cond_broadcast(&eng.hungry_cond)
             pthread_mutex_unlock(&eng.done_lock)
 
     def _reap_run(self):
@@ -3437,6 +3459,85 @@ cdef class ReceiveEngine:
             _recycle_objects(objs, n)
         free(objs)
         return n
+
+    cdef int reclaim(self, double timeout) except -1:
+        """A pool of this engine's environment ran dry (a blocking request, with the GIL):
+        recycle the written buffers waiting in the done list on this thread; if there are none,
+        wait for some (the I/O thread wakes this thread instead of the reaper) or for a poke, at
+        most ``timeout`` seconds, with the GIL released."""
+        cdef fn_engine *eng = &self.e
+        cdef void **objs = NULL
+        cdef int n
+        cdef int rc = 0
+        cdef uint64_t seq
+        cdef timespec ts
+        if not self._init_done:
+            return 0
+        # done_lock is taken with the GIL held (no holder of it ever waits for the GIL), and this
+        # thread counts as hungry before it releases the GIL: a recycle that makes the pool
+        # available needs the GIL, so it comes after that and its poke sees this waiter. It is
+        # released before the GIL is taken back (a poke holds the GIL and waits for done_lock).
+        pthread_mutex_lock(&eng.done_lock)
+        if eng.num_done == 0:
+            seq = eng.poke_seq
+            eng.hungry += 1
+            with nogil:
+                _deadline(&ts, timeout)
+                while eng.num_done == 0 and eng.poke_seq == seq and rc == 0:
+                    rc = pthread_cond_timedwait(&eng.hungry_cond, &eng.done_lock, &ts)
+                if rc != 0:
+                    eng.reclaim_timeouts += 1
+                eng.hungry -= 1
+                FN_ASSERT(eng.hungry >= 0)
+                # (the list is taken in the section that ends the wait: what was added while
+                # this thread counted as hungry, and so woke no reaper, is this thread's)
+                n = _take_done_locked(eng, &objs)
+                pthread_mutex_unlock(&eng.done_lock)
+        else:
+            n = _take_done_locked(eng, &objs)
+            pthread_mutex_unlock(&eng.done_lock)
+        if n:
+            _recycle_objects(objs, n)
+        free(objs)
+        return n
+
+    cdef bint implemented(self) noexcept:
+        return True
+
+    cdef void poke(self) noexcept:
+        """A pool turned available or was destroyed (with the GIL): the threads waiting in
+        :meth:`reclaim` look again."""
+        if not self._init_done:
+            return
+        pthread_mutex_lock(&self.e.done_lock)
+        if self.e.hungry > 0:
+            self.e.poke_seq += 1
+            pthread_cond_broadcast(&self.e.hungry_cond)
+        pthread_mutex_unlock(&self.e.done_lock)
+
+    @property
+    def reclaim_waiters(self):
+        """Task threads waiting in the engine for written buffers to recycle (their pool ran
+        dry; see :meth:`~flinknet._core.pool.LocalBufferPool.set_reclaimer`)."""
+        return self.e.hungry
+
+    @property
+    def reclaim_pokes(self):
+        """How often a pool turning available (or destroyed) woke the threads waiting in the
+        engine for written buffers."""
+        return self.e.poke_seq
+
+    @property
+    def reclaim_timeouts(self):
+        """Waits in the engine for written buffers that ended by their timeout (the pool's
+        safety round) rather than by buffers written or a poke."""
+        return self.e.reclaim_timeouts
+
+    @property
+    def buffers_reclaimed(self):
+        """Written buffers recycled by task threads whose pool ran dry (see
+        :meth:`~flinknet._core.pool.LocalBufferPool.set_reclaimer`), not by the reaper."""
+        return self.e.reclaimed
 
     @property
     def buffers_to_recycle(self):
@@ -3485,3 +3586,4 @@ cdef class ReceiveEngine:
     def num_connections(self):
         """Connections the I/O thread serves (approximate)."""
         return self.e.num_conns
+

@@ -17,6 +17,23 @@ cdef enum:
     UNBOUNDED_POOL_SIZE = 2147483647
 
 
+cdef class SegmentReclaimer:
+    # Something that holds a pool's used segments for a while and gives them back in batches
+    # (the native engine: buffers its I/O thread wrote wait in its done list for a thread with
+    # the GIL to recycle them). A LocalBufferPool with a reclaimer (set_reclaimer) has a blocking
+    # request that finds the pool exhausted call reclaim() instead of waiting for the
+    # availability future: it recycles what the reclaimer holds on the requesting thread, or
+    # waits (the GIL released) until the reclaimer has some or poke() is called, at most
+    # `timeout` seconds. The pool calls poke() (with the GIL) whenever it turns available or is
+    # destroyed, so that a waiter woken by a recycle on any other path (a local consumer, the
+    # reaper) is not left waiting for the timeout. Both run with the GIL held.
+    cdef int reclaim(self, double timeout) except -1
+    cdef void poke(self) noexcept
+    # True in a class that implements the two above (a Cython subclass: Python code cannot
+    # override them); set_reclaimer refuses any other.
+    cdef bint implemented(self) noexcept
+
+
 cdef class AvailabilityHelper:
     # Flink's AvailabilityHelper, shared by the pools (here) and the input gates (Python). No lock
     # of its own: the pools rely on the GIL (no Python code runs between reading and writing its
@@ -84,6 +101,9 @@ cdef class LocalBufferPool(BufferRecycler):
     cdef AvailabilityHelper _availability
     # One recycler per subpartition (keeps _subpartition_counts right).
     cdef list _subpartition_recyclers
+    # Where this pool's written segments wait to be recycled (None: nowhere; the blocking request
+    # waits for the availability future).
+    cdef SegmentReclaimer _reclaimer
 
     cdef MemorySegment request_segment(self, int channel)
     cdef int recycle_segment(self, MemorySegment segment, int channel) except -1

@@ -4,6 +4,8 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Final, Never, Self, final
 
+from typing_extensions import disjoint_base
+
 from flinknet._core.buffer import BufferRecycler, NetworkBuffer
 from flinknet._core.builder import BufferBuilder
 from flinknet._core.memory import MemorySegment
@@ -18,6 +20,11 @@ UNBOUNDED: Final = 2147483647
 def complete_future(future: Future[None] | None) -> None:
     """Complete ``future`` (from AvailabilityHelper.get_unavailable_to_reset_available) if it is
     not None; a future its waiter cancelled is left alone."""
+
+@disjoint_base
+class SegmentReclaimer:
+    """The base of what holds a pool's used segments and gives them back in batches (the native
+    engine's done list; see :meth:`LocalBufferPool.set_reclaimer`). This base holds nothing."""
 
 @final
 class AvailabilityHelper:
@@ -95,6 +102,9 @@ class LocalBufferPool(BufferRecycler):
     def request_buffer_builder_blocking(self, target_channel: int = -1, timeout: float | None = None) -> BufferBuilder: ...
     def recycle(self, segment: MemorySegment) -> None: ...
     def add_buffer_listener(self, listener: BufferListener) -> bool: ...
+    def set_reclaimer(self, reclaimer: SegmentReclaimer | None) -> None: ...
+    @property
+    def reclaimer(self) -> SegmentReclaimer | None: ...
     def set_num_buffers(self, num_buffers: int) -> None: ...
     def reserve_segments(self, num_segments: int, timeout: float | None = None) -> None: ...
     def lazy_destroy(self) -> None: ...

@@ -54,6 +54,9 @@ UNBOUNDED = UNBOUNDED_POOL_SIZE
 # Flink waits at most this long per round of a blocking multi-segment request before re-checking
 # its deadline and the destroyed flag.
 cdef double _WAIT_ROUND = 2.0
+# The longest a blocking request waits in its reclaimer before looking at the pool again (a
+# safety net: a recycle pokes the reclaimer).
+cdef double _RECLAIM_ROUND = 0.05
 
 cdef object _AVAILABLE = Future()
 _AVAILABLE.set_result(None)
@@ -578,6 +581,21 @@ cdef class _SubpartitionBufferRecycler(BufferRecycler):
         self._pool.recycle_segment(segment, self._channel)
 
 
+cdef class SegmentReclaimer:
+    """The base of what holds a pool's used segments and gives them back in batches (see
+    :meth:`LocalBufferPool.set_reclaimer`): the native engine's done list. This base holds
+    nothing."""
+
+    cdef int reclaim(self, double timeout) except -1:
+        return 0
+
+    cdef void poke(self) noexcept:
+        pass
+
+    cdef bint implemented(self) noexcept:
+        return False
+
+
 @cython.final
 cdef class LocalBufferPool(BufferRecycler):
     """A pool of buffers for one result partition or input gate (Flink ``LocalBufferPool``).
@@ -644,6 +662,7 @@ cdef class LocalBufferPool(BufferRecycler):
 
     cdef object check_and_update_availability(self):
         cdef bint available
+        cdef bint was_available = self._availability._available
         cdef bint need_notification = False
         cdef object to_notify = None
         if self._free:
@@ -656,6 +675,8 @@ cdef class LocalBufferPool(BufferRecycler):
             available = self._should_be_available()
         if available:
             to_notify = self._availability.get_unavailable_to_reset_available()
+            if not was_available and self._reclaimer is not None:
+                self._reclaimer.poke()
         else:
             self._availability.reset_unavailable()
         if need_notification:
@@ -720,6 +741,17 @@ cdef class LocalBufferPool(BufferRecycler):
             seg = self.request_segment(channel)
             if seg is not None:
                 return seg
+            if self._reclaimer is not None:
+                # The segments are most likely written and waiting in the reclaimer (the native
+                # engine's done list): recycle them on this thread, or wait there (poked when
+                # this pool turns available on any other path). No hop through a reaper thread.
+                if t < 0:
+                    self._reclaimer.reclaim(_RECLAIM_ROUND)
+                    continue
+                remaining = deadline - monotonic()
+                if remaining > 0:
+                    self._reclaimer.reclaim(_RECLAIM_ROUND if remaining > _RECLAIM_ROUND else remaining)
+                    continue
             fut = self._availability.get_future()
             if t < 0:
                 try:
@@ -812,6 +844,8 @@ cdef class LocalBufferPool(BufferRecycler):
                 self._free.append(segment)
                 if not self._availability._available and self._should_be_available():
                     to_notify = self._availability.get_unavailable_to_reset_available()
+                    if self._reclaimer is not None:
+                        self._reclaimer.poke()
                 break
             listener = self._listeners.popleft()
             # Outside any state change, as Flink (FLINK-9676): the listener may call back in.
@@ -831,6 +865,22 @@ cdef class LocalBufferPool(BufferRecycler):
         if error is not None:
             raise error
         return 0
+
+    def set_reclaimer(self, SegmentReclaimer reclaimer):
+        """Where this pool's used segments wait to be recycled in batches (the network
+        environment's native engine, whose I/O thread writes the pool's buffers), or None. A
+        blocking request that finds the pool exhausted then recycles what the reclaimer holds on
+        its own thread, or waits in it, instead of waiting for a reaper thread to recycle them and
+        complete the availability future: one wake-up less per refill."""
+        if reclaimer is not None and not reclaimer.implemented():
+            raise TypeError(f"{type(reclaimer).__name__} does not implement a reclaimer "
+                            "(only a native one, such as the engine of a NetworkEnvironment, does)")
+        self._reclaimer = reclaimer
+
+    @property
+    def reclaimer(self):
+        """The pool's :class:`SegmentReclaimer`, or None (see :meth:`set_reclaimer`)."""
+        return self._reclaimer
 
     def add_buffer_listener(self, listener):
         """Register a one-shot listener for the next recycled buffer; False if buffers are free now.
@@ -903,6 +953,8 @@ cdef class LocalBufferPool(BufferRecycler):
         to_notify = self._availability.get_unavailable_to_reset_available()
         self._destroyed = True
         self._nbp.destroy_buffer_pool(self)
+        if self._reclaimer is not None:
+            self._reclaimer.poke()          # a blocked request sees the pool destroyed
         _complete(to_notify)
         for listener in listeners:
             listener.notify_buffer_destroyed()

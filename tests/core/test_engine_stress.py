@@ -18,9 +18,10 @@ import time
 import pytest
 
 from flinknet._core import protocol as P  # noqa: N812
-from flinknet._core.buffer import DataType
+from flinknet._core.buffer import DataType, NetworkBuffer
 from flinknet._core.engine import ChannelQueue, GateSignal, NativeConnection, OutputQueue, ReceiveEngine
 from flinknet._core.pool import NetworkBufferPool
+from flinknet.errors import BufferRequestTimeoutError
 
 SEG = 1024
 
@@ -253,14 +254,20 @@ class _Side:
         self.removed.set()
 
 
-@pytest.mark.parametrize("seed", [3, 5])
-def test_engine_to_engine_stress(seed):
+@pytest.mark.parametrize(("seed", "blocking"), [(3, False), (5, False), (7, True), (11, True)])
+def test_engine_to_engine_stress(seed, blocking):
     """Both ends native, as between two flinknet processes: producer threads push buffers of
     random sizes into OutputQueues (waiting for their pool when the credit loop holds every
     buffer), the server-role engine sends them as credit allows, the client-role engine receives
     them into credit slots and announces recycled slots as AddCredit, consumer threads check and
     recycle them after random stalls; queues are cancelled on both ends and one connection is cut
-    meanwhile. Every byte arrives in order on the live channels and both pools end whole."""
+    meanwhile. Every byte arrives in order on the live channels and both pools end whole.
+
+    ``blocking``: the producers' pools have the sending engine as their reclaimer and the
+    producers take buffers with blocking requests, as a RecordWriter does: a producer whose pool
+    ran dry recycles the written buffers itself, or waits in the engine for the I/O thread to
+    write some (several producers on different pools wait there at once, each recycling the
+    others' buffers too), or for a poke when the reaper recycled them."""
     rnd = random.Random(seed)
     prod_pool = NetworkBufferPool(256, SEG)
     cons_pool = NetworkBufferPool(256, SEG)
@@ -270,7 +277,12 @@ def test_engine_to_engine_stress(seed):
     num_conns, per_conn, frames = 3, 6, 300
     # a pool per connection (a partition's), each channel at most 8 buffers queued (Flink's
     # max-buffers-per-channel): the cut connection's queues cannot starve the others
-    prod_locals = [prod_pool.create_buffer_pool(8, 64) for _ in range(num_conns)]
+    # (blocking: a pool smaller than what its six channels may queue, so that it runs dry)
+    prod_locals = [prod_pool.create_buffer_pool(6, 6) if blocking else prod_pool.create_buffer_pool(8, 64)
+                   for _ in range(num_conns)]
+    if blocking:
+        for pool in prod_locals:
+            pool.set_reclaimer(sender)
     n = num_conns * per_conn
     signal = GateSignal(n)
     outqs, chqs, links = [], [], []
@@ -332,11 +344,18 @@ def test_engine_to_engine_stress(seed):
                 time.sleep(0.0005)
                 continue
             i = r.choice(live)
-            buf = prod_locals[c].request_buffer()
-            if buf is None:
-                sender.reap()
-                time.sleep(0.0005)
-                continue
+            if blocking:
+                try:
+                    seg = prod_locals[c].request_memory_segment_blocking(0.02)
+                except BufferRequestTimeoutError:
+                    continue        # (look again whether the connection failed or the test ended)
+                buf = NetworkBuffer(seg, prod_locals[c])
+            else:
+                buf = prod_locals[c].request_buffer()
+                if buf is None:
+                    sender.reap()
+                    time.sleep(0.0005)
+                    continue
             size = r.randint(1, SEG)
             memoryview(buf.memory_segment)[:size] = _payload(i, pushed[i], size)
             buf.size = size
@@ -425,6 +444,10 @@ def test_engine_to_engine_stress(seed):
         server.close()
         client.close()
     sender.reap()
+    if blocking:
+        # the producers recycled written buffers themselves (not only the reaper)
+        assert sender.buffers_reclaimed > 0
+        assert sender.reclaim_waiters == 0
     for pool in prod_locals:
         pool.lazy_destroy()
     assert prod_pool.is_whole, (prod_pool.available_segments, prod_pool.total_segments)

@@ -22,10 +22,17 @@ from tests.graph import jobs
 SMALL = {"taskmanager.memory.network.max": "4mb"}
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:    # (gone between the listing and the look: it exited)
+        return False
+
+
 def _gone(pids: list[int]) -> bool:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in pids if _alive(p)]
         if not alive:
             return True
         time.sleep(0.05)
