@@ -28,6 +28,12 @@ Name map (Flink → flinknet):
 
 Availability futures are :class:`concurrent.futures.Future` objects (``asyncio.wrap_future`` makes
 them awaitable); an available pool returns an already completed one.
+
+``set_reclaimer(reclaimer)`` / :class:`SegmentReclaimer` have no Flink counterpart: Netty recycles
+a written buffer on its event-loop thread, which holds no interpreter lock. flinknet's native I/O
+thread cannot run the (Python-visible) recycle without the GIL, so written buffers wait on the
+engine's done list; a blocking request of a pool whose reclaimer is the engine recycles them on
+the requesting thread instead of waiting for the engine's reaper thread to do it.
 """
 
 cimport cython

@@ -18,6 +18,7 @@ import pytest
 
 from flinknet import BufferRequestTimeoutError, CancelTaskError
 from flinknet._core.buffer import is_debug_build
+from flinknet._core.engine import ReceiveEngine
 from flinknet.core import UNBOUNDED
 from tests.helpers import Worker
 
@@ -263,13 +264,19 @@ def test_request_buffers_on_recycle(make_pool, overdraft):
 
 # --- producers and consumers ---------------------------------------------------------------------
 
-def test_blocked_producer_wakes_when_a_consumer_recycles(make_pool):
+@pytest.mark.parametrize("reclaimer", [False, True], ids=["future", "engine-reclaimer"])
+def test_blocked_producer_wakes_when_a_consumer_recycles(make_pool, reclaimer):
     """A producer backpressured in ``request_buffer_builder_blocking`` continues as soon as the
-    consumer thread recycles what it read; every record arrives, in order."""
+    consumer thread recycles what it read; every record arrives, in order. With the native
+    engine as the pool's reclaimer the producer waits in the engine, and the consumer's recycle
+    pokes it there."""
     nbp = make_pool(8, 64)
     lbp = nbp.create_buffer_pool(2, 2, num_subpartitions=1, max_buffers_per_channel=2,
                                  max_overdraft_buffers=0)
-    records = 50000
+    engine = ReceiveEngine() if reclaimer else None
+    if engine is not None:
+        lbp.set_reclaimer(engine)
+    records = 20000 if reclaimer else 50000
     handoff: queue.Queue = queue.Queue()
     received = []
 
@@ -292,6 +299,15 @@ def test_blocked_producer_wakes_when_a_consumer_recycles(make_pool):
 
     finish_all(start_all([(producer,), (consumer_thread,)]))
     assert received == list(range(records))
+    if engine is not None:
+        assert engine.reclaim_waiters == 0
+        # Every wait was ended by the consumer's recycle (a poke), not by the pool's 50 ms
+        # safety round: a wake-up lost between the request and the wait (the GIL released
+        # before the waiter counted itself) ended hundreds of the 20,000 waits so. A few may
+        # time out on a machine that stalls the consumer thread that long.
+        assert engine.reclaim_pokes > 0
+        assert engine.reclaim_timeouts < 20, engine.reclaim_timeouts
+        engine.close()
     assert lbp.used_buffers == 0 and lbp.subpartition_buffer_count(0) == 0
     lbp.lazy_destroy()
     assert nbp.is_whole

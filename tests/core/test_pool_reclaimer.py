@@ -5,13 +5,14 @@ list; a writer whose pool ran dry recycles them on its own thread (``ReceiveEngi
 instead of waiting for the reaper thread to recycle them and complete the pool's availability
 future, one wake-up less per refill. These tests check what the wait must keep: a recycle on any
 other path (a local consumer, the reaper), a destroyed pool and a timeout still end it, nothing is
-recycled twice or lost, and the environment wires the engine to its partitions' pools.
+recycled twice or lost, and the environment wires the engine to its partitions' pools. (A
+backpressured producer with a consumer thread, with and without a reclaimer, is in
+``test_pool_concurrency.py``; many producers waiting in one engine while it writes, in
+``test_engine_stress.py``.)
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 
 import pytest
@@ -101,53 +102,6 @@ def test_a_timeout_still_raises(engine):
     assert nbp.is_whole
 
 
-def test_a_backpressured_producer_and_a_consumer_thread(engine):
-    """A producer blocked on its pool (waiting in the engine) goes on as soon as the consumer
-    recycles what it read; every record arrives, in order, and the pool ends whole."""
-    nbp = NetworkBufferPool(8, 4096)
-    pool = nbp.create_buffer_pool(2, 2, num_subpartitions=1, max_buffers_per_channel=2,
-                                  max_overdraft_buffers=0)
-    pool.set_reclaimer(engine)
-    records = 20000
-    handoff: queue.Queue = queue.Queue()
-    received = []
-
-    def producer():
-        for i in range(records):
-            builder = pool.request_buffer_builder_blocking(0, timeout=20)
-            consumer = builder.create_buffer_consumer()
-            builder.append_and_commit(i.to_bytes(8, "big"))
-            builder.finish()
-            builder.close()
-            handoff.put(consumer)
-        handoff.put(None)
-
-    def consumer_thread():
-        while (consumer := handoff.get(timeout=20)) is not None:
-            data = consumer.build()
-            received.append(int.from_bytes(data.to_bytes(), "big"))
-            data.recycle()
-            consumer.close()
-
-    workers = [Worker(producer), Worker(consumer_thread)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.finish(120)
-        assert w.error is None, w.error
-    assert received == list(range(records))
-    assert engine.reclaim_waiters == 0
-    # Every wait was ended by the consumer's recycle (a poke), not by the pool's 50 ms safety
-    # round: a wake-up lost between the request and the wait (the GIL released before the
-    # waiter counted itself) ended hundreds of the 20,000 waits so. A few may time out on a
-    # machine that stalls the consumer thread that long.
-    assert engine.reclaim_pokes > 0
-    assert engine.reclaim_timeouts < 20, engine.reclaim_timeouts
-    assert pool.used_buffers == 0
-    pool.lazy_destroy()
-    assert nbp.is_whole
-
-
 def test_only_a_native_reclaimer_is_accepted():
     nbp = NetworkBufferPool(2, 4096)
     pool = nbp.create_buffer_pool(1, 1)
@@ -207,12 +161,11 @@ def test_a_remote_writer_recycles_written_buffers_itself():
             with RecordReader(gate) as r:
                 got.extend(r)
 
-        threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-            assert not t.is_alive()
+        workers = [Worker(produce), Worker(consume)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            assert w.finish(60).error is None, w.error
         gate.close()
         assert got == [i.to_bytes(4, "big") * 250 for i in range(n)]
         assert engine.buffers_reclaimed > 0
