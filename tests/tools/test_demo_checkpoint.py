@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -254,3 +255,45 @@ def test_a_task_that_cannot_start_fails_the_run_with_a_clear_error():
     with pytest.raises(RuntimeError, match="a source to start: the process ended first"):
         run_checkpoint_demo(small(network_memory="16kb"), io.StringIO(), timeout=60)
     assert not multiprocessing.active_children()
+
+
+def test_an_aggregator_whose_source_fails_reports_it_and_ends_quietly(capfd):
+    """A source that loses its consumer fails and its connections close; the aggregators still
+    reading from it fail too. Each says so to the coordinator and ends with exit code 0 and no
+    traceback: the coordinator cancels the job (a traceback cut short by that cancel's SIGKILL
+    once reached the demo's output)."""
+    import multiprocessing
+
+    from flinknet import NetworkEnvironment
+    from flinknet.tools.demo.checkpoint import _aggregator_main
+
+    cfg = small()
+    ctx = multiprocessing.get_context("spawn")
+    with NetworkEnvironment(cfg.net_options(False)) as source_env:
+        p = source_env.create_result_partition(1)
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_aggregator_main,
+                           args=(child, cfg, 0, [(p.partition_id, source_env.address)], None, False),
+                           name="Aggregator[0]", daemon=True)
+        proc.start()
+        assert parent.poll(60) and parent.recv() == ("ready",)
+        parent.send(("go",))
+        deadline = time.monotonic() + 30       # a liveness guard
+        while not p.subpartitions[0].has_view:
+            assert time.monotonic() < deadline, "the aggregator never requested its subpartition"
+            time.sleep(0.01)
+        p.fail(RuntimeError("the source failed"))
+    # the source's environment is closed: its connection to the aggregator is gone
+    messages = []
+    while parent.poll(30):
+        try:
+            messages.append(parent.recv())
+        except EOFError:
+            break
+        if messages[-1][0] == "failed":
+            break
+    proc.join(30)
+    assert proc.exitcode == 0
+    failed = [m for m in messages if m[0] == "failed"]
+    assert failed and failed[0][1:3] == ("aggregator", 0)
+    assert "Traceback" not in capfd.readouterr().err

@@ -287,7 +287,7 @@ def _source_main(conn: multiprocessing.connection.Connection, cfg: CheckpointDem
         except ConsumerLostError as e:
             # a consumer went away (an aggregator was killed): the source fails, as Flink's task
             # does; the coordinator cancels and restores the job
-            conn.send(("failed", "source", index, str(e)))
+            _send_failed(conn, "source", index, e)
             return
         conn.send(("status", "source", index, block * BLOCK, backpressured))
         conn.send(("finished", "source", index))
@@ -342,6 +342,7 @@ def _aggregator_main(conn: multiprocessing.connection.Connection, cfg: Checkpoin
     from flinknet.checkpointing import InMemoryChannelStateWriter, SystemClock, create_checkpointed_input_gate
     from flinknet.consumer import RecordReader
     from flinknet.core import operator_indexes_array
+    from flinknet.errors import CancelTaskError, PartitionNotFoundError, TransportError
 
     state = _AggregatorState(cfg.keys, restore)
     with NetworkEnvironment(cfg.net_options(debloat)) as env:
@@ -377,6 +378,12 @@ def _aggregator_main(conn: multiprocessing.connection.Connection, cfg: Checkpoin
                     batch = reader.read_batch(timeout=0.05)
                 except TimeoutError:
                     batch = []
+                except (TransportError, CancelTaskError, PartitionNotFoundError) as e:
+                    # an upstream task failed (a source whose consumer was killed fails, as
+                    # Flink's task does, and its connections close): this task fails too,
+                    # quietly; the coordinator cancels and restores the job
+                    _send_failed(conn, "aggregator", index, e)
+                    return
                 if batch is None:
                     break
                 if batch:
@@ -402,6 +409,16 @@ def _aggregator_main(conn: multiprocessing.connection.Connection, cfg: Checkpoin
         finally:
             cgate.close()
             writer.close()
+
+
+def _send_failed(conn: multiprocessing.connection.Connection, role: str, index: int,
+                 error: BaseException) -> None:
+    """Tell the coordinator this task failed (it may have closed the pipe already: it cancels
+    the job when the first task fails)."""
+    try:
+        conn.send(("failed", role, index, str(error)))
+    except OSError:
+        pass
 
 
 def _ack_complete(conn: multiprocessing.connection.Connection, index: int, state: _AggregatorState,
@@ -824,7 +841,8 @@ def run_checkpoint_demo(cfg: CheckpointDemoConfig, out: Any = None, debloat: boo
                             declined += 1
                             board.pending_id = None
                     elif kind == "failed":
-                        raise RuntimeError(f"Source[{message[2]}] failed: {message[3]}")
+                        role = "Source" if message[1] == "source" else "Aggregator"
+                        raise RuntimeError(f"{role}[{message[2]}] failed: {message[3]}")
                     elif kind == "finished":
                         sources_done.add(message[2])
                         board.tasks[message[2]].state = "finished"
