@@ -3065,14 +3065,12 @@ cdef void _recycle_objects(void **objs, int n) noexcept nogil:
 
 
 cdef inline int _take_done_locked(fn_engine *eng, void ***objs) noexcept nogil:
-    """Under done_lock, for a task thread whose pool ran dry (ReceiveEngine.reclaim): take the
-    whole done list."""
+    """Under done_lock: take the whole done list (the caller frees ``objs[0]``)."""
     cdef int n = eng.num_done
     objs[0] = eng.done
     eng.done = NULL
     eng.num_done = 0
     eng.cap_done = 0
-    eng.reclaimed += n
     return n
 
 
@@ -3082,11 +3080,7 @@ cdef int _take_done(fn_engine *eng, void ***objs, bint wait) noexcept nogil:
     pthread_mutex_lock(&eng.done_lock)
     while wait and eng.num_done == 0 and not eng.reaper_stop:
         pthread_cond_wait(&eng.done_cond, &eng.done_lock)
-    objs[0] = eng.done
-    n = eng.num_done
-    eng.done = NULL
-    eng.num_done = 0
-    eng.cap_done = 0
+    n = _take_done_locked(eng, objs)
     pthread_mutex_unlock(&eng.done_lock)
     return n
 
@@ -3492,9 +3486,11 @@ cdef class ReceiveEngine(SegmentReclaimer):
                 # (the list is taken in the section that ends the wait: what was added while
                 # this thread counted as hungry, and so woke no reaper, is this thread's)
                 n = _take_done_locked(eng, &objs)
+                eng.reclaimed += n
                 pthread_mutex_unlock(&eng.done_lock)
         else:
             n = _take_done_locked(eng, &objs)
+            eng.reclaimed += n
             pthread_mutex_unlock(&eng.done_lock)
         if n:
             _recycle_objects(objs, n)
