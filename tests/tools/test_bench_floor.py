@@ -186,7 +186,7 @@ def test_floor_pairs_alternate_and_take_the_median_of_the_pairs_ratios(monkeypat
     monkeypatch.setattr(floor, "native_relay_bandwidth_gbps", fake_plain)
     monkeypatch.setattr(floor, "native_credit_relay_bandwidth_gbps", fake_credit)
     monkeypatch.setattr(floor, "native_relay_one_way_us", fake_one_way)
-    rows = floor.bench_floor_pairs(pairs=3, records=16, latency_records=111)
+    rows = floor.bench_floor_pairs(pairs=3, records=16, latency_records=111, small_records={})
     forward = ["batch", "plain", "credit", "latency", "floor-latency"]
     assert calls == forward + forward[::-1] + forward
     bw, p50, p99 = rows
@@ -204,6 +204,54 @@ def test_floor_pairs_alternate_and_take_the_median_of_the_pairs_ratios(monkeypat
 
 
 def test_floor_pairs_run_for_real():
-    rows = floor.bench_floor_pairs(pairs=1, records=64, latency_records=300)
-    assert [r.unit for r in rows] == ["ns/rec", "us", "us"]
+    rows = floor.bench_floor_pairs(pairs=1, records=64, latency_records=300,
+                                   small_records={(1000, "batch"): 3000, (100, "numpy"): 5000,
+                                                  (100, "batch"): 4000})
+    assert [r.name for r in rows][3:] == ["remote.1000B.batch.floor_pairs",
+                                          "remote.100B.numpy.floor_pairs",
+                                          "remote.100B.batch.floor_pairs"]
+    assert [r.unit for r in rows] == ["ns/rec", "us", "us", "ns/rec", "ns/rec", "ns/rec"]
     assert all(r.value > 0 and all(b > 0 for b in r.baselines.values()) for r in rows)
+    assert all(set(r.baselines) == {floor.NATIVE_FLOOR, floor.CREDIT_FLOOR} for r in rows[3:])
+    assert "5000 records" in rows[4].note
+    assert mp.active_children() == []
+
+
+def test_default_floor_pairs_cover_the_small_record_targets():
+    # the 1000 B and 100 B targets (lists, and numpy at 100 B) each get a floor row
+    assert set(floor.RECORD_FLOOR_ROWS) == {(1000, "batch"), (100, "batch"), (100, "numpy")}
+
+
+@pytest.mark.parametrize("credits", [False, True])
+@pytest.mark.parametrize("size, count", [(100, 20_000), (1000, 3_001), (32_764, 5), (1, 1)])
+def test_native_record_relay_moves_every_record(size, count, credits):
+    # a last slot holding fewer records than the others, a record that just fits a slot
+    assert floor.native_relay_records_ns(size, count, window=3, credits=credits) > 0
+    assert mp.active_children() == []
+
+
+def test_native_record_relay_rejects_bad_arguments_and_a_corrupt_stream():
+    import socket
+    import struct
+    import threading
+
+    from flinknet.tools.bench import _floorkit
+
+    a, b = socket.socketpair()
+    with a, b:
+        for kwargs in ({"record": -1}, {"record": 61}, {"record": 8, "rate": 1.0}):
+            with pytest.raises(ValueError, match="record"):
+                _floorkit.relay_send(a.fileno(), 1, 64, 1, **kwargs)
+        with pytest.raises(ValueError, match="record"):
+            _floorkit.relay_receive(a.fileno(), 1, 64, 1, record=61)
+        with pytest.raises(ValueError, match="record"):
+            _floorkit.relay_receive(a.fileno(), 1, 64, 1, stamps=True, record=8)
+        # a slot of 64 bytes whose first record says 9 bytes where 8 were agreed
+        slot = struct.pack("<I", 9) + bytes(60)
+        writer = threading.Thread(target=lambda: (a.sendall(slot), a.shutdown(socket.SHUT_WR)))
+        writer.start()
+        try:
+            with pytest.raises(ValueError, match="corrupt"):
+                _floorkit.relay_receive(b.fileno(), 6, 64, 2, record=8)
+        finally:
+            writer.join()

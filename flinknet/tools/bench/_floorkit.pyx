@@ -17,6 +17,12 @@ take that empties the queue writes what was freed before it) — flinknet's anno
 It measures what a native engine with Flink's credit window reaches on this machine, so that
 the window's share of a gap can be told from the engine's.
 
+**Record mode** (``record=R`` on both sides) moves ``R``-byte records packed into the slots, as
+many as fit with a 4-byte length each (Flink's record framing, nothing more), the rest of a slot
+padding: the producer copies each record into its slot and the consumer each one out, so the
+per-record copies of small records are in the floor too (the slots still cross as ``chunk``
+bytes). It is the floor of the 100 B and 1000 B rows.
+
 Ownership: each relay's state is a C struct owned by the calling function for its whole life;
 its slots move free → queued → in flight → free under the struct's one mutex; the threads it
 starts are joined before it returns. No Python object is touched between ``with nogil`` and the
@@ -131,8 +137,11 @@ cdef struct Relay:
     int epfd
     Py_ssize_t chunk
     Py_ssize_t window
-    Py_ssize_t count     # records to move
+    Py_ssize_t count     # slots to move (one record each, or `per_slot` in record mode)
     double rate          # records per second (0: as fast as possible)
+    Py_ssize_t record    # record mode: bytes per record (0: a record is a whole slot)
+    Py_ssize_t per_slot  # records per slot
+    Py_ssize_t records   # records to move (record mode: the last slot holds the remainder)
     char *slots          # window * chunk bytes
     pthread_mutex_t lock
     pthread_cond_t cond  # sender: a slot freed; receiver: a record queued or end of stream
@@ -217,6 +226,52 @@ cdef int _wait(Relay *r) noexcept nogil:
 
 # -- sending side ------------------------------------------------------------------------------
 
+cdef inline Py_ssize_t _records_in(Relay *r, Py_ssize_t slot_number) noexcept nogil:
+    """Record mode: the records slot number ``slot_number`` of the stream holds."""
+    cdef Py_ssize_t left = r.records - slot_number * r.per_slot
+    return r.per_slot if left > r.per_slot else left
+
+
+cdef void _pack_records(Relay *r, char *slot, const char *source, Py_ssize_t slot_number) noexcept nogil:
+    """Record mode, producer: the slot's records, each a 4-byte length and a copy of the record."""
+    cdef Py_ssize_t j, n = _records_in(r, slot_number)
+    cdef uint32_t length = <uint32_t>r.record
+    for j in range(n):
+        memcpy(slot, &length, 4)
+        memcpy(slot + 4, source, r.record)
+        slot += 4 + r.record
+
+
+cdef int _unpack_records(Relay *r, const char *slot, char *out, Py_ssize_t slot_number) noexcept nogil:
+    """Record mode, consumer: copy each record of the slot out (into ``out``, each over the one
+    before). -1 if a length is not the record size (a corrupt stream)."""
+    cdef Py_ssize_t j, n = _records_in(r, slot_number)
+    cdef uint32_t length
+    for j in range(n):
+        memcpy(&length, slot, 4)
+        if length != <uint32_t>r.record:
+            return -1
+        memcpy(out, slot + 4, r.record)
+        slot += 4 + r.record
+    return <int>n
+
+
+cdef int _set_records(Relay *r, Py_ssize_t record, Py_ssize_t records) noexcept nogil:
+    """Record mode set-up (``record`` > 0): ``records`` records of ``record`` bytes, packed into
+    the relay's slots; ``r.count`` becomes the slots to move. -1 if one does not fit a slot."""
+    if record <= 0:
+        r.per_slot = 1
+        r.records = r.count
+        return 0
+    if record + 4 > r.chunk:
+        return -1
+    r.record = record
+    r.per_slot = r.chunk // (record + 4)
+    r.records = records
+    r.count = (records + r.per_slot - 1) // r.per_slot
+    return 0
+
+
 cdef void *_producer_main(void *arg) noexcept nogil:
     # The task thread: wait for a free slot, copy the record into it (stamped with its send
     # time), queue it, wake the I/O thread on the empty → non-empty transition.
@@ -242,9 +297,12 @@ cdef void *_producer_main(void *arg) noexcept nogil:
         r.num_free -= 1
         slot = r.free_list[r.num_free]
         pthread_mutex_unlock(&r.lock)
-        t = _now_ns()
-        memcpy(source, &t, 8)
-        memcpy(r.slots + slot * r.chunk, source, r.chunk)
+        if r.record:
+            _pack_records(r, r.slots + slot * r.chunk, source, i)
+        else:
+            t = _now_ns()
+            memcpy(source, &t, 8)
+            memcpy(r.slots + slot * r.chunk, source, r.chunk)
         pthread_mutex_lock(&r.lock)
         r.ring[(r.head + r.queued) % r.window] = slot
         r.queued += 1
@@ -369,21 +427,33 @@ cdef void _sender_io(Relay *r) noexcept nogil:
         pthread_mutex_unlock(&r.lock)
 
 
+cdef _check_record(Py_ssize_t chunk, Py_ssize_t record, double rate, bint stamps):
+    if record < 0 or (record and record + 4 > chunk):
+        raise ValueError(f"record must be 0 (a record per slot) or fit a slot with its 4-byte "
+                         f"length (record + 4 <= chunk = {chunk}), got {record}")
+    if record and (rate > 0 or stamps):
+        raise ValueError("record mode moves records as fast as it can: no rate, no stamps")
+
+
 def relay_send(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t window, double rate=0.0,
-               Py_ssize_t credits=0):
+               Py_ssize_t credits=0, Py_ssize_t record=0):
     """Send ``count`` records of ``chunk`` bytes through a producer thread and an I/O thread (the
     calling thread, GIL released) on the connected socket ``sock``; each record starts with its
     send time (``CLOCK_MONOTONIC`` ns). ``rate`` > 0 paces the producer. ``credits`` > 0: credit
     mode, starting with that many (the receiver's window; it must run ``relay_receive`` with
-    ``credits=True``). Returns records sent."""
+    ``credits=True``). ``record`` > 0: record mode (see the module docstring; the receiver
+    passes the same ``record``): ``count`` records of ``record`` bytes, packed into ``chunk``-byte
+    slots. Returns records sent."""
     cdef Relay r
     cdef pthread_t producer
     cdef int rc
     if chunk < 8 or window < 1 or count < 0 or credits < 0:
         raise ValueError("chunk must be >= 8, window >= 1, count >= 0, credits >= 0")
+    _check_record(chunk, record, rate, False)
     if _relay_init(&r, sock, chunk, window, count, rate) != 0:
         _relay_destroy(&r)
         raise MemoryError()
+    _set_records(&r, record, count)
     r.credit_mode = credits > 0
     r.credit = credits
     with nogil:
@@ -391,7 +461,7 @@ def relay_send(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t window, 
         if rc == 0:
             _sender_io(&r)
             pthread_join(producer, NULL)
-    error, moved = r.error, r.moved
+    error, moved = r.error, min(r.moved * r.per_slot, r.records)
     _relay_destroy(&r)
     if rc != 0:
         raise OSError(rc, "pthread_create failed")
@@ -482,23 +552,28 @@ cdef int _announce(Relay *r) noexcept nogil:
 
 
 def relay_receive(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t window, bint stamps=False,
-                  bint credits=False):
+                  bint credits=False, Py_ssize_t record=0):
     """Receive records of ``chunk`` bytes from ``sock`` until end of stream through an I/O thread
     and a consumer (the calling thread, GIL released) that copies each record out of its slot.
     Returns ``(records, seconds from the first record to the last, delays)`` where ``delays`` is
     a float64 array of one-way delays in µs (from each record's stamp) when ``stamps``.
     ``credits``: credit mode (the sender runs ``relay_send`` with ``credits=window``): each slot
-    the consumer frees goes back to the sender as credit."""
+    the consumer frees goes back to the sender as credit. ``record`` > 0: record mode (the
+    sender's ``record`` and ``count``): the consumer copies each ``record``-byte record out of its
+    slot, and ``records`` counts them (a corrupt length raises ``ValueError``)."""
     cdef Relay r
     cdef pthread_t io
     cdef int rc
-    cdef Py_ssize_t slot, received = 0
+    cdef int unpacked
+    cdef bint corrupt = False
+    cdef Py_ssize_t slot, received = 0, slots = 0
     cdef int64_t t0 = 0, t1 = 0, stamp
     cdef bint wake, emptied
     cdef double[::1] delays
     cdef char *out
     if chunk < 8 or window < 1 or count < 0:
         raise ValueError("chunk must be >= 8, window >= 1, count >= 0")
+    _check_record(chunk, record, 0.0, stamps)
     delay_array = np.zeros(count if stamps else 0, dtype=np.float64)
     delays = delay_array
     out = <char *>calloc(1, chunk)
@@ -508,6 +583,7 @@ def relay_receive(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t windo
         _relay_destroy(&r)
         free(out)
         raise MemoryError()
+    _set_records(&r, record, count)
     r.credit_mode = credits
     with nogil:
         rc = pthread_create(&io, NULL, _receiver_io_main, &r)
@@ -527,14 +603,23 @@ def relay_receive(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t windo
                 # the take that empties the queue writes the credit freed before it
                 if _announce(&r) < 0:
                     break
-            memcpy(out, r.slots + slot * r.chunk, r.chunk)       # the consumer's copy
+            if r.record:
+                # the consumer's copies, a record at a time
+                unpacked = _unpack_records(&r, r.slots + slot * r.chunk, out, slots)
+                if unpacked < 0:
+                    corrupt = True
+                    unpacked = 0
+            else:
+                memcpy(out, r.slots + slot * r.chunk, r.chunk)       # the consumer's copy
+                unpacked = 1
             t1 = _now_ns()
             if received == 0:
                 t0 = t1
             if stamps and received < count:
                 memcpy(&stamp, out, 8)
                 delays[received] = (t1 - stamp) / 1e3
-            received += 1
+            received += unpacked
+            slots += 1
             pthread_mutex_lock(&r.lock)
             r.free_list[r.num_free] = slot
             r.num_free += 1
@@ -559,4 +644,6 @@ def relay_receive(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t windo
         raise OSError(rc, "pthread_create failed")
     if error:
         raise OSError(error, "relay_receive failed")
+    if corrupt:
+        raise ValueError(f"record mode: a record's length was not {record} (a corrupt stream)")
     return received, (t1 - t0) / 1e9, delay_array[:min(received, count)] if stamps else delay_array

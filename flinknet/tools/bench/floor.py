@@ -316,27 +316,27 @@ def relay_bandwidth_gbps(total: int = 1 << 30, chunk: int = 32 * 1024, window: i
 
 
 def _native_sender(q_out, q_in, count: int, chunk: int, window: int, rate: float,
-                   credits: int = 0) -> None:
+                   credits: int = 0, record: int = 0) -> None:
     from flinknet.tools.bench import _floorkit
 
     conn = _accept_one(q_out)
     q_in.get(timeout=60)
-    sent = _floorkit.relay_send(conn.fileno(), count, chunk, window, rate, credits)
+    sent = _floorkit.relay_send(conn.fileno(), count, chunk, window, rate, credits, record)
     conn.setblocking(True)
     _finish(conn)
     q_out.put(sent)
 
 
 def _native_relay(count: int, chunk: int, window: int, rate: float, stamps: bool,
-                  credits: bool = False):
+                  credits: bool = False, record: int = 0):
     from flinknet.tools.bench import _floorkit
 
-    peer = _Peer(_native_sender, count, chunk, window, rate, window if credits else 0)
+    peer = _Peer(_native_sender, count, chunk, window, rate, window if credits else 0, record)
     with peer as sock:
         peer.go()
         t0 = time.perf_counter()
         received, _, delays = _floorkit.relay_receive(sock.fileno(), count, chunk, window, stamps,
-                                                      credits)
+                                                      credits, record)
         elapsed = time.perf_counter() - t0
         sock.setblocking(True)
         sock.shutdown(socket.SHUT_WR)
@@ -365,6 +365,20 @@ def native_credit_relay_bandwidth_gbps(total: int = 1 << 30, chunk: int = 32 * 1
     count = total // chunk
     elapsed, _ = _native_relay(count, chunk, window, 0.0, False, credits=True)
     return count * chunk / elapsed / 1e9
+
+
+def native_relay_records_ns(size: int, count: int, chunk: int = 32 * 1024, window: int = 10,
+                            credits: bool = False) -> float:
+    """ns per ``size``-byte record through the native relay in record mode: ``count`` records
+    packed into ``chunk``-byte slots with a 4-byte length each, the producer copying each record
+    in and the consumer each one out (``_floorkit``'s record mode); ``credits``: with Flink's
+    credit loop (:func:`native_credit_relay_bandwidth_gbps`'s). The floor of the 100 B and
+    1000 B rows: the relay's thread structure and the per-record copies, nothing else (no
+    buffers or Python objects; no credits unless asked)."""
+    if size < 1 or count < 1:
+        raise ValueError(f"size and count must be at least 1, got {size} and {count}")
+    elapsed, _ = _native_relay(count, chunk, window, 0.0, False, credits=credits, record=size)
+    return elapsed / count * 1e9
 
 
 def native_relay_one_way_us(n: int = 20_000, rate: float = 10_000) -> list[float]:
@@ -410,8 +424,22 @@ def add_floor_baselines(rows: list, total: int = 1 << 30, latency_records: int =
             p99_row.baselines[NATIVE_FLOOR_P99] = percentile(delays, 99)
 
 
+#: The rows of small records :func:`bench_floor_pairs` measures against the record-mode floors:
+#: ``(size, api)`` -> records per transfer (full runs; a quarter in quick runs).
+RECORD_FLOOR_ROWS = {(1000, "batch"): 1_000_000, (100, "batch"): 4_000_000,
+                     (100, "numpy"): 4_000_000}
+
+
+def _pairs_note(ratios_plain: list[float], ratios_credit: list[float], pairs: int) -> str:
+    return (f"time against the floors: median of {pairs} alternated pairs "
+            f"{statistics.median(ratios_plain):.2f}x / {statistics.median(ratios_credit):.2f}x, "
+            f"pairs {min(ratios_plain):.2f}-{max(ratios_plain):.2f}x / "
+            f"{min(ratios_credit):.2f}-{max(ratios_credit):.2f}x")
+
+
 def bench_floor_pairs(quick: bool = False, pairs: int | None = None, records: int | None = None,
-                      latency_records: int | None = None) -> list[Row]:
+                      latency_records: int | None = None,
+                      small_records: dict[tuple[int, str], int] | None = None) -> list[Row]:
     """Issue 14's acceptance, measured in alternated pairs. :func:`add_floor_baselines` measures
     each floor once, after all of flinknet's rows, minutes away from the row it bounds; on a
     shared machine the floor itself then moves 1.5x from one run to the next. Here flinknet and
@@ -423,7 +451,13 @@ def bench_floor_pairs(quick: bool = False, pairs: int | None = None, records: in
       :func:`native_credit_relay_bandwidth_gbps` moving the same bytes, ns per 32 KiB record;
     - ``latency.100B.timeout0.floor_pairs.p50`` / ``.p99``: the latency row's exchange
       (``latency_records`` at 10 000/s, buffer timeout 0, the first 10 % dropped) against
-      :func:`native_relay_one_way_us`, µs.
+      :func:`native_relay_one_way_us`, µs;
+    - ``remote.{size}B.{api}.floor_pairs`` for each of ``small_records`` (``(size, api)`` ->
+      records; :data:`RECORD_FLOOR_ROWS` by default, a quarter of each in quick runs; ``{}``
+      for none): ``run_remote(size, n, api)`` against :func:`native_relay_records_ns` plain and
+      with credits, moving the same records, ns per record. The issue's peers for these rows
+      (Arrow Flight, pyzmq) send far more than Flink's window of ten 32 KiB buffers per round
+      trip; these floors keep flinknet's structure and window and drop everything else.
 
     A row's value is flinknet's median; each baseline is that value over the median ratio, so
     the printed ratio is the median ratio (the note gives the pairs' range)."""
@@ -433,11 +467,15 @@ def bench_floor_pairs(quick: bool = False, pairs: int | None = None, records: in
     chunk = 32 * 1024
     n = (8192 if quick else 32768) if records is None else records
     n_lat = (5_000 if quick else 20_000) if latency_records is None else latency_records
+    if small_records is None:
+        small_records = {key: (count // 4 if quick else count) for key, count in RECORD_FLOOR_ROWS.items()}
     ns: list[float] = []
     plain: list[float] = []
     credit: list[float] = []
     lat: list[tuple[float, float]] = []
     floor_lat: list[tuple[float, float]] = []
+    small: dict[tuple[int, str], list[float]] = {key: [] for key in small_records}
+    small_floor: dict[tuple[int, bool], list[float]] = {}
 
     def flinknet_bandwidth() -> None:
         ns.append(run_remote(chunk, n, "batch") / n * 1e9)
@@ -456,8 +494,25 @@ def bench_floor_pairs(quick: bool = False, pairs: int | None = None, records: in
         d = drop_warmup(native_relay_one_way_us(n_lat))
         floor_lat.append((percentile(d, 50), percentile(d, 99)))
 
+    def flinknet_records(size: int, api: str, count: int):
+        def step() -> None:
+            small[(size, api)].append(run_remote(size, count, api) / count * 1e9)
+        return step
+
+    def record_floor(size: int, count: int, with_credits: bool):
+        def step() -> None:
+            small_floor.setdefault((size, with_credits), []).append(
+                native_relay_records_ns(size, count, chunk, credits=with_credits))
+        return step
+
+    steps = [flinknet_bandwidth, plain_floor, credit_floor, flinknet_latency, floor_latency]
+    floor_count: dict[int, int] = {}
+    for (size, api), count in small_records.items():
+        steps.append(flinknet_records(size, api, count))
+        floor_count[size] = max(floor_count.get(size, 0), count)
+    for size, count in floor_count.items():     # one floor per size serves its rows
+        steps += [record_floor(size, count, False), record_floor(size, count, True)]
     for i in range(pairs):
-        steps = [flinknet_bandwidth, plain_floor, credit_floor, flinknet_latency, floor_latency]
         for step in (steps if i % 2 == 0 else steps[::-1]):
             step()
     rows = []
@@ -469,10 +524,8 @@ def bench_floor_pairs(quick: bool = False, pairs: int | None = None, records: in
                     {NATIVE_FLOOR: value / m_plain, CREDIT_FLOOR: value / m_credit},
                     note=f"flinknet {chunk / value:.2f} GB/s, plain floor "
                          f"{chunk / statistics.median(plain):.2f}, credit floor "
-                         f"{chunk / statistics.median(credit):.2f} GB/s (medians); time against the "
-                         f"floors: median of {pairs} alternated pairs {m_plain:.2f}x / {m_credit:.2f}x, "
-                         f"pairs {min(r_plain):.2f}-{max(r_plain):.2f}x / "
-                         f"{min(r_credit):.2f}-{max(r_credit):.2f}x"))
+                         f"{chunk / statistics.median(credit):.2f} GB/s (medians); "
+                         + _pairs_note(r_plain, r_credit, pairs)))
     for k, (q, name) in enumerate(((50, NATIVE_FLOOR_P50), (99, NATIVE_FLOOR_P99))):
         ours = [x[k] for x in lat]
         ratios = [a / b[k] for a, b in zip(ours, floor_lat, strict=True)]
@@ -483,6 +536,19 @@ def bench_floor_pairs(quick: bool = False, pairs: int | None = None, records: in
                              f"{statistics.median(x[k] for x in floor_lat):.1f} µs (medians of {n_lat} "
                              f"records at 10 000/s); median of {pairs} alternated pairs {m:.2f}x, "
                              f"pairs {min(ratios):.2f}-{max(ratios):.2f}x"))
+    for (size, api), ours in small.items():
+        f_plain, f_credit = small_floor[(size, False)], small_floor[(size, True)]
+        r_plain = [a / b for a, b in zip(ours, f_plain, strict=True)]
+        r_credit = [a / b for a, b in zip(ours, f_credit, strict=True)]
+        value = statistics.median(ours)
+        rows.append(Row(f"remote.{size}B.{api}.floor_pairs", "ns/rec", value,
+                        {NATIVE_FLOOR: value / statistics.median(r_plain),
+                         CREDIT_FLOOR: value / statistics.median(r_credit)},
+                        note=f"flinknet {1e3 / value:.2f} M/s, plain floor "
+                             f"{1e3 / statistics.median(f_plain):.2f}, credit floor "
+                             f"{1e3 / statistics.median(f_credit):.2f} M/s (medians, "
+                             f"{small_records[(size, api)]} records); "
+                             + _pairs_note(r_plain, r_credit, pairs)))
     return rows
 
 
