@@ -230,6 +230,13 @@ def test_native_record_relay_moves_every_record(size, count, credits):
     assert mp.active_children() == []
 
 
+def _send_and_close(sock, data: bytes) -> None:
+    import socket
+
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+
+
 def test_native_record_relay_rejects_bad_arguments_and_a_corrupt_stream():
     import socket
     import struct
@@ -246,12 +253,16 @@ def test_native_record_relay_rejects_bad_arguments_and_a_corrupt_stream():
             _floorkit.relay_receive(a.fileno(), 1, 64, 1, record=61)
         with pytest.raises(ValueError, match="record"):
             _floorkit.relay_receive(a.fileno(), 1, 64, 1, stamps=True, record=8)
-        # a slot of 64 bytes whose first record says 9 bytes where 8 were agreed
-        slot = struct.pack("<I", 9) + bytes(60)
-        writer = threading.Thread(target=lambda: (a.sendall(slot), a.shutdown(socket.SHUT_WR)))
-        writer.start()
-        try:
-            with pytest.raises(ValueError, match="corrupt"):
-                _floorkit.relay_receive(b.fileno(), 6, 64, 2, record=8)
-        finally:
-            writer.join()
+    # 64-byte slots of five 8-byte records: a first record that says 9 bytes where 8 were
+    # agreed, and a second slot where the 5 agreed records fit one
+    good = (struct.pack("<I", 8) + bytes(8)) * 5 + bytes(4)
+    for stream, count in ((struct.pack("<I", 9) + bytes(60), 6), (good * 2, 5)):
+        a, b = socket.socketpair()
+        with a, b:
+            writer = threading.Thread(target=_send_and_close, args=(a, stream))
+            writer.start()
+            try:
+                with pytest.raises(ValueError, match="corrupt"):
+                    _floorkit.relay_receive(b.fileno(), count, 64, 2, record=8)
+            finally:
+                writer.join()

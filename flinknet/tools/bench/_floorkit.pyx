@@ -244,9 +244,12 @@ cdef void _pack_records(Relay *r, char *slot, const char *source, Py_ssize_t slo
 
 cdef int _unpack_records(Relay *r, const char *slot, char *out, Py_ssize_t slot_number) noexcept nogil:
     """Record mode, consumer: copy each record of the slot out (into ``out``, each over the one
-    before). -1 if a length is not the record size (a corrupt stream)."""
+    before). -1 if a length is not the record size or the slot is beyond the agreed records (a
+    corrupt stream)."""
     cdef Py_ssize_t j, n = _records_in(r, slot_number)
     cdef uint32_t length
+    if n <= 0:
+        return -1
     for j in range(n):
         memcpy(&length, slot, 4)
         if length != <uint32_t>r.record:
@@ -645,5 +648,6 @@ def relay_receive(int sock, Py_ssize_t count, Py_ssize_t chunk, Py_ssize_t windo
     if error:
         raise OSError(error, "relay_receive failed")
     if corrupt:
-        raise ValueError(f"record mode: a record's length was not {record} (a corrupt stream)")
+        raise ValueError(f"record mode: the stream did not hold {count} records of {record} "
+                         f"bytes each (a corrupt stream)")
     return received, (t1 - t0) / 1e9, delay_array[:min(received, count)] if stamps else delay_array
