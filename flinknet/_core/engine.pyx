@@ -3074,6 +3074,15 @@ cdef inline int _take_done_locked(fn_engine *eng, void ***objs) noexcept nogil:
     return n
 
 
+cdef inline int _take_reclaimed(fn_engine *eng, void ***objs) noexcept nogil:
+    """ReceiveEngine.reclaim, under done_lock: take the whole done list, count it as reclaimed on
+    a task thread, and release done_lock."""
+    cdef int n = _take_done_locked(eng, objs)
+    eng.reclaimed += n
+    pthread_mutex_unlock(&eng.done_lock)
+    return n
+
+
 cdef int _take_done(fn_engine *eng, void ***objs, bint wait) noexcept nogil:
     """Take the done list (waiting for one if ``wait``, until the reaper is stopped)."""
     cdef int n
@@ -3485,13 +3494,9 @@ cdef class ReceiveEngine(SegmentReclaimer):
                 FN_ASSERT(eng.hungry >= 0)
                 # (the list is taken in the section that ends the wait: what was added while
                 # this thread counted as hungry, and so woke no reaper, is this thread's)
-                n = _take_done_locked(eng, &objs)
-                eng.reclaimed += n
-                pthread_mutex_unlock(&eng.done_lock)
+                n = _take_reclaimed(eng, &objs)
         else:
-            n = _take_done_locked(eng, &objs)
-            eng.reclaimed += n
-            pthread_mutex_unlock(&eng.done_lock)
+            n = _take_reclaimed(eng, &objs)
         if n:
             _recycle_objects(objs, n)
         free(objs)
@@ -3582,4 +3587,3 @@ cdef class ReceiveEngine(SegmentReclaimer):
     def num_connections(self):
         """Connections the I/O thread serves (approximate)."""
         return self.e.num_conns
-
