@@ -87,6 +87,11 @@
 #   but a plain data BufferResponse for a registered channel or an AddCredit for a registered
 #   output queue), connection failures, an armed gate availability callback, and dropping
 #   references on (un)registration. The reaper thread takes it once per batch of written buffers.
+#   No function the I/O loop calls on every turn may have a Python-object local: Cython takes
+#   the GIL at each exit of such a function to release it (_run_commands once did, so both I/O
+#   threads queued for the GIL behind the task threads on every turn). What needs the GIL lives
+#   in a function of its own, called only when there is such work (_drop_command_owners).
+#   tests/core/test_engine.py receives frame after frame while a Python thread holds the GIL.
 #
 # * The done list (buffers the I/O thread wrote, owned references; `done_lock` guards it and
 #   `hungry`, `poke_seq`) is taken whole, with the GIL, by the reaper thread or by a task thread

@@ -3277,15 +3277,24 @@ cdef int _run_commands(fn_engine *eng) noexcept nogil:
             if not c.conn.removed:
                 _unregister_out(c.conn, <fn_outq *>c.ch)
     if n:
-        with gil:
-            # hold each owner once more while dropping the commands' references, so a
-            # connection named by several commands is freed only after the last one
-            owners = [<object>cmds[i].conn.owner for i in range(n)]
-            for i in range(n):
-                Py_DECREF(<object>owners[i])
-            owners = None
+        _drop_command_owners(cmds, n)
     free(cmds)
     return 0
+
+
+cdef void _drop_command_owners(fn_cmd *cmds, int n) noexcept nogil:
+    """Drop the references the ``n`` commands held on their connections (takes the GIL).
+
+    Its own function: a Python local in :func:`_run_commands` would make Cython take the GIL
+    at that function's every exit, that is once per turn of the I/O loop."""
+    cdef int i
+    with gil:
+        # hold each owner once more while dropping the commands' references, so a
+        # connection named by several commands is freed only after the last one
+        owners = [<object>cmds[i].conn.owner for i in range(n)]
+        for i in range(n):
+            Py_DECREF(<object>owners[i])
+        owners = None
 
 
 cdef void _loop(fn_engine *eng) noexcept nogil:

@@ -742,6 +742,52 @@ def test_out_of_sequence_buffer_is_reported_and_its_slot_kept(wire):
     assert _wait_for(lambda: pool.is_whole)
 
 
+def _spin_holding_the_gil(cond, seconds):
+    """Evaluate ``cond`` in a pure-Python loop for up to ``seconds`` without releasing the GIL
+    (no sleep, no I/O): True as soon as it holds."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+    return cond()
+
+
+def test_io_thread_receives_frame_after_frame_while_python_holds_the_gil(wire):
+    """The I/O thread takes the GIL only on the control path. Every frame here is a data
+    buffer, so it must keep receiving while this thread holds the GIL throughout (the switch
+    interval raised so that nothing forces the GIL away). Each frame is written with the GIL
+    held (libc's ``send`` through ``ctypes.PyDLL``) and waited for before the next, so each
+    needs a turn of the I/O loop of its own: a loop that took the GIL on every turn (Cython does
+    so at each exit of a function with a Python local, as ``_run_commands`` once did) would
+    stall at the second frame."""
+    import ctypes
+    import sys
+
+    engine, handler, conn, server = wire
+    pool = NetworkBufferPool(16, SEG)
+    signal, q, rid = _attach(conn, pool, n_exclusive=4)
+    libc_send = ctypes.PyDLL(None).send          # PyDLL: the GIL stays held across the call
+    libc_send.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int)
+    libc_send.restype = ctypes.c_ssize_t
+    frames = [_br(rid, i, bytes([65 + i]) * 64) for i in range(4)]
+    received = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(60.0)
+    try:
+        for i, frame in enumerate(frames):
+            assert libc_send(server.fileno(), frame, len(frame), 0) == len(frame)
+            received.append(_spin_holding_the_gil(lambda n=i + 1: q.queued_buffers == n, 10.0))
+    finally:
+        sys.setswitchinterval(interval)
+    assert received == [True] * 4, received
+    assert conn.frames_native == 4 and handler.frames == []
+    while (r := q.poll()) is not None:
+        r[0].recycle()
+    conn.unregister(q)
+    q.release()
+    assert _wait_for(lambda: pool.is_whole)
+
+
 def test_peer_close_and_partial_payload_give_the_slot_back(wire):
     engine, handler, conn, server = wire
     pool = NetworkBufferPool(16, SEG)
