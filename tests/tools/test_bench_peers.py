@@ -167,3 +167,48 @@ def test_remote_run_reports_cpu_per_side():
     assert transport.run_remote(32768, 200, "batch", stats=stats) > 0
     assert stats["producer_cpu_s"] > 0 and stats["consumer_cpu_s"] > 0
     assert mp.active_children() == []
+
+
+def test_busy_python_threads_spin_for_the_block_only():
+    import threading
+
+    def spinning():
+        return [t for t in threading.enumerate() if t.name.startswith("busy-python-")]
+
+    with peers.busy_python_threads(0):
+        assert spinning() == []
+    with peers.busy_python_threads(2):
+        assert len(spinning()) == 2 and all(t.is_alive() for t in spinning())
+    assert spinning() == []
+    with pytest.raises(RuntimeError, match="inside"):
+        with peers.busy_python_threads(1):
+            raise RuntimeError("inside")
+    assert spinning() == []                   # stopped and joined on an error too
+    with pytest.raises(ValueError, match="count"):
+        with peers.busy_python_threads(-1):
+            pass
+
+
+def test_peers_move_every_record_beside_a_busy_python_thread():
+    assert peers.hand_written_loop(1000, 500, busy=1) > 0
+    if "pyzmq framed" not in peers.missing():
+        assert peers.pyzmq_framed(1000, 500, busy=1) > 0
+    if "flight" not in peers.missing():
+        assert peers.flight_do_get(1000, 500, "to_pylist", busy=1) > 0
+    assert mp.active_children() == []
+
+
+def test_busy_neighbour_row_has_its_baselines_and_names_missing_peers(monkeypatch):
+    from flinknet.tools.bench import transport
+
+    monkeypatch.setattr(peers, "missing", lambda: {"pyzmq framed": "pyzmq not installed",
+                                                   "flight": "pyarrow not installed"})
+    monkeypatch.setattr(transport, "BUSY_RECORDS", {False: 5000, True: 5000})
+    row = transport.bench_busy_neighbour(quick=True, repeats=1)
+    assert row.name == "remote.1000B.batch.busy_python_thread" and row.value > 0
+    assert list(row.baselines) == [transport.NO_BUSY_THREAD, "hand-written loop, busy thread"]
+    assert all(v > 0 for v in row.baselines.values())
+    assert "pyzmq not installed" in row.note and "pyarrow not installed" in row.note
+    given = transport.bench_busy_neighbour(quick=True, repeats=1, plain_ns=123.0)
+    assert given.baselines[transport.NO_BUSY_THREAD] == 123.0      # the row's own figure, reused
+    assert mp.active_children() == []

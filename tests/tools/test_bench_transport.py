@@ -13,6 +13,12 @@ def test_remote_run_moves_every_record(size, api):
     assert transport.run_remote(size, 3000 if size < 32768 else 200, api) > 0
 
 
+def test_remote_run_moves_every_record_beside_a_busy_python_thread():
+    # a pure-Python thread spins in the consumer's process for the transfer: the native I/O
+    # thread keeps receiving without the GIL, the reader still reads every record
+    assert transport.run_remote(1000, 3000, "batch", busy=1) > 0
+
+
 def test_latency_run_returns_one_delay_per_record():
     delays = transport.run_remote(100, 500, "latency", timeout_ms=0, rate=5000)
     assert len(delays) == 500 and all(d > 0 for d in delays)

@@ -43,14 +43,16 @@ from __future__ import annotations
 import multiprocessing as mp
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["CHUNK", "FLIGHT_BATCH_BYTES", "FLIGHT_BATCH_ROWS", "LARGE_RECORD", "CountMismatchError",
-           "Deframer", "check_count", "deframe", "flight_do_get", "flight_rows_per_batch",
-           "frame_records", "hand_written_loop", "missing", "pyzmq_framed", "record_of"]
+           "Deframer", "busy_python_threads", "check_count", "deframe", "flight_do_get",
+           "flight_rows_per_batch", "frame_records", "hand_written_loop", "missing", "pyzmq_framed",
+           "record_of"]
 
 #: the framing chunk (one ``sendall`` / one ZeroMQ message)
 CHUNK = 32 * 1024
@@ -70,6 +72,32 @@ _WAIT = 120.0   # s: the longest a side waits for the other
 
 class CountMismatchError(AssertionError):
     """A peer read out another number of records than it should have."""
+
+
+@contextmanager
+def busy_python_threads(count: int) -> Iterator[None]:
+    """``count`` threads spinning in pure Python for the duration of the block (a GIL-hungry
+    neighbour in the consumer's process: a CPU-bound task, a pure-Python parser or metrics
+    loop), stopped and joined on the way out. Such a thread releases the GIL only when the
+    interpreter forces it to (every ``sys.getswitchinterval()``, 5 ms by default), so a consumer
+    that releases the GIL to wait waits that long to get it back."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    running = [True]
+
+    def spin() -> None:
+        while running[0]:
+            pass
+
+    threads = [threading.Thread(target=spin, name=f"busy-python-{i}", daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        running[0] = False
+        for t in threads:
+            t.join()
 
 
 def check_count(peer: str, got: int, expected: int) -> None:
@@ -341,14 +369,16 @@ def _check(peer: str, count: int, n: int, deframer: Deframer) -> None:
         raise CountMismatchError(f"{peer}: {deframer.pending} bytes of an incomplete record at the end")
 
 
-def hand_written_loop(size: int, n: int, repeats: int = 1, *, produce: int | None = None) -> float:
+def hand_written_loop(size: int, n: int, repeats: int = 1, *, produce: int | None = None,
+                      busy: int = 0) -> float:
     """Best seconds of ``repeats`` transfers of ``n`` records of ``size`` bytes through the
-    hand-written framing loop over a TCP socket (the producer sends ``produce``, default ``n``)."""
+    hand-written framing loop over a TCP socket (the producer sends ``produce``, default ``n``);
+    ``busy`` pure-Python threads spin in this process while it reads (:func:`busy_python_threads`)."""
     with _producer(_socket_producer, size, n if produce is None else produce, repeats) as (q_out, q_in):
         addr = _expect(q_out, "addr")
         best = float("inf")
         for _ in range(repeats):
-            with socket.create_connection(addr, timeout=_WAIT) as s:
+            with socket.create_connection(addr, timeout=_WAIT) as s, busy_python_threads(busy):
                 deframer = Deframer()
                 space, feed = deframer.space, deframer.feed
                 recv_into = s.recv_into
@@ -364,9 +394,11 @@ def hand_written_loop(size: int, n: int, repeats: int = 1, *, produce: int | Non
     return best
 
 
-def pyzmq_framed(size: int, n: int, repeats: int = 1, *, produce: int | None = None) -> float:
+def pyzmq_framed(size: int, n: int, repeats: int = 1, *, produce: int | None = None,
+                 busy: int = 0) -> float:
     """Best seconds of ``repeats`` transfers of ``n`` records of ``size`` bytes framed into 32 KiB
-    pyzmq PUSH/PULL messages (the producer sends ``produce``, default ``n``)."""
+    pyzmq PUSH/PULL messages (the producer sends ``produce``, default ``n``); ``busy``
+    pure-Python threads spin in this process while it reads (:func:`busy_python_threads`)."""
     import zmq  # type: ignore[import-not-found,unused-ignore]  # optional: flinknet[bench]
 
     with _producer(_zmq_producer, size, n if produce is None else produce, repeats) as (q_out, q_in):
@@ -384,20 +416,21 @@ def pyzmq_framed(size: int, n: int, repeats: int = 1, *, produce: int | None = N
                 deframer = Deframer()
                 space, feed = deframer.space, deframer.feed
                 count = 0
-                if hasattr(pull, "recv_into"):      # pyzmq >= 26.4
-                    recv_into = pull.recv_into
-                    t0 = time.perf_counter()
-                    q_in.put("go")
-                    while k := recv_into(space()):
-                        count += len(feed(k))
-                else:
-                    recv = pull.recv
-                    t0 = time.perf_counter()
-                    q_in.put("go")
-                    while k := len(frame := recv(copy=False)):
-                        space()[:k] = frame.buffer
-                        count += len(feed(k))
-                dt = time.perf_counter() - t0
+                with busy_python_threads(busy):
+                    if hasattr(pull, "recv_into"):      # pyzmq >= 26.4
+                        recv_into = pull.recv_into
+                        t0 = time.perf_counter()
+                        q_in.put("go")
+                        while k := recv_into(space()):
+                            count += len(feed(k))
+                    else:
+                        recv = pull.recv
+                        t0 = time.perf_counter()
+                        q_in.put("go")
+                        while k := len(frame := recv(copy=False)):
+                            space()[:k] = frame.buffer
+                            count += len(feed(k))
+                    dt = time.perf_counter() - t0
                 _check("pyzmq framed", count, n, deframer)
                 best = min(best, dt)
             q_in.put("close")
@@ -409,11 +442,13 @@ def pyzmq_framed(size: int, n: int, repeats: int = 1, *, produce: int | None = N
 
 
 def flight_do_get(size: int, n: int, consumer: str = "to_pylist", repeats: int = 1, *,
-                  rows_per_batch: int | None = None, produce: int | None = None) -> float:
+                  rows_per_batch: int | None = None, produce: int | None = None,
+                  busy: int = 0) -> float:
     """Best seconds of ``repeats`` Arrow Flight ``DoGet`` streams of ``n`` records of ``size``
     bytes, read by ``consumer``: ``"to_pylist"`` (each batch's column to Python ``bytes``) or
     ``"columnar"`` (rows counted, no per-record object). The server sends ``produce``
-    (default ``n``)."""
+    (default ``n``); ``busy`` pure-Python threads spin in this process while it reads
+    (:func:`busy_python_threads`)."""
     import pyarrow.flight as flight  # type: ignore[import-not-found,import-untyped,unused-ignore]  # optional: flinknet[bench]
 
     if consumer not in ("to_pylist", "columnar"):
@@ -428,15 +463,16 @@ def flight_do_get(size: int, n: int, consumer: str = "to_pylist", repeats: int =
             best = float("inf")
             for _ in range(repeats):
                 count = 0
-                t0 = time.perf_counter()
-                reader = client.do_get(ticket)
-                if consumer == "to_pylist":
-                    for chunk in reader:
-                        count += len(chunk.data.column(0).to_pylist())
-                else:
-                    for chunk in reader:
-                        count += len(chunk.data.column(0))
-                dt = time.perf_counter() - t0
+                with busy_python_threads(busy):
+                    t0 = time.perf_counter()
+                    reader = client.do_get(ticket)
+                    if consumer == "to_pylist":
+                        for chunk in reader:
+                            count += len(chunk.data.column(0).to_pylist())
+                    else:
+                        for chunk in reader:
+                            count += len(chunk.data.column(0))
+                    dt = time.perf_counter() - t0
                 check_count(f"flight {consumer}", count, n)
                 best = min(best, dt)
         finally:

@@ -110,6 +110,11 @@ FLOATING_KEY = "taskmanager.network.memory.floating-buffers-per-gate"
 #: Floating buffers per gate of the ``*.floating32`` rows (:func:`bench_credit_window`).
 WIDE_FLOATING = 32
 FLINK_WINDOW = "Flink's window, 2 + 8 buffers (same run)"
+#: The baseline of the busy-neighbour row: the same transfer without the spinning thread.
+NO_BUSY_THREAD = "same transfer, no busy thread (same run)"
+#: The busy-neighbour row's records per transfer (flinknet, pyzmq and Flight; the hand-written
+#: loop, which loses the GIL at every ``recv_into``, moves a fifth as many), full and quick.
+BUSY_RECORDS = {False: 200_000, True: 50_000}
 
 
 def _ctx():
@@ -274,7 +279,7 @@ async def _count_batches_async(reader) -> int:
 def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float = 0.0,
                stats: dict[str, float] | None = None, options: dict[str, Any] | None = None,
                producer_options: dict[str, Any] | None = None,
-               consumer_options: dict[str, Any] | None = None):
+               consumer_options: dict[str, Any] | None = None, busy: int = 0):
     """Seconds to move ``n`` records (or, for api="latency", the list of one-way delays in µs).
     ``api``: ``"per-record"``, ``"batch"``, ``"numpy"``, ``"latency"``, or read on an asyncio
     loop: ``"asyncio"`` (``async for``) and ``"asyncio-batch"`` (``read_batch_async``).
@@ -287,7 +292,8 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
     records per second, each carrying its send time (``"latency"`` needs it; with the other APIs
     a reader that keeps up waits for every flushed buffer). ``options`` configure both environments
     (:class:`~flinknet.config.NetworkConfig` keys); ``producer_options`` and
-    ``consumer_options`` add to them (and override them) for one side only."""
+    ``consumer_options`` add to them (and override them) for one side only. ``busy`` pure-Python
+    threads spin in the consumer's process while it reads (:func:`peers.busy_python_threads`)."""
     from flinknet.consumer import RecordReader
     from flinknet.environment import NetworkEnvironment
     from flinknet.ids import ResultPartitionID
@@ -315,7 +321,7 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
             # the asyncio APIs' loop is made before the clock starts
             loop_runner = (asyncio.Runner(loop_factory=_loop_factory(api)) if api in ASYNC_APIS
                            else contextlib.nullcontext())
-            with RecordReader(gate) as reader, loop_runner as runner:
+            with RecordReader(gate) as reader, loop_runner as runner, peers.busy_python_threads(busy):
                 if runner is not None:
                     runner.get_loop()
                 cpu0 = time.process_time()
@@ -410,6 +416,7 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
     scale = 0.5 if quick else 2.0
     rows = []
     peer_baselines: dict[int, tuple[dict[str, float], dict[str, float]]] = {}
+    plain_1000_ns: float | None = None
     volume = (1 << 30) if not quick else (512 << 20)
     raw = min(raw_socket_ns_per_byte(volume, CHUNK) for _ in range(repeats + 1))
     ceiling = min(raw_socket_ns_per_byte(volume, BIG) for _ in range(repeats + 1))
@@ -448,6 +455,9 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
                 note += "; " + ", ".join(absent)
             rows.append(Row(f"remote.{size}B.{api}", "ns/rec", ns, baselines, note=note,
                             references={"flink-2.3 2 TMs (rec.)": 1e9 / (sum(flink) / 2)}))
+            if size == 1000 and api == "batch":
+                plain_1000_ns = ns
+    rows.append(bench_busy_neighbour(quick, repeats, plain_1000_ns))
     # latency: 10 000 records/s, buffer timeout 0
     n_lat = 10_000 if quick else 30_000
     delays = run_remote(100, n_lat, "latency", timeout_ms=0, rate=10_000)
@@ -465,6 +475,37 @@ def bench_remote_exchange(quick: bool = False, repeats: int | None = None):
     if not quick:
         rows += bench_credit_window(repeats=max(3, repeats), peer_baselines=peer_baselines)
     return rows + bench_asyncio_reading(quick=quick)
+
+
+def bench_busy_neighbour(quick: bool = False, repeats: int = 2, plain_ns: float | None = None) -> Row:
+    """Row ``remote.1000B.batch.busy_python_thread``: the 1000 B batch transfer while one
+    pure-Python thread spins in the consumer's process (:func:`peers.busy_python_threads`),
+    against the same transfer without it (``plain_ns``: ns per record measured in this run, else
+    now) and the peers read under the same neighbour. The native I/O thread keeps receiving
+    without the GIL; the reader gets the GIL back from the neighbour only at the interpreter's
+    forced switches (5 ms), so each wait for the next credit round costs a switch interval."""
+    size = 1000
+    n = BUSY_RECORDS[quick]
+    n -= n % BATCH
+    busy_ns = min(run_remote(size, n, "batch", busy=1) for _ in range(repeats)) / n * 1e9
+    if plain_ns is None:
+        plain_ns = min(run_remote(size, n, "batch") for _ in range(repeats)) / n * 1e9
+    baselines = {NO_BUSY_THREAD: plain_ns}
+    absent = peers.missing()
+    loop_n = n // 5
+    baselines[f"{HAND_WRITTEN}, busy thread"] = (
+        peers.hand_written_loop(size, loop_n, repeats, busy=1) / loop_n * 1e9)
+    if PYZMQ_FRAMED not in absent:
+        baselines[f"{PYZMQ_FRAMED}, busy thread"] = peers.pyzmq_framed(size, n, repeats, busy=1) / n * 1e9
+    if "flight" not in absent:
+        baselines[f"{FLIGHT_TO_PYLIST}, busy thread"] = (
+            peers.flight_do_get(size, n, "to_pylist", repeats, busy=1) / n * 1e9)
+    note = (f"{1e3 / busy_ns:.3f} M records/s with one pure-Python thread spinning in the "
+            f"consumer's process ({1e3 / plain_ns:.2f} M/s without)")
+    missing = [why for why in (absent.get(PYZMQ_FRAMED), absent.get("flight")) if why]
+    if missing:
+        note += "; " + ", ".join(missing)
+    return Row(f"remote.{size}B.batch.busy_python_thread", "ns/rec", busy_ns, baselines, note=note)
 
 
 def bench_credit_window(repeats: int = 3, floating: int = WIDE_FLOATING,
