@@ -195,6 +195,10 @@ OPTIONS: dict[str, tuple[_Parser, ConfigValue]] = {
     "flinknet.network.liveness-timeout": (_duration, "60 s"),
     # How long closing an environment waits for its finished pipelined partitions to be consumed.
     "flinknet.network.close-timeout": (_duration, "30 s"),
+    # The longest a record reader's wait keeps the GIL when its gate's data all comes from the
+    # native I/O thread and another Python thread contends for the GIL (0: never; at most 100 ms;
+    # see flinknet._core.engine.GateSignal.set_gil_hold).
+    "flinknet.network.reader-gil-hold": (_duration, "1 ms"),
 }
 
 
@@ -268,6 +272,9 @@ class NetworkConfig(Mapping[str, ConfigValue]):
                     "flinknet.network.close-timeout"):
             if self._float(key) < 0:
                 raise bad(key, "must be >= 0 (0: off)")
+        key = "flinknet.network.reader-gil-hold"
+        if self._float(key) > 0.1:
+            raise bad(key, "must be at most 100 ms (0: off)")
         self._check_debloat(seg)
 
     def _check_debloat(self, seg: int) -> None:
@@ -456,6 +463,12 @@ class NetworkConfig(Mapping[str, ConfigValue]):
     def liveness_timeout(self) -> float:
         """Seconds after which a vanished or frozen peer fails its connection (0: kernel's)."""
         return self._float("flinknet.network.liveness-timeout")
+
+    @property
+    def reader_gil_hold(self) -> float:
+        """Seconds a record reader's wait may keep the GIL (0: never; see
+        :attr:`flinknet.consumer.SingleInputGate.reader_gil_hold`)."""
+        return self._float("flinknet.network.reader-gil-hold")
 
     @property
     def idle_timeout(self) -> float:

@@ -286,6 +286,8 @@ class NetworkEnvironment:
             pool = self.network_buffer_pool.create_buffer_pool(
                 1, max(1, cfg.floating_buffers_per_gate), max_overdraft_buffers=0)
         gate = SingleInputGate(gate_index, owning_task_name, pool)
+        if n_remote == len(specs):
+            gate.reader_gil_hold = cfg.reader_gil_hold
         debloat = self._debloat
         if debloat.enabled:
             # Flink's SingleInputGateFactory gives every gate a BufferDebloater; its task

@@ -6,7 +6,12 @@
 #
 # * fn_signal (a gate's doorbell) is owned by its GateSignal object. `lock` guards every field.
 #   Any thread may ring it (fn_signal_ready, fn_signal_notify) without the GIL; a task thread waits
-#   on `cond` with the GIL released. A channel index is in `ready` at most once (`is_ready`).
+#   on `cond` with the GIL released -- or, with a GIL hold set (GateSignal.set_gil_hold: a gate
+#   whose every channel has a native queue, so its data arrives from the I/O thread without the
+#   GIL), first for at most the hold with the GIL kept, while Python took the GIL back slowly
+#   after the last wait and that wait was shorter than the hold (see GateSignal.wait). A thread
+#   that needs the GIL to ring (notify: a failure, a close, an event's hand-over) rings at the
+#   latest when the hold ends. A channel index is in `ready` at most once (`is_ready`).
 #   An event loop waits on `wake_fd` instead (an eventfd the loop selects on): whoever marks a
 #   channel ready, or notifies, while `fd_armed` writes it, under `lock` and without the GIL,
 #   disarms it and sets `fd_rung`; whoever reads it (clear_fd, arm_fd) clears `fd_rung`.
@@ -373,8 +378,15 @@ cdef class GateSignal:
     cdef fn_signal s
     cdef object _callback
     cdef bint _init_done
+    # The GIL hold of `wait` (set_gil_hold): read and written only by a waiting thread, with the
+    # GIL (never inside its `nogil` section), so the GIL is their lock.
+    cdef double _hold           # the longest a wait keeps the GIL (s); 0: never
+    cdef bint _contended        # the last wait that gave the GIL away got it back slowly
+    cdef double _last_wait      # how long the last wait waited for its wake-up (s)
+    cdef unsigned long long _held   # waits that kept the GIL and were woken within the hold
 
     cdef void _call_back_nogil(self) noexcept nogil
+    cdef bint _wait_holding(self, double hold)
 
 
 cdef class ChannelQueue:

@@ -196,6 +196,11 @@ cdef enum:
     # (_write_through): the small frames a flush makes; full buffers go through the I/O thread,
     # which keeps their kernel copy off the task's thread
     _WRITE_THROUGH_MAX = 4096
+    # GateSignal.wait's GIL hold: a GIL-released wait whose thread took the GIL back more than
+    # this many µs after its wake-up met another Python thread holding it (contention); every
+    # this many waits that kept the GIL, one gives it away again to measure anew
+    _GIL_CONTENDED_US = 1000
+    _GIL_REMEASURE = 64
     # The longest an AddCredit listed while the task still had buffers queued waits (the poll
     # that empties the queue usually writes it sooner): a consumer that stops reading with
     # buffers queued still returns the credit of those it recycled, as Flink does
@@ -210,6 +215,12 @@ cdef enum:
 
 
 # -- the doorbell ------------------------------------------------------------------------------
+
+cdef inline double _monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
 
 cdef inline void _deadline(timespec *ts, double timeout) noexcept nogil:
     clock_gettime(CLOCK_REALTIME, ts)
@@ -437,10 +448,60 @@ cdef class GateSignal:
         _drain_fd(self.s.wake_fd)
         pthread_mutex_unlock(&self.s.lock)
 
+    def set_gil_hold(self, double seconds):
+        """Let :meth:`wait` keep the GIL for up to ``seconds`` (0 turns it off; at most 0.1 s).
+
+        For a gate whose every channel has a native queue: its data arrives from the I/O
+        thread, which needs no GIL to ring. A wait that gives the GIL away while another Python
+        thread runs (a CPU-bound neighbour) gets it back only when the interpreter forces a switch
+        (``sys.getswitchinterval()``, 5 ms by default), once per credit round; a wait that keeps
+        it loses nothing when the next buffer comes within the hold. The hold applies only while
+        it pays: after a wait that gave the GIL away and took it back more than a millisecond
+        after its wake-up (another thread had it), and while the last wait was shorter than the
+        hold; every 64th wait that kept the GIL gives it away again, to measure anew. Python
+        threads that need the GIL meanwhile (a notify, a close, the I/O thread's hand-over of
+        an event) wait at most the hold, as they would behind a reader running Python."""
+        if seconds != seconds or seconds < 0 or seconds > 0.1:
+            raise ValueError(f"the GIL hold must be in [0, 0.1] seconds, got {seconds}")
+        self._hold = seconds
+        if seconds == 0:
+            self._contended = False
+
+    @property
+    def gil_hold(self):
+        """The longest a :meth:`wait` keeps the GIL, in seconds (0: never; :meth:`set_gil_hold`)."""
+        return self._hold
+
+    @property
+    def held_waits(self):
+        """Waits that kept the GIL and were woken within the hold (:meth:`set_gil_hold`)."""
+        return self._held
+
+    cdef bint _wait_holding(self, double hold):
+        """Wait up to ``hold`` seconds for a ready channel or a notify, keeping the GIL."""
+        cdef timespec ts
+        cdef int rc = 0
+        cdef bint woken
+        cdef fn_signal *sig = &self.s
+        _deadline(&ts, hold)
+        pthread_mutex_lock(&sig.lock)
+        sig.waiters += 1
+        while sig.count == 0 and not sig.pending and rc == 0:
+            rc = pthread_cond_timedwait(&sig.cond, &sig.lock, &ts)
+        sig.waiters -= 1
+        woken = sig.count > 0 or sig.pending
+        if woken:
+            sig.pending = False
+        pthread_mutex_unlock(&sig.lock)
+        return woken
+
     def wait(self, timeout=None):
         """Wait with the GIL released until a channel is ready or :meth:`notify` was called since
-        the last wait; ``timeout`` in seconds (None: no limit). True if woken, False on timeout."""
+        the last wait; ``timeout`` in seconds (None: no limit). True if woken, False on timeout.
+        With :meth:`set_gil_hold`, a wait that is likely short first waits keeping the GIL."""
         cdef double t = -1.0
+        cdef double held = 0.0
+        cdef double start, woke = 0.0
         cdef timespec ts
         cdef bint woken
         cdef int rc = 0
@@ -451,6 +512,20 @@ cdef class GateSignal:
             if t > 1e8:
                 t = 1e8
         cdef fn_signal *sig = &self.s
+        start = _monotonic()
+        if self._hold > 0 and self._contended and self._last_wait < self._hold:
+            held = self._hold if t < 0 or self._hold < t else t
+            if self._wait_holding(held):
+                self._last_wait = _monotonic() - start
+                self._held += 1
+                if self._held % _GIL_REMEASURE == 0:
+                    self._contended = False     # the next wait gives the GIL away and measures
+                return True
+            self._last_wait = self._hold        # a miss: the next wait gives the GIL away
+            if t >= 0:
+                t -= held
+                if t <= 0:
+                    return False
         with nogil:
             if t >= 0:
                 _deadline(&ts, t)
@@ -465,6 +540,11 @@ cdef class GateSignal:
             woken = sig.count > 0 or sig.pending
             sig.pending = False
             pthread_mutex_unlock(&sig.lock)
+            if woken:
+                woke = _monotonic()
+        if woken and self._hold > 0:
+            self._last_wait = woke - start
+            self._contended = (_monotonic() - woke) * 1e6 > _GIL_CONTENDED_US
         return woken
 
     def drain(self):

@@ -343,6 +343,10 @@ class SingleInputGate(InputGate):
         self._native_queues: list[ChannelQueue | None] | None = None
         # wait_for_lane waits only where the lane can serve (a channel with a native queue)
         self._lane_waits = False
+        # reader_gil_hold: applied to the doorbell (GateSignal.set_gil_hold) once every channel
+        # is a remote one attached to a native connection (_apply_gil_hold)
+        self._reader_gil_hold = 0.0
+        self._gil_hold_pending = False
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -727,6 +731,37 @@ class SingleInputGate(InputGate):
                 self._check_unavailability()
         return buffer, channel.channel_info
 
+    @property
+    def reader_gil_hold(self) -> float:
+        """The longest, in seconds, a reader's wait for this gate keeps the GIL (0: never); set
+        by the environment from ``flinknet.network.reader-gil-hold``.
+
+        It applies once every channel is a remote one served by the native I/O thread (its data
+        arrives without the GIL), and only while it pays: see
+        :meth:`~flinknet._core.engine.GateSignal.set_gil_hold`. A gate with a local channel, or
+        with a connection on the Python I/O thread (TLS, ``flinknet.network.native-io`` off),
+        whose data needs the GIL to arrive, never keeps it."""
+        return self._reader_gil_hold
+
+    @reader_gil_hold.setter
+    def reader_gil_hold(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 0.1:
+            raise ValueError(f"reader_gil_hold must be a number of seconds in [0, 0.1], got {seconds!r}")
+        self._reader_gil_hold = float(seconds)
+        self._gil_hold_pending = seconds > 0
+        if self.signal is not None and seconds == 0:
+            self.signal.set_gil_hold(0.0)
+
+    def _apply_gil_hold(self) -> None:
+        """Hand the reader's GIL hold to the doorbell once every channel's data comes from the
+        native I/O thread (checked at each wait until then). Task thread."""
+        queues = self._native_queues
+        signal = self.signal
+        if queues is None or signal is None or not all(q is not None and q.is_attached for q in queues):
+            return
+        signal.set_gil_hold(self._reader_gil_hold)
+        self._gil_hold_pending = False
+
     def _lane_declines(self) -> bool:
         """The lane cannot serve a wait now (wait_for_lane, arm_lane_wake_fd): no channel has a
         native queue, something is queued for the general path, the gate is finished or closed,
@@ -761,6 +796,8 @@ class SingleInputGate(InputGate):
                 return False
             signal.clear_pending()
         self.flush_credit()
+        if self._gil_hold_pending:
+            self._apply_gil_hold()
         idle = self._idle_timer
         if idle is not None:
             idle.mark_start()       # idleTimeMsPerSecond: the task waits for input

@@ -788,6 +788,102 @@ def test_io_thread_receives_frame_after_frame_while_python_holds_the_gil(wire):
     assert _wait_for(lambda: pool.is_whole)
 
 
+def test_signal_gil_hold_rejects_bad_values():
+    s = GateSignal(1)
+    assert s.gil_hold == 0.0 and s.held_waits == 0
+    for bad in (-0.001, float("nan"), 0.2, float("inf")):
+        with pytest.raises(ValueError, match="GIL hold"):
+            s.set_gil_hold(bad)
+    s.set_gil_hold(0.002)
+    assert s.gil_hold == 0.002
+    s.set_gil_hold(0)
+    assert s.gil_hold == 0.0
+
+
+class _Sender:
+    """A child process that writes ``data`` to ``fd`` 30 ms after :meth:`go`: a sender that
+    needs nothing from this process (least of all its GIL)."""
+
+    def __init__(self, fd, data):
+        import os
+        import subprocess
+        import sys
+
+        self._r, self._w = os.pipe()
+        code = ("import os, sys, time; os.read(int(sys.argv[3]), 1); time.sleep(0.03); "
+                "os.write(int(sys.argv[1]), bytes.fromhex(sys.argv[2]))")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(fd), data.hex(), str(self._r)],
+                                     pass_fds=(fd, self._r))
+
+    def go(self):
+        import os
+
+        os.write(self._w, b"g")
+
+    def close(self):
+        import os
+
+        os.close(self._w)
+        os.close(self._r)
+        self.proc.wait(10)
+
+
+def test_wait_keeps_the_gil_through_a_short_wait_once_python_contends_for_it(wire):
+    """GateSignal.set_gil_hold: a wait gives the GIL away until one took it back slowly from
+    another Python thread (contention); then a wait that is likely short keeps it and is woken
+    by the I/O thread (which needs no GIL) within the hold. A wait that runs past the hold gives
+    the GIL away, and the next one does not keep it."""
+    engine, handler, conn, server = wire
+    pool = NetworkBufferPool(16, SEG)
+    signal, q, rid = _attach(conn, pool, n_exclusive=4)
+    signal.set_gil_hold(0.1)
+    senders = [_Sender(server.fileno(), _br(rid, i, bytes([97 + i]) * 64)) for i in range(3)]
+    counter, running = [0], [True]
+
+    def spin():
+        while running[0]:
+            counter[0] += 1
+
+    def take(seq):
+        # the doorbell rings when a channel's queue turns non-empty: empty it after each wake
+        assert signal.drain() == [0]
+        buf, _, got, _ = q.poll()
+        assert got == seq and q.poll() is None
+        buf.recycle()
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        # 1. not contended yet: the wait gives the GIL away (the spinner runs), and taking it
+        #    back from the spinner takes a switch interval: contention seen
+        senders[0].go()
+        c0 = counter[0]
+        assert signal.wait(10) is True
+        assert counter[0] > c0 and signal.held_waits == 0
+        take(0)
+        # 2. a short wait now keeps the GIL, woken within the hold
+        senders[1].go()
+        assert signal.wait(10) is True and signal.held_waits == 1
+        take(1)
+        # 3. a wait past the hold (nothing comes) gives the GIL away after it ...
+        c0 = counter[0]
+        assert signal.wait(0.3) is False
+        assert counter[0] > c0 and signal.held_waits == 1
+        # ... and, having been long, the next wait does not keep it
+        senders[2].go()
+        assert signal.wait(10) is True and signal.held_waits == 1
+        take(2)
+    finally:
+        running[0] = False
+        spinner.join()
+        for sender in senders:
+            sender.close()
+    assert conn.frames_native == 3
+    conn.unregister(q)
+    q.release()
+    assert _wait_for(lambda: pool.is_whole)
+
+
 def test_peer_close_and_partial_payload_give_the_slot_back(wire):
     engine, handler, conn, server = wire
     pool = NetworkBufferPool(16, SEG)

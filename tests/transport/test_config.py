@@ -77,7 +77,17 @@ def test_values_are_parsed_and_checked():
     {"flinknet.network.flow-control": "maybe"},
     {"execution.buffer-timeout.enabled": "perhaps"},
     {"taskmanager.network.bind-host": 5},
+    {"flinknet.network.reader-gil-hold": "200 ms"},
+    {"flinknet.network.reader-gil-hold": "-1 ms"},
 ])
 def test_bad_values_are_rejected(options):
     with pytest.raises((ValueError, TypeError)):
         NetworkConfig(options)
+
+
+def test_reader_gil_hold_defaults_to_a_millisecond_and_can_be_turned_off():
+    assert NetworkConfig().reader_gil_hold == 0.001
+    assert NetworkConfig({"flinknet.network.reader-gil-hold": "250 us"}).reader_gil_hold == 0.00025
+    assert NetworkConfig({"flinknet.network.reader-gil-hold": 0}).reader_gil_hold == 0.0
+    with pytest.raises(ValueError, match="reader-gil-hold"):
+        NetworkConfig({"flinknet.network.reader-gil-hold": "1 s"})

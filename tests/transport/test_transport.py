@@ -82,6 +82,43 @@ def test_two_environments_in_one_process():
         assert not prod.partition_manager.get_unreleased_partitions()
 
 
+@pytest.mark.parametrize("native_io", [True, False])
+def test_reader_gil_hold_reaches_the_doorbell_of_a_gate_fed_natively(native_io):
+    """flinknet.network.reader-gil-hold: a gate of remote channels takes it; its doorbell keeps
+    it once every channel is on a native connection (not on the Python I/O thread, whose data
+    needs the GIL to arrive); a gate with a local channel never does."""
+    opts = {**SMALL, "flinknet.network.reader-gil-hold": "2 ms", "flinknet.network.native-io": native_io}
+    with NetworkEnvironment(opts) as prod, NetworkEnvironment(opts) as cons:
+        p = prod.create_result_partition(1)
+        n = 2000
+        seg = prod.config.segment_size
+        gate = cons.create_input_gate([(p.partition_id, 0, prod.address)])
+        assert gate.reader_gil_hold == 0.002
+        local = prod.create_input_gate([(prod.create_result_partition(1).partition_id, 0, None)])
+        assert local.reader_gil_hold == 0.0
+        local.close()
+
+        def produce():
+            with RecordWriter(p, timeout=5) as w:
+                for i in range(n):
+                    w.emit(procs.record(0, i, procs.record_size(i, seg)), 0)
+            p.finish()
+            p.close()
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        with RecordReader(gate) as r:
+            got = list(r)
+        producer.join(60)
+        assert len(got) == n
+        assert gate.signal.gil_hold == (0.002 if native_io else 0.0)
+        gate.close()
+        with pytest.raises(ValueError, match="reader_gil_hold"):
+            gate.reader_gil_hold = 0.5
+        with pytest.raises(ValueError, match="reader_gil_hold"):
+            gate.reader_gil_hold = True
+
+
 def _start_producer(index, nsub, n, options=SMALL, mode="finish", delay=0.0, edge="rebalance"):
     q_out, q_in = CTX.Queue(), CTX.Queue()
     proc = CTX.Process(target=procs.producer,
