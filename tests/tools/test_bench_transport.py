@@ -17,6 +17,7 @@ def test_remote_run_moves_every_record_beside_a_busy_python_thread():
     # a pure-Python thread spins in the consumer's process for the transfer: the native I/O
     # thread keeps receiving without the GIL, the reader still reads every record
     assert transport.run_remote(1000, 3000, "batch", busy=1) > 0
+    assert transport.run_remote(1000, 3000, "batch", producer_busy=1) > 0   # the producer's side
 
 
 def test_latency_run_returns_one_delay_per_record():

@@ -124,7 +124,7 @@ def _ctx():
 # -- processes (module level: spawn imports them) ----------------------------------------------
 
 def _producer(q_out, q_in, size: int, n: int, api: str, timeout_ms: float, rate: float,
-              options: dict[str, Any] | None = None) -> None:
+              options: dict[str, Any] | None = None, busy: int = 0) -> None:
     from flinknet.environment import NetworkEnvironment
     from flinknet.writer import RecordWriter
 
@@ -137,7 +137,8 @@ def _producer(q_out, q_in, size: int, n: int, api: str, timeout_ms: float, rate:
                 q_in.get(timeout=120)   # go
                 cpu0 = time.process_time()   # every thread of this process (the I/O thread too)
                 if not rate:
-                    emit_records(writer, record, n, ASYNC_APIS.get(api, api))
+                    with peers.busy_python_threads(busy):
+                        emit_records(writer, record, n, ASYNC_APIS.get(api, api))
                 else:  # paced, each record carries its send time (read by api="latency")
                     pad = bytes(size - _TS.size)
                     interval = 1.0 / rate
@@ -279,7 +280,8 @@ async def _count_batches_async(reader) -> int:
 def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float = 0.0,
                stats: dict[str, float] | None = None, options: dict[str, Any] | None = None,
                producer_options: dict[str, Any] | None = None,
-               consumer_options: dict[str, Any] | None = None, busy: int = 0):
+               consumer_options: dict[str, Any] | None = None, busy: int = 0,
+               producer_busy: int = 0):
     """Seconds to move ``n`` records (or, for api="latency", the list of one-way delays in µs).
     ``api``: ``"per-record"``, ``"batch"``, ``"numpy"``, ``"latency"``, or read on an asyncio
     loop: ``"asyncio"`` (``async for``) and ``"asyncio-batch"`` (``read_batch_async``).
@@ -293,7 +295,8 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
     a reader that keeps up waits for every flushed buffer). ``options`` configure both environments
     (:class:`~flinknet.config.NetworkConfig` keys); ``producer_options`` and
     ``consumer_options`` add to them (and override them) for one side only. ``busy`` pure-Python
-    threads spin in the consumer's process while it reads (:func:`peers.busy_python_threads`)."""
+    threads spin in the consumer's process while it reads (:func:`peers.busy_python_threads`),
+    ``producer_busy`` in the producer's while it writes (unpaced APIs)."""
     from flinknet.consumer import RecordReader
     from flinknet.environment import NetworkEnvironment
     from flinknet.ids import ResultPartitionID
@@ -303,7 +306,8 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
     ctx = _ctx()
     q_out, q_in = ctx.Queue(), ctx.Queue()
     proc = ctx.Process(target=_producer, args=(q_out, q_in, size, n, api, timeout_ms, rate,
-                                               {**(options or {}), **(producer_options or {})}),
+                                               {**(options or {}), **(producer_options or {})},
+                                               producer_busy),
                        daemon=True)
     proc.start()
     try:
