@@ -590,6 +590,15 @@ def _attach(conn, pool, n_exclusive=2, index=0, signal=None):
     return signal, q, rid
 
 
+def _drain_and_detach(conn, q, pool):
+    """Recycle what ``q`` still holds, detach it from ``conn`` and check the pool is whole."""
+    while (r := q.poll()) is not None:
+        r[0].recycle()
+    conn.unregister(q)
+    q.release()
+    assert _wait_for(lambda: pool.is_whole)
+
+
 def _br(rid, seq, payload, dt=DataType.DATA_BUFFER, backlog=0):
     return P.encode_buffer_response(rid, 0, seq, backlog, dt, False, payload)
 
@@ -781,11 +790,7 @@ def test_io_thread_receives_frame_after_frame_while_python_holds_the_gil(wire):
         sys.setswitchinterval(interval)
     assert received == [True] * 4, received
     assert conn.frames_native == 4 and handler.frames == []
-    while (r := q.poll()) is not None:
-        r[0].recycle()
-    conn.unregister(q)
-    q.release()
-    assert _wait_for(lambda: pool.is_whole)
+    _drain_and_detach(conn, q, pool)
 
 
 def test_signal_gil_hold_rejects_bad_values():
@@ -879,9 +884,7 @@ def test_wait_keeps_the_gil_through_a_short_wait_once_python_contends_for_it(wir
         for sender in senders:
             sender.close()
     assert conn.frames_native == 3
-    conn.unregister(q)
-    q.release()
-    assert _wait_for(lambda: pool.is_whole)
+    _drain_and_detach(conn, q, pool)
 
 
 def test_peer_close_and_partial_payload_give_the_slot_back(wire):
@@ -1196,11 +1199,7 @@ def test_fast_lane_leaves_events_priority_and_compressed_buffers_to_the_general_
     assert signal.poll_data([q]) is False
     q.push_buffer(_obj_buffer(pool, b"prio", DataType.PRIORITIZED_EVENT_BUFFER), 4, priority=True)
     assert signal.poll_data([q]) is False
-    while (r := q.poll()) is not None:
-        r[0].recycle()
-    conn.unregister(q)
-    q.release()
-    assert _wait_for(lambda: pool.is_whole)
+    _drain_and_detach(conn, q, pool)
 
 
 def test_fast_lane_forgets_stale_marks_and_refuses_what_is_not_its_own():
