@@ -73,9 +73,17 @@ def assert_whole(*envs, timeout: float = 10.0) -> None:
 def wait_queued(channel, n: int, timeout: float = 30.0) -> None:
     """Until ``channel`` has ``n`` buffers received and not taken (bounded by ``timeout``)."""
     deadline = time.monotonic() + timeout
-    while channel.queue.queued_buffers < n and time.monotonic() < deadline:
+    q = channel.queue
+    while q.queued_buffers < n and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert channel.queue.queued_buffers == n
+    gate = channel.input_gate
+    signal = gate.signal if gate is not None else None
+    # what a failure needs to tell a lost credit from a lost buffer
+    assert q.queued_buffers == n, (
+        f"{q.queued_buffers} of {n} buffers queued after {timeout} s: buffers received "
+        f"{q.buffers_received}, free slots {q.free_slots}, unannounced credit "
+        f"{q.unannounced_credit}, attached {q.is_attached}, deferred credit "
+        f"{signal.deferred_credit_count if signal is not None else None}")
 
 
 @contextlib.contextmanager
