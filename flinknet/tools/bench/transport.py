@@ -380,18 +380,21 @@ def run_remote(size: int, n: int, api: str, timeout_ms: float = 100, rate: float
             proc.join()
 
 
-def _peer_baselines(size: int, n: int, n_columnar: int, repeats: int):
+def _peer_baselines(size: int, n: int, n_columnar: int, repeats: int, busy: int = 0,
+                    n_loop: int | None = None):
     """The peers' ns per record for ``size``-byte records, measured now (best of ``repeats``):
     ``(objects, columnar, missing)``: the peers that hand out Python ``bytes`` (``n`` records
-    each), the columnar one (``n_columnar`` records; none when 0) and why a peer is absent
-    (peer -> the note's words)."""
+    each; the hand-written loop ``n_loop``, default ``n``), the columnar one (``n_columnar``
+    records; none when 0) and why a peer is absent (peer -> the note's words). ``busy``
+    pure-Python threads spin beside each consumer (:func:`peers.busy_python_threads`)."""
     absent = peers.missing()
-    objects = {HAND_WRITTEN: peers.hand_written_loop(size, n, repeats) / n * 1e9}
+    n_loop = n if n_loop is None else n_loop
+    objects = {HAND_WRITTEN: peers.hand_written_loop(size, n_loop, repeats, busy=busy) / n_loop * 1e9}
     columnar = {}
     if PYZMQ_FRAMED not in absent:
-        objects[PYZMQ_FRAMED] = peers.pyzmq_framed(size, n, repeats) / n * 1e9
+        objects[PYZMQ_FRAMED] = peers.pyzmq_framed(size, n, repeats, busy=busy) / n * 1e9
     if "flight" not in absent:
-        objects[FLIGHT_TO_PYLIST] = peers.flight_do_get(size, n, "to_pylist", repeats) / n * 1e9
+        objects[FLIGHT_TO_PYLIST] = peers.flight_do_get(size, n, "to_pylist", repeats, busy=busy) / n * 1e9
         if n_columnar:
             columnar[FLIGHT_COLUMNAR] = (peers.flight_do_get(size, n_columnar, "columnar", repeats)
                                          / n_columnar * 1e9)
@@ -486,8 +489,9 @@ def bench_busy_neighbour(quick: bool = False, repeats: int = 2, plain_ns: float 
     pure-Python thread spins in the consumer's process (:func:`peers.busy_python_threads`),
     against the same transfer without it (``plain_ns``: ns per record measured in this run, else
     now) and the peers read under the same neighbour. The native I/O thread keeps receiving
-    without the GIL; the reader gets the GIL back from the neighbour only at the interpreter's
-    forced switches (5 ms), so each wait for the next credit round costs a switch interval."""
+    without the GIL; a reader that gave the GIL away to wait gets it back only at the
+    interpreter's forced switch (5 ms), which the reader's GIL hold
+    (``flinknet.network.reader-gil-hold``) spares it while the next credit round comes soon."""
     size = 1000
     n = BUSY_RECORDS[quick]
     n -= n % BATCH
@@ -495,20 +499,13 @@ def bench_busy_neighbour(quick: bool = False, repeats: int = 2, plain_ns: float 
     if plain_ns is None:
         plain_ns = min(run_remote(size, n, "batch") for _ in range(repeats)) / n * 1e9
     baselines = {NO_BUSY_THREAD: plain_ns}
-    absent = peers.missing()
-    loop_n = n // 5
-    baselines[f"{HAND_WRITTEN}, busy thread"] = (
-        peers.hand_written_loop(size, loop_n, repeats, busy=1) / loop_n * 1e9)
-    if PYZMQ_FRAMED not in absent:
-        baselines[f"{PYZMQ_FRAMED}, busy thread"] = peers.pyzmq_framed(size, n, repeats, busy=1) / n * 1e9
-    if "flight" not in absent:
-        baselines[f"{FLIGHT_TO_PYLIST}, busy thread"] = (
-            peers.flight_do_get(size, n, "to_pylist", repeats, busy=1) / n * 1e9)
+    # the hand-written loop loses the GIL at every recv_into: a fifth as many records
+    objects, _, missing = _peer_baselines(size, n, 0, repeats, busy=1, n_loop=n // 5)
+    baselines.update({f"{peer}, busy thread": ns for peer, ns in objects.items()})
     note = (f"{1e3 / busy_ns:.3f} M records/s with one pure-Python thread spinning in the "
             f"consumer's process ({1e3 / plain_ns:.2f} M/s without)")
-    missing = [why for why in (absent.get(PYZMQ_FRAMED), absent.get("flight")) if why]
     if missing:
-        note += "; " + ", ".join(missing)
+        note += "; " + ", ".join(missing.values())
     return Row(f"remote.{size}B.batch.busy_python_thread", "ns/rec", busy_ns, baselines, note=note)
 
 
